@@ -1,0 +1,40 @@
+# botwatch: `make demo` and `make test` work from a fresh clone (each runs setup first when needed).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+SETUP_STAMP := $(VENV)/.setup-stamp
+JARS_STAMP := jvm/jars/.stamp
+
+.PHONY: setup jars test demo bench lint clean
+
+setup: $(SETUP_STAMP) $(JARS_STAMP)
+
+# Re-runs only when setup.py changes: pip's cache keeps even a rebuild fast.
+$(SETUP_STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Delta (and GraphFrames where Maven Central serves it) into jvm/jars, once, at setup time.
+$(JARS_STAMP): jvm/pom.xml jvm/fetch_jars.py $(SETUP_STAMP)
+	$(PY) jvm/fetch_jars.py
+	touch $@
+
+jars: $(JARS_STAMP)
+
+test: setup
+	$(PY) -m pytest
+
+demo: setup
+	$(VENV)/bin/botwatch demo
+
+bench: setup
+	$(PY) bench/session_start.py
+
+lint: setup
+	$(VENV)/bin/ruff check lib jobs tests bench airflow_dags
+	$(VENV)/bin/mypy lib/botwatch
+
+clean:
+	rm -rf $(VENV) jvm/jars warehouse

@@ -1,0 +1,183 @@
+"""Configuration: ``conf/base.yaml`` overlaid by an environment file, then by ``--set`` overrides.
+
+``base.yaml`` declares every knob; its values give each knob's type. An overlay may only
+set keys that base declares, with a value of the same type (ints are accepted where a
+float is declared; a knob declared ``null`` takes any type). Problems raise
+:class:`ConfigError`, which the CLI turns into exit code 2 with a message naming the key
+and the file.
+
+Usage::
+
+    conf = load_config("conf/local.yaml", overrides=["spark.master=local[2]"])
+    conf["spark.master"]            # dotted access
+    conf.section("features")        # a plain dict
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BASE_NAME = "base.yaml"
+DEFAULT_CONF = "conf/local.yaml"
+# Keys that must hold a value after all overlays.
+REQUIRED_KEYS = ("warehouse", "spark.master")
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message says which key and where."""
+
+
+class Config(Mapping):
+    """Read-only nested configuration with dotted-key access."""
+
+    def __init__(self, data: dict[str, Any], sources: list[str]):
+        self._data = data
+        self.sources = sources
+
+    def __getitem__(self, dotted: str) -> Any:
+        node: Any = self._data
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise KeyError(dotted)
+            node = node[part]
+        return copy.deepcopy(node) if isinstance(node, (dict, list)) else node
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self[name]
+        if not isinstance(value, dict):
+            raise KeyError(f"{name} is not a section")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self._data)
+
+    def with_overrides(self, overrides: list[str]) -> Config:
+        data = copy.deepcopy(self._data)
+        base = _read_yaml(_base_path())
+        for item in overrides:
+            _apply_set(data, base, item)
+        _check_required(data, self.sources + ["--set"])
+        return Config(data, self.sources + ["--set"])
+
+
+def _base_path() -> Path:
+    return PROJECT_ROOT / "conf" / BASE_NAME
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
+    return loaded
+
+
+def _type_ok(declared: Any, value: Any) -> bool:
+    if declared is None or value is None:
+        return True
+    if isinstance(declared, bool):
+        return isinstance(value, bool)
+    if isinstance(declared, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(declared, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(declared, dict):
+        return isinstance(value, dict)
+    if isinstance(declared, list):
+        return isinstance(value, list)
+    return isinstance(value, type(declared))
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", dict: "mapping", list: "list"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = "") -> None:
+    for key, value in overlay.items():
+        dotted = f"{prefix}{key}"
+        if key not in base:
+            raise ConfigError(f"{where}: unknown key '{dotted}' (not declared in conf/{BASE_NAME})")
+        declared = base[key]
+        if isinstance(declared, dict) and declared and isinstance(value, dict):
+            _merge(target[key], declared, value, where, dotted + ".")
+            continue
+        if not _type_ok(declared, value):
+            raise ConfigError(
+                f"{where}: key '{dotted}' must be a {_type_name(declared)}, got {_type_name(value)} {value!r}"
+            )
+        target[key] = float(value) if isinstance(declared, float) and value is not None else value
+
+
+def _apply_set(data: dict, base: dict, item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    overlay: dict[str, Any] = {}
+    node = overlay
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    # A string knob set to something YAML reads as a number stays a string.
+    declared: Any = base
+    for part in parts:
+        declared = declared.get(part) if isinstance(declared, dict) else None
+    if isinstance(declared, str) and not isinstance(value, str):
+        node[parts[-1]] = raw
+    _merge(data, base, overlay, f"--set {item}")
+
+
+def _check_required(data: dict, sources: list[str]) -> None:
+    for dotted in REQUIRED_KEYS:
+        node: Any = data
+        for part in dotted.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node in (None, ""):
+            raise ConfigError(
+                f"missing required value '{dotted}' (looked in {', '.join(sources)}); set it in the file or with --set"
+            )
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load ``base.yaml``, overlay ``path`` (default ``conf/local.yaml``) and ``overrides``."""
+    base_path = _base_path()
+    base = _read_yaml(base_path)
+    data = copy.deepcopy(base)
+    sources = [str(base_path)]
+    env_path = Path(path) if path else PROJECT_ROOT / DEFAULT_CONF
+    if not env_path.is_absolute() and not env_path.exists():
+        env_path = PROJECT_ROOT / env_path
+    if env_path.resolve() != base_path.resolve():
+        _merge(data, base, _read_yaml(env_path), str(env_path))
+        sources.append(str(env_path))
+    for item in overrides or []:
+        _apply_set(data, base, item)
+    if overrides:
+        sources.append("--set")
+    _check_required(data, sources)
+    return Config(data, sources)
+
+
+def resolve_path(value: str, root: Path = PROJECT_ROOT) -> str:
+    """A local relative path is taken from the project root; URIs (s3a://, abfss://) pass through."""
+    if "://" in value or value.startswith("/"):
+        return value
+    return str((root / value).resolve())

@@ -1,0 +1,76 @@
+"""Reading and writing the warehouse's Delta tables, always by path.
+
+Nightly writes replace exactly one partition (``replaceWhere``) and carry the run date and
+step in Delta's commit metadata, so ``DESCRIBE HISTORY`` reads as a run log.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+from pyspark.sql import DataFrame, SparkSession
+
+from botwatch.tables import table_path
+
+
+class TableMissingError(FileNotFoundError):
+    """A Delta table the step needs does not exist yet."""
+
+
+def table_exists(spark: SparkSession, warehouse: str, table: str) -> bool:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, table_path(warehouse, table))
+
+
+def read_table(spark: SparkSession, warehouse: str, table: str, version: int | None = None) -> DataFrame:
+    path = table_path(warehouse, table)
+    if not table_exists(spark, warehouse, table):
+        raise TableMissingError(
+            f"Delta table '{table}' not found at {path}. Create the inputs with `botwatch simulate` "
+            "or `botwatch ingest`, or run the step that writes it."
+        )
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(path)
+
+
+@contextmanager
+def commit_metadata(spark: SparkSession, **fields: str):
+    """Attach ``fields`` (e.g. run_date, step) as Delta userMetadata to commits in this block."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    previous = spark.conf.get(key, "")
+    spark.conf.set(key, json.dumps(fields, sort_keys=True))
+    try:
+        yield
+    finally:
+        spark.conf.set(key, previous or "")
+
+
+def write_table(
+    df: DataFrame,
+    warehouse: str,
+    table: str,
+    *,
+    mode: str = "overwrite",
+    partition_by: Sequence[str] = (),
+    replace_where: str | None = None,
+    overwrite_schema: bool = False,
+) -> None:
+    """Write ``df`` as the Delta table ``<warehouse>/<table>``.
+
+    With ``replace_where`` only the matching rows (one partition) are replaced: rerunning a date
+    never duplicates. ``mode="append"`` is for the few logs that are append-only by design.
+    """
+    writer = df.write.format("delta").mode(mode)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    if replace_where is not None:
+        writer = writer.option("replaceWhere", replace_where)
+    if overwrite_schema:
+        writer = writer.option("overwriteSchema", "true")
+    elif mode == "overwrite" and replace_where is None:
+        writer = writer.option("overwriteSchema", "true")
+    writer.save(table_path(warehouse, table))

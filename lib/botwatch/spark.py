@@ -1,0 +1,102 @@
+"""The one SparkSession factory: jobs, tests, notebooks and the DAG all build sessions here.
+
+It composes the builder from conf: master and memory, Delta's SQL extension and catalog,
+the project's jars on ``spark.jars`` (fetched at setup time by ``make jars``; nothing is
+resolved from a network at run time), a checkpoint dir, AQE on, session time zone UTC, and
+``PYSPARK_PYTHON`` pinned to the running interpreter so Python workers see the same
+packages as the driver (``xgboost.spark`` needs pandas there).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from botwatch.config import PROJECT_ROOT, Config, resolve_path
+
+FETCH_JARS_COMMAND = "make jars"
+DELTA_JAR_PREFIX = "delta-spark_"
+GRAPHFRAMES_JAR_PREFIX = "graphframes-spark4_"
+
+
+class MissingJarsError(RuntimeError):
+    """The JVM packages Spark needs are not in the jars folder."""
+
+
+def jars_dir(conf: Config) -> Path:
+    return Path(resolve_path(conf["spark.jars_dir"]))
+
+
+def find_jars(folder: Path) -> list[Path]:
+    """The jars to put on ``spark.jars``; raises when Delta's jar is missing."""
+    jars = sorted(folder.glob("*.jar")) if folder.is_dir() else []
+    if not any(j.name.startswith(DELTA_JAR_PREFIX) for j in jars):
+        raise MissingJarsError(
+            f"Delta Lake's jar is not in {folder}. Fetch the JVM packages once with "
+            f"`{FETCH_JARS_COMMAND}` (run from {PROJECT_ROOT}); jobs never download them at run time."
+        )
+    return jars
+
+
+def has_graphframes_jar(conf: Config) -> bool:
+    folder = jars_dir(conf)
+    return folder.is_dir() and any(j.name.startswith(GRAPHFRAMES_JAR_PREFIX) for j in folder.glob("*.jar"))
+
+
+def session_settings(conf: Config) -> dict[str, str]:
+    """Every Spark setting the factory applies, as strings (also used by spark-submit in the DAG)."""
+    spark_conf = conf.section("spark")
+    warehouse = resolve_path(conf["warehouse"])
+    checkpoint = spark_conf.get("checkpoint_dir") or f"{warehouse}/_checkpoints"
+    jars = find_jars(jars_dir(conf))
+    settings: dict[str, Any] = {
+        "spark.app.name": spark_conf["app_name"],
+        "spark.master": spark_conf["master"],
+        "spark.driver.memory": spark_conf["driver_memory"],
+        "spark.executor.memory": spark_conf["executor_memory"],
+        "spark.sql.shuffle.partitions": spark_conf["shuffle_partitions"],
+        "spark.jars": ",".join(str(j) for j in jars),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.warehouse.dir": f"{warehouse}/_spark_sql",
+        "spark.ui.enabled": spark_conf["ui_enabled"],
+        "spark.checkpoint.dir": checkpoint,
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.ui.showConsoleProgress": "false",
+        # Delta rebuilds table state with this many partitions (default 50: slow on small tables).
+        "spark.databricks.delta.snapshotPartitions": spark_conf["delta_snapshot_partitions"],
+        # Delta's commit metadata is how the run log is written; keep it on by default.
+        "spark.databricks.delta.commitInfo.userMetadata": "",
+    }
+    settings.update(spark_conf.get("extra_conf") or {})
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}
+
+
+def get_spark(conf: Config, app_name: str | None = None):
+    """Build (or return the running) SparkSession for ``conf``.
+
+    >>> from botwatch.config import load_config
+    >>> spark = get_spark(load_config())  # doctest: +SKIP
+    """
+    from pyspark.sql import SparkSession
+
+    if str(conf["spark.master"]).startswith("local"):
+        # Bind to loopback in local mode: sandboxes and laptops often lack a routable hostname.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    settings = session_settings(conf)
+    if app_name:
+        settings["spark.app.name"] = app_name
+    builder = SparkSession.builder
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(conf["spark.log_level"])
+    spark.sparkContext.setCheckpointDir(settings["spark.checkpoint.dir"])
+    return spark

@@ -1,0 +1,95 @@
+"""Table and column names of the botwatch contract (see DESIGN.md), in one place.
+
+Users' scripts and dashboards read these names: change them only with the contract.
+"""
+from __future__ import annotations
+
+# ---- tables (each a Delta table at <warehouse>/<name>) ----
+ACCOUNTS = "accounts"
+EVENTS = "events"
+EDGES = "edges"
+LABELS = "labels"
+TRUTH = "truth"
+QUARANTINE = "quarantine"
+ACTIVITY_DAILY = "activity_daily"
+FEATURES = "features"
+MODEL_REGISTRY = "model_registry"
+SCORES = "scores"
+SCORES_LATEST = "scores_latest"
+REVIEW_QUEUE = "review_queue"
+METRICS = "metrics"
+DRIFT = "drift"
+EMBEDDING_CACHE = "embedding_cache"
+
+INPUT_TABLES = (ACCOUNTS, EVENTS, EDGES, LABELS)
+
+# ---- columns ----
+ACCOUNT_ID = "account_id"
+CREATED_AT = "created_at"
+COUNTRY = "country"
+VERIFIED = "verified"
+PROFILE_COMPLETENESS = "profile_completeness"
+SIGNUP_IP_HASH = "signup_ip_hash"
+SIGNUP_DEVICE_ID = "signup_device_id"
+
+EVENT_TS = "event_ts"
+EVENT_TYPE = "event_type"
+EVENT_DATE = "event_date"
+IP_HASH = "ip_hash"
+DEVICE_ID = "device_id"
+
+SRC = "src"
+DST = "dst"
+
+LABEL = "label"
+SOURCE = "source"
+LABELED_AT = "labeled_at"
+
+FAMILY = "family"
+
+TABLE = "table"
+REASON = "reason"
+RUN_DATE = "run_date"
+ROW_JSON = "row_json"
+
+DAY = "day"
+
+MODEL_NAME = "model_name"
+VERSION = "version"
+STAGE = "stage"
+
+STAGE1_SCORE = "stage1_score"
+STAGE2_SCORE = "stage2_score"
+SCORE = "score"
+DECISION = "decision"
+MODEL_VERSION = "model_version"
+
+NAME = "name"
+VALUE = "value"
+
+# ---- vocabularies ----
+EVENT_TYPES = ("post", "comment", "like", "follow", "login")
+LABEL_SOURCES = ("investigator", "appeal", "user_report", "propagated")
+FAMILIES = ("human", "scheduled", "mimic", "botnet", "cyborg", "follow_spam")
+BOT_FAMILIES = FAMILIES[1:]
+MODEL_STAGES = ("champion", "challenger", "retired")
+DECISIONS = ("action", "review", "none")
+REVIEW_REASONS = ("uncertain", "stratified", "exploration")
+
+# Accounts' countries and their UTC offsets in hours (the simulator's world, and the
+# offsets used for local-time features of ingested data whose country matches).
+COUNTRY_UTC_OFFSET = {
+    "US": -5,
+    "BR": -3,
+    "GB": 0,
+    "DE": 1,
+    "NG": 1,
+    "IN": 5,
+    "ID": 7,
+    "JP": 9,
+}
+
+
+def table_path(warehouse: str, table: str) -> str:
+    """Path of a Delta table under the warehouse root: ``<warehouse>/<table>``."""
+    return f"{warehouse.rstrip('/')}/{table}"

@@ -1,0 +1,131 @@
+"""Foundation: Delta write/overwrite/time travel, reading Delta without a JVM, graph
+triangle counts against networkx, the session's settings, and configuration errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import duckdb
+import networkx as nx
+import pytest
+from chispa import assert_df_equality
+from deltalake import DeltaTable
+
+from botwatch.config import PROJECT_ROOT, ConfigError, load_config
+from botwatch.spark import MissingJarsError, find_jars
+
+
+def test_delta_overwrite_and_time_travel(spark, warehouse):
+    path = f"{warehouse}/t"
+    first = spark.createDataFrame([(1, "a"), (2, "b")], ["id", "v"])
+    second = spark.createDataFrame([(3, "c")], ["id", "v"])
+    first.write.format("delta").save(path)
+    second.write.format("delta").mode("overwrite").save(path)
+    assert_df_equality(spark.read.format("delta").load(path), second, ignore_row_order=True)
+    v0 = spark.read.format("delta").option("versionAsOf", 0).load(path)
+    assert_df_equality(v0, first, ignore_row_order=True)
+    assert spark.sql(f"SELECT count(*) AS n FROM delta.`{path}`").first()["n"] == 1
+
+
+def test_delta_readable_without_jvm(spark, warehouse):
+    path = f"{warehouse}/nojvm"
+    rows = [(i, i % 3) for i in range(30)]
+    spark.createDataFrame(rows, ["id", "grp"]).write.format("delta").partitionBy("grp").save(path)
+    table = DeltaTable(path)
+    arrow = table.to_pyarrow_table()
+    assert arrow.num_rows == 30
+    con = duckdb.connect()
+    con.register("t", arrow)
+    got = dict(con.execute("SELECT grp, sum(id) FROM t GROUP BY grp").fetchall())
+    want = {g: sum(i for i, gg in rows if gg == g) for g in range(3)}
+    assert got == want
+
+
+def test_session_settings(spark):
+    conf = spark.sparkContext.getConf()
+    assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+    assert spark.conf.get("spark.sql.adaptive.enabled") == "true"
+    assert spark.conf.get("spark.sql.shuffle.partitions") == "4"
+    assert "DeltaSparkSessionExtension" in conf.get("spark.sql.extensions")
+    assert "delta-spark_" in conf.get("spark.jars")
+    assert conf.get("spark.pyspark.python") == sys.executable
+    assert spark.sparkContext.getCheckpointDir()
+
+
+def test_python_workers_use_project_interpreter(spark):
+    # Workers must run the venv's python (xgboost.spark needs pandas there).
+    got = spark.sparkContext.parallelize([0], 1).map(lambda _: __import__("sys").executable).collect()
+    assert got == [sys.executable]
+
+
+def test_triangles_match_networkx(spark):
+    from botwatch.features.graph_core import triangle_counts
+
+    g = nx.powerlaw_cluster_graph(60, 3, 0.5, seed=7)
+    edges = spark.createDataFrame([(int(a), int(b)) for a, b in g.edges()], ["src", "dst"])
+    got = {r["account_id"]: r["triangles"] for r in triangle_counts(edges).collect()}
+    want = nx.triangles(g)
+    assert {k: got.get(k, 0) for k in want} == want
+
+
+def test_missing_jars_names_the_fix(tmp_path):
+    with pytest.raises(MissingJarsError, match="make jars"):
+        find_jars(tmp_path)
+
+
+def _write(tmp_path, text):
+    path = tmp_path / "env.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = _write(tmp_path, "warehouse: /tmp/w\nspark:\n  mastr: local[2]\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'spark\.mastr'") as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = _write(tmp_path, "spark:\n  shuffle_partitions: many\n")
+    with pytest.raises(ConfigError, match=r"'spark\.shuffle_partitions' must be a integer"):
+        load_config(path)
+
+
+def test_missing_required_value(tmp_path):
+    path = _write(tmp_path, "warehouse: null\n")
+    with pytest.raises(ConfigError, match="missing required value 'warehouse'"):
+        load_config(path)
+
+
+def test_overlay_order_base_env_set(tmp_path):
+    path = _write(tmp_path, "warehouse: /from/env\nspark:\n  shuffle_partitions: 3\n")
+    conf = load_config(path, ["spark.shuffle_partitions=5"])
+    assert conf["warehouse"] == "/from/env"
+    assert conf["spark.shuffle_partitions"] == 5
+    assert conf["spark.app_name"] == "botwatch"  # from base
+
+
+def test_cli_bad_config_exits_2(tmp_path):
+    path = _write(tmp_path, "spark:\n  nope: 1\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "botwatch", "doctor", "--conf", str(path)],
+        capture_output=True, text=True, cwd=PROJECT_ROOT,
+    )
+    assert out.returncode == 2
+    assert "spark.nope" in out.stderr and str(path) in out.stderr
+
+
+def test_cli_bad_set_exits_2():
+    out = subprocess.run(
+        [sys.executable, "-m", "botwatch", "doctor", "--set", "spark.shuffle_partitions=lots"],
+        capture_output=True, text=True, cwd=PROJECT_ROOT,
+    )
+    assert out.returncode == 2
+    assert "spark.shuffle_partitions" in out.stderr
+
+
+def test_shipped_conf_files_load():
+    for name in ("local.yaml", "cluster.yaml"):
+        conf = load_config(PROJECT_ROOT / "conf" / name)
+        assert conf["spark.master"]
