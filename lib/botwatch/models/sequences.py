@@ -1,0 +1,182 @@
+"""Inputs of the heavy model gathered in Spark: each account's recent action sequence and a
+GraphSAGE-style mean of its sampled neighbours' tabular features.
+
+Both are plain DataFrame -> DataFrame functions built from Spark's built-in functions (no
+Python UDFs); the driver or a Python worker later turns their rows into tensors with
+:func:`botwatch.models.heavy.to_tensors`.
+
+Usage::
+
+    seqs = gather_sequences(events, run_date, max_len=128)
+    nbrs = neighbor_mean(edges, features, ["events_7d", "account_age_days"], k=16, seed=7, run_date=run_date)
+    inputs = features.join(seqs, "account_id", "left").join(nbrs, "account_id", "left")
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from botwatch import tables as t
+from botwatch.schemas import require_columns
+
+# Index 0 of the event-type vocabulary is padding; known types are 1..n; unknown types get n + 1.
+EVENT_TYPE_PAD = 0
+EVENT_TYPE_UNKNOWN = len(t.EVENT_TYPES) + 1
+EVENT_TYPE_VOCAB = len(t.EVENT_TYPES) + 2
+# Δt buckets are floor(log2(seconds + 1)), capped: 2^31 s is ~68 years.
+DT_BUCKET_MAX = 31
+DT_BUCKETS = DT_BUCKET_MAX + 1
+
+SEQUENCE_COLUMNS = (t.SEQ_EVENT_TYPE, t.SEQ_DT_BUCKET, t.SEQ_HOUR_SIN, t.SEQ_HOUR_COS, t.SEQ_LEN)
+
+
+def event_type_index(event_type: Column) -> Column:
+    """1-based index of the event type in ``tables.EVENT_TYPES`` (0 stays free for padding); unknown -> n + 1."""
+    pos = F.array_position(F.array(*[F.lit(e) for e in t.EVENT_TYPES]), event_type).cast("int")
+    return F.when(pos > 0, pos).otherwise(F.lit(EVENT_TYPE_UNKNOWN))
+
+
+def dt_bucket(seconds: Column) -> Column:
+    """floor(log2(seconds + 1)) capped at 31, exactly: for s >= 0 it is bit_length(floor(s) + 1) - 1.
+
+    Computed from the binary string, not from a float log, which rounds 2^k - 1 seconds into the
+    wrong bucket. Null (no previous event) and negative gaps give 0.
+    """
+    whole = F.greatest(F.floor(seconds), F.lit(0)).cast("long")
+    bucket = F.length(F.bin(whole + 1)) - 1
+    return F.coalesce(F.least(bucket, F.lit(DT_BUCKET_MAX)), F.lit(0)).cast("int")
+
+
+def hour_angle(ts: Column) -> Column:
+    """UTC hour of day plus the minute fraction, as an angle on the unit circle (independent of the session zone)."""
+    minutes_of_day = F.floor(F.pmod(F.unix_seconds(ts), F.lit(86400)) / 60)
+    return minutes_of_day / F.lit(60.0 * 24.0) * F.lit(2.0 * math.pi)
+
+
+def gather_sequences(
+    events: DataFrame, run_date: dt.date, max_len: int, lookback_days: int = 28
+) -> DataFrame:
+    """Per account, the last ``max_len`` events dated in ``(run_date - lookback_days, run_date]``,
+    oldest first, as arrays.
+
+    Returns ``account_id``, ``seq_event_type`` (array<int>, index into ``EVENT_TYPES`` + 1),
+    ``seq_dt_bucket`` (array<int>, floor(log2(seconds since the previous event + 1)), 0 for the
+    first event of the window, capped at 31), ``seq_hour_sin`` / ``seq_hour_cos`` (array<double>,
+    UTC time of day on the unit circle) and ``seq_len`` (int). The gap of the oldest kept event is
+    measured to the event before it when the window holds one, so truncation loses no timing.
+    Accounts without events in the window have no row (left-join and treat as empty).
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}; set heavy.max_len in conf")
+    if lookback_days < 1:
+        raise ValueError(f"lookback_days must be >= 1, got {lookback_days}; set heavy.lookback_days in conf")
+    require_columns(events, (t.ACCOUNT_ID, t.EVENT_TS, t.EVENT_TYPE, t.EVENT_DATE), "gather_sequences(events)")
+    first_day = run_date - dt.timedelta(days=lookback_days - 1)
+    recent = events.where(
+        (F.col(t.EVENT_DATE) >= F.lit(first_day)) & (F.col(t.EVENT_DATE) <= F.lit(run_date))
+    )
+    # Newest first; event type and ids break ties so equal timestamps give the same order every run.
+    tie_breaks = [F.col(c).desc_nulls_last() for c in (t.EVENT_TYPE, t.DEVICE_ID, t.IP_HASH) if c in events.columns]
+    newest_first = Window.partitionBy(t.ACCOUNT_ID).orderBy(F.col(t.EVENT_TS).desc(), *tie_breaks)
+    # With newest first, lead() is the previous event in time: one sort serves both.
+    prev_ts = F.lead(t.EVENT_TS).over(newest_first)
+    gap_seconds = (F.unix_micros(F.col(t.EVENT_TS)) - F.unix_micros(prev_ts)) / F.lit(1e6)
+    angle = hour_angle(F.col(t.EVENT_TS))
+    ranked = (
+        recent.select(
+            t.ACCOUNT_ID,
+            F.row_number().over(newest_first).alias("_rn"),
+            event_type_index(F.col(t.EVENT_TYPE)).alias("et"),
+            dt_bucket(gap_seconds).alias("dt"),
+            F.sin(angle).alias("hs"),
+            F.cos(angle).alias("hc"),
+        )
+        .where(F.col("_rn") <= max_len)
+    )
+    # Sorting the structs by rank descending puts the oldest kept event first.
+    steps = F.sort_array(F.collect_list(F.struct("_rn", "et", "dt", "hs", "hc")), asc=False)
+    return (
+        ranked.groupBy(t.ACCOUNT_ID)
+        .agg(steps.alias("_s"))
+        .select(
+            t.ACCOUNT_ID,
+            F.col("_s.et").alias(t.SEQ_EVENT_TYPE),
+            F.col("_s.dt").alias(t.SEQ_DT_BUCKET),
+            F.col("_s.hs").alias(t.SEQ_HOUR_SIN),
+            F.col("_s.hc").alias(t.SEQ_HOUR_COS),
+            F.size("_s").cast("int").alias(t.SEQ_LEN),
+        )
+    )
+
+
+def edges_as_of(edges: DataFrame, run_date: dt.date) -> DataFrame:
+    """Follow edges created before the end of ``run_date`` (edges with unknown creation time are kept)."""
+    end = F.lit(run_date + dt.timedelta(days=1)).cast("timestamp")
+    return edges.where(F.col(t.CREATED_AT).isNull() | (F.col(t.CREATED_AT) < end))
+
+
+def undirected_pairs(edges: DataFrame) -> DataFrame:
+    """Distinct (account_id, neighbor_id) pairs in both directions, without self loops."""
+    both = edges.select(F.col(t.SRC).alias(t.ACCOUNT_ID), F.col(t.DST).alias("neighbor_id")).unionByName(
+        edges.select(F.col(t.DST).alias(t.ACCOUNT_ID), F.col(t.SRC).alias("neighbor_id"))
+    )
+    return both.where(F.col(t.ACCOUNT_ID) != F.col("neighbor_id")).distinct()
+
+
+def neighbor_col(name: str) -> str:
+    """Name of the neighbour aggregate of feature ``name`` (``nbr_<name>``)."""
+    return f"{t.NBR_PREFIX}{name}"
+
+
+def neighbor_mean(
+    edges: DataFrame,
+    tabular: DataFrame,
+    feature_cols: Sequence[str],
+    k: int,
+    seed: int,
+    run_date: dt.date,
+) -> DataFrame:
+    """GraphSAGE-style mean of ``feature_cols`` over up to ``k`` sampled undirected neighbours.
+
+    Edges count as of ``run_date`` (created before the next day). Neighbours are sampled by a
+    seeded hash rank, so the same seed picks the same neighbours on every run and every
+    cluster. Null and NaN feature values are left out of each mean. ``tabular`` holds one row
+    per account; the result has one row per account of ``tabular``: ``account_id``,
+    ``nbr_<col>`` (double) for each feature and ``nbr_count`` (int, sampled neighbours);
+    accounts without neighbours get null means and count 0.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}; set heavy.neighbor_k in conf")
+    feature_cols = list(feature_cols)
+    require_columns(edges, (t.SRC, t.DST, t.CREATED_AT), "neighbor_mean(edges)")
+    require_columns(tabular, (t.ACCOUNT_ID, *feature_cols), "neighbor_mean(tabular)")
+    pairs = undirected_pairs(edges_as_of(edges, run_date))
+    rank = Window.partitionBy(t.ACCOUNT_ID).orderBy(
+        F.xxhash64(F.lit(seed), F.col(t.ACCOUNT_ID), F.col("neighbor_id")), F.col("neighbor_id")
+    )
+    sampled = pairs.withColumn("_rn", F.row_number().over(rank)).where(F.col("_rn") <= k).drop("_rn")
+    values = tabular.select(
+        F.col(t.ACCOUNT_ID).alias("neighbor_id"),
+        *[F.nanvl(F.col(c).cast("double"), F.lit(None).cast("double")).alias(c) for c in feature_cols],
+    )
+    means = (
+        sampled.join(values, "neighbor_id", "left")
+        .groupBy(t.ACCOUNT_ID)
+        .agg(
+            *[F.avg(c).alias(neighbor_col(c)) for c in feature_cols],
+            F.count(F.lit(1)).cast("int").alias(t.NBR_COUNT),
+        )
+    )
+    return (
+        tabular.select(t.ACCOUNT_ID)
+        .join(means, t.ACCOUNT_ID, "left")
+        .select(
+            t.ACCOUNT_ID,
+            *[neighbor_col(c) for c in feature_cols],
+            F.coalesce(F.col(t.NBR_COUNT), F.lit(0)).cast("int").alias(t.NBR_COUNT),
+        )
+    )

@@ -1,0 +1,363 @@
+"""Heavy model inputs and the torch model: sequences and neighbour means against pandas /
+networkx references, learning a planted signal, determinism, save/load, quantisation and
+missing inputs."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import log_loss, roc_auc_score
+
+from botwatch import tables as t
+from botwatch.models import heavy as H
+from botwatch.models.sequences import dt_bucket, gather_sequences, neighbor_mean
+from botwatch.schemas import EDGES_SCHEMA, EVENTS_SCHEMA
+
+UTC = dt.UTC
+RUN_DATE = dt.date(2024, 3, 10)
+TAB = ["f1", "f2"]
+NBR = ["nbr_f1", "nbr_count"]
+SMALL = H.HeavyConfig(
+    max_len=24, event_embed_dim=4, dt_embed_dim=4, seq_hidden=16, tab_hidden=8, nbr_hidden=8, head_hidden=16,
+    epochs=8, patience=3, batch_size=64, lr=3e-3, seed=11, device="cpu",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Fast and bit-reproducible on a shared 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- Spark inputs
+
+
+def _ts(day: int, h: int, m: int = 0, s: int = 0) -> dt.datetime:
+    return dt.datetime(2024, 3, day, h, m, s, tzinfo=UTC)
+
+
+def _events_rows():
+    rows = []
+    # Account 1: nine events in the window (more than L = 5), one before it, one after the run date.
+    seconds = 0
+    base = _ts(9, 22, 0, 0)
+    for gap in (0, 7, 8, 15, 1, 0, 3600, 86400 // 2, 255):  # 2^k - 1 and 2^k gaps; two ties
+        seconds += gap
+        ts = base + dt.timedelta(seconds=seconds)
+        rows.append((1, ts, t.EVENT_TYPES[len(rows) % len(t.EVENT_TYPES)]))
+    rows.append((1, _ts(1, 12), "post"))   # 2024-02-12..03-10 is the 28-day window; 03-01 is inside
+    rows.append((1, dt.datetime(2024, 2, 12, 0, 0, tzinfo=UTC), "like"))  # first day of the window
+    rows.append((1, dt.datetime(2024, 2, 11, 23, 59, tzinfo=UTC), "like"))  # before the window
+    rows.append((1, _ts(11, 0, 30), "post"))  # after the run date
+    # Account 2: two events, one of a type outside the vocabulary.
+    rows += [(2, _ts(10, 3, 45, 10), "dm"), (2, _ts(10, 23, 59, 59), "login")]
+    # Account 3: events outside the window only.
+    rows += [(3, _ts(11, 1), "post")]
+    return rows
+
+
+def _sequences_reference(rows, run_date, max_len, lookback_days):
+    pdf = pd.DataFrame(rows, columns=[t.ACCOUNT_ID, t.EVENT_TS, t.EVENT_TYPE])
+    day = pdf[t.EVENT_TS].dt.date
+    pdf = pdf[(day > run_date - dt.timedelta(days=lookback_days)) & (day <= run_date)]
+    pdf = pdf.sort_values([t.ACCOUNT_ID, t.EVENT_TS, t.EVENT_TYPE])
+    out = {}
+    for acct, g in pdf.groupby(t.ACCOUNT_ID):
+        gaps = g[t.EVENT_TS].diff().dt.total_seconds().to_numpy()
+        buckets = [0 if np.isnan(x) else min(31, math.floor(math.log2(x + 1))) for x in gaps]
+        hours = (g[t.EVENT_TS].dt.hour + g[t.EVENT_TS].dt.minute / 60).to_numpy()
+        types = [t.EVENT_TYPES.index(e) + 1 if e in t.EVENT_TYPES else len(t.EVENT_TYPES) + 1 for e in g[t.EVENT_TYPE]]
+        out[acct] = {
+            t.SEQ_EVENT_TYPE: types[-max_len:],
+            t.SEQ_DT_BUCKET: buckets[-max_len:],
+            t.SEQ_HOUR_SIN: np.sin(2 * np.pi * hours / 24)[-max_len:],
+            t.SEQ_HOUR_COS: np.cos(2 * np.pi * hours / 24)[-max_len:],
+            t.SEQ_LEN: min(len(g), max_len),
+        }
+    return out
+
+
+def _events_df(spark, rows):
+    full = [(a, ts, e, f"ip{a}", f"dev{a}", ts.date()) for a, ts, e in rows]
+    return spark.createDataFrame(full, EVENTS_SCHEMA)
+
+
+@pytest.mark.parametrize("max_len", [5, 50])
+def test_gather_sequences_matches_pandas(spark, max_len):
+    rows = _events_rows()
+    got = {r[t.ACCOUNT_ID]: r.asDict() for r in gather_sequences(_events_df(spark, rows), RUN_DATE, max_len).collect()}
+    want = _sequences_reference(rows, RUN_DATE, max_len, 28)
+    assert set(got) == set(want) == {1, 2}
+    for acct, ref in want.items():
+        assert got[acct][t.SEQ_EVENT_TYPE] == ref[t.SEQ_EVENT_TYPE]
+        assert got[acct][t.SEQ_DT_BUCKET] == ref[t.SEQ_DT_BUCKET]
+        assert got[acct][t.SEQ_LEN] == ref[t.SEQ_LEN]
+        np.testing.assert_allclose(got[acct][t.SEQ_HOUR_SIN], ref[t.SEQ_HOUR_SIN], atol=1e-12)
+        np.testing.assert_allclose(got[acct][t.SEQ_HOUR_COS], ref[t.SEQ_HOUR_COS], atol=1e-12)
+    assert got[1][t.SEQ_LEN] == min(max_len, 11)
+
+
+def test_dt_bucket_exact_at_powers_of_two(spark):
+    seconds = [0.0, 0.5, 1.0, 2.0, 3.0, 6.99, 7.0, 8.0, 1022.0, 1023.0, 2.0**40, -5.0]
+    df = spark.createDataFrame([(s,) for s in seconds], "s double")
+    got = [r[0] for r in df.select(dt_bucket(df["s"])).collect()]
+    want = [0 if s < 0 else min(31, math.floor(math.log2(s + 1))) for s in seconds]
+    assert got == want
+    assert got == [0, 0, 1, 1, 2, 2, 3, 3, 9, 10, 31, 0]
+
+
+def _graph_frames(spark, g: nx.Graph, features: dict[int, tuple]):
+    run_end = dt.datetime.combine(RUN_DATE + dt.timedelta(days=1), dt.time(), UTC)
+    edges = []
+    for i, (a, b) in enumerate(sorted(g.edges())):
+        edges.append((a, b, run_end - dt.timedelta(seconds=1 + i)))
+        if i % 3 == 0:
+            edges.append((b, a, None))  # reciprocal follow with unknown time: same undirected edge
+    late = [(0, 99, run_end), (5, 98, run_end + dt.timedelta(days=3))]  # created after the run date
+    self_loop = [(4, 4, run_end - dt.timedelta(days=1))]
+    edges_df = spark.createDataFrame(edges + late + self_loop, EDGES_SCHEMA)
+    tab = spark.createDataFrame([(k, *v) for k, v in features.items()], f"{t.ACCOUNT_ID} long, f1 double, f2 double")
+    return edges_df, tab
+
+
+def test_neighbor_mean_matches_pandas_when_k_covers_degree(spark):
+    g = nx.gnm_random_graph(24, 50, seed=3)
+    g.add_node(30)  # isolated account
+    rng = np.random.default_rng(0)
+    features = {n: (float(rng.normal()), float(rng.normal())) for n in g.nodes}
+    features[98] = features[99] = (100.0, 100.0)  # only reachable through late edges
+    for n in (1, 2, 3):
+        features[n] = (float("nan"), None)
+    edges_df, tab = _graph_frames(spark, g, features)
+    k = max(d for _, d in g.degree()) + 1
+    got = {r[t.ACCOUNT_ID]: r.asDict() for r in neighbor_mean(edges_df, tab, ["f1", "f2"], k, 7, RUN_DATE).collect()}
+    ref = pd.DataFrame.from_dict(features, orient="index", columns=["f1", "f2"]).astype(float)
+    assert set(got) == set(features)
+    for n in features:
+        nbrs = list(g.neighbors(n)) if n in g else []
+        assert got[n][t.NBR_COUNT] == len(nbrs)
+        for c in ("f1", "f2"):
+            vals = ref.loc[nbrs, c].dropna()
+            want = vals.mean() if len(vals) else None
+            if want is None:
+                assert got[n][f"nbr_{c}"] is None
+            else:
+                assert got[n][f"nbr_{c}"] == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_neighbor_mean_samples_at_most_k_deterministically(spark):
+    g = nx.star_graph(12)  # hub 0 with 12 leaves
+    g.add_edges_from([(1, 2), (2, 3), (3, 4), (1, 3), (1, 4)])
+    # Feature 2^n: a sum of distinct neighbours' values names exactly which were sampled.
+    features = {n: (float(2**n), 0.0) for n in g.nodes}
+    edges_df, tab = _graph_frames(spark, g, features)
+    k = 3
+
+    def samples(seed):
+        out = {}
+        for r in neighbor_mean(edges_df, tab, ["f1"], k, seed, RUN_DATE).collect():
+            total = round(r["nbr_f1"] * r[t.NBR_COUNT])
+            out[r[t.ACCOUNT_ID]] = {n for n in g.nodes if total >> n & 1}
+            assert r[t.NBR_COUNT] == len(out[r[t.ACCOUNT_ID]])
+        return out
+
+    first, again, other = samples(7), samples(7), samples(8)
+    for n in g.nodes:
+        assert len(first[n]) == min(k, g.degree(n))
+        assert first[n] <= set(g.neighbors(n))
+    assert first == again
+    assert first != other  # a different seed draws different neighbours somewhere
+
+
+# ---------------------------------------------------------------- model
+
+
+def _synthetic(n: int, seed: int) -> pd.DataFrame:
+    """Bots act at night with regular gaps; humans by day with irregular ones. Tabular features are noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        bot = rng.random() < 0.35
+        length = int(rng.integers(0, 40))
+        if bot:
+            gaps = 6 + rng.integers(0, 2, length)
+            hours = rng.uniform(0, 5, length)
+        else:
+            gaps = rng.integers(0, 17, length)
+            hours = rng.uniform(8, 23, length)
+        angle = 2 * np.pi * hours / 24
+        rows.append({
+            t.SEQ_EVENT_TYPE: rng.integers(1, len(t.EVENT_TYPES) + 1, length).astype(np.int32),
+            t.SEQ_DT_BUCKET: gaps.astype(np.int32),
+            t.SEQ_HOUR_SIN: np.sin(angle),
+            t.SEQ_HOUR_COS: np.cos(angle),
+            t.SEQ_LEN: length,
+            "f1": rng.normal(5, 2) if rng.random() > 0.3 else np.nan,
+            "f2": rng.exponential(100.0),
+            "nbr_f1": rng.normal() if rng.random() > 0.2 else None,
+            "nbr_count": float(rng.integers(0, 5)),
+            t.LABEL: int(bot),
+            "weight": 1.0,
+        })
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _synthetic(700, 1), _synthetic(300, 2)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    train, valid = data
+    return H.train_heavy(train, valid, TAB, NBR, config=SMALL)
+
+
+def test_learns_planted_sequence_signal(trained, data):
+    _, valid = data
+    scores = trained.predict(valid, batch_size=50)
+    assert scores.shape == (len(valid),)
+    assert np.all((scores >= 0) & (scores <= 1))
+    assert roc_auc_score(valid[t.LABEL], scores) > 0.9
+    assert trained.best_epoch >= 1 and len(trained.history) >= trained.best_epoch
+    best = min(h["valid_loss"] for h in trained.history)
+    assert trained.history[trained.best_epoch - 1]["valid_loss"] == best
+
+
+def test_same_seed_gives_identical_predictions(trained, data):
+    train, valid = data
+    again = H.train_heavy(train, valid, TAB, NBR, config=SMALL)
+    assert np.array_equal(again.predict(valid), trained.predict(valid))
+
+
+def test_save_load_round_trip(trained, data, tmp_path):
+    _, valid = data
+    folder = trained.save(tmp_path / "heavy")
+    assert sorted(p.name for p in folder.iterdir()) == [H.META_FILE, H.STATE_FILE]
+    loaded = H.load_heavy(folder, device="cpu")
+    assert loaded.tabular_cols == TAB and loaded.neighbor_cols == NBR
+    assert loaded.config == SMALL
+    assert np.array_equal(loaded.predict(valid), trained.predict(valid))
+
+
+def test_load_rejects_foreign_artifact(tmp_path):
+    with pytest.raises(H.HeavyArtifactError, match="save models with TrainedHeavy.save"):
+        H.load_heavy(tmp_path)
+
+
+def test_quantized_predictions_stay_close(trained, data):
+    _, valid = data
+    quantized = trained.quantize_dynamic()
+    assert quantized.quantized and not trained.quantized
+    assert "quantized.dynamic" in type(quantized.model.fuse[1]).__module__
+    assert "quantized.dynamic" in type(quantized.model.gru).__module__
+    assert type(trained.model.gru) is torch.nn.GRU  # the float model is left as it was
+    diff = np.abs(quantized.predict(valid) - trained.predict(valid))
+    assert diff.max() < 0.05
+    with pytest.raises(ValueError, match="quantise after loading"):
+        quantized.save("unused")
+
+
+def test_missing_inputs_give_finite_scores_and_differ_from_zero(trained, data):
+    _, valid = data
+    rows = valid.head(4).copy()
+    rows["f1"] = np.nan
+    rows["f2"] = [None, np.inf, np.nan, 1.0]
+    rows["nbr_f1"] = None
+    rows[t.SEQ_EVENT_TYPE] = [None, np.array([], np.int32), rows[t.SEQ_EVENT_TYPE].iloc[2], None]
+    for c in (t.SEQ_DT_BUCKET, t.SEQ_HOUR_SIN, t.SEQ_HOUR_COS):
+        rows[c] = [None, np.array([]), rows[c].iloc[2], None]
+    scores = trained.predict(rows)
+    assert np.all(np.isfinite(scores)) and np.all((scores >= 0) & (scores <= 1))
+    # f1 missing versus f1 at its training mean (0 after standardising): the indicator tells them apart.
+    at_mean = rows.copy()
+    at_mean["f1"] = trained.standardizer.means[0]
+    assert not np.allclose(trained.predict(at_mean), scores, atol=1e-9)
+
+
+def test_to_tensors_pads_truncates_and_marks_missing():
+    pdf = pd.DataFrame({
+        t.SEQ_EVENT_TYPE: [np.array([1, 2, 3, 4]), None, [5]],
+        t.SEQ_DT_BUCKET: [np.array([0, 1, 2, 40]), None, [3]],
+        t.SEQ_HOUR_SIN: [np.array([0.1, 0.2, 0.3, 0.4]), None, [0.5]],
+        t.SEQ_HOUR_COS: [np.array([0.9, 0.8, 0.7, 0.6]), None, [0.5]],
+        "a": [1.0, None, np.inf],
+        "nbr_a": [np.nan, 2.0, 3.0],
+    })
+    got = H.to_tensors(pdf, ["a"], ["nbr_a"], max_len=3)
+    assert got[H.EVENT_TYPE].tolist() == [[2, 3, 4], [0, 0, 0], [5, 0, 0]]
+    assert got[H.DT_BUCKET].tolist() == [[1, 2, 31], [0, 0, 0], [3, 0, 0]]
+    np.testing.assert_allclose(got[H.HOUR_SIN].numpy(), [[0.2, 0.3, 0.4], [0, 0, 0], [0.5, 0, 0]], rtol=1e-6)
+    assert got[H.LENGTH].tolist() == [3, 0, 1]
+    np.testing.assert_array_equal(got[H.TABULAR].numpy().ravel(), [1.0, np.nan, np.nan])
+    np.testing.assert_array_equal(got[H.NEIGHBOR].numpy().ravel(), [np.nan, 2.0, 3.0])
+    with pytest.raises(H.HeavyInputError, match="missing columns"):
+        H.to_tensors(pdf.drop(columns=["a"]), ["a"], ["nbr_a"], max_len=3)
+
+
+def test_weighted_soft_target_loss_matches_reference():
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=50)
+    y = rng.uniform(size=50)
+    w = rng.uniform(0, 2, size=50)
+    p = 1 / (1 + np.exp(-logits))
+    want = np.sum(w * -(y * np.log(p) + (1 - y) * np.log(1 - p))) / w.sum()
+    got = H._weighted_loss(torch.tensor(logits), torch.tensor(y), torch.tensor(w))
+    assert float(got) == pytest.approx(want, rel=1e-9)
+    hard = (y > 0.5).astype(float)
+    got_hard = H._weighted_loss(torch.tensor(logits), torch.tensor(hard), torch.tensor(w))
+    assert float(got_hard) == pytest.approx(log_loss(hard, p, sample_weight=w), rel=1e-9)
+
+
+def test_encodings_reproduce_predictions(trained, data):
+    _, valid = data
+    enc = trained.encode_sequences(valid)
+    assert enc.shape == (len(valid), SMALL.seq_hidden)
+    np.testing.assert_allclose(trained.predict_from_encodings(enc, valid), trained.predict(valid), atol=1e-6)
+
+
+def test_device_resolution():
+    assert H.resolve_device("cpu").type == "cpu"
+    assert H.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.cuda.is_available():
+        assert H.resolve_device("cuda").type == "cuda"
+    else:
+        with pytest.warns(UserWarning, match="CUDA is not available"):
+            assert H.resolve_device("cuda").type == "cpu"
+    with pytest.raises(ValueError, match="device"):
+        H.HeavyConfig(device="tpu")
+
+
+def test_spark_inputs_feed_the_model(spark, trained):
+    events = _events_df(spark, _events_rows())
+    g = nx.path_graph(4)
+    edges_df, tab = _graph_frames(spark, g, {n: (float(n), float(n * 10)) for n in range(4)})
+    seqs = gather_sequences(events, RUN_DATE, SMALL.max_len)
+    nbrs = neighbor_mean(edges_df, tab, ["f1"], SMALL.neighbor_k, SMALL.neighbor_seed, RUN_DATE)
+    pdf = (
+        tab.join(seqs, t.ACCOUNT_ID, "left").join(nbrs, t.ACCOUNT_ID, "left")
+        .orderBy(t.ACCOUNT_ID).toPandas()
+    )
+    pdf["nbr_count"] = pdf[t.NBR_COUNT].astype(float)
+    scores = trained.predict(pdf)
+    assert pdf[t.ACCOUNT_ID].tolist() == [0, 1, 2, 3]
+    assert pdf[t.SEQ_LEN].isna().tolist() == [True, False, False, True]
+    assert scores.shape == (4,) and np.all(np.isfinite(scores))
+    np.testing.assert_allclose(scores[1], trained.predict(pdf.iloc[[1]])[0], atol=1e-6)
+
+
+def test_conf_section_declares_every_knob(conf):
+    section = conf.section("heavy")
+    knobs = {f.name for f in dataclasses.fields(H.HeavyConfig)}
+    assert set(section) == knobs
+    assert H.HeavyConfig.from_mapping(section) == H.HeavyConfig()  # the yaml defaults are the code's
+    assert H.HeavyConfig.from_mapping({**section, "device": "cpu", "epochs": 3}).epochs == 3
