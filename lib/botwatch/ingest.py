@@ -1,0 +1,638 @@
+"""The input contract: validate users' own tables and load them (``botwatch ingest``).
+
+Every input row either loads (cast to the contract schema of :mod:`botwatch.schemas`) or lands in
+the ``quarantine`` table with exactly one reason: nothing is silently dropped. The checks are
+plain DataFrame functions (:func:`validate_table`), so the nightly run's validate step reuses them
+on data that is already in Delta.
+
+A bad row gets the FIRST reason of :data:`REASONS` that applies (only the checks of its table run):
+
+==========================  ==========================================================================
+``null_key``                a column the contract declares NOT NULL is null
+``bad_type``                a value does not cast to the contract type (``"abc"`` as an id, ``3.5`` as
+                            an id, ``2`` as a boolean)
+``timestamp_in_future``     a timestamp at or after the end of the run date (UTC)
+``timestamp_before_2000``   a timestamp before 2000-01-01 (UTC)
+``unknown_account``         events / edges / labels referring to an account not in ``known_accounts``
+``unknown_event_type``      ``event_type`` not in :data:`botwatch.tables.EVENT_TYPES`
+``duplicate_event``         an exact duplicate of another event (one copy loads, the others quarantine)
+``duplicate_account``       a second row for an ``account_id`` (one loads, the others quarantine)
+``self_follow``             an edge with ``src == dst``
+``label_not_binary``        ``label`` not 0 or 1
+``unknown_label_source``    ``source`` not in :data:`botwatch.tables.LABEL_SOURCES`
+==========================  ==========================================================================
+
+Timestamps checked are every timestamp column of the contract (``created_at``, ``event_ts``,
+``labeled_at``). Duplicates are judged on the cast contract columns, so ``"5"`` and ``"5.0"`` are
+the same id. ``row_json`` keeps every input column, dropped extras included, so nothing is lost.
+Inputs are read as found: CSV as text (cast explicitly here, never inferred), Parquet with its
+own types, including pandas' nanosecond timestamps.
+
+Usage::
+
+    good, bad = validate_table(raw_events, "events", date(2026, 1, 31), known_accounts=accounts)
+    result = ingest_files(spark, warehouse, accounts="a.parquet", events="e.csv", edges="f.parquet",
+                          labels=None, run_date=date(2026, 1, 31))
+    print(format_report(result))
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from functools import reduce
+from urllib.parse import urlparse
+
+from pyspark import StorageLevel
+from pyspark.errors import PySparkException
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import tables as t
+from botwatch.delta_io import commit_metadata, write_table
+from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS
+
+log = logging.getLogger(__name__)
+
+# ---- quarantine reasons, in the order they are tried ----
+NULL_KEY = "null_key"
+BAD_TYPE = "bad_type"
+TIMESTAMP_IN_FUTURE = "timestamp_in_future"
+TIMESTAMP_BEFORE_2000 = "timestamp_before_2000"
+UNKNOWN_ACCOUNT = "unknown_account"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+DUPLICATE_EVENT = "duplicate_event"
+DUPLICATE_ACCOUNT = "duplicate_account"
+SELF_FOLLOW = "self_follow"
+LABEL_NOT_BINARY = "label_not_binary"
+UNKNOWN_LABEL_SOURCE = "unknown_label_source"
+REASONS = (
+    NULL_KEY,
+    BAD_TYPE,
+    TIMESTAMP_IN_FUTURE,
+    TIMESTAMP_BEFORE_2000,
+    UNKNOWN_ACCOUNT,
+    UNKNOWN_EVENT_TYPE,
+    DUPLICATE_EVENT,
+    DUPLICATE_ACCOUNT,
+    SELF_FOLLOW,
+    LABEL_NOT_BINARY,
+    UNKNOWN_LABEL_SOURCE,
+)
+
+# The reason's name fixes the bound; it is not a knob.
+EARLIEST_VALID_DATE = date(2000, 1, 1)
+
+# Keys of the result of :func:`ingest_files`, per table.
+ROWS_IN = "rows_in"
+ROWS_LOADED = "rows_loaded"
+ROWS_QUARANTINED = "rows_quarantined"
+REASON_COUNTS = "reasons"
+
+CSV = "csv"
+PARQUET = "parquet"
+CSV_SUFFIXES = (".csv", ".csv.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+_NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+
+# Internal column names; the prefix keeps them apart from users' columns.
+_P = "__bw_"
+_JSON = f"{_P}row_json"
+_REASON = f"{_P}reason"
+
+
+class IngestInputError(ValueError):
+    """An input file is missing or unreadable, or lacks a required column; the message names it."""
+
+
+class IngestCountMismatch(RuntimeError):
+    """Rows in != rows loaded + rows quarantined: a bug, since no row may be lost."""
+
+
+def _col(name: str) -> Column:
+    # Backticks: users' column names may contain dots or spaces.
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+def _contract_fields(table: str) -> list[T.StructField]:
+    # event_date is derived from event_ts, never taken from the input.
+    return [f for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
+
+
+def check_required_columns(df: DataFrame, table: str, source: str) -> None:
+    """Raise :class:`IngestInputError` naming ``source`` and the missing required columns of ``table``."""
+    _require(df.columns, table, source)
+
+
+def split_extra_columns(schema: T.StructType, table: str) -> tuple[list[str], list[str]]:
+    """Columns beyond the contract: (kept, dropped).
+
+    ``accounts`` keeps extra numeric and boolean columns (platforms' own attributes, usable as
+    features); every other extra column is dropped. ``event_date`` in an events input is dropped
+    because it is derived from ``event_ts``.
+    """
+    contract = {f.name for f in _contract_fields(table)}
+    kept: list[str] = []
+    dropped: list[str] = []
+    for field in schema.fields:
+        if field.name in contract:
+            continue
+        keep = table == t.ACCOUNTS and isinstance(field.dataType, (T.NumericType, T.BooleanType))
+        (kept if keep else dropped).append(field.name)
+    return kept, dropped
+
+
+def _try_cast(raw: Column, source: T.DataType, target: T.DataType) -> Column:
+    """Cast, null where the value does not fit. Text ids go through a decimal: pandas writes an
+    integer column with gaps as "1.0", which a plain cast to bigint would reject."""
+    if isinstance(source, T.StringType) and isinstance(target, T.IntegralType):
+        exact = raw.try_cast(T.DecimalType(38, 18))
+        return F.when(exact == F.floor(exact), exact.try_cast(target))
+    return raw.try_cast(target)
+
+
+def _bad_type(raw: Column, cast: Column, source: T.DataType, target: T.DataType) -> Column:
+    """A non-null input value that the contract type cannot hold."""
+    lost = cast.isNull()
+    if isinstance(target, T.IntegralType) and isinstance(source, (T.FractionalType, T.DecimalType)):
+        # try_cast truncates 3.5 to 3; an id or label must be a whole number.
+        lost = lost | (cast != raw)
+    if isinstance(target, T.BooleanType) and isinstance(source, T.NumericType):
+        lost = lost | ~raw.isin(0, 1)
+    return raw.isNotNull() & lost
+
+
+def _any(conditions: Sequence[Column]) -> Column:
+    return reduce(lambda a, b: a | b, conditions) if conditions else F.lit(False)
+
+
+def _utc_midnight(day: date) -> Column:
+    # An explicit Z makes the bound independent of the session time zone.
+    return F.lit(f"{day.isoformat()}T00:00:00Z").cast(T.TimestampType())
+
+
+def _non_null(col: Column, field: T.StructField) -> Column:
+    """Cast to the field's type; a NOT NULL field gets a never-used default so Spark (and Delta)
+    record the column as NOT NULL like the contract schema (these rows are already checked non-null)."""
+    col = col.cast(field.dataType)
+    if field.nullable:
+        return col.alias(field.name)
+    # Typed Python literals: a cast from a string literal would count as nullable.
+    zero = {
+        T.StringType: "",
+        T.LongType: 0,
+        T.IntegerType: 0,
+        T.DoubleType: 0.0,
+        T.BooleanType: False,
+        T.DateType: date(1970, 1, 1),
+        T.TimestampType: datetime(1970, 1, 1, tzinfo=UTC),
+    }[type(field.dataType)]
+    return F.coalesce(col, F.lit(zero).cast(field.dataType)).alias(field.name)
+
+
+def _known_ids(known_accounts: DataFrame, alias: str) -> DataFrame:
+    return (
+        known_accounts.select(F.col(t.ACCOUNT_ID).cast(T.LongType()).alias(alias))
+        .where(F.col(alias).isNotNull())
+        .distinct()
+        .withColumn(f"{alias}_known", F.lit(True))
+    )
+
+
+def _join_known(rows: DataFrame, known_accounts: DataFrame, column: str) -> tuple[DataFrame, Column]:
+    alias = f"{_P}known_{column}"
+    ids = _known_ids(known_accounts, alias)
+    joined = rows.join(ids, F.col(column) == F.col(alias), "left").drop(alias)
+    return joined, F.col(f"{alias}_known").isNull()
+
+
+def _first_reason(checks: Sequence[tuple[str, Column]]) -> Column:
+    expr = None
+    for reason, condition in checks:
+        expr = F.when(condition, reason) if expr is None else expr.when(condition, reason)
+    return expr if expr is not None else F.lit(None).cast(T.StringType())
+
+
+def _mark_duplicates(rows: DataFrame, keys: Sequence[str], reason: str) -> DataFrame:
+    """Among rows that passed every other check, keep one per ``keys`` (the smallest row JSON, so
+    reruns keep the same one) and give the others ``reason``."""
+    ok = F.col(_REASON).isNull()
+    window = Window.partitionBy(ok, *[F.col(k) for k in keys]).orderBy(F.col(_JSON))
+    return rows.withColumn(
+        _REASON, F.when(ok & (F.row_number().over(window) > 1), F.lit(reason)).otherwise(F.col(_REASON))
+    )
+
+
+def tag_rows(
+    df: DataFrame,
+    table: str,
+    run_date: date,
+    *,
+    known_accounts: DataFrame | None = None,
+) -> DataFrame:
+    """Every input row once, with the contract columns cast, its original row as JSON and its first
+    reason (null when the row is good). :func:`good_rows` and :func:`quarantine_rows` split it;
+    :func:`validate_table` does both. Cache it when both halves are written."""
+    if table not in INPUT_SCHEMAS:
+        raise ValueError(f"unknown input table '{table}'; expected one of {list(INPUT_SCHEMAS)}")
+    check_required_columns(df, table, f"table '{table}'")
+    fields = _contract_fields(table)
+    source_types = {f.name: f.dataType for f in df.schema.fields}
+    kept, dropped = split_extra_columns(df.schema, table)
+    if dropped:
+        log.info("%s: dropping columns %s (not in the contract)", table, dropped)
+
+    raw: dict[str, Column] = {}
+    cast: dict[str, Column] = {}
+    for f in fields:
+        if f.name not in source_types:  # an optional column the input lacks
+            raw[f.name] = cast[f.name] = F.lit(None).cast(f.dataType)
+            continue
+        raw[f.name] = _col(f.name)
+        cast[f.name] = _try_cast(raw[f.name], source_types[f.name], f.dataType)
+        try:
+            df.select(cast[f.name]).schema  # noqa: B018 - analysis only: is the cast possible at all?
+        except PySparkException as exc:
+            raise IngestInputError(
+                f"table '{table}': column '{f.name}' is {source_types[f.name].simpleString()}, which cannot "
+                f"be read as {f.dataType.simpleString()}; convert it in the input file"
+            ) from exc
+
+    row_json = F.to_json(
+        F.struct(*[_col(c) for c in df.columns]),
+        {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"},
+    )
+    rows = df.select(
+        row_json.alias(_JSON),
+        *[raw[f.name].alias(f"{_P}raw_{f.name}") for f in fields],
+        *[cast[f.name].alias(f.name) for f in fields],
+        *[_col(c) for c in kept],
+    )
+    raw_of = {f.name: F.col(f"{_P}raw_{f.name}") for f in fields}
+
+    keys = [f.name for f in fields if not f.nullable]
+    timestamps = [f.name for f in fields if isinstance(f.dataType, T.TimestampType)]
+    future = _utc_midnight(run_date + timedelta(days=1))
+    earliest = _utc_midnight(EARLIEST_VALID_DATE)
+    checks: list[tuple[str, Column]] = [
+        (NULL_KEY, _any([raw_of[k].isNull() for k in keys])),
+        (
+            BAD_TYPE,
+            _any([_bad_type(raw_of[f.name], F.col(f.name), source_types.get(f.name, f.dataType), f.dataType)
+                  for f in fields]),
+        ),
+        (TIMESTAMP_IN_FUTURE, _any([F.col(c) >= future for c in timestamps])),
+        (TIMESTAMP_BEFORE_2000, _any([F.col(c) < earliest for c in timestamps])),
+    ]
+    if known_accounts is not None and table != t.ACCOUNTS:
+        unknown = []
+        for column in (t.SRC, t.DST) if table == t.EDGES else (t.ACCOUNT_ID,):
+            rows, missing = _join_known(rows, known_accounts, column)
+            unknown.append(missing)
+        checks.append((UNKNOWN_ACCOUNT, _any(unknown)))
+    if table == t.EVENTS:
+        checks.append((UNKNOWN_EVENT_TYPE, ~F.col(t.EVENT_TYPE).isin(*t.EVENT_TYPES)))
+    if table == t.EDGES:
+        checks.append((SELF_FOLLOW, F.col(t.SRC) == F.col(t.DST)))
+    if table == t.LABELS:
+        checks.append((LABEL_NOT_BINARY, ~F.col(t.LABEL).isin(0, 1)))
+        checks.append((UNKNOWN_LABEL_SOURCE, ~F.col(t.SOURCE).isin(*t.LABEL_SOURCES)))
+
+    tagged = rows.withColumn(_REASON, _first_reason(checks))
+    if table == t.EVENTS:
+        tagged = _mark_duplicates(tagged, [f.name for f in fields], DUPLICATE_EVENT)
+    if table == t.ACCOUNTS:
+        tagged = _mark_duplicates(tagged, [t.ACCOUNT_ID], DUPLICATE_ACCOUNT)
+
+    return tagged
+
+
+def good_rows(tagged: DataFrame, table: str) -> DataFrame:
+    """The good rows of :func:`tag_rows`' output, as the contract schema (plus accounts' kept extras)."""
+    fields = INPUT_SCHEMAS[table].fields
+    contract = {f.name for f in fields}
+    extras = [c for c in tagged.columns if c not in contract and not c.startswith(_P)]
+    cols = [_non_null(F.to_date(F.col(t.EVENT_TS)) if f.name == t.EVENT_DATE else F.col(f.name), f) for f in fields]
+    return tagged.where(F.col(_REASON).isNull()).select(*cols, *[_col(c) for c in extras])
+
+
+def quarantine_rows(tagged: DataFrame, table: str, run_date: date) -> DataFrame:
+    """The bad rows of :func:`tag_rows`' output, as ``QUARANTINE_SCHEMA``."""
+    values = [F.lit(table), F.col(_REASON), F.lit(run_date), F.col(_JSON)]
+    return tagged.where(F.col(_REASON).isNotNull()).select(
+        *[_non_null(col, field) for col, field in zip(values, QUARANTINE_SCHEMA.fields, strict=True)]
+    )
+
+
+def validate_table(
+    df: DataFrame,
+    table: str,
+    run_date: date,
+    *,
+    known_accounts: DataFrame | None = None,
+) -> tuple[DataFrame, DataFrame]:
+    """Split an input table into (good rows, quarantine rows).
+
+    Good rows are cast to the contract schema (``INPUT_SCHEMAS[table]``, in its column order);
+    events get ``event_date = to_date(event_ts)`` (the session is UTC); accounts keep their extra
+    numeric/boolean columns after the contract's. Quarantine rows have ``QUARANTINE_SCHEMA``:
+    ``table``, the first ``reason`` that applies (order of :data:`REASONS`), ``run_date`` and
+    ``row_json``, the original row as JSON (nulls included). With ``known_accounts`` (a frame with
+    ``account_id``), events, edges and labels of other accounts are quarantined as
+    ``unknown_account``. Missing required columns raise :class:`IngestInputError`.
+
+    >>> good, bad = validate_table(raw, "edges", date(2026, 1, 31), known_accounts=accounts)  # doctest: +SKIP
+    """
+    tagged = tag_rows(df, table, run_date, known_accounts=known_accounts)
+    return good_rows(tagged, table), quarantine_rows(tagged, table, run_date)
+
+
+# ---- files ----
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path or path.startswith("file:")
+
+
+def _local(path: str) -> str:
+    # Relative paths are the user's, from the current directory (not the project root).
+    return urlparse(path).path if path.startswith("file:") else os.path.abspath(path)
+
+
+def _data_files(folder: str, suffixes: tuple[str, ...]) -> list[str]:
+    """Data files under a local folder, skipping the _SUCCESS / .crc files Spark skips too."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
+        found += [os.path.join(root, n) for n in sorted(names)
+                  if n.lower().endswith(suffixes) and not n.startswith(("_", "."))]
+    return found
+
+
+def _file_format(table: str, path: str) -> str:
+    lower = path.lower().rstrip("/")
+    if lower.endswith(CSV_SUFFIXES):
+        return CSV
+    if lower.endswith(PARQUET_SUFFIXES):
+        return PARQUET
+    if _is_local(path) and os.path.isdir(path):
+        has_csv = bool(_data_files(path, CSV_SUFFIXES))
+        return CSV if has_csv and not _data_files(path, PARQUET_SUFFIXES) else PARQUET
+    if not _is_local(path):
+        return PARQUET  # an object-store folder, as Spark writes them
+    raise IngestInputError(
+        f"{table} file {path}: unknown format; give a .parquet or .csv file or a folder of Parquet files"
+    )
+
+
+def _local_columns(path: str, fmt: str) -> list[str]:
+    """Column names of a local input from its CSV header or Parquet footers, without Spark."""
+    import pyarrow.parquet as pq
+
+    files = _data_files(path, CSV_SUFFIXES if fmt == CSV else PARQUET_SUFFIXES) if os.path.isdir(path) else [path]
+    columns: list[str] = []
+    for file in files:
+        if fmt == CSV:
+            gz = file.lower().endswith(".gz")
+            with gzip.open(file, "rt", newline="") if gz else open(file, newline="") as handle:
+                names = next(csv.reader(handle), [])
+        else:
+            names = pq.read_schema(file).names
+        # Hive-style folders (key=value) are columns too.
+        names += [part.split("=", 1)[0] for part in os.path.relpath(file, path).split(os.sep)[:-1] if "=" in part]
+        columns += [n for n in names if n not in columns]
+    return columns
+
+
+def _require(columns: Sequence[str], table: str, source: str) -> None:
+    missing = [c for c in REQUIRED_COLUMNS[table] if c not in columns]
+    if missing:
+        raise IngestInputError(
+            f"{source}: missing required column(s) {missing} of table '{table}' "
+            f"(found {list(columns)}). Required: {list(REQUIRED_COLUMNS[table])}."
+        )
+
+
+def resolve_input(table: str, path: str) -> tuple[str, str]:
+    """(path for Spark, format) of one input, checked before any Spark work: a missing local file,
+    or a local file lacking a required column, raises :class:`IngestInputError` naming it.
+
+    Needs no Spark session, so the CLI fails fast, before a JVM starts.
+    """
+    if not _is_local(path):
+        return path, _file_format(table, path)
+    local = _local(path)
+    if not os.path.exists(local):
+        raise IngestInputError(f"{table} file not found: {path}")
+    fmt = _file_format(table, local)
+    try:
+        columns = _local_columns(local, fmt)
+    except (OSError, ValueError) as exc:  # pyarrow's errors are ValueError / OSError subclasses
+        raise IngestInputError(f"{table} file {path} cannot be read as {fmt}: {exc}") from exc
+    _require(columns, table, f"{table} file {path}")
+    return local, fmt
+
+
+def _parquet_nanos_columns(path: str) -> list[str]:
+    """Columns stored as nanosecond timestamps (pandas' default), which Spark cannot read directly.
+
+    Only local files are inspected (footers only, via pyarrow)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not _is_local(path):
+        return []
+    files = _data_files(path, PARQUET_SUFFIXES) if os.path.isdir(path) else [path]
+    nanos: list[str] = []
+    for file in files:
+        for field in pq.read_schema(file):
+            if pa.types.is_timestamp(field.type) and field.type.unit == "ns" and field.name not in nanos:
+                nanos.append(field.name)
+    return nanos
+
+
+@contextmanager
+def _sql_conf(spark: SparkSession, key: str, value: str | None) -> Iterator[None]:
+    """Set one SQL setting for the block (None: leave it alone)."""
+    if value is None:
+        yield
+        return
+    previous = spark.conf.get(key, None)
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        if previous is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, previous)
+
+
+def _numeric_csv_extras(df: DataFrame) -> DataFrame:
+    """CSV has no types: an extra accounts column whose every value is a number (or a boolean)
+    becomes double (or boolean), so it is kept like a typed Parquet column."""
+    extras = [c for c in df.columns if c not in {f.name for f in _contract_fields(t.ACCOUNTS)}]
+    if not extras:
+        return df
+    aggs = []
+    for i, c in enumerate(extras):
+        present = _col(c).isNotNull()
+        aggs += [
+            F.count(_col(c)).alias(f"n{i}"),
+            F.count(F.when(present & _col(c).try_cast("double").isNull(), 1)).alias(f"d{i}"),
+            F.count(F.when(present & _col(c).try_cast("boolean").isNull(), 1)).alias(f"b{i}"),
+        ]
+    stats = df.agg(*aggs).first()
+    assert stats is not None
+    typed = {}
+    for i, c in enumerate(extras):
+        if stats[f"n{i}"] and not stats[f"d{i}"]:
+            typed[c] = _col(c).cast("double")
+        elif stats[f"n{i}"] and not stats[f"b{i}"]:
+            typed[c] = _col(c).cast("boolean")
+    return df.withColumns(typed) if typed else df
+
+
+def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_columns: Sequence[str] = ()) -> DataFrame:
+    """Read one input as found (CSV: header, every column a string; Parquet: its own types), with
+    nanosecond timestamp columns turned back into timestamps. Checks the required columns."""
+    try:
+        if fmt == CSV:
+            df = spark.read.option("header", True).option("inferSchema", False).csv(path)
+        else:
+            df = spark.read.parquet(path)
+        df.schema  # noqa: B018 - surface read errors here, naming the file
+    except PySparkException as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "TIMESTAMP(NANOS" in str(exc):
+            first += " (write timestamps in microseconds: pandas' to_parquet(..., coerce_timestamps='us'))"
+        raise IngestInputError(f"{table} file {path} cannot be read as {fmt}: {first}") from exc
+    nanos = {c: F.timestamp_micros(F.expr(f"`{c}` div 1000")) for c in nanos_columns if c in df.columns}
+    if nanos:
+        df = df.withColumns(nanos)
+    check_required_columns(df, table, f"{table} file {path}")
+    if fmt == CSV and table == t.ACCOUNTS:
+        df = _numeric_csv_extras(df)
+    return df
+
+
+@contextmanager
+def open_inputs(
+    spark: SparkSession, paths: dict[str, str | None], echo: Callable[[str], None] = print
+) -> Iterator[dict[str, DataFrame]]:
+    """The input files ``{table: path}`` (None: not given) as DataFrames, usable inside the block.
+
+    Every input is checked (exists, readable, required columns) before any is returned; dropped
+    extra columns are reported through ``echo``. Parquet written by pandas stores nanosecond
+    timestamps, which Spark reads only with a setting that must hold while the frames are used,
+    hence a context manager::
+
+        with open_inputs(spark, {"accounts": "a.csv", "events": "e.parquet"}) as raw:
+            good, bad = validate_table(raw["accounts"], "accounts", run_date)
+            good.show()
+    """
+    inputs = {table: resolve_input(table, path) for table, path in paths.items() if path is not None}
+    nanos = {table: _parquet_nanos_columns(p) if fmt == PARQUET else [] for table, (p, fmt) in inputs.items()}
+    with _sql_conf(spark, _NANOS_AS_LONG, "true" if any(nanos.values()) else None):
+        raw = {table: read_input(spark, table, p, fmt, nanos[table]) for table, (p, fmt) in inputs.items()}
+        for table, df in raw.items():
+            _, dropped = split_extra_columns(df.schema, table)
+            if dropped:
+                echo(
+                    f"note: {table} file {inputs[table][0]}: dropping column(s) {dropped} "
+                    "(only accounts keep extra columns, and only numeric or boolean ones)"
+                )
+        yield raw
+
+
+def write_quarantine(quarantine: DataFrame, warehouse: str, run_date: date, tables: Sequence[str]) -> None:
+    """Replace exactly the (run_date, tables) slice of the ``quarantine`` table with ``quarantine``."""
+    names = ", ".join(f"'{name}'" for name in tables)
+    where = f"{t.RUN_DATE} = DATE'{run_date.isoformat()}' AND `{t.TABLE}` IN ({names})"
+    write_table(quarantine, warehouse, t.QUARANTINE, replace_where=where)
+
+
+def ingest_files(
+    spark: SparkSession,
+    warehouse: str,
+    *,
+    accounts: str,
+    events: str,
+    edges: str,
+    labels: str | None,
+    run_date: date,
+    echo: Callable[[str], None] = print,
+) -> dict[str, dict]:
+    """Load users' Parquet/CSV files as the validated input tables; return counts per table.
+
+    Accounts are validated first; events, edges and labels are then checked against the accounts
+    that loaded. Good rows overwrite the input tables (events partitioned by ``event_date``); bad
+    rows replace the (run_date, tables ingested) slice of ``quarantine``, so re-ingesting the same
+    files leaves every table as it was. Without ``labels`` the labels table is left untouched.
+
+    Returns ``{table: {"rows_in", "rows_loaded", "rows_quarantined", "reasons": {reason: n}}}``;
+    rows in are counted on the input itself, and rows_in != loaded + quarantined raises
+    :class:`IngestCountMismatch`.
+    """
+    given = {t.ACCOUNTS: accounts, t.EVENTS: events, t.EDGES: edges, t.LABELS: labels}
+    # Every input is read and checked before anything is written.
+    with open_inputs(spark, given, echo) as raw, commit_metadata(spark, run_date=run_date.isoformat(), step="ingest"):
+        result: dict[str, dict] = {}
+        tagged: dict[str, DataFrame] = {}
+        try:
+            known = None
+            # Accounts first: the other tables are checked against the accounts that load.
+            for table in (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS):
+                if table not in raw:
+                    continue
+                # Cached: counted, then written as good rows and as quarantine rows from one validation.
+                tagged[table] = tag_rows(raw[table], table, run_date, known_accounts=known).persist(
+                    StorageLevel.MEMORY_AND_DISK
+                )
+                result[table] = _count(table, raw[table], tagged[table])
+                good = good_rows(tagged[table], table)
+                if table == t.ACCOUNTS:
+                    known = good.select(t.ACCOUNT_ID)
+                if table == t.EVENTS:
+                    # Rebalance: one task per day would make a busy day one huge file.
+                    good = good.hint("rebalance", t.EVENT_DATE)
+                write_table(good, warehouse, table, partition_by=(t.EVENT_DATE,) if table == t.EVENTS else ())
+            bad = [quarantine_rows(df, table, run_date) for table, df in tagged.items()]
+            write_quarantine(reduce(DataFrame.unionByName, bad), warehouse, run_date, list(tagged))
+        finally:
+            for df in tagged.values():
+                df.unpersist()
+        return result
+
+
+def _count(table: str, raw: DataFrame, tagged: DataFrame) -> dict:
+    """Rows in (counted on the input itself), loaded and quarantined per reason; they must add up."""
+    by_reason = {row[_REASON]: row["count"] for row in tagged.groupBy(_REASON).count().collect()}
+    loaded = by_reason.pop(None, 0)
+    quarantined = sum(by_reason.values())
+    rows_in = raw.count()
+    if rows_in != loaded + quarantined:
+        raise IngestCountMismatch(
+            f"{table}: {rows_in} rows in but {loaded} loaded + {quarantined} quarantined; this is a bug"
+        )
+    return {
+        ROWS_IN: rows_in,
+        ROWS_LOADED: loaded,
+        ROWS_QUARANTINED: quarantined,
+        REASON_COUNTS: {r: by_reason[r] for r in REASONS if r in by_reason},
+    }
+
+
+def format_report(result: dict[str, dict]) -> str:
+    """The counts of :func:`ingest_files` as lines: one per table, one per reason under it."""
+    lines = [f"{'table':<10} {'rows in':>10} {'loaded':>10} {'quarantined':>12}"]
+    for table, c in result.items():
+        lines.append(f"{table:<10} {c[ROWS_IN]:>10} {c[ROWS_LOADED]:>10} {c[ROWS_QUARANTINED]:>12}")
+        for reason, n in c[REASON_COUNTS].items():
+            lines.append(f"  {reason:<30} {n:>12}")
+    return "\n".join(lines)

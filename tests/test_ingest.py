@@ -1,0 +1,537 @@
+"""`botwatch ingest`: every kind of bad input lands in quarantine with its reason, checked row by
+row against a reference classifier written here in plain pandas/Python on the input files; rows in
+= loaded + quarantined; extra account columns; idempotent re-ingest; missing file/column errors."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from collections import Counter
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from chispa import assert_df_equality
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import tables as t
+from botwatch.config import PROJECT_ROOT
+from botwatch.delta_io import read_table
+from botwatch.ingest import (
+    BAD_TYPE,
+    DUPLICATE_ACCOUNT,
+    DUPLICATE_EVENT,
+    LABEL_NOT_BINARY,
+    NULL_KEY,
+    REASONS,
+    SELF_FOLLOW,
+    TIMESTAMP_BEFORE_2000,
+    TIMESTAMP_IN_FUTURE,
+    UNKNOWN_ACCOUNT,
+    UNKNOWN_EVENT_TYPE,
+    UNKNOWN_LABEL_SOURCE,
+    IngestInputError,
+    ingest_files,
+    open_inputs,
+    validate_table,
+)
+from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA
+
+RUN = date(2024, 6, 30)
+COUNTRIES = ("US", "BR", "DE", "IN", "JP")
+GOOD_ACCOUNTS = [*range(1, 31), 105, 106]
+
+
+# ---------------------------------------------------------------- input files (pandas)
+
+
+def _account(i, **over):
+    row = {
+        t.ACCOUNT_ID: i,
+        t.CREATED_AT: datetime(2021, 1, 1) + timedelta(days=11 * i, hours=i, microseconds=i),
+        t.COUNTRY: COUNTRIES[i % len(COUNTRIES)],
+        t.VERIFIED: i % 3 == 0,
+        t.PROFILE_COMPLETENESS: round(i / 40, 3),
+        t.SIGNUP_IP_HASH: f"ip{i % 7}",
+        t.SIGNUP_DEVICE_ID: f"dev{i}",
+        "followers": 10 * i,
+        "karma": i / 8,
+        "is_premium": i % 4 == 0,
+        "bio": f"hello {i}",
+    }
+    row.update(over)
+    return row
+
+
+def accounts_rows(fmt):
+    rows = [_account(i) for i in range(1, 31)]
+    rows += [
+        _account(100, account_id=None),  # null_key
+        _account(101, account_id=31.5),  # bad_type: an id must be whole
+        _account(102, created_at=datetime(2030, 1, 1)),  # timestamp_in_future
+        _account(103, created_at=datetime(2024, 7, 1)),  # the first instant after the run date
+        _account(104, created_at=datetime(1995, 5, 5)),  # timestamp_before_2000
+        _account(5, country="XX"),  # duplicate_account (its JSON sorts after the first copy's, which loads)
+        _account(105, created_at=datetime(2024, 6, 30, 23, 59, 59)),  # last instant of the run date: good
+        _account(106, created_at=None, verified=None, profile_completeness=None),  # nullable: good
+    ]
+    if fmt == "csv":
+        rows += [
+            _account(107, account_id="abc"),
+            _account(108, verified="maybe"),
+            _account(109, profile_completeness="high"),
+            _account(110, created_at="2024-13-45 10:00:00"),
+        ]
+    return rows
+
+
+def events_rows(fmt):
+    rng = np.random.default_rng(3)
+    rows = []
+    for acc in GOOD_ACCOUNTS:
+        for k in range(int(rng.integers(3, 15))):
+            ts = datetime(2024, 6, 1) + timedelta(seconds=int(rng.integers(0, 29 * 86400)), microseconds=k)
+            rows.append(
+                {
+                    t.ACCOUNT_ID: acc,
+                    t.EVENT_TS: ts,
+                    t.EVENT_TYPE: t.EVENT_TYPES[int(rng.integers(0, 5))],
+                    t.IP_HASH: f"ip{int(rng.integers(0, 9))}" if k % 5 else None,  # nullable
+                    t.DEVICE_ID: f"dev{acc}",
+                    "client": "web",  # an extra column: dropped, but kept in the quarantine JSON
+                }
+            )
+    ok = dict(rows[0])
+    bad = [
+        {**ok, t.ACCOUNT_ID: None},  # null_key
+        {**ok, t.EVENT_TS: None},  # null_key
+        {**ok, t.EVENT_TYPE: None},  # null_key
+        {**ok, t.EVENT_TS: datetime(2024, 7, 1)},  # timestamp_in_future
+        {**ok, t.EVENT_TS: datetime(2024, 6, 30, 23, 59, 59, 999999)},  # good: last microsecond of the run date
+        {**ok, t.EVENT_TS: datetime(1999, 12, 31, 23, 59, 59)},  # timestamp_before_2000
+        {**ok, t.ACCOUNT_ID: 999},  # unknown_account
+        {**ok, t.ACCOUNT_ID: 102},  # unknown_account: that account was quarantined
+        {**ok, t.ACCOUNT_ID: 999, t.EVENT_TS: datetime(2031, 1, 1)},  # both: the first reason wins (future)
+        {**ok, t.EVENT_TYPE: "retweet"},  # unknown_event_type
+        {**ok, t.EVENT_TYPE: "Post"},  # unknown_event_type (case matters)
+        dict(rows[3]),
+        dict(rows[3]),  # two exact copies of rows[3]: duplicate_event x2
+        dict(rows[7]),  # duplicate_event
+    ]
+    if fmt == "csv":
+        bad += [{**ok, t.EVENT_TS: "not-a-date"}, {**ok, t.ACCOUNT_ID: "x1"}, {**ok, t.ACCOUNT_ID: "7.5"}]
+    else:
+        bad += [{**ok, t.ACCOUNT_ID: 7.5}]
+    return rows + bad
+
+
+def edges_rows(fmt):
+    rng = np.random.default_rng(5)
+    pairs = {(int(a), int(b)) for a, b in rng.choice(GOOD_ACCOUNTS, size=(160, 2)) if a != b}
+    rows = [
+        {t.SRC: a, t.DST: b, t.CREATED_AT: datetime(2023, 1, 1) + timedelta(hours=(a * 31 + b) % 9000)}
+        for a, b in sorted(pairs)
+    ]
+    rows += [
+        {t.SRC: None, t.DST: 2, t.CREATED_AT: datetime(2024, 1, 1)},  # null_key
+        {t.SRC: 1, t.DST: None, t.CREATED_AT: datetime(2024, 1, 1)},  # null_key
+        {t.SRC: 1, t.DST: 999, t.CREATED_AT: datetime(2024, 1, 1)},  # unknown_account
+        {t.SRC: 102, t.DST: 1, t.CREATED_AT: datetime(2024, 1, 1)},  # unknown_account
+        {t.SRC: 999, t.DST: 999, t.CREATED_AT: datetime(2024, 1, 1)},  # unknown_account before self_follow
+        {t.SRC: 3, t.DST: 3, t.CREATED_AT: datetime(2024, 1, 1)},  # self_follow
+        {t.SRC: 3, t.DST: 4, t.CREATED_AT: datetime(2024, 8, 1)},  # timestamp_in_future
+        {t.SRC: 3, t.DST: 5, t.CREATED_AT: datetime(1980, 8, 1)},  # timestamp_before_2000
+        {t.SRC: 4, t.DST: 3, t.CREATED_AT: None},  # good: created_at is nullable
+    ]
+    if fmt == "csv":
+        rows += [{t.SRC: "abc", t.DST: 1, t.CREATED_AT: datetime(2024, 1, 1)}]
+    return rows
+
+
+def labels_rows(fmt):
+    rows = [
+        {
+            t.ACCOUNT_ID: acc,
+            t.LABEL: int(acc % 4 == 0),
+            t.SOURCE: t.LABEL_SOURCES[k % 4],
+            t.LABELED_AT: datetime(2024, 6, 1 + k % 28, 12),
+        }
+        for k, acc in enumerate(GOOD_ACCOUNTS + GOOD_ACCOUNTS[:10])
+    ]
+    ok = dict(rows[0])
+    rows += [
+        {**ok, t.LABEL: 2},  # label_not_binary
+        {**ok, t.LABEL: -1},  # label_not_binary
+        {**ok, t.LABEL: 2, t.SOURCE: "oracle"},  # label_not_binary comes first
+        {**ok, t.SOURCE: "oracle"},  # unknown_label_source
+        {**ok, t.SOURCE: None},  # null_key
+        {**ok, t.LABELED_AT: None},  # null_key
+        {**ok, t.LABELED_AT: datetime(2024, 7, 2)},  # timestamp_in_future
+        {**ok, t.ACCOUNT_ID: 999},  # unknown_account
+    ]
+    rows += [{**ok, t.LABEL: "yes"}, {**ok, t.LABEL: "1.0"}] if fmt == "csv" else [{**ok, t.LABEL: 0.5}]
+    return rows
+
+
+BUILDERS = {t.ACCOUNTS: accounts_rows, t.EVENTS: events_rows, t.EDGES: edges_rows, t.LABELS: labels_rows}
+
+
+def _csv_text(value):
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, float) and value.is_integer():
+        return str(value)  # "5.0", as pandas writes an integer column that has gaps
+    return str(value)
+
+
+def write_input(folder: Path, table: str, fmt: str, rows=None) -> str:
+    """Write a table as pandas would: Parquet with pandas' own dtypes (nanosecond timestamps),
+    or CSV text. ``fmt="parquet_dir"`` writes a folder of three Parquet files."""
+    rows = BUILDERS[table](fmt) if rows is None else rows
+    if fmt == "csv":
+        path = folder / f"{table}.csv"
+        pd.DataFrame([{k: _csv_text(v) for k, v in r.items()} for r in rows], dtype=object).to_csv(path, index=False)
+        return str(path)
+    pdf = pd.DataFrame(rows)
+    for column in pdf.columns:
+        if any(isinstance(v, datetime) for v in pdf[column]):
+            pdf[column] = pd.to_datetime(pdf[column])
+    if fmt == "parquet":
+        path = folder / f"{table}.parquet"
+        pdf.to_parquet(path, index=False)
+        return str(path)
+    path = folder / table
+    path.mkdir()
+    for k, part in enumerate(np.array_split(np.arange(len(pdf)), 3)):
+        pdf.iloc[part].to_parquet(path / f"part-{k}.parquet", index=False)
+    return str(path)
+
+
+# ---------------------------------------------------------------- the reference (plain Python)
+
+MISSING, BAD = object(), object()
+BOOL_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
+              "false": False, "f": False, "no": False, "n": False, "0": False}  # Spark's string -> boolean
+
+
+def _missing(v):
+    return v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NaT
+
+
+def _parse(v, typ):
+    if _missing(v):
+        return MISSING
+    try:
+        if isinstance(typ, (T.LongType, T.IntegerType)):
+            x = float(v)
+            return int(x) if math.isfinite(x) and x.is_integer() else BAD
+        if isinstance(typ, T.DoubleType):
+            return float(v)
+        if isinstance(typ, T.BooleanType):
+            return v if isinstance(v, (bool, np.bool_)) else BOOL_WORDS.get(str(v).strip().lower(), BAD)
+        if isinstance(typ, T.TimestampType):
+            ts = pd.Timestamp(v)
+            return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        return str(v)
+    except (ValueError, TypeError):
+        return BAD
+
+
+def reference(table, pdf, known=None):
+    """(reason or None per row, parsed contract values per row), by the documented first-reason rules."""
+    fields = [f for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
+    end = pd.Timestamp(RUN + timedelta(days=1), tz="UTC")
+    start = pd.Timestamp("2000-01-01", tz="UTC")
+    reasons, parsed = [], []
+    for rec in pdf.to_dict("records"):
+        p = {f.name: _parse(rec.get(f.name), f.dataType) for f in fields}
+        stamps = [v for f in fields if isinstance(f.dataType, T.TimestampType) for v in [p[f.name]]
+                  if v is not MISSING and v is not BAD]
+        ids = [p[c] for c in ((t.SRC, t.DST) if table == t.EDGES else (t.ACCOUNT_ID,))]
+        if any(p[f.name] is MISSING for f in fields if not f.nullable):
+            r = NULL_KEY
+        elif any(v is BAD for v in p.values()):
+            r = BAD_TYPE
+        elif any(s >= end for s in stamps):
+            r = TIMESTAMP_IN_FUTURE
+        elif any(s < start for s in stamps):
+            r = TIMESTAMP_BEFORE_2000
+        elif known is not None and table != t.ACCOUNTS and any(i not in known for i in ids):
+            r = UNKNOWN_ACCOUNT
+        elif table == t.EVENTS and p[t.EVENT_TYPE] not in t.EVENT_TYPES:
+            r = UNKNOWN_EVENT_TYPE
+        elif table == t.EDGES and p[t.SRC] == p[t.DST]:
+            r = SELF_FOLLOW
+        elif table == t.LABELS and p[t.LABEL] not in (0, 1):
+            r = LABEL_NOT_BINARY
+        elif table == t.LABELS and p[t.SOURCE] not in t.LABEL_SOURCES:
+            r = UNKNOWN_LABEL_SOURCE
+        else:
+            r = None
+        reasons.append(r)
+        parsed.append({k: (None if v is MISSING else v) for k, v in p.items()})
+    if table in (t.EVENTS, t.ACCOUNTS):
+        seen = set()
+        keys = [f.name for f in fields] if table == t.EVENTS else [t.ACCOUNT_ID]
+        for i, p in enumerate(parsed):
+            if reasons[i] is None:
+                key = tuple(p[k] for k in keys)
+                if key in seen:
+                    reasons[i] = DUPLICATE_EVENT if table == t.EVENTS else DUPLICATE_ACCOUNT
+                seen.add(key)
+    return reasons, parsed
+
+
+def read_back(path: str) -> pd.DataFrame:
+    """An input file as pandas reads it (CSV: every value text, only empty fields are null)."""
+    if path.endswith(".csv"):
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    return pd.read_parquet(path)
+
+
+def references(paths: dict[str, str]):
+    out = {}
+    acc_reasons, acc_parsed = reference(t.ACCOUNTS, read_back(paths[t.ACCOUNTS]))
+    out[t.ACCOUNTS] = (acc_reasons, acc_parsed)
+    known = {p[t.ACCOUNT_ID] for r, p in zip(acc_reasons, acc_parsed, strict=True) if r is None}
+    for table in (t.EVENTS, t.EDGES, t.LABELS):
+        if table in paths:
+            out[table] = reference(table, read_back(paths[table]), known)
+    return out
+
+
+def delta_pdf(warehouse: str, table: str) -> pd.DataFrame:
+    """A Delta table read without Spark (deltalake), for an independent look at what was written."""
+    return DeltaTable(f"{warehouse}/{table}").to_pandas()
+
+
+def _norm(v):
+    return None if _missing(v) else v
+
+
+def check_counts(refs, result):
+    """Counts per table and reason against the reference; rows in = loaded + quarantined."""
+    assert set(result) == set(refs)
+    for table, (reasons, _) in refs.items():
+        got = result[table]
+        assert got["reasons"] == dict(Counter(r for r in reasons if r is not None)), table
+        assert got["rows_in"] == len(reasons), table
+        assert got["rows_loaded"] == sum(r is None for r in reasons), table
+        assert got["rows_in"] == got["rows_loaded"] + got["rows_quarantined"], table
+
+
+def check_against_reference(warehouse, paths, result):
+    refs = references(paths)
+    check_counts(refs, result)
+    for table, (reasons, parsed) in refs.items():
+        # What loaded is exactly the reference's good rows (read with deltalake, not Spark).
+        cols = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
+        loaded = delta_pdf(warehouse, table)
+        got_rows = Counter(tuple(_norm(v) for v in row) for row in loaded[cols].itertuples(index=False))
+        want_rows = Counter(tuple(p[c] for c in cols) for r, p in zip(reasons, parsed, strict=True) if r is None)
+        assert got_rows == want_rows, table
+    # The quarantine slice holds exactly those reasons.
+    q = delta_pdf(warehouse, t.QUARANTINE)
+    q = q[q[t.RUN_DATE] == RUN]
+    got_q = Counter(zip(q[t.TABLE], q[t.REASON], strict=True))
+    want_q = Counter((table, r) for table, (reasons, _) in refs.items() for r in reasons if r is not None)
+    assert got_q == want_q
+    return refs
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module")
+def mixed(spark, tmp_path_factory):
+    """One ingest of accounts.parquet, events.csv, edges.parquet, labels.csv."""
+    folder = tmp_path_factory.mktemp("ingest_mixed")
+    warehouse = str(folder / "warehouse")
+    fmts = {t.ACCOUNTS: "parquet", t.EVENTS: "csv", t.EDGES: "parquet", t.LABELS: "csv"}
+    paths = {table: write_input(folder, table, fmt) for table, fmt in fmts.items()}
+    notes: list[str] = []
+    result = ingest_files(spark, warehouse, **paths, run_date=RUN, echo=notes.append)
+    return {"warehouse": warehouse, "paths": paths, "result": result, "notes": notes}
+
+
+def test_every_bad_row_quarantined_with_reason_and_counts_add_up(mixed):
+    check_against_reference(mixed["warehouse"], mixed["paths"], mixed["result"])
+    # Every reason of the contract occurred at least once across the tables.
+    seen = {r for c in mixed["result"].values() for r in c["reasons"]}
+    assert seen == set(REASONS)
+
+
+def test_quarantine_row_json_is_the_original_row(mixed, spark):
+    """For the CSV inputs each quarantined row's JSON is its text row (extras included), with the
+    reason the reference gives that row."""
+    q = read_table(spark, mixed["warehouse"], t.QUARANTINE)
+    assert [(f.name, f.dataType) for f in q.schema] == [(f.name, f.dataType) for f in QUARANTINE_SCHEMA]
+    refs = references(mixed["paths"])
+    for table in (t.EVENTS, t.LABELS):
+        rows = q.where((F.col(t.TABLE) == table) & (F.col(t.RUN_DATE) == RUN)).select(t.REASON, t.ROW_JSON).collect()
+        got = Counter((r[t.REASON], json.dumps(json.loads(r[t.ROW_JSON]), sort_keys=True)) for r in rows)
+        pdf = read_back(mixed["paths"][table])
+        records = [{k: None if _missing(v) else v for k, v in rec.items()} for rec in pdf.to_dict("records")]
+        want = Counter((r, json.dumps(rec, sort_keys=True))
+                       for r, rec in zip(refs[table][0], records, strict=True) if r is not None)
+        assert got == want, table
+
+
+def test_loaded_tables_have_the_contract_schema(mixed, spark):
+    wh = mixed["warehouse"]
+    for table in (t.EVENTS, t.EDGES, t.LABELS):
+        # (Reading Delta makes every column nullable; the written schema says NOT NULL where the contract does.)
+        got = read_table(spark, wh, table).schema
+        assert [(f.name, f.dataType) for f in got] == [(f.name, f.dataType) for f in INPUT_SCHEMAS[table]], table
+    events = read_table(spark, wh, t.EVENTS)
+    assert events.where(F.col(t.EVENT_DATE) != F.to_date(t.EVENT_TS)).count() == 0
+    # Partitioned by event_date (read from the Delta log without Spark).
+    assert DeltaTable(f"{wh}/{t.EVENTS}").metadata().partition_columns == [t.EVENT_DATE]
+    # The last microsecond of the run date loads, into the run date's partition.
+    last = events.where(F.col(t.EVENT_TS) == F.lit("2024-06-30T23:59:59.999999Z").cast("timestamp"))
+    assert [r[t.EVENT_DATE] for r in last.collect()] == [RUN]
+
+
+def test_extra_numeric_account_columns_kept_string_dropped(mixed, spark):
+    accounts = read_table(spark, mixed["warehouse"], t.ACCOUNTS)
+    types = dict(accounts.dtypes)
+    assert [f.name for f in accounts.schema.fields[:7]] == [f.name for f in INPUT_SCHEMAS[t.ACCOUNTS].fields]
+    assert (types["followers"], types["karma"], types["is_premium"]) == ("bigint", "double", "boolean")
+    assert "bio" not in types
+    assert any("accounts" in n and "bio" in n for n in mixed["notes"])
+    assert any("events" in n and "client" in n for n in mixed["notes"])
+    got = {r[t.ACCOUNT_ID]: (r["followers"], r["karma"], r["is_premium"]) for r in accounts.collect()}
+    want = {i: (10 * i, i / 8, i % 4 == 0) for i in GOOD_ACCOUNTS}
+    assert got == want
+
+
+def test_other_formats_validate_like_the_reference(spark, tmp_path):
+    """accounts.csv, a folder of Parquet events, edges.csv, labels.parquet: validated (not written)
+    through the same readers, against the reference; CSV extras are typed from their text."""
+    fmts = {t.ACCOUNTS: "csv", t.EVENTS: "parquet_dir", t.EDGES: "csv", t.LABELS: "parquet"}
+    paths = {table: write_input(tmp_path, table, fmt) for table, fmt in fmts.items()}
+    # An optional contract column may be absent: it loads as nulls.
+    pd.read_csv(paths[t.ACCOUNTS], dtype=str).drop(columns=[t.SIGNUP_DEVICE_ID]).to_csv(paths[t.ACCOUNTS], index=False)
+    result = {}
+    with open_inputs(spark, paths, echo=lambda _: None) as raw:
+        known = None
+        for table in (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS):
+            good, bad = validate_table(raw[table], table, RUN, known_accounts=known)
+            if table == t.ACCOUNTS:
+                known = good.select(t.ACCOUNT_ID).localCheckpoint()
+                types = dict(good.dtypes)
+                assert (types["followers"], types["karma"], types["is_premium"]) == ("double", "double", "boolean")
+                assert "bio" not in types
+                assert good.where(F.col(t.SIGNUP_DEVICE_ID).isNotNull()).count() == 0
+            reasons = {r[t.REASON]: r["count"] for r in bad.groupBy(t.REASON).count().collect()}
+            loaded = good.count()
+            result[table] = {"rows_in": raw[table].count(), "rows_loaded": loaded,
+                             "rows_quarantined": sum(reasons.values()), "reasons": reasons}
+    check_counts(references(paths), result)
+
+
+def test_first_reason_wins_and_bad_column_type_is_an_error(spark):
+    schema = "account_id bigint, event_ts timestamp, event_type string, ip_hash string, device_id string"
+    ts = datetime(2024, 6, 3, 12)
+    events = spark.createDataFrame(
+        [
+            (1, ts, "post", None, "d"),  # good (ip_hash is nullable)
+            (9, datetime(2031, 1, 1), "nope", "i", "d"),  # future, unknown account and type: future
+            (9, ts, "nope", "i", "d"),  # unknown account and type: unknown_account
+            (1, ts, "nope", "i", "d"),  # unknown_event_type
+        ],
+        schema,
+    )
+    known = spark.createDataFrame([(1,), (2,)], "account_id bigint")
+    good, bad = validate_table(events, t.EVENTS, RUN, known_accounts=known)
+    expected = spark.createDataFrame([(1, ts, "post", None, "d", date(2024, 6, 3))], INPUT_SCHEMAS[t.EVENTS])
+    assert_df_equality(good, expected)  # schema too, NOT NULL flags included
+    assert bad.schema == QUARANTINE_SCHEMA
+    assert sorted(r[t.REASON] for r in bad.collect()) == sorted(
+        [TIMESTAMP_IN_FUTURE, UNKNOWN_ACCOUNT, UNKNOWN_EVENT_TYPE]
+    )
+    # Without known_accounts no referential check runs.
+    _, bad = validate_table(events, t.EVENTS, RUN)
+    assert sorted(r[t.REASON] for r in bad.collect()) == sorted([TIMESTAMP_IN_FUTURE] + [UNKNOWN_EVENT_TYPE] * 2)
+
+    with pytest.raises(IngestInputError, match=r"table 'events': missing required column\(s\) \['device_id'\]"):
+        validate_table(events.drop(t.DEVICE_ID), t.EVENTS, RUN)
+    weird = spark.createDataFrame([([1], datetime(2024, 1, 1))], "src array<int>, created_at timestamp")
+    with pytest.raises(IngestInputError, match=r"column 'src' is array<int>"):
+        validate_table(weird.withColumn(t.DST, F.lit(1)), t.EDGES, RUN)
+
+
+def test_missing_file_or_column_raises_naming_it(spark, tmp_path):
+    warehouse = str(tmp_path / "warehouse")
+    paths = {table: write_input(tmp_path, table, "parquet") for table in (t.ACCOUNTS, t.EVENTS, t.EDGES)}
+    missing = str(tmp_path / "nope" / "edges.parquet")
+    with pytest.raises(IngestInputError, match="edges file not found: " + re.escape(missing)):
+        ingest_files(spark, warehouse, **{**paths, t.EDGES: missing}, labels=None, run_date=RUN)
+    no_type = tmp_path / "events_no_type.parquet"
+    pd.read_parquet(paths[t.EVENTS]).drop(columns=[t.EVENT_TYPE]).to_parquet(no_type)
+    with pytest.raises(IngestInputError, match=r"events_no_type.parquet: missing required column\(s\) \['event_type"):
+        ingest_files(spark, warehouse, **{**paths, t.EVENTS: str(no_type)}, labels=None, run_date=RUN)
+    # Inputs are all checked before anything is written.
+    assert not Path(warehouse).exists()
+
+
+def test_cli_exits_2_naming_the_missing_file_or_column(tmp_path):
+    """Both are found before a JVM starts (file system, CSV header), so these subprocesses are quick."""
+    def cli(*args):
+        cmd = [sys.executable, "-m", "botwatch", "ingest", *args, "--warehouse", str(tmp_path / "wh"),
+               "--date", RUN.isoformat(), "--set", "spark.master=local[1]", "--set", "spark.driver_memory=1g"]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+
+    accounts = write_input(tmp_path, t.ACCOUNTS, "csv")
+    edges = write_input(tmp_path, t.EDGES, "csv")
+    out = cli("--accounts", accounts, "--events", str(tmp_path / "missing.csv"), "--edges", edges)
+    assert out.returncode == 2, out.stderr
+    assert "events file not found" in out.stderr and "missing.csv" in out.stderr
+
+    no_dst = tmp_path / "edges_no_dst.csv"
+    pd.read_csv(edges, dtype=str).drop(columns=[t.DST]).to_csv(no_dst, index=False)
+    events = write_input(tmp_path, t.EVENTS, "csv")
+    out = cli("--accounts", accounts, "--events", events, "--edges", str(no_dst))
+    assert out.returncode == 2, out.stderr
+    assert "edges_no_dst.csv" in out.stderr and "missing required column(s) ['dst']" in out.stderr
+    assert not (tmp_path / "wh").exists()
+
+
+def _canonical(pdf: pd.DataFrame) -> pd.DataFrame:
+    return pdf.sort_values(list(pdf.columns), key=lambda c: c.astype(str)).reset_index(drop=True)
+
+
+def test_reingest_is_idempotent_and_keeps_other_quarantine_slices(mixed, spark):
+    """Ingesting the same files again leaves every table's contents as they were: each table's new
+    Delta version equals the previous one (read with deltalake). Runs last among the tests of the
+    shared ingest, which it re-ingests."""
+    warehouse = mixed["warehouse"]
+    # A slice the re-ingest must not touch: another run date.
+    other = spark.createDataFrame([(t.ACCOUNTS, NULL_KEY, date(2024, 6, 29), "{}")], QUARANTINE_SCHEMA)
+    other.write.format("delta").mode("append").save(f"{warehouse}/{t.QUARANTINE}")
+    tables = (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS, t.QUARANTINE)
+    versions = {table: DeltaTable(f"{warehouse}/{table}").version() for table in tables}
+
+    again = ingest_files(spark, warehouse, **mixed["paths"], run_date=RUN, echo=lambda _: None)
+
+    assert again == mixed["result"]
+    for table in tables:
+        path = f"{warehouse}/{table}"
+        assert DeltaTable(path).version() == versions[table] + 1, table  # it did write
+        before = _canonical(DeltaTable(path, version=versions[table]).to_pandas())
+        after = _canonical(DeltaTable(path).to_pandas())
+        assert len(after) == len(before), table
+        pd.testing.assert_frame_equal(after, before, obj=table)
+    q = delta_pdf(warehouse, t.QUARANTINE)
+    assert (q[t.RUN_DATE] == date(2024, 6, 29)).sum() == 1
+    assert len(q) == 1 + sum(c["rows_quarantined"] for c in again.values())
