@@ -1,0 +1,223 @@
+"""The stage-1 XGBoost model: distributed training with ``xgboost.spark``, Platt calibration,
+and scoring (probability plus SHAP reason codes) in Spark.
+
+Training uses ``SparkXGBClassifier`` for 0/1 labels and ``SparkXGBRegressor`` with the
+``binary:logistic`` objective for soft targets in [0, 1] (the classifier infers classes from the
+distinct labels, so it cannot take soft targets; the regressor with a logistic objective trains
+the same kind of booster). Missing values stay NaN: XGBoost learns where they go, which new
+accounts (no windows, no graph) need.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import tables as t
+
+VALIDATION_FLAG = "_is_validation"
+# Columns of a features row that are never model inputs.
+NON_FEATURE_COLUMNS = {
+    t.ACCOUNT_ID, t.RUN_DATE, t.COUNTRY, t.LABEL, t.WEIGHT, t.SOURCE, t.AS_OF_DATE, t.FAMILY,
+    "features_run_date", VALIDATION_FLAG,
+}
+REASON_CODES_TYPE = T.ArrayType(
+    T.StructType([T.StructField("feature", T.StringType()), T.StructField("contribution", T.DoubleType())])
+)
+
+
+def feature_columns(df: DataFrame, exclude: Sequence[str] = ()) -> list[str]:
+    """Numeric and boolean columns of a features frame that the model takes, in a stable order."""
+    numeric = (T.NumericType, T.BooleanType)
+    skip = NON_FEATURE_COLUMNS | set(exclude)
+    return [f.name for f in df.schema.fields if isinstance(f.dataType, numeric) and f.name not in skip]
+
+
+def as_model_input(cols: Sequence[str]) -> list[Column]:
+    """Features as doubles with nulls turned into NaN (XGBoost's missing value)."""
+    return [F.coalesce(F.col(c).cast("double"), F.lit(float("nan"))).alias(c) for c in cols]
+
+
+@dataclass
+class XGBParams:
+    n_estimators: int = 300
+    max_depth: int = 6
+    learning_rate: float = 0.1
+    subsample: float = 0.9
+    colsample_bytree: float = 0.9
+    min_child_weight: float = 1.0
+    reg_lambda: float = 1.0
+    early_stopping_rounds: int = 20
+    num_workers: int = 2
+    seed: int = 0
+
+    @classmethod
+    def from_conf(cls, section: dict) -> XGBParams:
+        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+
+
+def fit_booster(
+    train: DataFrame,
+    valid: DataFrame,
+    cols: Sequence[str],
+    params: XGBParams,
+    *,
+    label_col: str = t.LABEL,
+    weight_col: str | None = t.WEIGHT,
+    soft_targets: bool = False,
+):
+    """Train on ``train`` with early stopping on ``valid``; returns an ``xgboost.Booster``."""
+    from xgboost.spark import SparkXGBClassifier, SparkXGBRegressor
+
+    data = train.withColumn(VALIDATION_FLAG, F.lit(False)).unionByName(
+        valid.withColumn(VALIDATION_FLAG, F.lit(True))
+    )
+    data = data.select(
+        *as_model_input(cols),
+        F.col(label_col).cast("double").alias(label_col),
+        *( [F.col(weight_col).cast("double").alias(weight_col)] if weight_col else [] ),
+        VALIDATION_FLAG,
+    )
+    common = dict(
+        features_col=list(cols),
+        label_col=label_col,
+        validation_indicator_col=VALIDATION_FLAG,
+        early_stopping_rounds=params.early_stopping_rounds,
+        n_estimators=params.n_estimators,
+        max_depth=params.max_depth,
+        learning_rate=params.learning_rate,
+        subsample=params.subsample,
+        colsample_bytree=params.colsample_bytree,
+        min_child_weight=params.min_child_weight,
+        reg_lambda=params.reg_lambda,
+        num_workers=params.num_workers,
+        missing=float("nan"),
+        seed=params.seed,
+        eval_metric="logloss",
+    )
+    if weight_col:
+        common["weight_col"] = weight_col
+    if soft_targets:
+        estimator = SparkXGBRegressor(objective="binary:logistic", **common)
+    else:
+        estimator = SparkXGBClassifier(**common)
+    return estimator.fit(data).get_booster()
+
+
+def booster_bytes(booster) -> bytes:
+    return bytes(booster.save_raw(raw_format="json"))
+
+
+_BOOSTER_CACHE: dict[int, object] = {}
+
+
+def load_booster(raw: bytes):
+    """A Booster from its JSON bytes, cached per Python worker (loaded once, reused by every batch)."""
+    import xgboost as xgb
+
+    key = hash(raw)
+    if key not in _BOOSTER_CACHE:
+        booster = xgb.Booster()
+        booster.load_model(bytearray(raw))
+        booster.set_param({"nthread": 1})
+        _BOOSTER_CACHE[key] = booster
+    return _BOOSTER_CACHE[key]
+
+
+def predict_margin(raw: bytes, features: pd.DataFrame) -> np.ndarray:
+    """Raw (log-odds) scores of the booster for a pandas frame of model inputs."""
+    booster = load_booster(raw)
+    dm = _dmatrix(features)
+    return booster.predict(dm, output_margin=True, iteration_range=_best_range(booster))
+
+
+def _dmatrix(features: pd.DataFrame):
+    import xgboost as xgb
+
+    return xgb.DMatrix(
+        features.to_numpy(dtype="float64", na_value=np.nan), missing=np.nan, feature_names=list(features.columns)
+    )
+
+
+def _best_range(booster) -> tuple[int, int]:
+    try:
+        return (0, int(booster.attr("best_iteration")) + 1) if booster.attr("best_iteration") else (0, 0)
+    except (TypeError, ValueError):
+        return (0, 0)
+
+
+def top_contributions(raw: bytes, features: pd.DataFrame, k: int = 3) -> list[list[dict]]:
+    """The ``k`` features pushing each score up the most (XGBoost's TreeSHAP contributions)."""
+    booster = load_booster(raw)
+    dm = _dmatrix(features)
+    contrib = booster.predict(dm, pred_contribs=True, iteration_range=_best_range(booster))[:, :-1]
+    names = list(features.columns)
+    order = np.argsort(-contrib, axis=1)[:, :k]
+    return [
+        [{"feature": names[j], "contribution": float(contrib[i, j])} for j in row]
+        for i, row in enumerate(order)
+    ]
+
+
+@dataclass
+class PlattCalibration:
+    """score = sigmoid(a * margin + b), fitted on validation so ``score`` reads as a probability."""
+
+    a: float = 1.0
+    b: float = 0.0
+
+    @classmethod
+    def fit(cls, margin: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None) -> PlattCalibration:
+        from sklearn.linear_model import LogisticRegression
+
+        if len(np.unique(y)) < 2:
+            return cls()
+        lr = LogisticRegression(C=1e6, max_iter=1000)
+        lr.fit(np.asarray(margin).reshape(-1, 1), y, sample_weight=weight)
+        return cls(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+
+    def apply(self, margin: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-(self.a * np.asarray(margin) + self.b)))
+
+    def column(self, margin: Column) -> Column:
+        return F.lit(1.0) / (F.lit(1.0) + F.exp(-(F.lit(self.a) * margin + F.lit(self.b))))
+
+
+def score_frame(
+    df: DataFrame,
+    raw: bytes,
+    cols: Sequence[str],
+    calibration: PlattCalibration,
+    *,
+    reason_codes: int = 3,
+    score_col: str = t.STAGE1_SCORE,
+) -> DataFrame:
+    """Add ``score_col`` (calibrated probability) and ``reason_codes`` to ``df`` via mapInPandas:
+    the booster is shipped once and loaded once per Python worker."""
+    keep = [c for c in df.columns]
+    inputs = df.select(*[F.col(c) for c in keep if c not in cols], *as_model_input(cols))
+    out_schema = T.StructType(
+        [f for f in inputs.schema.fields if f.name not in cols]
+        + [T.StructField(score_col, T.DoubleType()), T.StructField("reason_codes", REASON_CODES_TYPE)]
+    )
+    passthrough = [f.name for f in out_schema.fields if f.name not in (score_col, "reason_codes")]
+    cal_a, cal_b, colist, k = calibration.a, calibration.b, list(cols), reason_codes
+
+    def _score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            if pdf.empty:
+                continue
+            x = pdf[colist]
+            margin = predict_margin(raw, x)
+            out = pdf[passthrough].copy()
+            out[score_col] = 1.0 / (1.0 + np.exp(-(cal_a * margin + cal_b)))
+            out["reason_codes"] = top_contributions(raw, x, k) if k else [[] for _ in range(len(pdf))]
+            yield out
+
+    return inputs.mapInPandas(_score, out_schema)
+

@@ -1,0 +1,176 @@
+"""The model registry: a ``model_registry`` Delta table plus artifacts under
+``<warehouse>/models/<name>/<version>/`` (model, feature list, threshold, calibration, training
+window, metrics, code version).
+
+Stages: ``challenger`` (just trained), ``champion`` (the one that scores), ``retired``. A
+challenger is promoted only through :func:`promotion_decision`; a refusal is recorded with its
+reason, and the champion keeps scoring.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+
+import fsspec
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import __version__
+from botwatch import tables as t
+from botwatch.delta_io import read_table, table_exists, write_table
+from botwatch.tables import table_path
+
+CHAMPION, CHALLENGER, RETIRED = t.MODEL_STAGES
+
+REGISTRY_SCHEMA = T.StructType(
+    [
+        T.StructField(t.MODEL_NAME, T.StringType(), False),
+        T.StructField(t.VERSION, T.IntegerType(), False),
+        T.StructField(t.STAGE, T.StringType(), False),
+        T.StructField(t.RUN_DATE, T.DateType(), True),
+        T.StructField("created_at", T.TimestampType(), True),
+        T.StructField("metrics", T.MapType(T.StringType(), T.DoubleType()), True),
+        T.StructField("artifact_path", T.StringType(), True),
+        T.StructField("threshold", T.DoubleType(), True),
+        T.StructField("train_start", T.DateType(), True),
+        T.StructField("train_end", T.DateType(), True),
+        T.StructField("code_version", T.StringType(), True),
+        T.StructField("reason", T.StringType(), True),
+    ]
+)
+
+
+class NoChampionError(LookupError):
+    """No champion model is registered yet: train one first (`botwatch train --date D`)."""
+
+
+@dataclass
+class ModelRecord:
+    model_name: str
+    version: int
+    stage: str
+    run_date: dt.date
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifact_path: str = ""
+    threshold: float | None = None
+    train_start: dt.date | None = None
+    train_end: dt.date | None = None
+    code_version: str = __version__
+    reason: str = ""
+    created_at: dt.datetime | None = None
+
+    def row(self) -> tuple:
+        # NaN metrics are stored as null-free numbers: Delta maps keep doubles, NaN included.
+        return (
+            self.model_name, self.version, self.stage, self.run_date,
+            self.created_at or dt.datetime.combine(self.run_date, dt.time()),
+            {k: float(v) for k, v in self.metrics.items()}, self.artifact_path,
+            None if self.threshold is None else float(self.threshold),
+            self.train_start, self.train_end, self.code_version, self.reason,
+        )
+
+
+def artifact_dir(warehouse: str, model_name: str, version: int) -> str:
+    return f"{warehouse.rstrip('/')}/models/{model_name}/{version}"
+
+
+def write_artifact(directory: str, name: str, data: bytes | str | dict) -> str:
+    path = f"{directory}/{name}"
+    payload = json.dumps(data, indent=2, sort_keys=True, default=str) if isinstance(data, dict) else data
+    mode = "wb" if isinstance(payload, bytes) else "w"
+    with fsspec.open(path, mode, auto_mkdir=True) as fh:
+        fh.write(payload)
+    return path
+
+
+def read_artifact(directory: str, name: str, binary: bool = False):
+    with fsspec.open(f"{directory}/{name}", "rb" if binary else "r") as fh:
+        data = fh.read()
+    return data if binary or not name.endswith(".json") else json.loads(data)
+
+
+def records(spark: SparkSession, warehouse: str, model_name: str | None = None) -> list[dict]:
+    if not table_exists(spark, warehouse, t.MODEL_REGISTRY):
+        return []
+    df = read_table(spark, warehouse, t.MODEL_REGISTRY)
+    if model_name:
+        df = df.where(F.col(t.MODEL_NAME) == model_name)
+    return [r.asDict(recursive=True) for r in df.orderBy(t.VERSION).collect()]
+
+
+def next_version(spark: SparkSession, warehouse: str, model_name: str) -> int:
+    return max((r[t.VERSION] for r in records(spark, warehouse, model_name)), default=0) + 1
+
+
+def champion(spark: SparkSession, warehouse: str, model_name: str) -> dict | None:
+    found = [r for r in records(spark, warehouse, model_name) if r[t.STAGE] == CHAMPION]
+    return found[-1] if found else None
+
+
+def upsert(spark: SparkSession, warehouse: str, record: ModelRecord) -> None:
+    """Insert or update one model version (MERGE keyed on name and version)."""
+    df = spark.createDataFrame([record.row()], REGISTRY_SCHEMA)
+    if not table_exists(spark, warehouse, t.MODEL_REGISTRY):
+        write_table(df, warehouse, t.MODEL_REGISTRY, mode="overwrite")
+        return
+    from delta.tables import DeltaTable
+
+    target = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY))
+    (
+        target.alias("r")
+        .merge(df.alias("n"), f"r.{t.MODEL_NAME} = n.{t.MODEL_NAME} AND r.{t.VERSION} = n.{t.VERSION}")
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def set_stage(spark: SparkSession, warehouse: str, model_name: str, version: int, stage: str, reason: str = "") -> None:
+    from delta.tables import DeltaTable
+
+    target = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY))
+    target.update(
+        (F.col(t.MODEL_NAME) == model_name) & (F.col(t.VERSION) == version),
+        {t.STAGE: F.lit(stage), "reason": F.lit(reason)},
+    )
+
+
+@dataclass
+class PromotionDecision:
+    promote: bool
+    reason: str
+
+
+def promotion_decision(
+    challenger_pr_auc: float,
+    canary_pr_auc: float,
+    champion_pr_auc: float | None,
+    tolerance: float,
+) -> PromotionDecision:
+    """The gate, on the golden set: never promote a model worse than the champion (beyond
+    ``tolerance``) or one that does not beat the canary."""
+    import math
+
+    if math.isnan(challenger_pr_auc):
+        return PromotionDecision(False, "challenger has no golden-set PR-AUC (no golden labels with both classes)")
+    if not challenger_pr_auc > canary_pr_auc:
+        return PromotionDecision(
+            False, f"golden PR-AUC {challenger_pr_auc:.4f} does not beat the canary's {canary_pr_auc:.4f}"
+        )
+    if champion_pr_auc is not None and not math.isnan(champion_pr_auc) and challenger_pr_auc < champion_pr_auc - tolerance:
+        return PromotionDecision(
+            False,
+            f"golden PR-AUC {challenger_pr_auc:.4f} is worse than the champion's {champion_pr_auc:.4f} "
+            f"by more than the tolerance {tolerance}",
+        )
+    return PromotionDecision(True, "passed the gate: beats the canary and is not worse than the champion")
+
+
+def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, reason: str) -> None:
+    """Make ``version`` the champion and retire the previous one."""
+    old = champion(spark, warehouse, model_name)
+    if old and old[t.VERSION] != version:
+        set_stage(spark, warehouse, model_name, old[t.VERSION], RETIRED, f"replaced by version {version}")
+    set_stage(spark, warehouse, model_name, version, CHAMPION, reason)

@@ -1,0 +1,222 @@
+"""Train or refresh the stage-1 model for run date D.
+
+Labels are resolved as of the end of D and paired point-in-time with the features computed
+before each label; the split is by time (train before T, validate on [T, D]) plus a golden set
+of investigator labels never used for training or threshold picking. The canary (logistic
+regression) is trained every time; the XGBoost challenger is calibrated (Platt) on validation,
+its operating threshold is the lowest reaching the target precision there, and it is promoted
+only through the registry's gate on the golden set.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from botwatch import registry
+from botwatch import tables as t
+from botwatch.delta_io import read_table, table_exists
+from botwatch.evaluation.metrics import evaluate, operating_threshold
+from botwatch.labels import point_in_time_join, resolve_labels, split_golden, time_split
+from botwatch.models.canary import canary_scores, fit_canary
+from botwatch.models.stage1 import (
+    PlattCalibration,
+    XGBParams,
+    as_model_input,
+    booster_bytes,
+    feature_columns,
+    fit_booster,
+    predict_margin,
+)
+
+STAGE1_MODEL = "stage1_xgb"
+
+
+class NotEnoughLabelsError(RuntimeError):
+    """Too few labelled rows (or only one class) to train; wait for more labels or lower
+    ``train.min_train_rows`` / ``train.min_positives``."""
+
+
+@dataclass
+class TrainParams:
+    label_weights: dict[str, float]
+    golden_share: float = 0.2
+    golden_salt: str = "golden-v1"
+    valid_days: int = 7
+    target_precision: float = 0.95
+    min_train_rows: int = 50
+    min_positives: int = 5
+    promotion_tolerance: float = 0.01
+    max_champion_age_days: int = 7
+    canary_features: list[str] = field(default_factory=list)
+    canary_reg_param: float = 0.01
+    n_bootstrap: int = 200
+    seed: int = 0
+    new_account_days: int = 30
+    xgb: XGBParams = field(default_factory=XGBParams)
+
+    @classmethod
+    def from_conf(cls, section: dict) -> TrainParams:
+        section = dict(section)
+        xgb = XGBParams.from_conf(section.pop("xgb", {}) or {})
+        known = {k: v for k, v in section.items() if k in cls.__dataclass_fields__}
+        return cls(xgb=xgb, **known)
+
+
+@dataclass
+class TrainResult:
+    version: int
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    threshold: float | None
+
+
+def needs_training(champion: dict | None, run_date: dt.date, max_age_days: int, drift_alert: bool) -> tuple[bool, str]:
+    """The refresh policy: retrain when there is no champion, it is too old, or drift was flagged."""
+    if champion is None:
+        return True, "no champion yet"
+    age = (run_date - champion[t.RUN_DATE]).days
+    if drift_alert:
+        return True, "drift alert set by the previous run"
+    if age >= max_age_days:
+        return True, f"champion is {age} days old (max {max_age_days})"
+    return False, f"champion version {champion[t.VERSION]} is {age} days old; reused"
+
+
+def training_rows(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams):
+    """(train, valid, golden) DataFrames, point-in-time and split by time."""
+    features = read_table(spark, warehouse, t.FEATURES).where(F.col(t.RUN_DATE) <= F.lit(run_date))
+    labels = read_table(spark, warehouse, t.LABELS)
+    resolved = resolve_labels(labels, params.label_weights, as_of=run_date + dt.timedelta(days=1))
+    rows = point_in_time_join(resolved, features)
+    rest, golden = split_golden(rows, params.golden_share, params.golden_salt)
+    split = run_date - dt.timedelta(days=params.valid_days - 1)
+    train, valid = time_split(rest, split, params.valid_days)
+    return train, valid, golden
+
+
+def _collect(df: DataFrame, cols: list[str], spark: SparkSession, warehouse: str) -> pd.DataFrame:
+    extra = [t.ACCOUNT_ID, t.LABEL, t.WEIGHT, t.COUNTRY, "is_new_account"]
+    pdf = df.select(*[c for c in extra if c in df.columns and c not in cols], *as_model_input(cols)).toPandas()
+    if table_exists(spark, warehouse, t.TRUTH) and len(pdf):
+        # Truth is for evaluation only (recall per family on simulated data), never for training.
+        ids = spark.createDataFrame(pdf[[t.ACCOUNT_ID]])
+        fam = read_table(spark, warehouse, t.TRUTH).join(ids, t.ACCOUNT_ID).toPandas()
+        pdf = pdf.merge(fam, on=t.ACCOUNT_ID, how="left")
+    return pdf
+
+
+def _evaluate(pdf: pd.DataFrame, score: np.ndarray, threshold: float | None, params: TrainParams, prefix: str):
+    if len(pdf) == 0 or pdf[t.LABEL].nunique() < 2:
+        return {f"{prefix}n": float(len(pdf))}
+    segments = {}
+    if "is_new_account" in pdf:
+        segments["new_account"] = pdf["is_new_account"].map({True: "new", False: "established"}).fillna("unknown").to_numpy()
+    if t.COUNTRY in pdf:
+        segments["country"] = pdf[t.COUNTRY].fillna("unknown").to_numpy()
+    families = pdf[t.FAMILY].fillna("human").to_numpy() if t.FAMILY in pdf else None
+    got = evaluate(
+        pdf[t.LABEL].to_numpy(), score, threshold, target_precision=params.target_precision,
+        segments=segments, families=families, n_bootstrap=params.n_bootstrap, seed=params.seed,
+    )
+    return {f"{prefix}{k}": float(v) for k, v in got.items()}
+
+
+def champion_golden_pr_auc(spark, warehouse: str, champion: dict | None, golden_pdf: pd.DataFrame) -> float | None:
+    """The champion re-scored on today's golden set, so both models face the same rows."""
+    if champion is None or len(golden_pdf) == 0 or golden_pdf[t.LABEL].nunique() < 2:
+        return None
+    from botwatch.evaluation.metrics import pr_auc
+
+    art = champion["artifact_path"]
+    raw = registry.read_artifact(art, "model.json", binary=True)
+    cols = registry.read_artifact(art, "features.json")["features"]
+    for c in cols:
+        if c not in golden_pdf:
+            golden_pdf[c] = np.nan
+    return pr_auc(golden_pdf[t.LABEL].to_numpy(), predict_margin(raw, golden_pdf[cols]))
+
+
+def train_stage1(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> TrainResult:
+    """Train a challenger on labels up to D, evaluate it, register it and apply the promotion gate."""
+    train, valid, golden = training_rows(spark, warehouse, run_date, params)
+    train = train.cache()
+    n_train = train.count()
+    n_pos = train.where(F.col(t.LABEL) == 1).count()
+    if n_train < params.min_train_rows or n_pos < params.min_positives or n_pos == n_train:
+        train.unpersist()
+        raise NotEnoughLabelsError(
+            f"{n_train} training rows with {n_pos} bots before {run_date}: need at least "
+            f"{params.min_train_rows} rows and {params.min_positives} bots of each class "
+            "(train.min_train_rows / train.min_positives)"
+        )
+    cols = feature_columns(train)
+    booster = fit_booster(train, valid, cols, params.xgb)
+    raw = booster_bytes(booster)
+
+    valid_pdf = _collect(valid, cols, spark, warehouse)
+    golden_pdf = _collect(golden, cols, spark, warehouse)
+    valid_margin = predict_margin(raw, valid_pdf[cols]) if len(valid_pdf) else np.array([])
+    calibration = (
+        PlattCalibration.fit(valid_margin, valid_pdf[t.LABEL].to_numpy(), valid_pdf[t.WEIGHT].to_numpy())
+        if len(valid_pdf) else PlattCalibration()
+    )
+    valid_score = calibration.apply(valid_margin)
+    threshold = (
+        operating_threshold(valid_pdf[t.LABEL].to_numpy(), valid_score, params.target_precision)
+        if len(valid_pdf) and valid_pdf[t.LABEL].nunique() == 2 else None
+    )
+    golden_score = calibration.apply(predict_margin(raw, golden_pdf[cols])) if len(golden_pdf) else np.array([])
+
+    canary_cols = [c for c in params.canary_features if c in train.columns]
+    canary = fit_canary(train, canary_cols, params.canary_reg_param)
+    canary_golden = (
+        canary_scores(canary, golden, canary_cols).select(t.ACCOUNT_ID, "canary_score").toPandas()
+        if len(golden_pdf) else pd.DataFrame(columns=[t.ACCOUNT_ID, "canary_score"])
+    )
+    canary_golden = golden_pdf[[t.ACCOUNT_ID, t.LABEL]].merge(canary_golden, on=t.ACCOUNT_ID, how="left")
+    train.unpersist()
+
+    metrics = {"n_train": float(n_train), "n_train_positive": float(n_pos)}
+    metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
+    metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
+    metrics.update(_evaluate(canary_golden, canary_golden["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_"))
+
+    current = registry.champion(spark, warehouse, STAGE1_MODEL)
+    champ_pr = champion_golden_pr_auc(spark, warehouse, current, golden_pdf.copy())
+    if champ_pr is not None:
+        metrics["champion_golden_pr_auc"] = champ_pr
+
+    version = registry.next_version(spark, warehouse, STAGE1_MODEL)
+    directory = registry.artifact_dir(warehouse, STAGE1_MODEL, version)
+    registry.write_artifact(directory, "model.json", raw)
+    registry.write_artifact(directory, "features.json", {"features": cols})
+    registry.write_artifact(directory, "calibration.json", {"method": "platt", "a": calibration.a, "b": calibration.b})
+    registry.write_artifact(
+        directory, "meta.json",
+        {"threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
+         "canary_features": canary_cols, "target_precision": params.target_precision},
+    )
+    canary.write().overwrite().save(f"{directory}/canary")
+
+    decision = registry.promotion_decision(
+        metrics.get("golden_pr_auc", math.nan),
+        metrics.get("canary_golden_pr_auc", math.nan),
+        champ_pr,
+        params.promotion_tolerance,
+    )
+    record = registry.ModelRecord(
+        model_name=STAGE1_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date,
+        metrics=metrics, artifact_path=directory, threshold=threshold,
+        train_end=run_date, reason=decision.reason,
+    )
+    registry.upsert(spark, warehouse, record)
+    if decision.promote:
+        registry.promote(spark, warehouse, STAGE1_MODEL, version, decision.reason)
+    return TrainResult(version, decision.promote, decision.reason, metrics, threshold)
