@@ -1,0 +1,501 @@
+"""The synthetic platform (`botwatch simulate`): statistical checks of the generated tables against
+the generator's parameters, computed independently with numpy/scipy/networkx/pandas from the raw
+rows (read back from Delta without a JVM); determinism under another partitioning; the CLI and job.
+
+One platform (2,000 accounts x 8 days, bots boosted to 12 % and label rates raised so that the
+counts are testable) is generated once for the module.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import math
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import pytest
+from chispa import assert_df_equality
+from deltalake import DeltaTable
+from typer.testing import CliRunner
+
+from botwatch import schemas
+from botwatch import tables as t
+from botwatch.cli import app
+from botwatch.config import PROJECT_ROOT
+from botwatch.simulate import SimulationParamsError, check_params, simulate_platform, write_platform
+
+ACCOUNTS, DAYS, SEED = 2000, 8, 11
+START = dt.date(2026, 1, 5)  # a Monday
+START_TS = pd.Timestamp(START, tz="UTC")
+END_TS = START_TS + pd.Timedelta(days=DAYS)
+OVERRIDES = {
+    "prevalence": 0.12,
+    "follow_spam.out_follows": 150.0,  # 1500 on a 2k-account platform would follow most of it
+    "labels.investigator_per_week_per_100k": 6000.0,
+    "labels.investigator_error": 0.1,
+    "labels.user_report_human_rate": 0.05,
+    "labels.user_report_bot_rate": 0.4,
+    "labels.appeal_rate": 0.5,
+}
+Z = 4.0  # tolerance of the binomial checks, in standard deviations
+
+
+@pytest.fixture(scope="module")
+def params(conf):
+    return conf.with_overrides([f"simulate.{k}={v}" for k, v in OVERRIDES.items()]).section("simulate")
+
+
+@pytest.fixture(scope="module")
+def sim(spark, params, tmp_path_factory):
+    warehouse = str(tmp_path_factory.mktemp("simulated"))
+    counts = write_platform(spark, warehouse, accounts=ACCOUNTS, days=DAYS, seed=SEED, start_date=START, params=params)
+    frames = {name: DeltaTable(f"{warehouse}/{name}").to_pandas() for name in counts}
+    fam = frames[t.TRUTH].set_index(t.ACCOUNT_ID)[t.FAMILY]
+    acc = frames[t.ACCOUNTS].set_index(t.ACCOUNT_ID).join(fam)
+    offsets = acc[t.COUNTRY].map(t.COUNTRY_UTC_OFFSET)
+    ev = frames[t.EVENTS]
+    ev[t.FAMILY] = ev[t.ACCOUNT_ID].map(fam)
+    ev["local"] = ev[t.EVENT_TS] + pd.to_timedelta(ev[t.ACCOUNT_ID].map(offsets), unit="h")
+    return {"warehouse": warehouse, "counts": counts, "family": fam, "acc": acc, "ev": ev, **frames}
+
+
+def _within_binomial(k: int, n: int, p: float) -> bool:
+    sd = math.sqrt(max(n * p * (1 - p), 1e-9))
+    return abs(k - n * p) <= Z * sd + 1
+
+
+# ---------------------------------------------------------------- tables and contract
+
+
+def test_tables_follow_the_contract(sim):
+    w = sim["warehouse"]
+    for name, schema in [(t.ACCOUNTS, schemas.ACCOUNTS_SCHEMA), (t.EVENTS, schemas.EVENTS_SCHEMA),
+                         (t.EDGES, schemas.EDGES_SCHEMA), (t.LABELS, schemas.LABELS_SCHEMA),
+                         (t.TRUTH, schemas.TRUTH_SCHEMA)]:
+        table = DeltaTable(f"{w}/{name}")
+        assert [f.name for f in table.schema().fields] == schema.fieldNames(), name
+        assert len(sim[name]) == sim["counts"][name], name
+    assert DeltaTable(f"{w}/{t.EVENTS}").metadata().partition_columns == [t.EVENT_DATE]
+    assert DeltaTable(f"{w}/{t.ACCOUNTS}").metadata().partition_columns == []
+    assert sim["counts"][t.ACCOUNTS] == ACCOUNTS
+    assert sorted(sim[t.ACCOUNTS][t.ACCOUNT_ID]) == list(range(ACCOUNTS))
+    assert set(sim[t.TRUTH][t.FAMILY]) == set(t.FAMILIES)
+    ev = sim["ev"]
+    assert set(ev[t.EVENT_TYPE]) <= set(t.EVENT_TYPES)
+    assert ev[t.EVENT_TS].min() >= START_TS and ev[t.EVENT_TS].max() < END_TS
+    assert (ev[t.EVENT_TS].dt.date == pd.to_datetime(ev[t.EVENT_DATE]).dt.date).all()
+    assert not ev.duplicated([t.ACCOUNT_ID, t.EVENT_TS, t.EVENT_TYPE, t.IP_HASH, t.DEVICE_ID]).any()
+    acc = sim["acc"]
+    assert set(acc[t.COUNTRY]) <= set(t.COUNTRY_UTC_OFFSET)
+    assert acc[t.PROFILE_COMPLETENESS].between(0, 1).all()
+    assert acc[[t.SIGNUP_IP_HASH, t.SIGNUP_DEVICE_ID, t.CREATED_AT]].notna().all().all()
+
+
+def test_no_activity_before_signup_and_ids_follow_signup_time(sim, params):
+    acc, ev = sim["acc"], sim["ev"]
+    created = ev[t.ACCOUNT_ID].map(acc[t.CREATED_AT])
+    assert (ev[t.EVENT_TS] >= created.dt.floor("s")).all()
+    in_period = acc[t.CREATED_AT] >= START_TS
+    n_new = round(ACCOUNTS * params["new_signup_share"])
+    # The last ids sign up during the window (a botnet block straddling the boundary may shift a few).
+    assert abs(int(in_period.sum()) - n_new) <= params["botnet"]["group_max"]
+    humans = acc[acc[t.FAMILY] == "human"].sort_index()
+    assert humans[t.CREATED_AT].is_monotonic_increasing
+    assert acc[t.CREATED_AT].min() >= START_TS - pd.Timedelta(days=365.25 * params["history_years"] + 1)
+    assert (acc.loc[in_period, t.CREATED_AT] < END_TS).all()
+
+
+# ---------------------------------------------------------------- prevalence and families
+
+
+def test_prevalence_and_family_shares(sim, params):
+    fam = sim["family"]
+    prev, mult = params["prevalence"], params["drift"]["new_signup_bot_multiplier"]
+    n_new = round(ACCOUNTS * params["new_signup_share"])
+    n_old = ACCOUNTS - n_new
+    shares = pd.Series(params["family_shares"], dtype=float)
+    shares /= shares.sum()
+    expected_bots = n_old * prev + n_new * min(0.9, prev * mult)
+    # Botnet members come in blocks: variance per block of group_max ids.
+    gmin, gmax = params["botnet"]["group_min"], params["botnet"]["group_max"]
+    sizes = np.arange(gmin, gmax + 1)
+    p_block = prev * shares["botnet"] * gmax / sizes.mean()
+    var_botnet = (ACCOUNTS / gmax) * (p_block * (sizes**2).mean() - (p_block * sizes.mean()) ** 2)
+    var_other = ACCOUNTS * (prev * (1 - shares["botnet"])) * (1 - prev)
+    bots = int((fam != "human").sum())
+    assert abs(bots - expected_bots) <= Z * math.sqrt(var_botnet + var_other)
+    assert 0.08 < bots / ACCOUNTS < 0.17
+    old = fam[fam.index < n_old]
+    not_botnet = old[old != "botnet"]
+    for family in ("scheduled", "mimic", "cyborg", "follow_spam"):
+        p = prev * shares[family] / (1 - prev * shares["botnet"])
+        assert _within_binomial(int((not_botnet == family).sum()), len(not_botnet), p), family
+
+
+def test_botnets_are_bulk_signups_sharing_ips_and_devices(sim, params):
+    acc, ev = sim["acc"], sim["ev"]
+    gmax = params["botnet"]["group_max"]
+    members = acc[acc[t.FAMILY] == "botnet"].copy()
+    members["group"] = members.index // gmax
+    assert members["group"].nunique() >= 2
+    for _, grp in members.groupby("group"):
+        ids = np.sort(grp.index.to_numpy())
+        assert (np.diff(ids) == 1).all()  # consecutive ids
+        assert params["botnet"]["group_min"] <= len(ids) <= gmax
+        span = grp[t.CREATED_AT].max() - grp[t.CREATED_AT].min()
+        assert span <= pd.Timedelta(minutes=params["botnet"]["signup_window_min"])
+        assert grp[t.SIGNUP_IP_HASH].nunique() <= params["botnet"]["ips_per_group"]
+        gev = ev[ev[t.ACCOUNT_ID].isin(grp.index)]
+        assert gev[t.IP_HASH].nunique() <= params["botnet"]["ips_per_group"]
+        assert gev[t.DEVICE_ID].nunique() <= params["botnet"]["devices_per_group"]
+    # Humans: each has own IPs, almost never shared with another account.
+    humans = ev[ev[t.FAMILY] == "human"]
+    per_ip = humans.groupby(t.IP_HASH)[t.ACCOUNT_ID].nunique()
+    assert (per_ip == 1).mean() > 0.99
+    assert humans.groupby(t.ACCOUNT_ID)[t.IP_HASH].nunique().max() <= params["humans"]["max_ips"]
+
+
+def test_botnet_bursts_are_synchronised(sim):
+    ev, acc = sim["ev"], sim["acc"]
+    gmax = 40
+    minute = ev[t.EVENT_TS].dt.floor("min")
+
+    def shared_minute_share(frame: pd.DataFrame, groups: pd.Series) -> float:
+        f = frame.assign(group=groups.reindex(frame[t.ACCOUNT_ID]).to_numpy(), minute=minute[frame.index])
+        active = f.groupby(["group", "minute"])[t.ACCOUNT_ID].nunique()
+        f = f.join(active.rename("members"), on=["group", "minute"])
+        return float((f["members"] >= 3).mean())
+
+    botnet = ev[ev[t.FAMILY] == "botnet"]
+    groups = pd.Series(acc.index // gmax, index=acc.index)
+    assert shared_minute_share(botnet, groups) > 0.8
+    # Humans put in pseudo-groups of the same size share minutes far less.
+    humans = ev[ev[t.FAMILY] == "human"]
+    assert shared_minute_share(humans, groups) < 0.2
+
+
+# ---------------------------------------------------------------- circadian and weekly rhythm
+
+
+def _local_hour_shares(ev: pd.DataFrame) -> np.ndarray:
+    counts = np.bincount(ev["local"].dt.hour.to_numpy(), minlength=24).astype(float)
+    return counts / counts.sum()
+
+
+def test_humans_sleep_in_their_local_night_scheduled_bots_do_not(sim, params):
+    ev = sim["ev"]
+    night = slice(1, 6)  # 01:00-05:59 local
+    humans = _local_hour_shares(ev[ev[t.FAMILY] == "human"])
+    scheduled = _local_hour_shares(ev[ev[t.FAMILY] == "scheduled"])
+    uniform_night = 5 / 24
+    assert humans[night].sum() < 0.3 * uniform_night
+    assert abs(scheduled[night].sum() - uniform_night) < 0.15 * uniform_night
+    # Scheduled bots: flat around the clock (chi-square against uniform hours, effect size small).
+    assert scheduled.max() / scheduled.min() < 1.5
+    # Humans: the local-hour profile follows the configured session-start weights (an evening peak).
+    weights = np.array(params["humans"]["hour_weights_weekday"], dtype=float)
+    assert np.corrcoef(humans, weights / weights.sum())[0, 1] > 0.9
+    assert 18 <= int(np.argmax(humans)) <= 22
+
+
+def _per_local_day(ev: pd.DataFrame) -> pd.Series:
+    # Only local days fully inside the window for every time zone.
+    day = ev["local"].dt.date
+    full = [START + dt.timedelta(days=d) for d in range(1, DAYS - 1)]
+    return day[day.isin(full)].value_counts().reindex(full, fill_value=0)
+
+
+def test_weekly_rhythm_humans_have_it_mimics_do_not(sim, params):
+    ev = sim["ev"]
+
+    def weekend_ratio(family: str) -> float:
+        daily = _per_local_day(ev[ev[t.FAMILY] == family])
+        weekend = np.array([d.weekday() >= 5 for d in daily.index])
+        assert weekend.any() and (~weekend).any()
+        return daily[weekend].mean() / daily[~weekend].mean()
+
+    wf = params["humans"]["weekend_factor"]
+    assert abs(weekend_ratio("human") - wf) < 0.15
+    assert abs(weekend_ratio("mimic") - 1.0) < 0.1
+
+
+def test_human_event_mix_and_heavy_tailed_activity(sim, params):
+    ev, fam = sim["ev"], sim["family"]
+    humans = ev[ev[t.FAMILY] == "human"]
+    want = pd.Series(params["humans"]["event_type_weights"], dtype=float)
+    want /= want.sum()
+    got = humans[t.EVENT_TYPE].value_counts(normalize=True).reindex(want.index, fill_value=0)
+    assert (got - want).abs().max() < 0.02
+    # Mean events per human account-day as configured; heavy-tailed across accounts.
+    n_humans = int((fam == "human").sum())
+    per_day = len(humans) / (n_humans * DAYS)
+    assert abs(per_day - params["humans"]["events_per_day"]) < 0.15 * params["humans"]["events_per_day"]
+    per_account = humans.groupby(t.ACCOUNT_ID).size().reindex(fam[fam == "human"].index, fill_value=0)
+    assert per_account.quantile(0.99) > 8 * per_account.median()  # some very active
+    assert (per_account == 0).mean() > 0.5 * params["humans"]["dormant_share"]  # some dormant
+    # A scheduled bot's events are mostly one type.
+    sched = ev[ev[t.FAMILY] == "scheduled"]
+    top_share = sched.groupby(t.ACCOUNT_ID)[t.EVENT_TYPE].agg(lambda s: s.value_counts(normalize=True).iloc[0])
+    assert top_share.median() > params["scheduled"]["dominant_share"] - 0.05
+
+
+def _gaps(frame: pd.DataFrame) -> pd.DataFrame:
+    f = frame.sort_values([t.ACCOUNT_ID, t.EVENT_TS])
+    gap = f.groupby(t.ACCOUNT_ID)[t.EVENT_TS].diff().dt.total_seconds()
+    return f.assign(gap=gap).dropna(subset=["gap"])
+
+
+def test_inter_event_times_humans_heavy_tailed_mimic_narrow_scheduled_on_period(sim, params):
+    ev = sim["ev"]
+    human = _gaps(ev[ev[t.FAMILY] == "human"])["gap"]
+    # Heavy tail: seconds inside sessions, hours between them.
+    assert human.quantile(0.5) < 120 and human.quantile(0.95) > 3600
+    assert human.max() / human.median() > 1000
+    mimic = _gaps(ev[ev[t.FAMILY] == "mimic"])
+    in_session = lambda g: g[g < 600]  # noqa: E731
+    mimic_cv = mimic.groupby(t.ACCOUNT_ID)["gap"].agg(lambda g: in_session(g).std() / in_session(g).mean())
+    human_in = _gaps(ev[ev[t.FAMILY] == "human"])
+    human_cv = human_in.groupby(t.ACCOUNT_ID)["gap"].agg(lambda g: in_session(g).std() / in_session(g).mean())
+    assert mimic_cv.median() < 0.5 * human_cv.median()
+    # Scheduled bots: the typical gap is one of the configured periods.
+    sched = _gaps(ev[ev[t.FAMILY] == "scheduled"])
+    typical = sched.groupby(t.ACCOUNT_ID)["gap"].median() / 60
+    periods = np.array(params["scheduled"]["periods_min"], dtype=float)
+    nearest = np.abs(typical.to_numpy()[:, None] - periods[None, :]).min(axis=1)
+    assert (nearest < 0.02 * typical.to_numpy()).mean() > 0.9
+
+
+def test_drift_mimics_widen_jitter_after_the_wave_and_a_family_switches_on(sim, params):
+    ev = sim["ev"]
+    wave_day = math.floor(DAYS * params["drift"]["detection_wave_fraction"])
+    mimic = _gaps(ev[ev[t.FAMILY] == "mimic"])
+    mimic = mimic[mimic["gap"] < 600]
+    day = (mimic[t.EVENT_TS] - START_TS).dt.days
+    before = mimic[day < wave_day].groupby(t.ACCOUNT_ID)["gap"].std()
+    after = mimic[day > wave_day + 1].groupby(t.ACCOUNT_ID)["gap"].std()
+    assert after.median() > 1.8 * before.median()
+    new_family = params["drift"]["new_family"]
+    switch = START_TS + pd.Timedelta(days=math.floor(DAYS * params["drift"]["new_family_fraction"]))
+    newf = ev[ev[t.FAMILY] == new_family]
+    assert len(newf) > 0 and newf[t.EVENT_TS].min() >= switch
+    assert (sim[t.EDGES].merge(sim[t.TRUTH], left_on=t.SRC, right_on=t.ACCOUNT_ID)
+            .query(f"{t.FAMILY} == @new_family")[t.CREATED_AT] >= switch).all()
+
+
+# ---------------------------------------------------------------- graph
+
+
+def test_edges_are_clean_and_mostly_older_than_the_window(sim, params):
+    ed, acc = sim[t.EDGES], sim["acc"]
+    assert not (ed[t.SRC] == ed[t.DST]).any()
+    assert not ed.duplicated([t.SRC, t.DST]).any()
+    later = np.maximum(ed[t.SRC].map(acc[t.CREATED_AT]), ed[t.DST].map(acc[t.CREATED_AT]))
+    assert (ed[t.CREATED_AT] >= later.dt.floor("s")).all()
+    assert (ed[t.CREATED_AT] < END_TS).all()
+    in_window = (ed[t.CREATED_AT] >= START_TS).mean()
+    assert 0.01 < in_window < 0.3
+    per_account = len(ed) / ACCOUNTS
+    assert 10 <= per_account <= 100  # tens of follows per account
+
+
+def test_in_degrees_are_heavy_tailed_with_hubs(sim):
+    ed, acc = sim[t.EDGES], sim["acc"]
+    indeg = ed.groupby(t.DST).size().reindex(acc.index, fill_value=0)
+    top = np.quantile(indeg, 0.999)
+    assert top > 10 * indeg.median()
+    assert indeg.max() > 25 * indeg.median()
+    people = indeg[acc[t.FAMILY] == "human"]
+    hubs = people.sort_values(ascending=False).index[:3]
+    assert acc.loc[hubs, t.VERIFIED].all()  # the most followed people are verified
+    # Hubs rarely follow back: their out-degree is a small fraction of their in-degree.
+    outdeg = ed.groupby(t.SRC).size().reindex(acc.index, fill_value=0)
+    assert (outdeg[hubs] < 0.2 * indeg[hubs]).all()
+
+
+def test_reciprocity_humans_follow_back_follow_spam_is_not(sim, params):
+    ed, fam = sim[t.EDGES], sim["family"]
+    g = nx.DiGraph()
+    g.add_edges_from(zip(ed[t.SRC], ed[t.DST], strict=True))
+    src_fam = ed[t.SRC].map(fam)
+    dst_fam = ed[t.DST].map(fam)
+
+    def reciprocated(mask: pd.Series) -> float:
+        sub = ed[mask]
+        return float(np.mean([g.has_edge(d, s) for s, d in zip(sub[t.SRC], sub[t.DST], strict=True)]))
+
+    human_pairs = (src_fam == "human") & (dst_fam == "human")
+    assert reciprocated(human_pairs) > 0.8 * params["graph"]["human_followback"]
+    spam = (src_fam == "follow_spam") & (dst_fam == "human")
+    assert reciprocated(spam) < 3 * params["follow_spam"]["followback"] + 0.01
+    out = ed[src_fam == "follow_spam"].groupby(t.SRC).size()
+    assert out.median() > 0.3 * params["follow_spam"]["out_follows"]
+
+
+def test_botnet_members_cluster_far_more_than_humans(sim):
+    ed, fam = sim[t.EDGES], sim["family"]
+    g = nx.Graph()
+    g.add_nodes_from(fam.index)
+    g.add_edges_from(zip(ed[t.SRC], ed[t.DST], strict=True))
+    clustering = pd.Series(nx.clustering(g))
+    botnet = clustering[fam[fam == "botnet"].index].mean()
+    humans = clustering[fam[fam == "human"].index].mean()
+    assert botnet > 0.4
+    assert botnet > 2.5 * humans
+
+
+# ---------------------------------------------------------------- labels
+
+
+def test_labels_inside_window_with_valid_values(sim):
+    lab = sim[t.LABELS]
+    assert set(lab[t.SOURCE]) == set(t.LABEL_SOURCES)
+    assert set(lab[t.LABEL]) <= {0, 1}
+    assert lab[t.LABELED_AT].min() >= START_TS and lab[t.LABELED_AT].max() < END_TS
+    created = lab[t.ACCOUNT_ID].map(sim["acc"][t.CREATED_AT])
+    assert (lab[t.LABELED_AT] >= created.dt.floor("s")).all()
+
+
+def test_investigator_volume_and_error_rate(sim, params):
+    lab, fam = sim[t.LABELS], sim["family"]
+    inv = lab[lab[t.SOURCE] == "investigator"]
+    assert not inv[t.ACCOUNT_ID].duplicated().any()
+    expected = params["labels"]["investigator_per_week_per_100k"] * ACCOUNTS / 1e5 * DAYS / 7
+    assert abs(len(inv) - expected) < Z * math.sqrt(expected) + 0.1 * expected
+    truth = (inv[t.ACCOUNT_ID].map(fam) != "human").astype(int)
+    wrong = int((inv[t.LABEL] != truth).sum())
+    assert _within_binomial(wrong, len(inv), params["labels"]["investigator_error"])
+    bot_share = truth.mean()
+    assert abs(bot_share - params["labels"]["investigator_bot_share"]) < 0.15
+    # Biased toward borderline bots: mimics and cyborgs are investigated more often than scheduled bots.
+    investigated = fam.index.isin(inv[t.ACCOUNT_ID])
+    rate = pd.Series(investigated, index=fam.index).groupby(fam).mean()
+    assert rate[["mimic", "cyborg"]].mean() > rate["scheduled"]
+
+
+def test_user_reports_are_noisy_as_configured(sim, params):
+    lab, fam = sim[t.LABELS], sim["family"]
+    rep = lab[lab[t.SOURCE] == "user_report"]
+    assert (rep[t.LABEL] == 1).all()
+    reported = set(rep[t.ACCOUNT_ID])
+    humans = fam[fam == "human"].index
+    new_family = params["drift"]["new_family"]
+    bots = fam[(fam != "human")].index
+    k_h = sum(a in reported for a in humans)
+    k_b = sum(a in reported for a in bots)
+    assert _within_binomial(k_h, len(humans), params["labels"]["user_report_human_rate"])
+    assert _within_binomial(k_b, len(bots), params["labels"]["user_report_bot_rate"])
+    assert len(rep) > len(reported)  # some accounts are reported more than once
+    assert new_family in set(fam[list(reported)])
+
+
+def test_appeals_are_precise_negatives_after_a_restriction(sim, params):
+    lab, fam = sim[t.LABELS], sim["family"]
+    app_ = lab[lab[t.SOURCE] == "appeal"]
+    assert len(app_) > 0
+    assert (app_[t.LABEL] == 0).all()
+    assert (app_[t.ACCOUNT_ID].map(fam) == "human").all()
+    restricted = lab[(lab[t.SOURCE].isin(["user_report", "investigator"])) & (lab[t.LABEL] == 1)]
+    first = restricted.groupby(t.ACCOUNT_ID)[t.LABELED_AT].min()
+    assert (app_[t.LABELED_AT].to_numpy() > app_[t.ACCOUNT_ID].map(first).to_numpy()).all()
+    wrongly = set(restricted[restricted[t.ACCOUNT_ID].map(fam) == "human"][t.ACCOUNT_ID])
+    assert len(app_) <= params["labels"]["appeal_rate"] * len(wrongly) + Z * math.sqrt(len(wrongly))
+
+
+def test_propagated_labels_are_weak_positives_from_botnet_neighbours(sim):
+    lab, fam = sim[t.LABELS], sim["family"]
+    prop = lab[lab[t.SOURCE] == "propagated"]
+    inv = lab[lab[t.SOURCE] == "investigator"]
+    assert len(prop) > 0 and (prop[t.LABEL] == 1).all()
+    prop_precision = (prop[t.ACCOUNT_ID].map(fam) != "human").mean()
+    inv_precision = (inv[inv[t.LABEL] == 1][t.ACCOUNT_ID].map(fam) != "human").mean()
+    assert prop_precision > 0.5
+    assert prop[t.ACCOUNT_ID].map(fam).value_counts().idxmax() == "botnet"
+    assert not set(prop[t.ACCOUNT_ID]) & set(inv[inv[t.LABEL] == 1][t.ACCOUNT_ID])
+    assert inv_precision > 0.8
+
+
+# ---------------------------------------------------------------- determinism, CLI and job
+
+
+TABLES = (t.ACCOUNTS, t.TRUTH, t.EVENTS, t.EDGES, t.LABELS)
+KEYS = {t.ACCOUNTS: [t.ACCOUNT_ID], t.TRUTH: [t.ACCOUNT_ID], t.EDGES: [t.SRC, t.DST],
+        t.EVENTS: [t.ACCOUNT_ID, t.EVENT_TS, t.EVENT_TYPE, t.IP_HASH, t.DEVICE_ID],
+        t.LABELS: [t.ACCOUNT_ID, t.SOURCE, t.LABELED_AT, t.LABEL]}
+
+
+def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:
+    cols = [f for f in schemas.INPUT_SCHEMAS.get(name, schemas.TRUTH_SCHEMA).fieldNames()]
+    out = frame[cols].sort_values(KEYS[name]).reset_index(drop=True)
+    if t.EVENT_DATE in out:
+        out[t.EVENT_DATE] = pd.to_datetime(out[t.EVENT_DATE]).dt.date
+    return out
+
+
+def test_cli_rerun_with_another_partitioning_writes_identical_tables(spark, sim, tmp_path):
+    """`botwatch simulate` with the module's arguments, 9 generator partitions instead of 2 and 7 shuffle
+    partitions instead of 4, rewrites exactly the module's tables."""
+    warehouse = str(tmp_path / "rerun")
+    sets = [f"simulate.{k}={v}" for k, v in OVERRIDES.items()]
+    sets += ["simulate.accounts_per_partition=223", "spark.shuffle_partitions=7", "spark.master=local[2]",
+             "spark.log_level=ERROR"]
+    args = ["simulate", "--accounts", str(ACCOUNTS), "--days", str(DAYS), "--seed", str(SEED),
+            "--start-date", START.isoformat(), "--warehouse", warehouse]
+    for item in sets:
+        args += ["--set", item]
+    previous = spark.conf.get("spark.sql.shuffle.partitions")
+    try:
+        result = CliRunner().invoke(app, args)  # reuses this session (getOrCreate)
+        assert spark.conf.get("spark.sql.shuffle.partitions") == "7"
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
+    assert result.exit_code == 0, result.output
+    for name in TABLES:
+        again = DeltaTable(f"{warehouse}/{name}").to_pandas()
+        assert f"{name}: {len(again)} rows" in result.output
+        pd.testing.assert_frame_equal(_sorted(again, name), _sorted(sim[name], name), obj=name)
+    assert DeltaTable(f"{warehouse}/{t.EVENTS}").metadata().partition_columns == [t.EVENT_DATE]
+
+
+def test_lazy_tables_equal_written_ones_and_another_seed_differs(spark, params, sim):
+    same = simulate_platform(spark, accounts=ACCOUNTS, days=DAYS, seed=SEED, start_date=START, params=params)
+    other = simulate_platform(spark, accounts=ACCOUNTS, days=DAYS, seed=SEED + 1, start_date=START, params=params)
+    written = spark.createDataFrame(sim[t.ACCOUNTS][schemas.ACCOUNTS_SCHEMA.fieldNames()],
+                                    schemas.ACCOUNTS_SCHEMA)
+    assert_df_equality(same[t.ACCOUNTS], written, ignore_row_order=True, ignore_nullable=True)
+    assert other[t.ACCOUNTS].exceptAll(same[t.ACCOUNTS]).count() > 0.9 * ACCOUNTS
+    assert other[t.TRUTH].exceptAll(same[t.TRUTH]).count() > 0
+
+
+# ---------------------------------------------------------------- parameters
+
+
+def test_bad_parameters_raise_named_errors(params):
+    with pytest.raises(SimulationParamsError, match="accounts"):
+        check_params(accounts=3, days=5, seed=1, start_date=START, params=params)
+    broken = {**params, "prevalence": 0.9}
+    with pytest.raises(SimulationParamsError, match="prevalence"):
+        check_params(accounts=100, days=5, seed=1, start_date=START, params=broken)
+    missing = {k: v for k, v in params.items() if k != "humans"}
+    with pytest.raises(SimulationParamsError, match="humans"):
+        check_params(accounts=100, days=5, seed=1, start_date=START, params=missing)
+    bad_periods = {**params, "scheduled": {**params["scheduled"], "periods_min": [7]}}
+    with pytest.raises(SimulationParamsError, match="periods_min"):
+        check_params(accounts=100, days=5, seed=1, start_date=START, params=bad_periods)
+
+
+def test_cli_bad_arguments_exit_2_before_spark(warehouse):
+    args = ["simulate", "--accounts", "5", "--days", "2", "--seed", "3", "--warehouse", warehouse]
+    bad = CliRunner().invoke(app, args)
+    assert bad.exit_code == 2 and "accounts" in bad.output
+    bad = CliRunner().invoke(app, ["simulate", "--accounts", "50", "--days", "2", "--seed", "3",
+                                   "--start-date", "2026-13-01", "--warehouse", warehouse])
+    assert bad.exit_code == 2 and "--start-date" in bad.output
+
+
+def test_job_is_import_safe_and_rejects_bad_arguments(capsys):
+    spec = importlib.util.spec_from_file_location("simulate_job", PROJECT_ROOT / "jobs" / "simulate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # importing runs nothing
+    assert module.main(["--accounts", "5", "--days", "1", "--seed", "1"]) == 2
+    assert "accounts" in capsys.readouterr().err
