@@ -59,7 +59,7 @@ def test_python_workers_use_project_interpreter(spark):
 
 
 def test_triangles_match_networkx(spark):
-    from botwatch.features.graph_core import triangle_counts
+    from botwatch.features.graph import triangle_counts
 
     g = nx.powerlaw_cluster_graph(60, 3, 0.5, seed=7)
     edges = spark.createDataFrame([(int(a), int(b)) for a, b in g.edges()], ["src", "dst"])

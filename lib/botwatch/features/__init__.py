@@ -1,0 +1,1 @@
+"""Feature computation: activity windows, graph structure and metadata for the nightly `features` table."""

@@ -1,0 +1,564 @@
+"""Activity features: mergeable per-(account, day) partials, and 1d/7d/28d windows built from them.
+
+The nightly job reads ONE day of events: :func:`daily_partials` turns it into one row per account
+(the ``activity_daily`` table, written by :func:`build_activity_daily`), and :func:`window_features`
+combines the partials of the last ``w`` days -- histograms and counts are summed, maxima maxed, HLL
+sketches unioned, and inter-event times and sessions stitched across midnight from each day's first
+and last event. The cost is O(new events + accounts x days); raw events are never rescanned.
+:func:`activity_features_from_scratch` computes the same features straight from raw events: it is
+the reference for the incremental path and the benchmark's full recompute.
+
+Definitions (times are UTC unless "local"):
+
+- Window ``w`` for run date D covers the days D-w+1 .. D, by ``event_date`` (which must be the UTC
+  date of ``event_ts``; ingest checks it). Column names carry the window: ``n_events_7d``.
+- Inter-event time (IET): seconds between consecutive events of an account, across day boundaries
+  inside the window (the first event of the window has none). Histogram bin
+  ``floor(log2(IET + 1))``, ``IET_BINS`` = 32 bins (bin b holds [2^b - 1, 2^(b+1) - 1) seconds; the
+  last bin also takes anything longer).
+- Session: consecutive events with gaps <= ``SESSION_GAP_SECONDS`` (30 min); a longer gap starts a
+  new session. Its length is last minus first event (0 for a single event).
+- ``max_events_per_minute`` / ``_per_hour``: the most events in one clock minute / hour (UTC).
+- Entropies are Shannon entropies in bits of count histograms: ``hour_entropy`` (24 UTC hours),
+  ``iet_entropy`` (IET bins; null without any IET), ``dow_entropy`` (7 UTC weekdays),
+  ``event_type_entropy`` (``tables.EVENT_TYPES``; other types count in ``n_events`` only).
+- ``burstiness`` = (sigma - mu) / (sigma + mu) of the IETs, population sigma; null with fewer
+  than 2 IETs, or when sigma + mu = 0 (every event at one instant).
+- ``circadian_amplitude`` = abs(numpy.fft.fft(p)[1]) for p the normalised 24-bin LOCAL hour
+  histogram; ``night_share`` = share of events in local hours 0..5. Local time is UTC plus the
+  country's whole-hour offset (``tables.COUNTRY_UTC_OFFSET``); both are null when no day of the
+  window has a known offset (days without one are left out of the local histogram).
+- ``distinct_ips`` / ``distinct_devices``: HyperLogLog estimates (lgConfigK 12, relative standard
+  error about 1.6%); null IPs/devices are not counted.
+- Every feature of a window without events is NULL, and ``has_activity_{w}d`` is false.
+
+Usage::
+
+    build_activity_daily(spark, warehouse, day)                  # nightly: one day of events
+    feats = activity_features(spark, warehouse, day, [1, 7, 28])  # one row per recently active account
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import delta_io
+from botwatch import tables as t
+from botwatch.schemas import require_columns
+
+# Partials bake in the session gap, the IET bins and the sketch size: changing one means
+# rebuilding activity_daily for the window's days.
+SESSION_GAP_SECONDS = 1800
+IET_BINS = 32
+HOURS = 24
+DAYS_OF_WEEK = 7
+NIGHT_HOURS = range(0, 6)
+HLL_LG_CONFIG_K = 12  # every partial must use the same size, or unions need allowDifferentLgConfigK
+DEFAULT_WINDOWS = (1, 7, 28)
+
+# ---- activity_daily columns (one row per account_id x day) ----
+DOW = "dow"  # UTC day of week of `day`, 0 = Monday
+UTC_OFFSET_HOURS = "utc_offset_hours"
+N_EVENTS = "n_events"
+HOUR_HIST_UTC = "hour_hist_utc"
+HOUR_HIST_LOCAL = "hour_hist_local"
+IET_HIST = "iet_hist"
+IET_COUNT = "iet_count"
+IET_SUM = "iet_sum"
+IET_SUMSQ = "iet_sumsq"
+EVENT_TYPE_COUNTS = "event_type_counts"
+MAX_EVENTS_PER_MINUTE = "max_events_per_minute"
+MAX_EVENTS_PER_HOUR = "max_events_per_hour"
+SESSION_COUNT = "session_count"
+SESSION_SECONDS = "session_seconds"
+FIRST_TS = "first_ts"
+LAST_TS = "last_ts"
+IP_SKETCH = "ip_sketch"
+DEVICE_SKETCH = "device_sketch"
+
+# ---- window features: column f"{name}_{w}d" ----
+HAS_ACTIVITY = "has_activity"
+HOUR_ENTROPY = "hour_entropy"
+IET_ENTROPY = "iet_entropy"
+BURSTINESS = "burstiness"
+CIRCADIAN_AMPLITUDE = "circadian_amplitude"
+NIGHT_SHARE = "night_share"
+DOW_ENTROPY = "dow_entropy"
+EVENT_TYPE_ENTROPY = "event_type_entropy"
+DISTINCT_IPS = "distinct_ips"
+DISTINCT_DEVICES = "distinct_devices"
+MEAN_SESSION_SECONDS = "mean_session_seconds"
+FEATURE_NAMES = (
+    N_EVENTS,
+    HOUR_ENTROPY,
+    IET_ENTROPY,
+    BURSTINESS,
+    MAX_EVENTS_PER_MINUTE,
+    MAX_EVENTS_PER_HOUR,
+    CIRCADIAN_AMPLITUDE,
+    NIGHT_SHARE,
+    DOW_ENTROPY,
+    EVENT_TYPE_ENTROPY,
+    DISTINCT_IPS,
+    DISTINCT_DEVICES,
+    SESSION_COUNT,
+    MEAN_SESSION_SECONDS,
+)
+
+# private working columns
+_TS = "_ts_us"
+_PREV_TS = "_prev_ts_us"
+_PREV_DAY = "_prev_day"
+_IET = "_iet"
+_RN = "_rn"
+_MINUTE_POS = "_minute_pos"
+_HOUR_POS = "_hour_pos"
+_DOW_HIST = "_dow_hist"
+_W = "_window"
+_GAP = "_gap"
+
+_US = 1_000_000
+_MINUTE_US = 60 * _US
+_HOUR_US = 3600 * _US
+
+EVENT_COLUMNS: dict[str, T.DataType] = {
+    t.ACCOUNT_ID: T.LongType(),
+    t.EVENT_TS: T.TimestampType(),
+    t.EVENT_TYPE: T.StringType(),
+    t.IP_HASH: T.StringType(),
+    t.DEVICE_ID: T.StringType(),
+    t.EVENT_DATE: T.DateType(),
+}
+ACCOUNT_COLUMNS: dict[str, T.DataType] = {t.ACCOUNT_ID: T.LongType(), t.COUNTRY: T.StringType()}
+PARTIAL_COLUMNS = (t.ACCOUNT_ID, t.DAY, DOW, N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_LOCAL, IET_HIST, IET_COUNT,
+                   IET_SUM, IET_SUMSQ, EVENT_TYPE_COUNTS, MAX_EVENTS_PER_MINUTE, MAX_EVENTS_PER_HOUR,
+                   SESSION_COUNT, SESSION_SECONDS, FIRST_TS, LAST_TS, IP_SKETCH, DEVICE_SKETCH)
+
+
+class WindowSpecError(ValueError):
+    """The feature windows are not a non-empty list of positive whole days."""
+
+
+def windowed(name: str, days: int) -> str:
+    """Column name of feature ``name`` over a ``days``-day window: ``windowed("n_events", 7) == "n_events_7d"``."""
+    return f"{name}_{days}d"
+
+
+def feature_columns(windows: Sequence[int] = DEFAULT_WINDOWS) -> list[str]:
+    """The output columns of :func:`window_features`, after ``account_id``, in order."""
+    return [windowed(n, w) for w in _check_windows(windows) for n in (HAS_ACTIVITY, *FEATURE_NAMES)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Column -> Column formulas (applied to summed histograms; each tested column by column)
+# ---------------------------------------------------------------------------------------------
+
+
+def _elements(counts: Column, size: int) -> list[Column]:
+    # Fixed-size histograms are unrolled into element expressions: Spark compiles those, while
+    # higher-order functions (transform/aggregate) are interpreted row by row (2-3x slower here).
+    return [F.get(counts, i) for i in range(size)]
+
+
+def _total(xs: list[Column]) -> Column:
+    return sum(xs[1:], xs[0]).cast("double")
+
+
+def entropy_bits(counts: Column, size: int) -> Column:
+    """Shannon entropy in bits of a ``size``-bin histogram (array of non-negative counts); null
+    when it sums to 0 (or is null). Equals ``scipy.stats.entropy(counts, base=2)``.
+    """
+    xs = _elements(counts, size)
+    total = _total(xs)
+    one = F.lit(1)
+    # H = log2(N) - sum(c log2 c) / N (0 log 0 = 0), clamped at 0 against rounding.
+    plogp = _total([x * F.log2(F.greatest(x, one)) for x in xs])
+    return F.when(total > 0, F.greatest(F.log2(total) - F.try_divide(plogp, total), F.lit(0.0)))
+
+
+def harmonic_amplitude(counts: Column, size: int, k: int = 1) -> Column:
+    """Amplitude of the k-th harmonic of the normalised ``size``-bin histogram:
+    ``abs(numpy.fft.fft(p)[k])`` with ``p = counts / sum(counts)``; null when it sums to 0. With 24
+    hour bins and k=1: the strength of the 24-hour rhythm (0 for a flat day, 1 when every event
+    falls in one hour)."""
+    xs = _elements(counts, size)
+    total = _total(xs)
+    angles = [2.0 * math.pi * k * i / size for i in range(size)]
+    re = _total([x * math.cos(a) for x, a in zip(xs, angles, strict=True)])
+    im = _total([x * math.sin(a) for x, a in zip(xs, angles, strict=True)])
+    return F.when(total > 0, F.try_divide(F.sqrt(re * re + im * im), total))
+
+
+def bins_share(counts: Column, size: int, bins: Sequence[int]) -> Column:
+    """Share of a ``size``-bin histogram's mass in ``bins`` (e.g. night hours 0..5); null when it
+    sums to 0."""
+    xs = _elements(counts, size)
+    total = _total(xs)
+    return F.when(total > 0, F.try_divide(_total([xs[b] for b in bins]), total))
+
+
+def burstiness(n: Column, total: Column, total_sq: Column) -> Column:
+    """(sigma - mu) / (sigma + mu) from the count, sum and sum of squares of inter-event times
+    (population sigma); null when n < 2 or sigma + mu = 0."""
+    n_d = n.cast("double")
+    # try_divide: ANSI mode evaluates shared subexpressions before the guard.
+    mu = F.try_divide(total, n_d)
+    sigma = F.sqrt(F.greatest(F.try_divide(total_sq, n_d) - mu * mu, F.lit(0.0)))
+    return F.when((n >= 2) & (sigma + mu > 0), F.try_divide(sigma - mu, sigma + mu))
+
+
+def log2_bin(seconds: Column, bins: int = IET_BINS) -> Column:
+    """Inter-event-time bin ``floor(log2(seconds + 1))``, capped at ``bins - 1``."""
+    b = F.floor(F.log2(seconds + 1.0)).cast("int")
+    # Not least(): it skips nulls, and a missing IET must stay null.
+    return F.when(b > bins - 1, F.lit(bins - 1)).otherwise(b)
+
+
+def rotate_hours(hist: Column, offset_hours: Column) -> Column:
+    """UTC hour histogram -> local one: ``local[h] = utc[(h - offset) mod 24]``; null for a null offset."""
+    return F.when(
+        offset_hours.isNotNull(),
+        F.array(*[F.get(hist, F.pmod(F.lit(h) - offset_hours, F.lit(HOURS))) for h in range(HOURS)]),
+    )
+
+
+def utc_offset_hours(country: Column) -> Column:
+    """Whole-hour UTC offset of a country code (``tables.COUNTRY_UTC_OFFSET``); null when unknown."""
+    pairs = [F.lit(x) for kv in sorted(t.COUNTRY_UTC_OFFSET.items()) for x in kv]
+    return F.create_map(*pairs)[country].cast("int")
+
+
+# ---------------------------------------------------------------------------------------------
+# Daily partials
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_windows(windows: Sequence[int]) -> tuple[int, ...]:
+    ok = bool(windows) and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in windows)
+    if not ok:
+        raise WindowSpecError(
+            f"feature windows must be a non-empty list of positive whole days (e.g. [1, 7, 28]), got {windows!r}; "
+            "fix features.windows in the conf"
+        )
+    return tuple(sorted(set(windows)))
+
+
+def _with_event_timing(events: DataFrame, keys: Sequence[str]) -> DataFrame:
+    """Per event: the IET in seconds since the previous event with the same ``keys`` (an account,
+    or an account-day), and its position inside its clock minute and clock hour (the last event
+    of a minute has position = the minute's event count).
+
+    Every column comes from windows over the same partition and order, so one shuffle and one
+    sort serve them all (positions: row number minus the row number where the minute began)."""
+    ordered = Window.partitionBy(*keys).orderBy(_TS)
+    upto_here = ordered.rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    prev = F.col(_PREV_TS)
+    rn = F.col(_RN)
+
+    def position(unit_us: int) -> Column:
+        starts = F.when(prev.isNull() | (F.expr(f"{_TS} div {unit_us}") != F.expr(f"{_PREV_TS} div {unit_us}")), rn)
+        return rn - F.max(starts).over(upto_here) + 1
+
+    return (
+        events.withColumn(_RN, F.row_number().over(ordered))
+        .withColumn(_PREV_TS, F.lag(_TS).over(ordered))
+        .withColumn(_IET, (F.col(_TS) - prev) / float(_US))
+        .withColumn(_MINUTE_POS, position(_MINUTE_US))
+        .withColumn(_HOUR_POS, position(_HOUR_US))
+    )
+
+
+def _count(cond: Column) -> Column:
+    """Rows where ``cond`` holds. Not count_if(): Spark 4 rewrites each count_if into an extra
+    projected column, and past 100 columns the stage loses whole-stage code generation."""
+    return F.sum(F.when(cond, 1).otherwise(0))
+
+
+def _event_sums(iet: Column, gap_seconds: int) -> list[Column]:
+    """Aggregates over the events of one group whose IET column is ``iet`` (null: no previous
+    event in the group). Shared by the daily partials and the from-scratch path."""
+    hour = F.expr(f"pmod({_TS} div {_HOUR_US}, {HOURS})")
+    ibin = log2_bin(iet)
+    return [
+        F.count(F.lit(1)).alias(N_EVENTS),
+        F.array(*[_count(hour == h) for h in range(HOURS)]).alias(HOUR_HIST_UTC),
+        F.array(*[_count(ibin == b) for b in range(IET_BINS)]).alias(IET_HIST),
+        F.count(iet).alias(IET_COUNT),
+        F.coalesce(F.sum(iet), F.lit(0.0)).alias(IET_SUM),
+        F.coalesce(F.sum(iet * iet), F.lit(0.0)).alias(IET_SUMSQ),
+        F.array(*[_count(F.col(t.EVENT_TYPE) == ty) for ty in t.EVENT_TYPES]).alias(EVENT_TYPE_COUNTS),
+        F.max(_MINUTE_POS).alias(MAX_EVENTS_PER_MINUTE),
+        F.max(_HOUR_POS).alias(MAX_EVENTS_PER_HOUR),
+        _count(iet.isNull() | (iet > gap_seconds)).alias(SESSION_COUNT),
+        F.coalesce(F.sum(F.when(iet <= gap_seconds, iet)), F.lit(0.0)).alias(SESSION_SECONDS),
+    ]
+
+
+def _sketches(events: DataFrame, keys: Sequence[str]) -> DataFrame:
+    """HLL sketches of IPs and devices per ``keys``. Kept out of the numeric aggregation: a sketch
+    aggregate turns the whole aggregation into an uncompiled object aggregate."""
+    return events.groupBy(*keys).agg(
+        F.hll_sketch_agg(t.IP_HASH, HLL_LG_CONFIG_K).alias(IP_SKETCH),
+        F.hll_sketch_agg(t.DEVICE_ID, HLL_LG_CONFIG_K).alias(DEVICE_SKETCH),
+    )
+
+
+def _account_offsets(accounts: DataFrame) -> DataFrame:
+    offsets = accounts.select(t.ACCOUNT_ID, utc_offset_hours(F.col(t.COUNTRY)).alias(UTC_OFFSET_HOURS))
+    return offsets.dropDuplicates([t.ACCOUNT_ID])
+
+
+def _event_input(events: DataFrame, where: Column) -> DataFrame:
+    return events.where(where).select(
+        t.ACCOUNT_ID,
+        F.unix_micros(t.EVENT_TS).alias(_TS),
+        t.EVENT_DATE,
+        t.EVENT_TYPE,
+        t.IP_HASH,
+        t.DEVICE_ID,
+    )
+
+
+def daily_partials(
+    events: DataFrame,
+    accounts: DataFrame,
+    day: dt.date,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+) -> DataFrame:
+    """One row per account active on ``day`` (UTC), from that day's events only: the
+    ``activity_daily`` partition ``day``. Columns: :data:`PARTIAL_COLUMNS`.
+
+    >>> partials = daily_partials(events, accounts, dt.date(2024, 5, 1))  # doctest: +SKIP
+    """
+    return daily_partials_range(events, accounts, day, day, session_gap_seconds)
+
+
+def daily_partials_range(
+    events: DataFrame,
+    accounts: DataFrame,
+    first_day: dt.date,
+    last_day: dt.date,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+) -> DataFrame:
+    """The partials of every day in ``first_day .. last_day`` in one job (a backfill); each
+    (account, day) row equals :func:`daily_partials` of that day."""
+    require_columns(events, EVENT_COLUMNS, "activity daily partials (events)")
+    require_columns(accounts, ACCOUNT_COLUMNS, "activity daily partials (accounts)")
+    if last_day < first_day:
+        raise ValueError(f"daily partials: last day {last_day} is before first day {first_day}")
+    keys = [t.ACCOUNT_ID, t.EVENT_DATE]
+    ev = _event_input(events, F.col(t.EVENT_DATE).between(F.lit(first_day), F.lit(last_day)))
+    numeric = (
+        _with_event_timing(ev, keys)
+        .groupBy(*keys)
+        .agg(
+            *_event_sums(F.col(_IET), session_gap_seconds),
+            F.timestamp_micros(F.min(_TS)).alias(FIRST_TS),
+            F.timestamp_micros(F.max(_TS)).alias(LAST_TS),
+        )
+    )
+    return (
+        numeric.join(_sketches(ev, keys), keys)
+        .join(F.broadcast(_account_offsets(accounts)), t.ACCOUNT_ID, "left")
+        .withColumnRenamed(t.EVENT_DATE, t.DAY)
+        .withColumn(DOW, F.weekday(F.col(t.DAY)))
+        .withColumn(HOUR_HIST_LOCAL, rotate_hours(F.col(HOUR_HIST_UTC), F.col(UTC_OFFSET_HOURS)))
+        .select(*PARTIAL_COLUMNS)
+    )
+
+
+def build_activity_daily(
+    spark: SparkSession,
+    warehouse: str,
+    first_day: dt.date,
+    last_day: dt.date | None = None,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+) -> None:
+    """Write the ``activity_daily`` partitions ``first_day .. last_day`` (default: just
+    ``first_day``) from the warehouse's ``events`` and ``accounts``.
+
+    Replaces exactly those partitions (``replaceWhere``): rerunning a day never duplicates rows.
+    """
+    last_day = last_day or first_day
+    events = delta_io.read_table(spark, warehouse, t.EVENTS)
+    accounts = delta_io.read_table(spark, warehouse, t.ACCOUNTS)
+    partials = daily_partials_range(events, accounts, first_day, last_day, session_gap_seconds)
+    with delta_io.commit_metadata(spark, step="activity_daily", run_date=str(last_day)):
+        delta_io.write_table(
+            partials,
+            warehouse,
+            t.ACTIVITY_DAILY,
+            partition_by=[t.DAY],
+            replace_where=f"{t.DAY} >= '{first_day.isoformat()}' AND {t.DAY} <= '{last_day.isoformat()}'",
+        )
+
+
+def read_activity_window(spark: SparkSession, warehouse: str, run_date: dt.date, days: int) -> DataFrame:
+    """The ``activity_daily`` rows of the ``days`` days ending at ``run_date`` (partition-pruned)."""
+    start = run_date - dt.timedelta(days=days - 1)
+    daily = delta_io.read_table(spark, warehouse, t.ACTIVITY_DAILY)
+    return daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date)))
+
+
+def activity_features(
+    spark: SparkSession,
+    warehouse: str,
+    run_date: dt.date,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+) -> DataFrame:
+    """The nightly activity features for ``run_date`` from the ``activity_daily`` table (build
+    its partition ``run_date`` first with :func:`build_activity_daily`)."""
+    ws = _check_windows(windows)
+    return window_features(read_activity_window(spark, warehouse, run_date, ws[-1]), run_date, ws, session_gap_seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows
+# ---------------------------------------------------------------------------------------------
+
+
+def _explode_windows(df: DataFrame, day_col: str, run_date: dt.date, windows: tuple[int, ...]) -> DataFrame:
+    """One copy of each row per window that contains its day (column ``_W``: the window's days).
+    Windows are nested suffixes, so this adds few rows (1d/7d/28d: x1.3) and keeps one
+    aggregation for all windows."""
+    age = F.datediff(F.lit(run_date), F.col(day_col))
+    member = F.array(*[F.when(age < w, F.lit(w)) for w in windows])
+    return df.withColumn(_W, F.explode(member)).where(F.col(_W).isNotNull())
+
+
+def _in_window(day: Column, run_date: dt.date) -> Column:
+    """Whether ``day`` (a date column) lies inside window ``_W`` ending at ``run_date``."""
+    return F.datediff(F.lit(run_date), day) < F.col(_W)
+
+
+def _features(sums: DataFrame) -> DataFrame:
+    """Feature columns (unsuffixed) from one row of window sums per (account, window)."""
+    return sums.select(
+        t.ACCOUNT_ID,
+        _W,
+        F.col(N_EVENTS),
+        entropy_bits(F.col(HOUR_HIST_UTC), HOURS).alias(HOUR_ENTROPY),
+        entropy_bits(F.col(IET_HIST), IET_BINS).alias(IET_ENTROPY),
+        burstiness(F.col(IET_COUNT), F.col(IET_SUM), F.col(IET_SUMSQ)).alias(BURSTINESS),
+        F.col(MAX_EVENTS_PER_MINUTE),
+        F.col(MAX_EVENTS_PER_HOUR),
+        harmonic_amplitude(F.col(HOUR_HIST_LOCAL), HOURS, 1).alias(CIRCADIAN_AMPLITUDE),
+        bins_share(F.col(HOUR_HIST_LOCAL), HOURS, NIGHT_HOURS).alias(NIGHT_SHARE),
+        entropy_bits(F.col(_DOW_HIST), DAYS_OF_WEEK).alias(DOW_ENTROPY),
+        entropy_bits(F.col(EVENT_TYPE_COUNTS), len(t.EVENT_TYPES)).alias(EVENT_TYPE_ENTROPY),
+        F.hll_sketch_estimate(IP_SKETCH).alias(DISTINCT_IPS),
+        F.hll_sketch_estimate(DEVICE_SKETCH).alias(DISTINCT_DEVICES),
+        F.col(SESSION_COUNT),
+        F.try_divide(F.col(SESSION_SECONDS), F.col(SESSION_COUNT)).alias(MEAN_SESSION_SECONDS),
+    )
+
+
+def _wide(per_window: DataFrame, windows: tuple[int, ...]) -> DataFrame:
+    """(account, window) rows -> one row per account with ``{name}_{w}d`` columns; a window
+    without a row (no events) gets nulls and ``has_activity_{w}d`` false."""
+    cols = []
+    for w in windows:
+        here = F.col(_W) == w
+        cols.append(F.coalesce(F.max(here), F.lit(False)).alias(windowed(HAS_ACTIVITY, w)))
+        cols += [F.max(F.when(here, F.col(n))).alias(windowed(n, w)) for n in FEATURE_NAMES]
+    return per_window.groupBy(t.ACCOUNT_ID).agg(*cols)
+
+
+def window_features(
+    activity_daily: DataFrame,
+    run_date: dt.date,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+) -> DataFrame:
+    """Activity features for ``windows`` (days) ending at ``run_date``, from daily partials only.
+
+    One row per account with a partial in the largest window; columns ``account_id`` then
+    :func:`feature_columns`. ``activity_daily`` may hold other days: only the window's are read.
+
+    >>> feats = window_features(spark.read.format("delta").load(path), dt.date(2024, 5, 28))  # doctest: +SKIP
+    """
+    ws = _check_windows(windows)
+    require_columns(activity_daily, PARTIAL_COLUMNS, "activity window features (activity_daily)")
+    start = run_date - dt.timedelta(days=ws[-1] - 1)
+    daily = activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date)))
+    by_day = Window.partitionBy(t.ACCOUNT_ID).orderBy(t.DAY)
+    daily = daily.withColumn(_PREV_DAY, F.lag(t.DAY).over(by_day)).withColumn(
+        _PREV_TS, F.lag(F.unix_micros(LAST_TS)).over(by_day)
+    )
+    rows = _explode_windows(daily, t.DAY, run_date, ws)
+    # Stitch: the gap from the previous active day's last event is one more IET when that day
+    # lies inside this window, and it merges two sessions when short.
+    gap = F.when(_in_window(F.col(_PREV_DAY), run_date), (F.unix_micros(FIRST_TS) - F.col(_PREV_TS)) / float(_US))
+    rows = rows.withColumn(_GAP, gap)
+    g = F.col(_GAP)
+    gbin = log2_bin(g)
+    short = g <= session_gap_seconds
+
+    def array_sum(name: str, size: int) -> list[Column]:
+        return [F.sum(F.col(name)[i]) for i in range(size)]
+
+    numeric = rows.groupBy(t.ACCOUNT_ID, _W).agg(
+        F.sum(N_EVENTS).alias(N_EVENTS),
+        F.array(*array_sum(HOUR_HIST_UTC, HOURS)).alias(HOUR_HIST_UTC),
+        # Days without a known offset have a null local histogram; sum() skips them.
+        F.when(F.count(HOUR_HIST_LOCAL) > 0, F.array(*array_sum(HOUR_HIST_LOCAL, HOURS))).alias(HOUR_HIST_LOCAL),
+        F.array(*[s + _count(gbin == b) for b, s in enumerate(array_sum(IET_HIST, IET_BINS))]).alias(IET_HIST),
+        (F.sum(IET_COUNT) + F.count(g)).alias(IET_COUNT),
+        (F.sum(IET_SUM) + F.coalesce(F.sum(g), F.lit(0.0))).alias(IET_SUM),
+        (F.sum(IET_SUMSQ) + F.coalesce(F.sum(g * g), F.lit(0.0))).alias(IET_SUMSQ),
+        F.array(*array_sum(EVENT_TYPE_COUNTS, len(t.EVENT_TYPES))).alias(EVENT_TYPE_COUNTS),
+        F.array(*[F.coalesce(F.sum(F.when(F.col(DOW) == d, F.col(N_EVENTS))), F.lit(0)) for d in range(DAYS_OF_WEEK)])
+        .alias(_DOW_HIST),
+        F.max(MAX_EVENTS_PER_MINUTE).alias(MAX_EVENTS_PER_MINUTE),
+        F.max(MAX_EVENTS_PER_HOUR).alias(MAX_EVENTS_PER_HOUR),
+        (F.sum(SESSION_COUNT) - _count(short)).alias(SESSION_COUNT),
+        (F.sum(SESSION_SECONDS) + F.coalesce(F.sum(F.when(short, g)), F.lit(0.0))).alias(SESSION_SECONDS),
+    )
+    sketches = _explode_windows(
+        activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date))), t.DAY, run_date, ws
+    ).groupBy(t.ACCOUNT_ID, _W).agg(
+        F.hll_union_agg(IP_SKETCH).alias(IP_SKETCH),
+        F.hll_union_agg(DEVICE_SKETCH).alias(DEVICE_SKETCH),
+    )
+    return _wide(_features(numeric.join(sketches, [t.ACCOUNT_ID, _W])), ws)
+
+
+def activity_features_from_scratch(
+    events: DataFrame,
+    accounts: DataFrame,
+    run_date: dt.date,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+) -> DataFrame:
+    """The same features as :func:`window_features`, computed directly from the raw events of the
+    largest window (one ordered pass per account, no partials, no stitching). The reference for
+    the incremental path in tests, and the benchmarks' full recompute."""
+    ws = _check_windows(windows)
+    require_columns(events, EVENT_COLUMNS, "activity features from scratch (events)")
+    require_columns(accounts, ACCOUNT_COLUMNS, "activity features from scratch (accounts)")
+    start = run_date - dt.timedelta(days=ws[-1] - 1)
+    ev = _event_input(events, F.col(t.EVENT_DATE).between(F.lit(start), F.lit(run_date)))
+    timed = _with_event_timing(ev, [t.ACCOUNT_ID]).withColumn(
+        _PREV_DAY, F.lag(t.EVENT_DATE).over(Window.partitionBy(t.ACCOUNT_ID).orderBy(_TS))
+    )
+    rows = _explode_windows(timed, t.EVENT_DATE, run_date, ws)
+    # An event's IET counts in a window only when the previous event is inside it too.
+    iet = F.when(_in_window(F.col(_PREV_DAY), run_date), F.col(_IET))
+    dow = F.weekday(t.EVENT_DATE)
+    numeric = rows.groupBy(t.ACCOUNT_ID, _W).agg(
+        *_event_sums(iet, session_gap_seconds),
+        F.array(*[_count(dow == d) for d in range(DAYS_OF_WEEK)]).alias(_DOW_HIST),
+    )
+    sketches = _sketches(_explode_windows(ev, t.EVENT_DATE, run_date, ws), [t.ACCOUNT_ID, _W])
+    sums = (
+        numeric.join(sketches, [t.ACCOUNT_ID, _W])
+        .join(F.broadcast(_account_offsets(accounts)), t.ACCOUNT_ID, "left")
+        .withColumn(HOUR_HIST_LOCAL, rotate_hours(F.col(HOUR_HIST_UTC), F.col(UTC_OFFSET_HOURS)))
+    )
+    return _wide(_features(sums), ws)

@@ -1,0 +1,135 @@
+"""The nightly features step: ``activity_daily`` for the days the windows need, then one
+``features`` partition for run date D (one row per account that exists on D).
+
+Activity windows come from daily partials (only days missing from ``activity_daily`` are built,
+so the steady state reads one new day of events); graph features from the edges as of D;
+metadata from ``accounts``. Missing data stays null with availability flags, never a silent 0.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from botwatch import tables as t
+from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
+from botwatch.features import activity, graph
+
+METADATA_COLUMNS = ("account_age_days", "verified_flag", t.PROFILE_COMPLETENESS, "is_new_account")
+
+
+def accounts_as_of(accounts: DataFrame, run_date: dt.date) -> DataFrame:
+    """Accounts that exist on ``run_date`` (created before the end of that day; unknown creation kept)."""
+    end = F.lit(run_date + dt.timedelta(days=1)).cast("timestamp")
+    return accounts.where(F.col(t.CREATED_AT).isNull() | (F.col(t.CREATED_AT) < end))
+
+
+def account_age_days(created_at: Column, run_date: dt.date) -> Column:
+    return F.datediff(F.lit(run_date), F.to_date(created_at)).cast("double")
+
+
+def metadata_features(accounts: DataFrame, run_date: dt.date, new_account_days: int) -> DataFrame:
+    age = account_age_days(F.col(t.CREATED_AT), run_date)
+    return accounts.select(
+        t.ACCOUNT_ID,
+        t.COUNTRY,
+        age.alias("account_age_days"),
+        F.col(t.VERIFIED).cast("double").alias("verified_flag"),
+        F.col(t.PROFILE_COMPLETENESS).cast("double").alias(t.PROFILE_COMPLETENESS),
+        F.when(age.isNull(), None).otherwise(age < new_account_days).alias("is_new_account"),
+    )
+
+
+def assemble_features(
+    metadata: DataFrame, activity_features: DataFrame, graph_features: DataFrame, windows: Sequence[int]
+) -> DataFrame:
+    """Left-join everything onto the account list; absent activity means has_activity_{w} = false."""
+    out = metadata.join(activity_features, t.ACCOUNT_ID, "left").join(graph_features, t.ACCOUNT_ID, "left")
+    for w in windows:
+        flag = f"has_activity_{w}d"
+        out = out.withColumn(flag, F.coalesce(F.col(flag), F.lit(False)))
+    return out.withColumn("has_graph", F.coalesce(F.col("has_graph"), F.lit(False)))
+
+
+def missing_partial_days(spark: SparkSession, warehouse: str, days: Sequence[dt.date]) -> list[dt.date]:
+    """Days of the window that have no ``activity_daily`` partition yet."""
+    if not table_exists(spark, warehouse, t.ACTIVITY_DAILY):
+        return list(days)
+    have = {
+        r[0]
+        for r in read_table(spark, warehouse, t.ACTIVITY_DAILY)
+        .where(F.col(t.DAY).between(F.lit(min(days)), F.lit(max(days))))
+        .select(t.DAY)
+        .distinct()
+        .collect()
+    }
+    return [d for d in days if d not in have]
+
+
+def window_days(run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
+    return [run_date - dt.timedelta(days=i) for i in range(max(windows))]
+
+
+def partial_days_to_build(spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
+    """Day D always (its events are new), plus any earlier day of the window that has events but no
+    partial yet (a first run, or a gap): steady state reads one day of events."""
+    days = window_days(run_date, windows)
+    missing = set(missing_partial_days(spark, warehouse, days))
+    with_events = {
+        r[0]
+        for r in read_table(spark, warehouse, t.EVENTS)
+        .where(F.col(t.EVENT_DATE).between(F.lit(min(days)), F.lit(max(days))))
+        .select(t.EVENT_DATE)
+        .distinct()
+        .collect()
+    }
+    return sorted({run_date} | (missing & with_events))
+
+
+def build_features(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict) -> int:
+    """The features step for ``run_date``: ``activity_daily`` partitions as needed, then the
+    ``features`` partition ``run_date`` (replaced whole: rerunning D never duplicates).
+
+    ``params`` is conf's ``features`` section. Returns the number of accounts written.
+    """
+    windows = tuple(params.get("windows", activity.DEFAULT_WINDOWS))
+    graph_params = params.get("graph", {}) or {}
+    days = partial_days_to_build(spark, warehouse, run_date, windows)
+    # Contiguous runs of days become one job each (a first run builds the whole window at once).
+    start = prev = days[0]
+    for day in days[1:] + [None]:
+        if day is None or (day - prev).days > 1:
+            activity.build_activity_daily(spark, warehouse, start, prev)
+            start = day
+        prev = day or prev
+
+    accounts = accounts_as_of(read_table(spark, warehouse, t.ACCOUNTS), run_date)
+    act = activity.activity_features(spark, warehouse, run_date, windows)
+    neighbour_cols = [c for c in graph_params.get("neighbor_activity_columns", []) if c in act.columns]
+    labels = read_table(spark, warehouse, t.LABELS) if table_exists(spark, warehouse, t.LABELS) else None
+    graph_feats = graph.graph_features(
+        read_table(spark, warehouse, t.EDGES),
+        accounts,
+        run_date,
+        activity=act.select(t.ACCOUNT_ID, *neighbour_cols) if neighbour_cols else None,
+        labels=labels,
+        hub_degree_cap=graph_params.get("hub_degree_cap", 1000),
+        hub_sample_pairs=graph_params.get("hub_sample_pairs", 2000),
+        growth_days=graph_params.get("growth_days", 7),
+        seed=graph_params.get("hub_seed", 0),
+        salt_buckets=graph_params.get("salt_buckets", 32),
+    )
+    meta = metadata_features(accounts, run_date, params.get("new_account_days", 30))
+    out = assemble_features(meta, act, graph_feats, windows).withColumn(t.RUN_DATE, F.lit(run_date))
+    out = out.select(t.ACCOUNT_ID, t.RUN_DATE, *[c for c in out.columns if c not in (t.ACCOUNT_ID, t.RUN_DATE)])
+    out = out.cache()
+    n = out.count()
+    with commit_metadata(spark, step="features", run_date=run_date.isoformat()):
+        write_table(
+            out, warehouse, t.FEATURES, partition_by=[t.RUN_DATE],
+            replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}'",
+        )
+    out.unpersist()
+    return n

@@ -1,0 +1,301 @@
+"""Activity features: formulas against numpy/scipy column by column, window features against a
+pandas computation from the raw events, incremental (daily partials) == from scratch, missing
+windows as nulls, and idempotent ``activity_daily`` writes."""
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from chispa import assert_approx_column_equality, assert_approx_df_equality, assert_column_equality
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from scipy.stats import entropy
+
+from botwatch import tables as t
+from botwatch.delta_io import read_table, write_table
+from botwatch.features import activity as A
+from botwatch.schemas import ACCOUNTS_SCHEMA, EVENTS_SCHEMA, SchemaMismatchError
+
+RUN = dt.date(2024, 3, 12)
+WINDOWS = (1, 7, 28)
+GAP = A.SESSION_GAP_SECONDS
+
+
+# ---------------------------------------------------------------------------------------------
+# formulas, column by column
+# ---------------------------------------------------------------------------------------------
+
+
+def _h(n: int, rng) -> list[int]:
+    return [int(x) for x in rng.integers(0, 6, n) * rng.integers(0, 2, n)]
+
+
+def test_formula_helpers_match_numpy(spark):
+    rng = np.random.default_rng(3)
+    hists = [_h(24, rng) for _ in range(12)] + [[0] * 24, [5] + [0] * 23, [1] * 24, [0] * 23 + [7]]
+    rows = []
+    for h in hists:
+        c = np.array(h, dtype=float)
+        tot = c.sum()
+        rows.append(
+            (
+                h,
+                float(entropy(c, base=2)) if tot else None,
+                float(abs(np.fft.fft(c / tot)[1])) if tot else None,
+                float(c[:6].sum() / tot) if tot else None,
+            )
+        )
+    schema = "h array<bigint>, want_entropy double, want_amp double, want_night double"
+    df = spark.createDataFrame(rows, schema).select(
+        "*",
+        A.entropy_bits(F.col("h"), 24).alias("entropy"),
+        A.harmonic_amplitude(F.col("h"), 24).alias("amp"),
+        A.bins_share(F.col("h"), 24, range(6)).alias("night"),
+    )
+    assert_approx_column_equality(df, "entropy", "want_entropy", 1e-9)
+    assert_approx_column_equality(df, "amp", "want_amp", 1e-9)
+    assert_approx_column_equality(df, "night", "want_night", 1e-9)
+
+
+def test_burstiness_log2_bins_and_rotation_match_numpy(spark):
+    rng = np.random.default_rng(5)
+    samples = [list(rng.exponential(60, n)) for n in (2, 3, 10, 50)] + [[5.0, 5.0, 5.0], [0.0, 0.0], [7.0]]
+    rows = []
+    for s in samples:
+        x = np.array(s)
+        mu, sigma = x.mean(), x.std()
+        want = float((sigma - mu) / (sigma + mu)) if len(x) >= 2 and sigma + mu > 0 else None
+        rows.append((len(x), float(x.sum()), float((x * x).sum()), want))
+    df = spark.createDataFrame(rows, "n bigint, s double, ss double, want double").select(
+        "*", A.burstiness(F.col("n"), F.col("s"), F.col("ss")).alias("got")
+    )
+    assert_approx_column_equality(df, "got", "want", 1e-9)
+
+    secs = [0.0, 0.5, 1.0, 2.0, 3.0, 6.999, 7.0, 1023.0, 1e6, 2.0**40, 2.0**31 - 1.0, 2.0**31 - 2.0]
+    bins = spark.createDataFrame([(s, min(int(np.floor(np.log2(s + 1))), 31)) for s in secs], "s double, want int")
+    bins = bins.select("*", A.log2_bin(F.col("s")).alias("got"))
+    assert_column_equality(bins, "got", "want")
+    assert spark.range(1).select(A.log2_bin(F.lit(None).cast("double")).alias("b")).first()["b"] is None
+
+    hist = list(range(24))
+    rot = spark.createDataFrame(
+        [(hist, off, [int(v) for v in np.roll(hist, off)] if off is not None else None) for off in (-5, 0, 1, 9, None)],
+        "h array<bigint>, off int, want array<bigint>",
+    ).select("*", A.rotate_hours(F.col("h"), F.col("off")).alias("got"))
+    assert_column_equality(rot, "got", "want")
+
+
+def test_bad_windows_and_inputs_are_named(spark):
+    with pytest.raises(A.WindowSpecError, match="features.windows"):
+        A.feature_columns([])
+    with pytest.raises(A.WindowSpecError):
+        A.feature_columns([7, 0])
+    with pytest.raises(A.WindowSpecError):
+        A.feature_columns([7.5])
+    events = spark.createDataFrame([(1, "post")], "account_id bigint, event_type string")
+    accounts = spark.createDataFrame([], ACCOUNTS_SCHEMA)
+    with pytest.raises(SchemaMismatchError, match="event_ts"):
+        A.daily_partials(events, accounts, RUN)
+    with pytest.raises(SchemaMismatchError, match="activity_daily"):
+        A.window_features(events, RUN)
+
+
+# ---------------------------------------------------------------------------------------------
+# random events with the awkward cases, and a pandas reference computed from them
+# ---------------------------------------------------------------------------------------------
+
+# Account 9 has events but no account row; 5 and 6 have no known offset.
+COUNTRIES = {1: "US", 2: "DE", 3: "JP", 4: "IN", 5: "XX", 6: None, 7: "GB", 8: "BR"}
+COUNTRIES.update(dict.fromkeys((10, 11, 12, 13, 14), "GB"))
+
+
+def _midnight(day: dt.date) -> pd.Timestamp:
+    return pd.Timestamp(day)
+
+
+def _make_events() -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    rows: list[tuple[int, pd.Timestamp]] = []
+    # Random sessions on random days for accounts 1..9, over the 14 days before RUN (inclusive).
+    for acc in range(1, 10):
+        for back in range(14):
+            if rng.random() < 0.45:
+                continue
+            day = RUN - dt.timedelta(days=back)
+            for _ in range(rng.integers(1, 4)):
+                ts = _midnight(day) + pd.Timedelta(seconds=float(rng.uniform(0, 86400)))
+                for _ in range(rng.integers(1, 9)):
+                    rows.append((acc, ts))
+                    # mostly short gaps, some same-second bursts, some long ones
+                    ts = ts + pd.Timedelta(seconds=float(rng.choice([0, rng.exponential(90), rng.exponential(2500)])))
+    day_before = _midnight(RUN - dt.timedelta(days=1))
+    run_midnight = _midnight(RUN)
+    # a session across midnight into RUN (gaps 10 min, 2 s, 14 min), and one broken by midnight (31 min)
+    for s in (-1200.0, -601.5, -1.0, 1.0, 841.0):
+        rows.append((1, run_midnight + pd.Timedelta(seconds=s)))
+    for s in (-1000.0, 860.0):
+        rows.append((2, day_before + pd.Timedelta(seconds=s)))
+    # account 10: only 9 days before RUN (outside 1d and 7d), with a gap of several days before
+    for back, s in ((9, 3600.0), (9, 3610.0), (9, 7300.25), (12, 50.0)):
+        rows.append((10, _midnight(RUN - dt.timedelta(days=back)) + pd.Timedelta(seconds=s)))
+    # account 11: every event at one instant (burstiness null); account 12: a single event
+    rows += [(11, run_midnight + pd.Timedelta(hours=5))] * 4
+    rows.append((12, run_midnight + pd.Timedelta(hours=23, minutes=59, seconds=59.5)))
+    # account 13: one burst of 7 events in one minute, 3 in the next
+    rows += [(13, run_midnight + pd.Timedelta(seconds=120 + i)) for i in range(7)]
+    rows += [(13, run_midnight + pd.Timedelta(seconds=185 + i)) for i in range(3)]
+    # account 14: only 40 days before RUN: outside every window (no output row)
+    rows.append((14, _midnight(RUN - dt.timedelta(days=40)) + pd.Timedelta(hours=3)))
+    ev = pd.DataFrame(rows, columns=[t.ACCOUNT_ID, t.EVENT_TS])
+    ev[t.EVENT_TS] = ev[t.EVENT_TS].dt.floor("us")  # Spark keeps microseconds
+    ev = ev[ev[t.EVENT_TS] < _midnight(RUN + dt.timedelta(days=1))].reset_index(drop=True)
+    n = len(ev)
+    ev[t.EVENT_TYPE] = rng.choice(np.array(t.EVENT_TYPES), n)
+    ips = np.array([f"ip{i}" for i in range(6)] + [None], dtype=object)
+    ev[t.IP_HASH] = rng.choice(ips, n)
+    ev[t.DEVICE_ID] = rng.choice(np.array(["d0", "d1", "d2", None], dtype=object), n)
+    ev[t.EVENT_DATE] = ev[t.EVENT_TS].dt.date
+    return ev
+
+
+def _reference(ev: pd.DataFrame, run_date: dt.date, windows) -> pd.DataFrame:
+    """The features straight from raw events, in pandas/numpy/scipy (the independent reference)."""
+    out: dict[int, dict] = {}
+    for acc, g in ev.groupby(t.ACCOUNT_ID):
+        offset = t.COUNTRY_UTC_OFFSET.get(COUNTRIES.get(acc))
+        row: dict = {}
+        for w in windows:
+            start = run_date - dt.timedelta(days=w - 1)
+            x = g[(g[t.EVENT_DATE] >= start) & (g[t.EVENT_DATE] <= run_date)].sort_values(t.EVENT_TS)
+            has = len(x) > 0
+            row[A.windowed(A.HAS_ACTIVITY, w)] = has
+            f: dict = dict.fromkeys(A.FEATURE_NAMES, np.nan)
+            if has:
+                ts = x[t.EVENT_TS]
+                iet = ts.diff().dt.total_seconds().to_numpy()[1:]
+                hours = ts.dt.hour.to_numpy()
+                f[A.N_EVENTS] = len(x)
+                f[A.HOUR_ENTROPY] = entropy(np.bincount(hours, minlength=24), base=2)
+                if len(iet):
+                    bins = np.minimum(np.floor(np.log2(iet + 1)).astype(int), 31)
+                    f[A.IET_ENTROPY] = entropy(np.bincount(bins, minlength=32), base=2)
+                mu, sigma = (iet.mean(), iet.std()) if len(iet) else (0.0, 0.0)
+                if len(iet) >= 2 and sigma + mu > 0:
+                    f[A.BURSTINESS] = (sigma - mu) / (sigma + mu)
+                f[A.MAX_EVENTS_PER_MINUTE] = ts.dt.floor("min").value_counts().max()
+                f[A.MAX_EVENTS_PER_HOUR] = ts.dt.floor("h").value_counts().max()
+                if offset is not None:
+                    local = np.bincount((hours + offset) % 24, minlength=24)
+                    p = local / local.sum()
+                    f[A.CIRCADIAN_AMPLITUDE] = abs(np.fft.fft(p)[1])
+                    f[A.NIGHT_SHARE] = local[:6].sum() / local.sum()
+                dows = np.array([d.weekday() for d in x[t.EVENT_DATE]])
+                f[A.DOW_ENTROPY] = entropy(np.bincount(dows, minlength=7), base=2)
+                types = x[t.EVENT_TYPE].value_counts().reindex(list(t.EVENT_TYPES), fill_value=0)
+                f[A.EVENT_TYPE_ENTROPY] = entropy(types.to_numpy(), base=2)
+                f[A.DISTINCT_IPS] = x[t.IP_HASH].nunique()
+                f[A.DISTINCT_DEVICES] = x[t.DEVICE_ID].nunique()
+                # sessions: explicit session ids, each session's length = last - first
+                sid = np.concatenate([[0], np.cumsum(iet > GAP)])
+                secs = (ts.astype("int64") / 1e9).to_numpy()
+                lengths = pd.Series(secs).groupby(sid).agg(lambda s: s.max() - s.min())
+                f[A.SESSION_COUNT] = len(lengths)
+                f[A.MEAN_SESSION_SECONDS] = lengths.mean()
+            row.update({A.windowed(k, w): v for k, v in f.items()})
+        if any(row[A.windowed(A.HAS_ACTIVITY, w)] for w in windows):
+            out[acc] = row
+    ref = pd.DataFrame.from_dict(out, orient="index")
+    ref.index.name = t.ACCOUNT_ID
+    return ref.reset_index()[[t.ACCOUNT_ID, *A.feature_columns(windows)]]
+
+
+@pytest.fixture(scope="module")
+def raw(spark):
+    ev = _make_events()
+    events = spark.createDataFrame(ev[list(EVENTS_SCHEMA.fieldNames())], EVENTS_SCHEMA)
+    accounts = spark.createDataFrame(
+        [(a, None, c, None, None, None, None) for a, c in COUNTRIES.items()], ACCOUNTS_SCHEMA
+    )
+    return ev, events.cache(), accounts.cache()
+
+
+@pytest.fixture(scope="module")
+def partials(raw):
+    _, events, accounts = raw
+    first = RUN - dt.timedelta(days=max(WINDOWS) - 1)
+    return A.daily_partials_range(events, accounts, first, RUN).cache()
+
+
+@pytest.fixture(scope="module")
+def incremental(partials):
+    return A.window_features(partials, RUN, WINDOWS).cache()
+
+
+def test_window_features_match_pandas_reference(raw, incremental):
+    ev, _, _ = raw
+    want = _reference(ev, RUN, WINDOWS)
+    got = incremental.toPandas().sort_values(t.ACCOUNT_ID).reset_index(drop=True)
+    assert list(got.columns) == [t.ACCOUNT_ID, *A.feature_columns(WINDOWS)]
+    assert got[t.ACCOUNT_ID].tolist() == want[t.ACCOUNT_ID].tolist()  # 14 is outside every window
+    pd.testing.assert_frame_equal(
+        got.astype("float64"), want.astype("float64"), check_exact=False, rtol=1e-9, atol=1e-9
+    )
+
+
+def test_specific_cases(incremental):
+    got = {r[t.ACCOUNT_ID]: r for r in incremental.collect()}
+    # account 10: active 9 and 12 days ago only -> 1d and 7d are null with has_activity false
+    a10 = got[10]
+    assert a10["has_activity_1d"] is False and a10["has_activity_7d"] is False and a10["has_activity_28d"] is True
+    assert all(a10[A.windowed(n, w)] is None for n in A.FEATURE_NAMES for w in (1, 7))
+    assert a10["n_events_28d"] == 4 and a10["session_count_28d"] == 3
+    # account 11: four events at one instant; account 12: one event; account 13: 7 in a minute
+    assert got[11]["burstiness_1d"] is None and got[11]["session_count_1d"] == 1
+    assert got[12]["iet_entropy_1d"] is None and got[12]["mean_session_seconds_1d"] == 0.0
+    assert got[13]["max_events_per_minute_1d"] == 7 and got[13]["max_events_per_hour_1d"] == 10
+    # accounts 5 (unknown country), 6 (no country) and 9 (no account row): no local-time features
+    for acc in (5, 6, 9):
+        assert got[acc]["circadian_amplitude_28d"] is None and got[acc]["night_share_28d"] is None
+    assert 14 not in got
+
+
+def test_incremental_equals_from_scratch(raw, incremental):
+    _, events, accounts = raw
+    scratch = A.activity_features_from_scratch(events, accounts, RUN, WINDOWS)
+    assert_approx_df_equality(
+        incremental, scratch, 1e-9, ignore_nullable=True, ignore_row_order=True, allow_nan_equality=True
+    )
+
+
+def test_single_day_partial_equals_backfill_rows(raw, partials):
+    _, events, accounts = raw
+    day = RUN - dt.timedelta(days=1)
+    one = A.daily_partials(events, accounts, day)
+    from_range = partials.where(F.col(t.DAY) == F.lit(day))
+    # sketches compare by their estimates (binary layout may differ between aggregation orders)
+    est = [F.hll_sketch_estimate(A.IP_SKETCH).alias("ips"), F.hll_sketch_estimate(A.DEVICE_SKETCH).alias("devs")]
+    cols = [c for c in A.PARTIAL_COLUMNS if c not in (A.IP_SKETCH, A.DEVICE_SKETCH)]
+    assert_approx_df_equality(
+        one.select(*cols, *est), from_range.select(*cols, *est), 1e-9, ignore_nullable=True, ignore_row_order=True
+    )
+    assert one.count() > 0 and set(one.schema.fieldNames()) == set(A.PARTIAL_COLUMNS)
+    assert dict(one.dtypes)[A.HOUR_HIST_UTC] == "array<bigint>"
+
+
+def test_activity_daily_rerun_is_idempotent(spark, warehouse, raw):
+    _, events, accounts = raw
+    write_table(events, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE])
+    write_table(accounts, warehouse, t.ACCOUNTS)
+    day = RUN - dt.timedelta(days=1)
+    A.build_activity_daily(spark, warehouse, day - dt.timedelta(days=1), day)
+    first = read_table(spark, warehouse, t.ACTIVITY_DAILY)
+    counts = {r[0]: r[1] for r in first.groupBy(t.DAY).count().collect()}
+    A.build_activity_daily(spark, warehouse, day)  # rerun one of the two days
+    again = read_table(spark, warehouse, t.ACTIVITY_DAILY)
+    assert {r[0]: r[1] for r in again.groupBy(t.DAY).count().collect()} == counts
+    assert again.select(t.ACCOUNT_ID, t.DAY).distinct().count() == again.count()
+    assert again.schema[t.DAY].dataType == T.DateType()
+    feats = A.activity_features(spark, warehouse, day, [1])
+    assert feats.count() == counts[day]
