@@ -6,6 +6,7 @@ Commands only parse, load conf, build the session and call one library function.
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -35,7 +36,8 @@ def fail(message: str, code: int = 2) -> None:
 def build_conf(conf: str, warehouse: str | None, overrides: list[str] | None) -> Config:
     sets = list(overrides or [])
     if warehouse:
-        sets.append(f"warehouse={warehouse}")
+        # A --warehouse typed in a shell means a path from the current directory.
+        sets.append(f"warehouse={warehouse if '://' in warehouse else os.path.abspath(warehouse)}")
     try:
         return load_config(conf, sets)
     except ConfigError as exc:
@@ -50,6 +52,138 @@ def doctor(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: S
 
     ok = run_doctor(build_conf(conf, warehouse, set_), echo=typer.echo)
     raise typer.Exit(0 if ok else 1)
+
+
+DateOpt = Annotated[str, typer.Option("--date", help="logical run date, YYYY-MM-DD")]
+
+
+def parse_date(value: str, option: str = "--date"):
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        fail(f"{option} {value!r}: expected a date as YYYY-MM-DD")
+
+
+def _run_step(step: str, date: str, conf: str, warehouse: str | None, set_: list[str] | None) -> None:
+    import json
+
+    from botwatch import steps
+    from botwatch.spark import get_spark
+
+    cfg = build_conf(conf, warehouse, set_)
+    run_date = parse_date(date)
+    spark = get_spark(cfg, app_name=f"botwatch-{step}-{run_date}")
+    try:
+        summary = steps.STEPS[step](spark, cfg, run_date)
+    except steps.EXPECTED_ERRORS as exc:
+        fail(f"{step} for {run_date}: {exc}", code=1)
+    typer.echo(json.dumps({"step": step, "run_date": str(run_date), **summary}, default=str))
+
+
+@app.command()
+def features(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
+    """Build activity_daily (as needed) and the features partition for one run date."""
+    _run_step("features", date, conf, warehouse, set_)
+
+
+@app.command()
+def train(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
+    """Train a challenger on labels up to the date, evaluate it and apply the promotion gate."""
+    _run_step("train", date, conf, warehouse, set_)
+
+
+@app.command()
+def score(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
+    """Score every account of the date's features with the champion into `scores`."""
+    _run_step("score", date, conf, warehouse, set_)
+
+
+@app.command()
+def ingest(
+    accounts: Annotated[str, typer.Option("--accounts", help="accounts: .parquet, .csv or a folder of Parquet")],
+    events: Annotated[str, typer.Option("--events", help="events: .parquet, .csv or a folder of Parquet")],
+    edges: Annotated[str, typer.Option("--edges", help="follow edges: .parquet, .csv or a folder of Parquet")],
+    labels: Annotated[str | None, typer.Option("--labels", help="labels (optional; left as is if absent)")] = None,
+    date: Annotated[
+        str | None, typer.Option("--date", help="run date of the quarantine rows, YYYY-MM-DD (default today, UTC)")
+    ] = None,
+    conf: ConfOpt = DEFAULT_CONF,
+    warehouse: WarehouseOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Load your own Parquet/CSV files into the input tables; bad rows go to `quarantine` with a reason."""
+    import datetime as dt
+
+    from botwatch.config import resolve_path
+    from botwatch.ingest import IngestInputError, format_report, ingest_files, resolve_input
+    from botwatch.spark import get_spark
+
+    cfg = build_conf(conf, warehouse, set_)
+    run_date = parse_date(date) if date else dt.datetime.now(dt.UTC).date()
+    files = {"accounts": accounts, "events": events, "edges": edges, "labels": labels}
+    root = resolve_path(cfg["warehouse"])
+    try:
+        for table, path in files.items():
+            if path is not None:
+                resolve_input(table, path)  # a missing file or column fails before a JVM starts
+        spark = get_spark(cfg, app_name=f"botwatch-ingest-{run_date}")
+        result = ingest_files(
+            spark, root, accounts=accounts, events=events, edges=edges, labels=labels, run_date=run_date, echo=typer.echo
+        )
+    except IngestInputError as exc:
+        fail(str(exc))
+    typer.echo(f"ingested into {root} (quarantine run_date {run_date})")
+    typer.echo(format_report(result))
+
+
+@app.command()
+def simulate(
+    accounts: Annotated[int, typer.Option("--accounts", help="number of accounts")],
+    days: Annotated[int, typer.Option("--days", help="number of simulated days")],
+    seed: Annotated[int, typer.Option("--seed", help="random seed: the same seed gives the same tables")],
+    start_date: Annotated[
+        str | None, typer.Option("--start-date", help="first simulated day, YYYY-MM-DD (default simulate.start_date)")
+    ] = None,
+    conf: ConfOpt = DEFAULT_CONF,
+    warehouse: WarehouseOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Write a synthetic platform's input tables (accounts, events, edges, labels) and `truth`."""
+    from botwatch.config import resolve_path
+    from botwatch.simulate import SimulationParamsError, check_params, write_platform
+    from botwatch.spark import get_spark
+
+    cfg = build_conf(conf, warehouse, set_)
+    params = cfg.section("simulate")
+    start = parse_date(start_date or str(params["start_date"]), "--start-date")
+    root = resolve_path(cfg["warehouse"])
+    try:
+        check_params(accounts=accounts, days=days, seed=seed, start_date=start, params=params)  # before a JVM starts
+        spark = get_spark(cfg, app_name="botwatch-simulate")
+        counts = write_platform(spark, root, accounts=accounts, days=days, seed=seed, start_date=start, params=params)
+    except SimulationParamsError as exc:
+        fail(str(exc))
+    typer.echo(f"simulated {accounts} accounts x {days} days from {start} (seed {seed}) into {root}")
+    for table, rows in counts.items():
+        typer.echo(f"  {table}: {rows} rows")
+
+
+@app.command()
+def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
+    """Simulate a small platform, build every day's features, train, score; print where tables are."""
+    from botwatch.demo import run_demo
+    from botwatch.spark import get_spark
+
+    cfg = build_conf(conf, warehouse, set_)
+    # A small platform has few labels: the demo section sets its own investigator rate and minimum.
+    cfg = cfg.with_overrides([
+        f"simulate.labels.investigator_per_week_per_100k={cfg['demo.investigator_per_week_per_100k']}",
+        f"train.min_train_rows={cfg['demo.min_train_rows']}",
+        f"train.valid_days={cfg['demo.valid_days']}",
+    ])
+    run_demo(get_spark(cfg, app_name="botwatch-demo"), cfg, echo=typer.echo)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -181,3 +181,8 @@ def resolve_path(value: str, root: Path = PROJECT_ROOT) -> str:
     if "://" in value or value.startswith("/"):
         return value
     return str((root / value).resolve())
+
+
+def warehouse_path(conf: Config) -> str:
+    """The warehouse root as an absolute path or URI (relative conf paths are from the project root)."""
+    return resolve_path(conf["warehouse"])

@@ -44,6 +44,9 @@ DST = "dst"
 LABEL = "label"
 SOURCE = "source"
 LABELED_AT = "labeled_at"
+# resolved training labels (botwatch.labels)
+AS_OF_DATE = "as_of_date"
+WEIGHT = "weight"
 
 FAMILY = "family"
 
@@ -66,6 +69,15 @@ MODEL_VERSION = "model_version"
 
 NAME = "name"
 VALUE = "value"
+
+# heavy model inputs (botwatch.models.sequences): per-account event sequences and neighbour means
+SEQ_EVENT_TYPE = "seq_event_type"
+SEQ_DT_BUCKET = "seq_dt_bucket"
+SEQ_HOUR_SIN = "seq_hour_sin"
+SEQ_HOUR_COS = "seq_hour_cos"
+SEQ_LEN = "seq_len"
+NBR_PREFIX = "nbr_"
+NBR_COUNT = "nbr_count"
 
 # ---- vocabularies ----
 EVENT_TYPES = ("post", "comment", "like", "follow", "login")
