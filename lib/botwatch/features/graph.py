@@ -378,6 +378,9 @@ def graph_features(
     if growth_days < 1:
         raise ValueError(f"growth_days must be >= 1, got {growth_days}; fix features.graph.growth_days")
     require_columns(accounts, (t.ACCOUNT_ID,), "graph accounts")
+    cols = _activity_columns(activity, activity_columns) if activity is not None else []
+    if labels is not None:
+        require_columns(labels, (t.ACCOUNT_ID, t.LABEL, t.LABELED_AT), "graph labels")
     src, dst, created = F.col(t.SRC).cast("long"), F.col(t.DST).cast("long"), F.col(t.CREATED_AT)
     current = edges_as_of(edges, run_date).where(src.isNotNull() & dst.isNotNull() & (src != dst))
 
@@ -430,7 +433,6 @@ def graph_features(
     )
 
     if activity is not None:
-        cols = _activity_columns(activity, activity_columns)
         act = activity.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *cols)
         pairs = directed.select(t.SRC, t.DST)
         # Followees of a hub-follower are keyed by the hub: salted lookup; the mean is a partial aggregation.
