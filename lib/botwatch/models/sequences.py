@@ -21,6 +21,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from botwatch import tables as t
+from botwatch.features.graph import edges_as_of
 from botwatch.schemas import require_columns
 
 # Index 0 of the event-type vocabulary is padding; known types are 1..n; unknown types get n + 1.
@@ -111,12 +112,6 @@ def gather_sequences(
             F.size("_s").cast("int").alias(t.SEQ_LEN),
         )
     )
-
-
-def edges_as_of(edges: DataFrame, run_date: dt.date) -> DataFrame:
-    """Follow edges created before the end of ``run_date`` (edges with unknown creation time are kept)."""
-    end = F.lit(run_date + dt.timedelta(days=1)).cast("timestamp")
-    return edges.where(F.col(t.CREATED_AT).isNull() | (F.col(t.CREATED_AT) < end))
 
 
 def undirected_pairs(edges: DataFrame) -> DataFrame:
