@@ -39,7 +39,12 @@ def run_demo(spark: SparkSession, conf: Config, echo: Callable[[str], None] = pr
         timed(f"features {day}", lambda day=day: steps.features_step(spark, conf, day))
     last = days[-1]
     trained = timed(f"train {last}", lambda: steps.train_step(spark, conf, last))
-    scored = timed(f"score {last}", lambda: steps.score_step(spark, conf, last))
+    if trained["promoted"]:
+        scored = timed(f"score {last}", lambda: steps.score_step(spark, conf, last))
+    else:
+        # The gate refused the only model: with no champion there is nothing to score with.
+        echo(f"not scored: the promotion gate refused the model ({trained['reason']})")
+        scored = {}
     echo("")
     echo(f"Tables (Delta) under {warehouse}:")
     for table in (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS, t.ACTIVITY_DAILY, t.FEATURES, t.MODEL_REGISTRY, t.SCORES):
