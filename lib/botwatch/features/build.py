@@ -57,15 +57,20 @@ def missing_partial_days(spark: SparkSession, warehouse: str, days: Sequence[dt.
     """Days of the window that have no ``activity_daily`` partition yet."""
     if not table_exists(spark, warehouse, t.ACTIVITY_DAILY):
         return list(days)
-    have = {
-        r[0]
-        for r in read_table(spark, warehouse, t.ACTIVITY_DAILY)
-        .where(F.col(t.DAY).between(F.lit(min(days)), F.lit(max(days))))
-        .select(t.DAY)
+    have = _days_present(spark, warehouse, t.ACTIVITY_DAILY, t.DAY, days)
+    return [d for d in days if d not in have]
+
+
+def _days_present(spark: SparkSession, warehouse: str, table: str, day_col: str, days: Sequence[dt.date]) -> set:
+    """The values of the date partition column ``day_col`` of ``table`` within ``days``' range."""
+    rows = (
+        read_table(spark, warehouse, table)
+        .where(F.col(day_col).between(F.lit(min(days)), F.lit(max(days))))
+        .select(day_col)
         .distinct()
         .collect()
-    }
-    return [d for d in days if d not in have]
+    )
+    return {r[0] for r in rows}
 
 
 def window_days(run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
@@ -77,14 +82,7 @@ def partial_days_to_build(spark: SparkSession, warehouse: str, run_date: dt.date
     partial yet (a first run, or a gap): steady state reads one day of events."""
     days = window_days(run_date, windows)
     missing = set(missing_partial_days(spark, warehouse, days))
-    with_events = {
-        r[0]
-        for r in read_table(spark, warehouse, t.EVENTS)
-        .where(F.col(t.EVENT_DATE).between(F.lit(min(days)), F.lit(max(days))))
-        .select(t.EVENT_DATE)
-        .distinct()
-        .collect()
-    }
+    with_events = _days_present(spark, warehouse, t.EVENTS, t.EVENT_DATE, days)
     return sorted({run_date} | (missing & with_events))
 
 
