@@ -135,8 +135,25 @@ def duckdb_worker(args) -> None:
     con.execute(f"COPY ({spec['sql']}) TO '{spec['out']}' (FORMAT parquet)")
     seconds = time.perf_counter() - start
     rows = con.execute(f"SELECT count(*) FROM read_parquet('{spec['out']}')").fetchone()[0]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"seconds": seconds, "rows": rows, "peak_gib": peak / 2**30}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": seconds, "rows": rows, "peak_gib": usage.ru_maxrss * 1024 / 2**30,
+                      "cpu_s": usage.ru_utime + usage.ru_stime}))
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds used so far by this process tree (driver, Spark JVM, workers):
+    under a shared machine this says more about cost than wall time does."""
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            c = proc.cpu_times()
+            total += c.user + c.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def generate_events(spark, n_accounts: int, days: int, per_day: float, run: dt.date, seed: int):
@@ -255,10 +272,13 @@ def main() -> None:
         report("backfill_partials_events_per_s", round((n_window - n_day) / back["seconds"]))
         report("backfill_partials_peak_gib", round(mem.peak_gib, 2))
         spark_out = str(workdir / "spark_features.parquet")
+        cpu0 = cpu_seconds()
         with PeakMemory() as mem, timed() as nightly:
             A.build_activity_daily(spark, wh, run)
             A.activity_features(spark, wh, run, windows).write.mode("overwrite").parquet(spark_out)
+        nightly_cpu = cpu_seconds() - cpu0
         report("nightly_spark_s", round(nightly["seconds"], 1))
+        report("nightly_spark_cpu_s", round(nightly_cpu, 1))
         report("nightly_spark_peak_gib", round(mem.peak_gib, 2))
         n_partials = read_table(spark, wh, t.ACTIVITY_DAILY).count()
         report("partial_rows", n_partials)
@@ -278,6 +298,8 @@ def main() -> None:
                               text=True, check=True)
         duck = json.loads(done.stdout.strip().splitlines()[-1])
         report("duckdb_from_scratch_s", round(duck["seconds"], 1))
+        report("duckdb_cpu_s", round(duck["cpu_s"], 1))
+        report("ratio_duckdb_over_nightly_cpu", round(duck["cpu_s"] / nightly_cpu, 2))
         report("duckdb_peak_gib", round(duck["peak_gib"], 2))
         report("duckdb_events_per_s", round(n_window / duck["seconds"]))
         report("ratio_duckdb_over_nightly", round(duck["seconds"] / nightly["seconds"], 2))
@@ -310,14 +332,17 @@ def main() -> None:
                 events.where(F.col(t.ACCOUNT_ID) < args.accounts * k // 8).write.mode("overwrite").parquet(path)
                 ev_k = spark.read.parquet(path)
             n_k = ev_k.where(F.col(t.EVENT_DATE).between(F.lit(start), F.lit(run))).count()
+            cpu0 = cpu_seconds()
             with PeakMemory() as mem, timed() as full:
                 A.activity_features_from_scratch(ev_k, accounts, run, windows).write.mode("overwrite").format(
                     "noop"
                 ).save()
+            cpu = cpu_seconds() - cpu0
             sizes.append(n_k)
             seconds.append(full["seconds"])
             report(f"full_recompute_{k}of8", {"events": n_k, "seconds": round(full["seconds"], 1),
                                               "events_per_s": round(n_k / full["seconds"]),
+                                              "cpu_s": round(cpu, 1), "events_per_cpu_s": round(n_k / cpu),
                                               "peak_gib": round(mem.peak_gib, 2)})
         if len(sizes) > 1:
             report("growth_exponent", round(growth_exponent(sizes, seconds), 3))

@@ -487,46 +487,90 @@ def window_features(
     require_columns(activity_daily, PARTIAL_COLUMNS, "activity window features (activity_daily)")
     start = run_date - dt.timedelta(days=ws[-1] - 1)
     daily = activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date)))
-    by_day = Window.partitionBy(t.ACCOUNT_ID).orderBy(t.DAY)
-    daily = daily.withColumn(_PREV_DAY, F.lag(t.DAY).over(by_day)).withColumn(
-        _PREV_TS, F.lag(F.unix_micros(LAST_TS)).over(by_day)
-    )
-    rows = _explode_windows(daily, t.DAY, run_date, ws)
-    # Stitch: the gap from the previous active day's last event is one more IET when that day
-    # lies inside this window, and it merges two sessions when short.
-    gap = F.when(_in_window(F.col(_PREV_DAY), run_date), (F.unix_micros(FIRST_TS) - F.col(_PREV_TS)) / float(_US))
-    rows = rows.withColumn(_GAP, gap)
-    g = F.col(_GAP)
-    gbin = log2_bin(g)
-    short = g <= session_gap_seconds
+    keys = [t.ACCOUNT_ID, _W]
 
+    # 1. Sums and maxima need no order, so Spark aggregates them before the shuffle: the wide
+    #    partial rows are never sorted or shuffled whole.
     def array_sum(name: str, size: int) -> list[Column]:
         return [F.sum(F.col(name)[i]) for i in range(size)]
 
-    numeric = rows.groupBy(t.ACCOUNT_ID, _W).agg(
+    sums = _explode_windows(daily, t.DAY, run_date, ws).groupBy(*keys).agg(
         F.sum(N_EVENTS).alias(N_EVENTS),
         F.array(*array_sum(HOUR_HIST_UTC, HOURS)).alias(HOUR_HIST_UTC),
         # Days without a known offset have a null local histogram; sum() skips them.
         F.when(F.count(HOUR_HIST_LOCAL) > 0, F.array(*array_sum(HOUR_HIST_LOCAL, HOURS))).alias(HOUR_HIST_LOCAL),
-        F.array(*[s + _count(gbin == b) for b, s in enumerate(array_sum(IET_HIST, IET_BINS))]).alias(IET_HIST),
-        (F.sum(IET_COUNT) + F.count(g)).alias(IET_COUNT),
-        (F.sum(IET_SUM) + F.coalesce(F.sum(g), F.lit(0.0))).alias(IET_SUM),
-        (F.sum(IET_SUMSQ) + F.coalesce(F.sum(g * g), F.lit(0.0))).alias(IET_SUMSQ),
+        F.array(*array_sum(IET_HIST, IET_BINS)).alias(IET_HIST),
+        F.sum(IET_COUNT).alias(IET_COUNT),
+        F.sum(IET_SUM).alias(IET_SUM),
+        F.sum(IET_SUMSQ).alias(IET_SUMSQ),
         F.array(*array_sum(EVENT_TYPE_COUNTS, len(t.EVENT_TYPES))).alias(EVENT_TYPE_COUNTS),
-        F.array(*[F.coalesce(F.sum(F.when(F.col(DOW) == d, F.col(N_EVENTS))), F.lit(0)) for d in range(DAYS_OF_WEEK)])
+        F.array(*[F.sum(F.when(F.col(DOW) == d, F.col(N_EVENTS)).otherwise(0)) for d in range(DAYS_OF_WEEK)])
         .alias(_DOW_HIST),
         F.max(MAX_EVENTS_PER_MINUTE).alias(MAX_EVENTS_PER_MINUTE),
         F.max(MAX_EVENTS_PER_HOUR).alias(MAX_EVENTS_PER_HOUR),
-        (F.sum(SESSION_COUNT) - _count(short)).alias(SESSION_COUNT),
-        (F.sum(SESSION_SECONDS) + F.coalesce(F.sum(F.when(short, g)), F.lit(0.0))).alias(SESSION_SECONDS),
+        F.sum(SESSION_COUNT).alias(SESSION_COUNT),
+        F.sum(SESSION_SECONDS).alias(SESSION_SECONDS),
     )
-    sketches = _explode_windows(
-        activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date))), t.DAY, run_date, ws
-    ).groupBy(t.ACCOUNT_ID, _W).agg(
+
+    # 2. Stitching, from a thin (account, day, first, last) projection ordered by day: the gap
+    #    from the previous active day's last event is one more IET when that day lies inside the
+    #    window, and it merges two sessions when short.
+    by_day = Window.partitionBy(t.ACCOUNT_ID).orderBy(t.DAY)
+    thin = daily.select(
+        t.ACCOUNT_ID,
+        t.DAY,
+        F.lag(t.DAY).over(by_day).alias(_PREV_DAY),
+        ((F.unix_micros(FIRST_TS) - F.lag(F.unix_micros(LAST_TS)).over(by_day)) / float(_US)).alias(_GAP),
+    )
+    g = F.col(_GAP)
+    gbin = log2_bin(g)
+    short = g <= session_gap_seconds
+    stitched = (
+        _explode_windows(thin, t.DAY, run_date, ws)
+        .where(_in_window(F.col(_PREV_DAY), run_date))
+        .groupBy(*keys)
+        .agg(
+            F.array(*[_count(gbin == b) for b in range(IET_BINS)]).alias("_gap_hist"),
+            F.count(g).alias("_gaps"),
+            F.sum(g).alias("_gap_sum"),
+            F.sum(g * g).alias("_gap_sumsq"),
+            _count(short).alias("_merges"),
+            F.sum(F.when(short, g).otherwise(0.0)).alias("_merged_seconds"),
+        )
+    )
+
+    # 3. Distinct IPs and devices: unions of the daily sketches.
+    sketches = _explode_windows(daily.select(t.ACCOUNT_ID, t.DAY, IP_SKETCH, DEVICE_SKETCH), t.DAY, run_date, ws)
+    sketches = sketches.groupBy(*keys).agg(
         F.hll_union_agg(IP_SKETCH).alias(IP_SKETCH),
         F.hll_union_agg(DEVICE_SKETCH).alias(DEVICE_SKETCH),
     )
-    return _wide(_features(numeric.join(sketches, [t.ACCOUNT_ID, _W])), ws)
+
+    def plus(name: str, extra: str, zero=0) -> Column:
+        return (F.col(name) + F.coalesce(F.col(extra), F.lit(zero))).alias(name)
+
+    gap_hist = F.col("_gap_hist")
+    combined = sums.join(stitched, keys, "left").join(sketches, keys).select(
+        *keys,
+        N_EVENTS,
+        HOUR_HIST_UTC,
+        HOUR_HIST_LOCAL,
+        F.array(
+            *[F.col(IET_HIST)[b] + F.coalesce(F.get(gap_hist, b), F.lit(0)) for b in range(IET_BINS)]
+        ).alias(IET_HIST),
+        plus(IET_COUNT, "_gaps"),
+        plus(IET_SUM, "_gap_sum", 0.0),
+        plus(IET_SUMSQ, "_gap_sumsq", 0.0),
+        EVENT_TYPE_COUNTS,
+        _DOW_HIST,
+        MAX_EVENTS_PER_MINUTE,
+        MAX_EVENTS_PER_HOUR,
+        (F.col(SESSION_COUNT) - F.coalesce(F.col("_merges"), F.lit(0))).alias(SESSION_COUNT),
+        plus(SESSION_SECONDS, "_merged_seconds", 0.0),
+        IP_SKETCH,
+        DEVICE_SKETCH,
+    )
+    return _wide(_features(combined), ws)
 
 
 def activity_features_from_scratch(
