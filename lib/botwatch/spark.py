@@ -70,8 +70,6 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.ui.showConsoleProgress": "false",
         # Delta rebuilds table state with this many partitions (default 50: slow on small tables).
         "spark.databricks.delta.snapshotPartitions": spark_conf["delta_snapshot_partitions"],
-        # Delta's commit metadata is how the run log is written; keep it on by default.
-        "spark.databricks.delta.commitInfo.userMetadata": "",
     }
     settings.update(spark_conf.get("extra_conf") or {})
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}

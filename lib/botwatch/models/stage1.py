@@ -199,8 +199,7 @@ def score_frame(
 ) -> DataFrame:
     """Add ``score_col`` (calibrated probability) and ``reason_codes`` to ``df`` via mapInPandas:
     the booster is shipped once and loaded once per Python worker."""
-    keep = [c for c in df.columns]
-    inputs = df.select(*[F.col(c) for c in keep if c not in cols], *as_model_input(cols))
+    inputs = df.select(*[c for c in df.columns if c not in cols], *as_model_input(cols))
     out_schema = T.StructType(
         [f for f in inputs.schema.fields if f.name not in cols]
         + [T.StructField(score_col, T.DoubleType()), T.StructField("reason_codes", REASON_CODES_TYPE)]
