@@ -44,7 +44,13 @@ def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     }
 
 
-def score_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
+def validate_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
+    """Check the input tables for D before anything reads them (filled in by the nightly-run work)."""
+    return {"validated": False, "note": "no checks yet"}
+
+
+def score_stage1_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
+    """Stage 1 on every account: writes the ``scores`` partition D (stage-1 score and decisions)."""
     from botwatch.scoring.publish import score_and_write
 
     params = {
@@ -56,12 +62,40 @@ def score_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     return score_and_write(spark, warehouse_path(conf), run_date, params)
 
 
+def score_stage2_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
+    """Stage 2 (heavy model) on the accounts stage 1 flagged; rewrites the ``scores`` partition D."""
+    return {"stage2": "not run: no heavy model yet"}
+
+
+def score_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
+    """Both scoring stages, as ``botwatch score`` runs them."""
+    return {**score_stage1_step(spark, conf, run_date), **score_stage2_step(spark, conf, run_date)}
+
+
+def publish_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
+    """Make D's scores visible to consumers (``scores_latest``)."""
+    return {"published": False}
+
+
+def monitor_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
+    """Drift, review queue, prevalence and the run report for D."""
+    return {"monitored": False}
+
+
 STEPS: dict[str, StepFn] = {
+    "validate": validate_step,
     "activity": activity_step,
     "features": features_step,
     "train": train_step,
+    "score_stage1": score_stage1_step,
+    "score_stage2": score_stage2_step,
+    "publish": publish_step,
+    "monitor": monitor_step,
     "score": score_step,
 }
+
+# The nightly run, in order (``score`` is the two scoring stages together, for the CLI).
+RUN_ORDER = ("validate", "activity", "features", "train", "score_stage1", "score_stage2", "publish", "monitor")
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
