@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
+from pyspark.sql import types as T
 from typer.testing import CliRunner
 
 from botwatch import schemas
@@ -24,6 +25,7 @@ from botwatch import tables as t
 from botwatch.cli import app
 from botwatch.config import PROJECT_ROOT
 from botwatch.simulate import SimulationParamsError, check_params, simulate_platform, write_platform
+from botwatch.simulate.attributes import ATTRIBUTE_FIELDS, PHOTOS
 
 ACCOUNTS, DAYS, SEED = 2000, 8, 11
 START = dt.date(2026, 1, 5)  # a Monday
@@ -74,7 +76,9 @@ def test_tables_follow_the_contract(sim):
                          (t.EDGES, schemas.EDGES_SCHEMA), (t.LABELS, schemas.LABELS_SCHEMA),
                          (t.TRUTH, schemas.TRUTH_SCHEMA)]:
         table = DeltaTable(f"{w}/{name}")
-        assert [f.name for f in table.schema().fields] == schema.fieldNames(), name
+        # accounts: the contract's columns first, then the platform's own attributes (simulate.attributes)
+        extra = [f.name for f in ATTRIBUTE_FIELDS] if name == t.ACCOUNTS else []
+        assert [f.name for f in table.schema().fields] == schema.fieldNames() + extra, name
         assert len(sim[name]) == sim["counts"][name], name
     assert DeltaTable(f"{w}/{t.EVENTS}").metadata().partition_columns == [t.EVENT_DATE]
     assert DeltaTable(f"{w}/{t.ACCOUNTS}").metadata().partition_columns == []
@@ -460,8 +464,10 @@ def test_cli_rerun_with_another_partitioning_writes_identical_tables(spark, sim,
 def test_lazy_tables_equal_written_ones_and_another_seed_differs(spark, params, sim):
     same = simulate_platform(spark, accounts=ACCOUNTS, days=DAYS, seed=SEED, start_date=START, params=params)
     other = simulate_platform(spark, accounts=ACCOUNTS, days=DAYS, seed=SEED + 1, start_date=START, params=params)
-    written = spark.createDataFrame(sim[t.ACCOUNTS][schemas.ACCOUNTS_SCHEMA.fieldNames()],
-                                    schemas.ACCOUNTS_SCHEMA)
+    schema = T.StructType([*schemas.ACCOUNTS_SCHEMA.fields, *ATTRIBUTE_FIELDS])
+    pdf = sim[t.ACCOUNTS][schema.fieldNames()].copy()
+    pdf[PHOTOS] = pdf[PHOTOS].astype(object).where(pdf[PHOTOS].notna(), None)  # NaN would not equal null
+    written = spark.createDataFrame(pdf, schema)
     assert_df_equality(same[t.ACCOUNTS], written, ignore_row_order=True, ignore_nullable=True)
     assert other[t.ACCOUNTS].exceptAll(same[t.ACCOUNTS]).count() > 0.9 * ACCOUNTS
     assert other[t.TRUTH].exceptAll(same[t.TRUTH]).count() > 0

@@ -11,6 +11,7 @@ from pyspark.sql import types as T
 from botwatch import schemas
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, read_table, write_table
+from botwatch.simulate import attributes
 from botwatch.simulate.accounts import accounts_table, profile, truth_table
 from botwatch.simulate.events import events_table
 from botwatch.simulate.graph import edges_table
@@ -69,8 +70,9 @@ def simulate_platform(
     plan = make_plan(accounts, days, seed, start_date, params)
     prof = profile(spark, plan)
     edges = edges_table(plan, prof)
+    accounts_df = attributes.with_attributes(plan, prof, accounts_table(prof), edges)
     return {
-        t.ACCOUNTS: conform(accounts_table(prof), schemas.ACCOUNTS_SCHEMA),
+        t.ACCOUNTS: conform(accounts_df, attributes.accounts_schema(plan, schemas.ACCOUNTS_SCHEMA)),
         t.EVENTS: conform(events_table(plan, prof), schemas.EVENTS_SCHEMA),
         t.EDGES: conform(edges, schemas.EDGES_SCHEMA),
         t.LABELS: conform(labels_table(plan, prof, edges), schemas.LABELS_SCHEMA),
@@ -96,8 +98,8 @@ def write_platform(
     plan = make_plan(accounts, days, seed, start_date, params)
     # Every table starts from the profile: compute it once (generated code per query stays small too).
     prof = profile(spark, plan).persist(StorageLevel.MEMORY_AND_DISK)
+    # Accounts come after the edges: their attributes depend on who follows whom.
     built = {
-        t.ACCOUNTS: accounts_table(prof),
         t.TRUTH: truth_table(prof),
         t.EVENTS: events_table(plan, prof),
         t.EDGES: edges_table(plan, prof),
@@ -109,6 +111,11 @@ def write_platform(
         for table, df in built.items():
             write_table(conform(df, TABLE_SCHEMAS[table]), warehouse, table, partition_by=PARTITION_BY.get(table, ()))
             counts[table] = written_rows(spark, warehouse, table)
+        edges = read_table(spark, warehouse, t.EDGES)
+        accounts_df = attributes.with_attributes(plan, prof, accounts_table(prof), edges)
+        schema = attributes.accounts_schema(plan, schemas.ACCOUNTS_SCHEMA)
+        write_table(conform(accounts_df, schema), warehouse, t.ACCOUNTS)
+        counts[t.ACCOUNTS] = written_rows(spark, warehouse, t.ACCOUNTS)
         labels = labels_table(plan, prof, read_table(spark, warehouse, t.EDGES))
         write_table(conform(labels, schemas.LABELS_SCHEMA), warehouse, t.LABELS)
         counts[t.LABELS] = written_rows(spark, warehouse, t.LABELS)
