@@ -2,6 +2,8 @@
 and the XGBoost stage against the canary. Metrics are recomputed here with scikit-learn."""
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
@@ -12,7 +14,7 @@ from botwatch import tables as t
 from botwatch.config import warehouse_path
 from botwatch.delta_io import read_table, write_table
 from botwatch.models.stage1 import PlattCalibration, as_model_input, predict_margin
-from botwatch.training import STAGE1_MODEL, TrainParams, train_stage1, training_rows
+from botwatch.training import STAGE1_MODEL, TrainParams, refresh_decision, train_stage1, training_rows
 
 from helpers import copy_warehouse
 
@@ -105,3 +107,29 @@ def test_scores_cover_every_account_with_consistent_decisions(spark, trained):
     assert ((scores[t.SCORE] >= thr) == (scores[t.DECISION] == "action")).all()
     assert not (scores["golden"] & scores["actioned"]).any()
     assert all(len(rc) == 3 for rc in scores["reason_codes"])
+
+
+def test_refresh_policy_reuses_a_fresh_champion_and_retrains_when_old_or_drifted(spark, trained, tmp_path):
+    tconf, run_date, first = trained
+    warehouse = copy_warehouse(warehouse_path(tconf), tmp_path / "wh")
+    rconf = tconf.with_overrides([f"warehouse={warehouse}"])
+    params = TrainParams.from_conf(rconf.section("train"))
+    next_day = run_date + dt.timedelta(days=1)
+
+    skipped = steps.train_step(spark, rconf, next_day)
+    assert skipped["trained"] is False and f"version {first.version}" in skipped["reason"]
+    assert [r[t.VERSION] for r in registry.records(spark, warehouse, STAGE1_MODEL)] == [first.version]
+
+    old = run_date + dt.timedelta(days=params.max_champion_age_days)
+    assert refresh_decision(spark, warehouse, old, params) == (
+        True, f"champion is {params.max_champion_age_days} days old (max {params.max_champion_age_days})"
+    )
+    # A drift alert set by the monitor on D-1 (and only one set before D) makes D retrain.
+    alerts = spark.createDataFrame(
+        [(run_date, "drift_alert", 1.0), (next_day, "drift_alert", 1.0)],
+        f"{t.RUN_DATE} date, {t.NAME} string, {t.VALUE} double",
+    )
+    write_table(alerts, warehouse, t.METRICS, partition_by=[t.RUN_DATE])
+    assert refresh_decision(spark, warehouse, run_date, params)[0] is False
+    assert refresh_decision(spark, warehouse, next_day, params) == (True, "drift alert set by the previous run")
+    assert refresh_decision(spark, warehouse, next_day + dt.timedelta(days=1), params)[0] is True

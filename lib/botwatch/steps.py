@@ -31,13 +31,21 @@ def features_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 
 
 def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
-    from botwatch.training import TrainParams, train_stage1
+    """Train a challenger when the refresh policy says so (no champion, too old, drift alert)."""
+    from botwatch.training import TrainParams, refresh_decision, train_stage1
 
-    result = train_stage1(spark, warehouse_path(conf), run_date, TrainParams.from_conf(conf.section("train")))
+    warehouse = warehouse_path(conf)
+    params = TrainParams.from_conf(conf.section("train"))
+    retrain, why = refresh_decision(spark, warehouse, run_date, params)
+    if not retrain:
+        return {"trained": False, "promoted": False, "reason": why}
+    result = train_stage1(spark, warehouse, run_date, params)
     return {
+        "trained": True,
         "version": result.version,
         "promoted": result.promoted,
         "reason": result.reason,
+        "refresh_reason": why,
         "threshold": result.threshold,
         "golden_pr_auc": result.metrics.get("golden_pr_auc"),
         "canary_golden_pr_auc": result.metrics.get("canary_golden_pr_auc"),

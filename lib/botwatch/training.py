@@ -35,6 +35,8 @@ from botwatch.models.stage1 import (
 )
 
 STAGE1_MODEL = "stage1_xgb"
+# The ``metrics`` row the monitor step sets when drift crosses the soft threshold.
+DRIFT_ALERT = "drift_alert"
 
 
 class NotEnoughLabelsError(RuntimeError):
@@ -87,6 +89,25 @@ def needs_training(champion: dict | None, run_date: dt.date, max_age_days: int, 
     if age >= max_age_days:
         return True, f"champion is {age} days old (max {max_age_days})"
     return False, f"champion version {champion[t.VERSION]} is {age} days old; reused"
+
+
+def drift_alert_before(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
+    """Whether the latest monitored run before D set a drift alert (``metrics`` row ``drift_alert`` > 0)."""
+    if not table_exists(spark, warehouse, t.METRICS):
+        return False
+    before = read_table(spark, warehouse, t.METRICS).where(F.col(t.RUN_DATE) < F.lit(run_date))
+    latest = before.agg(F.max(t.RUN_DATE)).first()[0]
+    if latest is None:
+        return False
+    alert = before.where((F.col(t.RUN_DATE) == F.lit(latest)) & (F.col(t.NAME) == F.lit(DRIFT_ALERT)))
+    return alert.where(F.col(t.VALUE) > 0).limit(1).count() > 0
+
+
+def refresh_decision(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> tuple[bool, str]:
+    """The refresh policy for D, from the registry's champion and the metrics table."""
+    champion = registry.champion(spark, warehouse, STAGE1_MODEL)
+    drift_alert = drift_alert_before(spark, warehouse, run_date)
+    return needs_training(champion, run_date, params.max_champion_age_days, drift_alert)
 
 
 def training_rows(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams):
