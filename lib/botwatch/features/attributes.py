@@ -1,0 +1,449 @@
+"""Bring-your-own account attributes: a platform's own ``accounts`` columns become features, and so
+do their distributions over each account's neighbours (as in Meta's DEC).
+
+Attributes
+    Every extra numeric or boolean column of ``accounts`` that ingest kept (``auto``) or the columns
+    named in conf ``features.account_attributes`` (:func:`select_attributes`) is carried into
+    ``features`` as ``attr_<name>`` (double; booleans 1/0; NaN and null both become null, so
+    missing stays missing). Strings and other non-numeric columns, names of contract columns,
+    unknown names and names that would collide after sanitising are skipped with a message;
+    all-null columns are kept (their features are null) with a message. Nothing here raises on a
+    bad column: the messages are logged and returned in the features step's summary.
+
+Neighbour distributions (:func:`neighbor_distributions`)
+    For each value column ``x`` (the attributes plus a short list of activity features) and each
+    direction ``d`` -- ``out`` (followees), ``in`` (followers), ``all`` (the undirected simple
+    neighbourhood, a reciprocal pair counted once) -- of the follow graph as of D:
+
+    ========================  =====================================================================
+    ``nbr_<d>_mean_<x>``      mean over neighbours having a value (null if none has)
+    ``nbr_<d>_std_<x>``       sample standard deviation (ddof 1; null with fewer than 2 values)
+    ``nbr_<d>_median_<x>``    ``percentile_approx`` at 0.5 (see accuracy below)
+    ``nbr_<d>_p10_<x>``       ... at 0.1
+    ``nbr_<d>_p90_<x>``       ... at 0.9
+    ``nbr_<d>_share_zero_<x>``  share of the neighbours whose value is 0 or missing (null without neighbours)
+    ``nbr_<d>_count_<x>``     neighbours having a value (0 without neighbours)
+    ========================  =====================================================================
+
+    Names put the direction first so they never take the heavy model's form ``nbr_<feature>``
+    (:func:`botwatch.models.sequences.neighbor_col`; ``nbr_count``): an aggregate here always
+    reads ``nbr_{out,in,all}_{mean,std,median,p10,p90,share_zero,count}_...``.
+
+Percentile accuracy
+    Spark's ``percentile_approx(x, p, accuracy)`` returns the smallest value v of the group such
+    that at least ``p * n`` values are <= v -- numpy's ``method="inverted_cdf"`` -- with a rank
+    error of at most ``n / accuracy`` (Greenwald-Khanna summaries; default accuracy 10,000). Its
+    summaries only merge entries once a group holds more than ``accuracy / 2`` values, so for
+    every account with fewer neighbours than that the percentiles are EXACT; a hub with 500k
+    neighbours is off by at most 50 ranks (0.01 %). Merging partial summaries (below) keeps that
+    bound.
+
+Hubs
+    One row per (account, neighbour) pair is joined to the neighbour's values. A hub as the
+    neighbour would put all its rows in one join task: those rows are salted
+    (:func:`botwatch.features.graph._salted_lookup`). A hub as the account is handled by the
+    aggregation itself: mean, std and counts are Spark's mergeable aggregates and
+    ``percentile_approx`` keeps a mergeable quantile summary, so every map task sends one partial
+    per hub through the shuffle and the final task merges at most one per map task -- a two-level
+    combine. Mean, std and the shares combine exactly from partial sums (Spark's ``avg`` and
+    ``stddev_samp`` merge count/mean/M2); the percentiles combine within the bound above.
+
+Neighbourhood overlap (:func:`neighbor_overlap`, undirected neighbourhood)
+    ``nbr_all_overlap_shared``: neighbours that are also neighbours of at least one other account
+    (undirected degree >= 2). ``nbr_all_overlap_max``: the largest number of neighbours the
+    account shares with any one other account, and ``nbr_all_overlap_max_share`` that over its
+    degree (bought-follower and botnet farms share audiences). Common neighbours are counted only
+    through neighbours of degree <= ``overlap_degree_cap``: a popular account followed by
+    everyone says nothing about a shared audience (like a stop word), and skipping it keeps the
+    pair work at most ``cap * 2|E|`` rows instead of ``sum(degree^2)``. Exact when every
+    neighbour of the account and of its best match has degree <= cap.
+
+Usage::
+
+    sel = select_attributes(accounts.schema, "auto")
+    attrs = attribute_features(accounts, sel)
+    values = attrs.join(activity.select("account_id", "n_events_7d"), "account_id", "left")
+    nbr = neighbor_distributions(edges, accounts, run_date, values, [*sel.features, "n_events_7d"])
+    ovl = neighbor_overlap(edges, accounts, run_date, overlap_degree_cap=100)
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import tables as t
+from botwatch.features import graph
+from botwatch.schemas import ACCOUNTS_SCHEMA, require_columns
+
+log = logging.getLogger(__name__)
+
+ATTR_PREFIX = "attr_"
+AUTO = "auto"
+DIRECTIONS = ("out", "in", "all")
+PERCENTILES = (("p10", 0.1), ("median", 0.5), ("p90", 0.9))
+AGGREGATES = ("mean", "std", "median", "p10", "p90", "share_zero", "count")
+OVERLAP_SHARED = f"{t.NBR_PREFIX}all_overlap_shared"
+OVERLAP_MAX = f"{t.NBR_PREFIX}all_overlap_max"
+OVERLAP_MAX_SHARE = f"{t.NBR_PREFIX}all_overlap_max_share"
+OVERLAP_COLUMNS = (OVERLAP_SHARED, OVERLAP_MAX, OVERLAP_MAX_SHARE)
+DEFAULT_ACCURACY = 10_000
+
+# internal columns
+_A, _B = "_a", "_b"
+_OUT, _IN = "_out", "_in"
+_DEG = "_deg"
+
+
+class AttributeConfigError(ValueError):
+    """``features.account_attributes`` is neither ``auto`` nor a list of column names."""
+
+
+def nbr_col(direction: str, agg: str, name: str) -> str:
+    """Name of a neighbour aggregate: ``nbr_col("out", "mean", "attr_x") == "nbr_out_mean_attr_x"``."""
+    if direction not in DIRECTIONS or agg not in AGGREGATES:
+        raise ValueError(f"direction must be one of {DIRECTIONS} and agg one of {AGGREGATES}; got {direction}, {agg}")
+    return f"{t.NBR_PREFIX}{direction}_{agg}_{name}"
+
+
+def nbr_columns(names: Sequence[str]) -> list[str]:
+    """Every neighbour-aggregate column for value columns ``names``, in output order."""
+    return [nbr_col(d, a, n) for n in names for d in DIRECTIONS for a in AGGREGATES]
+
+
+def _col(name: str) -> Column:
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+@dataclass
+class AttributeSelection:
+    """Which ``accounts`` columns become features. ``columns``: source column -> ``attr_`` name;
+    ``skipped``: column -> why; ``notes``: kept, but worth saying (all null, renamed)."""
+
+    columns: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        return list(self.columns.values())
+
+    def summary(self) -> dict:
+        """For the step summary: what was carried, what was skipped and why."""
+        return {"attributes": self.features, "attributes_skipped": dict(self.skipped),
+                "attributes_notes": list(self.notes)}
+
+
+def _feature_name(column: str) -> str:
+    # Delta (without column mapping) rejects spaces and ,;{}()= in names: keep [A-Za-z0-9_].
+    return ATTR_PREFIX + re.sub(r"[^0-9A-Za-z_]", "_", column)
+
+
+def select_attributes(
+    schema: T.StructType, requested: str | Sequence[str] | None = AUTO, reserved: Sequence[str] = ()
+) -> AttributeSelection:
+    """Validate the attribute columns of an ``accounts`` schema; never raises on a bad column.
+
+    ``requested``: ``"auto"`` (or None) takes every column beyond the contract's
+    (``schemas.ACCOUNTS_SCHEMA``); a list takes exactly those. ``reserved``: names of the other
+    features, only to say when an attribute shares a name with one (it stays apart as ``attr_``).
+    Raises :class:`AttributeConfigError` only when ``requested`` itself has the wrong shape.
+    """
+    contract = {f.name.lower() for f in ACCOUNTS_SCHEMA.fields}
+    types = {f.name: f.dataType for f in schema.fields}
+    if requested is None or requested == AUTO:
+        candidates = [f.name for f in schema.fields if f.name.lower() not in contract]
+    elif isinstance(requested, (list, tuple)) and all(isinstance(c, str) for c in requested):
+        candidates = list(dict.fromkeys(requested))
+    else:
+        raise AttributeConfigError(
+            f"features.account_attributes must be 'auto' or a list of accounts column names, got {requested!r}"
+        )
+    reserved_lower = {r.lower() for r in reserved}
+    sel = AttributeSelection()
+    taken: set[str] = set()
+    for name in candidates:
+        dtype = types.get(name)
+        if name.lower() in contract:
+            sel.skipped[name] = (
+                f"'{name}' is a contract column of accounts, not an extra attribute; botwatch's own "
+                "features already cover it (account_age_days, verified_flag, profile_completeness, country)"
+            )
+        elif dtype is None:
+            sel.skipped[name] = (
+                f"no column '{name}' in accounts (extra columns there: "
+                f"{[c for c in types if c.lower() not in contract]}); fix features.account_attributes"
+            )
+        elif not isinstance(dtype, (T.NumericType, T.BooleanType, T.NullType)):
+            sel.skipped[name] = (
+                f"'{name}' is {dtype.simpleString()}, not numeric or boolean, so it cannot be a model "
+                "feature; encode it as a number before ingest to use it"
+            )
+        elif _feature_name(name).lower() in taken:
+            sel.skipped[name] = (
+                f"'{name}' would be named {_feature_name(name)}, as another attribute already is; rename it"
+            )
+        else:
+            feat = _feature_name(name)
+            sel.columns[name] = feat
+            taken.add(feat.lower())
+            if feat != ATTR_PREFIX + name:
+                sel.notes.append(f"'{name}' is carried as {feat} (only letters, digits and _ in feature names)")
+            if name.lower() in reserved_lower:
+                sel.notes.append(f"'{name}' has the name of a botwatch feature; kept apart as {feat}")
+    for name, why in sel.skipped.items():
+        log.warning("account attribute %r skipped: %s", name, why)
+    for note in sel.notes:
+        log.info("account attribute: %s", note)
+    return sel
+
+
+def attribute_values(value: Column) -> Column:
+    """A numeric or boolean attribute as double, with NaN as null (missing is missing, never 0)."""
+    x = value.cast("double")
+    return F.when(~F.isnan(x), x)
+
+
+def attribute_features(accounts: DataFrame, selection: AttributeSelection) -> DataFrame:
+    """``account_id`` and one ``attr_<name>`` (double) per selected column; nulls stay null."""
+    require_columns(accounts, (t.ACCOUNT_ID, *selection.columns), "account attributes")
+    return accounts.select(
+        F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID),
+        *[attribute_values(_col(src)).alias(feat) for src, feat in selection.columns.items()],
+    )
+
+
+def note_all_null(attrs: DataFrame, selection: AttributeSelection) -> AttributeSelection:
+    """Add a note for each attribute that is null for every account (one scan of ``attrs``).
+
+    Such a column is kept (a feature that comes and goes would change the features table's
+    schema from night to night); its ``attr_`` value and aggregates are null, counts 0."""
+    feats = selection.features
+    if not feats:
+        return selection
+    row = attrs.agg(*[F.count(F.col(f)).alias(f) for f in feats]).first()
+    for src, feat in selection.columns.items():
+        if row is None or not row[feat]:
+            msg = f"'{src}' is null for every account on this run: {feat} and its neighbour aggregates are null"
+            selection.notes.append(msg)
+            log.warning("account attribute: %s", msg)
+    return selection
+
+
+# ---------------------------------------------------------------- the graph, both directions at once
+
+
+def direction_pairs(edges: DataFrame, run_date: dt.date | str) -> DataFrame:
+    """One row per connected pair as of ``run_date`` and per end: ``(_a, _b, _out, _in)`` with
+    ``_out`` = a follows b, ``_in`` = b follows a (both for a reciprocal pair). Duplicates,
+    self-loops and null ends are dropped; every pair of the undirected simple graph
+    (:func:`graph.undirected_simple`) appears once from each end."""
+    current = graph.edges_as_of(edges, run_date)
+    src, dst = F.col(t.SRC).cast("long"), F.col(t.DST).cast("long")
+    forward = src < dst
+    zero = F.lit(0).cast("long")
+    # Keyed by the pair: no hub skew. coalesce marks the ids non-null (see graph.undirected_simple).
+    pairs = (
+        current.where(src.isNotNull() & dst.isNotNull() & (src != dst))
+        .groupBy(
+            F.coalesce(F.least(src, dst), zero).alias(graph.U), F.coalesce(F.greatest(src, dst), zero).alias(graph.V)
+        )
+        .agg(F.max(forward).alias("_uv"), F.max(~forward).alias("_vu"))
+    )
+    u, v, uv, vu = F.col(graph.U), F.col(graph.V), F.col("_uv"), F.col("_vu")
+    return pairs.select(u.alias(_A), v.alias(_B), uv.alias(_OUT), vu.alias(_IN)).unionByName(
+        pairs.select(v.alias(_A), u.alias(_B), vu.alias(_OUT), uv.alias(_IN))
+    )
+
+
+def _degrees_and_hubs(pairs: DataFrame, hub_degree_cap: int) -> tuple[DataFrame, DataFrame]:
+    # Partial aggregation: a hub sends one count per map partition through the shuffle.
+    deg = pairs.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(F.count(F.lit(1)).alias(_DEG))
+    return deg, deg.where(F.col(_DEG) > hub_degree_cap).select(t.ACCOUNT_ID)
+
+
+def _check(hub_degree_cap: int, salt_buckets: int, accuracy: int = DEFAULT_ACCURACY) -> None:
+    if hub_degree_cap < 1 or salt_buckets < 1 or accuracy < 1:
+        raise ValueError(
+            f"hub_degree_cap ({hub_degree_cap}), salt_buckets ({salt_buckets}) and percentile accuracy "
+            f"({accuracy}) must be >= 1; fix features.graph / features.neighbors in the conf"
+        )
+
+
+def _direction_aggs(x: Column, mask: Column | None, direction: str, name: str, accuracy: int) -> list[Column]:
+    """Aggregates of ``x`` over the rows of one direction (``mask`` None: every row)."""
+    xd = x if mask is None else F.when(mask, x)
+    in_dir = F.lit(True) if mask is None else mask
+    pct = F.percentile_approx(xd, [p for _, p in PERCENTILES], accuracy)
+    return [
+        F.avg(xd).alias(nbr_col(direction, "mean", name)),
+        F.stddev_samp(xd).alias(nbr_col(direction, "std", name)),
+        pct.alias(f"_pct_{direction}_{name}"),
+        F.sum(F.when(in_dir & (x.isNull() | (x == 0)), 1).otherwise(0)).alias(f"_zero_{direction}_{name}"),
+        F.count(xd).alias(nbr_col(direction, "count", name)),
+    ]
+
+
+def neighbor_distributions(
+    edges: DataFrame,
+    accounts: DataFrame,
+    run_date: dt.date | str,
+    values: DataFrame,
+    columns: Sequence[str],
+    *,
+    hub_degree_cap: int = 1000,
+    salt_buckets: int = 32,
+    accuracy: int = DEFAULT_ACCURACY,
+) -> DataFrame:
+    """One row per account of ``accounts``: ``account_id`` and :func:`nbr_columns` (``columns``)
+    -- the distribution of each of ``values``' ``columns`` over the account's followees, followers
+    and undirected neighbours as of ``run_date`` (see the module docstring for the definitions,
+    the percentile accuracy and the hub handling). ``values``: one row per account; a neighbour
+    absent from it has every value missing. Accounts without neighbours get null statistics and
+    counts of 0."""
+    _check(hub_degree_cap, salt_buckets, accuracy)
+    columns = list(dict.fromkeys(columns))
+    require_columns(accounts, (t.ACCOUNT_ID,), "neighbour distributions (accounts)")
+    require_columns(values, (t.ACCOUNT_ID, *columns), "neighbour distributions (values)")
+    vals = values.select(
+        F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *[attribute_values(_col(c)).alias(c) for c in columns]
+    )
+    pairs = direction_pairs(edges, run_date)
+    _, hub_ids = _degrees_and_hubs(pairs, hub_degree_cap)
+    rows = graph._salted_lookup(pairs, _B, vals, hub_ids, salt_buckets, spread=(_A, _B))
+    masks = {"out": F.col(_OUT), "in": F.col(_IN), "all": None}
+    aggs = [F.sum(F.col(_OUT).cast("int")).alias("_n_out"), F.sum(F.col(_IN).cast("int")).alias("_n_in"),
+            F.count(F.lit(1)).alias("_n_all")]
+    for c in columns:
+        for d in DIRECTIONS:
+            aggs += _direction_aggs(F.col(c), masks[d], d, c, accuracy)
+    stats = rows.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(*aggs)
+
+    out = accounts.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID)).join(stats, t.ACCOUNT_ID, "left")
+    cols = [F.col(t.ACCOUNT_ID)]
+    for c in columns:
+        for d in DIRECTIONS:
+            n = F.col(f"_n_{d}")
+            pct = F.col(f"_pct_{d}_{c}")
+            by_name = {
+                "mean": F.col(nbr_col(d, "mean", c)).cast("double"),
+                "std": F.col(nbr_col(d, "std", c)).cast("double"),
+                **{name: pct[i] for i, (name, _) in enumerate(PERCENTILES)},
+                "share_zero": F.when(n > 0, F.col(f"_zero_{d}_{c}") / n).cast("double"),
+                "count": F.coalesce(F.col(nbr_col(d, "count", c)), F.lit(0)).cast("long"),
+            }
+            cols += [by_name[a].alias(nbr_col(d, a, c)) for a in AGGREGATES]
+    return out.select(*cols)
+
+
+def neighbor_overlap(
+    edges: DataFrame,
+    accounts: DataFrame,
+    run_date: dt.date | str,
+    *,
+    overlap_degree_cap: int = 100,
+    hub_degree_cap: int = 1000,
+    salt_buckets: int = 32,
+) -> DataFrame:
+    """One row per account of ``accounts``: ``account_id``, ``nbr_all_overlap_shared`` (long),
+    ``nbr_all_overlap_max`` (long) and ``nbr_all_overlap_max_share`` (double) over the undirected
+    neighbourhood as of ``run_date`` (definitions and the degree cap: module docstring).
+    Accounts without neighbours get 0, 0 and null."""
+    _check(hub_degree_cap, salt_buckets)
+    if overlap_degree_cap < 2:
+        raise ValueError(f"overlap_degree_cap must be >= 2, got {overlap_degree_cap}; fix features.neighbors")
+    pairs = direction_pairs(edges, run_date).select(_A, _B)
+    deg, hub_ids = _degrees_and_hubs(pairs, hub_degree_cap)
+    nbr_deg = deg.select(F.col(t.ACCOUNT_ID), F.col(_DEG).alias("_deg_b"))
+    with_deg = graph._salted_lookup(pairs, _B, nbr_deg, hub_ids, salt_buckets)
+    shared = with_deg.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(
+        F.count(F.lit(1)).alias(_DEG), F.sum((F.col("_deg_b") >= 2).cast("long")).alias(OVERLAP_SHARED)
+    )
+    # Two-paths a - b - c through neighbours b of degree <= cap: a self-join keyed by b, at most
+    # cap^2 rows per b, so no task holds more than that for one key.
+    low = with_deg.where(F.col("_deg_b") <= overlap_degree_cap).select(_B, _A)
+    paths = low.join(low.select(_B, F.col(_A).alias("_c")), _B).where(F.col(_A) != F.col("_c"))
+    best = (
+        paths.groupBy(_A, "_c").agg(F.count(F.lit(1)).alias("_common"))  # keyed by the pair: no skew
+        .groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(F.max("_common").alias(OVERLAP_MAX))
+    )
+    deg_col = F.col(_DEG)
+    return (
+        accounts.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID))
+        .join(shared, t.ACCOUNT_ID, "left")
+        .join(best, t.ACCOUNT_ID, "left")
+        .select(
+            t.ACCOUNT_ID,
+            F.coalesce(F.col(OVERLAP_SHARED), F.lit(0)).cast("long").alias(OVERLAP_SHARED),
+            F.coalesce(F.col(OVERLAP_MAX), F.lit(0)).cast("long").alias(OVERLAP_MAX),
+            F.when(deg_col > 0, F.coalesce(F.col(OVERLAP_MAX), F.lit(0)) / deg_col).cast("double")
+            .alias(OVERLAP_MAX_SHARE),
+        )
+    )
+
+
+# ---------------------------------------------------------------- the features step's part
+
+
+def run_attribute_features(
+    edges: DataFrame,
+    accounts: DataFrame,
+    activity: DataFrame | None,
+    run_date: dt.date | str,
+    params: dict,
+    *,
+    reserved: Sequence[str] = (),
+) -> tuple[DataFrame | None, dict]:
+    """The attribute and neighbour features of one features run, from conf's ``features`` section.
+
+    Returns (one row per account of ``accounts`` with ``attr_*`` and -- when
+    ``neighbor_aggregates`` is on -- ``nbr_<dir>_<agg>_*`` and ``nbr_all_overlap_*``, or None when
+    there is nothing to add; the step summary's part: attributes carried, skipped with why, notes).
+    """
+    nbr_params = params.get("neighbors", {}) or {}
+    graph_params = params.get("graph", {}) or {}
+    requested = params.get("account_attributes", AUTO)
+    sel = select_attributes(accounts.schema, requested, reserved)
+    attrs = attribute_features(accounts, sel)
+    note_all_null(attrs, sel)
+    summary = sel.summary()
+    if not params.get("neighbor_aggregates", False):
+        return (attrs if sel.columns else None), summary
+
+    wanted = list(nbr_params.get("activity_columns", []) or [])
+    have = set(activity.columns) if activity is not None else set()
+    act_cols = [c for c in wanted if c in have]
+    missing = [c for c in wanted if c not in have]
+    if missing:
+        msg = f"features.neighbors.activity_columns {missing} are not activity features; left out"
+        summary["attributes_notes"].append(msg)
+        log.warning(msg)
+    values = attrs
+    if act_cols and activity is not None:
+        values = attrs.join(
+            activity.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *act_cols), t.ACCOUNT_ID, "left"
+        )
+    hub_cap = int(graph_params.get("hub_degree_cap", 1000))
+    buckets = int(graph_params.get("salt_buckets", 32))
+    out = attrs
+    value_cols = [*sel.features, *act_cols]
+    if value_cols:
+        dist = neighbor_distributions(
+            edges, accounts, run_date, values, value_cols, hub_degree_cap=hub_cap, salt_buckets=buckets,
+            accuracy=int(nbr_params.get("percentile_accuracy", DEFAULT_ACCURACY)),
+        )
+        out = out.join(dist, t.ACCOUNT_ID, "left")
+    if nbr_params.get("overlap", True):
+        ovl = neighbor_overlap(
+            edges, accounts, run_date, overlap_degree_cap=int(nbr_params.get("overlap_degree_cap", 100)),
+            hub_degree_cap=hub_cap, salt_buckets=buckets,
+        )
+        out = out.join(ovl, t.ACCOUNT_ID, "left")
+    summary["neighbor_columns"] = len(out.columns) - 1 - len(sel.features)
+    return out, summary
