@@ -34,6 +34,7 @@ from botwatch.models.stage1 import (
     predict_margin,
 )
 
+from botwatch.monitoring.drift import REFERENCE_ARTIFACT, training_reference
 STAGE1_MODEL = "stage1_xgb"
 # The ``metrics`` row the monitor step sets when drift crosses the soft threshold.
 DRIFT_ALERT = "drift_alert"
@@ -231,6 +232,8 @@ def train_stage1(spark: SparkSession, warehouse: str, run_date: dt.date, params:
         metrics.get("canary_golden_pr_auc", math.nan),
         champ_pr,
         params.promotion_tolerance,
+    # The population's feature distribution at training time: the monitor's drift reference.
+    registry.write_artifact(directory, REFERENCE_ARTIFACT, training_reference(spark, warehouse, run_date, cols))
     )
     record = registry.ModelRecord(
         model_name=STAGE1_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date,
