@@ -96,3 +96,147 @@ def test_feature_gone_missing_gives_a_huge_psi(spark, drifted):
     assert got.loc["x_same", "psi"] > 5.0
     assert np.isnan(got.loc["x_same", "ks"])  # no present values: KS undefined, not 0
     assert got.loc["x_shift", "psi"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ---- review queue ----------------------------------------------------------------------------
+
+EDGES = [0.0, 0.01, 0.05, 0.2, 0.5, 0.8]
+
+
+def _population(seed: int, n: int, prevalence: float = 0.03):
+    """Accounts with a truth flag and a score that separates bots from humans imperfectly."""
+    rng = np.random.default_rng(seed)
+    bot = rng.random(n) < prevalence
+    score = np.where(bot, rng.beta(4, 2, n), rng.beta(0.6, 25, n))
+    return bot.astype(int), score
+
+
+@pytest.fixture(scope="module")
+def queue(spark):
+    import datetime as dt
+
+    from botwatch.monitoring.review import review_queue
+
+    bot, score = _population(3, 20_000)
+    pdf = pd.DataFrame({
+        "account_id": np.arange(20_000, dtype="int64"), "score": score, "model_version": "stage1_xgb:1",
+        "holdout": (score >= 0.8) & (np.arange(20_000) % 10 == 0), "bot": bot,
+    })
+    scores = spark.createDataFrame(pdf)
+    kwargs = dict(threshold=0.8, budget=200, shares={"uncertain": 0.3, "stratified": 0.5, "exploration": 0.2},
+                  uncertain_band=0.05, strata_edges=EDGES, min_per_stratum=2, salt="t")
+    day = dt.date(2026, 2, 1)
+    got = review_queue(scores, day, **kwargs).toPandas()
+    again = review_queue(scores, day, **kwargs).toPandas()
+    return pdf, got, again, kwargs
+
+
+def test_review_queue_respects_budget_and_reasons(queue):
+    pdf, got, again, _ = queue
+    assert len(got) == 200 and got["account_id"].is_unique
+    counts = got["reason"].value_counts().to_dict()
+    strat_ids = got.loc[got.reason == "stratified", "account_id"]
+    n_holdout = int((pdf["holdout"] & ~pdf["account_id"].isin(strat_ids)).sum())
+    assert counts["stratified"] == 100 + max(0, 40 - int(pdf["holdout"].sum()))
+    assert counts["exploration"] == min(40, n_holdout)
+    assert counts["uncertain"] == 200 - counts["exploration"] - counts["stratified"]  # takes the holdout's shortfall
+    merged = got.merge(pdf, on="account_id", suffixes=("", "_in"))
+    assert merged.loc[merged.reason == "exploration", "holdout"].all()
+    unc = merged[merged.reason == "uncertain"]
+    assert ((unc["score"] - 0.8).abs() <= 0.05).all()
+    # deterministic: a rerun of the date draws the same queue
+    pd.testing.assert_frame_equal(got.sort_values("account_id").reset_index(drop=True),
+                                  again.sort_values("account_id").reset_index(drop=True))
+
+
+def test_review_queue_strata_and_probabilities(queue):
+    pdf, got, _, _ = queue
+    strat = got[got.reason == "stratified"]
+    bucket = np.searchsorted(EDGES, pdf["score"].to_numpy(), side="right") - 1
+    sizes = np.bincount(bucket, minlength=len(EDGES))
+    drawn = np.searchsorted(EDGES, strat["score"].to_numpy(), side="right") - 1
+    n_h = np.bincount(drawn, minlength=len(EDGES))
+    assert (n_h >= np.minimum(2, sizes)).all() and (n_h > 0).sum() == (sizes > 0).sum()
+    # inclusion probability n_h / N_h; Horvitz-Thompson weights add up to each stratum's size
+    np.testing.assert_allclose(strat["sampling_probability"].to_numpy(), (n_h / sizes)[drawn])
+    np.testing.assert_allclose(strat["stratum_size"].to_numpy(), sizes[drawn])
+    np.testing.assert_allclose(np.bincount(drawn, weights=1 / strat["sampling_probability"].to_numpy()), sizes)
+    assert (1 / strat["sampling_probability"]).sum() == pytest.approx(len(pdf))
+    # the other parts: probability = drawn / pool, the pool excluding earlier parts
+    for reason in ("exploration", "uncertain"):
+        part = got[got.reason == reason]
+        assert part["sampling_probability"].to_numpy() == pytest.approx(len(part) / part["stratum_size"].to_numpy())
+    pool = pdf[pdf.holdout & ~pdf.account_id.isin(strat.account_id)]
+    assert got.loc[got.reason == "exploration", "stratum_size"].iloc[0] == len(pool)
+
+
+def test_neyman_allocation_is_proportional_to_size_times_spread():
+    from botwatch.monitoring.review import neyman_allocation
+
+    sizes, spreads = [10_000, 2_000, 500, 3], [0.05, 0.2, 0.45, 0.5]
+    alloc = neyman_allocation(sizes, spreads, 100, minimum=2)
+    assert sum(alloc) == 100 and alloc[3] == 2
+    ideal = np.array(sizes[:3]) * spreads[:3] / np.dot(sizes[:3], spreads[:3]) * (100 - 2)
+    assert np.abs(np.array(alloc[:3]) - ideal).max() <= 2.0
+    assert neyman_allocation([5, 1, 0], [0.5, 0.5, 0.5], 100, minimum=2) == [5, 1, 0]
+    assert sum(neyman_allocation([50, 50, 50], [0.1, 0.1, 0.1], 2, minimum=2)) == 2
+
+
+# ---- prevalence ------------------------------------------------------------------------------
+
+
+def test_prevalence_interval_covers_the_truth_and_saves_variance():
+    from botwatch.monitoring.prevalence import srs_estimate, stratified_estimate
+    from botwatch.monitoring.review import neyman_allocation
+
+    n, budget, covered, srs_covered, est, srs = 20_000, 150, 0, 0, [], []
+    seeds = range(300)
+    for seed in seeds:
+        bot, score = _population(seed, n, prevalence=0.02 + 0.02 * (seed % 3))
+        rng = np.random.default_rng(10_000 + seed)
+        h = np.searchsorted(EDGES, score, side="right") - 1
+        sizes = np.bincount(h, minlength=len(EDGES))
+        spreads = [np.sqrt(np.clip(score[h == k].mean(), 1e-3, 1 - 1e-3) * (1 - np.clip(score[h == k].mean(), 1e-3, 1 - 1e-3)))
+                   if sizes[k] else 0.0 for k in range(len(EDGES))]
+        alloc = neyman_allocation(sizes, spreads, budget, minimum=2)
+        ys = [bot[rng.choice(np.flatnonzero(h == k), alloc[k], replace=False)].sum() if alloc[k] else 0
+              for k in range(len(EDGES))]
+        got = stratified_estimate(sizes, alloc, ys)
+        truth = bot.mean()
+        covered += got["low"] <= truth <= got["high"]
+        est.append(got["estimate"] - truth)
+        plain = srs_estimate(bot[rng.choice(n, budget, replace=False)], n)
+        srs.append(plain["estimate"] - truth)
+        srs_covered += plain["low"] <= truth <= plain["high"]
+    assert covered / len(seeds) >= 0.90
+    assert abs(np.mean(est)) < 2 * np.std(est) / np.sqrt(len(seeds)) + 1e-4  # unbiased
+    assert np.var(est) < 0.5 * np.var(srs)  # the strata save at least half the variance
+
+
+def test_stratified_estimate_is_horvitz_thompson():
+    from botwatch.monitoring.prevalence import stratified_estimate
+
+    sizes, n_h, y_h = [1000, 200, 50], [20, 10, 5], [1, 4, 5]
+    # HT: sum over sampled accounts of y_i / pi_i, divided by N
+    ht = sum(y * N / n for N, n, y in zip(sizes, n_h, y_h)) / sum(sizes)
+    got = stratified_estimate(sizes, n_h, y_h)
+    assert got["estimate"] == pytest.approx(ht)
+    W = np.array(sizes) / 1250
+    p = (np.array(y_h) + 0.5) / (np.array(n_h) + 1)
+    var = np.sum(W**2 * (1 - np.array(n_h) / sizes) * p * (1 - p) * np.array(n_h) / (np.array(n_h) - 1) / n_h)
+    assert got["se"] == pytest.approx(np.sqrt(var))
+    assert np.isnan(stratified_estimate([10, 5], [3, 0], [1, 0])["estimate"])  # an unlabelled stratum
+
+
+def test_prevalence_from_the_queue_in_spark(spark, queue):
+    from botwatch.monitoring.prevalence import stratified_estimate, stratified_prevalence
+
+    pdf, got, _, _ = queue
+    # simulated investigators: truth labels for the sampled accounts (tests only)
+    strat = got[got.reason == "stratified"].merge(pdf[["account_id", "bot"]], on="account_id")
+    labelled = spark.createDataFrame(strat.rename(columns={"bot": "label"})[["account_id", "stratum", "stratum_size", "label"]])
+    est = stratified_prevalence(labelled)
+    groups = strat.groupby("stratum").agg(N=("stratum_size", "max"), n=("bot", "size"), y=("bot", "sum"))
+    ref = stratified_estimate(groups["N"], groups["n"], groups["y"])
+    assert est["estimate"] == pytest.approx(ref["estimate"]) and est["se"] == pytest.approx(ref["se"])
+    assert est["low"] <= pdf["bot"].mean() <= est["high"]

@@ -1,0 +1,201 @@
+"""The investigators' nightly review queue: a fixed budget of accounts, each with the reason it
+was chosen and the probability it had of being chosen.
+
+Three parts, drawn in this order from the ``scores`` partition of D:
+
+* ``stratified`` — a stratified random sample over score buckets (conf ``strata_edges``),
+  allocated across buckets by Neyman allocation (``n_h ∝ N_h sqrt(p_h (1 - p_h))``, with the
+  bucket's mean calibrated score as the guess for ``p_h``) and at least ``min_per_stratum`` per
+  non-empty bucket. Within a bucket it is a simple random sample without replacement, so the
+  inclusion probability is exactly ``n_h / N_h``: the labels give an unbiased prevalence
+  estimate (:mod:`botwatch.monitoring.prevalence`). It takes whatever budget the other two
+  parts leave.
+* ``exploration`` — accounts of the exploration holdout (``scores.holdout``: would-be actions
+  withheld), drawn from those not already in the stratified sample;
+* ``uncertain`` — accounts within ``uncertain_band`` of the operating threshold, drawn from
+  those in neither sample before.
+
+Every draw is deterministic: an account's random number is a hash of (salt, reason, date,
+account), so rerunning D gives the same queue. The probabilities of the last two parts are
+conditional on the account not being in an earlier part (their ``stratum_size`` is the pool
+they were drawn from).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from botwatch import tables as t
+
+SAMPLING_PROBABILITY = "sampling_probability"
+STRATUM = "stratum"
+STRATUM_SIZE = "stratum_size"
+STRATUM_SAMPLE_SIZE = "stratum_sample_size"
+QUEUE_COLUMNS = (
+    t.ACCOUNT_ID, t.RUN_DATE, t.REASON, SAMPLING_PROBABILITY, STRATUM, STRATUM_SIZE, STRATUM_SAMPLE_SIZE,
+    t.SCORE, t.MODEL_VERSION,
+)
+UNCERTAIN, STRATIFIED, EXPLORATION = t.REVIEW_REASONS
+_HASH_RESOLUTION = 1 << 52
+
+
+class ReviewConfigError(ValueError):
+    """A review-queue setting is wrong (``monitoring.review_*``); the message names it."""
+
+
+def hash_uniform(account_id: Column, run_date: dt.date, salt: str) -> Column:
+    """A reproducible uniform number in [0, 1) per (salt, date, account)."""
+    bits = F.pmod(F.xxhash64(F.lit(salt), F.lit(run_date.isoformat()), account_id.cast("string")),
+                  F.lit(_HASH_RESOLUTION))
+    return bits.cast("double") / F.lit(float(_HASH_RESOLUTION))
+
+
+def stratum_labels(edges: Sequence[float]) -> list[str]:
+    bounds = [*edges, math.inf]
+    return [f"score[{bounds[i]:g},{bounds[i + 1]:g})" for i in range(len(edges))]
+
+
+def stratum_index(score: Column, edges: Sequence[float]) -> Column:
+    """Index of the score bucket ``[edges[i], edges[i+1])``; scores below the first edge go to 0."""
+    out = F.lit(0)
+    for i, e in enumerate(edges[1:], start=1):
+        out = F.when(score >= F.lit(float(e)), F.lit(i)).otherwise(out)
+    return out
+
+
+def neyman_allocation(sizes: Sequence[int], spreads: Sequence[float], n: int, minimum: int) -> list[int]:
+    """Integer sample sizes per stratum summing to ``min(n, sum(sizes))``: at least
+    ``min(minimum, N_h)`` each (when the budget allows), the rest ``∝ N_h * spread_h``
+    (largest remainders), never more than ``N_h``."""
+    sizes = [int(s) for s in sizes]
+    n = min(int(n), sum(sizes))
+    alloc = [min(minimum, s) for s in sizes]
+    if sum(alloc) > n:
+        # Budget below the minimums: one each to the largest strata first.
+        alloc = [0] * len(sizes)
+        for i in sorted(range(len(sizes)), key=lambda i: -sizes[i])[:n]:
+            alloc[i] = 1
+        return alloc
+    while sum(alloc) < n:
+        room = [s - a for s, a in zip(sizes, alloc, strict=True)]
+        weights = np.array([sizes[i] * max(spreads[i], 1e-6) if room[i] > 0 else 0.0 for i in range(len(sizes))])
+        left = n - sum(alloc)
+        share = weights / weights.sum() * left
+        extra = np.minimum(np.floor(share).astype(int), room)
+        if extra.sum() == 0:
+            # Largest remainder gets the next unit.
+            extra[int(np.argmax(np.where(np.array(room) > 0, share, -1.0)))] = 1
+        alloc = [a + int(e) for a, e in zip(alloc, extra, strict=True)]
+    return alloc
+
+
+def _draw(pool: DataFrame, n: int, u: str, by: str | None = None, sizes: Mapping[int, int] | None = None) -> DataFrame:
+    """The ``n`` (or ``sizes[stratum]``) rows of ``pool`` with the smallest ``u``: a simple random
+    sample without replacement. Pre-filters on ``u`` so the window sorts only a margin over n."""
+    if by is None:
+        key = F.lit(0)
+        sizes = {0: n}
+    else:
+        key = F.col(by)
+    counts = {k: v for k, v in (sizes or {}).items() if v > 0}
+    if not counts:
+        return pool.limit(0)
+    pool = pool.withColumn("_key", key).where(F.col("_key").isin(list(counts)))
+    ordered = Window.partitionBy("_key").orderBy(u, t.ACCOUNT_ID)
+    want = F.element_at(F.create_map(*[x for k, v in counts.items() for x in (F.lit(k), F.lit(v))]), F.col("_key"))
+    return pool.withColumn("_rank", F.row_number().over(ordered)).where(F.col("_rank") <= want).drop("_rank", "_key")
+
+
+def review_queue(
+    scores: DataFrame,
+    run_date: dt.date,
+    *,
+    threshold: float | None,
+    budget: int,
+    shares: Mapping[str, float],
+    uncertain_band: float,
+    strata_edges: Sequence[float],
+    min_per_stratum: int,
+    salt: str,
+) -> DataFrame:
+    """The review queue of D (columns :data:`QUEUE_COLUMNS`), at most ``budget`` rows, one per account."""
+    unknown = set(shares) - set(t.REVIEW_REASONS)
+    if unknown or budget < 0 or any(v < 0 for v in shares.values()):
+        raise ReviewConfigError(
+            f"monitoring.review_shares must map {list(t.REVIEW_REASONS)} to shares >= 0 and "
+            f"monitoring.review_budget must be >= 0; got {dict(shares)} and {budget}"
+        )
+    edges = sorted(float(e) for e in strata_edges)
+    labels = stratum_labels(edges)
+    base = scores.select(
+        t.ACCOUNT_ID, t.SCORE, t.MODEL_VERSION, F.coalesce(F.col("holdout"), F.lit(False)).alias("holdout")
+    ).where(F.col(t.SCORE).isNotNull())
+    base = base.withColumn("_h", stratum_index(F.col(t.SCORE), edges))
+    for reason in t.REVIEW_REASONS:
+        base = base.withColumn(f"_u_{reason}", hash_uniform(F.col(t.ACCOUNT_ID), run_date, f"{salt}:{reason}"))
+    in_band = (
+        (F.abs(F.col(t.SCORE) - F.lit(threshold)) <= F.lit(uncertain_band)) if threshold is not None else F.lit(False)
+    )
+    base = base.withColumn("_band", in_band).cache()
+    stats = base.groupBy("_h").agg(
+        F.count(F.lit(1)).alias("n"), F.avg(t.SCORE).alias("p"),
+        F.sum(F.col("holdout").cast("long")).alias("holdout"), F.sum(F.col("_band").cast("long")).alias("band"),
+    ).collect()
+    sizes = {r["_h"]: r["n"] for r in stats}
+    n_holdout = sum(r["holdout"] for r in stats)
+    n_band = sum(r["band"] for r in stats)
+    total = sum(sizes.values())
+    total_share = sum(shares.values()) or 1.0
+    n_explore = min(round(budget * shares.get(EXPLORATION, 0.0) / total_share), n_holdout)
+    n_uncertain = min(round(budget * shares.get(UNCERTAIN, 0.0) / total_share), n_band)
+    n_strat = min(budget - n_explore - n_uncertain, total)
+
+    order = sorted(sizes)
+    spreads = {r["_h"]: math.sqrt(min(max(r["p"], 1e-3), 1 - 1e-3) * (1 - min(max(r["p"], 1e-3), 1 - 1e-3)))
+               for r in stats}
+    alloc = dict(zip(order, neyman_allocation([sizes[h] for h in order], [spreads[h] for h in order],
+                                              n_strat, min_per_stratum), strict=True))
+    strat = _draw(base, 0, f"_u_{STRATIFIED}", by="_h", sizes=alloc)
+    label_map = F.element_at(F.array(*[F.lit(s) for s in labels]), F.col("_h") + 1)
+    size_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(sizes[h]))])
+    alloc_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(alloc[h]))])
+    strat = strat.select(
+        t.ACCOUNT_ID, F.lit(STRATIFIED).alias(t.REASON),
+        (F.element_at(alloc_map, F.col("_h")) / F.element_at(size_map, F.col("_h"))).alias(SAMPLING_PROBABILITY),
+        label_map.alias(STRATUM), F.element_at(size_map, F.col("_h")).cast("long").alias(STRATUM_SIZE),
+        F.element_at(alloc_map, F.col("_h")).cast("int").alias(STRATUM_SAMPLE_SIZE), t.SCORE, t.MODEL_VERSION,
+    ).cache()
+
+    parts = [strat]
+    taken = strat.select(t.ACCOUNT_ID)
+    shortfall = 0
+    for reason, wanted, pool_filter, name in (
+        (EXPLORATION, n_explore, F.col("holdout"), "exploration_holdout"),
+        (UNCERTAIN, n_uncertain, F.col("_band"), "uncertain_band"),
+    ):
+        pool = base.where(pool_filter).join(F.broadcast(taken), t.ACCOUNT_ID, "left_anti").cache()
+        pool_size = pool.count()
+        # Holdout accounts already in the stratified sample leave budget: the next part takes it.
+        n = min(wanted + shortfall, pool_size)
+        shortfall = wanted + shortfall - n
+        drawn = _draw(pool, n, f"_u_{reason}").select(
+            t.ACCOUNT_ID, F.lit(reason).alias(t.REASON),
+            F.lit(n / pool_size if pool_size else 0.0).alias(SAMPLING_PROBABILITY),
+            F.lit(name).alias(STRATUM), F.lit(pool_size).cast("long").alias(STRATUM_SIZE),
+            F.lit(n).cast("int").alias(STRATUM_SAMPLE_SIZE), t.SCORE, t.MODEL_VERSION,
+        ).localCheckpoint()
+        pool.unpersist()
+        parts.append(drawn)
+        taken = taken.unionByName(drawn.select(t.ACCOUNT_ID))
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p)
+    out = out.localCheckpoint()
+    strat.unpersist()
+    base.unpersist()
+    return out.withColumn(t.RUN_DATE, F.lit(run_date)).select(*QUEUE_COLUMNS)
