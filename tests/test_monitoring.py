@@ -196,8 +196,8 @@ def test_prevalence_interval_covers_the_truth_and_saves_variance():
         rng = np.random.default_rng(10_000 + seed)
         h = np.searchsorted(EDGES, score, side="right") - 1
         sizes = np.bincount(h, minlength=len(EDGES))
-        spreads = [np.sqrt(np.clip(score[h == k].mean(), 1e-3, 1 - 1e-3) * (1 - np.clip(score[h == k].mean(), 1e-3, 1 - 1e-3)))
-                   if sizes[k] else 0.0 for k in range(len(EDGES))]
+        means = [np.clip(score[h == k].mean(), 1e-3, 1 - 1e-3) if sizes[k] else 0.5 for k in range(len(EDGES))]
+        spreads = [np.sqrt(m * (1 - m)) for m in means]
         alloc = neyman_allocation(sizes, spreads, budget, minimum=2)
         ys = [bot[rng.choice(np.flatnonzero(h == k), alloc[k], replace=False)].sum() if alloc[k] else 0
               for k in range(len(EDGES))]
@@ -218,7 +218,7 @@ def test_stratified_estimate_is_horvitz_thompson():
 
     sizes, n_h, y_h = [1000, 200, 50], [20, 10, 5], [1, 4, 5]
     # HT: sum over sampled accounts of y_i / pi_i, divided by N
-    ht = sum(y * N / n for N, n, y in zip(sizes, n_h, y_h)) / sum(sizes)
+    ht = sum(y * N / n for N, n, y in zip(sizes, n_h, y_h, strict=True)) / sum(sizes)
     got = stratified_estimate(sizes, n_h, y_h)
     assert got["estimate"] == pytest.approx(ht)
     W = np.array(sizes) / 1250
@@ -234,7 +234,8 @@ def test_prevalence_from_the_queue_in_spark(spark, queue):
     pdf, got, _, _ = queue
     # simulated investigators: truth labels for the sampled accounts (tests only)
     strat = got[got.reason == "stratified"].merge(pdf[["account_id", "bot"]], on="account_id")
-    labelled = spark.createDataFrame(strat.rename(columns={"bot": "label"})[["account_id", "stratum", "stratum_size", "label"]])
+    cols = ["account_id", "stratum", "stratum_size", "label"]
+    labelled = spark.createDataFrame(strat.rename(columns={"bot": "label"})[cols])
     est = stratified_prevalence(labelled)
     groups = strat.groupby("stratum").agg(N=("stratum_size", "max"), n=("bot", "size"), y=("bot", "sum"))
     ref = stratified_estimate(groups["N"], groups["n"], groups["y"])
