@@ -39,8 +39,17 @@ def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     retrain, why = refresh_decision(spark, warehouse, run_date, params)
     if not retrain:
         return {"trained": False, "promoted": False, "reason": why}
-    result = train_stage1(spark, warehouse, run_date, params)
+    cascade: dict = {}
+    if conf["cascade.enabled"]:
+        # Heavy model, stage 1 as its student, then the flag threshold (botwatch.training_heavy).
+        from botwatch.training_heavy import train_cascade
+
+        result, cascade = train_cascade(spark, warehouse, run_date, params, conf.section("heavy"),
+                                        conf.section("cascade"))
+    else:
+        result = train_stage1(spark, warehouse, run_date, params)
     return {
+        **cascade,
         "trained": True,
         "version": result.version,
         "promoted": result.promoted,
@@ -58,21 +67,31 @@ def validate_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 
 
 def score_stage1_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
-    """Stage 1 on every account: writes the ``scores`` partition D (stage-1 score and decisions)."""
-    from botwatch.scoring.publish import score_and_write
+    """Stage 1 on every account: writes the ``scores`` partition D (stage-1 score, decisions and
+    ``stage2_reached``: the accounts flagged for the heavy model)."""
+    from botwatch.scoring.cascade import score_stage1_and_flag
 
-    params = {
+    return score_stage1_and_flag(spark, warehouse_path(conf), run_date, _scoring_params(conf))
+
+
+def _scoring_params(conf: Config) -> dict:
+    return {
         **conf.section("scoring"),
         # The golden set is defined once, in train: scoring must never action those accounts.
         "golden_share": conf["train.golden_share"],
         "golden_salt": conf["train.golden_salt"],
+        "budget": conf["cascade.budget"] if conf["cascade.enabled"] else 0.0,
     }
-    return score_and_write(spark, warehouse_path(conf), run_date, params)
 
 
 def score_stage2_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     """Stage 2 (heavy model) on the accounts stage 1 flagged; rewrites the ``scores`` partition D."""
-    return {"stage2": "not run: no heavy model yet"}
+    if not conf["cascade.enabled"]:
+        return {"stage2": "skipped: cascade.enabled is false", "n_stage2": 0}
+    from botwatch.scoring.cascade import score_stage2
+
+    return score_stage2(spark, warehouse_path(conf), run_date, _scoring_params(conf), conf.section("heavy"),
+                        conf.section("cascade"))
 
 
 def score_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -165,8 +166,16 @@ def champion_golden_pr_auc(spark, warehouse: str, champion: dict | None, golden_
     return pr_auc(golden_pdf[t.LABEL].to_numpy(), predict_margin(raw, golden_pdf[cols]))
 
 
-def train_stage1(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> TrainResult:
-    """Train a challenger on labels up to D, evaluate it, register it and apply the promotion gate."""
+def train_stage1(
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams, *,
+    teacher: Callable[[DataFrame], DataFrame] | None = None, teacher_version: str | None = None,
+) -> TrainResult:
+    """Train a challenger on labels up to D, evaluate it, register it and apply the promotion gate.
+
+    With ``teacher`` (see :func:`botwatch.training_heavy.teacher_targets`) the booster is fitted
+    on its soft ``distill_target`` (labels blended with the heavy model's scores); calibration,
+    threshold and the gate still use the labels.
+    """
     train, valid, golden = training_rows(spark, warehouse, run_date, params)
     train = train.cache()
     n_train = train.count()
@@ -179,7 +188,11 @@ def train_stage1(spark: SparkSession, warehouse: str, run_date: dt.date, params:
             "(train.min_train_rows / train.min_positives)"
         )
     cols = feature_columns(train)
-    booster = fit_booster(train, valid, cols, params.xgb)
+    if teacher is None:
+        booster = fit_booster(train, valid, cols, params.xgb)
+    else:
+        booster = fit_booster(teacher(train), teacher(valid), cols, params.xgb, label_col="distill_target",
+                              soft_targets=True)
     raw = booster_bytes(booster)
 
     valid_pdf = _collect(valid, cols, spark, warehouse)
@@ -205,7 +218,7 @@ def train_stage1(spark: SparkSession, warehouse: str, run_date: dt.date, params:
     canary_golden = golden_pdf[[t.ACCOUNT_ID, t.LABEL]].merge(canary_golden, on=t.ACCOUNT_ID, how="left")
     train.unpersist()
 
-    metrics = {"n_train": float(n_train), "n_train_positive": float(n_pos)}
+    metrics = {"n_train": float(n_train), "n_train_positive": float(n_pos), "distilled": float(teacher is not None)}
     metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
     metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
     metrics.update(_evaluate(canary_golden, canary_golden["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_"))
@@ -223,7 +236,8 @@ def train_stage1(spark: SparkSession, warehouse: str, run_date: dt.date, params:
     registry.write_artifact(
         directory, "meta.json",
         {"threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
-         "canary_features": canary_cols, "target_precision": params.target_precision},
+         "canary_features": canary_cols, "target_precision": params.target_precision,
+         "teacher": teacher_version},
     )
     canary.write().overwrite().save(f"{directory}/canary")
 

@@ -175,3 +175,47 @@ def neighbor_mean(
             F.coalesce(F.col(t.NBR_COUNT), F.lit(0)).cast("int").alias(t.NBR_COUNT),
         )
     )
+
+
+def gather_sequences_at(events: DataFrame, keys: DataFrame, max_len: int, lookback_days: int = 28) -> DataFrame:
+    """:func:`gather_sequences` for many (account, date) pairs in one pass: for each row of
+    ``keys`` (``account_id``, ``run_date``), the last ``max_len`` events dated in
+    ``(run_date - lookback_days, run_date]``.
+
+    Training rows sit at different feature dates (point in time), so each gets the sequence its
+    own date saw. Only the keys' accounts' events are read. Output: ``account_id``, ``run_date``
+    and the ``seq_*`` columns of :func:`gather_sequences`; pairs without events have no row.
+    """
+    if max_len < 1 or lookback_days < 1:
+        raise ValueError(f"max_len and lookback_days must be >= 1, got {max_len}, {lookback_days}")
+    require_columns(events, (t.ACCOUNT_ID, t.EVENT_TS, t.EVENT_TYPE, t.EVENT_DATE), "gather_sequences_at(events)")
+    require_columns(keys, (t.ACCOUNT_ID, t.RUN_DATE), "gather_sequences_at(keys)")
+    pairs = keys.select(t.ACCOUNT_ID, t.RUN_DATE).distinct()
+    day = F.col(t.EVENT_DATE)
+    recent = events.join(pairs, t.ACCOUNT_ID).where(
+        (day <= F.col(t.RUN_DATE)) & (day > F.date_sub(F.col(t.RUN_DATE), lookback_days))
+    )
+    tie_breaks = [F.col(c).desc_nulls_last() for c in (t.EVENT_TYPE, t.DEVICE_ID, t.IP_HASH) if c in events.columns]
+    newest_first = Window.partitionBy(t.ACCOUNT_ID, t.RUN_DATE).orderBy(F.col(t.EVENT_TS).desc(), *tie_breaks)
+    prev_ts = F.lead(t.EVENT_TS).over(newest_first)
+    gap_seconds = (F.unix_micros(F.col(t.EVENT_TS)) - F.unix_micros(prev_ts)) / F.lit(1e6)
+    angle = hour_angle(F.col(t.EVENT_TS))
+    ranked = recent.select(
+        t.ACCOUNT_ID,
+        t.RUN_DATE,
+        F.row_number().over(newest_first).alias("_rn"),
+        event_type_index(F.col(t.EVENT_TYPE)).alias("et"),
+        dt_bucket(gap_seconds).alias("dt"),
+        F.sin(angle).alias("hs"),
+        F.cos(angle).alias("hc"),
+    ).where(F.col("_rn") <= max_len)
+    steps = F.sort_array(F.collect_list(F.struct("_rn", "et", "dt", "hs", "hc")), asc=False)
+    return ranked.groupBy(t.ACCOUNT_ID, t.RUN_DATE).agg(steps.alias("_s")).select(
+        t.ACCOUNT_ID,
+        t.RUN_DATE,
+        F.col("_s.et").alias(t.SEQ_EVENT_TYPE),
+        F.col("_s.dt").alias(t.SEQ_DT_BUCKET),
+        F.col("_s.hs").alias(t.SEQ_HOUR_SIN),
+        F.col("_s.hc").alias(t.SEQ_HOUR_COS),
+        F.size("_s").cast("int").alias(t.SEQ_LEN),
+    )

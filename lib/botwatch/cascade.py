@@ -1,0 +1,95 @@
+"""The cascade's flag threshold: which stage-1 scores send an account on to the heavy model.
+
+Chosen on a sample of accounts scored by both models: the highest stage-1 threshold that keeps
+at least ``keep_share`` of the accounts the heavy model on everyone would action, unless that
+sends more than ``budget`` of all accounts to stage 2 — then the budget's threshold is used and
+the recall it loses (against heavy-on-everyone) is reported.
+
+Usage::
+
+    choice = choose_flag_threshold(stage1_scores, heavy_actions, keep_share=0.99, budget=0.10)
+    choice.threshold, choice.budget_binds, choice.recall_lost
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+class CascadeConfigError(ValueError):
+    """A cascade knob is out of range; fix it in conf (section ``cascade``)."""
+
+
+@dataclass(frozen=True)
+class FlagChoice:
+    threshold: float  # flag when stage1_score >= threshold (inf: flag nobody)
+    keep_threshold: float  # the highest threshold keeping keep_share of heavy's actions
+    budget_threshold: float  # the lowest threshold flagging at most budget of the accounts
+    budget_binds: bool
+    flagged_share: float  # share of the sample flagged at ``threshold``
+    recall_kept: float  # share of heavy's would-be actions flagged (nan: heavy actions nobody)
+    recall_lost: float  # 1 - recall_kept
+    n_accounts: int
+    n_heavy_actions: int
+
+    def to_dict(self) -> dict:
+        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+
+
+def budget_threshold(scores: np.ndarray, budget: float) -> float:
+    """The lowest threshold among the scores that flags at most ``floor(budget * n)`` accounts
+    (``score >= threshold``); ``inf`` when even the top score's ties exceed it."""
+    s = np.sort(np.asarray(scores, dtype=np.float64))
+    allowed = math.floor(budget * len(s) + 1e-9)
+    if len(s) == 0 or allowed >= len(s):
+        return -math.inf
+    # Candidates are the distinct scores; count(score >= c) = n - searchsorted(s, c, "left").
+    cand = np.unique(s)
+    counts = len(s) - np.searchsorted(s, cand, side="left")
+    ok = cand[counts <= allowed]
+    return float(ok.min()) if len(ok) else math.inf
+
+
+def keep_threshold(action_scores: np.ndarray, keep_share: float) -> float:
+    """The highest threshold flagging at least ``keep_share`` of ``action_scores`` (the
+    stage-1 scores of heavy's would-be actions): their ``ceil(keep_share * m)``-th largest."""
+    a = np.sort(np.asarray(action_scores, dtype=np.float64))[::-1]
+    if len(a) == 0:
+        return math.inf
+    need = max(1, math.ceil(keep_share * len(a) - 1e-9))
+    return float(a[need - 1])
+
+
+def choose_flag_threshold(
+    stage1_scores: np.ndarray, heavy_actions: np.ndarray, *, keep_share: float, budget: float
+) -> FlagChoice:
+    """See the module docstring. ``heavy_actions`` is a boolean array aligned with the scores.
+
+    With no heavy actions in the sample there is no recall to keep: the budget alone decides
+    (stage 2 still refines the review band).
+    """
+    if not 0.0 < keep_share <= 1.0:
+        raise CascadeConfigError(f"cascade.keep_share must be in (0, 1], got {keep_share}")
+    if not 0.0 <= budget <= 1.0:
+        raise CascadeConfigError(f"cascade.budget must be in [0, 1], got {budget}")
+    s = np.asarray(stage1_scores, dtype=np.float64)
+    acts = np.asarray(heavy_actions, dtype=bool)
+    if s.shape != acts.shape or not np.all(np.isfinite(s)):
+        raise ValueError("stage1_scores must be finite and aligned with heavy_actions")
+    by_budget = budget_threshold(s, budget)
+    by_keep = keep_threshold(s[acts], keep_share) if acts.any() else by_budget
+    threshold = max(by_keep, by_budget)
+    kept = float(np.mean(s[acts] >= threshold)) if acts.any() else math.nan
+    return FlagChoice(
+        threshold=threshold,
+        keep_threshold=by_keep,
+        budget_threshold=by_budget,
+        budget_binds=bool(acts.any() and by_budget > by_keep),
+        flagged_share=float(np.mean(s >= threshold)) if len(s) else 0.0,
+        recall_kept=kept,
+        recall_lost=1.0 - kept if acts.any() else math.nan,
+        n_accounts=int(len(s)),
+        n_heavy_actions=int(acts.sum()),
+    )

@@ -1,0 +1,99 @@
+"""The heavy model's input rows, built in Spark for a set of (account, feature date) rows:
+tabular features (as model inputs), the account's event sequence as of that date and the
+GraphSAGE mean of its sampled neighbours' features on that date.
+
+Training asks for labelled rows at many feature dates, scoring for the flagged accounts of
+one date; both read only those accounts' events and edges. The fingerprint column hashes an
+account's sequence inputs with the model version, for the embedding cache.
+
+Usage::
+
+    rows = features.where(...).select("account_id", "run_date", *tabular_cols)
+    inputs = heavy_inputs(events, edges, features, rows, tabular_cols, ["n_events_7d"], config)
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from botwatch import tables as t
+from botwatch.models.sequences import SEQUENCE_COLUMNS, gather_sequences_at, neighbor_col, neighbor_mean
+from botwatch.models.stage1 import as_model_input
+from botwatch.schemas import require_columns
+
+FINGERPRINT = "fingerprint"
+
+
+def neighbor_columns(neighbor_features: Sequence[str]) -> list[str]:
+    """The heavy model's neighbour inputs: ``nbr_<f>`` per feature, then ``nbr_count``."""
+    return [neighbor_col(c) for c in neighbor_features] + [t.NBR_COUNT]
+
+
+def _touching(edges: DataFrame, accounts: DataFrame) -> DataFrame:
+    """Edges with either end in ``accounts``: every edge of those accounts, so their neighbour
+    samples (hash ranks over their own pairs) are the same as on the whole graph."""
+    ids = accounts.select(t.ACCOUNT_ID).distinct()
+    return edges.join(ids.withColumnRenamed(t.ACCOUNT_ID, t.SRC), t.SRC, "left_semi").unionByName(
+        edges.join(ids.withColumnRenamed(t.ACCOUNT_ID, t.DST), t.DST, "left_semi")
+    )
+
+
+def heavy_inputs(
+    events: DataFrame,
+    edges: DataFrame,
+    features: DataFrame,
+    rows: DataFrame,
+    tabular_cols: Sequence[str],
+    neighbor_features: Sequence[str],
+    *,
+    max_len: int,
+    lookback_days: int,
+    neighbor_k: int,
+    neighbor_seed: int,
+) -> DataFrame:
+    """``rows`` (``account_id``, ``run_date``, other columns kept) with the tabular inputs as
+    doubles (null -> NaN), the ``seq_*`` arrays (null: no events) and the neighbour means.
+
+    ``features`` is the whole features table (neighbours' values come from it, at each row's
+    ``run_date``). A tabular column the rows lack is fed as missing.
+    """
+    require_columns(rows, (t.ACCOUNT_ID, t.RUN_DATE), "heavy_inputs(rows)")
+    require_columns(features, (t.ACCOUNT_ID, t.RUN_DATE, *neighbor_features), "heavy_inputs(features)")
+    for c in tabular_cols:
+        if c not in rows.columns:
+            rows = rows.withColumn(c, F.lit(None).cast("double"))
+    keep = [c for c in rows.columns if c not in tabular_cols]
+    base = rows.select(*keep, *as_model_input(tabular_cols))
+    keys = rows.select(t.ACCOUNT_ID, t.RUN_DATE).distinct()
+
+    seqs = gather_sequences_at(events.join(keys.select(t.ACCOUNT_ID).distinct(), t.ACCOUNT_ID, "left_semi"),
+                               keys, max_len, lookback_days).drop(t.SEQ_LEN)
+    # One neighbour pass per feature date (few: the nightly runs the labels span).
+    dates = sorted(r[0] for r in keys.select(t.RUN_DATE).distinct().collect())
+    parts = []
+    for day in dates:
+        wanted = keys.where(F.col(t.RUN_DATE) == F.lit(day))
+        tab = features.where(F.col(t.RUN_DATE) == F.lit(day)).select(t.ACCOUNT_ID, *neighbor_features)
+        means = neighbor_mean(_touching(edges, wanted), tab, neighbor_features, neighbor_k, neighbor_seed, day)
+        parts.append(means.join(wanted, t.ACCOUNT_ID, "left_semi").withColumn(t.RUN_DATE, F.lit(day)))
+    nbr_cols = neighbor_columns(neighbor_features)
+    out = base.join(seqs, [t.ACCOUNT_ID, t.RUN_DATE], "left")
+    if parts:
+        nbrs = parts[0]
+        for p in parts[1:]:
+            nbrs = nbrs.unionByName(p)
+        out = out.join(nbrs, [t.ACCOUNT_ID, t.RUN_DATE], "left")
+    else:
+        out = out.select("*", *[F.lit(None).cast("double").alias(c) for c in nbr_cols[:-1]])
+        out = out.withColumn(t.NBR_COUNT, F.lit(0))
+    # Accounts without a features row on that date: no neighbour sample, count 0.
+    return out.withColumn(t.NBR_COUNT, F.coalesce(F.col(t.NBR_COUNT), F.lit(0)).cast("int"))
+
+
+def fingerprint(model_version: str) -> Column:
+    """Hash of an account's sequence inputs and the model version: equal fingerprints mean the
+    cached sequence encoding is still the encoder's output for these events."""
+    # A null sequence (no events) hashes as itself: xxhash64 skips nulls.
+    return F.xxhash64(F.lit(model_version), *[F.col(c) for c in SEQUENCE_COLUMNS if c != t.SEQ_LEN])

@@ -1,0 +1,197 @@
+"""The two scoring steps of the cascade for run date D, each rewriting the ``scores`` partition D.
+
+* :func:`score_stage1_and_flag`: the stage-1 champion scores every account; ``stage2_reached``
+  marks the accounts at or above the flag threshold stored with the champion (``cascade.json``),
+  capped at the budget share of today's accounts. Without a heavy champion nobody is flagged.
+* :func:`score_stage2`: the heavy champion scores the flagged accounts (inputs gathered in
+  Spark, inference with ``mapInPandas``, embedding cache); ``score`` becomes the stage-2 score
+  where reached, and decisions are redrawn with the threshold of the model behind each score.
+
+Both replace the whole partition (``replaceWhere``), so reruns give the same table.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import warnings
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from botwatch import registry
+from botwatch import tables as t
+from botwatch.delta_io import commit_metadata, read_table, write_table
+from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint, heavy_inputs
+from botwatch.scoring.decisions import with_decisions
+from botwatch.scoring.stage1 import features_for, load_champion, score_stage1
+from botwatch.scoring.stage2 import (
+    FROM_CACHE,
+    HeavyArtifact,
+    InferenceSettings,
+    encoder_key,
+    heavy_champion,
+    resolved_device,
+    score_heavy,
+    update_embedding_cache,
+    with_cached_encodings,
+)
+from botwatch.training import STAGE1_MODEL
+
+STAGE2_REACHED = "stage2_reached"
+SCORE_COLUMNS = (
+    t.ACCOUNT_ID, t.RUN_DATE, t.STAGE1_SCORE, t.STAGE2_SCORE, t.SCORE, t.DECISION, t.MODEL_VERSION,
+    STAGE2_REACHED, "reason_codes", "actioned", "holdout", "golden",
+)
+DECISION_COLUMNS = (t.DECISION, "holdout", "golden", "actioned")
+CASCADE_FILE = "cascade.json"
+
+
+def _decide(df: DataFrame, run_date: dt.date, threshold: float | None, params: dict) -> DataFrame:
+    return with_decisions(
+        df.drop(*[c for c in DECISION_COLUMNS if c in df.columns]), run_date, threshold=threshold,
+        review_band=params["review_band"], mode=params["mode"], exploration_share=params["exploration_share"],
+        golden_share=params["golden_share"], golden_salt=params["golden_salt"],
+    )
+
+
+def _write(spark: SparkSession, warehouse: str, scored: DataFrame, run_date: dt.date, step: str) -> None:
+    with commit_metadata(spark, step=step, run_date=run_date.isoformat()):
+        write_table(
+            scored.select(*SCORE_COLUMNS), warehouse, t.SCORES, partition_by=[t.RUN_DATE],
+            replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}'",
+        )
+
+
+def flag_threshold(spark: SparkSession, warehouse: str, heavy: HeavyArtifact) -> tuple[float | None, str]:
+    """The stage-1 champion's flag threshold for this heavy champion, and where it came from."""
+    champ = registry.champion(spark, warehouse, STAGE1_MODEL)
+    try:
+        info = registry.read_artifact(champ["artifact_path"], CASCADE_FILE)
+    except FileNotFoundError:
+        info = None
+    if not info or info.get("heavy_version") != heavy.version:
+        return None, "no flag threshold chosen for this pair of champions; flagging the budget share"
+    thr = info.get("threshold")
+    return (math.inf if thr is None else float(thr)), f"cascade.json (chosen on {info.get('chosen_on')})"
+
+
+def cap_to_budget(scored: DataFrame, threshold: float | None, budget: float) -> tuple[Column, dict]:
+    """The flag column: ``stage1_score >= threshold``, but never more than ``floor(budget * n)``
+    accounts — when more pass, the top ones by (score, account_id) are kept."""
+    n = scored.count()
+    allowed = math.floor(budget * n + 1e-9)
+    passing = scored.where(F.col(t.STAGE1_SCORE) >= F.lit(threshold)).count() if threshold is not None else None
+    if passing is not None and passing <= allowed:
+        return F.col(t.STAGE1_SCORE) >= F.lit(threshold), {"n_flagged": passing, "budget_capped": False}
+    if allowed == 0:
+        return F.lit(False), {"n_flagged": 0, "budget_capped": passing is not None and passing > 0}
+    last = (
+        scored.orderBy(F.col(t.STAGE1_SCORE).desc(), F.col(t.ACCOUNT_ID).asc())
+        .limit(allowed)
+        .orderBy(F.col(t.STAGE1_SCORE).asc(), F.col(t.ACCOUNT_ID).desc())
+        .first()
+    )
+    s, a = last[t.STAGE1_SCORE], last[t.ACCOUNT_ID]
+    score, acc = F.col(t.STAGE1_SCORE), F.col(t.ACCOUNT_ID)
+    flag = (score > F.lit(s)) | ((score == F.lit(s)) & (acc <= F.lit(a)))
+    return flag, {"n_flagged": allowed, "budget_capped": passing is not None}
+
+
+def score_stage1_and_flag(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict) -> dict:
+    """Stage 1 on every account of D with decisions from its threshold and the stage-2 flag."""
+    model = load_champion(spark, warehouse)
+    scored = score_stage1(features_for(spark, warehouse, run_date), model, params.get("reason_codes", 3))
+    scored = scored.select(t.ACCOUNT_ID, t.RUN_DATE, t.STAGE1_SCORE, "reason_codes").cache()
+    heavy = heavy_champion(spark, warehouse)
+    summary: dict = {"model_version": model.version, "threshold": model.threshold}
+    if heavy is None:
+        flag, info = F.lit(False), {"n_flagged": 0, "flag": "no heavy champion: nobody reaches stage 2"}
+    else:
+        thr, source = flag_threshold(spark, warehouse, heavy)
+        if thr is None:
+            warnings.warn(f"stage 1: {source}", stacklevel=2)
+        flag, info = cap_to_budget(scored, thr, params["budget"])
+        info.update({"flag_threshold": thr, "flag_source": source})
+    summary.update(info)
+    out = (
+        scored.withColumn(STAGE2_REACHED, flag)
+        .withColumn(t.STAGE2_SCORE, F.lit(None).cast("double"))
+        .withColumn(t.SCORE, F.col(t.STAGE1_SCORE))
+        .withColumn(t.MODEL_VERSION, F.lit(f"{STAGE1_MODEL}:{model.version}"))
+        .transform(lambda df: _decide(df, run_date, model.threshold, params))
+    ).cache()
+    counts = {r[t.DECISION]: r["n"] for r in out.groupBy(t.DECISION).agg(F.count("*").alias("n")).collect()}
+    _write(spark, warehouse, out, run_date, "score_stage1")
+    out.unpersist()
+    scored.unpersist()
+    return {**summary, **{f"n_{k}": v for k, v in counts.items()}}
+
+
+def flagged_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, flagged: DataFrame,
+                   heavy: HeavyArtifact, heavy_section: dict) -> DataFrame:
+    """Heavy inputs of the flagged accounts of D (their events and edges only) with a fingerprint."""
+    from botwatch.models.heavy import HeavyConfig
+
+    meta = json.loads(heavy.meta_json)
+    cfg = HeavyConfig(**meta["config"])
+    nbr_features = [c[len(t.NBR_PREFIX):] for c in meta["neighbor_cols"] if c != t.NBR_COUNT]
+    feats = features_for(spark, warehouse, run_date)
+    rows = feats.join(flagged.select(t.ACCOUNT_ID), t.ACCOUNT_ID, "left_semi")
+    inputs = heavy_inputs(
+        read_table(spark, warehouse, t.EVENTS), read_table(spark, warehouse, t.EDGES),
+        read_table(spark, warehouse, t.FEATURES), rows.select(t.ACCOUNT_ID, t.RUN_DATE, *[
+            c for c in meta["tabular_cols"] if c in rows.columns]),
+        meta["tabular_cols"], nbr_features, max_len=cfg.max_len, lookback_days=cfg.lookback_days,
+        neighbor_k=cfg.neighbor_k, neighbor_seed=cfg.neighbor_seed,
+    )
+    return inputs
+
+
+def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, heavy_section: dict,
+                 cascade_section: dict) -> dict:
+    """Stage 2 on D's flagged accounts, then final scores and decisions for the whole partition."""
+    heavy = heavy_champion(spark, warehouse)
+    if heavy is None:
+        return {"stage2": "skipped: no heavy champion (train one with `botwatch train`)", "n_stage2": 0}
+    settings = InferenceSettings.from_conf(cascade_section)
+    scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(run_date)).cache()
+    flagged = scores.where(F.col(STAGE2_REACHED))
+    n_flagged = flagged.count()
+    if n_flagged == 0:
+        scores.unpersist()
+        return {"stage2": "no account flagged by stage 1", "n_stage2": 0}
+    encoder = encoder_key(heavy, settings)
+    inputs = flagged_inputs(spark, warehouse, run_date, flagged, heavy, heavy_section)
+    inputs = inputs.withColumn(FINGERPRINT, fingerprint(encoder))
+    if settings.embedding_cache:
+        inputs = with_cached_encodings(spark, warehouse, inputs, encoder)
+    stage2 = score_heavy(inputs, heavy, settings, keep=(t.ACCOUNT_ID, FINGERPRINT)).cache()
+    n_cached = stage2.where(F.col(FROM_CACHE)).count()
+    n_scored = stage2.count()
+
+    stage1_threshold = load_champion(spark, warehouse).threshold
+    joined = (
+        scores.drop(t.STAGE2_SCORE)
+        .join(stage2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID, "left")
+        .withColumn(t.SCORE, F.coalesce(F.col(t.STAGE2_SCORE), F.col(t.STAGE1_SCORE)))
+    )
+    reached = _decide(
+        joined.where(F.col(STAGE2_REACHED)).withColumn(
+            # stage1_xgb:N+stage2_heavy:M; split first so reruns do not append twice.
+            t.MODEL_VERSION, F.concat(F.split(t.MODEL_VERSION, r"\+")[0], F.lit(f"+{heavy.model_version}"))),
+        run_date, heavy.threshold, params,
+    )
+    rest = _decide(joined.where(~F.col(STAGE2_REACHED)), run_date, stage1_threshold, params)
+    final = reached.unionByName(rest).select(*SCORE_COLUMNS).cache()
+    counts = {r[t.DECISION]: r["n"] for r in final.groupBy(t.DECISION).agg(F.count("*").alias("n")).collect()}
+    _write(spark, warehouse, final, run_date, "score_stage2")
+    if settings.embedding_cache:
+        update_embedding_cache(spark, warehouse, stage2, encoder, run_date)
+    for df in (final, stage2, scores):
+        df.unpersist()
+    return {
+        "stage2_model_version": heavy.version, "n_stage2": n_scored, "n_flagged": n_flagged,
+        "n_embedding_cache_hits": n_cached, "device": resolved_device(settings), "encoder": encoder,
+        **{f"n_{k}_final": v for k, v in counts.items()},
+    }

@@ -1,0 +1,337 @@
+"""Training the cascade for run date D: the heavy stage-2 model, stage 1 as its student, and the
+flag threshold between them.
+
+* :func:`train_heavy_stage` builds the heavy inputs in Spark for the same point-in-time rows,
+  time split and golden set as stage 1 (:func:`botwatch.training.training_rows`), trains the
+  torch model with early stopping on validation, evaluates it on the golden set (every bot
+  family on simulated data) and registers ``stage2_heavy`` behind the same promotion gate.
+* :func:`teacher_targets` scores training rows with the heavy champion and blends its score
+  with the label into the soft target stage 1 is refreshed on.
+* :func:`calibrate_flag_threshold` picks the stage-1 score that sends accounts to stage 2
+  (:mod:`botwatch.cascade`) and stores it with the stage-1 champion (``cascade.json``).
+* :func:`train_cascade` runs the three in order; ``train_step`` calls it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from botwatch import registry
+from botwatch import tables as t
+from botwatch.cascade import choose_flag_threshold
+from botwatch.delta_io import read_table, table_exists
+from botwatch.evaluation.metrics import operating_threshold, pr_auc, recall_at_precision
+from botwatch.models.canary import canary_scores, fit_canary
+from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
+from botwatch.models.stage1 import feature_columns
+from botwatch.scoring.stage2 import (
+    HEAVY_MODEL,
+    META_FILE,
+    STATE_FILE,
+    HeavyArtifact,
+    InferenceSettings,
+    heavy_champion,
+    score_heavy,
+)
+from botwatch.training import (
+    STAGE1_MODEL,
+    NotEnoughLabelsError,
+    TrainParams,
+    TrainResult,
+    _evaluate,
+    train_stage1,
+    training_rows,
+)
+
+CASCADE_FILE = "cascade.json"
+TEACHER_SCORE = "teacher_score"
+DISTILL_TARGET = "distill_target"
+HUMAN = t.FAMILIES[0]
+
+
+@dataclass(frozen=True)
+class CascadeParams:
+    """Conf section ``cascade`` (training side)."""
+
+    distill_label_weight: float = 0.5
+    distill_teacher_weight: float = 0.5
+    keep_share: float = 0.99
+    budget: float = 0.10
+    calibration_accounts: int = 20000
+
+    @classmethod
+    def from_conf(cls, section: dict) -> CascadeParams:
+        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+
+
+def _heavy_config(section: dict):
+    from botwatch.models.heavy import HeavyConfig
+
+    return HeavyConfig.from_mapping(section)
+
+
+def inputs_for(spark: SparkSession, warehouse: str, rows: DataFrame, tabular_cols: Sequence[str],
+               heavy_section: dict) -> DataFrame:
+    """Heavy inputs (tabular, sequence, neighbour means) for ``rows`` at their own feature dates."""
+    cfg = _heavy_config(heavy_section)
+    return heavy_inputs(
+        read_table(spark, warehouse, t.EVENTS), read_table(spark, warehouse, t.EDGES),
+        read_table(spark, warehouse, t.FEATURES), rows, tabular_cols, heavy_section["neighbor_features"],
+        max_len=cfg.max_len, lookback_days=cfg.lookback_days, neighbor_k=cfg.neighbor_k,
+        neighbor_seed=cfg.neighbor_seed,
+    )
+
+
+def _with_truth(spark: SparkSession, warehouse: str, pdf: pd.DataFrame) -> pd.DataFrame:
+    # Truth is for evaluation only (per-family metrics on simulated data), never for training.
+    if not table_exists(spark, warehouse, t.TRUTH) or len(pdf) == 0:
+        return pdf
+    ids = spark.createDataFrame(pdf[[t.ACCOUNT_ID]].drop_duplicates())
+    fam = read_table(spark, warehouse, t.TRUTH).join(ids, t.ACCOUNT_ID).select(t.ACCOUNT_ID, t.FAMILY).toPandas()
+    return pdf.merge(fam, on=t.ACCOUNT_ID, how="left")
+
+
+def family_metrics(families: np.ndarray, score: np.ndarray, target_precision: float, prefix: str = "") -> dict:
+    """Per bot family: PR-AUC and recall at ``target_precision`` of that family against humans
+    (truth families, simulated data). Families absent from ``families`` are left out."""
+    fam = np.asarray(pd.Series(families).fillna(HUMAN).to_numpy(), dtype=object)
+    s = np.asarray(score, dtype=np.float64)
+    out: dict[str, float] = {}
+    for family in t.BOT_FAMILIES:
+        mask = (fam == family) | (fam == HUMAN)
+        y = (fam[mask] == family).astype(int)
+        if y.sum() == 0 or y.sum() == len(y):
+            continue
+        out[f"{prefix}family_{family}_pr_auc"] = pr_auc(y, s[mask])
+        out[f"{prefix}family_{family}_recall_at_p"] = recall_at_precision(y, s[mask], target_precision)
+        out[f"{prefix}family_{family}_n"] = float(y.sum())
+    return out
+
+
+@dataclass
+class HeavyTrainResult:
+    version: int
+    promoted: bool
+    reason: str
+    metrics: dict[str, float]
+    threshold: float | None
+
+
+def _save_artifacts(model, directory: str) -> None:
+    # Save locally, then copy through fsspec: the warehouse may be an object store.
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(tmp)
+        registry.write_artifact(directory, STATE_FILE, (Path(tmp) / STATE_FILE).read_bytes())
+        registry.write_artifact(directory, META_FILE, (Path(tmp) / META_FILE).read_text())
+
+
+def train_heavy_stage(
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams, heavy_section: dict
+) -> HeavyTrainResult:
+    """Train, evaluate and register a heavy challenger for D; promote it through the gate."""
+    from botwatch.models.heavy import train_heavy
+
+    cfg = _heavy_config(heavy_section)
+    train, valid, golden = training_rows(spark, warehouse, run_date, params)
+    cols = feature_columns(train)
+    nbr_cols = neighbor_columns(heavy_section["neighbor_features"])
+    extra = [t.LABEL, t.WEIGHT, t.COUNTRY, "is_new_account"]
+
+    def collect(rows: DataFrame) -> pd.DataFrame:
+        keep = [c for c in (t.ACCOUNT_ID, t.RUN_DATE, *extra) if c in rows.columns and c not in cols]
+        return inputs_for(spark, warehouse, rows.select(*keep, *cols), cols, heavy_section).toPandas()
+
+    train_pdf, valid_pdf, golden_pdf = collect(train), collect(valid), collect(golden)
+    n_pos = int((train_pdf[t.LABEL] == 1).sum()) if len(train_pdf) else 0
+    if len(train_pdf) < params.min_train_rows or n_pos < params.min_positives or n_pos == len(train_pdf):
+        raise NotEnoughLabelsError(
+            f"{len(train_pdf)} training rows with {n_pos} bots before {run_date} for the heavy model: need at "
+            f"least {params.min_train_rows} rows and {params.min_positives} bots (train.min_train_rows / "
+            "train.min_positives)"
+        )
+    model = train_heavy(
+        train_pdf, valid_pdf if len(valid_pdf) else None, cols, nbr_cols,
+        label_col=t.LABEL, weight_col=t.WEIGHT, config=cfg,
+    )
+    valid_pdf, golden_pdf = _with_truth(spark, warehouse, valid_pdf), _with_truth(spark, warehouse, golden_pdf)
+    valid_score = model.predict(valid_pdf) if len(valid_pdf) else np.array([])
+    golden_score = model.predict(golden_pdf) if len(golden_pdf) else np.array([])
+    threshold = (
+        operating_threshold(valid_pdf[t.LABEL].to_numpy(), valid_score, params.target_precision)
+        if len(valid_pdf) and valid_pdf[t.LABEL].nunique() == 2 else None
+    )
+
+    metrics = {"n_train": float(len(train_pdf)), "n_train_positive": float(n_pos),
+               "best_epoch": float(model.best_epoch), "epochs_run": float(len(model.history))}
+    metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
+    metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
+    if t.FAMILY in golden_pdf and len(golden_pdf):
+        metrics.update(family_metrics(golden_pdf[t.FAMILY].to_numpy(), golden_score, params.target_precision,
+                                      "golden_"))
+
+    # The same gate as stage 1: beat the canary and do not trail the champion on the golden set.
+    canary_cols = [c for c in params.canary_features if c in train.columns]
+    if len(golden_pdf) and golden_pdf[t.LABEL].nunique() == 2:
+        canary = fit_canary(train, canary_cols, params.canary_reg_param)
+        cg = canary_scores(canary, golden, canary_cols).select(t.ACCOUNT_ID, "canary_score").toPandas()
+        cg = golden_pdf[[t.ACCOUNT_ID, t.LABEL]].merge(cg, on=t.ACCOUNT_ID, how="left")
+        metrics["canary_golden_pr_auc"] = pr_auc(cg[t.LABEL].to_numpy(), cg["canary_score"].fillna(0).to_numpy())
+    current = heavy_champion(spark, warehouse)
+    champ_pr = None
+    if current is not None and len(golden_pdf) and golden_pdf[t.LABEL].nunique() == 2:
+        old = current.load("cpu")
+        champ_pr = pr_auc(golden_pdf[t.LABEL].to_numpy(), old.predict(_fill(golden_pdf, old.input_columns)))
+        metrics["champion_golden_pr_auc"] = champ_pr
+
+    version = registry.next_version(spark, warehouse, HEAVY_MODEL)
+    directory = registry.artifact_dir(warehouse, HEAVY_MODEL, version)
+    _save_artifacts(model, directory)
+    registry.write_artifact(directory, "meta.json", {
+        "threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
+        "target_precision": params.target_precision, "tabular_cols": cols, "neighbor_cols": nbr_cols,
+    })
+    decision = registry.promotion_decision(
+        metrics.get("golden_pr_auc", math.nan), metrics.get("canary_golden_pr_auc", math.nan), champ_pr,
+        params.promotion_tolerance,
+    )
+    registry.upsert(spark, warehouse, registry.ModelRecord(
+        model_name=HEAVY_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date, metrics=metrics,
+        artifact_path=directory, threshold=threshold, train_end=run_date, reason=decision.reason,
+    ))
+    if decision.promote:
+        registry.promote(spark, warehouse, HEAVY_MODEL, version, decision.reason)
+    return HeavyTrainResult(version, decision.promote, decision.reason, metrics, threshold)
+
+
+def _fill(pdf: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
+    """``pdf`` with columns an older model reads but today's rows lack, as missing."""
+    missing = [c for c in cols if c not in pdf]
+    return pdf.assign(**{c: np.nan for c in missing}) if missing else pdf
+
+
+# ---------------------------------------------------------------- teacher -> student
+
+
+def teacher_targets(
+    spark: SparkSession, warehouse: str, teacher: HeavyArtifact, heavy_section: dict, params: CascadeParams,
+    settings: InferenceSettings,
+) -> Callable[[DataFrame], DataFrame]:
+    """A function adding ``teacher_score`` (the heavy champion's score) and ``distill_target``
+    (``(wl * label + wt * teacher_score) / (wl + wt)``) to training rows."""
+    wl, wt = params.distill_label_weight, params.distill_teacher_weight
+    if wl < 0 or wt < 0 or wl + wt <= 0:
+        raise ValueError(f"cascade.distill_label_weight / distill_teacher_weight must be >= 0 with a positive sum, "
+                         f"got {wl}, {wt}")
+    model_cols = _heavy_columns(teacher)
+
+    def add(rows: DataFrame) -> DataFrame:
+        keys = rows.select(t.ACCOUNT_ID, t.RUN_DATE, *[c for c in model_cols if c in rows.columns]).distinct()
+        scored = score_heavy(inputs_for(spark, warehouse, keys, model_cols, heavy_section), teacher, settings,
+                             keep=(t.ACCOUNT_ID, t.RUN_DATE))
+        scores = scored.select(t.ACCOUNT_ID, t.RUN_DATE, F.col(t.STAGE2_SCORE).alias(TEACHER_SCORE))
+        out = rows.join(scores, [t.ACCOUNT_ID, t.RUN_DATE], "left")
+        blended = (F.lit(wl) * F.col(t.LABEL).cast("double") + F.lit(wt) * F.col(TEACHER_SCORE)) / F.lit(wl + wt)
+        return out.withColumn(DISTILL_TARGET, F.coalesce(blended, F.col(t.LABEL).cast("double"))).cache()
+
+    return add
+
+
+def _heavy_columns(artifact: HeavyArtifact) -> list[str]:
+    import json
+
+    return list(json.loads(artifact.meta_json)["tabular_cols"])
+
+
+# ---------------------------------------------------------------- flag threshold
+
+
+def calibration_sample(spark: SparkSession, warehouse: str, run_date: dt.date, n: int) -> DataFrame:
+    """A hashed sample of about ``n`` accounts of D's features (all of them when fewer)."""
+    features = read_table(spark, warehouse, t.FEATURES).where(F.col(t.RUN_DATE) == F.lit(run_date))
+    total = features.count()
+    if total <= n:
+        return features
+    share = n / total
+    bucket = F.pmod(F.xxhash64(F.lit("cascade-calibration"), F.col(t.ACCOUNT_ID)), F.lit(1_000_000))
+    return features.where(bucket < F.lit(round(share * 1_000_000)))
+
+
+def calibrate_flag_threshold(
+    spark: SparkSession, warehouse: str, run_date: dt.date, heavy_section: dict, params: CascadeParams,
+    settings: InferenceSettings,
+) -> dict:
+    """Choose the flag threshold for the current champions on D's accounts and write it to the
+    stage-1 champion's ``cascade.json`` (with the heavy version it was chosen for)."""
+    from botwatch.scoring.stage1 import load_champion, score_stage1
+
+    heavy = heavy_champion(spark, warehouse)
+    if heavy is None:
+        return {"flag_threshold": None, "note": "no heavy champion: stage 2 is off"}
+    stage1_rec = registry.champion(spark, warehouse, STAGE1_MODEL)
+    if stage1_rec is None:
+        return {"flag_threshold": None, "note": "no stage-1 champion"}
+    stage1 = load_champion(spark, warehouse)
+    sample = calibration_sample(spark, warehouse, run_date, params.calibration_accounts)
+    s1 = score_stage1(sample, stage1, reason_codes=0).select(t.ACCOUNT_ID, t.STAGE1_SCORE)
+    cols = _heavy_columns(heavy)
+    s2 = score_heavy(inputs_for(spark, warehouse, sample, cols, heavy_section), heavy, settings)
+    pdf = s1.join(s2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID).toPandas()
+    heavy_thr = heavy.threshold
+    actions = (pdf[t.STAGE2_SCORE] >= heavy_thr).to_numpy() if heavy_thr is not None else np.zeros(len(pdf), bool)
+    choice = choose_flag_threshold(pdf[t.STAGE1_SCORE].to_numpy(), actions, keep_share=params.keep_share,
+                                   budget=params.budget)
+    if choice.budget_binds:
+        warnings.warn(
+            f"cascade budget {params.budget:.0%} binds: stage 2 sees {choice.recall_kept:.1%} of what heavy-on-"
+            f"everyone would action (recall lost {choice.recall_lost:.1%}); raise cascade.budget to recover it",
+            stacklevel=2,
+        )
+    info = {
+        **choice.to_dict(), "heavy_version": heavy.version, "heavy_threshold": heavy_thr,
+        "stage1_version": stage1.version, "keep_share": params.keep_share, "budget": params.budget,
+        "chosen_on": run_date,
+    }
+    registry.write_artifact(stage1_rec["artifact_path"], CASCADE_FILE, info)
+    return {"flag_threshold": info["threshold"], "budget_binds": choice.budget_binds,
+            "recall_lost": info["recall_lost"], "flagged_share": choice.flagged_share}
+
+
+# ---------------------------------------------------------------- the whole cascade
+
+
+def train_cascade(
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams, heavy_section: dict,
+    cascade_section: dict,
+) -> tuple[TrainResult, dict]:
+    """Heavy model, then stage 1 (distilled from the heavy champion when there is one), then the
+    flag threshold. Returns stage 1's result and a summary of the heavy and cascade parts."""
+    cparams = CascadeParams.from_conf(cascade_section)
+    settings = InferenceSettings.from_conf(cascade_section)
+    heavy = train_heavy_stage(spark, warehouse, run_date, params, heavy_section)
+    summary: dict = {
+        "heavy_version": heavy.version, "heavy_promoted": heavy.promoted, "heavy_reason": heavy.reason,
+        "heavy_golden_pr_auc": heavy.metrics.get("golden_pr_auc"),
+    }
+    teacher = heavy_champion(spark, warehouse)
+    targets = teacher_targets(spark, warehouse, teacher, heavy_section, cparams, settings) if teacher else None
+    summary["distilled_from"] = teacher.model_version if teacher else None
+    result = train_stage1(spark, warehouse, run_date, params, teacher=targets,
+                          teacher_version=teacher.model_version if teacher else None)
+    summary.update(calibrate_flag_threshold(spark, warehouse, run_date, heavy_section, cparams, settings))
+    return result, summary
+
+
+__all__ = [
+    "CascadeParams", "HeavyTrainResult", "calibrate_flag_threshold", "family_metrics", "inputs_for",
+    "teacher_targets", "train_cascade", "train_heavy_stage", "DISTILL_TARGET", "TEACHER_SCORE",
+]

@@ -1,0 +1,379 @@
+"""The two-stage cascade: the flag threshold and budget (against brute force), Spark inference of
+the heavy model against in-process torch, int8 quantisation, decisions (shadow, holdout, golden),
+the embedding cache, multi-date sequences, and the whole cascade on the simulated platform."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import registry, steps
+from botwatch import tables as t
+from botwatch.cascade import CascadeConfigError, choose_flag_threshold
+from botwatch.config import warehouse_path
+from botwatch.delta_io import read_table, write_table
+from botwatch.models import heavy as H
+from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint
+from botwatch.models.sequences import gather_sequences, gather_sequences_at
+from botwatch.schemas import EVENTS_SCHEMA
+from botwatch.scoring.cascade import cap_to_budget
+from botwatch.scoring.decisions import with_decisions
+from botwatch.scoring.stage2 import (
+    ENCODING,
+    FROM_CACHE,
+    HeavyArtifact,
+    InferenceSettings,
+    score_heavy,
+    update_embedding_cache,
+    with_cached_encodings,
+)
+
+from helpers import copy_warehouse
+
+TAB = ["f1", "f2"]
+NBR = ["nbr_f1", "nbr_count"]
+TINY = H.HeavyConfig(
+    max_len=16, event_embed_dim=4, dt_embed_dim=4, seq_hidden=8, tab_hidden=8, nbr_hidden=4, head_hidden=8,
+    epochs=3, patience=2, batch_size=64, seed=3, device="cpu",
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------- flag threshold
+
+
+def _brute_force(s, acts, keep, budget):
+    """Every distinct score (and +inf) as a candidate: the highest keeping `keep` of the actions
+    within the budget; else the lowest within the budget."""
+    cands = sorted(set(s.tolist()) | {math.inf})
+    allowed = math.floor(budget * len(s) + 1e-9)
+    within = [c for c in cands if (s >= c).sum() <= allowed]
+    keeping = [c for c in within if acts.sum() == 0 or (s[acts] >= c).mean() >= keep]
+    return max(keeping) if keeping else min(within)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_flag_threshold_matches_brute_force_and_respects_budget(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 300))
+    s = np.round(rng.random(n), 2)  # ties on purpose
+    acts = rng.random(n) < s ** 3 * rng.uniform(0.2, 1.0)
+    budget, keep = float(rng.uniform(0.02, 0.5)), float(rng.uniform(0.5, 1.0))
+    got = choose_flag_threshold(s, acts, keep_share=keep, budget=budget)
+    want = _brute_force(s, acts, keep, budget)
+    assert got.threshold == want
+    assert (s >= got.threshold).sum() <= math.floor(budget * n + 1e-9)
+    assert got.flagged_share == pytest.approx((s >= want).mean())
+    if acts.any():
+        kept = (s[acts] >= want).mean()
+        assert got.recall_kept == pytest.approx(kept)
+        assert got.budget_binds == (kept < keep)
+        assert got.recall_lost == pytest.approx(1 - kept)
+
+
+def test_cascade_keeps_target_recall_of_heavy_on_everyone():
+    # 10,000 accounts; the heavy model would action 300; stage 1 ranks them high but not perfectly.
+    rng = np.random.default_rng(0)
+    n = 10_000
+    acts = np.zeros(n, bool)
+    acts[:300] = True
+    s = np.where(acts, rng.beta(8, 2, n), rng.beta(1, 12, n))
+    choice = choose_flag_threshold(s, acts, keep_share=0.99, budget=0.10)
+    assert not choice.budget_binds
+    assert (s[acts] >= choice.threshold).mean() >= 0.99
+    assert (s >= choice.threshold).mean() <= 0.10
+    # The heavy model then runs on the flagged share only: far less compute than on everyone.
+    assert choice.flagged_share < 0.2 * 1.0
+    # A budget below what the target needs binds, and the loss is reported.
+    tight = choose_flag_threshold(s, acts, keep_share=0.99, budget=0.02)
+    assert tight.budget_binds and (s >= tight.threshold).mean() <= 0.02
+    assert tight.recall_lost == pytest.approx(1 - (s[acts] >= tight.threshold).mean())
+    assert tight.recall_lost > 0.01
+
+
+def test_flag_threshold_rejects_bad_knobs():
+    with pytest.raises(CascadeConfigError, match="keep_share"):
+        choose_flag_threshold(np.array([0.1]), np.array([True]), keep_share=0.0, budget=0.1)
+    with pytest.raises(CascadeConfigError, match="budget"):
+        choose_flag_threshold(np.array([0.1]), np.array([True]), keep_share=0.9, budget=1.5)
+
+
+def test_cap_to_budget_never_exceeds_budget(spark):
+    rng = np.random.default_rng(5)
+    scores = np.round(rng.random(203), 1)  # many ties
+    df = spark.createDataFrame(
+        [(int(i), float(v)) for i, v in enumerate(scores)], f"{t.ACCOUNT_ID} long, {t.STAGE1_SCORE} double"
+    )
+    for thr, budget in ((0.0, 0.1), (0.85, 0.1), (0.95, 0.5), (None, 0.07), (0.5, 0.0)):
+        flag, info = cap_to_budget(df, thr, budget)
+        got = {r[0] for r in df.where(flag).select(t.ACCOUNT_ID).collect()}
+        allowed = math.floor(budget * len(scores) + 1e-9)
+        assert len(got) == info["n_flagged"] <= allowed
+        passing = set(np.flatnonzero(scores >= thr)) if thr is not None else None
+        if passing is not None and len(passing) <= allowed:
+            assert got == passing
+        else:  # the top `allowed` by (score desc, account_id asc)
+            order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+            assert got == set(order[:allowed])
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def test_shadow_never_actions_holdout_reproducible_golden_never_actioned(spark):
+    rng = np.random.default_rng(1)
+    n = 4000
+    df = spark.createDataFrame(
+        [(i, float(s)) for i, s in enumerate(rng.random(n))], f"{t.ACCOUNT_ID} long, {t.SCORE} double"
+    )
+    day = dt.date(2026, 1, 18)
+    kw = dict(threshold=0.5, review_band=0.1, exploration_share=0.05, golden_share=0.2, golden_salt="g")
+    enforce = with_decisions(df, day, mode="enforce", **kw).toPandas().set_index(t.ACCOUNT_ID).sort_index()
+    again = with_decisions(df, day, mode="enforce", **kw).toPandas().set_index(t.ACCOUNT_ID).sort_index()
+    shadow = with_decisions(df, day, mode="shadow", **kw).toPandas().set_index(t.ACCOUNT_ID).sort_index()
+    other_day = with_decisions(df, day + dt.timedelta(days=1), mode="enforce", **kw).toPandas()
+    other_day = other_day.set_index(t.ACCOUNT_ID).sort_index()
+
+    assert not shadow["actioned"].any()
+    assert (shadow[t.DECISION] == enforce[t.DECISION]).all()  # shadow records the same decisions
+    assert enforce["holdout"].equals(again["holdout"])  # reproducible
+    assert not enforce["holdout"].equals(other_day["holdout"])  # a new draw each day
+    would_act = enforce[t.DECISION] == "action"
+    assert not (enforce["holdout"] & ~would_act).any()
+    assert 0.02 < enforce.loc[would_act, "holdout"].mean() < 0.09  # ~5 % of ~2,000 would-be actions
+    assert enforce["golden"].any() and not (enforce["golden"] & enforce["actioned"]).any()
+    want = would_act & ~enforce["holdout"] & ~enforce["golden"]
+    assert enforce["actioned"].equals(want)
+    assert ((enforce[t.SCORE] >= 0.5) == would_act).all()
+
+
+# ---------------------------------------------------------------- Spark inference
+
+
+def _synthetic(n: int, seed: int) -> pd.DataFrame:
+    """Bots act at night with regular gaps; humans by day with irregular ones."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        bot = rng.random() < 0.4
+        length = int(rng.integers(0, 24))
+        gaps = 6 + rng.integers(0, 2, length) if bot else rng.integers(0, 17, length)
+        hours = rng.uniform(0, 5, length) if bot else rng.uniform(8, 23, length)
+        angle = 2 * np.pi * hours / 24
+        rows.append({
+            t.ACCOUNT_ID: i,
+            t.SEQ_EVENT_TYPE: rng.integers(1, len(t.EVENT_TYPES) + 1, length).astype(np.int32).tolist(),
+            t.SEQ_DT_BUCKET: gaps.astype(np.int32).tolist(),
+            t.SEQ_HOUR_SIN: np.sin(angle).tolist(),
+            t.SEQ_HOUR_COS: np.cos(angle).tolist(),
+            "f1": float(rng.normal(5, 2)) if rng.random() > 0.3 else float("nan"),
+            "f2": float(rng.exponential(100.0)),
+            "nbr_f1": float(rng.normal()) if rng.random() > 0.2 else None,
+            "nbr_count": float(rng.integers(0, 5)),
+            t.LABEL: int(bot),
+            "weight": 1.0,
+        })
+    pdf = pd.DataFrame(rows)
+    pdf.loc[pdf[t.SEQ_EVENT_TYPE].map(len) == 0, [t.SEQ_EVENT_TYPE, t.SEQ_DT_BUCKET, t.SEQ_HOUR_SIN,
+                                                  t.SEQ_HOUR_COS]] = None  # no events: null arrays
+    return pdf
+
+
+INPUT_SCHEMA = T.StructType([
+    T.StructField(t.ACCOUNT_ID, T.LongType()),
+    T.StructField(t.SEQ_EVENT_TYPE, T.ArrayType(T.IntegerType())),
+    T.StructField(t.SEQ_DT_BUCKET, T.ArrayType(T.IntegerType())),
+    T.StructField(t.SEQ_HOUR_SIN, T.ArrayType(T.DoubleType())),
+    T.StructField(t.SEQ_HOUR_COS, T.ArrayType(T.DoubleType())),
+    *[T.StructField(c, T.DoubleType()) for c in (*TAB, *NBR)],
+])
+
+
+@pytest.fixture(scope="module")
+def heavy(tmp_path_factory):
+    """A tiny trained heavy model saved as a registry artifact, and scoring rows."""
+    train, rows = _synthetic(400, 1), _synthetic(150, 2)
+    model = H.train_heavy(train, None, TAB, NBR, config=TINY)
+    folder = model.save(tmp_path_factory.mktemp("heavy") / "stage2_heavy" / "1")
+    artifact = HeavyArtifact.from_record({"artifact_path": str(folder), t.VERSION: 1, "threshold": 0.5})
+    return model, artifact, rows
+
+
+def _frame(spark, pdf):
+    return spark.createDataFrame(pdf[[f.name for f in INPUT_SCHEMA.fields]], INPUT_SCHEMA)
+
+
+def _spark_scores(df, artifact, **settings):
+    cfg = InferenceSettings(**{"device": "cpu", "batch_size": 32, "partitions": 3, **settings})
+    return score_heavy(df, artifact, cfg).toPandas().set_index(t.ACCOUNT_ID).sort_index()
+
+
+def test_spark_scores_equal_in_process_torch_and_quantised_stay_close(spark, heavy):
+    model, artifact, rows = heavy
+    df = _frame(spark, rows)
+    want = pd.Series(model.predict(rows), index=rows[t.ACCOUNT_ID]).sort_index()
+    got = _spark_scores(df, artifact, quantize_cpu=False)
+    assert len(got) == len(rows) and not got[FROM_CACHE].any()
+    np.testing.assert_allclose(got[t.STAGE2_SCORE].to_numpy(), want.to_numpy(), atol=1e-6)
+    # Encodings returned by the workers are the encoder's output.
+    np.testing.assert_allclose(np.stack(got[ENCODING].to_numpy()), model.encode_sequences(
+        rows.set_index(t.ACCOUNT_ID).sort_index()), atol=1e-6)
+
+    # int8 dynamic quantisation scales activations per batch, so it is compared with the float model
+    # (batches in Spark differ from in-process ones).
+    quantised = _spark_scores(df, artifact, quantize_cpu=True)[t.STAGE2_SCORE].to_numpy()
+    diff = np.abs(quantised - want.to_numpy())
+    assert diff.max() < 0.05 and diff.mean() < 0.01
+    assert diff.max() > 0  # it did run the int8 model
+
+
+def test_embedding_cache_reused_when_unchanged_refreshed_when_changed(spark, heavy, warehouse):
+    model, artifact, rows = heavy
+    rows = rows.head(40).copy()
+    cfg = InferenceSettings(device="cpu", quantize_cpu=False, batch_size=16, partitions=2)
+    encoder = "stage2_heavy:1:fp32"
+    day1, day2 = dt.date(2026, 1, 10), dt.date(2026, 1, 11)
+
+    def run(pdf, day):
+        inputs = _frame(spark, pdf).withColumn(FINGERPRINT, fingerprint(encoder))
+        inputs = with_cached_encodings(spark, warehouse, inputs, encoder)
+        scored = score_heavy(inputs, artifact, cfg, keep=(t.ACCOUNT_ID, FINGERPRINT)).cache()
+        out = scored.toPandas().set_index(t.ACCOUNT_ID).sort_index()
+        update_embedding_cache(spark, warehouse, scored, encoder, day)
+        scored.unpersist()
+        return out
+
+    def cache():
+        return read_table(spark, warehouse, t.EMBEDDING_CACHE).toPandas().set_index(t.ACCOUNT_ID).sort_index()
+
+    first = run(rows, day1)
+    assert not first[FROM_CACHE].any()
+    stored = cache()
+    assert len(stored) == len(rows) and (stored[t.RUN_DATE] == day1).all()
+
+    second = run(rows, day2)  # unchanged inputs: every encoding comes from the cache
+    assert second[FROM_CACHE].all()
+    np.testing.assert_allclose(second[t.STAGE2_SCORE], first[t.STAGE2_SCORE], atol=1e-7)
+    assert (cache()[t.RUN_DATE] == day1).all()  # nothing rewritten
+
+    # Proof the cached encoding is what scores: plant zeros under account 0's fingerprint.
+    planted = read_table(spark, warehouse, t.EMBEDDING_CACHE).withColumn(
+        ENCODING, F.when(F.col(t.ACCOUNT_ID) == 0, F.array_repeat(F.lit(0.0).cast("float"), TINY.seq_hidden))
+        .otherwise(F.col(ENCODING)))
+    write_table(planted.localCheckpoint(), warehouse, t.EMBEDDING_CACHE)
+    third = run(rows, day2)
+    row0 = rows[rows[t.ACCOUNT_ID] == 0]
+    want0 = model.predict_from_encodings(np.zeros((1, TINY.seq_hidden), np.float32), row0)[0]
+    assert third.loc[0, t.STAGE2_SCORE] == pytest.approx(want0, abs=1e-6)
+    assert third.loc[0, t.STAGE2_SCORE] != pytest.approx(first.loc[0, t.STAGE2_SCORE], abs=1e-4)
+
+    # A changed sequence (account 1 gets one more event) changes its fingerprint: re-encoded and refreshed.
+    changed = rows.copy()
+    i = changed.index[changed[t.ACCOUNT_ID] == 1][0]
+    for col, extra in ((t.SEQ_EVENT_TYPE, 1), (t.SEQ_DT_BUCKET, 3), (t.SEQ_HOUR_SIN, 0.0), (t.SEQ_HOUR_COS, 1.0)):
+        changed.at[i, col] = list(changed.at[i, col] or []) + [extra]
+    day3 = dt.date(2026, 1, 12)
+    fourth = run(changed, day3)
+    assert not fourth.loc[1, FROM_CACHE] and fourth.drop(index=1)[FROM_CACHE].all()
+    want1 = model.predict(changed[changed[t.ACCOUNT_ID] == 1])[0]
+    assert fourth.loc[1, t.STAGE2_SCORE] == pytest.approx(want1, abs=1e-6)
+    after = cache()
+    assert after.loc[1, FINGERPRINT] == fourth.loc[1, FINGERPRINT] != stored.loc[1, FINGERPRINT]
+    assert after.loc[1, t.RUN_DATE] == day3 and (after.drop(index=1)[t.RUN_DATE] == day1).all()
+
+
+# ---------------------------------------------------------------- inputs at many dates
+
+
+def test_gather_sequences_at_equals_per_date_gather(spark):
+    rng = np.random.default_rng(4)
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = []
+    for acct in range(1, 6):
+        for _ in range(int(rng.integers(0, 30))):
+            ts = base + dt.timedelta(seconds=int(rng.integers(0, 12 * 86400)))
+            rows.append((acct, ts, t.EVENT_TYPES[int(rng.integers(0, 5))], "ip", "dev", ts.date()))
+    events = spark.createDataFrame(rows, EVENTS_SCHEMA)
+    dates = [dt.date(2026, 1, 4), dt.date(2026, 1, 9), dt.date(2026, 1, 12)]
+    keys = spark.createDataFrame([(a, d) for a in range(1, 7) for d in dates if (a + d.day) % 3],
+                                 f"{t.ACCOUNT_ID} long, {t.RUN_DATE} date")
+    got = {(r[t.ACCOUNT_ID], r[t.RUN_DATE]): r.asDict() for r in gather_sequences_at(events, keys, 7, 5).collect()}
+    want = {}
+    wanted = {(r[0], r[1]) for r in keys.collect()}
+    for d in dates:
+        for r in gather_sequences(events, d, 7, 5).collect():
+            if (r[t.ACCOUNT_ID], d) in wanted:
+                want[(r[t.ACCOUNT_ID], d)] = r.asDict()
+    assert set(got) == set(want) and want
+    for key, ref in want.items():
+        for col, val in ref.items():
+            assert got[key][col] == val, (key, col)
+
+
+# ---------------------------------------------------------------- the whole cascade
+
+
+@pytest.fixture(scope="module")
+def cascade(spark, platform, tmp_path_factory):
+    pconf, dates = platform
+    warehouse = copy_warehouse(warehouse_path(pconf), tmp_path_factory.mktemp("cascade") / "wh")
+    cconf = pconf.with_overrides([
+        f"warehouse={warehouse}", "heavy.epochs=6", "heavy.max_len=48", "heavy.seq_hidden=32",
+        "heavy.num_threads=1", "cascade.budget=0.10",
+    ])
+    summary = steps.train_step(spark, cconf, dates[-1])
+    return cconf, dates[-1], summary
+
+
+def test_cascade_trains_registers_scores_and_reruns_identically(spark, cascade):
+    cconf, day, summary = cascade
+    warehouse = warehouse_path(cconf)
+    heavy_rec = registry.records(spark, warehouse, "stage2_heavy")
+    assert [r[t.VERSION] for r in heavy_rec] == [summary["heavy_version"]]
+    metrics = heavy_rec[0]["metrics"]
+    assert {"golden_pr_auc", "canary_golden_pr_auc", "valid_pr_auc"} <= set(metrics)
+    assert summary["heavy_promoted"] == (heavy_rec[0][t.STAGE] == registry.CHAMPION)
+    stage1 = registry.champion(spark, warehouse, "stage1_xgb")
+    assert stage1["metrics"]["distilled"] == float(summary["heavy_promoted"])
+
+    s1 = steps.score_stage1_step(spark, cconf, day)
+    n = read_table(spark, warehouse, t.FEATURES).where(F.col(t.RUN_DATE) == F.lit(day)).count()
+    first = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(day)).toPandas()
+    assert len(first) == n and first["stage2_reached"].sum() == s1["n_flagged"] <= math.floor(0.10 * n)
+    s2 = steps.score_stage2_step(spark, cconf, day)
+    after = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(day)).toPandas()
+    assert {"account_id", "run_date", "stage1_score", "stage2_score", "score", "decision", "model_version",
+            "stage2_reached", "reason_codes", "actioned", "holdout"} <= set(after.columns)
+    assert len(after) == n
+    reached = after["stage2_reached"]
+    assert after.loc[~reached, t.STAGE2_SCORE].isna().all() and after.loc[reached, t.STAGE2_SCORE].notna().all()
+    np.testing.assert_allclose(after[t.SCORE], np.where(reached, after[t.STAGE2_SCORE], after[t.STAGE1_SCORE]))
+    assert not (after["golden"] & after["actioned"]).any()
+    if summary["heavy_promoted"]:
+        assert s2["n_stage2"] == reached.sum() > 0
+        assert after.loc[reached, t.MODEL_VERSION].str.endswith(f"+stage2_heavy:{summary['heavy_version']}").all()
+        thr = registry.champion(spark, warehouse, "stage2_heavy")["threshold"]
+        if thr is not None:
+            acted = after.loc[reached, t.DECISION] == "action"
+            assert (acted == (after.loc[reached, t.SCORE] >= thr)).all()
+
+    again = steps.score_stage2_step(spark, cconf, day)  # rerun: same table, encodings from the cache
+    rerun = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(day)).toPandas()
+    key = [t.ACCOUNT_ID]
+    a, b = after.sort_values(key).reset_index(drop=True), rerun.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a.drop(columns=["reason_codes"]), b.drop(columns=["reason_codes"]))
+    if summary["heavy_promoted"]:
+        assert again["n_embedding_cache_hits"] == again["n_stage2"] == s2["n_stage2"]
