@@ -100,6 +100,82 @@ def score(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt =
     _run_step("score", date, conf, warehouse, set_)
 
 
+StepOpt = Annotated[
+    list[str] | None, typer.Option("--step", help="run only this step (repeatable; default: every step in order)")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="rerun steps even when done and their inputs are unchanged")]
+
+
+@app.command()
+def run(
+    date: DateOpt, step: StepOpt = None, force: ForceOpt = False,
+    conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None,
+) -> None:
+    """The nightly pipeline for one date: validate .. monitor. Finished steps whose inputs are unchanged are skipped."""
+    import json
+
+    from botwatch import nightly, steps
+    from botwatch.spark import get_spark
+
+    cfg = build_conf(conf, warehouse, set_)
+    run_date = parse_date(date)
+    if step and any(s not in steps.RUN_ORDER for s in step):
+        fail(f"--step {step}: the run's steps are {', '.join(steps.RUN_ORDER)}")
+    spark = get_spark(cfg, app_name=f"botwatch-run-{run_date}")
+    typer.echo(f"run {run_date}")
+    try:
+        results = nightly.run_steps(spark, cfg, run_date, step or None, force=force, echo=typer.echo)
+    except nightly.RunLockedError as exc:
+        fail(str(exc), code=3)
+    except nightly.StepFailedError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, steps.EXPECTED_ERRORS):
+            fail(str(exc), code=1)
+        raise
+    typer.echo(json.dumps({"run_date": str(run_date), "steps": {k: v["status"] for k, v in results.items()}}))
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option("--start", help="first date, YYYY-MM-DD")],
+    end: Annotated[str, typer.Option("--end", help="last date (inclusive), YYYY-MM-DD")],
+    force: ForceOpt = False,
+    conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None,
+) -> None:
+    """`run` for every date from --start to --end, in order; dates already finished are skipped (resumable)."""
+    from botwatch import nightly, steps
+    from botwatch.spark import get_spark
+
+    cfg = build_conf(conf, warehouse, set_)
+    first, last = parse_date(start, "--start"), parse_date(end, "--end")
+    if last < first:
+        fail(f"--end {last} is before --start {first}")
+    spark = get_spark(cfg, app_name=f"botwatch-backfill-{first}-{last}")
+    try:
+        outcome = nightly.backfill(spark, cfg, first, last, force=force, echo=typer.echo)
+    except nightly.RunLockedError as exc:
+        fail(str(exc), code=3)
+    except nightly.StepFailedError as exc:
+        if isinstance(exc.__cause__, steps.EXPECTED_ERRORS):
+            fail(f"{exc}. Fix it and rerun the same backfill: finished dates are skipped.", code=1)
+        raise
+    for day, what in outcome.items():
+        typer.echo(f"{day}: {what}")
+
+
+@app.command()
+def unlock(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
+    """Remove a date's run lock left by a run that was killed (check that no run for the date is alive)."""
+    from botwatch import nightly
+    from botwatch.config import warehouse_path
+    from botwatch.spark import get_spark
+
+    cfg = build_conf(conf, warehouse, set_)
+    run_date = parse_date(date)
+    held = nightly.break_lock(get_spark(cfg, app_name="botwatch-unlock"), warehouse_path(cfg), run_date)
+    typer.echo(f"lock of {run_date} {'removed' if held else 'was not held'}")
+
+
 @app.command()
 def ingest(
     accounts: Annotated[str, typer.Option("--accounts", help="accounts: .parquet, .csv or a folder of Parquet")],
@@ -172,17 +248,12 @@ def simulate(
 
 @app.command()
 def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
-    """Simulate a small platform, build every day's features, train, score; print where tables are."""
-    from botwatch.demo import run_demo
+    """Simulate a small platform, run the nightly run on every simulated day; print where tables and report are."""
+    from botwatch.demo import demo_conf, run_demo
     from botwatch.spark import get_spark
 
-    cfg = build_conf(conf, warehouse, set_)
-    # A small platform has few labels: the demo section sets its own investigator rate and minimum.
-    cfg = cfg.with_overrides([
-        f"simulate.labels.investigator_per_week_per_100k={cfg['demo.investigator_per_week_per_100k']}",
-        f"train.min_train_rows={cfg['demo.min_train_rows']}",
-        f"train.valid_days={cfg['demo.valid_days']}",
-    ])
+    # A small platform has few labels: the demo section sets its own investigator rate and minimums.
+    cfg = demo_conf(build_conf(conf, warehouse, set_))
     run_demo(get_spark(cfg, app_name="botwatch-demo"), cfg, echo=typer.echo)
 
 

@@ -1,58 +1,117 @@
-"""``botwatch demo``: simulate a small platform, build the features of every simulated day, train
-the stage-1 model on the last day and score it, then say where the tables are.
+"""``botwatch demo``: simulate a small platform and run the nightly run on every simulated day, then
+say where the tables and the run report are and print the headline metrics.
 
-Sized (conf ``demo``) to finish in a few minutes on 2 cores.
+Sized (conf ``demo``) to finish in a few minutes on 2 cores: the first days run only the steps
+their later windows need (validate and the day's ``activity_daily`` partial); the last
+``demo.full_run_days`` days run the whole pipeline (features, train, score, publish, monitor). The
+investigator rate is raised so a small platform has enough labels to train and promote a model.
 """
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
 
-from botwatch import steps
+from botwatch import nightly, registry
 from botwatch import tables as t
 from botwatch.config import Config, warehouse_path
+from botwatch.delta_io import read_table, table_exists
 from botwatch.simulate import write_platform
+from botwatch.training import STAGE1_MODEL
+
+# The steps an early day needs: later feature windows sum its activity partial.
+EARLY_STEPS = ("validate", "activity")
+
+
+def demo_conf(conf: Config) -> Config:
+    """``conf`` with the demo's label rate and training minimums (a small platform has few labels)."""
+    return conf.with_overrides([
+        f"simulate.labels.investigator_per_week_per_100k={conf['demo.investigator_per_week_per_100k']}",
+        f"train.min_train_rows={conf['demo.min_train_rows']}",
+        f"train.valid_days={conf['demo.valid_days']}",
+        f"train.n_bootstrap={conf['demo.n_bootstrap']}",
+    ])
+
+
+def report_path(warehouse: str, run_date: dt.date) -> str:
+    """Where the monitor step writes the run report of D."""
+    return f"{warehouse.rstrip('/')}/reports/{run_date.isoformat()}.html"
 
 
 def run_demo(spark: SparkSession, conf: Config, echo: Callable[[str], None] = print) -> dict:
     params = conf.section("demo")
     warehouse = warehouse_path(conf)
     start = dt.date.fromisoformat(conf["simulate.start_date"])
-    timings: dict[str, float] = {}
+    per_step: dict[str, float] = defaultdict(float)
 
-    def timed(name: str, fn):
-        t0 = time.perf_counter()
-        out = fn()
-        timings[name] = time.perf_counter() - t0
-        echo(f"[{timings[name]:6.1f}s] {name}: {out}")
-        return out
-
-    timed("simulate", lambda: write_platform(
+    t0 = time.perf_counter()
+    counts = write_platform(
         spark, warehouse, accounts=params["accounts"], days=params["days"], seed=params["seed"],
         start_date=start, params=conf.section("simulate"),
-    ))
+    )
+    per_step["simulate"] = time.perf_counter() - t0
+    echo(f"[{per_step['simulate']:6.1f}s] simulated {params['accounts']} accounts x {params['days']} days: {counts}")
+
     days = [start + dt.timedelta(days=i) for i in range(params["days"])]
-    for day in days:
-        timed(f"features {day}", lambda day=day: steps.features_step(spark, conf, day))
+    full_from = len(days) - params["full_run_days"]
+    statuses: dict[dt.date, dict[str, str]] = {}
+    for i, day in enumerate(days):
+        which = None if i >= full_from else list(EARLY_STEPS)
+        t1 = time.perf_counter()
+        echo(f"run {day} ({'whole run' if which is None else ', '.join(which)})")
+        results = nightly.run_steps(spark, conf, day, which, echo=echo)
+        for step, result in results.items():
+            per_step[step] += result["seconds"]
+        per_step["run overhead (lock, log, skip checks)"] += (time.perf_counter() - t1) - sum(
+            r["seconds"] for r in results.values()
+        )
+        statuses[day] = {s: r["status"] for s, r in results.items()}
     last = days[-1]
-    trained = timed(f"train {last}", lambda: steps.train_step(spark, conf, last))
-    if trained["promoted"]:
-        scored = timed(f"score {last}", lambda: steps.score_step(spark, conf, last))
-    else:
-        # The gate refused the only model: with no champion there is nothing to score with.
-        echo(f"not scored: the promotion gate refused the model ({trained['reason']})")
-        scored = {}
+    total = time.perf_counter() - t0
+
     echo("")
     echo(f"Tables (Delta) under {warehouse}:")
-    for table in (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS, t.ACTIVITY_DAILY, t.FEATURES, t.MODEL_REGISTRY, t.SCORES):
-        echo(f"  {table:16s} {t.table_path(warehouse, table)}")
-    echo(
-        f"Headline (golden set): stage-1 PR-AUC {trained['golden_pr_auc']:.3f} vs canary "
-        f"{trained['canary_golden_pr_auc']:.3f}; operating threshold {trained['threshold']}; "
-        f"actions {scored.get('n_action', 0)}, reviews {scored.get('n_review', 0)}"
+    for table in (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS, t.QUARANTINE, t.ACTIVITY_DAILY, t.FEATURES,
+                  t.MODEL_REGISTRY, t.SCORES, t.SCORES_LATEST, t.REVIEW_QUEUE, t.METRICS, t.DRIFT, t.RUN_LOG):
+        if table_exists(spark, warehouse, table):
+            echo(f"  {table:16s} {t.table_path(warehouse, table)}")
+    report = report_path(warehouse, last)
+    echo(f"Report of {last}: {report}" if Path(report).exists() else f"Report of {last}: none written (monitor: "
+         f"{statuses[last].get('monitor')})")
+
+    headline = headline_metrics(spark, warehouse, last)
+    for line in headline["lines"]:
+        echo(line)
+    echo("")
+    echo(f"Time per step (all days), total {total:.0f}s:")
+    for step, secs in sorted(per_step.items(), key=lambda kv: -kv[1]):
+        echo(f"  {step:40s} {secs:7.1f}s")
+    echo(f"Query: spark.read.format('delta').load('{t.table_path(warehouse, t.SCORES_LATEST)}')")
+    return {"per_step": dict(per_step), "total": total, "statuses": statuses, "headline": headline,
+            "last_day": last}
+
+
+def headline_metrics(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict:
+    """The champion's golden-set figures and D's decisions, as lines and values."""
+    champ = registry.champion(spark, warehouse, STAGE1_MODEL)
+    out: dict = {"champion": None, "decisions": {}, "lines": []}
+    if champ is None:
+        out["lines"].append("No champion model: the promotion gate refused every model (see model_registry.reason).")
+        return out
+    m = champ["metrics"] or {}
+    out["champion"] = champ[t.VERSION]
+    out["lines"].append(
+        f"Champion {STAGE1_MODEL} v{champ[t.VERSION]} (trained {champ[t.RUN_DATE]}): golden PR-AUC "
+        f"{m.get('golden_pr_auc', float('nan')):.3f} vs canary {m.get('canary_golden_pr_auc', float('nan')):.3f}; "
+        f"threshold {champ['threshold']}"
     )
-    echo(f"Total {sum(timings.values()):.0f}s. Query: spark.read.format('delta').load('{t.table_path(warehouse, t.SCORES)}')")
-    return {"timings": timings, "train": trained, "score": scored}
+    if table_exists(spark, warehouse, t.SCORES):
+        scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(run_date))
+        out["decisions"] = {r[t.DECISION]: r["count"] for r in scores.groupBy(t.DECISION).count().collect()}
+        out["lines"].append(f"Scored {sum(out['decisions'].values())} accounts on {run_date}: {out['decisions']}")
+    return out

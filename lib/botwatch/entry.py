@@ -34,11 +34,24 @@ def job_conf(args: argparse.Namespace) -> Config:
 
 
 def run_date_step(step: str, description: str) -> None:
-    """The whole body of a date-keyed job: parse, load conf, build the session, run one step."""
-    from botwatch import steps
+    """The whole body of a date-keyed job: parse, load conf, build the session, run one step.
+
+    Steps of the nightly run go through :func:`botwatch.nightly.run_steps` (date lock, skip when
+    done and inputs unchanged, run log); ``--force`` runs the step regardless."""
+    from botwatch import nightly, steps
     from botwatch.spark import get_spark
 
-    args = job_parser(description).parse_args()
+    parser = job_parser(description)
+    parser.add_argument("--force", action="store_true", help="run even when done and the inputs are unchanged")
+    args = parser.parse_args()
     conf = job_conf(args)
     spark = get_spark(conf, app_name=f"botwatch-{step}-{args.date}")
-    print(json.dumps({"step": step, "run_date": str(args.date), **steps.STEPS[step](spark, conf, args.date)}, default=str))
+    if step in nightly.STEP_IO:
+        try:
+            result = nightly.run_steps(spark, conf, args.date, [step], force=args.force)[step]
+        except nightly.RunLockedError as exc:
+            print(f"botwatch: {exc}", file=sys.stderr)
+            sys.exit(3)
+    else:
+        result = steps.STEPS[step](spark, conf, args.date)
+    print(json.dumps({"step": step, "run_date": str(args.date), **result}, default=str))

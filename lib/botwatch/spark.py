@@ -91,6 +91,11 @@ def get_spark(conf: Config, app_name: str | None = None):
     settings = session_settings(conf)
     if app_name:
         settings["spark.app.name"] = app_name
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+        # Launched by spark-submit (the DAG): its --master and --jars (the Airflow connection) win,
+        # so pointing the DAG at a cluster is a connection change, not a conf change.
+        for key in ("spark.master", "spark.jars", "spark.driver.memory"):
+            settings.pop(key, None)
     builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -62,8 +62,10 @@ def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 
 
 def validate_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
-    """Check the input tables for D before anything reads them (filled in by the nightly-run work)."""
-    return {"validated": False, "note": "no checks yet"}
+    """Check the input tables for D before anything reads them; D's bad rows move to ``quarantine``."""
+    from botwatch.validate import validate_inputs
+
+    return validate_inputs(spark, warehouse_path(conf), run_date)
 
 
 def score_stage1_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
@@ -100,8 +102,13 @@ def score_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 
 
 def publish_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
-    """Make D's scores visible to consumers (``scores_latest``)."""
-    return {"published": False}
+    """Make D's scores visible to consumers (``scores_latest``), then scheduled table maintenance."""
+    from botwatch.maintenance import maintain
+    from botwatch.scoring.latest import publish_latest
+
+    warehouse = warehouse_path(conf)
+    published = publish_latest(spark, warehouse, run_date)
+    return {**published, **maintain(spark, warehouse, run_date, conf.section("maintenance"))}
 
 
 def monitor_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
@@ -130,8 +137,9 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.registry import NoChampionError
     from botwatch.schemas import SchemaMismatchError
     from botwatch.training import NotEnoughLabelsError
+    from botwatch.validate import NoEventsError
 
-    return (TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError)
+    return (TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError)
 
 
 # Failures a user can act on: the CLI prints their message instead of a traceback.

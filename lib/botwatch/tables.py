@@ -20,6 +20,8 @@ REVIEW_QUEUE = "review_queue"
 METRICS = "metrics"
 DRIFT = "drift"
 EMBEDDING_CACHE = "embedding_cache"
+RUN_LOG = "run_log"  # one row per (run_date, step) of the nightly run: status, input versions
+RUN_LOCK = "run_lock"  # one row per run date being run (botwatch.nightly.DateLock)
 
 INPUT_TABLES = (ACCOUNTS, EVENTS, EDGES, LABELS)
 

@@ -1,0 +1,43 @@
+"""``scores_latest``: one row per account, its most recent score, kept by the publish step.
+
+One MERGE keyed on ``account_id`` whose source is only D's partition of ``scores`` (a partition
+filter: the cost is one day's scores, not the history). A row is replaced only by a score of the
+same or a later run date, so rerunning an old date never overwrites a newer score, and rerunning D
+leaves the table as it was.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from botwatch import tables as t
+from botwatch.delta_io import read_table, table_exists, write_table
+
+LATEST_COLUMNS = (t.ACCOUNT_ID, t.RUN_DATE, t.STAGE1_SCORE, t.STAGE2_SCORE, t.SCORE, t.DECISION, t.MODEL_VERSION)
+OPTIONAL_COLUMNS = ("reason_codes",)
+
+
+def publish_latest(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict:
+    """MERGE D's scores into ``scores_latest``; returns the number of D's scores offered."""
+    scores = read_table(spark, warehouse, t.SCORES)
+    cols = [*LATEST_COLUMNS, *[c for c in OPTIONAL_COLUMNS if c in scores.columns]]
+    today = scores.where(F.col(t.RUN_DATE) == F.lit(run_date)).select(*cols)
+    n = today.count()
+    if n == 0:
+        return {"published": 0}
+    if not table_exists(spark, warehouse, t.SCORES_LATEST):
+        write_table(today, warehouse, t.SCORES_LATEST)
+        return {"published": n}
+    from delta.tables import DeltaTable
+
+    target = DeltaTable.forPath(spark, t.table_path(warehouse, t.SCORES_LATEST))
+    (
+        target.alias("l")
+        .merge(today.alias("s"), f"l.{t.ACCOUNT_ID} = s.{t.ACCOUNT_ID}")
+        .whenMatchedUpdateAll(condition=f"s.{t.RUN_DATE} >= l.{t.RUN_DATE}")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    return {"published": n}

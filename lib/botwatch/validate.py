@@ -1,0 +1,128 @@
+"""The nightly run's first step: check the input tables for run date D before anything reads them.
+
+Fatal problems stop the run with a named error that says what to do: an input table missing
+(:class:`~botwatch.delta_io.TableMissingError`), a table without the contract's columns and types
+(:class:`~botwatch.schemas.SchemaMismatchError`), or no events on D (:class:`NoEventsError`).
+
+Row problems do not stop the run: D's new rows (events of D, edges created on D, labels made on D)
+go through the same checks as ``botwatch ingest`` (:func:`botwatch.ingest.tag_rows`); a bad row is
+moved out of its input table and into ``quarantine`` with its reason. Quarantine rows are added
+with an insert-only MERGE keyed on the whole row, never with ``replaceWhere``: ingest's rows for D
+(same table names, same run_date) stay, and rerunning D adds nothing twice.
+
+Usage::
+
+    summary = validate_inputs(spark, warehouse, date(2026, 1, 12))
+    summary["counts"]["events"]     # events on D
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from botwatch import tables as t
+from botwatch.delta_io import read_table, table_exists, write_table
+from botwatch.ingest import _REASON, good_rows, quarantine_rows, tag_rows
+from botwatch.schemas import INPUT_SCHEMAS, require_columns
+
+
+class NoEventsError(RuntimeError):
+    """The events table has no rows for the run date: the upstream load for D has not landed."""
+
+
+# Which rows of each input table are "D's new rows" (the ones validate checks each night).
+def _rows_of_day(table: str, run_date: dt.date) -> Column | None:
+    day = F.lit(run_date)
+    if table == t.EVENTS:
+        return F.col(t.EVENT_DATE) == day  # a partition: pruned
+    if table == t.EDGES:
+        return F.to_date(F.col(t.CREATED_AT)) == day
+    if table == t.LABELS:
+        return F.to_date(F.col(t.LABELED_AT)) == day
+    if table == t.ACCOUNTS:
+        return F.to_date(F.col(t.CREATED_AT)) == day
+    return None
+
+
+def check_schemas(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
+    """Every input table, read and checked against the contract's columns and types."""
+    frames = {}
+    for table, schema in INPUT_SCHEMAS.items():
+        df = read_table(spark, warehouse, table)  # TableMissingError names the table and the fix
+        required = {f.name: f.dataType for f in schema.fields if f.name != t.EVENT_DATE or table == t.EVENTS}
+        # Producer-optional columns (signup ip/device) may be absent; the rest must be there and typed.
+        optional = {t.SIGNUP_IP_HASH, t.SIGNUP_DEVICE_ID}
+        frames[table] = require_columns(
+            df, {k: v for k, v in required.items() if k not in optional}, f"input table '{table}'"
+        )
+    return frames
+
+
+def add_quarantine_rows(spark: SparkSession, warehouse: str, rows: DataFrame) -> None:
+    """Insert ``rows`` (``QUARANTINE_SCHEMA``) into ``quarantine`` unless an identical row is there."""
+    if not table_exists(spark, warehouse, t.QUARANTINE):
+        write_table(rows, warehouse, t.QUARANTINE, mode="overwrite")
+        return
+    from delta.tables import DeltaTable
+
+    target = DeltaTable.forPath(spark, t.table_path(warehouse, t.QUARANTINE))
+    key = " AND ".join(f"q.`{c}` <=> n.`{c}`" for c in (t.TABLE, t.REASON, t.RUN_DATE, t.ROW_JSON))
+    target.alias("q").merge(rows.alias("n"), key).whenNotMatchedInsertAll().execute()
+
+
+def _remove_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, good: DataFrame,
+                     bad_contract: DataFrame) -> None:
+    """Take the bad rows of D out of the input table (one Delta commit)."""
+    if table == t.EVENTS:
+        # Events of D are one partition: replace it with its good rows (duplicates keep one copy).
+        # Materialised first: the new partition must not be recomputed from the table it replaces.
+        write_table(good.localCheckpoint(), warehouse, t.EVENTS, partition_by=[t.EVENT_DATE],
+                    replace_where=f"{t.EVENT_DATE} = '{run_date.isoformat()}'")
+        return
+    from delta.tables import DeltaTable
+
+    cols = [f.name for f in INPUT_SCHEMAS[table].fields]
+    target = DeltaTable.forPath(spark, t.table_path(warehouse, table))
+    key = " AND ".join(f"x.`{c}` <=> b.`{c}`" for c in cols)
+    target.alias("x").merge(bad_contract.dropDuplicates().alias("b"), key).whenMatchedDelete().execute()
+
+
+def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict:
+    """The validate step for D: schemas, D has events, per-table counts for D, bad rows of D
+    moved to ``quarantine``. Returns ``{"counts": {table: rows of D}, "quarantined": {table: n}}``."""
+    frames = check_schemas(spark, warehouse)
+    events_d = frames[t.EVENTS].where(_rows_of_day(t.EVENTS, run_date))
+    if events_d.limit(1).count() == 0:
+        raise NoEventsError(
+            f"no events for {run_date} in {t.table_path(warehouse, t.EVENTS)} (partition "
+            f"{t.EVENT_DATE}={run_date}). Load that day's events first (`botwatch ingest` or the upstream "
+            "export), then rerun the date."
+        )
+    known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
+    counts, quarantined = {}, {}
+    for table in (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS):
+        day_rows = frames[table].where(_rows_of_day(table, run_date))
+        if table == t.ACCOUNTS:
+            counts["accounts_total"] = frames[table].count()
+            counts["accounts_new"] = day_rows.count()
+            continue
+        cols = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
+        tagged = tag_rows(day_rows.select(*cols), table, run_date, known_accounts=known).cache()
+        try:
+            reasons = {r[0]: r[1] for r in tagged.groupBy(_REASON).count().collect()}
+            counts[table] = sum(reasons.values())
+            n_bad = sum(v for k, v in reasons.items() if k is not None)
+            quarantined[table] = n_bad
+            if n_bad:
+                bad = tagged.where(F.col(_REASON).isNotNull())
+                add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date))
+                contract = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
+                bad_contract = bad.select(*contract)
+                if table == t.EVENTS:
+                    bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
+                _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract)
+        finally:
+            tagged.unpersist()
+    return {"counts": counts, "quarantined": quarantined}

@@ -1,0 +1,357 @@
+"""The nightly run (botwatch.nightly, validate, publish): skip logic, run log, the date lock,
+the ``scores_latest`` MERGE, and on the shared simulated platform: a rerun gives identical
+tables with no duplicate keys, and a run that fails midway then reruns ends where an
+uninterrupted run ends."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import threading
+
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import nightly, steps
+from botwatch import tables as t
+from botwatch.delta_io import TableMissingError, read_table, table_exists, write_table
+from botwatch.ingest import write_quarantine
+from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, SchemaMismatchError
+from botwatch.scoring.latest import publish_latest
+from botwatch.validate import NoEventsError, validate_inputs
+from tests.helpers import copy_warehouse
+
+D = dt.date(2026, 1, 12)
+
+
+def ts(day: dt.date, hour: int = 12, minute: int = 0) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, hour, minute)
+
+
+def write_inputs(spark, warehouse: str, *, events=None, edges=None, labels=None, accounts=None) -> None:
+    accounts = accounts if accounts is not None else [
+        (1, ts(dt.date(2025, 1, 1)), "US", False, 0.5, None, None),
+        (2, ts(dt.date(2025, 6, 1)), "DE", False, 0.7, None, None),
+        (3, ts(D, 3), "JP", True, 0.2, None, None),
+    ]
+    events = events if events is not None else [(1, ts(D, 9), "post", "ip1", "dev1", D)]
+    edges = edges if edges is not None else [(1, 2, ts(dt.date(2025, 7, 1)))]
+    labels = labels if labels is not None else [(2, 0, "appeal", ts(dt.date(2025, 12, 1)))]
+    for table, rows in ((t.ACCOUNTS, accounts), (t.EVENTS, events), (t.EDGES, edges), (t.LABELS, labels)):
+        df = spark.createDataFrame(rows, INPUT_SCHEMAS[table])
+        write_table(df, warehouse, table, partition_by=[t.EVENT_DATE] if table == t.EVENTS else ())
+
+
+# ---------------------------------------------------------------- validate
+
+
+def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spark, warehouse):
+    before = D - dt.timedelta(days=1)
+    events = [
+        (1, ts(D, 9), "post", "ip1", "dev1", D),
+        (1, ts(D, 9), "post", "ip1", "dev1", D),        # exact duplicate: one copy stays
+        (99, ts(D, 10), "like", "ip2", "dev2", D),      # unknown account
+        (2, ts(D, 11), "teleport", "ip3", "dev3", D),   # unknown event type
+        (2, ts(D, 12), "like", "ip3", "dev3", D),
+        (99, ts(before, 10), "like", "ip2", "dev2", before),  # bad, but not D's: left for D-1's run
+    ]
+    edges = [(1, 2, ts(dt.date(2025, 7, 1))), (3, 3, ts(D, 5)), (2, 1, ts(D, 6))]  # a self-follow on D
+    labels = [(2, 0, "appeal", ts(dt.date(2025, 12, 1))), (1, 1, "psychic", ts(D, 8)), (1, 1, "investigator", ts(D, 9))]
+    write_inputs(spark, warehouse, events=events, edges=edges, labels=labels)
+    # A row ingest put in quarantine for D (same table name): validate must not erase it.
+    ingest_row = spark.createDataFrame([("events", "bad_type", D, '{"account_id": "x"}')], QUARANTINE_SCHEMA)
+    write_quarantine(ingest_row, warehouse, D, ["events"])
+
+    got = validate_inputs(spark, warehouse, D)
+
+    assert got["counts"] == {"accounts_total": 3, "accounts_new": 1, "events": 5, "edges": 2, "labels": 2}
+    assert got["quarantined"] == {"events": 3, "edges": 1, "labels": 1}
+    q = read_table(spark, warehouse, t.QUARANTINE).toPandas()
+    reasons = sorted(zip(q[t.TABLE], q[t.REASON], strict=True))
+    assert reasons == sorted([
+        ("events", "bad_type"), ("events", "duplicate_event"), ("events", "unknown_account"),
+        ("events", "unknown_event_type"), ("edges", "self_follow"), ("labels", "unknown_label_source"),
+    ])
+    ev = read_table(spark, warehouse, t.EVENTS).toPandas()
+    assert sorted(zip(ev[t.ACCOUNT_ID], ev[t.EVENT_TYPE], ev[t.EVENT_DATE], strict=True)) == sorted([
+        (1, "post", D), (2, "like", D), (99, "like", before),
+    ])
+    assert sorted(map(tuple, read_table(spark, warehouse, t.EDGES).select(t.SRC, t.DST).collect())) == [(1, 2), (2, 1)]
+    assert sorted(r[t.SOURCE] for r in read_table(spark, warehouse, t.LABELS).collect()) == ["appeal", "investigator"]
+
+    # A rerun finds nothing new and adds nothing twice.
+    again = validate_inputs(spark, warehouse, D)
+    assert again["quarantined"] == {"events": 0, "edges": 0, "labels": 0}
+    assert read_table(spark, warehouse, t.QUARANTINE).count() == len(q)
+
+
+def test_validate_says_what_is_wrong(spark, warehouse):
+    with pytest.raises(TableMissingError, match="accounts"):
+        validate_inputs(spark, warehouse, D)
+    write_inputs(spark, warehouse)
+    with pytest.raises(NoEventsError, match="no events for 2026-01-13"):
+        validate_inputs(spark, warehouse, D + dt.timedelta(days=1))
+    bad = read_table(spark, warehouse, t.LABELS).withColumn(t.LABEL, F.col(t.LABEL).cast("string"))
+    write_table(bad, warehouse, t.LABELS, overwrite_schema=True)
+    with pytest.raises(SchemaMismatchError, match="label is string, want int"):
+        validate_inputs(spark, warehouse, D)
+
+
+# ---------------------------------------------------------------- scores_latest
+
+SCORES_SCHEMA = T.StructType([
+    T.StructField(t.ACCOUNT_ID, T.LongType()), T.StructField(t.RUN_DATE, T.DateType()),
+    T.StructField(t.STAGE1_SCORE, T.DoubleType()), T.StructField(t.STAGE2_SCORE, T.DoubleType()),
+    T.StructField(t.SCORE, T.DoubleType()), T.StructField(t.DECISION, T.StringType()),
+    T.StructField(t.MODEL_VERSION, T.StringType()),
+])
+
+
+def test_scores_latest_keeps_each_accounts_newest_score(spark, warehouse):
+    d1, d2 = D, D + dt.timedelta(days=1)
+    rows = [(a, d1, a / 10, None, a / 10, "none", "v1") for a in range(1, 6)]
+    rows += [(a, d2, a / 20, 0.5, a / 20 + 0.01, "review", "v2") for a in (2, 4, 6)]
+    write_table(spark.createDataFrame(rows, SCORES_SCHEMA), warehouse, t.SCORES, partition_by=[t.RUN_DATE])
+    publish_latest(spark, warehouse, d1)
+    publish_latest(spark, warehouse, d2)
+    publish_latest(spark, warehouse, d1)  # rerunning an old date must not bring old scores back
+    publish_latest(spark, warehouse, d2)
+    latest = read_table(spark, warehouse, t.SCORES_LATEST).toPandas().sort_values(t.ACCOUNT_ID)
+    ref = pd.DataFrame(rows, columns=SCORES_SCHEMA.names).sort_values(t.RUN_DATE).groupby(t.ACCOUNT_ID).tail(1)
+    ref = ref.sort_values(t.ACCOUNT_ID)
+    assert latest[t.ACCOUNT_ID].tolist() == ref[t.ACCOUNT_ID].tolist() == [1, 2, 3, 4, 5, 6]
+    assert latest[t.RUN_DATE].tolist() == ref[t.RUN_DATE].tolist()
+    assert latest[t.SCORE].tolist() == pytest.approx(ref[t.SCORE].tolist())
+    assert latest[t.DECISION].tolist() == ref[t.DECISION].tolist()
+    # Each MERGE read only its date's partition of scores.
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(warehouse, t.SCORES_LATEST)}`").collect()
+    assert [h["operation"] for h in history].count("MERGE") == 3
+
+
+# ---------------------------------------------------------------- skip logic (tiny fake steps)
+
+IN, MID, OUT = "fake_in", "fake_mid", "fake_out"
+
+
+@pytest.fixture
+def fake_pipeline(spark, monkeypatch, test_conf):
+    """Two steps a (IN -> MID) and b (MID -> OUT) in place of the real ones; counts their calls."""
+    calls: list[str] = []
+    fail = {"b": False}
+    schema = T.StructType([T.StructField(t.RUN_DATE, T.DateType()), T.StructField("x", T.LongType())])
+
+    def step_a(spark_, conf, run_date):
+        calls.append("a")
+        wh = conf["warehouse"]
+        n = read_table(spark_, wh, IN).count()
+        write_table(spark_.createDataFrame([(run_date, n)], schema), wh, MID, partition_by=[t.RUN_DATE],
+                    replace_where=f"run_date = '{run_date}'")
+        return {"n": n}
+
+    def step_b(spark_, conf, run_date):
+        calls.append("b")
+        wh = conf["warehouse"]
+        mid = read_table(spark_, wh, MID).where(F.col(t.RUN_DATE) == run_date).withColumn("x", F.col("x") * 2)
+        write_table(mid, wh, OUT, partition_by=[t.RUN_DATE], replace_where=f"run_date = '{run_date}'")
+        if fail["b"]:
+            raise RuntimeError("injected")
+        return {}
+
+    monkeypatch.setattr(nightly, "STEP_IO", {
+        "a": nightly.StepIO((IN,), (MID,), (MID, t.RUN_DATE)),
+        "b": nightly.StepIO((MID,), (OUT,), (OUT, t.RUN_DATE)),
+    })
+    monkeypatch.setattr(nightly, "NEEDS", {})
+    monkeypatch.setitem(steps.STEPS, "a", step_a)
+    monkeypatch.setitem(steps.STEPS, "b", step_b)
+    monkeypatch.setattr(steps, "RUN_ORDER", ("a", "b"))
+    write_table(spark.createDataFrame([(D, 1)], schema), test_conf["warehouse"], IN)
+    return test_conf, calls, fail
+
+
+def statuses(results: dict) -> dict:
+    return {k: v["status"] for k, v in results.items()}
+
+
+def test_skip_logic_reruns_exactly_what_changed(spark, fake_pipeline):
+    conf, calls, fail = fake_pipeline
+    wh = conf["warehouse"]
+    run = lambda **kw: statuses(nightly.run_steps(spark, conf, D, echo=lambda _: None, **kw))  # noqa: E731
+
+    assert run() == {"a": "ok", "b": "ok"}
+    assert run() == {"a": "skipped", "b": "skipped"}
+    assert calls == ["a", "b"]
+    # Maintenance commits change no data: still skipped.
+    spark.sql(f"OPTIMIZE delta.`{t.table_path(wh, MID)}`")
+    assert run() == {"a": "skipped", "b": "skipped"}
+    # A new input row: a reruns, rewrites MID, so b reruns too.
+    write_table(spark.createDataFrame([(D, 2)], "run_date date, x long"), wh, IN, mode="append")
+    assert run() == {"a": "ok", "b": "ok"}
+    assert read_table(spark, wh, OUT).first()["x"] == 4
+    # b's output for D deleted: only b reruns.
+    from delta.tables import DeltaTable
+
+    DeltaTable.forPath(spark, t.table_path(wh, OUT)).delete(F.col(t.RUN_DATE) == D)
+    assert run() == {"a": "skipped", "b": "ok"}
+    # force reruns everything.
+    assert run(force=True) == {"a": "ok", "b": "ok"}
+    assert calls == ["a", "b", "a", "b", "b", "a", "b"]
+    # A whole run is logged; the run log has one row per (date, step).
+    log = read_table(spark, wh, t.RUN_LOG).toPandas()
+    assert sorted(log["step"]) == ["_run", "a", "b"]
+    assert nightly.date_finished(spark, wh, D)
+
+
+def test_failed_step_resumes_from_where_it_stopped(spark, fake_pipeline):
+    conf, calls, fail = fake_pipeline
+    fail["b"] = True
+    with pytest.raises(nightly.StepFailedError, match="step 'b' failed for 2026-01-12: injected"):
+        nightly.run_steps(spark, conf, D, echo=lambda _: None)
+    assert not nightly.date_finished(spark, conf["warehouse"], D)
+    fail["b"] = False
+    assert statuses(nightly.run_steps(spark, conf, D, echo=lambda _: None)) == {"a": "skipped", "b": "ok"}
+    assert calls == ["a", "b", "b"]
+    # The lock was released after the failure, and each commit names its step and date.
+    assert read_table(spark, conf["warehouse"], t.RUN_LOCK).count() == 0
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(conf['warehouse'], OUT)}`").collect()
+    assert [json.loads(h["userMetadata"]) for h in history] == [{"run_date": "2026-01-12", "step": "b"}] * 2
+
+
+def test_backfill_runs_dates_in_order_and_skips_finished_ones(spark, fake_pipeline):
+    conf, calls, fail = fake_pipeline
+    d2 = D + dt.timedelta(days=2)
+    seen: list[str] = []
+    out = nightly.backfill(spark, conf, D, d2, echo=seen.append, progress=False)
+    assert list(out) == [D, D + dt.timedelta(days=1), d2] and set(out.values()) == {"done"}
+    again = nightly.backfill(spark, conf, D, d2, echo=seen.append, progress=False)
+    assert set(again.values()) == {"already done"}
+    assert calls == ["a", "b"] * 3
+    mid = read_table(spark, conf["warehouse"], MID).orderBy(t.RUN_DATE).collect()
+    assert [r[t.RUN_DATE] for r in mid] == list(out)
+
+
+# ---------------------------------------------------------------- the date lock
+
+
+def test_second_run_for_a_date_fails_clearly_while_the_first_holds_the_lock(spark, fake_pipeline):
+    conf, calls, fail = fake_pipeline
+    wh = conf["warehouse"]
+    with nightly.DateLock(spark, wh, D, stale_hours=12):
+        with pytest.raises(nightly.RunLockedError, match="another run for 2026-01-12 is in progress"):
+            nightly.run_steps(spark, conf, D, echo=lambda _: None)
+        assert calls == [] and not table_exists(spark, wh, MID)
+        # Other dates are not blocked.
+        nightly.run_steps(spark, conf, D + dt.timedelta(days=1), echo=lambda _: None)
+    assert statuses(nightly.run_steps(spark, conf, D, echo=lambda _: None)) == {"a": "ok", "b": "ok"}
+
+
+def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):
+    outcomes: list[str] = []
+    barrier = threading.Barrier(3)
+
+    def attempt():
+        lock = nightly.DateLock(spark, warehouse, D, stale_hours=12)
+        barrier.wait()
+        try:
+            lock.acquire()
+            outcomes.append("won")
+        except nightly.RunLockedError:
+            outcomes.append("lost")
+
+    nightly.ensure_table(spark, warehouse, t.RUN_LOCK, nightly.LOCK_SCHEMA, **{"delta.isolationLevel": "Serializable"})
+    threads = [threading.Thread(target=attempt) for _ in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(outcomes) == ["lost", "lost", "won"]
+    assert read_table(spark, warehouse, t.RUN_LOCK).count() == 1
+    # A stale lock (its run died) is taken over; break_lock removes one at once.
+    stale = nightly.DateLock(spark, warehouse, D, stale_hours=0)
+    stale.acquire()
+    assert nightly.break_lock(spark, warehouse, D)
+    assert read_table(spark, warehouse, t.RUN_LOCK).count() == 0
+
+
+# ---------------------------------------------------------------- the real run on the platform
+
+CHECKED_TABLES = (t.ACTIVITY_DAILY, t.FEATURES, t.SCORES, t.SCORES_LATEST, t.QUARANTINE, t.MODEL_REGISTRY,
+                  t.EVENTS, t.LABELS, t.EDGES)
+KEYS = {
+    t.ACTIVITY_DAILY: (t.ACCOUNT_ID, t.DAY), t.FEATURES: (t.ACCOUNT_ID, t.RUN_DATE),
+    t.SCORES: (t.ACCOUNT_ID, t.RUN_DATE), t.SCORES_LATEST: (t.ACCOUNT_ID,), t.RUN_LOG: (t.RUN_DATE, "step"),
+    t.MODEL_REGISTRY: (t.MODEL_NAME, t.VERSION),
+}
+
+
+def checksum(spark, warehouse: str, table: str) -> str:
+    """SHA-256 of the table's rows in a canonical order (pandas, independent of Spark's hashing)."""
+    if not table_exists(spark, warehouse, table):
+        return "absent"
+    df = read_table(spark, warehouse, table)
+    df = df.drop(*[c for c in ("artifact_path",) if c in df.columns])  # warehouse-specific path
+    cols = sorted(df.columns)
+    pdf = df.select(*[F.to_json(F.struct(c)).alias(c) for c in cols]).toPandas()
+    pdf = pdf.sort_values(cols).reset_index(drop=True)
+    return hashlib.sha256(pdf.to_csv(index=False).encode()).hexdigest()
+
+
+def checksums(spark, warehouse: str) -> dict[str, str]:
+    return {table: checksum(spark, warehouse, table) for table in CHECKED_TABLES}
+
+
+@pytest.fixture(scope="module")
+def full_run(spark, platform, tmp_path_factory):
+    """One uninterrupted run of the platform's last feature date; (conf, date, checksums, results)."""
+    pconf, dates = platform
+    wh = copy_warehouse(pconf["warehouse"], tmp_path_factory.mktemp("full") / "wh")
+    conf = pconf.with_overrides([f"warehouse={wh}", "train.n_bootstrap=20"])
+    results = nightly.run_steps(spark, conf, dates[-1], echo=lambda _: None)
+    return conf, dates[-1], checksums(spark, wh), results
+
+
+def test_full_run_writes_every_step_and_a_rerun_changes_nothing(spark, full_run):
+    conf, day, sums, results = full_run
+    wh = conf["warehouse"]
+    assert statuses(results) == {s: "ok" for s in steps.RUN_ORDER}
+    n = read_table(spark, wh, t.FEATURES).where(F.col(t.RUN_DATE) == day).count()
+    assert read_table(spark, wh, t.SCORES).where(F.col(t.RUN_DATE) == day).count() == n > 0
+    assert read_table(spark, wh, t.SCORES_LATEST).count() == n
+    # Skipped rerun, then a forced one: both leave every table as it was, keys unique.
+    assert statuses(nightly.run_steps(spark, conf, day, echo=lambda _: None)) == {s: "skipped" for s in steps.RUN_ORDER}
+    forced = nightly.run_steps(spark, conf, day, force=True, echo=lambda _: None)
+    assert set(statuses(forced).values()) == {"ok"}
+    assert checksums(spark, wh) == sums
+    for table, keys in KEYS.items():
+        df = read_table(spark, wh, table)
+        assert df.count() == df.select(*keys).distinct().count(), table
+    # DESCRIBE HISTORY reads as a run log: each write names its step and the date.
+    for table, step in ((t.FEATURES, "features"), (t.SCORES_LATEST, "publish"), (t.QUARANTINE, None)):
+        if step is None:
+            continue
+        meta = [json.loads(h["userMetadata"]) for h in
+                spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(wh, table)}`").collect() if h["userMetadata"]]
+        assert {"run_date": day.isoformat(), "step": step} in meta
+
+
+def test_failure_midway_then_rerun_ends_like_an_uninterrupted_run(spark, platform, full_run, tmp_path, monkeypatch):
+    pconf, dates = platform
+    _, day, sums, _ = full_run
+    wh = copy_warehouse(pconf["warehouse"], tmp_path / "wh")
+    conf = pconf.with_overrides([f"warehouse={wh}", "train.n_bootstrap=20"])
+    real = steps.STEPS["score_stage1"]
+
+    def crash_after_writing(spark_, conf_, run_date):
+        real(spark_, conf_, run_date)  # the scores partition is written, then the process dies
+        raise RuntimeError("injected crash")
+
+    monkeypatch.setitem(steps.STEPS, "score_stage1", crash_after_writing)
+    with pytest.raises(nightly.StepFailedError, match="score_stage1"):
+        nightly.run_steps(spark, conf, day, echo=lambda _: None)
+    monkeypatch.setitem(steps.STEPS, "score_stage1", real)
+    resumed = statuses(nightly.run_steps(spark, conf, day, echo=lambda _: None))
+    assert resumed == {"validate": "skipped", "activity": "skipped", "features": "skipped", "train": "skipped",
+                       "score_stage1": "ok", "score_stage2": "ok", "publish": "ok", "monitor": "ok"}
+    assert checksums(spark, wh) == sums
