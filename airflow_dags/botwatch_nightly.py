@@ -1,0 +1,99 @@
+"""The botwatch nightly DAG: one Spark job per pipeline step for the logical date ``{{ ds }}``.
+
+Each task runs ``jobs/<step>.py`` through ``SparkSubmitOperator`` on the connection
+``spark_default`` (default ``local[*]``; pointing it at YARN or Kubernetes is a connection change,
+not a code change). The stage-2 (torch) task runs in the Airflow pool ``gpu``. Nothing heavy is
+imported here: the DAG file only names paths and templates.
+
+Every job goes through ``botwatch.nightly`` (date lock, run log, skip when done and inputs are
+unchanged), so clearing a task reruns only what changed; ``catchup=True`` makes Airflow's own
+backfill (``airflow backfill create``) run the dates in order, one DAG run at a time.
+
+Knobs (environment, so that parsing the file stays cheap): ``BOTWATCH_HOME`` (project folder;
+default: this file's parent's parent), ``BOTWATCH_CONF`` (conf file, default ``conf/local.yaml``),
+``BOTWATCH_WAREHOUSE`` (overrides the conf's warehouse), ``BOTWATCH_JARS`` (jars folder),
+``BOTWATCH_START_DATE`` (first logical date, default 2026-01-05), ``BOTWATCH_DRIVER_MEMORY``
+(spark-submit ``--driver-memory``, default 4g), ``BOTWATCH_SETS`` (extra ``key=value`` conf
+overrides, separated by ``;``).
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG
+
+HOME = Path(os.environ.get("BOTWATCH_HOME", Path(__file__).resolve().parents[1]))
+CONF = os.environ.get("BOTWATCH_CONF", str(HOME / "conf" / "local.yaml"))
+WAREHOUSE = os.environ.get("BOTWATCH_WAREHOUSE", "")
+JARS_DIR = Path(os.environ.get("BOTWATCH_JARS", HOME / "jvm" / "jars"))
+SETS = [s for s in os.environ.get("BOTWATCH_SETS", "").split(";") if s.strip()]
+START_DATE = pendulum.parse(os.environ.get("BOTWATCH_START_DATE", "2026-01-05"), tz="UTC")
+# spark-submit's --driver-memory: the driver JVM starts before the job reads its conf.
+DRIVER_MEMORY = os.environ.get("BOTWATCH_DRIVER_MEMORY", "4g")
+
+# (task id = job file, pool), in the pipeline's order (botwatch.steps.RUN_ORDER).
+STEPS = (
+    ("validate", None),
+    ("activity", None),
+    ("features", None),
+    ("train", None),
+    ("score_stage1", None),
+    ("score_stage2", "gpu"),
+    ("publish", None),
+    ("monitor", None),
+)
+GPU_POOL = "gpu"
+
+
+def _jars() -> str | None:
+    # A directory listing only: the jars were fetched at setup time, never at run time.
+    jars = sorted(str(p) for p in JARS_DIR.glob("*.jar")) if JARS_DIR.is_dir() else []
+    return ",".join(jars) or None
+
+
+def _args() -> list[str]:
+    args = ["--date", "{{ ds }}", "--conf", CONF]
+    if WAREHOUSE:
+        args += ["--warehouse", WAREHOUSE]
+    for item in SETS:
+        args += ["--set", item.strip()]
+    return args
+
+
+with DAG(
+    dag_id="botwatch_nightly",
+    description="Nightly bot-detection scoring: validate, activity, features, train, score, publish, monitor",
+    schedule="@daily",
+    start_date=START_DATE,
+    catchup=True,
+    max_active_runs=1,
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=5),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(hours=1),
+    },
+    tags=["botwatch"],
+) as dag:
+    previous = None
+    for step, pool in STEPS:
+        task = SparkSubmitOperator(
+            task_id=step,
+            application=str(HOME / "jobs" / f"{step}.py"),
+            application_args=_args(),
+            conn_id="spark_default",
+            jars=_jars(),
+            driver_memory=DRIVER_MEMORY,
+            name=f"botwatch-{step}-{{{{ ds }}}}",
+            pool=pool or "default_pool",
+            # The job's package must import on the driver: the project's lib/ on PYTHONPATH
+            # covers a checkout that is not pip-installed in the worker's environment.
+            env_vars={"PYTHONUNBUFFERED": "1", "PYTHONPATH": str(HOME / "lib")},
+        )
+        if previous is not None:
+            previous >> task
+        previous = task
