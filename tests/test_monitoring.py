@@ -241,3 +241,253 @@ def test_prevalence_from_the_queue_in_spark(spark, queue):
     ref = stratified_estimate(groups["N"], groups["n"], groups["y"])
     assert est["estimate"] == pytest.approx(ref["estimate"]) and est["se"] == pytest.approx(ref["se"])
     assert est["low"] <= pdf["bot"].mean() <= est["high"]
+
+
+# ---- the monitor step end to end, on hand-built tables -------------------------------------
+
+import datetime as dt  # noqa: E402
+import html as html_lib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+DAY = dt.date(2026, 3, 10)
+TRAIN_DAY = DAY - dt.timedelta(days=6)
+N_ACC = 3000
+
+
+def _accounts(seed: int = 5):
+    rng = np.random.default_rng(seed)
+    bot = (rng.random(N_ACC) < 0.05).astype(int)
+    country = rng.choice(["US", "IN", "BR"], N_ACC)
+    new = rng.random(N_ACC) < 0.2
+    return bot, country, new
+
+
+def _features(day: dt.date, drift: float, seed: int, broken: bool = False) -> pd.DataFrame:
+    bot, country, new = _accounts()
+    rng = np.random.default_rng(seed)
+    f_drift = rng.normal(size=N_ACC) + drift
+    return pd.DataFrame({
+        "account_id": np.arange(N_ACC, dtype="int64"), "run_date": day, "country": country, "is_new_account": new,
+        "f_drift": f_drift if not broken else np.full(N_ACC, np.nan),
+        "f_stable": rng.lognormal(size=N_ACC) + bot, "f_count": rng.poisson(3, N_ACC).astype("int64"),
+    })
+
+
+def _scores(day: dt.date, seed: int) -> pd.DataFrame:
+    bot, _, _ = _accounts()
+    rng = np.random.default_rng(seed)
+    score = np.where(bot == 1, rng.beta(4, 2, N_ACC), rng.beta(0.6, 25, N_ACC))
+    decision = np.where(score >= 0.8, "action", np.where(score >= 0.7, "review", "none"))
+    ids = np.arange(N_ACC, dtype="int64")
+    holdout = (decision == "action") & (ids % 7 == 0)
+    return pd.DataFrame({
+        "account_id": ids, "run_date": day, "stage1_score": score, "score": score, "decision": decision,
+        "model_version": "stage1_xgb:1", "stage2_reached": score >= 0.5, "holdout": holdout,
+        "actioned": (decision == "action") & ~holdout, "golden": False,
+    })
+
+
+def _labels_for(ids: np.ndarray, day: dt.date) -> pd.DataFrame:
+    """Simulated investigators: the truth for the queued accounts (tests only)."""
+    bot, _, _ = _accounts()
+    return pd.DataFrame({
+        "account_id": ids.astype("int64"), "label": bot[ids].astype("int32"), "source": "investigator",
+        "labeled_at": pd.Timestamp(day) + pd.Timedelta(hours=12),
+    })
+
+
+def _write(spark, pdf: pd.DataFrame, warehouse: str, table: str, mode: str = "append") -> None:
+    from botwatch.delta_io import write_table
+
+    df = spark.createDataFrame(pdf)
+    if "run_date" in pdf:
+        df = df.withColumn("run_date", df["run_date"].cast("date"))
+    if "label" in pdf:
+        df = df.withColumn("label", df["label"].cast("int"))
+    write_table(df, warehouse, table, mode=mode, partition_by=["run_date"] if "run_date" in pdf else [])
+
+
+@pytest.fixture(scope="module")
+def monitored(spark, tmp_path_factory):
+    """Two monitored days: D-1 (queue then labelled by simulated investigators) and D, where
+    f_drift has shifted by one standard deviation since the model's training date."""
+    from botwatch import registry
+    from botwatch.monitoring.drift import reference_profile
+    from botwatch.monitoring.run import MonitorParams, monitor
+
+    wh = str(tmp_path_factory.mktemp("monitor_wh"))
+    feats = [_features(TRAIN_DAY, 0.0, 1), _features(DAY - dt.timedelta(days=1), 0.0, 2), _features(DAY, 1.0, 3)]
+    _write(spark, pd.concat(feats, ignore_index=True), wh, "features")
+    _write(spark, pd.concat([_scores(DAY - dt.timedelta(days=k), 100 + k) for k in range(7)], ignore_index=True),
+           wh, "scores")
+    art = registry.artifact_dir(wh, "stage1_xgb", 1)
+    cols = ["f_drift", "f_stable", "f_count"]
+    profile = reference_profile(spark.createDataFrame(feats[0]), cols) | {"run_date": TRAIN_DAY.isoformat()}
+    registry.write_artifact(art, "reference.json", profile)
+    registry.write_artifact(art, "features.json", {"features": cols})
+    registry.upsert(spark, wh, registry.ModelRecord("stage1_xgb", 1, "champion", TRAIN_DAY, artifact_path=art,
+                                                    threshold=0.8, train_end=TRAIN_DAY))
+    params = MonitorParams(review_budget=120)
+    first = monitor(spark, wh, DAY - dt.timedelta(days=1), params)
+    queue = spark.read.format("delta").load(f"{wh}/review_queue").toPandas()
+    _write(spark, _labels_for(queue["account_id"].to_numpy(), DAY), wh, "labels")
+    second = monitor(spark, wh, DAY, params)
+    return wh, params, first, second
+
+
+def _table(spark, wh, name):
+    return spark.read.format("delta").load(f"{wh}/{name}").toPandas()
+
+
+def test_monitor_flags_the_drifted_feature_and_sets_the_alert(spark, monitored):
+    wh, params, first, second = monitored
+    drift = _table(spark, wh, "drift")
+    psi = drift[(drift.name == "psi")].pivot_table(index="feature", columns="run_date", values="value")
+    today, yesterday = psi[DAY], psi[DAY - dt.timedelta(days=1)]
+    assert today["f_drift"] > params.psi_soft
+    assert today[["f_stable", "f_count"]].max() < params.psi_soft
+    assert yesterday.max() < params.psi_soft
+    metrics = _table(spark, wh, "metrics").set_index(["run_date", "name"])["value"]
+    assert metrics[(DAY, "drift_alert")] == 1.0 and metrics[(DAY - dt.timedelta(days=1), "drift_alert")] == 0.0
+    assert metrics[(DAY, "drift_hard_alert")] == 0.0
+    assert second["drift_alert"] and not first["drift_alert"]
+
+
+def test_the_alert_makes_the_next_run_retrain(spark, monitored):
+    from botwatch.monitoring.run import drift_alert_before
+    from botwatch.training import needs_training
+
+    wh, _, _, _ = monitored
+    assert drift_alert_before(spark, wh, DAY + dt.timedelta(days=1))
+    assert not drift_alert_before(spark, wh, DAY)  # D-1 was quiet
+    assert not drift_alert_before(spark, wh, DAY - dt.timedelta(days=1))  # nothing before
+    fresh = {"run_date": DAY - dt.timedelta(days=1), "version": 1}
+    nxt = DAY + dt.timedelta(days=1)
+    retrain, reason = needs_training(fresh, nxt, 7, drift_alert_before(spark, wh, nxt))
+    assert retrain and "drift" in reason
+    assert not needs_training(fresh, DAY, 7, drift_alert_before(spark, wh, DAY))[0]
+
+
+def test_monitor_metrics_against_pandas(spark, monitored):
+    wh, params, _, _ = monitored
+    metrics = _table(spark, wh, "metrics").set_index(["run_date", "name"])["value"]
+    scores = _table(spark, wh, "scores")
+    flag = scores.decision.isin(["action", "review"]) | scores.stage2_reached
+    daily = flag.groupby(scores.run_date).mean()
+    assert metrics[(DAY, "flagged_rate")] == pytest.approx(daily[DAY])
+    assert metrics[(DAY, "flagged_rate_trailing")] == pytest.approx(daily.drop(DAY).mean())
+    # past decisions: D-1's decisions against the labels observed on D
+    labels = _table(spark, wh, "labels")
+    d1 = scores[scores.run_date == DAY - dt.timedelta(days=1)].merge(labels, on="account_id")
+    act = d1.decision == "action"
+    assert metrics[(DAY, "past_precision")] == pytest.approx((d1.label[act] == 1).mean())
+    assert metrics[(DAY, "past_recall")] == pytest.approx(act[d1.label == 1].mean())
+    # prevalence from D-1's labelled stratified sample covers the truth
+    bot, _, _ = _accounts()
+    assert metrics[(DAY, "prevalence_low")] <= bot.mean() <= metrics[(DAY, "prevalence_high")]
+    sizes = _table(spark, wh, "review_queue").groupby("run_date").size()
+    # the budget is a cap: band accounts already drawn by the strata are not drawn twice
+    assert sizes[DAY] == params.review_budget and 0.9 * params.review_budget <= sizes.max() <= params.review_budget
+
+
+def test_monitor_rerun_replaces_its_partitions(spark, monitored):
+    from botwatch.monitoring.run import monitor
+
+    wh, params, _, _ = monitored
+    before = {n: len(_table(spark, wh, n)) for n in ("metrics", "drift", "review_queue")}
+    monitor(spark, wh, DAY, params)
+    assert {n: len(_table(spark, wh, n)) for n in before} == before
+
+
+def test_hard_drift_fails_loudly_after_writing(spark, monitored, tmp_path):
+    from tests.helpers import copy_warehouse
+
+    from botwatch.monitoring.run import DriftHardAlert, monitor
+
+    wh, params, _, _ = monitored
+    wh2 = copy_warehouse(wh, tmp_path / "wh")
+    later = DAY + dt.timedelta(days=1)
+    _write(spark, _features(later, 0.0, 4, broken=True), wh2, "features")
+    _write(spark, _scores(later, 200), wh2, "scores")
+    with pytest.raises(DriftHardAlert, match="f_drift"):
+        monitor(spark, wh2, later, params)
+    metrics = _table(spark, wh2, "metrics").set_index(["run_date", "name"])["value"]
+    assert metrics[(later, "drift_hard_alert")] == 1.0
+    assert (tmp_path / "wh" / "reports" / f"{later}.html").exists()
+
+
+# ---- the report in headless Chromium ---------------------------------------------------------
+
+PROBE = """<script>window.addEventListener('load', () => {
+  const seen = [...document.querySelectorAll('section[data-plot]')].map(s => {
+    const img = s.querySelector('img');
+    return [s.dataset.plot, img ? img.naturalWidth : 0, img ? img.naturalHeight : 0];
+  });
+  const pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(seen);
+  document.body.appendChild(pre);
+});</script></body>"""
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    assert shutil.which(CHROMIUM), f"{CHROMIUM} missing: `make browser` (apt-get install -y chromium)"
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+         *args], capture_output=True, text=True, timeout=120, check=True,
+    )
+
+
+def _rendered_plots(path, tmp_path) -> dict:
+    probe = tmp_path / "probe.html"
+    probe.write_text(open(path).read().replace("</body>", PROBE))
+    dom = _chromium("--virtual-time-budget=5000", "--dump-dom", probe.as_uri()).stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    return {name: (w, h) for name, w, h in json.loads(html_lib.unescape(found.group(1)))}
+
+
+def test_report_renders_every_plot_in_chromium(spark, monitored, tmp_path):
+    from PIL import Image
+
+    from botwatch.monitoring.report import PLOTS
+
+    wh, _, _, second = monitored
+    path = second["report"]
+    assert path == f"{wh}/reports/{DAY}.html"
+    plots = _rendered_plots(path, tmp_path)
+    assert set(plots) == set(PLOTS)
+    for name, (w, h) in plots.items():
+        assert w > 100 and h > 100, f"plot {name} did not render: {plots}"
+    shot = tmp_path / "shot.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1200,2400", f"file://{path}")
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
+    assert pixels.shape == (2400, 1200)
+    assert pixels.std() > 10 and (pixels < 200).mean() > 0.01  # not blank
+
+
+def test_first_day_report_says_what_is_missing(spark, monitored, tmp_path):
+    wh, _, first, _ = monitored
+    page = open(first["report"]).read()
+    # D-1: no labels yet, no earlier prevalence: those plots say so instead of failing
+    for name in ("pr_curve", "fpr_segments", "prevalence"):
+        assert re.search(rf'data-plot="{name}"><h2>[^<]*</h2><p class="missing">', page), name
+    assert "This plot failed" not in page
+    plots = _rendered_plots(first["report"], tmp_path)
+    assert plots["funnel"][0] > 100 and plots["score_histogram"][0] > 100
+
+
+def test_report_command_prints_the_path(monitored, conf):
+    from typer.testing import CliRunner
+
+    from botwatch.cli import app
+
+    wh, _, _, second = monitored
+    runner = CliRunner()
+    got = runner.invoke(app, ["report", "--date", str(DAY), "--warehouse", wh])
+    assert got.exit_code == 0, got.output
+    assert got.output.strip() == second["report"]
+    missing = runner.invoke(app, ["report", "--date", "2020-01-01", "--warehouse", wh])
+    assert missing.exit_code == 1

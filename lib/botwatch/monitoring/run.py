@@ -1,0 +1,384 @@
+"""The monitor step for run date D: drift, the review queue, prevalence and the run report.
+
+:func:`monitor` writes the ``drift``, ``metrics`` and ``review_queue`` partitions of D (each
+replaced whole, so reruns never duplicate) and ``<warehouse>/reports/<D>.html``. Over the soft
+thresholds (conf ``monitoring``) it sets the ``metrics`` row ``drift_alert`` = 1 for D, which
+makes the next run retrain (:func:`drift_alert_before`, read by the refresh policy); over the
+hard ones it raises :class:`DriftHardAlert` *after* writing everything, so the Airflow task fails
+loudly while the tables and the report say why.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from dataclasses import dataclass, field
+
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from botwatch import registry
+from botwatch import tables as t
+from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
+from botwatch.monitoring.drift import (
+    FEATURE,
+    REFERENCE_ARTIFACT,
+    drift_statistics,
+    reference_profile,
+    training_reference,
+)
+from botwatch.monitoring.prevalence import stratified_estimate
+from botwatch.monitoring.review import STRATUM, STRATUM_SIZE, review_queue
+from botwatch.schemas import require_columns
+
+DRIFT_ALERT = "drift_alert"
+DRIFT_HARD_ALERT = "drift_hard_alert"
+STAGE1_MODEL = "stage1_xgb"
+
+METRICS_SCHEMA = T.StructType(
+    [T.StructField(t.RUN_DATE, T.DateType(), False), T.StructField(t.NAME, T.StringType(), False),
+     T.StructField(t.VALUE, T.DoubleType(), True)]
+)
+DRIFT_SCHEMA = T.StructType(
+    [T.StructField(t.RUN_DATE, T.DateType(), False), T.StructField(t.NAME, T.StringType(), False),
+     T.StructField(t.VALUE, T.DoubleType(), True), T.StructField(FEATURE, T.StringType(), True)]
+)
+
+
+class DriftHardAlert(RuntimeError):
+    """Drift beyond the hard thresholds: the inputs or the model are broken. The tables and
+    the report of the run are written; read the report, fix the inputs or retrain, or raise
+    ``monitoring.psi_hard`` / ``monitoring.flagged_ratio_hard`` if the shift is real and accepted."""
+
+
+class NothingToMonitorError(LookupError):
+    """No scores for the run date: run the score step for that date first."""
+
+
+@dataclass
+class MonitorParams:
+    psi_soft: float = 0.25
+    psi_hard: float = 2.0
+    flagged_ratio_soft: float = 2.0
+    flagged_ratio_hard: float = 10.0
+    trailing_days: int = 14
+    score_reference_days: int = 7
+    label_lookback_days: int = 28
+    label_sources: list[str] = field(default_factory=lambda: ["investigator", "appeal"])
+    review_budget: int = 200
+    review_shares: dict[str, float] = field(
+        default_factory=lambda: {"uncertain": 0.3, "stratified": 0.5, "exploration": 0.2}
+    )
+    uncertain_band: float = 0.05
+    strata_edges: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.05, 0.2, 0.5, 0.8])
+    min_per_stratum: int = 2
+    sampling_salt: str = "review-v1"
+    heatmap_days: int = 14
+    heatmap_features: int = 30
+
+    @classmethod
+    def from_conf(cls, section: dict) -> MonitorParams:
+        return cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
+
+
+def flagged(df: DataFrame) -> F.Column:
+    """Flagged by the cascade: a decision to act or review, or sent to stage 2."""
+    out = F.col(t.DECISION).isin("action", "review")
+    if "stage2_reached" in df.columns:
+        out = out | F.coalesce(F.col("stage2_reached"), F.lit(False))
+    return out
+
+
+def drift_alert_before(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
+    """Whether the latest run before D that was monitored set the drift alert (the ``metrics``
+    row ``drift_alert`` of the latest run_date < D is > 0). The refresh policy retrains on it."""
+    if not table_exists(spark, warehouse, t.METRICS):
+        return False
+    rows = (
+        read_table(spark, warehouse, t.METRICS)
+        .where((F.col(t.NAME) == DRIFT_ALERT) & (F.col(t.RUN_DATE) < F.lit(run_date)))
+        .orderBy(F.col(t.RUN_DATE).desc())
+        .limit(1)
+        .collect()
+    )
+    return bool(rows) and (rows[0][t.VALUE] or 0.0) > 0
+
+
+def report_path(warehouse: str, run_date: dt.date) -> str:
+    return f"{warehouse.rstrip('/')}/reports/{run_date.isoformat()}.html"
+
+
+def _model_record(spark: SparkSession, warehouse: str, scores_d: DataFrame) -> dict | None:
+    """The registry record of the stage-1 model that scored D (else the champion)."""
+    versions = [r[0] for r in scores_d.select(t.MODEL_VERSION).distinct().limit(5).collect() if r[0]]
+    found = [int(m.group(1)) for v in versions if (m := re.search(rf"{STAGE1_MODEL}:(\d+)", v))]
+    records = registry.records(spark, warehouse, STAGE1_MODEL)
+    for rec in records:
+        if found and rec[t.VERSION] == max(found):
+            return rec
+    return registry.champion(spark, warehouse, STAGE1_MODEL)
+
+
+def _reference(spark: SparkSession, warehouse: str, record: dict | None) -> tuple[dict | None, str]:
+    if record is None:
+        return None, "no model in the registry"
+    art = record["artifact_path"]
+    try:
+        return registry.read_artifact(art, REFERENCE_ARTIFACT), f"model version {record[t.VERSION]}"
+    except FileNotFoundError:
+        pass
+    # Models trained before profiles were saved: profile their training date's features now.
+    train_date = record.get("train_end") or record.get(t.RUN_DATE)
+    features = read_table(spark, warehouse, t.FEATURES)
+    if train_date is None or features.where(F.col(t.RUN_DATE) == F.lit(train_date)).limit(1).count() == 0:
+        return None, f"model version {record[t.VERSION]} has no {REFERENCE_ARTIFACT} and its training features are gone"
+    cols = registry.read_artifact(art, "features.json")["features"]
+    return training_reference(spark, warehouse, train_date, cols), f"model version {record[t.VERSION]} (rebuilt)"
+
+
+def _past_decisions(spark: SparkSession, warehouse: str, scores: DataFrame, run_date: dt.date,
+                    params: MonitorParams) -> pd.DataFrame:
+    """Labels that arrived up to D, each paired with the latest decision made *before* it was
+    observed (within the lookback), plus the account's segments on that day."""
+    cols = ["account_id", "run_date", "score", "decision", "label", "country", "is_new_account"]
+    if not table_exists(spark, warehouse, t.LABELS):
+        return pd.DataFrame(columns=cols)
+    start = run_date - dt.timedelta(days=params.label_lookback_days)
+    labels = (
+        read_table(spark, warehouse, t.LABELS)
+        .where(F.col(t.SOURCE).isin(*params.label_sources))
+        .withColumn("label_date", F.to_date(t.LABELED_AT))
+        .where(F.col("label_date").between(F.lit(start), F.lit(run_date)))
+        .groupBy(t.ACCOUNT_ID)
+        .agg(F.max_by(F.struct(t.LABEL, "label_date"), t.LABELED_AT).alias("l"))
+        .select(t.ACCOUNT_ID, F.col("l.label").alias(t.LABEL), F.col("l.label_date").alias("label_date"))
+    )
+    past = scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date))).select(
+        t.ACCOUNT_ID, t.RUN_DATE, t.SCORE, t.DECISION
+    )
+    latest = Window.partitionBy(t.ACCOUNT_ID).orderBy(F.col(t.RUN_DATE).desc())
+    pairs = (
+        past.join(labels, t.ACCOUNT_ID)
+        .where(F.col(t.RUN_DATE) < F.col("label_date"))
+        .withColumn("_r", F.row_number().over(latest))
+        .where("_r = 1")
+        .drop("_r", "label_date")
+    )
+    features = read_table(spark, warehouse, t.FEATURES)
+    segs = [c for c in (t.COUNTRY, "is_new_account") if c in features.columns]
+    pairs = pairs.join(features.select(t.ACCOUNT_ID, t.RUN_DATE, *segs), [t.ACCOUNT_ID, t.RUN_DATE], "left")
+    pdf = pairs.toPandas()
+    for c in cols:
+        if c not in pdf:
+            pdf[c] = None
+    return pdf[cols]
+
+
+def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, params: MonitorParams) -> dict:
+    """The estimate from the latest review queue (within the lookback) whose stratified sample
+    has a label in every stratum; labels observed up to the end of D."""
+    if not (table_exists(spark, warehouse, t.REVIEW_QUEUE) and table_exists(spark, warehouse, t.LABELS)):
+        return {}
+    start = run_date - dt.timedelta(days=params.label_lookback_days)
+    queue = read_table(spark, warehouse, t.REVIEW_QUEUE).where(
+        (F.col(t.REASON) == "stratified") & F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date))
+    )
+    labels = (
+        read_table(spark, warehouse, t.LABELS)
+        .where(F.col(t.SOURCE).isin(*params.label_sources) & (F.to_date(t.LABELED_AT) <= F.lit(run_date)))
+        .groupBy(t.ACCOUNT_ID)
+        .agg(F.max_by(t.LABEL, t.LABELED_AT).alias(t.LABEL))
+    )
+    rows = (
+        queue.join(labels, t.ACCOUNT_ID, "left")
+        .groupBy(t.RUN_DATE, STRATUM)
+        .agg(F.max(STRATUM_SIZE).alias("N"), F.count(t.LABEL).alias("n"), F.sum(F.col(t.LABEL).cast("long")).alias("y"))
+        .toPandas()
+    )
+    for day in sorted(rows[t.RUN_DATE].unique(), reverse=True) if len(rows) else []:
+        g = rows[rows[t.RUN_DATE] == day]
+        est = stratified_estimate(g["N"], g["n"], g["y"].fillna(0))
+        if not math.isnan(est["estimate"]):
+            return {**est, "queue_age_days": float((run_date - day).days)}
+    return {"n": float(rows["n"].sum()) if len(rows) else 0.0}
+
+
+def _score_histograms(scores: DataFrame, run_date: dt.date, days: int, bins: int = 50) -> pd.DataFrame:
+    """Share of accounts per score bin on D and over the ``days`` before it (Spark, binned)."""
+    start = run_date - dt.timedelta(days=days)
+    window = scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date)) & F.col(t.SCORE).isNotNull())
+    b = F.least(F.floor(F.col(t.SCORE) * bins), F.lit(bins - 1)).cast("int")
+    return (
+        window.select((F.col(t.RUN_DATE) == F.lit(run_date)).alias("current"), b.alias("bin"))
+        .groupBy("current", "bin")
+        .count()
+        .toPandas()
+    )
+
+
+def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: MonitorParams) -> dict:
+    """Drift, review queue, prevalence and the report for D (see the module doc)."""
+    from botwatch.monitoring.report import write_report
+
+    scores = read_table(spark, warehouse, t.SCORES)
+    require_columns(scores, (t.ACCOUNT_ID, t.RUN_DATE, t.SCORE, t.DECISION, t.MODEL_VERSION), "monitor(scores)")
+    scores_d = scores.where(F.col(t.RUN_DATE) == F.lit(run_date)).cache()
+    funnel_row = scores_d.agg(
+        F.count(F.lit(1)).alias("accounts"),
+        F.sum(flagged(scores_d).cast("long")).alias("flagged"),
+        F.sum((F.coalesce(F.col("stage2_reached"), F.lit(False)) if "stage2_reached" in scores_d.columns
+               else F.lit(False)).cast("long")).alias("stage2"),
+        F.sum((F.col(t.DECISION) == "action").cast("long")).alias("action"),
+        F.sum((F.coalesce(F.col("actioned"), F.lit(False)) if "actioned" in scores_d.columns
+               else F.lit(False)).cast("long")).alias("actioned"),
+    ).first()
+    funnel = {k: int(funnel_row[k] or 0) for k in ("accounts", "flagged", "stage2", "action", "actioned")}
+    if funnel["accounts"] == 0:
+        scores_d.unpersist()
+        raise NothingToMonitorError(
+            f"no scores for {run_date} in {warehouse}/scores: run `botwatch score --date {run_date}` first"
+        )
+    record = _model_record(spark, warehouse, scores_d)
+    threshold = record.get("threshold") if record else None
+    metrics: dict[str, float] = {f"n_{k}": float(v) for k, v in funnel.items()}
+    drift_rows: list[tuple] = []
+    notes: list[str] = []
+
+    # 1. feature drift against the model's training reference
+    profile, ref_note = _reference(spark, warehouse, record)
+    feature_stats = pd.DataFrame(columns=[FEATURE, "psi", "ks", "ks_upper", "missing_share"])
+    if profile is not None:
+        features_d = read_table(spark, warehouse, t.FEATURES).where(F.col(t.RUN_DATE) == F.lit(run_date))
+        feature_stats = drift_statistics(features_d, profile).toPandas().sort_values(FEATURE)
+        for r in feature_stats.itertuples():
+            for name in ("psi", "ks", "ks_upper", "missing_share"):
+                drift_rows.append((name, _f(getattr(r, name)), r.feature))
+        notes.append(f"feature reference: {ref_note}, {profile.get('n_rows', 0)} accounts on {profile.get('run_date')}")
+    else:
+        notes.append(f"no feature drift: {ref_note}")
+    max_psi = float(feature_stats["psi"].max()) if len(feature_stats) else math.nan
+    over_soft = feature_stats[feature_stats["psi"] >= params.psi_soft][FEATURE].tolist() if len(feature_stats) else []
+    over_hard = feature_stats[feature_stats["psi"] >= params.psi_hard][FEATURE].tolist() if len(feature_stats) else []
+    metrics.update(max_feature_psi=max_psi, n_features_psi_over_soft=float(len(over_soft)))
+
+    # 2. score distribution against the previous days' scores
+    ref_start = run_date - dt.timedelta(days=params.score_reference_days)
+    ref_scores = scores.where(F.col(t.RUN_DATE).between(F.lit(ref_start), F.lit(run_date - dt.timedelta(days=1))))
+    score_psi = math.nan
+    if ref_scores.limit(1).count():
+        sprof = reference_profile(ref_scores, [t.SCORE])
+        s = drift_statistics(scores_d, sprof).first()
+        score_psi = _f(s["psi"])
+        drift_rows += [("score_psi", score_psi, t.SCORE), ("score_ks", _f(s["ks"]), t.SCORE),
+                       ("score_ks_upper", _f(s["ks_upper"]), t.SCORE)]
+    metrics["score_psi"] = score_psi
+
+    # 3. flagged rate against the trailing days
+    trail_start = run_date - dt.timedelta(days=params.trailing_days)
+    daily = (
+        scores.where(F.col(t.RUN_DATE).between(F.lit(trail_start), F.lit(run_date - dt.timedelta(days=1))))
+        .groupBy(t.RUN_DATE)
+        .agg(F.avg(flagged(scores).cast("double")).alias("rate"))
+        .toPandas()
+    )
+    rate = funnel["flagged"] / funnel["accounts"]
+    trailing = float(daily["rate"].mean()) if len(daily) else math.nan
+    ratio = rate / trailing if trailing and not math.isnan(trailing) and trailing > 0 else math.nan
+    metrics.update(flagged_rate=rate, flagged_rate_trailing=trailing, flagged_rate_ratio=ratio,
+                   flagged_rate_trailing_days=float(len(daily)))
+    drift_rows.append(("flagged_rate_ratio", ratio, None))
+
+    # 4. precision and recall of past decisions as labels arrive
+    pairs = _past_decisions(spark, warehouse, scores, run_date, params)
+    metrics.update(_past_metrics(pairs))
+
+    # 5. review queue
+    queue = review_queue(
+        scores_d, run_date, threshold=threshold, budget=params.review_budget, shares=params.review_shares,
+        uncertain_band=params.uncertain_band, strata_edges=params.strata_edges,
+        min_per_stratum=params.min_per_stratum, salt=params.sampling_salt,
+    )
+    with commit_metadata(spark, step="monitor", run_date=run_date.isoformat()):
+        write_table(queue, warehouse, t.REVIEW_QUEUE, partition_by=[t.RUN_DATE],
+                    replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}'")
+    for reason, n in read_table(spark, warehouse, t.REVIEW_QUEUE).where(
+        F.col(t.RUN_DATE) == F.lit(run_date)
+    ).groupBy(t.REASON).count().collect():
+        metrics[f"review_queue_{reason}"] = float(n)
+
+    # 6. prevalence from the labelled stratified samples
+    prev = _prevalence_history(spark, warehouse, run_date, params)
+    for k in ("estimate", "low", "high", "se", "srs_se", "design_effect", "n", "queue_age_days"):
+        if k in prev:
+            metrics[f"prevalence_{k}" if k != "estimate" else "prevalence"] = float(prev[k])
+
+    # 7. alerts
+    ratio_soft = _outside(ratio, params.flagged_ratio_soft)
+    ratio_hard = _outside(ratio, params.flagged_ratio_hard)
+    soft = bool(over_soft) or (not math.isnan(score_psi) and score_psi >= params.psi_soft) or ratio_soft
+    hard = bool(over_hard) or (not math.isnan(score_psi) and score_psi >= params.psi_hard) or ratio_hard
+    metrics[DRIFT_ALERT] = 1.0 if soft or hard else 0.0
+    metrics[DRIFT_HARD_ALERT] = 1.0 if hard else 0.0
+
+    metric_df = spark.createDataFrame([(run_date, k, _f(v)) for k, v in sorted(metrics.items())], METRICS_SCHEMA)
+    drift_df = spark.createDataFrame([(run_date, n, _f(v), f) for n, v, f in drift_rows], DRIFT_SCHEMA)
+    with commit_metadata(spark, step="monitor", run_date=run_date.isoformat()):
+        for df, table in ((metric_df, t.METRICS), (drift_df, t.DRIFT)):
+            write_table(df, warehouse, table, partition_by=[t.RUN_DATE],
+                        replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}'")
+
+    # 8. the report
+    hist = _score_histograms(scores, run_date, params.score_reference_days)
+    path = write_report(
+        spark, warehouse, run_date, report_path(warehouse, run_date), params=params, pairs=pairs,
+        threshold=threshold, hist=hist, funnel=funnel, metrics=metrics, notes=notes,
+        alerts={"soft": soft, "hard": hard, "features_over_soft": over_soft, "features_over_hard": over_hard},
+    )
+    scores_d.unpersist()
+    summary = {"report": path, "drift_alert": soft or hard, "max_feature_psi": max_psi, "score_psi": score_psi,
+               "flagged_rate": rate,
+               "review_queue": int(sum(v for k, v in metrics.items() if k.startswith("review_queue_"))),
+               "prevalence": metrics.get("prevalence")}
+    if hard:
+        causes = [f"features {over_hard} with PSI >= {params.psi_hard}" if over_hard else "",
+                  f"score PSI {score_psi:.3f}" if not math.isnan(score_psi) and score_psi >= params.psi_hard else "",
+                  f"flagged rate {ratio:.2f}x the trailing mean" if ratio_hard else ""]
+        raise DriftHardAlert(
+            f"hard drift alert for {run_date}: {'; '.join(c for c in causes if c)}. The drift and metrics tables "
+            f"and the report {path} are written: check the inputs of {run_date}, then retrain "
+            f"(`botwatch train --date {run_date}`) or, if the shift is real and accepted, raise monitoring.psi_hard / "
+            "monitoring.flagged_ratio_hard."
+        )
+    return summary
+
+
+def _outside(ratio: float, limit: float) -> bool:
+    """Whether a rate ratio is at least ``limit`` times (or at most 1/``limit``) the usual."""
+    return not math.isnan(ratio) and (ratio >= limit or ratio <= 1 / limit)
+
+
+def _f(v) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _past_metrics(pairs: pd.DataFrame) -> dict[str, float]:
+    """Precision / recall / FPR of past ``action`` decisions on the labels that arrived."""
+    out = {"past_n_labelled": float(len(pairs))}
+    if not len(pairs):
+        return out
+    y = pairs["label"].astype(int)
+    act = pairs["decision"] == "action"
+    tp, fp = float((act & (y == 1)).sum()), float((act & (y == 0)).sum())
+    fn, tn = float((~act & (y == 1)).sum()), float((~act & (y == 0)).sum())
+    out.update(
+        past_n_positive=float(y.sum()),
+        past_precision=tp / (tp + fp) if tp + fp else math.nan,
+        past_recall=tp / (tp + fn) if tp + fn else math.nan,
+        past_fpr=fp / (fp + tn) if fp + tn else math.nan,
+    )
+    return out
