@@ -112,8 +112,10 @@ def publish_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 
 
 def monitor_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
-    """Drift, review queue, prevalence and the run report for D."""
-    return {"monitored": False}
+    """Drift, review queue, prevalence and the run report for D (raises DriftHardAlert over the hard thresholds)."""
+    from botwatch.monitoring.run import MonitorParams, monitor
+
+    return monitor(spark, warehouse_path(conf), run_date, MonitorParams.from_conf(conf.section("monitoring")))
 
 
 STEPS: dict[str, StepFn] = {
