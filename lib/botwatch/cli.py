@@ -257,6 +257,21 @@ def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: Set
     run_demo(get_spark(cfg, app_name="botwatch-demo"), cfg, echo=typer.echo)
 
 
+@app.command()
+def report(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
+    """Print the path of the run report (HTML) the monitor step wrote for the date."""
+    import fsspec
+
+    from botwatch.config import warehouse_path
+    from botwatch.monitoring.run import report_path
+
+    path = report_path(warehouse_path(build_conf(conf, warehouse, set_)), parse_date(date))
+    fs, _, (local,) = fsspec.get_fs_token_paths(path)
+    if not fs.exists(local):
+        fail(f"no report for {date} at {path}: run `botwatch run --date {date}` (its monitor step writes it)", code=1)
+    typer.echo(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     # typer names the option after the parameter; `set_` must still read --set.
     app(args=argv if argv is not None else sys.argv[1:], prog_name="botwatch")
