@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 SETUP_STAMP := $(VENV)/.setup-stamp
 JARS_STAMP := jvm/jars/.stamp
 
-.PHONY: setup jars test demo bench lint clean
+.PHONY: setup jars browser test demo bench lint clean
 
 setup: $(SETUP_STAMP) $(JARS_STAMP)
 
@@ -23,7 +23,12 @@ $(JARS_STAMP): jvm/pom.xml jvm/fetch_jars.py $(SETUP_STAMP)
 
 jars: $(JARS_STAMP)
 
-test: setup
+# Headless Chromium for the run-report test (Debian's package); installed only when missing.
+browser:
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null || { echo "install chromium (/usr/bin/chromium) for the report test" >&2; exit 1; }; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
+
+test: setup browser
 	$(PY) -m pytest
 
 demo: setup
