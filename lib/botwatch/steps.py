@@ -92,8 +92,7 @@ def score_stage2_step(spark: SparkSession, conf: Config, run_date: dt.date) -> d
         return {"stage2": "skipped: cascade.enabled is false", "n_stage2": 0}
     from botwatch.scoring.cascade import score_stage2
 
-    return score_stage2(spark, warehouse_path(conf), run_date, _scoring_params(conf), conf.section("heavy"),
-                        conf.section("cascade"))
+    return score_stage2(spark, warehouse_path(conf), run_date, _scoring_params(conf), conf.section("cascade"))
 
 
 def score_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:

@@ -40,6 +40,7 @@ from botwatch.scoring.stage2 import (
     STATE_FILE,
     HeavyArtifact,
     InferenceSettings,
+    artifact_inputs,
     heavy_champion,
     score_heavy,
 )
@@ -223,8 +224,7 @@ def _fill(pdf: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
 
 
 def teacher_targets(
-    spark: SparkSession, warehouse: str, teacher: HeavyArtifact, heavy_section: dict, params: CascadeParams,
-    settings: InferenceSettings,
+    spark: SparkSession, warehouse: str, teacher: HeavyArtifact, params: CascadeParams, settings: InferenceSettings,
 ) -> Callable[[DataFrame], DataFrame]:
     """A function adding ``teacher_score`` (the heavy champion's score) and ``distill_target``
     (``(wl * label + wt * teacher_score) / (wl + wt)``) to training rows."""
@@ -232,11 +232,10 @@ def teacher_targets(
     if wl < 0 or wt < 0 or wl + wt <= 0:
         raise ValueError(f"cascade.distill_label_weight / distill_teacher_weight must be >= 0 with a positive sum, "
                          f"got {wl}, {wt}")
-    model_cols = _heavy_columns(teacher)
 
     def add(rows: DataFrame) -> DataFrame:
-        keys = rows.select(t.ACCOUNT_ID, t.RUN_DATE, *[c for c in model_cols if c in rows.columns]).distinct()
-        scored = score_heavy(inputs_for(spark, warehouse, keys, model_cols, heavy_section), teacher, settings,
+        keys = rows.dropDuplicates([t.ACCOUNT_ID, t.RUN_DATE])
+        scored = score_heavy(artifact_inputs(spark, warehouse, keys, teacher), teacher, settings,
                              keep=(t.ACCOUNT_ID, t.RUN_DATE))
         scores = scored.select(t.ACCOUNT_ID, t.RUN_DATE, F.col(t.STAGE2_SCORE).alias(TEACHER_SCORE))
         out = rows.join(scores, [t.ACCOUNT_ID, t.RUN_DATE], "left")
@@ -244,12 +243,6 @@ def teacher_targets(
         return out.withColumn(DISTILL_TARGET, F.coalesce(blended, F.col(t.LABEL).cast("double"))).cache()
 
     return add
-
-
-def _heavy_columns(artifact: HeavyArtifact) -> list[str]:
-    import json
-
-    return list(json.loads(artifact.meta_json)["tabular_cols"])
 
 
 # ---------------------------------------------------------------- flag threshold
@@ -267,8 +260,7 @@ def calibration_sample(spark: SparkSession, warehouse: str, run_date: dt.date, n
 
 
 def calibrate_flag_threshold(
-    spark: SparkSession, warehouse: str, run_date: dt.date, heavy_section: dict, params: CascadeParams,
-    settings: InferenceSettings,
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: CascadeParams, settings: InferenceSettings,
 ) -> dict:
     """Choose the flag threshold for the current champions on D's accounts and write it to the
     stage-1 champion's ``cascade.json`` (with the heavy version it was chosen for)."""
@@ -283,8 +275,7 @@ def calibrate_flag_threshold(
     stage1 = load_champion(spark, warehouse)
     sample = calibration_sample(spark, warehouse, run_date, params.calibration_accounts)
     s1 = score_stage1(sample, stage1, reason_codes=0).select(t.ACCOUNT_ID, t.STAGE1_SCORE)
-    cols = _heavy_columns(heavy)
-    s2 = score_heavy(inputs_for(spark, warehouse, sample, cols, heavy_section), heavy, settings)
+    s2 = score_heavy(artifact_inputs(spark, warehouse, sample, heavy), heavy, settings)
     pdf = s1.join(s2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID).toPandas()
     heavy_thr = heavy.threshold
     actions = (pdf[t.STAGE2_SCORE] >= heavy_thr).to_numpy() if heavy_thr is not None else np.zeros(len(pdf), bool)
@@ -323,11 +314,11 @@ def train_cascade(
         "heavy_golden_pr_auc": heavy.metrics.get("golden_pr_auc"),
     }
     teacher = heavy_champion(spark, warehouse)
-    targets = teacher_targets(spark, warehouse, teacher, heavy_section, cparams, settings) if teacher else None
+    targets = teacher_targets(spark, warehouse, teacher, cparams, settings) if teacher else None
     summary["distilled_from"] = teacher.model_version if teacher else None
     result = train_stage1(spark, warehouse, run_date, params, teacher=targets,
                           teacher_version=teacher.model_version if teacher else None)
-    summary.update(calibrate_flag_threshold(spark, warehouse, run_date, heavy_section, cparams, settings))
+    summary.update(calibrate_flag_threshold(spark, warehouse, run_date, cparams, settings))
     return result, summary
 
 

@@ -12,7 +12,6 @@ Both replace the whole partition (``replaceWhere``), so reruns give the same tab
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import warnings
 
@@ -22,13 +21,14 @@ from pyspark.sql import functions as F
 from botwatch import registry
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, read_table, write_table
-from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint, heavy_inputs
+from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint
 from botwatch.scoring.decisions import with_decisions
 from botwatch.scoring.stage1 import features_for, load_champion, score_stage1
 from botwatch.scoring.stage2 import (
     FROM_CACHE,
     HeavyArtifact,
     InferenceSettings,
+    artifact_inputs,
     encoder_key,
     heavy_champion,
     resolved_device,
@@ -128,28 +128,7 @@ def score_stage1_and_flag(spark: SparkSession, warehouse: str, run_date: dt.date
     return {**summary, **{f"n_{k}": v for k, v in counts.items()}}
 
 
-def flagged_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, flagged: DataFrame,
-                   heavy: HeavyArtifact, heavy_section: dict) -> DataFrame:
-    """Heavy inputs of the flagged accounts of D (their events and edges only) with a fingerprint."""
-    from botwatch.models.heavy import HeavyConfig
-
-    meta = json.loads(heavy.meta_json)
-    cfg = HeavyConfig(**meta["config"])
-    nbr_features = [c[len(t.NBR_PREFIX):] for c in meta["neighbor_cols"] if c != t.NBR_COUNT]
-    feats = features_for(spark, warehouse, run_date)
-    rows = feats.join(flagged.select(t.ACCOUNT_ID), t.ACCOUNT_ID, "left_semi")
-    inputs = heavy_inputs(
-        read_table(spark, warehouse, t.EVENTS), read_table(spark, warehouse, t.EDGES),
-        read_table(spark, warehouse, t.FEATURES), rows.select(t.ACCOUNT_ID, t.RUN_DATE, *[
-            c for c in meta["tabular_cols"] if c in rows.columns]),
-        meta["tabular_cols"], nbr_features, max_len=cfg.max_len, lookback_days=cfg.lookback_days,
-        neighbor_k=cfg.neighbor_k, neighbor_seed=cfg.neighbor_seed,
-    )
-    return inputs
-
-
-def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, heavy_section: dict,
-                 cascade_section: dict) -> dict:
+def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, cascade_section: dict) -> dict:
     """Stage 2 on D's flagged accounts, then final scores and decisions for the whole partition."""
     heavy = heavy_champion(spark, warehouse)
     if heavy is None:
@@ -162,7 +141,8 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
         scores.unpersist()
         return {"stage2": "no account flagged by stage 1", "n_stage2": 0}
     encoder = encoder_key(heavy, settings)
-    inputs = flagged_inputs(spark, warehouse, run_date, flagged, heavy, heavy_section)
+    rows = features_for(spark, warehouse, run_date).join(flagged.select(t.ACCOUNT_ID), t.ACCOUNT_ID, "left_semi")
+    inputs = artifact_inputs(spark, warehouse, rows, heavy)
     inputs = inputs.withColumn(FINGERPRINT, fingerprint(encoder))
     if settings.embedding_cache:
         inputs = with_cached_encodings(spark, warehouse, inputs, encoder)

@@ -29,7 +29,7 @@ from pyspark.sql import types as T
 from botwatch import registry
 from botwatch import tables as t
 from botwatch.delta_io import read_table, table_exists, write_table
-from botwatch.models.heavy_inputs import FINGERPRINT
+from botwatch.models.heavy_inputs import FINGERPRINT, heavy_inputs
 from botwatch.tables import table_path
 
 HEAVY_MODEL = "stage2_heavy"
@@ -103,6 +103,26 @@ class HeavyArtifact:
 _MODELS: dict[tuple, object] = {}
 
 
+def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifact: HeavyArtifact) -> DataFrame:
+    """Heavy inputs of ``rows`` (``account_id``, ``run_date``, features) built the way ``artifact``
+    was trained: its tabular columns, neighbour features, sequence length and neighbour sample."""
+    import json
+
+    from botwatch.models.heavy import HeavyConfig
+
+    meta = json.loads(artifact.meta_json)
+    cfg = HeavyConfig(**meta["config"])
+    nbr_features = [c[len(t.NBR_PREFIX):] for c in meta["neighbor_cols"] if c != t.NBR_COUNT]
+    tab = list(meta["tabular_cols"])
+    keep = [c for c in rows.columns if c in (t.ACCOUNT_ID, t.RUN_DATE) or c in tab]
+    return heavy_inputs(
+        read_table(spark, warehouse, t.EVENTS), read_table(spark, warehouse, t.EDGES),
+        read_table(spark, warehouse, t.FEATURES), rows.select(*keep), tab, nbr_features,
+        max_len=cfg.max_len, lookback_days=cfg.lookback_days, neighbor_k=cfg.neighbor_k,
+        neighbor_seed=cfg.neighbor_seed,
+    )
+
+
 def heavy_champion(spark: SparkSession, warehouse: str) -> HeavyArtifact | None:
     """The heavy champion, or ``None`` when none is registered (stage 2 is then skipped)."""
     champ = registry.champion(spark, warehouse, HEAVY_MODEL)
@@ -131,7 +151,12 @@ def _score_batch(model, pdf: pd.DataFrame, batch_size: int) -> tuple[np.ndarray,
     if cached.any():
         enc[cached] = np.stack(pdf.loc[cached, CACHED_ENCODING].to_numpy()).astype(np.float32)
     if (~cached).any():
-        enc[~cached] = model.encode_sequences(pdf.loc[~cached], batch_size)
+        # Length-sorted batches: the GRU runs to each batch's longest sequence, so similar lengths pad less.
+        todo = np.flatnonzero(~cached)
+        lengths = np.fromiter((len(a) if isinstance(a, (list, np.ndarray)) else 0
+                               for a in pdf[t.SEQ_EVENT_TYPE].iloc[todo]), np.int64, len(todo))
+        order = todo[np.argsort(lengths, kind="stable")]
+        enc[order] = model.encode_sequences(pdf.iloc[order], batch_size)
     return model.predict_from_encodings(enc, pdf, batch_size), list(enc)
 
 
@@ -160,7 +185,18 @@ def score_heavy(
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         device = resolved_device(cfg)
-        model = art.load(device, quantize=device == "cpu" and cfg.quantize_cpu)
+
+        def on_cpu(err: Exception):
+            warnings.warn(f"stage 2: CUDA failed ({err}); scoring on the CPU from here on", stacklevel=1)
+            log.warning("stage 2: CUDA failed (%s); falling back to the CPU", err)
+            return "cpu", art.load("cpu", quantize=cfg.quantize_cpu)
+
+        try:
+            model = art.load(device, quantize=device == "cpu" and cfg.quantize_cpu)
+        except RuntimeError as err:  # CUDA initialisation or out of memory
+            if device != "cuda":
+                raise
+            device, model = on_cpu(err)
         for pdf in batches:
             if pdf.empty:
                 continue
@@ -169,10 +205,7 @@ def score_heavy(
             except RuntimeError as err:  # CUDA out of memory, driver or kernel errors
                 if device != "cuda":
                     raise
-                warnings.warn(f"stage 2: CUDA failed ({err}); scoring on the CPU from here on", stacklevel=1)
-                log.warning("stage 2: CUDA failed (%s); falling back to the CPU", err)
-                device = "cpu"
-                model = art.load("cpu", quantize=cfg.quantize_cpu)
+                device, model = on_cpu(err)
                 scores, encodings = _score_batch(model, pdf, cfg.batch_size)
             out = pdf[keep_cols].copy()
             out[t.STAGE2_SCORE] = scores

@@ -1,0 +1,121 @@
+"""Stage-2 throughput: accounts/s of the heavy model through Spark (``score_heavy``:
+repartition + mapInPandas, model loaded once per Python worker) against in-process torch on the
+same rows and the same model, on the CPU.
+
+The model has the conf's sizes (GRU over up to ``max_len`` events, the stage-1 feature count as
+tabular inputs); its weights are random — throughput does not depend on them. Spark's input
+frame is cached first, so the timing is scoring, not building the frame from pandas.
+
+    .venv/bin/python bench/stage2_inference.py --rows 20000 --set spark.master=local[2]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+
+N_TABULAR = 70
+
+
+def synthetic_rows(n: int, max_len: int, n_tab: int, nbr_cols: list[str], seed: int = 0) -> pd.DataFrame:
+    """Rows of heavy inputs with sequence lengths like the platform's (many short, some full)."""
+    from botwatch import tables as t
+
+    rng = np.random.default_rng(seed)
+    lengths = np.minimum(rng.geometric(1 / 40, n), max_len)
+    lengths[rng.random(n) < 0.15] = 0
+    et, dtb, hs, hc = [], [], [], []
+    for n_ev in lengths:
+        if n_ev == 0:
+            et.append(None), dtb.append(None), hs.append(None), hc.append(None)
+            continue
+        a = rng.uniform(0, 2 * np.pi, n_ev)
+        et.append(rng.integers(1, 6, n_ev).astype(np.int32).tolist())
+        dtb.append(rng.integers(0, 20, n_ev).astype(np.int32).tolist())
+        hs.append(np.sin(a).tolist())
+        hc.append(np.cos(a).tolist())
+    data = {t.ACCOUNT_ID: np.arange(n, dtype=np.int64), t.SEQ_EVENT_TYPE: et, t.SEQ_DT_BUCKET: dtb,
+            t.SEQ_HOUR_SIN: hs, t.SEQ_HOUR_COS: hc}
+    for i in range(n_tab):
+        data[f"f{i}"] = rng.normal(size=n)
+    for c in nbr_cols:
+        data[c] = rng.normal(size=n)
+    return pd.DataFrame(data)
+
+
+def synthetic_model(config, n_tab: int, nbr_cols: list[str]):
+    """An untrained heavy model of the conf's shape with a fitted standardiser."""
+    from botwatch.models.heavy import HeavyModel, Standardizer, TrainedHeavy
+
+    tab = [f"f{i}" for i in range(n_tab)]
+    std = Standardizer(tab + nbr_cols, np.zeros(n_tab + len(nbr_cols)), np.ones(n_tab + len(nbr_cols)))
+    import torch
+
+    torch.manual_seed(0)
+    return TrainedHeavy(HeavyModel(n_tab, len(nbr_cols), config).eval(), std, tab, nbr_cols, config)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=20000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--set", action="append", default=["spark.master=local[2]", "spark.ui_enabled=false"])
+    args = ap.parse_args()
+
+    import torch
+
+    from botwatch import tables as t
+    from botwatch.config import load_config
+    from botwatch.models.heavy import HeavyConfig
+    from botwatch.scoring.stage2 import HeavyArtifact, InferenceSettings, score_heavy
+    from botwatch.spark import get_spark
+
+    conf = load_config("conf/local.yaml", args.set)
+    cfg = HeavyConfig.from_mapping({**conf.section("heavy"), "device": "cpu"})
+    nbr = [f"nbr_{c}" for c in conf["heavy.neighbor_features"]] + ["nbr_count"]
+    pdf = synthetic_rows(args.rows, cfg.max_len, N_TABULAR, nbr)
+    model = synthetic_model(cfg, N_TABULAR, nbr)
+    folder = model.save(tempfile.mkdtemp(prefix="bench-heavy-"))
+    artifact = HeavyArtifact.from_record({"artifact_path": str(folder), t.VERSION: 1, "threshold": 0.5})
+    batch = conf["cascade.batch_size"]
+    cores = 2
+    print(f"{args.rows} rows, mean sequence length {pdf[t.SEQ_EVENT_TYPE].map(lambda a: len(a) if a else 0).mean():.1f}"
+          f", max_len {cfg.max_len}, batch {batch}")
+
+    results = {}
+    for label, threads, quant in (("in-process fp32, 1 thread", 1, False), (f"in-process fp32, {cores} threads",
+                                  cores, False), ("in-process int8, 1 thread", 1, True)):
+        torch.set_num_threads(threads)
+        m = model.quantize_dynamic() if quant else model
+        best = min(_time(lambda m=m: m.predict(pdf, batch_size=batch)) for _ in range(args.repeats))
+        results[label] = args.rows / best
+    spark = get_spark(conf, app_name="bench-stage2")
+    df = spark.createDataFrame(pdf).repartition(cores).cache()
+    df.count()
+    for quant in (False, True):
+        settings = InferenceSettings(batch_size=batch, device="cpu", quantize_cpu=quant, torch_threads=1,
+                                     partitions=cores, embedding_cache=False)
+        run = score_heavy(df, artifact, settings).agg({t.STAGE2_SCORE: "sum"}).collect
+        _time(run)  # warm the workers (model load)
+        best = min(_time(run) for _ in range(args.repeats))
+        results[f"Spark mapInPandas {'int8' if quant else 'fp32'}, {cores} tasks x 1 thread"] = args.rows / best
+    for k, v in results.items():
+        print(f"  {k}: {v:,.0f} accounts/s")
+    ref = results[f"in-process fp32, {cores} threads"]
+    spark_fp32 = results[f"Spark mapInPandas fp32, {cores} tasks x 1 thread"]
+    print(f"gap (in-process fp32 {cores} threads / Spark fp32): {ref / spark_fp32:.2f}x")
+    print("load average:", open("/proc/loadavg").read().strip())
+    spark.stop()
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+if __name__ == "__main__":
+    main()
