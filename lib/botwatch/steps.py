@@ -136,11 +136,13 @@ RUN_ORDER = ("validate", "activity", "features", "train", "score_stage1", "score
 def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.delta_io import TableMissingError
     from botwatch.registry import NoChampionError
+    from botwatch.monitoring.run import DriftHardAlert, NothingToMonitorError
     from botwatch.schemas import SchemaMismatchError
     from botwatch.training import NotEnoughLabelsError
     from botwatch.validate import NoEventsError
 
-    return (TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError)
+    return (TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
+            DriftHardAlert, NothingToMonitorError)
 
 
 # Failures a user can act on: the CLI prints their message instead of a traceback.
