@@ -58,6 +58,7 @@ def write_table(
     partition_by: Sequence[str] = (),
     replace_where: str | None = None,
     overwrite_schema: bool = False,
+    merge_schema: bool = False,
 ) -> None:
     """Write ``df`` as the Delta table ``<warehouse>/<table>``.
 
@@ -69,6 +70,8 @@ def write_table(
         writer = writer.partitionBy(*partition_by)
     if replace_where is not None:
         writer = writer.option("replaceWhere", replace_where)
+    if merge_schema:  # new columns (e.g. a new account attribute) join the table's schema
+        writer = writer.option("mergeSchema", "true")
     if overwrite_schema:
         writer = writer.option("overwriteSchema", "true")
     elif mode == "overwrite" and replace_where is None:

@@ -26,8 +26,9 @@ def activity_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 def features_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     from botwatch.features.build import build_features
 
-    n = build_features(spark, warehouse_path(conf), run_date, conf.section("features"))
-    return {"accounts": n}
+    report: dict = {}
+    n = build_features(spark, warehouse_path(conf), run_date, conf.section("features"), report=report)
+    return {"accounts": n, **report}
 
 
 def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:

@@ -55,7 +55,7 @@ Neighbourhood overlap (:func:`neighbor_overlap`, undirected neighbourhood)
     degree (bought-follower and botnet farms share audiences). Common neighbours are counted only
     through neighbours of degree <= ``overlap_degree_cap``: a popular account followed by
     everyone says nothing about a shared audience (like a stop word), and skipping it keeps the
-    pair work at most ``cap * 2|E|`` rows instead of ``sum(degree^2)``. Exact when every
+    pair work at most ``cap * |E|`` rows (each unordered pair once) instead of ``sum(degree^2)``. Exact when every
     neighbour of the account and of its best match has degree <= cap.
 
 Usage::
@@ -347,7 +347,7 @@ def neighbor_overlap(
     accounts: DataFrame,
     run_date: dt.date | str,
     *,
-    overlap_degree_cap: int = 100,
+    overlap_degree_cap: int = 50,
     hub_degree_cap: int = 1000,
     salt_buckets: int = 32,
 ) -> DataFrame:
@@ -367,12 +367,13 @@ def neighbor_overlap(
     )
     # Two-paths a - b - c through neighbours b of degree <= cap: a self-join keyed by b, at most
     # cap^2 rows per b, so no task holds more than that for one key.
+    # Each unordered pair once (a < c), then credited to both ends: half the two-path rows.
     low = with_deg.where(F.col("_deg_b") <= overlap_degree_cap).select(_B, _A)
-    paths = low.join(low.select(_B, F.col(_A).alias("_c")), _B).where(F.col(_A) != F.col("_c"))
-    best = (
-        paths.groupBy(_A, "_c").agg(F.count(F.lit(1)).alias("_common"))  # keyed by the pair: no skew
-        .groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(F.max("_common").alias(OVERLAP_MAX))
-    )
+    paths = low.join(low.select(_B, F.col(_A).alias("_c")), _B).where(F.col(_A) < F.col("_c"))
+    common = paths.groupBy(_A, "_c").agg(F.count(F.lit(1)).alias("_common"))  # keyed by the pair: no skew
+    both = common.select(F.col(_A).alias(t.ACCOUNT_ID), "_common").unionByName(
+        common.select(F.col("_c").alias(t.ACCOUNT_ID), "_common"))
+    best = both.groupBy(t.ACCOUNT_ID).agg(F.max("_common").alias(OVERLAP_MAX))
     deg_col = F.col(_DEG)
     return (
         accounts.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID))
@@ -441,7 +442,7 @@ def run_attribute_features(
         out = out.join(dist, t.ACCOUNT_ID, "left")
     if nbr_params.get("overlap", True):
         ovl = neighbor_overlap(
-            edges, accounts, run_date, overlap_degree_cap=int(nbr_params.get("overlap_degree_cap", 100)),
+            edges, accounts, run_date, overlap_degree_cap=int(nbr_params.get("overlap_degree_cap", 50)),
             hub_degree_cap=hub_cap, salt_buckets=buckets,
         )
         out = out.join(ovl, t.ACCOUNT_ID, "left")

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
-from botwatch.features import activity, graph
+from botwatch.features import activity, attributes, graph
 
 METADATA_COLUMNS = ("account_age_days", "verified_flag", t.PROFILE_COMPLETENESS, "is_new_account")
 
@@ -86,11 +86,14 @@ def partial_days_to_build(spark: SparkSession, warehouse: str, run_date: dt.date
     return sorted({run_date} | (missing & with_events))
 
 
-def build_features(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict) -> int:
+def build_features(
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, report: dict | None = None
+) -> int:
     """The features step for ``run_date``: ``activity_daily`` partitions as needed, then the
     ``features`` partition ``run_date`` (replaced whole: rerunning D never duplicates).
 
-    ``params`` is conf's ``features`` section. Returns the number of accounts written.
+    ``params`` is conf's ``features`` section. Returns the number of accounts written; ``report``
+    (when given) receives the account attributes carried and skipped (for the step summary).
     """
     windows = tuple(params.get("windows", activity.DEFAULT_WINDOWS))
     graph_params = params.get("graph", {}) or {}
@@ -107,8 +110,9 @@ def build_features(spark: SparkSession, warehouse: str, run_date: dt.date, param
     act = activity.activity_features(spark, warehouse, run_date, windows)
     neighbour_cols = [c for c in graph_params.get("neighbor_activity_columns", []) if c in act.columns]
     labels = read_table(spark, warehouse, t.LABELS) if table_exists(spark, warehouse, t.LABELS) else None
+    edges = read_table(spark, warehouse, t.EDGES)
     graph_feats = graph.graph_features(
-        read_table(spark, warehouse, t.EDGES),
+        edges,
         accounts,
         run_date,
         activity=act.select(t.ACCOUNT_ID, *neighbour_cols) if neighbour_cols else None,
@@ -120,14 +124,23 @@ def build_features(spark: SparkSession, warehouse: str, run_date: dt.date, param
         salt_buckets=graph_params.get("salt_buckets", 32),
     )
     meta = metadata_features(accounts, run_date, params.get("new_account_days", 30))
-    out = assemble_features(meta, act, graph_feats, windows).withColumn(t.RUN_DATE, F.lit(run_date))
+    out = assemble_features(meta, act, graph_feats, windows)
+    # Users' own account columns (attr_*) and their neighbour distributions (nbr_<dir>_<agg>_*).
+    extra, summary = attributes.run_attribute_features(
+        edges, accounts, act, run_date, params, reserved=out.columns
+    )
+    if extra is not None:
+        out = out.join(extra, t.ACCOUNT_ID, "left")
+    if report is not None:
+        report.update(summary)
+    out = out.withColumn(t.RUN_DATE, F.lit(run_date))
     out = out.select(t.ACCOUNT_ID, t.RUN_DATE, *[c for c in out.columns if c not in (t.ACCOUNT_ID, t.RUN_DATE)])
     out = out.cache()
     n = out.count()
     with commit_metadata(spark, step="features", run_date=run_date.isoformat()):
         write_table(
             out, warehouse, t.FEATURES, partition_by=[t.RUN_DATE],
-            replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}'",
+            replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}'", merge_schema=True,
         )
     out.unpersist()
     return n
