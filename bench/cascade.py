@@ -137,10 +137,18 @@ def main() -> None:
     print("\nHeld-out accounts at", args.eval_date, "(truth families; family vs humans):")
     print(report.to_string(float_format=lambda v: f"{v:.3f}"))
 
+    # int8 dynamic quantisation (the CPU path's default): how far do scores move?
+    s_q = heavy.quantize_dynamic().predict(held, batch_size=1024)
+    diff = np.abs(s_q - s_heavy)
+    print(f"\nint8 vs fp32 heavy scores on {len(held)} held-out accounts: mean |diff| {diff.mean():.5f}, "
+          f"max {diff.max():.5f}, PR-AUC fp32 {pr_auc(y, s_heavy):.4f} vs int8 {pr_auc(y, s_q):.4f}")
     # The cascade: heavy's would-be actions at its validation threshold.
     heavy_thr = operating_threshold(data["valid"][t.LABEL].to_numpy(), heavy.predict(data["valid"]), tp)
     acts = s_heavy >= heavy_thr if heavy_thr is not None else s_heavy >= np.quantile(s_heavy, 0.97)
     print(f"\nheavy threshold {heavy_thr}; heavy-on-everyone actions {int(acts.sum())} of {len(held)}")
+    if heavy_thr is not None:
+        flips = int(((s_q >= heavy_thr) != acts).sum())
+        print(f"int8 changes {flips} of {len(held)} action decisions at that threshold")
     for name, s1 in (("xgboost", s_xgb), ("xgboost distilled", s_student)):
         for budget in (conf["cascade.budget"], 0.05):
             c = choose_flag_threshold(s1, acts, keep_share=conf["cascade.keep_share"], budget=budget)
