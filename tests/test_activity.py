@@ -199,7 +199,8 @@ def _reference(ev: pd.DataFrame, run_date: dt.date, windows) -> pd.DataFrame:
                 f[A.DISTINCT_DEVICES] = x[t.DEVICE_ID].nunique()
                 # sessions: explicit session ids, each session's length = last - first
                 sid = np.concatenate([[0], np.cumsum(iet > GAP)])
-                secs = (ts.astype("int64") / 1e9).to_numpy()
+                # seconds from the first event: epoch seconds as floats lose ~1e-7 s
+                secs = (ts - ts.iloc[0]).dt.total_seconds().to_numpy()
                 lengths = pd.Series(secs).groupby(sid).agg(lambda s: s.max() - s.min())
                 f[A.SESSION_COUNT] = len(lengths)
                 f[A.MEAN_SESSION_SECONDS] = lengths.mean()
@@ -299,3 +300,41 @@ def test_activity_daily_rerun_is_idempotent(spark, warehouse, raw):
     assert again.schema[t.DAY].dataType == T.DateType()
     feats = A.activity_features(spark, warehouse, day, [1])
     assert feats.count() == counts[day]
+
+
+def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw):
+    """The nightly path rolls ``activity_window`` forward a day at a time (adding the new day,
+    removing the day leaving each window and the stitched gaps that go with it). Short windows, so
+    days and midnight-crossing gaps leave them inside the 14 days of events."""
+    ev, events, accounts = raw
+    windows = (1, 3, 7)
+    write_table(events, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE])
+    write_table(accounts, warehouse, t.ACCOUNTS)
+    A.build_activity_daily(spark, warehouse, RUN - dt.timedelta(days=13), RUN)
+    spec = A.window_spec(windows, GAP)
+    for back in (4, 3, 2, 1, 0):
+        day = RUN - dt.timedelta(days=back)
+        rolled = A.read_window_state(spark, warehouse, day - dt.timedelta(days=1), spec) is not None
+        assert rolled == (back < 4)  # the first date sums partials, the others roll
+        got = A.activity_features(spark, warehouse, day, windows).toPandas()
+        got = got.sort_values(t.ACCOUNT_ID).reset_index(drop=True)
+        want = _reference(ev, day, windows)
+        assert got[t.ACCOUNT_ID].tolist() == want[t.ACCOUNT_ID].tolist()
+        pd.testing.assert_frame_equal(
+            got.astype("float64"), want.astype("float64"), check_exact=False, rtol=1e-9, atol=1e-9
+        )
+    state = A.read_window_state(spark, warehouse, RUN, spec)
+    summed = A.window_sums(read_table(spark, warehouse, t.ACTIVITY_DAILY), RUN, windows)
+    floats = [A.IET_SUM, A.IET_SUMSQ, A.SESSION_SECONDS]
+    exact = [c for c in A.STATE_COLUMNS if c not in floats]
+    keys = [t.ACCOUNT_ID, "_window"]
+    assert sorted(map(tuple, state.select(*keys, *exact).collect())) == sorted(
+        map(tuple, summed.select(*keys, *exact).collect())
+    )
+    # Float sums: added and subtracted day by day, equal to rounding (relative).
+    rolled_f = state.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
+    summed_f = summed.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
+    pd.testing.assert_frame_equal(rolled_f, summed_f, check_exact=False, rtol=1e-9, atol=1e-6)
+    # Only the last few days of state are kept.
+    days_kept = read_table(spark, warehouse, t.ACTIVITY_WINDOW).select(t.RUN_DATE).distinct().count()
+    assert days_kept == 5

@@ -12,6 +12,7 @@ LABELS = "labels"
 TRUTH = "truth"
 QUARANTINE = "quarantine"
 ACTIVITY_DAILY = "activity_daily"
+ACTIVITY_WINDOW = "activity_window"  # rolled window sums per account (internal state of the features step)
 FEATURES = "features"
 MODEL_REGISTRY = "model_registry"
 SCORES = "scores"

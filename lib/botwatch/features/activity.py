@@ -80,6 +80,10 @@ FIRST_TS = "first_ts"
 LAST_TS = "last_ts"
 IP_SKETCH = "ip_sketch"
 DEVICE_SKETCH = "device_sketch"
+LOCAL_DAYS = "local_days"  # days of a window whose local hour histogram is known
+# ---- activity_window columns (the rolled state: one row per account_id x window x run_date) ----
+WINDOW_DAYS = "window_days"
+WINDOW_SPEC = "window_spec"
 
 # ---- window features: column f"{name}_{w}d" ----
 HAS_ACTIVITY = "has_activity"
@@ -138,6 +142,11 @@ ACCOUNT_COLUMNS: dict[str, T.DataType] = {t.ACCOUNT_ID: T.LongType(), t.COUNTRY:
 PARTIAL_COLUMNS = (t.ACCOUNT_ID, t.DAY, DOW, N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_LOCAL, IET_HIST, IET_COUNT,
                    IET_SUM, IET_SUMSQ, EVENT_TYPE_COUNTS, MAX_EVENTS_PER_MINUTE, MAX_EVENTS_PER_HOUR,
                    SESSION_COUNT, SESSION_SECONDS, FIRST_TS, LAST_TS, IP_SKETCH, DEVICE_SKETCH)
+
+
+# The additive window sums carried from day to day in ``activity_window`` (per account x window).
+STATE_COLUMNS = (N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_LOCAL, LOCAL_DAYS, IET_HIST, IET_COUNT, IET_SUM, IET_SUMSQ,
+                 EVENT_TYPE_COUNTS, _DOW_HIST, SESSION_COUNT, SESSION_SECONDS)
 
 
 class WindowSpecError(ValueError):
@@ -413,9 +422,71 @@ def activity_features(
     session_gap_seconds: int = SESSION_GAP_SECONDS,
 ) -> DataFrame:
     """The nightly activity features for ``run_date`` from the ``activity_daily`` table (build
-    its partition ``run_date`` first with :func:`build_activity_daily`)."""
+    its partition ``run_date`` first with :func:`build_activity_daily`).
+
+    Writes the ``activity_window`` state partition ``run_date`` on the way: rolled forward from
+    the day before's state when there is one with the same windows and session gap (reading
+    O(accounts) partial rows), else summed from the window's partials. Maxima and HLL unions come
+    from a thin projection of the window's partials."""
     ws = _check_windows(windows)
-    return window_features(read_activity_window(spark, warehouse, run_date, ws[-1]), run_date, ws, session_gap_seconds)
+    daily = read_activity_window(spark, warehouse, run_date, ws[-1] + 1)
+    state = build_activity_window(spark, warehouse, run_date, ws, session_gap_seconds, daily=daily)
+    return features_from_state(state, window_extremes(daily, run_date, ws), ws)
+
+
+def window_spec(windows: Sequence[int], session_gap_seconds: int) -> str:
+    """What an ``activity_window`` state was built with; a state with another spec is not rolled."""
+    return f"windows={','.join(map(str, _check_windows(windows)))};gap={session_gap_seconds}"
+
+
+def read_window_state(spark: SparkSession, warehouse: str, run_date: dt.date, spec: str) -> DataFrame | None:
+    """The ``activity_window`` state of ``run_date`` built with ``spec``, or None when there is none."""
+    if not delta_io.table_exists(spark, warehouse, t.ACTIVITY_WINDOW):
+        return None
+    state = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW).where(F.col(t.RUN_DATE) == F.lit(run_date))
+    if state.where(F.col(WINDOW_SPEC) == F.lit(spec)).limit(1).count() == 0:
+        return None
+    return state.withColumnRenamed(WINDOW_DAYS, _W)
+
+
+def build_activity_window(
+    spark: SparkSession,
+    warehouse: str,
+    run_date: dt.date,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+    daily: DataFrame | None = None,
+    keep_days: int = 7,
+) -> DataFrame:
+    """Write the ``activity_window`` partition ``run_date`` (replaced whole) and return it.
+
+    Rolled from ``run_date - 1``'s state when it exists with the same spec, else summed from
+    partials. Partitions older than ``keep_days`` are deleted: only the day before is ever read.
+    Rebuilding an old ``activity_daily`` day invalidates the states after it; rebuild those
+    dates' features in order (or delete the ``activity_window`` table) afterwards."""
+    ws = _check_windows(windows)
+    spec = window_spec(ws, session_gap_seconds)
+    if daily is None:
+        daily = read_activity_window(spark, warehouse, run_date, ws[-1] + 1)
+    previous = read_window_state(spark, warehouse, run_date - dt.timedelta(days=1), spec)
+    if previous is not None:
+        sums = roll_window_sums(previous, daily, run_date, ws, session_gap_seconds)
+    else:
+        sums = window_sums(daily, run_date, ws, session_gap_seconds)
+    out = sums.select(
+        t.ACCOUNT_ID, F.col(_W).alias(WINDOW_DAYS), *STATE_COLUMNS,
+        F.lit(spec).alias(WINDOW_SPEC), F.lit(run_date).alias(t.RUN_DATE),
+    )
+    table = t.table_path(warehouse, t.ACTIVITY_WINDOW)
+    with delta_io.commit_metadata(spark, step="activity_window", run_date=run_date.isoformat()):
+        delta_io.write_table(
+            out, warehouse, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE],
+            replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}'",
+        )
+        oldest = run_date - dt.timedelta(days=keep_days)
+        spark.sql(f"DELETE FROM delta.`{table}` WHERE {t.RUN_DATE} < '{oldest.isoformat()}'")
+    state = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW).where(F.col(t.RUN_DATE) == F.lit(run_date))
+    return state.withColumnRenamed(WINDOW_DAYS, _W)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,35 +541,34 @@ def _wide(per_window: DataFrame, windows: tuple[int, ...]) -> DataFrame:
     return per_window.groupBy(t.ACCOUNT_ID).agg(*cols)
 
 
-def window_features(
+def window_sums(
     activity_daily: DataFrame,
     run_date: dt.date,
     windows: Sequence[int] = DEFAULT_WINDOWS,
     session_gap_seconds: int = SESSION_GAP_SECONDS,
 ) -> DataFrame:
-    """Activity features for ``windows`` (days) ending at ``run_date``, from daily partials only.
-
-    One row per account with a partial in the largest window; columns ``account_id`` then
-    :func:`feature_columns`. ``activity_daily`` may hold other days: only the window's are read.
-
-    >>> feats = window_features(spark.read.format("delta").load(path), dt.date(2024, 5, 28))  # doctest: +SKIP
-    """
+    """The additive part of every window, from the window's daily partials: one row per
+    (account, window ``_W``) with :data:`STATE_COLUMNS` -- summed histograms and counts, with
+    inter-event times and sessions stitched across midnight. This is the ``activity_window`` state
+    that :func:`roll_window_sums` carries from one run date to the next."""
     ws = _check_windows(windows)
     require_columns(activity_daily, PARTIAL_COLUMNS, "activity window features (activity_daily)")
     start = run_date - dt.timedelta(days=ws[-1] - 1)
     daily = activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date)))
     keys = [t.ACCOUNT_ID, _W]
 
-    # 1. Sums and maxima need no order, so Spark aggregates them before the shuffle: the wide
-    #    partial rows are never sorted or shuffled whole.
+    # 1. Sums need no order, so Spark aggregates them before the shuffle: the wide partial rows
+    #    are never sorted or shuffled whole.
     def array_sum(name: str, size: int) -> list[Column]:
         return [F.sum(F.col(name)[i]) for i in range(size)]
 
     sums = _explode_windows(daily, t.DAY, run_date, ws).groupBy(*keys).agg(
         F.sum(N_EVENTS).alias(N_EVENTS),
         F.array(*array_sum(HOUR_HIST_UTC, HOURS)).alias(HOUR_HIST_UTC),
-        # Days without a known offset have a null local histogram; sum() skips them.
-        F.when(F.count(HOUR_HIST_LOCAL) > 0, F.array(*array_sum(HOUR_HIST_LOCAL, HOURS))).alias(HOUR_HIST_LOCAL),
+        # Days without a known offset have no local histogram: count the days that have one.
+        F.array(*[F.coalesce(F.sum(F.col(HOUR_HIST_LOCAL)[i]), F.lit(0).cast("long")) for i in range(HOURS)])
+        .alias(HOUR_HIST_LOCAL),
+        F.count(HOUR_HIST_LOCAL).alias(LOCAL_DAYS),
         F.array(*array_sum(IET_HIST, IET_BINS)).alias(IET_HIST),
         F.sum(IET_COUNT).alias(IET_COUNT),
         F.sum(IET_SUM).alias(IET_SUM),
@@ -506,8 +576,6 @@ def window_features(
         F.array(*array_sum(EVENT_TYPE_COUNTS, len(t.EVENT_TYPES))).alias(EVENT_TYPE_COUNTS),
         F.array(*[F.sum(F.when(F.col(DOW) == d, F.col(N_EVENTS)).otherwise(0)) for d in range(DAYS_OF_WEEK)])
         .alias(_DOW_HIST),
-        F.max(MAX_EVENTS_PER_MINUTE).alias(MAX_EVENTS_PER_MINUTE),
-        F.max(MAX_EVENTS_PER_HOUR).alias(MAX_EVENTS_PER_HOUR),
         F.sum(SESSION_COUNT).alias(SESSION_COUNT),
         F.sum(SESSION_SECONDS).alias(SESSION_SECONDS),
     )
@@ -522,55 +590,189 @@ def window_features(
         F.lag(t.DAY).over(by_day).alias(_PREV_DAY),
         ((F.unix_micros(FIRST_TS) - F.lag(F.unix_micros(LAST_TS)).over(by_day)) / float(_US)).alias(_GAP),
     )
+    gaps = _explode_windows(thin, t.DAY, run_date, ws).where(_in_window(F.col(_PREV_DAY), run_date))
+    return _sum_state(sums.unionByName(_gap_rows(gaps.select(*keys, _GAP), session_gap_seconds, 1)))
+
+
+def _gap_rows(gaps: DataFrame, session_gap_seconds: int, sign: int) -> DataFrame:
+    """State rows that add (``sign`` 1) or remove (-1) one stitched inter-event time ``_GAP`` per row:
+    one more IET, and one session fewer (its seconds added) when the gap is short."""
     g = F.col(_GAP)
     gbin = log2_bin(g)
     short = g <= session_gap_seconds
-    stitched = (
-        _explode_windows(thin, t.DAY, run_date, ws)
-        .where(_in_window(F.col(_PREV_DAY), run_date))
-        .groupBy(*keys)
-        .agg(
-            F.array(*[_count(gbin == b) for b in range(IET_BINS)]).alias("_gap_hist"),
-            F.count(g).alias("_gaps"),
-            F.sum(g).alias("_gap_sum"),
-            F.sum(g * g).alias("_gap_sumsq"),
-            _count(short).alias("_merges"),
-            F.sum(F.when(short, g).otherwise(0.0)).alias("_merged_seconds"),
-        )
+    one = F.lit(sign).cast("long")
+    zero = F.lit(0).cast("long")
+    return gaps.select(
+        t.ACCOUNT_ID,
+        _W,
+        zero.alias(N_EVENTS),
+        F.array(*[zero] * HOURS).alias(HOUR_HIST_UTC),
+        F.array(*[zero] * HOURS).alias(HOUR_HIST_LOCAL),
+        zero.alias(LOCAL_DAYS),
+        F.array(*[F.when(gbin == b, one).otherwise(zero) for b in range(IET_BINS)]).alias(IET_HIST),
+        one.alias(IET_COUNT),
+        (g * sign).alias(IET_SUM),
+        (g * g * sign).alias(IET_SUMSQ),
+        F.array(*[zero] * len(t.EVENT_TYPES)).alias(EVENT_TYPE_COUNTS),
+        F.array(*[zero] * DAYS_OF_WEEK).alias(_DOW_HIST),
+        F.when(short, -one).otherwise(zero).alias(SESSION_COUNT),
+        F.when(short, g * sign).otherwise(0.0).alias(SESSION_SECONDS),
     )
 
-    # 3. Distinct IPs and devices: unions of the daily sketches.
-    sketches = _explode_windows(daily.select(t.ACCOUNT_ID, t.DAY, IP_SKETCH, DEVICE_SKETCH), t.DAY, run_date, ws)
-    sketches = sketches.groupBy(*keys).agg(
+
+def _partial_rows(partials: DataFrame, sign: int) -> DataFrame:
+    """State rows that add (``sign`` 1) or remove (-1) whole daily partials (column ``_W`` set)."""
+    def signed(c: Column) -> Column:
+        return (c * sign).cast("long")
+
+    def arr(name: str, size: int) -> Column:
+        return F.array(*[signed(F.coalesce(F.col(name)[i], F.lit(0))) for i in range(size)]).alias(name)
+
+    return partials.select(
+        t.ACCOUNT_ID,
+        _W,
+        signed(F.col(N_EVENTS)).alias(N_EVENTS),
+        arr(HOUR_HIST_UTC, HOURS),
+        arr(HOUR_HIST_LOCAL, HOURS),
+        signed(F.col(HOUR_HIST_LOCAL).isNotNull().cast("int")).alias(LOCAL_DAYS),
+        arr(IET_HIST, IET_BINS),
+        signed(F.col(IET_COUNT)).alias(IET_COUNT),
+        (F.col(IET_SUM) * sign).alias(IET_SUM),
+        (F.col(IET_SUMSQ) * sign).alias(IET_SUMSQ),
+        arr(EVENT_TYPE_COUNTS, len(t.EVENT_TYPES)),
+        F.array(*[signed(F.when(F.col(DOW) == d, F.col(N_EVENTS)).otherwise(0)) for d in range(DAYS_OF_WEEK)])
+        .alias(_DOW_HIST),
+        signed(F.col(SESSION_COUNT)).alias(SESSION_COUNT),
+        (F.col(SESSION_SECONDS) * sign).alias(SESSION_SECONDS),
+    )
+
+
+def _sum_state(rows: DataFrame) -> DataFrame:
+    """Sum state rows per (account, window); windows left without events are dropped."""
+    sizes = {HOUR_HIST_UTC: HOURS, HOUR_HIST_LOCAL: HOURS, IET_HIST: IET_BINS,
+             EVENT_TYPE_COUNTS: len(t.EVENT_TYPES), _DOW_HIST: DAYS_OF_WEEK}
+    aggs = [
+        F.array(*[F.sum(F.col(c)[i]) for i in range(sizes[c])]).alias(c) if c in sizes else F.sum(c).alias(c)
+        for c in STATE_COLUMNS
+    ]
+    return rows.groupBy(t.ACCOUNT_ID, _W).agg(*aggs).where(F.col(N_EVENTS) > 0)
+
+
+def roll_window_sums(
+    previous: DataFrame,
+    activity_daily: DataFrame,
+    run_date: dt.date,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+) -> DataFrame:
+    """:func:`window_sums` for ``run_date`` from the state of the day before (``previous``, the
+    same windows and session gap) and three kinds of partials: the new day's, the one leaving each
+    window (day D-w) and the thin first/last event times of the days in between (for the
+    stitched gaps that enter or leave a window). Equal to :func:`window_sums` (counts exactly,
+    float sums to rounding); it reads O(accounts) rows instead of O(accounts x days)."""
+    ws = _check_windows(windows)
+    require_columns(activity_daily, PARTIAL_COLUMNS, "activity window roll (activity_daily)")
+    require_columns(previous, (t.ACCOUNT_ID, _W, *STATE_COLUMNS), "activity window roll (previous state)")
+    day = F.col(t.DAY)
+    today = activity_daily.where(day == F.lit(run_date))
+    all_windows = F.explode(F.array(*[F.lit(w) for w in ws])).alias(_W)
+    added = _partial_rows(today.select("*", all_windows), 1)
+    leaving = [
+        activity_daily.where(day == F.lit(run_date - dt.timedelta(days=w))).withColumn(_W, F.lit(w)) for w in ws
+    ]
+    removed = _partial_rows(_union_all(leaving), -1)
+
+    # Stitched gaps, from thin per-account aggregates over the days D-W .. D.
+    oldest = run_date - dt.timedelta(days=ws[-1])
+    thin = activity_daily.where(day.between(F.lit(oldest), F.lit(run_date)))
+
+    def day_and(ts: str) -> Column:
+        # structs order by their first field: max/min pick the latest/earliest day's time
+        return F.struct(day.alias("d"), F.col(ts).alias("ts"))
+
+    aggs = [
+        F.max(F.when(day < F.lit(run_date), day_and(LAST_TS))).alias("_prev"),
+        F.max(F.when(day == F.lit(run_date), F.col(FIRST_TS))).alias("_today_first"),
+    ]
+    for w in ws:
+        out_day = run_date - dt.timedelta(days=w)
+        aggs += [
+            F.max(F.when(day == F.lit(out_day), F.col(LAST_TS))).alias(f"_out_last_{w}"),
+            F.min(F.when((day > F.lit(out_day)) & (day < F.lit(run_date)), day_and(FIRST_TS))).alias(f"_next_{w}"),
+        ]
+    edges = thin.groupBy(t.ACCOUNT_ID).agg(*aggs)
+
+    def seconds(later: Column, earlier: Column) -> Column:
+        return (F.unix_micros(later) - F.unix_micros(earlier)) / float(_US)
+
+    entering, exiting = [], []
+    for w in ws:
+        first_in = run_date - dt.timedelta(days=w - 1)
+        # The gap into D counts in window w when the previous active day is inside it.
+        entering.append(edges.select(
+            t.ACCOUNT_ID, F.lit(w).alias(_W),
+            F.when(F.col("_prev.d") >= F.lit(first_in), seconds(F.col("_today_first"), F.col("_prev.ts"))).alias(_GAP),
+        ))
+        # Day D-w leaves window w: the gap from its last event to the next active day goes with it.
+        exiting.append(edges.select(
+            t.ACCOUNT_ID, F.lit(w).alias(_W), seconds(F.col(f"_next_{w}.ts"), F.col(f"_out_last_{w}")).alias(_GAP),
+        ))
+    gap_in = _gap_rows(_union_all(entering).where(F.col(_GAP).isNotNull()), session_gap_seconds, 1)
+    gap_out = _gap_rows(_union_all(exiting).where(F.col(_GAP).isNotNull()), session_gap_seconds, -1)
+    carried = previous.select(t.ACCOUNT_ID, _W, *STATE_COLUMNS).where(F.col(_W).isin(*ws))
+    return _sum_state(_union_all([carried, added, removed, gap_in, gap_out]))
+
+
+def _union_all(frames: Sequence[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out
+
+
+def window_extremes(
+    activity_daily: DataFrame, run_date: dt.date, windows: Sequence[int] = DEFAULT_WINDOWS
+) -> DataFrame:
+    """The parts of a window that cannot be rolled forward (maxima and HLL unions), from a thin
+    projection of the window's partials: one row per (account, window)."""
+    ws = _check_windows(windows)
+    start = run_date - dt.timedelta(days=ws[-1] - 1)
+    thin = activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date))).select(
+        t.ACCOUNT_ID, t.DAY, MAX_EVENTS_PER_MINUTE, MAX_EVENTS_PER_HOUR, IP_SKETCH, DEVICE_SKETCH
+    )
+    return _explode_windows(thin, t.DAY, run_date, ws).groupBy(t.ACCOUNT_ID, _W).agg(
+        F.max(MAX_EVENTS_PER_MINUTE).alias(MAX_EVENTS_PER_MINUTE),
+        F.max(MAX_EVENTS_PER_HOUR).alias(MAX_EVENTS_PER_HOUR),
         F.hll_union_agg(IP_SKETCH).alias(IP_SKETCH),
         F.hll_union_agg(DEVICE_SKETCH).alias(DEVICE_SKETCH),
     )
 
-    def plus(name: str, extra: str, zero=0) -> Column:
-        return (F.col(name) + F.coalesce(F.col(extra), F.lit(zero))).alias(name)
 
-    gap_hist = F.col("_gap_hist")
-    combined = sums.join(stitched, keys, "left").join(sketches, keys).select(
-        *keys,
-        N_EVENTS,
-        HOUR_HIST_UTC,
-        HOUR_HIST_LOCAL,
-        F.array(
-            *[F.col(IET_HIST)[b] + F.coalesce(F.get(gap_hist, b), F.lit(0)) for b in range(IET_BINS)]
-        ).alias(IET_HIST),
-        plus(IET_COUNT, "_gaps"),
-        plus(IET_SUM, "_gap_sum", 0.0),
-        plus(IET_SUMSQ, "_gap_sumsq", 0.0),
-        EVENT_TYPE_COUNTS,
-        _DOW_HIST,
-        MAX_EVENTS_PER_MINUTE,
-        MAX_EVENTS_PER_HOUR,
-        (F.col(SESSION_COUNT) - F.coalesce(F.col("_merges"), F.lit(0))).alias(SESSION_COUNT),
-        plus(SESSION_SECONDS, "_merged_seconds", 0.0),
-        IP_SKETCH,
-        DEVICE_SKETCH,
+def features_from_state(state: DataFrame, extremes: DataFrame, windows: Sequence[int] = DEFAULT_WINDOWS) -> DataFrame:
+    """Window features (one row per account, :func:`feature_columns`) from the window sums and extremes."""
+    ws = _check_windows(windows)
+    keys = [t.ACCOUNT_ID, _W]
+    combined = state.join(extremes, keys).withColumn(
+        HOUR_HIST_LOCAL, F.when(F.col(LOCAL_DAYS) > 0, F.col(HOUR_HIST_LOCAL))
     )
     return _wide(_features(combined), ws)
+
+
+def window_features(
+    activity_daily: DataFrame,
+    run_date: dt.date,
+    windows: Sequence[int] = DEFAULT_WINDOWS,
+    session_gap_seconds: int = SESSION_GAP_SECONDS,
+) -> DataFrame:
+    """Activity features for ``windows`` (days) ending at ``run_date``, from daily partials only.
+
+    One row per account with a partial in the largest window; columns ``account_id`` then
+    :func:`feature_columns`. ``activity_daily`` may hold other days: only the window's are read.
+
+    >>> feats = window_features(spark.read.format("delta").load(path), dt.date(2024, 5, 28))  # doctest: +SKIP
+    """
+    sums = window_sums(activity_daily, run_date, windows, session_gap_seconds)
+    return features_from_state(sums, window_extremes(activity_daily, run_date, windows), windows)
 
 
 def activity_features_from_scratch(
