@@ -491,3 +491,13 @@ def test_report_command_prints_the_path(monitored, conf):
     assert got.output.strip() == second["report"]
     missing = runner.invoke(app, ["report", "--date", "2020-01-01", "--warehouse", wh])
     assert missing.exit_code == 1
+
+
+def test_reference_profile_of_an_all_missing_feature(spark):
+    # e.g. a graph feature no account has yet on the training date: profiled, never a crash
+    pdf = pd.DataFrame({"x": np.arange(50, dtype=float), "empty": np.full(50, np.nan)})
+    profile = reference_profile(spark.createDataFrame(pdf), ["x", "empty"])
+    assert profile["features"]["empty"]["counts"][-1] == 50 and sum(profile["features"]["empty"]["counts"]) == 50
+    cur = spark.createDataFrame(pdf.assign(empty=1.0))
+    got = drift_statistics(cur, profile).toPandas().set_index("feature")
+    assert got.loc["empty", "psi"] > 5.0 and got.loc["x", "psi"] == pytest.approx(0.0, abs=1e-12)
