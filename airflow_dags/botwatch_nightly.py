@@ -13,8 +13,8 @@ Knobs (environment, so that parsing the file stays cheap): ``BOTWATCH_HOME`` (pr
 default: this file's parent's parent), ``BOTWATCH_CONF`` (conf file, default ``conf/local.yaml``),
 ``BOTWATCH_WAREHOUSE`` (overrides the conf's warehouse), ``BOTWATCH_JARS`` (jars folder),
 ``BOTWATCH_START_DATE`` (first logical date, default 2026-01-05), ``BOTWATCH_DRIVER_MEMORY``
-(spark-submit ``--driver-memory``, default 4g), ``BOTWATCH_SETS`` (extra ``key=value`` conf
-overrides, separated by ``;``).
+(spark-submit ``--driver-memory``, default 4g), ``BOTWATCH_RETRIES`` (default 2),
+``BOTWATCH_SETS`` (extra ``key=value`` conf overrides, separated by ``;``).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ SETS = [s for s in os.environ.get("BOTWATCH_SETS", "").split(";") if s.strip()]
 START_DATE = pendulum.parse(os.environ.get("BOTWATCH_START_DATE", "2026-01-05"), tz="UTC")
 # spark-submit's --driver-memory: the driver JVM starts before the job reads its conf.
 DRIVER_MEMORY = os.environ.get("BOTWATCH_DRIVER_MEMORY", "4g")
+RETRIES = int(os.environ.get("BOTWATCH_RETRIES", "2"))
 
 # (task id = job file, pool), in the pipeline's order (botwatch.steps.RUN_ORDER).
 STEPS = (
@@ -72,7 +73,7 @@ with DAG(
     catchup=True,
     max_active_runs=1,
     default_args={
-        "retries": 2,
+        "retries": RETRIES,
         "retry_delay": timedelta(minutes=5),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(hours=1),

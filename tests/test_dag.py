@@ -45,6 +45,8 @@ def airflow_env(home: Path, warehouse: str = "", sets: str = "") -> dict[str, st
         "BOTWATCH_SETS": sets,
         "BOTWATCH_DRIVER_MEMORY": "2g",
     })
+    if warehouse != "/tmp/bw-warehouse":
+        env["BOTWATCH_RETRIES"] = "0"  # dag.test would wait out the 5-minute retry delay
     return env
 
 
