@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from tests.helpers import copy_warehouse
 
 from botwatch import nightly, steps
 from botwatch import tables as t
@@ -21,7 +22,6 @@ from botwatch.ingest import write_quarantine
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, SchemaMismatchError
 from botwatch.scoring.latest import publish_latest
 from botwatch.validate import NoEventsError, validate_inputs
-from tests.helpers import copy_warehouse
 
 D = dt.date(2026, 1, 12)
 
@@ -277,8 +277,10 @@ def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):
 
 # ---------------------------------------------------------------- the real run on the platform
 
+# Stage 2 (the torch model) has its own tests; here the run's mechanics on the stage-1 path keep it small.
+RUN_SETTINGS = ["train.n_bootstrap=20", "cascade.enabled=false"]
 CHECKED_TABLES = (t.ACTIVITY_DAILY, t.FEATURES, t.SCORES, t.SCORES_LATEST, t.QUARANTINE, t.MODEL_REGISTRY,
-                  t.EVENTS, t.LABELS, t.EDGES)
+                  t.EVENTS, t.LABELS, t.EDGES, t.REVIEW_QUEUE, t.METRICS, t.DRIFT)
 KEYS = {
     t.ACTIVITY_DAILY: (t.ACCOUNT_ID, t.DAY), t.FEATURES: (t.ACCOUNT_ID, t.RUN_DATE),
     t.SCORES: (t.ACCOUNT_ID, t.RUN_DATE), t.SCORES_LATEST: (t.ACCOUNT_ID,), t.RUN_LOG: (t.RUN_DATE, "step"),
@@ -307,7 +309,7 @@ def full_run(spark, platform, tmp_path_factory):
     """One uninterrupted run of the platform's last feature date; (conf, date, checksums, results)."""
     pconf, dates = platform
     wh = copy_warehouse(pconf["warehouse"], tmp_path_factory.mktemp("full") / "wh")
-    conf = pconf.with_overrides([f"warehouse={wh}", "train.n_bootstrap=20"])
+    conf = pconf.with_overrides([f"warehouse={wh}", *RUN_SETTINGS])
     results = nightly.run_steps(spark, conf, dates[-1], echo=lambda _: None)
     return conf, dates[-1], checksums(spark, wh), results
 
@@ -340,7 +342,7 @@ def test_failure_midway_then_rerun_ends_like_an_uninterrupted_run(spark, platfor
     pconf, dates = platform
     _, day, sums, _ = full_run
     wh = copy_warehouse(pconf["warehouse"], tmp_path / "wh")
-    conf = pconf.with_overrides([f"warehouse={wh}", "train.n_bootstrap=20"])
+    conf = pconf.with_overrides([f"warehouse={wh}", *RUN_SETTINGS])
     real = steps.STEPS["score_stage1"]
 
     def crash_after_writing(spark_, conf_, run_date):
@@ -355,3 +357,42 @@ def test_failure_midway_then_rerun_ends_like_an_uninterrupted_run(spark, platfor
     assert resumed == {"validate": "skipped", "activity": "skipped", "features": "skipped", "train": "skipped",
                        "score_stage1": "ok", "score_stage2": "ok", "publish": "ok", "monitor": "ok"}
     assert checksums(spark, wh) == sums
+
+
+# ---------------------------------------------------------------- notebooks (papermill, on the run's tables)
+
+NOTEBOOK_SETS = ["spark.master=local[2]", "spark.driver_memory=2g", "spark.shuffle_partitions=4",
+                 "spark.ui_enabled=false", "spark.log_level=ERROR"]
+
+
+def test_notebooks_execute_on_the_runs_tables(spark, platform, full_run, tmp_path):
+    import papermill as pm
+
+    pconf, dates = platform
+    conf, day, _, _ = full_run
+    wh = copy_warehouse(conf["warehouse"], tmp_path / "wh")
+    wconf = conf.with_overrides([f"warehouse={wh}"])
+    # An earlier scored date, so labels arrive after scoring (PR curve) and scores_latest has history.
+    nightly.run_steps(spark, wconf, dates[-2], ["score_stage1", "publish"], echo=lambda _: None)
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    first = day - dt.timedelta(days=1)
+    pm.execute_notebook(
+        str(repo / "notebooks" / "backfill.ipynb"), str(tmp_path / "backfill.out.ipynb"), cwd=str(repo),
+        parameters={"start": first.isoformat(), "end": day.isoformat(), "conf": "conf/local.yaml", "warehouse": wh,
+                    "sets": NOTEBOOK_SETS, "steps": ["validate", "activity"]},
+        kernel_name="python3", progress_bar=False,
+    )
+    logged = nightly.log_rows(spark, wh, first)
+    assert {s: logged[s]["status"] for s in ("validate", "activity")} == {"validate": "ok", "activity": "ok"}
+
+    out = tmp_path / "tour.out.ipynb"
+    pm.execute_notebook(
+        str(repo / "notebooks" / "analyst_tour.ipynb"), str(out), cwd=str(repo),
+        parameters={"conf": "conf/local.yaml", "warehouse": wh, "sets": NOTEBOOK_SETS, "top_n": 5},
+        kernel_name="python3", progress_bar=False,
+    )
+    text = out.read_text()
+    assert "PR-AUC (average precision) on new labels" in text
+    assert f"latest scored date: {day}" in text
