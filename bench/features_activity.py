@@ -222,6 +222,7 @@ def main() -> None:
     p.add_argument("--driver-memory", default="6g")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed at the end)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--reuse", action="store_true", help="reuse the events and partials already in --workdir")
     p.add_argument("--duckdb-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.duckdb_worker:
@@ -232,7 +233,7 @@ def main() -> None:
 
     from botwatch import tables as t
     from botwatch.config import load_config
-    from botwatch.delta_io import read_table, write_table
+    from botwatch.delta_io import read_table, table_exists, write_table
     from botwatch.features import activity as A
     from botwatch.spark import get_spark
 
@@ -253,10 +254,12 @@ def main() -> None:
         results[key] = value
         print(f"{key}: {value}", flush=True)
 
+    reuse = args.reuse and table_exists(spark, wh, t.EVENTS)
     with timed() as gen:
-        write_table(generate_accounts(spark, args.accounts), wh, t.ACCOUNTS)
-        write_table(generate_events(spark, args.accounts, args.days, args.events_per_day, run, args.seed), wh,
-                    t.EVENTS, partition_by=[t.EVENT_DATE])
+        if not reuse:
+            write_table(generate_accounts(spark, args.accounts), wh, t.ACCOUNTS)
+            write_table(generate_events(spark, args.accounts, args.days, args.events_per_day, run, args.seed), wh,
+                        t.EVENTS, partition_by=[t.EVENT_DATE])
     events = read_table(spark, wh, t.EVENTS)
     accounts = read_table(spark, wh, t.ACCOUNTS)
     n_window = events.where(F.col(t.EVENT_DATE).between(F.lit(start), F.lit(run))).count()
@@ -266,11 +269,16 @@ def main() -> None:
     report("events_on_run_date", n_day)
 
     if "a" in args.parts:
-        with PeakMemory() as mem, timed() as back:
-            A.build_activity_daily(spark, wh, start, run - dt.timedelta(days=1))
-        report("backfill_partials_s", round(back["seconds"], 1))
-        report("backfill_partials_events_per_s", round((n_window - n_day) / back["seconds"]))
-        report("backfill_partials_peak_gib", round(mem.peak_gib, 2))
+        if not (reuse and table_exists(spark, wh, t.ACTIVITY_DAILY)):
+            with PeakMemory() as mem, timed() as back:
+                A.build_activity_daily(spark, wh, start, run - dt.timedelta(days=1))
+            report("backfill_partials_s", round(back["seconds"], 1))
+            report("backfill_partials_events_per_s", round((n_window - n_day) / back["seconds"]))
+            report("backfill_partials_peak_gib", round(mem.peak_gib, 2))
+        # The night before left its window state behind (untimed): tonight rolls it forward.
+        with timed() as boot:
+            A.build_activity_window(spark, wh, run - dt.timedelta(days=1), windows)
+        report("previous_night_state_s", round(boot["seconds"], 1))
         spark_out = str(workdir / "spark_features.parquet")
         cpu0 = cpu_seconds()
         with PeakMemory() as mem, timed() as nightly:
