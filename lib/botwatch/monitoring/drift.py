@@ -121,13 +121,13 @@ def reference_profile(
     probs = [k / n_quantiles for k in range(1, n_quantiles)]
     data = df.select(*[F.col(c).cast("double").alias(c) for c in cols])
     quantiles = data.stat.approxQuantile(cols, probs, relative_error) if cols else []
-    edges = {c: sorted(set(q)) or [0.0] for c, q in zip(cols, quantiles, strict=True)}
+    edges: dict[str, Sequence[float]] = {c: sorted(set(q)) or [0.0] for c, q in zip(cols, quantiles, strict=True)}
     counts: dict[str, dict[int, int]] = {c: {} for c in cols}
     for row in binned_counts(data, edges).collect():
         counts[row[FEATURE]][row[BIN]] = row["n"]
-    features = {
+    features: dict[str, dict[str, list]] = {
         c: {
-            "edges": edges[c],
+            "edges": list(edges[c]),
             "psi_bin": coarse_bins(q, edges[c], psi_bins, n_quantiles),
             "counts": [counts[c].get(b, 0) for b in range(len(edges[c]) + 2)],
         }

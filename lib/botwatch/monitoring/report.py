@@ -93,7 +93,7 @@ def plot_score_histogram(hist: pd.DataFrame, bins: int = 50) -> str:
 def plot_drift_heatmap(spark: SparkSession, warehouse: str, run_date: dt.date, days: int, top: int) -> str:
     if not table_exists(spark, warehouse, t.DRIFT):
         raise MissingInput("No drift table yet.")
-    rows = (
+    rows: pd.DataFrame = (
         read_table(spark, warehouse, t.DRIFT)
         .where((F.col(t.NAME) == "psi") & F.col(t.RUN_DATE).between(F.lit(run_date - dt.timedelta(days=days)),
                                                                       F.lit(run_date)))
@@ -151,7 +151,7 @@ def plot_fpr_segments(pairs: pd.DataFrame) -> str:
 
 def plot_prevalence(spark: SparkSession, warehouse: str, run_date: dt.date) -> str:
     names = ("prevalence", "prevalence_low", "prevalence_high")
-    rows = (
+    rows: pd.DataFrame = (
         read_table(spark, warehouse, t.METRICS)
         .where(F.col(t.NAME).isin(*names) & (F.col(t.RUN_DATE) <= F.lit(run_date)))
         .toPandas()

@@ -13,6 +13,7 @@ import datetime as dt
 import math
 import re
 from dataclasses import dataclass, field
+from typing import cast
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -138,6 +139,10 @@ def _reference(spark: SparkSession, warehouse: str, record: dict | None) -> tupl
     return training_reference(spark, warehouse, train_date, cols), f"model version {record[t.VERSION]} (rebuilt)"
 
 
+def _pandas(df: DataFrame) -> pd.DataFrame:
+    return cast(pd.DataFrame, df.toPandas())
+
+
 def _past_decisions(spark: SparkSession, warehouse: str, scores: DataFrame, run_date: dt.date,
                     params: MonitorParams) -> pd.DataFrame:
     """Labels that arrived up to D, each paired with the latest decision made *before* it was
@@ -169,7 +174,7 @@ def _past_decisions(spark: SparkSession, warehouse: str, scores: DataFrame, run_
     features = read_table(spark, warehouse, t.FEATURES)
     segs = [c for c in (t.COUNTRY, "is_new_account") if c in features.columns]
     pairs = pairs.join(features.select(t.ACCOUNT_ID, t.RUN_DATE, *segs), [t.ACCOUNT_ID, t.RUN_DATE], "left")
-    pdf = pairs.toPandas()
+    pdf = _pandas(pairs)
     for c in cols:
         if c not in pdf:
             pdf[c] = None
@@ -191,11 +196,10 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
         .groupBy(t.ACCOUNT_ID)
         .agg(F.max_by(t.LABEL, t.LABELED_AT).alias(t.LABEL))
     )
-    rows = (
+    rows = _pandas(
         queue.join(labels, t.ACCOUNT_ID, "left")
         .groupBy(t.RUN_DATE, STRATUM)
         .agg(F.max(STRATUM_SIZE).alias("N"), F.count(t.LABEL).alias("n"), F.sum(F.col(t.LABEL).cast("long")).alias("y"))
-        .toPandas()
     )
     for day in sorted(rows[t.RUN_DATE].unique(), reverse=True) if len(rows) else []:
         g = rows[rows[t.RUN_DATE] == day]
@@ -210,11 +214,10 @@ def _score_histograms(scores: DataFrame, run_date: dt.date, days: int, bins: int
     start = run_date - dt.timedelta(days=days)
     window = scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date)) & F.col(t.SCORE).isNotNull())
     b = F.least(F.floor(F.col(t.SCORE) * bins), F.lit(bins - 1)).cast("int")
-    return (
+    return _pandas(
         window.select((F.col(t.RUN_DATE) == F.lit(run_date)).alias("current"), b.alias("bin"))
         .groupBy("current", "bin")
         .count()
-        .toPandas()
     )
 
 
@@ -234,6 +237,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
         F.sum((F.coalesce(F.col("actioned"), F.lit(False)) if "actioned" in scores_d.columns
                else F.lit(False)).cast("long")).alias("actioned"),
     ).first()
+    assert funnel_row is not None  # a global aggregate always has one row
     funnel = {k: int(funnel_row[k] or 0) for k in ("accounts", "flagged", "stage2", "action", "actioned")}
     if funnel["accounts"] == 0:
         scores_d.unpersist()
@@ -251,7 +255,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     feature_stats = pd.DataFrame(columns=[FEATURE, "psi", "ks", "ks_upper", "missing_share"])
     if profile is not None:
         features_d = read_table(spark, warehouse, t.FEATURES).where(F.col(t.RUN_DATE) == F.lit(run_date))
-        feature_stats = drift_statistics(features_d, profile).toPandas().sort_values(FEATURE)
+        feature_stats = _pandas(drift_statistics(features_d, profile)).sort_values(FEATURE)
         for r in feature_stats.itertuples():
             for name in ("psi", "ks", "ks_upper", "missing_share"):
                 drift_rows.append((name, _f(getattr(r, name)), r.feature))
@@ -270,18 +274,18 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     if ref_scores.limit(1).count():
         sprof = reference_profile(ref_scores, [t.SCORE])
         s = drift_statistics(scores_d, sprof).first()
-        score_psi = _f(s["psi"])
-        drift_rows += [("score_psi", score_psi, t.SCORE), ("score_ks", _f(s["ks"]), t.SCORE),
-                       ("score_ks_upper", _f(s["ks_upper"]), t.SCORE)]
+        if s is not None:
+            score_psi = _nan(s["psi"])
+            drift_rows += [("score_psi", _f(score_psi), t.SCORE), ("score_ks", _f(s["ks"]), t.SCORE),
+                           ("score_ks_upper", _f(s["ks_upper"]), t.SCORE)]
     metrics["score_psi"] = score_psi
 
     # 3. flagged rate against the trailing days
     trail_start = run_date - dt.timedelta(days=params.trailing_days)
-    daily = (
+    daily = _pandas(
         scores.where(F.col(t.RUN_DATE).between(F.lit(trail_start), F.lit(run_date - dt.timedelta(days=1))))
         .groupBy(t.RUN_DATE)
         .agg(F.avg(flagged(scores).cast("double")).alias("rate"))
-        .toPandas()
     )
     rate = funnel["flagged"] / funnel["accounts"]
     trailing = float(daily["rate"].mean()) if len(daily) else math.nan
@@ -357,6 +361,10 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
 def _outside(ratio: float, limit: float) -> bool:
     """Whether a rate ratio is at least ``limit`` times (or at most 1/``limit``) the usual."""
     return not math.isnan(ratio) and (ratio >= limit or ratio <= 1 / limit)
+
+
+def _nan(v) -> float:
+    return math.nan if v is None else float(v)
 
 
 def _f(v) -> float | None:
