@@ -136,8 +136,8 @@ RUN_ORDER = ("validate", "activity", "features", "train", "score_stage1", "score
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.delta_io import TableMissingError
-    from botwatch.registry import NoChampionError
     from botwatch.monitoring.run import DriftHardAlert, NothingToMonitorError
+    from botwatch.registry import NoChampionError
     from botwatch.schemas import SchemaMismatchError
     from botwatch.training import NotEnoughLabelsError
     from botwatch.validate import NoEventsError

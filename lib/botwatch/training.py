@@ -34,8 +34,8 @@ from botwatch.models.stage1 import (
     fit_booster,
     predict_margin,
 )
-
 from botwatch.monitoring.drift import REFERENCE_ARTIFACT, training_reference
+
 STAGE1_MODEL = "stage1_xgb"
 # The ``metrics`` row the monitor step sets when drift crosses the soft threshold.
 DRIFT_ALERT = "drift_alert"
@@ -232,6 +232,8 @@ def train_stage1(
     directory = registry.artifact_dir(warehouse, STAGE1_MODEL, version)
     registry.write_artifact(directory, "model.json", raw)
     registry.write_artifact(directory, "features.json", {"features": cols})
+    # The population's feature distribution at training time: the monitor's drift reference.
+    registry.write_artifact(directory, REFERENCE_ARTIFACT, training_reference(spark, warehouse, run_date, cols))
     registry.write_artifact(directory, "calibration.json", {"method": "platt", "a": calibration.a, "b": calibration.b})
     registry.write_artifact(
         directory, "meta.json",
@@ -246,8 +248,6 @@ def train_stage1(
         metrics.get("canary_golden_pr_auc", math.nan),
         champ_pr,
         params.promotion_tolerance,
-    # The population's feature distribution at training time: the monitor's drift reference.
-    registry.write_artifact(directory, REFERENCE_ARTIFACT, training_reference(spark, warehouse, run_date, cols))
     )
     record = registry.ModelRecord(
         model_name=STAGE1_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date,

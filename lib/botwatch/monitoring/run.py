@@ -34,7 +34,9 @@ from botwatch.monitoring.prevalence import stratified_estimate
 from botwatch.monitoring.review import STRATUM, STRATUM_SIZE, review_queue
 from botwatch.schemas import require_columns
 
-DRIFT_ALERT = "drift_alert"
+# The alert and its reader live with the refresh policy that acts on them.
+from botwatch.training import DRIFT_ALERT, drift_alert_before  # noqa: F401  (re-exported)
+
 DRIFT_HARD_ALERT = "drift_hard_alert"
 STAGE1_MODEL = "stage1_xgb"
 
@@ -90,21 +92,6 @@ def flagged(df: DataFrame) -> F.Column:
     if "stage2_reached" in df.columns:
         out = out | F.coalesce(F.col("stage2_reached"), F.lit(False))
     return out
-
-
-def drift_alert_before(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
-    """Whether the latest run before D that was monitored set the drift alert (the ``metrics``
-    row ``drift_alert`` of the latest run_date < D is > 0). The refresh policy retrains on it."""
-    if not table_exists(spark, warehouse, t.METRICS):
-        return False
-    rows = (
-        read_table(spark, warehouse, t.METRICS)
-        .where((F.col(t.NAME) == DRIFT_ALERT) & (F.col(t.RUN_DATE) < F.lit(run_date)))
-        .orderBy(F.col(t.RUN_DATE).desc())
-        .limit(1)
-        .collect()
-    )
-    return bool(rows) and (rows[0][t.VALUE] or 0.0) > 0
 
 
 def report_path(warehouse: str, run_date: dt.date) -> str:
