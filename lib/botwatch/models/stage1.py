@@ -102,11 +102,22 @@ def fit_booster(
     )
     if weight_col:
         common["weight_col"] = weight_col
+    # xgboost.spark fails (KeyError 'values') on an Arrow batch holding no validation rows, or
+    # none but validation rows: shuffle rows randomly across the workers and hand each worker its
+    # partition as one batch, so every batch mixes both.
+    common.update(force_repartition=True, repartition_random_shuffle=True)
     if soft_targets:
         estimator = SparkXGBRegressor(objective="binary:logistic", **common)
     else:
         estimator = SparkXGBClassifier(**common)
-    return estimator.fit(data).get_booster()
+    spark = data.sparkSession
+    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    before = spark.conf.get(key)
+    spark.conf.set(key, "0")  # 0: no limit
+    try:
+        return estimator.fit(data).get_booster()
+    finally:
+        spark.conf.set(key, before)
 
 
 def booster_bytes(booster) -> bytes:
