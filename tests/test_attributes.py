@@ -17,6 +17,7 @@ from pyspark.sql import types as T
 
 from botwatch import tables as t
 from botwatch.features import attributes as A
+from botwatch.features.build import METADATA_COLUMNS
 from botwatch.models.sequences import neighbor_col
 from botwatch.models.stage1 import booster_bytes, top_contributions
 
@@ -276,10 +277,18 @@ def test_neighbour_aggregates_raise_pr_auc_and_show_up_in_reason_codes(platform_
     aggregates = [c for c in numeric if c.startswith(tuple(f"{t.NBR_PREFIX}{d}_" for d in A.DIRECTIONS))]
     base = [c for c in numeric if c not in aggregates]
     assert len(aggregates) >= 5 * 21 and "attr_linked_apps_score" in base
-    off = _pr_auc_by_fold(feats, base)
-    on = _pr_auc_by_fold(feats, base + aggregates)
-    print(f"PR-AUC without neighbour aggregates {off:.3f}, with {on:.3f}")
-    assert on > off + 0.02, (off, on)
+    # The platform's activity and graph features already separate its bots almost perfectly
+    # (PR-AUC ~0.998), so the attribute channel is measured on its own: the accounts' own
+    # attributes and metadata, then the same plus the attributes' neighbour distributions.
+    own = [c for c in base if c.startswith("attr_")] + [c for c in METADATA_COLUMNS if c in base]
+    attribute_aggregates = [c for c in aggregates if "_attr_" in c]
+    off = _pr_auc_by_fold(feats, own)
+    on = _pr_auc_by_fold(feats, own + attribute_aggregates)
+    print(f"PR-AUC on own attributes {off:.3f}, with their neighbour distributions {on:.3f}")
+    assert on > off + 0.2, (off, on)
+    # With every feature the aggregates must not cost anything either.
+    all_off, all_on = _pr_auc_by_fold(feats, base), _pr_auc_by_fold(feats, base + aggregates)
+    assert all_on >= all_off - 0.01, (all_off, all_on)
 
     # Reason codes name them: stage 1's TreeSHAP top contributions for the bots.
     cols = base + aggregates
