@@ -103,21 +103,31 @@ def fit_booster(
     if weight_col:
         common["weight_col"] = weight_col
     # xgboost.spark fails (KeyError 'values') on an Arrow batch holding no validation rows, or
-    # none but validation rows: shuffle rows randomly across the workers and hand each worker its
-    # partition as one batch, so every batch mixes both.
-    common.update(force_repartition=True, repartition_random_shuffle=True)
+    # none but validation rows, and a shuffle hands each worker the train rows first. So: rows
+    # spread at random over exactly num_workers partitions (xgboost then keeps them), put in a
+    # random order inside each, and each partition handed over as one Arrow batch.
+    shuffle = "_shuffle_key"
+    data = (
+        data.repartition(params.num_workers, F.rand(params.seed))
+        .withColumn(shuffle, F.rand(params.seed + 1))
+        .sortWithinPartitions(shuffle)
+        .drop(shuffle)
+    )
     if soft_targets:
         estimator = SparkXGBRegressor(objective="binary:logistic", **common)
     else:
         estimator = SparkXGBClassifier(**common)
     spark = data.sparkSession
-    key = "spark.sql.execution.arrow.maxRecordsPerBatch"
-    before = spark.conf.get(key)
-    spark.conf.set(key, "0")  # 0: no limit
+    one_batch = {"spark.sql.execution.arrow.maxRecordsPerBatch": "0",  # 0: no limit
+                 "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 2)}
+    before = {k: spark.conf.get(k) for k in one_batch}
+    for k, v in one_batch.items():
+        spark.conf.set(k, v)
     try:
         return estimator.fit(data).get_booster()
     finally:
-        spark.conf.set(key, before)
+        for k, v in before.items():
+            spark.conf.set(k, v)
 
 
 def booster_bytes(booster) -> bytes:
