@@ -358,6 +358,7 @@ def test_spark_inputs_feed_the_model(spark, trained):
 def test_conf_section_declares_every_knob(conf):
     section = conf.section("heavy")
     knobs = {f.name for f in dataclasses.fields(H.HeavyConfig)}
-    assert set(section) == knobs
+    # plus the features averaged over neighbours, read by the Spark input gathering (models.heavy_inputs)
+    assert set(section) == knobs | {"neighbor_features"}
     assert H.HeavyConfig.from_mapping(section) == H.HeavyConfig()  # the yaml defaults are the code's
     assert H.HeavyConfig.from_mapping({**section, "device": "cpu", "epochs": 3}).epochs == 3
