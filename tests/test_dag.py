@@ -179,5 +179,5 @@ def test_dag_test_runs_the_whole_dag(spark, platform, tmp_path, airflow_home):
     # Each step's commits name the step and the date (DESCRIBE HISTORY as a run log).
     history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(warehouse, t.SCORES)}`").collect()
     meta = [json.loads(h["userMetadata"]) for h in history if h["userMetadata"]]
-    assert {"run_date": run_date.isoformat(), "step": "score"} in meta
+    assert {"run_date": run_date.isoformat(), "step": "score_stage1"} in meta
     assert isinstance(dt.date.fromisoformat(meta[0]["run_date"]), dt.date)
