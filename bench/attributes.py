@@ -24,13 +24,12 @@ from __future__ import annotations
 import argparse
 import calendar
 import json
-import shutil
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from common import PeakMemory, timed
+from common import PeakMemory, finish, timed
 
 
 def generate(spark, n_accounts: int, n_edges: int, hub_followers: int, n_attrs: int, seed: int):
@@ -160,12 +159,7 @@ def main() -> None:
     if args.no_salt:
         run("distributions_unsalted", 10**12)
     spark.stop()
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
-    if not args.workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(out, args.json, workdir, keep=bool(args.workdir))
 
 
 if __name__ == "__main__":

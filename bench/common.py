@@ -63,3 +63,17 @@ def growth_exponent(sizes: list[float], seconds: list[float]) -> float:
     import numpy as np
 
     return float(np.polyfit(np.log(sizes), np.log(seconds), 1)[0])
+
+
+def finish(out: dict, json_path: str | None, workdir, keep: bool) -> None:
+    """Print the results as JSON (and write them to ``json_path``); remove ``workdir`` unless kept."""
+    import json
+    import shutil
+    from pathlib import Path
+
+    text = json.dumps(out, indent=2, default=str)
+    print(text)
+    if json_path:
+        Path(json_path).write_text(text)
+    if not keep:
+        shutil.rmtree(workdir, ignore_errors=True)

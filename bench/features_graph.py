@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 from pathlib import Path
 
-from common import PeakMemory, timed
+from common import PeakMemory, finish, timed
 
 
 def scramble_factor(n: int) -> int:
@@ -259,12 +258,7 @@ def main() -> None:
     if args.duckdb_timeout > 0:
         out["duckdb"] = run_duckdb(graph_path, result_path, args.duckdb_timeout, args.duckdb_memory, args.pairs)
 
-    text = json.dumps(out, indent=2, default=str)
-    print(text)
-    if args.json:
-        Path(args.json).write_text(text)
-    if not args.workdir:
-        shutil.rmtree(workdir, ignore_errors=True)
+    finish(out, args.json, workdir, keep=bool(args.workdir))
 
 
 if __name__ == "__main__":

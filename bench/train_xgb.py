@@ -45,7 +45,8 @@ def write_parquet(path: Path, x, y, weight, valid, cols: list[str]) -> None:
     import pyarrow.parquet as pq
 
     arrays = [pa.array(x[:, i]).cast(pa.float64()) for i in range(x.shape[1])]
-    table = pa.table(arrays + [pa.array(y), pa.array(weight), pa.array(valid)], names=cols + ["label", "weight", "valid"])
+    names = cols + ["label", "weight", "valid"]
+    table = pa.table(arrays + [pa.array(y), pa.array(weight), pa.array(valid)], names=names)
     pq.write_table(table, path, row_group_size=128 * 1024)
 
 
