@@ -501,3 +501,73 @@ def test_reference_profile_of_an_all_missing_feature(spark):
     cur = spark.createDataFrame(pdf.assign(empty=1.0))
     got = drift_statistics(cur, profile).toPandas().set_index("feature")
     assert got.loc["empty", "psi"] > 5.0 and got.loc["x", "psi"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ---- drift switched on in the simulator ---------------------------------------------------
+
+SIM_START = dt.date(2026, 4, 6)  # a Monday: the days compared below are both weekdays
+SIM_DAYS = 4  # drift.detection_wave_fraction 0.5: the wave is day 2, so day 1 is before it and day 3 after
+DRIFTED = ("n_events_1d", "session_count_1d")
+UNTOUCHED = ("account_age_days", "profile_completeness", "in_degree", "out_degree", "clustering_coef")
+
+
+@pytest.fixture(scope="module")
+def simulated_drift(spark, conf, tmp_path_factory):
+    """A simulated platform whose humans act eight times as often after the wave day (and that
+    otherwise stays put); a champion
+    profiled on day 1's features; the monitor step run on day 3's."""
+    from botwatch import registry
+    from botwatch.features.build import build_features
+    from botwatch.monitoring.drift import reference_profile
+    from botwatch.monitoring.run import MonitorParams, monitor
+    from botwatch.simulate import write_platform
+
+    wh = str(tmp_path_factory.mktemp("simulated_drift"))
+    sconf = conf.with_overrides([
+        f"warehouse={wh}", "simulate.drift.human_activity_after_wave=8.0",
+        # The simulator's other changes off: no new bot family switching on, a graph that hardly grows.
+        "simulate.drift.new_family=null", "simulate.graph.in_period_share=0.01",
+        "simulate.graph.spam_in_period_share=0.01", "features.windows=[1]", "features.neighbor_aggregates=false",
+    ])
+    write_platform(spark, wh, accounts=600, days=SIM_DAYS, seed=21, start_date=SIM_START,
+                   params=sconf.section("simulate"))
+    before, after = SIM_START + dt.timedelta(days=1), SIM_START + dt.timedelta(days=3)
+    for day in (before, after):
+        build_features(spark, wh, day, sconf.section("features"))
+    feats = spark.read.format("delta").load(f"{wh}/features")
+    numeric = ("double", "float", "int", "bigint", "boolean")
+    cols = [c for c, kind in feats.dtypes if kind in numeric and c not in ("account_id",)]
+    profile = reference_profile(feats.where(feats.run_date == before), cols) | {"run_date": before.isoformat()}
+    art = registry.artifact_dir(wh, "stage1_xgb", 1)
+    registry.write_artifact(art, "reference.json", profile)
+    registry.write_artifact(art, "features.json", {"features": cols})
+    registry.upsert(spark, wh, registry.ModelRecord("stage1_xgb", 1, "champion", before, artifact_path=art,
+                                                    threshold=0.8, train_end=before))
+    ids = feats.where(feats.run_date == after).select("account_id").toPandas()["account_id"].to_numpy()
+    score = np.random.default_rng(3).beta(0.6, 25, ids.size)
+    _write(spark, pd.DataFrame({
+        "account_id": ids.astype("int64"), "run_date": after, "stage1_score": score, "score": score,
+        "decision": "none", "model_version": "stage1_xgb:1", "stage2_reached": False, "holdout": False,
+        "actioned": False, "golden": False,
+    }), wh, "scores")
+    result = monitor(spark, wh, after, MonitorParams(psi_hard=100.0))  # the soft alert is what is tested
+    return wh, cols, result, after
+
+
+def test_simulated_drift_raises_psi_on_the_drifted_features_only_and_retrains(spark, simulated_drift):
+    from botwatch.monitoring.run import MonitorParams
+    from botwatch.training import TrainParams, refresh_decision
+
+    wh, cols, result, after = simulated_drift
+    soft = MonitorParams().psi_soft
+    drift = _table(spark, wh, "drift")
+    psi = drift[(drift.name == "psi") & (drift.run_date == after)].set_index("feature")["value"]
+    assert set(DRIFTED + UNTOUCHED) <= set(cols)
+    for name in DRIFTED:
+        assert psi[name] > soft, (name, psi[name])
+    for name in UNTOUCHED:
+        assert psi[name] < soft, (name, psi[name])
+    assert result["drift_alert"]
+    # The champion is a day old, so only the alert can make the next run retrain.
+    retrain, reason = refresh_decision(spark, wh, after + dt.timedelta(days=1), TrainParams(label_weights={}))
+    assert retrain and "drift" in reason

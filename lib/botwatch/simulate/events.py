@@ -96,6 +96,7 @@ def session_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
         F.col(acc.ACTIVITY)
         * F.when(weekend, F.lit(wf * weekday_mult)).otherwise(F.lit(weekday_mult))
         * lognormal_unit_mean(normal(sid, "day_noise", aid, d), plan.f("humans.day_sigma"))
+        * F.when(_after_wave(plan, d), F.lit(plan.f("drift.human_activity_after_wave"))).otherwise(F.lit(1.0))
         / F.lit(eps)
     )
     smin, smax = int(p("mimic.sessions_min")), int(p("mimic.sessions_max"))

@@ -23,7 +23,8 @@ REQUIRED_KNOBS = (
     "botnet.follow_density", "botnet.group_max", "botnet.group_min", "botnet.ips_per_group", "botnet.participation",
     "botnet.signup_window_min", "country_weights", "cyborg.auto_day_share", "cyborg.auto_hours",
     "cyborg.auto_period_min", "cyborg.human_activity_factor", "datacenter_ips", "drift.detection_wave_fraction",
-    "drift.mimic_jitter_after_wave", "drift.new_family", "drift.new_family_fraction",
+    "drift.human_activity_after_wave", "drift.mimic_jitter_after_wave", "drift.new_family",
+    "drift.new_family_fraction",
     "drift.new_signup_bot_multiplier", "drift.scheduled_jitter_after_wave_s", "drift.wave_label_share",
     "follow_spam.follow_share", "follow_spam.followback", "follow_spam.follows_per_session", "follow_spam.gap_s",
     "follow_spam.out_follows", "follow_spam.sessions_per_day", "graph.bot_avoidance", "graph.bot_followback",
@@ -276,7 +277,8 @@ def _validate(plan: Plan) -> None:
                 "hub_share"):
         _check_prob(plan, key)
     for key in ("humans.events_per_session", "humans.gap_median_s", "mimic.gap_s", "botnet.burst_gap_s",
-                "follow_spam.gap_s", "graph.community_size", "history_years", "humans.session_tail_alpha"):
+                "follow_spam.gap_s", "graph.community_size", "history_years", "humans.session_tail_alpha",
+                "drift.human_activity_after_wave"):
         _check_positive(plan, key)
     if plan.f("humans.session_tail_alpha") <= 1.0:
         raise SimulationParamsError("simulate parameter 'humans.session_tail_alpha' must be above 1 (finite mean)")
