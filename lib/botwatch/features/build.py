@@ -78,12 +78,15 @@ def window_days(run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
 
 
 def partial_days_to_build(spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
-    """Day D always (its events are new), plus any earlier day of the window that has events but no
-    partial yet (a first run, or a gap): steady state reads one day of events."""
+    """The window's days without an ``activity_daily`` partial: D unless the activity step already
+    built it (the nightly run does, and reruns it when D's events change), and any earlier day that
+    has events but no partial (a first run, or a gap). Steady state reads no events here."""
     days = window_days(run_date, windows)
     missing = set(missing_partial_days(spark, warehouse, days))
+    if missing == {run_date}:
+        return [run_date]
     with_events = _days_present(spark, warehouse, t.EVENTS, t.EVENT_DATE, days)
-    return sorted({run_date} | (missing & with_events))
+    return sorted((missing & with_events) | (missing & {run_date}))
 
 
 def build_features(
@@ -99,8 +102,8 @@ def build_features(
     graph_params = params.get("graph", {}) or {}
     days = partial_days_to_build(spark, warehouse, run_date, windows)
     # Contiguous runs of days become one job each (a first run builds the whole window at once).
-    start = prev = days[0]
-    for day in days[1:] + [None]:
+    start = prev = days[0] if days else None
+    for day in (days[1:] + [None]) if days else []:
         if day is None or (day - prev).days > 1:
             activity.build_activity_daily(spark, warehouse, start, prev)
             start = day
