@@ -131,6 +131,10 @@ def duckdb_worker(args) -> None:
     spec = json.loads(Path(args.duckdb_worker).read_text())
     con = duckdb.connect()
     con.execute(f"SET threads = {spec['threads']}")
+    # A cap with spilling: without one, DuckDB's window operators were OOM-killed beside Spark.
+    con.execute(f"SET memory_limit = '{spec['memory_limit']}'")
+    con.execute(f"SET temp_directory = '{spec['out']}.spill'")
+    con.execute("SET preserve_insertion_order = false")
     start = time.perf_counter()
     con.execute(f"COPY ({spec['sql']}) TO '{spec['out']}' (FORMAT parquet)")
     seconds = time.perf_counter() - start
@@ -219,6 +223,7 @@ def main() -> None:
     p.add_argument("--parts", default="abc", help="which of (a) nightly, (b) full recompute, (c) growth")
     p.add_argument("--scales", default="1,2,4,8", help="growth: eighths of the accounts whose events are used")
     p.add_argument("--duckdb-threads", type=int, default=2)
+    p.add_argument("--duckdb-memory", default="8GB", help="DuckDB memory_limit (it spills to disk above it)")
     p.add_argument("--driver-memory", default="6g")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir, removed at the end)")
     p.add_argument("--seed", type=int, default=1)
@@ -298,7 +303,7 @@ def main() -> None:
         duck_out = str(workdir / "duckdb_features.parquet")
         spec = {
             "sql": duckdb_query(files, acc_files, start, run, windows, A.SESSION_GAP_SECONDS, t.COUNTRY_UTC_OFFSET),
-            "out": duck_out, "threads": args.duckdb_threads,
+            "out": duck_out, "threads": args.duckdb_threads, "memory_limit": args.duckdb_memory,
         }
         spec_path = workdir / "duckdb_spec.json"
         spec_path.write_text(json.dumps(spec))
