@@ -1,10 +1,15 @@
 """``botwatch demo``: simulate a small platform and run the nightly run on every simulated day, then
 say where the tables and the run report are and print the headline metrics.
 
-Sized (conf ``demo``) to finish in a few minutes on 2 cores: the first days run only the steps
-their later windows need (validate and the day's ``activity_daily`` partial); the last
-``demo.full_run_days`` days run the whole pipeline (features, train, score, publish, monitor). The
-investigator rate is raised so a small platform has enough labels to train and promote a model.
+Sized (conf ``demo``) to finish in a few minutes on 2 cores. Every day runs ``validate`` and its
+``activity_daily`` partial (later windows sum them). The last ``demo.full_run_days`` days run the
+whole pipeline (features, train, score, publish, monitor). Training needs labelled rows whose
+features predate their labels, split by time into train and validation, so the days listed in
+``demo.history_feature_days`` (counted back from the last day) also build features: a label pairs
+with the latest features before it, and the earliest of those days must come before both the
+train and the validation labels (``train.valid_days``). Whole runs on the days in between would
+only wait for labels. The investigator rate is raised so a small platform has enough labels to
+train and promote a model (``demo.*`` overrides, see :func:`demo_conf`).
 """
 from __future__ import annotations
 
@@ -26,11 +31,14 @@ from botwatch.training import STAGE1_MODEL
 
 # The steps an early day needs: later feature windows sum its activity partial.
 EARLY_STEPS = ("validate", "activity")
+HISTORY_STEPS = (*EARLY_STEPS, "features")
 
 
 def demo_conf(conf: Config) -> Config:
-    """``conf`` with the demo's label rate and training minimums (a small platform has few labels)."""
+    """``conf`` with the demo's bot share, label rate and training minimums (a small platform has few
+    bots and labels; its golden set must hold both classes for a model to be promoted)."""
     return conf.with_overrides([
+        f"simulate.prevalence={conf['demo.prevalence']}",
         f"simulate.labels.investigator_per_week_per_100k={conf['demo.investigator_per_week_per_100k']}",
         f"train.min_train_rows={conf['demo.min_train_rows']}",
         f"train.valid_days={conf['demo.valid_days']}",
@@ -59,9 +67,10 @@ def run_demo(spark: SparkSession, conf: Config, echo: Callable[[str], None] = pr
 
     days = [start + dt.timedelta(days=i) for i in range(params["days"])]
     full_from = len(days) - params["full_run_days"]
+    history = {len(days) - 1 - k for k in params["history_feature_days"]}
     statuses: dict[dt.date, dict[str, str]] = {}
     for i, day in enumerate(days):
-        which = None if i >= full_from else list(EARLY_STEPS)
+        which = None if i >= full_from else list(HISTORY_STEPS if i in history else EARLY_STEPS)
         t1 = time.perf_counter()
         echo(f"run {day} ({'whole run' if which is None else ', '.join(which)})")
         results = nightly.run_steps(spark, conf, day, which, echo=echo)
