@@ -314,35 +314,19 @@ def full_run(spark, platform, tmp_path_factory):
     return conf, dates[-1], checksums(spark, wh), results
 
 
-def test_full_run_writes_every_step_and_a_rerun_changes_nothing(spark, full_run):
+def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(spark, full_run, monkeypatch):
+    """The run writes every step; a rerun skips everything; a forced rerun that a failure
+    interrupts midway (after score_stage1 wrote its partition), then resumes, leaves every table as
+    the uninterrupted run did, keys unique. (One forced rerun serves both the rerun and the
+    failure-then-rerun checks: each step runs exactly once more.)"""
     conf, day, sums, results = full_run
     wh = conf["warehouse"]
     assert statuses(results) == {s: "ok" for s in steps.RUN_ORDER}
     n = read_table(spark, wh, t.FEATURES).where(F.col(t.RUN_DATE) == day).count()
     assert read_table(spark, wh, t.SCORES).where(F.col(t.RUN_DATE) == day).count() == n > 0
     assert read_table(spark, wh, t.SCORES_LATEST).count() == n
-    # Skipped rerun, then a forced one: both leave every table as it was, keys unique.
     assert statuses(nightly.run_steps(spark, conf, day, echo=lambda _: None)) == {s: "skipped" for s in steps.RUN_ORDER}
-    forced = nightly.run_steps(spark, conf, day, force=True, echo=lambda _: None)
-    assert set(statuses(forced).values()) == {"ok"}
-    assert checksums(spark, wh) == sums
-    for table, keys in KEYS.items():
-        df = read_table(spark, wh, table)
-        assert df.count() == df.select(*keys).distinct().count(), table
-    # DESCRIBE HISTORY reads as a run log: each write names its step and the date.
-    for table, step in ((t.FEATURES, "features"), (t.SCORES_LATEST, "publish"), (t.QUARANTINE, None)):
-        if step is None:
-            continue
-        meta = [json.loads(h["userMetadata"]) for h in
-                spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(wh, table)}`").collect() if h["userMetadata"]]
-        assert {"run_date": day.isoformat(), "step": step} in meta
 
-
-def test_failure_midway_then_rerun_ends_like_an_uninterrupted_run(spark, platform, full_run, tmp_path, monkeypatch):
-    pconf, dates = platform
-    _, day, sums, _ = full_run
-    wh = copy_warehouse(pconf["warehouse"], tmp_path / "wh")
-    conf = pconf.with_overrides([f"warehouse={wh}", *RUN_SETTINGS])
     real = steps.STEPS["score_stage1"]
 
     def crash_after_writing(spark_, conf_, run_date):
@@ -351,12 +335,20 @@ def test_failure_midway_then_rerun_ends_like_an_uninterrupted_run(spark, platfor
 
     monkeypatch.setitem(steps.STEPS, "score_stage1", crash_after_writing)
     with pytest.raises(nightly.StepFailedError, match="score_stage1"):
-        nightly.run_steps(spark, conf, day, echo=lambda _: None)
+        nightly.run_steps(spark, conf, day, force=True, echo=lambda _: None)
     monkeypatch.setitem(steps.STEPS, "score_stage1", real)
     resumed = statuses(nightly.run_steps(spark, conf, day, echo=lambda _: None))
     assert resumed == {"validate": "skipped", "activity": "skipped", "features": "skipped", "train": "skipped",
                        "score_stage1": "ok", "score_stage2": "ok", "publish": "ok", "monitor": "ok"}
     assert checksums(spark, wh) == sums
+    for table, keys in KEYS.items():
+        df = read_table(spark, wh, table)
+        assert df.count() == df.select(*keys).distinct().count(), table
+    # DESCRIBE HISTORY reads as a run log: each write names its step and the date.
+    for table, step in ((t.FEATURES, "features"), (t.SCORES_LATEST, "publish")):
+        meta = [json.loads(h["userMetadata"]) for h in
+                spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(wh, table)}`").collect() if h["userMetadata"]]
+        assert {"run_date": day.isoformat(), "step": step} in meta
 
 
 # ---------------------------------------------------------------- notebooks (papermill, on the run's tables)
@@ -396,3 +388,4 @@ def test_notebooks_execute_on_the_runs_tables(spark, platform, full_run, tmp_pat
     text = out.read_text()
     assert "PR-AUC (average precision) on new labels" in text
     assert f"latest scored date: {day}" in text
+
