@@ -77,7 +77,9 @@ def window_days(run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
     return [run_date - dt.timedelta(days=i) for i in range(max(windows))]
 
 
-def partial_days_to_build(spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
+def partial_days_to_build(
+    spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]
+) -> list[dt.date]:
     """The window's days without an ``activity_daily`` partial: D unless the activity step already
     built it (the nightly run does, and reruns it when D's events change), and any earlier day that
     has events but no partial (a first run, or a gap). Steady state reads no events here."""
