@@ -12,9 +12,11 @@ import psutil
 class PeakMemory:
     """Samples the RSS of this process and all its children every ``interval`` seconds."""
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, interval: float = 0.2, keep_samples: bool = False):
         self.interval = interval
+        self.keep_samples = keep_samples
         self.peak_bytes = 0
+        self.samples: list[tuple[float, int]] = []  # (epoch seconds, bytes) when keep_samples
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -30,8 +32,16 @@ class PeakMemory:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, self._sample())
+            rss = self._sample()
+            self.peak_bytes = max(self.peak_bytes, rss)
+            if self.keep_samples:
+                self.samples.append((time.time(), rss))
             self._stop.wait(self.interval)
+
+    def peak_between(self, start: float, end: float) -> float:
+        """Peak GiB among the samples taken in [start, end] (epoch seconds); needs keep_samples."""
+        inside = [rss for ts, rss in self.samples if start <= ts <= end]
+        return max(inside, default=0) / 2**30
 
     def __enter__(self) -> PeakMemory:
         self._thread.start()

@@ -18,6 +18,19 @@ from collections import defaultdict
 from common import PeakMemory, timed  # bench/ is on sys.path when the script runs
 
 
+def last_day_steps(warehouse: str, mem: PeakMemory) -> dict:
+    """Per step of the last run date: seconds and peak GiB of the process tree while it ran (run_log times)."""
+    from deltalake import DeltaTable
+
+    log = DeltaTable(f"{warehouse}/run_log").to_pandas()
+    log = log[(log["run_date"] == log["run_date"].max()) & (log["step"] != "_run")].sort_values("started_at")
+    return {
+        r.step: {"status": r.status, "seconds": round((r.finished_at - r.started_at).total_seconds(), 1),
+                 "peak_gib": round(mem.peak_between(r.started_at.timestamp(), r.finished_at.timestamp()), 2)}
+        for r in log.itertuples()
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--demo", action="store_true", help="run `botwatch demo` (conf `demo`) instead")
@@ -39,7 +52,7 @@ def main() -> None:
                                   *args.sets])
     per_step: dict[str, float] = defaultdict(float)
     statuses: dict[str, dict] = {}
-    with PeakMemory() as mem, timed() as total:
+    with PeakMemory(keep_samples=True) as mem, timed() as total:
         if args.demo:
             conf = demo_conf(conf)
             out = run_demo(get_spark(conf, app_name="bench-demo"), conf, echo=lambda _: None)
@@ -60,6 +73,7 @@ def main() -> None:
                 statuses[str(day)] = {s: r["status"] for s, r in results.items()}
     print(json.dumps({
         "mode": "demo" if args.demo else f"{args.accounts} accounts x {args.days} days",
+        "last_day": last_day_steps(warehouse, mem),
         "total_s": round(total["seconds"], 1), "peak_gib": round(mem.peak_gib, 2),
         "per_step_s": {k: round(v, 1) for k, v in sorted(per_step.items(), key=lambda kv: -kv[1])},
         "statuses": statuses, "loadavg": open("/proc/loadavg").read().split()[:3],
