@@ -1,7 +1,5 @@
 """Shared fixtures: one SparkSession for the whole test session (local[2], 4 shuffle
-partitions, UI off, warehouse in a temp folder), and a fresh warehouse folder per test.
-`make test` runs two pytest-xdist workers (whole files each): each worker is its own test
-session, with its own SparkSession and its own copy of the session fixtures."""
+partitions, UI off, warehouse in a temp folder), and a fresh warehouse folder per test."""
 from __future__ import annotations
 
 import pytest
