@@ -147,6 +147,8 @@ print(json.dumps({"state": str(dr.state), "tis": {ti.task_id: str(ti.state) for 
 """
 
 
+# Whole runs on a simulated platform; the default 900 s also counts the fixtures' setup.
+@pytest.mark.timeout(1800)
 def test_dag_test_runs_the_whole_dag(spark, platform, tmp_path, airflow_home):
     """``dag.test()`` on a real Airflow: every task a spark-submit of its job, on the shared platform
     with a champion trained the day before (so train reuses it and every step has work to do)."""

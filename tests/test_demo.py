@@ -1,6 +1,7 @@
 """`botwatch demo` (`make demo`) with the shipped `demo` conf, end to end on a temp warehouse."""
 from __future__ import annotations
 
+import pytest
 from pyspark.sql import functions as F
 
 from botwatch import steps
@@ -8,6 +9,8 @@ from botwatch import tables as t
 from botwatch.delta_io import read_table
 
 
+# Whole runs on a simulated platform; the default 900 s also counts the fixtures' setup.
+@pytest.mark.timeout(1800)
 def test_demo_simulates_runs_every_day_and_scores_its_last_day(spark, conf, tmp_path):
     """``botwatch demo`` with the shipped ``demo`` conf: every day validated with its partial, a
     champion promoted, the last day run whole (scores for every account, scores_latest, the report)."""

@@ -314,6 +314,8 @@ def full_run(spark, platform, tmp_path_factory):
     return conf, dates[-1], checksums(spark, wh), results
 
 
+# Whole runs on a simulated platform; the default 900 s also counts the fixtures' setup.
+@pytest.mark.timeout(1800)
 def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(spark, full_run, monkeypatch):
     """The run writes every step; a rerun skips everything; a forced rerun that a failure
     interrupts midway (after score_stage1 wrote its partition), then resumes, leaves every table as
