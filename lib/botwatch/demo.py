@@ -1,15 +1,16 @@
 """``botwatch demo``: simulate a small platform and run the nightly run on every simulated day, then
 say where the tables and the run report are and print the headline metrics.
 
-Sized (conf ``demo``) to finish in a few minutes on 2 cores. Every day runs ``validate`` and its
-``activity_daily`` partial (later windows sum them). The last ``demo.full_run_days`` days run the
-whole pipeline (features, train, score, publish, monitor). Training needs labelled rows whose
-features predate their labels, split by time into train and validation, so the days listed in
-``demo.history_feature_days`` (counted back from the last day) also build features: a label pairs
-with the latest features before it, and the earliest of those days must come before both the
-train and the validation labels (``train.valid_days``). Whole runs on the days in between would
-only wait for labels. The investigator rate is raised so a small platform has enough labels to
-train and promote a model (``demo.*`` overrides, see :func:`demo_conf`).
+Sized (conf ``demo``) to finish in minutes on 2 cores (11 measured, see BENCHMARKS.md). Every
+day runs ``validate`` and its ``activity_daily`` partial (later windows sum them). The last
+``demo.full_run_days`` days run the whole pipeline (features, train, score, publish, monitor).
+Training needs labelled rows whose features predate their labels, split by time into train and
+validation, so the days listed in ``demo.history_feature_days`` (counted back from the last day)
+also build features: a label pairs with the latest features before it, and the earliest of those
+days must come before both the train and the validation labels (``train.valid_days``). Whole runs
+on the days in between would only wait for labels. The investigator rate is raised so a small
+platform has enough labels to train and promote a model (``demo.*`` overrides, see
+:func:`demo_conf`).
 """
 from __future__ import annotations
 
