@@ -49,6 +49,11 @@ def _after_wave(plan: Plan, day: Column) -> Column:
     return F.lit(False) if plan.wave_day is None else day > F.lit(plan.wave_day)
 
 
+def _wave_factor(plan: Plan, day: Column, knob: str) -> Column:
+    """The multiplier ``simulate.<knob>`` on days after the detection wave, 1 before it."""
+    return F.when(_after_wave(plan, day), F.lit(plan.f(knob))).otherwise(F.lit(1.0))
+
+
 def filter_computed(df: DataFrame, condition: Column) -> DataFrame:
     """``df.filter(condition)`` where the condition reads expensive computed columns.
 
@@ -96,7 +101,7 @@ def session_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
         F.col(acc.ACTIVITY)
         * F.when(weekend, F.lit(wf * weekday_mult)).otherwise(F.lit(weekday_mult))
         * lognormal_unit_mean(normal(sid, "day_noise", aid, d), plan.f("humans.day_sigma"))
-        * F.when(_after_wave(plan, d), F.lit(plan.f("drift.human_activity_after_wave"))).otherwise(F.lit(1.0))
+        * _wave_factor(plan, d, "drift.human_activity_after_wave")
         / F.lit(eps)
     )
     smin, smax = int(p("mimic.sessions_min")), int(p("mimic.sessions_max"))
@@ -121,7 +126,7 @@ def session_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
     u_hour = F.col("_u_hour")
     human_hour = F.when(weekend, choose_index(u_hour, weekend_w)).otherwise(choose_index(u_hour, weekday_w))
     human_start = human_hour * F.lit(3600.0) + uniform(sid, "hour_frac", aid, d, s) * F.lit(3600.0)
-    jitter_mult = F.when(_after_wave(plan, d), F.lit(plan.f("drift.mimic_jitter_after_wave"))).otherwise(F.lit(1.0))
+    jitter_mult = _wave_factor(plan, d, "drift.mimic_jitter_after_wave")
     # A mimic's session times are fixed per bot (drawn from the human curve), the same every day of the week.
     mimic_start = (
         choose_index(F.col("_u_slot"), weekday_w) * F.lit(3600.0)
