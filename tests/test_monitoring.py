@@ -311,12 +311,23 @@ def _write(spark, pdf: pd.DataFrame, warehouse: str, table: str, mode: str = "ap
     write_table(df, warehouse, table, mode=mode, partition_by=["run_date"] if "run_date" in pdf else [])
 
 
+def _register_champion(spark, wh: str, train_features, cols: list[str], train_day: dt.date) -> None:
+    """stage1_xgb v1 as champion, trained on ``train_day``, with the reference profile of ``train_features``."""
+    from botwatch import registry
+    from botwatch.monitoring.drift import reference_profile
+
+    art = registry.artifact_dir(wh, "stage1_xgb", 1)
+    profile = reference_profile(train_features, cols) | {"run_date": train_day.isoformat()}
+    registry.write_artifact(art, "reference.json", profile)
+    registry.write_artifact(art, "features.json", {"features": cols})
+    registry.upsert(spark, wh, registry.ModelRecord("stage1_xgb", 1, "champion", train_day, artifact_path=art,
+                                                    threshold=0.8, train_end=train_day))
+
+
 @pytest.fixture(scope="module")
 def monitored(spark, tmp_path_factory):
     """Two monitored days: D-1 (queue then labelled by simulated investigators) and D, where
     f_drift has shifted by one standard deviation since the model's training date."""
-    from botwatch import registry
-    from botwatch.monitoring.drift import reference_profile
     from botwatch.monitoring.run import MonitorParams, monitor
 
     wh = str(tmp_path_factory.mktemp("monitor_wh"))
@@ -324,13 +335,8 @@ def monitored(spark, tmp_path_factory):
     _write(spark, pd.concat(feats, ignore_index=True), wh, "features")
     _write(spark, pd.concat([_scores(DAY - dt.timedelta(days=k), 100 + k) for k in range(7)], ignore_index=True),
            wh, "scores")
-    art = registry.artifact_dir(wh, "stage1_xgb", 1)
     cols = ["f_drift", "f_stable", "f_count"]
-    profile = reference_profile(spark.createDataFrame(feats[0]), cols) | {"run_date": TRAIN_DAY.isoformat()}
-    registry.write_artifact(art, "reference.json", profile)
-    registry.write_artifact(art, "features.json", {"features": cols})
-    registry.upsert(spark, wh, registry.ModelRecord("stage1_xgb", 1, "champion", TRAIN_DAY, artifact_path=art,
-                                                    threshold=0.8, train_end=TRAIN_DAY))
+    _register_champion(spark, wh, spark.createDataFrame(feats[0]), cols, TRAIN_DAY)
     params = MonitorParams(review_budget=120)
     first = monitor(spark, wh, DAY - dt.timedelta(days=1), params)
     queue = spark.read.format("delta").load(f"{wh}/review_queue").toPandas()
@@ -516,9 +522,7 @@ def simulated_drift(spark, conf, tmp_path_factory):
     """A simulated platform whose humans act eight times as often after the wave day (and that
     otherwise stays put); a champion
     profiled on day 1's features; the monitor step run on day 3's."""
-    from botwatch import registry
     from botwatch.features.build import build_features
-    from botwatch.monitoring.drift import reference_profile
     from botwatch.monitoring.run import MonitorParams, monitor
     from botwatch.simulate import write_platform
 
@@ -537,12 +541,7 @@ def simulated_drift(spark, conf, tmp_path_factory):
     feats = spark.read.format("delta").load(f"{wh}/features")
     numeric = ("double", "float", "int", "bigint", "boolean")
     cols = [c for c, kind in feats.dtypes if kind in numeric and c not in ("account_id",)]
-    profile = reference_profile(feats.where(feats.run_date == before), cols) | {"run_date": before.isoformat()}
-    art = registry.artifact_dir(wh, "stage1_xgb", 1)
-    registry.write_artifact(art, "reference.json", profile)
-    registry.write_artifact(art, "features.json", {"features": cols})
-    registry.upsert(spark, wh, registry.ModelRecord("stage1_xgb", 1, "champion", before, artifact_path=art,
-                                                    threshold=0.8, train_end=before))
+    _register_champion(spark, wh, feats.where(feats.run_date == before), cols, before)
     ids = feats.where(feats.run_date == after).select("account_id").toPandas()["account_id"].to_numpy()
     score = np.random.default_rng(3).beta(0.6, 25, ids.size)
     _write(spark, pd.DataFrame({
