@@ -3,6 +3,7 @@ or the whole demo (``make demo``): wall time per step and the peak memory of the
 
     .venv/bin/python bench/nightly_run.py --demo                       # what `make demo` does
     .venv/bin/python bench/nightly_run.py --accounts 100000 --days 3    # whole runs on every day
+    .venv/bin/python bench/nightly_run.py --warehouse W --rerun-date D  # every step of D again (forced), on W
 
 Prints one JSON object: total seconds, seconds per step (summed over the days), peak GiB, the
 status of every step per day.
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--warehouse", default=None, help="default: a fresh temporary folder")
     parser.add_argument("--set", dest="sets", action="append", default=[], help="extra conf key=value")
+    parser.add_argument("--rerun-date", type=dt.date.fromisoformat, default=None,
+                        help="rerun every step of this date (force) on an existing --warehouse; no simulation")
     args = parser.parse_args()
 
     from botwatch import nightly
@@ -53,7 +56,14 @@ def main() -> None:
     per_step: dict[str, float] = defaultdict(float)
     statuses: dict[str, dict] = {}
     with PeakMemory(keep_samples=True) as mem, timed() as total:
-        if args.demo:
+        if args.rerun_date:
+            if args.demo:
+                conf = demo_conf(conf)
+            results = nightly.run_steps(get_spark(conf, app_name="bench-rerun"), conf, args.rerun_date, force=True,
+                                        echo=lambda _: None)
+            per_step.update({s: r["seconds"] for s, r in results.items()})
+            statuses = {str(args.rerun_date): {s: r["status"] for s, r in results.items()}}
+        elif args.demo:
             conf = demo_conf(conf)
             out = run_demo(get_spark(conf, app_name="bench-demo"), conf, echo=lambda _: None)
             per_step.update(out["per_step"])
@@ -72,7 +82,8 @@ def main() -> None:
                     per_step[step] += r["seconds"]
                 statuses[str(day)] = {s: r["status"] for s, r in results.items()}
     print(json.dumps({
-        "mode": "demo" if args.demo else f"{args.accounts} accounts x {args.days} days",
+        "mode": f"rerun {args.rerun_date}" if args.rerun_date else "demo" if args.demo
+        else f"{args.accounts} accounts x {args.days} days",
         "last_day": last_day_steps(warehouse, mem),
         "total_s": round(total["seconds"], 1), "peak_gib": round(mem.peak_gib, 2),
         "per_step_s": {k: round(v, 1) for k, v in sorted(per_step.items(), key=lambda kv: -kv[1])},

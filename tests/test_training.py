@@ -2,10 +2,12 @@
 and the XGBoost stage against the canary. Metrics are recomputed here with scikit-learn."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import numpy as np
 import pytest
+from helpers import copy_warehouse
 from pyspark.sql import functions as F
 from sklearn.metrics import average_precision_score, precision_score
 
@@ -14,9 +16,15 @@ from botwatch import tables as t
 from botwatch.config import warehouse_path
 from botwatch.delta_io import read_table, write_table
 from botwatch.models.stage1 import PlattCalibration, as_model_input, predict_margin
-from botwatch.training import STAGE1_MODEL, TrainParams, refresh_decision, train_stage1, training_rows
-
-from helpers import copy_warehouse
+from botwatch.monitoring.run import METRICS_SCHEMA
+from botwatch.training import (
+    STAGE1_MODEL,
+    TrainParams,
+    population_prevalence,
+    refresh_decision,
+    train_stage1,
+    training_rows,
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +62,38 @@ def test_threshold_meets_target_precision_on_validation(spark, trained):
     params = TrainParams.from_conf(tconf.section("train"))
     raw, cols, cal, rec = _artifacts(spark, warehouse, result.version)
     _, valid, golden = training_rows(spark, warehouse, run_date, params)
-    pdf = valid.select(t.LABEL, *as_model_input(cols)).toPandas()
+    pdf = valid.select(t.LABEL, t.WEIGHT, *as_model_input(cols)).toPandas()
     score = cal.apply(predict_margin(raw, pdf[cols]))
     assert rec["threshold"] == pytest.approx(result.threshold)
     flagged = score >= result.threshold
     assert flagged.any()
-    assert precision_score(pdf[t.LABEL], flagged) >= params.target_precision
+    # Precision at the population's bot share: no monitor has run here, so the conf fallback.
+    meta = registry.read_artifact(rec["artifact_path"], "meta.json")
+    assert meta["prevalence"] == params.prevalence_fallback and "fallback" in meta["prevalence_source"]
+    y, w = pdf[t.LABEL].to_numpy(), pdf[t.WEIGHT].to_numpy()
+    share = w[y == 1].sum() / w.sum()
+    pi = params.prevalence_fallback
+    population_w = np.where(y == 1, w * pi / share, w * (1 - pi) / (1 - share))
+    assert precision_score(y, flagged, sample_weight=population_w) >= params.target_precision
+    assert result.metrics["valid_population_precision"] == pytest.approx(
+        precision_score(y, flagged, sample_weight=population_w))
     # The golden metric equals scikit-learn's on independently scored golden rows.
     gdf = golden.select(t.LABEL, *as_model_input(cols)).toPandas()
     gscore = cal.apply(predict_margin(raw, gdf[cols]))
     assert result.metrics["golden_pr_auc"] == pytest.approx(average_precision_score(gdf[t.LABEL], gscore))
+
+
+def test_prevalence_auto_takes_the_monitors_latest_estimate_before_the_run_date(spark, tmp_path):
+    params = TrainParams(label_weights={"investigator": 1.0}, prevalence_fallback=0.04)
+    warehouse, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
+    assert population_prevalence(spark, warehouse, day, params)[0] == 0.04  # no metrics table yet
+    rows = [(day - dt.timedelta(days=3), "prevalence", 0.05), (day - dt.timedelta(days=1), "prevalence", 0.08),
+            (day - dt.timedelta(days=1), "drift_alert", 1.0), (day, "prevalence", 0.5)]  # D's own: written later
+    write_table(spark.createDataFrame(rows, METRICS_SCHEMA), warehouse, t.METRICS, partition_by=[t.RUN_DATE])
+    value, source = population_prevalence(spark, warehouse, day, params)
+    assert value == 0.08 and str(day - dt.timedelta(days=1)) in source
+    assert population_prevalence(spark, warehouse, day, dataclasses.replace(params, prevalence=0.2))[0] == 0.2
+    assert population_prevalence(spark, warehouse, day, dataclasses.replace(params, prevalence=None))[0] is None
 
 
 def test_same_seed_gives_same_metrics(spark, platform, trained, tmp_path):

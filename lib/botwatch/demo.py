@@ -1,16 +1,17 @@
 """``botwatch demo``: simulate a small platform and run the nightly run on every simulated day, then
 say where the tables and the run report are and print the headline metrics.
 
-Sized (conf ``demo``) to finish in minutes on 2 cores (11 measured, see BENCHMARKS.md). Every
-day runs ``validate`` and its ``activity_daily`` partial (later windows sum them). The last
-``demo.full_run_days`` days run the whole pipeline (features, train, score, publish, monitor).
-Training needs labelled rows whose features predate their labels, split by time into train and
-validation, so the days listed in ``demo.history_feature_days`` (counted back from the last day)
-also build features: a label pairs with the latest features before it, and the earliest of those
-days must come before both the train and the validation labels (``train.valid_days``). Whole runs
-on the days in between would only wait for labels. The investigator rate is raised so a small
-platform has enough labels to train and promote a model (``demo.*`` overrides, see
-:func:`demo_conf`).
+Sized (conf ``demo``) to finish in minutes on 2 cores (see BENCHMARKS.md). Every day runs
+``validate``. The last ``demo.full_run_days`` days run the whole pipeline (features, train, score,
+publish, monitor). Training needs labelled rows whose features predate their labels, split by time
+into train and validation, so the days listed in ``demo.history_feature_days`` (counted back from
+the last day) also build features: a label pairs with the latest features before it, and the
+earliest of those days must come before both the train and the validation labels
+(``train.valid_days``). Whole runs on the days in between would only wait for labels. The early
+days' ``activity_daily`` partials are built by the next features step, one job per run of missing
+days (what a first nightly run does), rather than one activity step per day: the same rows, without
+a Spark job and a run-log entry per day. The investigator rate is raised so a small platform has
+enough labels to train and promote a model (``demo.*`` overrides, see :func:`demo_conf`).
 """
 from __future__ import annotations
 
@@ -30,20 +31,22 @@ from botwatch.delta_io import read_table, table_exists
 from botwatch.simulate import write_platform
 from botwatch.training import STAGE1_MODEL
 
-# The steps an early day needs: later feature windows sum its activity partial.
-EARLY_STEPS = ("validate", "activity")
+# An early day is validated; the next features step builds its activity partial.
+EARLY_STEPS = ("validate",)
 HISTORY_STEPS = (*EARLY_STEPS, "features")
 
 
 def demo_conf(conf: Config) -> Config:
-    """``conf`` with the demo's bot share, label rate and training minimums (a small platform has few
-    bots and labels; its golden set must hold both classes for a model to be promoted)."""
+    """``conf`` with the demo's bot share (simulated, and assumed by the threshold until the monitor
+    estimates it), label rate and training minimums (a small platform has few bots and labels; its
+    golden set must hold both classes for a model to be promoted)."""
     return conf.with_overrides([
         f"simulate.prevalence={conf['demo.prevalence']}",
         f"simulate.labels.investigator_per_week_per_100k={conf['demo.investigator_per_week_per_100k']}",
         f"train.min_train_rows={conf['demo.min_train_rows']}",
         f"train.valid_days={conf['demo.valid_days']}",
         f"train.n_bootstrap={conf['demo.n_bootstrap']}",
+        f"train.prevalence_fallback={conf['demo.prevalence']}",
     ])
 
 

@@ -6,6 +6,12 @@ of investigator labels never used for training or threshold picking. The canary 
 regression) is trained every time; the XGBoost challenger is calibrated (Platt) on validation,
 its operating threshold is the lowest reaching the target precision there, and it is promoted
 only through the registry's gate on the golden set.
+
+Calibration and threshold are set for the population's bot share, not the labels': validation
+rows are reweighted to ``train.prevalence`` (``auto``: the monitor's latest stratified estimate,
+else ``train.prevalence_fallback``), because investigators label mostly suspicious accounts and a
+threshold picked at the labels' own share actions many humans (see
+:func:`botwatch.evaluation.metrics.prior_shift_weights`).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from pyspark.sql import functions as F
 from botwatch import registry
 from botwatch import tables as t
 from botwatch.delta_io import read_table, table_exists
-from botwatch.evaluation.metrics import evaluate, operating_threshold
+from botwatch.evaluation.metrics import evaluate, operating_threshold, precision_at, prior_shift_weights
 from botwatch.labels import point_in_time_join, resolve_labels, split_golden, time_split
 from botwatch.models.canary import canary_scores, fit_canary
 from botwatch.models.stage1 import (
@@ -39,6 +45,9 @@ from botwatch.monitoring.drift import REFERENCE_ARTIFACT, training_reference
 STAGE1_MODEL = "stage1_xgb"
 # The ``metrics`` row the monitor step sets when drift crosses the soft threshold.
 DRIFT_ALERT = "drift_alert"
+# The ``metrics`` row of the monitor's stratified estimate of the population's bot share.
+PREVALENCE_METRIC = "prevalence"
+PREVALENCE_AUTO = "auto"
 
 
 class NotEnoughLabelsError(RuntimeError):
@@ -62,6 +71,8 @@ class TrainParams:
     n_bootstrap: int = 200
     seed: int = 0
     new_account_days: int = 30
+    prevalence: float | str | None = PREVALENCE_AUTO
+    prevalence_fallback: float = 0.03
     xgb: XGBParams = field(default_factory=XGBParams)
 
     @classmethod
@@ -110,6 +121,49 @@ def refresh_decision(spark: SparkSession, warehouse: str, run_date: dt.date, par
     champion = registry.champion(spark, warehouse, STAGE1_MODEL)
     drift_alert = drift_alert_before(spark, warehouse, run_date)
     return needs_training(champion, run_date, params.max_champion_age_days, drift_alert)
+
+
+def population_prevalence(
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams
+) -> tuple[float | None, str]:
+    """The bot share calibration and threshold are set for, and where it came from.
+
+    ``train.prevalence``: a number; ``auto`` (the monitor's latest stratified estimate before D,
+    else ``train.prevalence_fallback``); or null (the labels' own share: no correction)."""
+    setting = params.prevalence
+    if setting is None:
+        return None, "labels' own bot share (train.prevalence: null)"
+    if setting != PREVALENCE_AUTO:
+        return float(setting), "conf train.prevalence"
+    if table_exists(spark, warehouse, t.METRICS):
+        latest = (
+            read_table(spark, warehouse, t.METRICS)
+            .where((F.col(t.RUN_DATE) < F.lit(run_date)) & (F.col(t.NAME) == F.lit(PREVALENCE_METRIC))
+                   & F.col(t.VALUE).between(1e-6, 1 - 1e-6))
+            .orderBy(F.col(t.RUN_DATE).desc())
+            .first()
+        )
+        if latest is not None:
+            return float(latest[t.VALUE]), f"monitor estimate of {latest[t.RUN_DATE]}"
+    return float(params.prevalence_fallback), "conf train.prevalence_fallback (no monitor estimate yet)"
+
+
+def validation_weights(pdf: pd.DataFrame, prevalence: float | None) -> np.ndarray:
+    """Label-source weights of validation rows, rescaled to the population's bot share."""
+    w = pdf[t.WEIGHT].to_numpy(dtype=float) if t.WEIGHT in pdf else np.ones(len(pdf))
+    if prevalence is None or len(pdf) == 0:
+        return w
+    return prior_shift_weights(pdf[t.LABEL].to_numpy(), prevalence, w)
+
+
+def population_threshold(
+    y: np.ndarray, score: np.ndarray, weight: np.ndarray, target_precision: float
+) -> tuple[float | None, float]:
+    """The operating threshold on reweighted validation rows and its estimated population precision."""
+    if len(y) == 0 or len(np.unique(y)) < 2:
+        return None, math.nan
+    thr = operating_threshold(y, score, target_precision, sample_weight=weight)
+    return thr, (math.nan if thr is None else precision_at(y, score, thr, sample_weight=weight))
 
 
 def training_rows(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams):
@@ -198,15 +252,15 @@ def train_stage1(
     valid_pdf = _collect(valid, cols, spark, warehouse)
     golden_pdf = _collect(golden, cols, spark, warehouse)
     valid_margin = predict_margin(raw, valid_pdf[cols]) if len(valid_pdf) else np.array([])
+    prevalence, prevalence_source = population_prevalence(spark, warehouse, run_date, params)
+    valid_weight = validation_weights(valid_pdf, prevalence)
+    valid_y = valid_pdf[t.LABEL].to_numpy() if len(valid_pdf) else np.array([])
     calibration = (
-        PlattCalibration.fit(valid_margin, valid_pdf[t.LABEL].to_numpy(), valid_pdf[t.WEIGHT].to_numpy())
-        if len(valid_pdf) else PlattCalibration()
+        PlattCalibration.fit(valid_margin, valid_y, valid_weight) if len(valid_pdf) else PlattCalibration()
     )
     valid_score = calibration.apply(valid_margin)
-    threshold = (
-        operating_threshold(valid_pdf[t.LABEL].to_numpy(), valid_score, params.target_precision)
-        if len(valid_pdf) and valid_pdf[t.LABEL].nunique() == 2 else None
-    )
+    threshold, population_precision = population_threshold(valid_y, valid_score, valid_weight,
+                                                           params.target_precision)
     golden_score = calibration.apply(predict_margin(raw, golden_pdf[cols])) if len(golden_pdf) else np.array([])
 
     canary_cols = [c for c in params.canary_features if c in train.columns]
@@ -218,7 +272,9 @@ def train_stage1(
     canary_golden = golden_pdf[[t.ACCOUNT_ID, t.LABEL]].merge(canary_golden, on=t.ACCOUNT_ID, how="left")
     train.unpersist()
 
-    metrics = {"n_train": float(n_train), "n_train_positive": float(n_pos), "distilled": float(teacher is not None)}
+    metrics = {"n_train": float(n_train), "n_train_positive": float(n_pos), "distilled": float(teacher is not None),
+               "prevalence_used": math.nan if prevalence is None else prevalence,
+               "valid_population_precision": population_precision}
     metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
     metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
     metrics.update(_evaluate(canary_golden, canary_golden["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_"))
@@ -239,7 +295,7 @@ def train_stage1(
         directory, "meta.json",
         {"threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
          "canary_features": canary_cols, "target_precision": params.target_precision,
-         "teacher": teacher_version},
+         "teacher": teacher_version, "prevalence": prevalence, "prevalence_source": prevalence_source},
     )
     canary.write().overwrite().save(f"{directory}/canary")
 

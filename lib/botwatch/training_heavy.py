@@ -30,7 +30,7 @@ from botwatch import registry
 from botwatch import tables as t
 from botwatch.cascade import choose_flag_threshold
 from botwatch.delta_io import read_table, table_exists
-from botwatch.evaluation.metrics import operating_threshold, pr_auc, recall_at_precision
+from botwatch.evaluation.metrics import pr_auc, recall_at_precision
 from botwatch.models.canary import canary_scores, fit_canary
 from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
 from botwatch.models.stage1 import feature_columns
@@ -50,8 +50,11 @@ from botwatch.training import (
     TrainParams,
     TrainResult,
     _evaluate,
+    population_prevalence,
+    population_threshold,
     train_stage1,
     training_rows,
+    validation_weights,
 )
 
 CASCADE_FILE = "cascade.json"
@@ -167,13 +170,16 @@ def train_heavy_stage(
     valid_pdf, golden_pdf = _with_truth(spark, warehouse, valid_pdf), _with_truth(spark, warehouse, golden_pdf)
     valid_score = model.predict(valid_pdf) if len(valid_pdf) else np.array([])
     golden_score = model.predict(golden_pdf) if len(golden_pdf) else np.array([])
-    threshold = (
-        operating_threshold(valid_pdf[t.LABEL].to_numpy(), valid_score, params.target_precision)
-        if len(valid_pdf) and valid_pdf[t.LABEL].nunique() == 2 else None
+    prevalence, prevalence_source = population_prevalence(spark, warehouse, run_date, params)
+    threshold, population_precision = population_threshold(
+        valid_pdf[t.LABEL].to_numpy() if len(valid_pdf) else np.array([]), valid_score,
+        validation_weights(valid_pdf, prevalence), params.target_precision,
     )
 
     metrics = {"n_train": float(len(train_pdf)), "n_train_positive": float(n_pos),
-               "best_epoch": float(model.best_epoch), "epochs_run": float(len(model.history))}
+               "best_epoch": float(model.best_epoch), "epochs_run": float(len(model.history)),
+               "prevalence_used": math.nan if prevalence is None else prevalence,
+               "valid_population_precision": population_precision}
     metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
     metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
     if t.FAMILY in golden_pdf and len(golden_pdf):
@@ -200,6 +206,7 @@ def train_heavy_stage(
     registry.write_artifact(directory, "meta.json", {
         "threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
         "target_precision": params.target_precision, "tabular_cols": cols, "neighbor_cols": nbr_cols,
+        "prevalence": prevalence, "prevalence_source": prevalence_source,
     })
     decision = registry.promotion_decision(
         metrics.get("golden_pr_auc", math.nan), metrics.get("canary_golden_pr_auc", math.nan), champ_pr,

@@ -206,6 +206,28 @@ def operating_threshold(
     return None if k is None else float(thr[k])
 
 
+def prior_shift_weights(y_true: Any, prevalence: float, sample_weight: Any = None) -> np.ndarray:
+    """Weights that give labelled rows the population's bot share ``prevalence``.
+
+    Labels come mostly from investigators, who look at suspicious accounts, so the labelled
+    rows hold far more bots than the population (60 % against 3.5 % in a 100k simulation):
+    precision measured on them overstates precision in production, and a threshold picked on
+    them actions many humans. Scaling bots by ``prevalence / p`` and humans by
+    ``(1 - prevalence) / (1 - p)`` (``p``: the rows' weighted bot share) makes weighted
+    precision an estimate of population precision, assuming each class's labelled scores look
+    like that class's scores in the population. Labelled humans are the suspicious ones, so the
+    estimate errs low (a higher, safer threshold). Without both classes the weights are unchanged.
+    """
+    y, _, w = _check(y_true, np.zeros(np.shape(y_true)), sample_weight)
+    if not 0.0 < prevalence < 1.0:
+        raise MetricInputError(f"prevalence must be in (0, 1), got {prevalence}; it is the population's bot share")
+    pos, total = float(w[y == 1].sum()), float(w.sum())
+    if pos == 0.0 or pos == total:
+        return w
+    p = pos / total
+    return np.where(y == 1, w * (prevalence / p), w * ((1.0 - prevalence) / (1.0 - p)))
+
+
 def recall_at_precision(y_true: Any, y_score: Any, target_precision: float, sample_weight: Any = None) -> float:
     """Highest recall among thresholds with precision >= target (recall at the operating
     threshold); 0.0 when none reaches it, ``nan`` without positives."""
