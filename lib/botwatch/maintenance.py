@@ -4,12 +4,15 @@ of conf ``maintenance``.
 
 OPTIMIZE of a date-partitioned table touches D's partition only (it is final once published);
 ``scores_latest`` is compacted whole. VACUUM deletes files older than the retention, so Delta time
-travel reaches back only that far. Both are Delta commits that change no data: the run's skip
-logic ignores them (:data:`botwatch.nightly.MAINTENANCE_OPERATIONS`).
+travel reaches back only that far; it lists files with a few tasks per core
+(:func:`listing_parallelism`), not Spark's default 10,000. Both are Delta commits that change no
+data: the run's skip logic ignores them (:data:`botwatch.nightly.MAINTENANCE_OPERATIONS`).
 """
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
@@ -17,6 +20,8 @@ from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, table_exists
 
 DELTA_MIN_RETENTION_HOURS = 168  # Delta refuses a shorter VACUUM retention unless its check is off
+RETENTION_CHECK_KEY = "spark.databricks.delta.retentionDurationCheck.enabled"
+LISTING_PARALLELISM_KEY = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
 
 
 def scheduled(run_date: dt.date, every_days: int) -> bool:
@@ -37,18 +42,37 @@ def optimize(spark: SparkSession, warehouse: str, table: str, run_date: dt.date)
     spark.sql(f"OPTIMIZE delta.`{path}`{where} ZORDER BY ({t.ACCOUNT_ID})")
 
 
-def vacuum(spark: SparkSession, warehouse: str, table: str, retention_hours: float) -> None:
+@contextmanager
+def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set Spark SQL settings for the block and restore what was there before."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def listing_parallelism(spark: SparkSession, configured: int | None) -> int:
+    """Tasks VACUUM lists the table's files with: conf ``maintenance.vacuum_listing_parallelism``,
+    or 4 per core of the session. VACUUM otherwise takes Spark's partition-discovery parallelism
+    (10,000 by default): 10,000 tiny tasks, 20-38 s a table on 2 cores against 2.5 s with 8."""
+    return int(configured) if configured else 4 * spark.sparkContext.defaultParallelism
+
+
+def vacuum(spark: SparkSession, warehouse: str, table: str, retention_hours: float,
+           parallelism: int | None = None) -> None:
     path = t.table_path(warehouse, table)
-    key = "spark.databricks.delta.retentionDurationCheck.enabled"
+    settings = {LISTING_PARALLELISM_KEY: str(listing_parallelism(spark, parallelism))}
     if retention_hours < DELTA_MIN_RETENTION_HOURS:
         # Asked for explicitly in conf: a short retention breaks time travel and readers of old snapshots.
-        previous = spark.conf.get(key, "true")
-        spark.conf.set(key, "false")
-        try:
-            spark.sql(f"VACUUM delta.`{path}` RETAIN {retention_hours} HOURS")
-        finally:
-            spark.conf.set(key, previous)
-    else:
+        settings[RETENTION_CHECK_KEY] = "false"
+    with _session_conf(spark, settings):
         spark.sql(f"VACUUM delta.`{path}` RETAIN {retention_hours} HOURS")
 
 
@@ -63,6 +87,7 @@ def maintain(spark: SparkSession, warehouse: str, run_date: dt.date, params: dic
                 done["optimized"].append(table)
         if scheduled(run_date, params["vacuum_every_days"]):
             for table in tables:
-                vacuum(spark, warehouse, table, params["vacuum_retention_hours"])
+                vacuum(spark, warehouse, table, params["vacuum_retention_hours"],
+                       params.get("vacuum_listing_parallelism"))
                 done["vacuumed"].append(table)
     return done

@@ -1,0 +1,62 @@
+"""Scheduled Delta maintenance (the publish step's OPTIMIZE ... ZORDER and VACUUM) on a small table."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+from chispa import assert_df_equality
+
+from botwatch import tables as t
+from botwatch.delta_io import read_table, write_table
+from botwatch.maintenance import LISTING_PARALLELISM_KEY, RETENTION_CHECK_KEY, listing_parallelism, maintain
+
+D = dt.date(2026, 1, 18)  # D.toordinal() % 7 == 0: a maintenance date every 7 days
+OTHER = D - dt.timedelta(days=1)
+PARAMS = {"tables": [t.SCORES, "not_written_yet"], "optimize_every_days": 7, "vacuum_every_days": 7,
+          "vacuum_retention_hours": 0, "vacuum_listing_parallelism": None}
+
+
+def _parquet_files(warehouse: str, day: dt.date) -> list[Path]:
+    return sorted((Path(warehouse) / t.SCORES / f"{t.RUN_DATE}={day.isoformat()}").glob("*.parquet"))
+
+
+def _write_day(spark, warehouse: str, day: dt.date, offset: float) -> None:
+    rows = [(i, day, i / 100 + offset) for i in range(60)]
+    df = spark.createDataFrame(rows, f"{t.ACCOUNT_ID} long, {t.RUN_DATE} date, {t.SCORE} double").repartition(4)
+    write_table(df, warehouse, t.SCORES, partition_by=[t.RUN_DATE], replace_where=f"{t.RUN_DATE} = '{day}'")
+
+
+def test_maintenance_zorders_the_days_partition_vacuums_old_files_and_changes_no_data(spark, tmp_path):
+    wh = str(tmp_path / "wh")
+    _write_day(spark, wh, OTHER, 0.0)
+    _write_day(spark, wh, D, 0.0)
+    _write_day(spark, wh, D, 0.5)  # a rerun of D: its first files are no longer referenced
+    before = read_table(spark, wh, t.SCORES)
+    expected = spark.createDataFrame(before.collect(), before.schema)
+    other_files = _parquet_files(wh, OTHER)
+    assert len(_parquet_files(wh, D)) == 8 and len(other_files) == 4
+
+    assert maintain(spark, wh, D + dt.timedelta(days=1), PARAMS) == {"optimized": [], "vacuumed": []}
+    spark.conf.set(LISTING_PARALLELISM_KEY, "10000")
+    done = maintain(spark, wh, D, PARAMS)
+    assert done == {"optimized": [t.SCORES], "vacuumed": [t.SCORES]}  # tables not yet written are skipped
+
+    assert_df_equality(read_table(spark, wh, t.SCORES), expected, ignore_row_order=True)
+    # D's partition compacted into one file and the replaced ones deleted; the other day untouched.
+    assert len(_parquet_files(wh, D)) == 1
+    assert _parquet_files(wh, OTHER) == other_files
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(wh, t.SCORES)}`").collect()
+    optimize = next(h for h in history if h["operation"] == "OPTIMIZE")
+    assert json.loads(optimize["operationParameters"]["zOrderBy"]) == [t.ACCOUNT_ID]
+    assert D.isoformat() in optimize["operationParameters"]["predicate"]
+    assert json.loads(optimize["userMetadata"]) == {"run_date": D.isoformat(), "step": "maintenance"}
+    assert {"VACUUM START", "VACUUM END"} <= {h["operation"] for h in history}
+    # VACUUM's own settings are put back (the short retention is allowed only inside the call).
+    assert spark.conf.get(LISTING_PARALLELISM_KEY) == "10000"
+    assert spark.conf.get(RETENTION_CHECK_KEY, "true") == "true"
+
+
+def test_vacuum_lists_with_a_few_tasks_per_core_unless_configured(spark):
+    assert listing_parallelism(spark, None) == 4 * spark.sparkContext.defaultParallelism
+    assert listing_parallelism(spark, 32) == 32
