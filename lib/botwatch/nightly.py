@@ -238,13 +238,14 @@ class DateLock:
                 ensure_table(spark, self.warehouse, t.RUN_LOCK, LOCK_SCHEMA, **{"delta.isolationLevel": "Serializable"})
                 source = spark.createDataFrame([(run_date, self.holder, socket.gethostname(), now)], LOCK_SCHEMA)
                 cond = f"l.{t.RUN_DATE} = DATE'{run_date.isoformat()}' AND l.{t.RUN_DATE} = s.{t.RUN_DATE}"
-                (
+                merged = (
                     DeltaTable.forPath(spark, t.table_path(self.warehouse, t.RUN_LOCK)).alias("l")
                     .merge(source.alias("s"), cond)
                     # A lock older than run.lock_stale_hours belongs to a run that died: take it over.
                     .whenMatchedUpdateAll(condition=F.col("l.acquired_at") < F.lit(stale))
                     .whenNotMatchedInsertAll()
                     .execute()
+                    .first()
                 )
         except Exception as exc:
             if _is_conflict(exc):
@@ -253,6 +254,9 @@ class DateLock:
                     "commit); let it finish, then rerun the date if needed"
                 ) from exc
             raise
+        # The MERGE wrote our row (inserted, or took over a stale lock): ours, no read needed.
+        if merged is not None and merged["num_affected_rows"] == 1:
+            return
         held = self.current()
         if held is None or held["holder"] != self.holder:
             raise RunLockedError(

@@ -96,6 +96,24 @@ def inputs_for(spark: SparkSession, warehouse: str, rows: DataFrame, tabular_col
     )
 
 
+def collect_splits(
+    spark: SparkSession, warehouse: str, splits: dict[str, DataFrame], cols: Sequence[str],
+    extra: Sequence[str], heavy_section: dict,
+) -> dict[str, pd.DataFrame]:
+    """Heavy inputs of every split, gathered in one Spark pass (one scan of events and edges,
+    not one per split) and split again in pandas; same keys and order as ``splits``."""
+    split_col = "_split"
+    tagged = None
+    for name, rows in splits.items():
+        keep = [c for c in (t.ACCOUNT_ID, t.RUN_DATE, *extra) if c in rows.columns and c not in cols]
+        part = rows.select(*keep, *cols).withColumn(split_col, F.lit(name))
+        tagged = part if tagged is None else tagged.unionByName(part, allowMissingColumns=True)
+    # Sorted: the same rows in the same order whatever Spark's partitioning (seeded training).
+    pdf = inputs_for(spark, warehouse, tagged, cols, heavy_section).toPandas().sort_values(
+        [t.ACCOUNT_ID, t.RUN_DATE], kind="stable")
+    return {name: pdf[pdf[split_col] == name].drop(columns=split_col).reset_index(drop=True) for name in splits}
+
+
 def _with_truth(spark: SparkSession, warehouse: str, pdf: pd.DataFrame) -> pd.DataFrame:
     # Truth is for evaluation only (per-family metrics on simulated data), never for training.
     if not table_exists(spark, warehouse, t.TRUTH) or len(pdf) == 0:
@@ -151,11 +169,9 @@ def train_heavy_stage(
     nbr_cols = neighbor_columns(heavy_section["neighbor_features"])
     extra = [t.LABEL, t.WEIGHT, t.COUNTRY, "is_new_account"]
 
-    def collect(rows: DataFrame) -> pd.DataFrame:
-        keep = [c for c in (t.ACCOUNT_ID, t.RUN_DATE, *extra) if c in rows.columns and c not in cols]
-        return inputs_for(spark, warehouse, rows.select(*keep, *cols), cols, heavy_section).toPandas()
-
-    train_pdf, valid_pdf, golden_pdf = collect(train), collect(valid), collect(golden)
+    train_pdf, valid_pdf, golden_pdf = collect_splits(
+        spark, warehouse, {"train": train, "valid": valid, "golden": golden}, cols, extra, heavy_section
+    ).values()
     n_pos = int((train_pdf[t.LABEL] == 1).sum()) if len(train_pdf) else 0
     if len(train_pdf) < params.min_train_rows or n_pos < params.min_positives or n_pos == len(train_pdf):
         raise NotEnoughLabelsError(
