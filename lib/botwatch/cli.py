@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,7 @@ from botwatch.config import DEFAULT_CONF, Config, ConfigError, load_config
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="botwatch: nightly bot-detection scoring on Spark.")
 
 ConfOpt = Annotated[str, typer.Option("--conf", help="environment conf file overlaid on conf/base.yaml")]
-WarehouseOpt = Annotated[Optional[str], typer.Option("--warehouse", help="root of the Delta tables")]
+WarehouseOpt = Annotated[str | None, typer.Option("--warehouse", help="root of the Delta tables")]
 
 
 @app.callback()
@@ -25,7 +25,7 @@ def _root() -> None:
     """botwatch: nightly bot-detection scoring on Spark."""
 
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a knob: key=value (repeatable)")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override a knob: key=value (repeatable)")]
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -206,7 +206,8 @@ def ingest(
                 resolve_input(table, path)  # a missing file or column fails before a JVM starts
         spark = get_spark(cfg, app_name=f"botwatch-ingest-{run_date}")
         result = ingest_files(
-            spark, root, accounts=accounts, events=events, edges=edges, labels=labels, run_date=run_date, echo=typer.echo
+            spark, root, accounts=accounts, events=events, edges=edges, labels=labels, run_date=run_date,
+            echo=typer.echo,
         )
     except IngestInputError as exc:
         fail(str(exc))

@@ -51,11 +51,11 @@ def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[Non
     try:
         yield
     finally:
-        for key, value in previous.items():
-            if value is None:
+        for key, old in previous.items():
+            if old is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, old)
 
 
 def listing_parallelism(spark: SparkSession, configured: int | None) -> int:

@@ -159,7 +159,10 @@ def promotion_decision(
         return PromotionDecision(
             False, f"golden PR-AUC {challenger_pr_auc:.4f} does not beat the canary's {canary_pr_auc:.4f}"
         )
-    if champion_pr_auc is not None and not math.isnan(champion_pr_auc) and challenger_pr_auc < champion_pr_auc - tolerance:
+    if (
+        champion_pr_auc is not None and not math.isnan(champion_pr_auc)
+        and challenger_pr_auc < champion_pr_auc - tolerance
+    ):
         return PromotionDecision(
             False,
             f"golden PR-AUC {challenger_pr_auc:.4f} is worse than the champion's {champion_pr_auc:.4f} "

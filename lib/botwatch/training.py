@@ -194,7 +194,8 @@ def _evaluate(pdf: pd.DataFrame, score: np.ndarray, threshold: float | None, par
         return {f"{prefix}n": float(len(pdf))}
     segments = {}
     if "is_new_account" in pdf:
-        segments["new_account"] = pdf["is_new_account"].map({True: "new", False: "established"}).fillna("unknown").to_numpy()
+        age = pdf["is_new_account"].map({True: "new", False: "established"})
+        segments["new_account"] = age.fillna("unknown").to_numpy()
     if t.COUNTRY in pdf:
         segments["country"] = pdf[t.COUNTRY].fillna("unknown").to_numpy()
     families = pdf[t.FAMILY].fillna("human").to_numpy() if t.FAMILY in pdf else None
@@ -277,7 +278,8 @@ def train_stage1(
                "valid_population_precision": population_precision}
     metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
     metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
-    metrics.update(_evaluate(canary_golden, canary_golden["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_"))
+    canary_score = canary_golden["canary_score"].fillna(0).to_numpy()
+    metrics.update(_evaluate(canary_golden, canary_score, None, params, "canary_golden_"))
 
     current = registry.champion(spark, warehouse, STAGE1_MODEL)
     champ_pr = champion_golden_pr_auc(spark, warehouse, current, golden_pdf.copy())

@@ -14,6 +14,7 @@ flag threshold between them.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import tempfile
 import warnings
@@ -103,11 +104,12 @@ def collect_splits(
     """Heavy inputs of every split, gathered in one Spark pass (one scan of events and edges,
     not one per split) and split again in pandas; same keys and order as ``splits``."""
     split_col = "_split"
-    tagged = None
-    for name, rows in splits.items():
-        keep = [c for c in (t.ACCOUNT_ID, t.RUN_DATE, *extra) if c in rows.columns and c not in cols]
-        part = rows.select(*keep, *cols).withColumn(split_col, F.lit(name))
-        tagged = part if tagged is None else tagged.unionByName(part, allowMissingColumns=True)
+    parts = [
+        rows.select(*[c for c in (t.ACCOUNT_ID, t.RUN_DATE, *extra) if c in rows.columns and c not in cols], *cols)
+        .withColumn(split_col, F.lit(name))
+        for name, rows in splits.items()
+    ]
+    tagged = functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), parts)
     # Sorted: the same rows in the same order whatever Spark's partitioning (seeded training).
     pdf = inputs_for(spark, warehouse, tagged, cols, heavy_section).toPandas().sort_values(
         [t.ACCOUNT_ID, t.RUN_DATE], kind="stable")

@@ -30,7 +30,9 @@ def _input_names(cols: Sequence[str]) -> list[str]:
     return [n for c in cols for n in (f"_canary_{c}", f"_canary_{c}_missing")]
 
 
-def fit_canary(train: DataFrame, cols: Sequence[str], reg_param: float = 0.01, weight_col: str = t.WEIGHT) -> PipelineModel:
+def fit_canary(
+    train: DataFrame, cols: Sequence[str], reg_param: float = 0.01, weight_col: str = t.WEIGHT
+) -> PipelineModel:
     pipeline = Pipeline(
         stages=[
             VectorAssembler(inputCols=_input_names(cols), outputCol=CANARY_VECTOR),
