@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -221,16 +222,30 @@ def champion_golden_pr_auc(spark, warehouse: str, champion: dict | None, golden_
     return pr_auc(golden_pdf[t.LABEL].to_numpy(), predict_margin(raw, golden_pdf[cols]))
 
 
-def train_stage1(
-    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams, *,
-    teacher: Callable[[DataFrame], DataFrame] | None = None, teacher_version: str | None = None,
-) -> TrainResult:
-    """Train a challenger on labels up to D, evaluate it, register it and apply the promotion gate.
+@dataclass
+class TrainingContext:
+    """What every model trained for one run date shares, built once (:func:`prepare_training`):
+    the point-in-time rows and their split, the bot share the thresholds assume, and the canary
+    (fitted on the same training rows) with its golden-set metrics, the gate's baseline."""
 
-    With ``teacher`` (see :func:`botwatch.training_heavy.teacher_targets`) the booster is fitted
-    on its soft ``distill_target`` (labels blended with the heavy model's scores); calibration,
-    threshold and the gate still use the labels.
-    """
+    train: DataFrame
+    valid: DataFrame
+    golden: DataFrame
+    n_train: int
+    n_train_positive: int
+    prevalence: float | None
+    prevalence_source: str
+    canary_cols: list[str]
+    canary: PipelineModel | None = None
+    canary_metrics: dict = field(default_factory=dict)
+
+    def release(self) -> None:
+        self.train.unpersist()
+
+
+def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> TrainingContext:
+    """The rows, bot share and canary of D (the training rows cached: every model reads them).
+    Raises :class:`NotEnoughLabelsError` when there are too few labelled rows to train on."""
     train, valid, golden = training_rows(spark, warehouse, run_date, params)
     train = train.cache()
     n_train = train.count()
@@ -242,6 +257,48 @@ def train_stage1(
             f"{params.min_train_rows} rows and {params.min_positives} bots of each class "
             "(train.min_train_rows / train.min_positives)"
         )
+    prevalence, source = population_prevalence(spark, warehouse, run_date, params)
+    ctx = TrainingContext(train, valid, golden, n_train, n_pos, prevalence, source,
+                          [c for c in params.canary_features if c in train.columns])
+    ctx.canary = fit_canary(train, ctx.canary_cols, params.canary_reg_param)
+    scored = canary_scores(ctx.canary, golden, ctx.canary_cols).select(t.ACCOUNT_ID, t.LABEL, "canary_score")
+    pdf = scored.toPandas()
+    ctx.canary_metrics = _evaluate(pdf, pdf["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_")
+    return ctx
+
+
+def operating_point(
+    valid_pdf: pd.DataFrame, valid_score: np.ndarray, golden_pdf: pd.DataFrame, golden_score: np.ndarray,
+    ctx: TrainingContext, params: TrainParams,
+) -> tuple[float | None, dict]:
+    """A model's operating threshold at the population's bot share, and its validation, golden
+    and canary metrics (every model of the run date is judged the same way)."""
+    valid_y = valid_pdf[t.LABEL].to_numpy() if len(valid_pdf) else np.array([])
+    threshold, population_precision = population_threshold(
+        valid_y, valid_score, validation_weights(valid_pdf, ctx.prevalence), params.target_precision
+    )
+    metrics = {"prevalence_used": math.nan if ctx.prevalence is None else ctx.prevalence,
+               "valid_population_precision": population_precision}
+    metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
+    metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
+    metrics.update(ctx.canary_metrics)
+    return threshold, metrics
+
+
+def train_stage1(
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams, *,
+    teacher: Callable[[DataFrame], DataFrame] | None = None, teacher_version: str | None = None,
+    context: TrainingContext | None = None,
+) -> TrainResult:
+    """Train a challenger on labels up to D, evaluate it, register it and apply the promotion gate.
+
+    With ``teacher`` (see :func:`botwatch.training_heavy.teacher_targets`) the booster is fitted
+    on its soft ``distill_target`` (labels blended with the heavy model's scores); calibration,
+    threshold and the gate still use the labels. ``context``: D's shared rows and canary (built
+    here when not given, and released after).
+    """
+    ctx = context or prepare_training(spark, warehouse, run_date, params)
+    train, valid, golden = ctx.train, ctx.valid, ctx.golden
     cols = feature_columns(train)
     if teacher is None:
         booster = fit_booster(train, valid, cols, params.xgb)
@@ -253,33 +310,19 @@ def train_stage1(
     valid_pdf = _collect(valid, cols, spark, warehouse)
     golden_pdf = _collect(golden, cols, spark, warehouse)
     valid_margin = predict_margin(raw, valid_pdf[cols]) if len(valid_pdf) else np.array([])
-    prevalence, prevalence_source = population_prevalence(spark, warehouse, run_date, params)
-    valid_weight = validation_weights(valid_pdf, prevalence)
     valid_y = valid_pdf[t.LABEL].to_numpy() if len(valid_pdf) else np.array([])
     calibration = (
-        PlattCalibration.fit(valid_margin, valid_y, valid_weight) if len(valid_pdf) else PlattCalibration()
+        PlattCalibration.fit(valid_margin, valid_y, validation_weights(valid_pdf, ctx.prevalence))
+        if len(valid_pdf) else PlattCalibration()
     )
-    valid_score = calibration.apply(valid_margin)
-    threshold, population_precision = population_threshold(valid_y, valid_score, valid_weight,
-                                                           params.target_precision)
     golden_score = calibration.apply(predict_margin(raw, golden_pdf[cols])) if len(golden_pdf) else np.array([])
+    threshold, evaluated = operating_point(valid_pdf, calibration.apply(valid_margin), golden_pdf, golden_score,
+                                           ctx, params)
+    if context is None:
+        ctx.release()
 
-    canary_cols = [c for c in params.canary_features if c in train.columns]
-    canary = fit_canary(train, canary_cols, params.canary_reg_param)
-    canary_golden = (
-        canary_scores(canary, golden, canary_cols).select(t.ACCOUNT_ID, "canary_score").toPandas()
-        if len(golden_pdf) else pd.DataFrame(columns=[t.ACCOUNT_ID, "canary_score"])
-    )
-    canary_golden = golden_pdf[[t.ACCOUNT_ID, t.LABEL]].merge(canary_golden, on=t.ACCOUNT_ID, how="left")
-    train.unpersist()
-
-    metrics = {"n_train": float(n_train), "n_train_positive": float(n_pos), "distilled": float(teacher is not None),
-               "prevalence_used": math.nan if prevalence is None else prevalence,
-               "valid_population_precision": population_precision}
-    metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
-    metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
-    canary_score = canary_golden["canary_score"].fillna(0).to_numpy()
-    metrics.update(_evaluate(canary_golden, canary_score, None, params, "canary_golden_"))
+    metrics = {"n_train": float(ctx.n_train), "n_train_positive": float(ctx.n_train_positive),
+               "distilled": float(teacher is not None), **evaluated}
 
     current = registry.champion(spark, warehouse, STAGE1_MODEL)
     champ_pr = champion_golden_pr_auc(spark, warehouse, current, golden_pdf.copy())
@@ -296,10 +339,10 @@ def train_stage1(
     registry.write_artifact(
         directory, "meta.json",
         {"threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
-         "canary_features": canary_cols, "target_precision": params.target_precision,
-         "teacher": teacher_version, "prevalence": prevalence, "prevalence_source": prevalence_source},
+         "canary_features": ctx.canary_cols, "target_precision": params.target_precision,
+         "teacher": teacher_version, "prevalence": ctx.prevalence, "prevalence_source": ctx.prevalence_source},
     )
-    canary.write().overwrite().save(f"{directory}/canary")
+    ctx.canary.write().overwrite().save(f"{directory}/canary")
 
     decision = registry.promotion_decision(
         metrics.get("golden_pr_auc", math.nan),

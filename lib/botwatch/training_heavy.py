@@ -32,7 +32,6 @@ from botwatch import tables as t
 from botwatch.cascade import choose_flag_threshold
 from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import pr_auc, recall_at_precision
-from botwatch.models.canary import canary_scores, fit_canary
 from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
 from botwatch.models.stage1 import feature_columns
 from botwatch.scoring.stage2 import (
@@ -47,15 +46,12 @@ from botwatch.scoring.stage2 import (
 )
 from botwatch.training import (
     STAGE1_MODEL,
-    NotEnoughLabelsError,
+    TrainingContext,
     TrainParams,
     TrainResult,
-    _evaluate,
-    population_prevalence,
-    population_threshold,
+    operating_point,
+    prepare_training,
     train_stage1,
-    training_rows,
-    validation_weights,
 )
 
 CASCADE_FILE = "cascade.json"
@@ -160,27 +156,24 @@ def _save_artifacts(model, directory: str) -> None:
 
 
 def train_heavy_stage(
-    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams, heavy_section: dict
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams, heavy_section: dict,
+    context: TrainingContext | None = None,
 ) -> HeavyTrainResult:
-    """Train, evaluate and register a heavy challenger for D; promote it through the gate."""
+    """Train, evaluate and register a heavy challenger for D; promote it through the gate.
+    ``context``: D's shared rows and canary (built here when not given, and released after)."""
     from botwatch.models.heavy import train_heavy
 
     cfg = _heavy_config(heavy_section)
-    train, valid, golden = training_rows(spark, warehouse, run_date, params)
-    cols = feature_columns(train)
+    ctx = context or prepare_training(spark, warehouse, run_date, params)
+    cols = feature_columns(ctx.train)
     nbr_cols = neighbor_columns(heavy_section["neighbor_features"])
     extra = [t.LABEL, t.WEIGHT, t.COUNTRY, "is_new_account"]
 
     train_pdf, valid_pdf, golden_pdf = collect_splits(
-        spark, warehouse, {"train": train, "valid": valid, "golden": golden}, cols, extra, heavy_section
+        spark, warehouse, {"train": ctx.train, "valid": ctx.valid, "golden": ctx.golden}, cols, extra, heavy_section
     ).values()
-    n_pos = int((train_pdf[t.LABEL] == 1).sum()) if len(train_pdf) else 0
-    if len(train_pdf) < params.min_train_rows or n_pos < params.min_positives or n_pos == len(train_pdf):
-        raise NotEnoughLabelsError(
-            f"{len(train_pdf)} training rows with {n_pos} bots before {run_date} for the heavy model: need at "
-            f"least {params.min_train_rows} rows and {params.min_positives} bots (train.min_train_rows / "
-            "train.min_positives)"
-        )
+    if context is None:
+        ctx.release()
     model = train_heavy(
         train_pdf, valid_pdf if len(valid_pdf) else None, cols, nbr_cols,
         label_col=t.LABEL, weight_col=t.WEIGHT, config=cfg,
@@ -188,29 +181,14 @@ def train_heavy_stage(
     valid_pdf, golden_pdf = _with_truth(spark, warehouse, valid_pdf), _with_truth(spark, warehouse, golden_pdf)
     valid_score = model.predict(valid_pdf) if len(valid_pdf) else np.array([])
     golden_score = model.predict(golden_pdf) if len(golden_pdf) else np.array([])
-    prevalence, prevalence_source = population_prevalence(spark, warehouse, run_date, params)
-    threshold, population_precision = population_threshold(
-        valid_pdf[t.LABEL].to_numpy() if len(valid_pdf) else np.array([]), valid_score,
-        validation_weights(valid_pdf, prevalence), params.target_precision,
-    )
-
-    metrics = {"n_train": float(len(train_pdf)), "n_train_positive": float(n_pos),
-               "best_epoch": float(model.best_epoch), "epochs_run": float(len(model.history)),
-               "prevalence_used": math.nan if prevalence is None else prevalence,
-               "valid_population_precision": population_precision}
-    metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
-    metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
+    threshold, evaluated = operating_point(valid_pdf, valid_score, golden_pdf, golden_score, ctx, params)
+    metrics = {"n_train": float(len(train_pdf)), "n_train_positive": float(ctx.n_train_positive),
+               "best_epoch": float(model.best_epoch), "epochs_run": float(len(model.history)), **evaluated}
     if t.FAMILY in golden_pdf and len(golden_pdf):
         metrics.update(family_metrics(golden_pdf[t.FAMILY].to_numpy(), golden_score, params.target_precision,
                                       "golden_"))
 
     # The same gate as stage 1: beat the canary and do not trail the champion on the golden set.
-    canary_cols = [c for c in params.canary_features if c in train.columns]
-    if len(golden_pdf) and golden_pdf[t.LABEL].nunique() == 2:
-        canary = fit_canary(train, canary_cols, params.canary_reg_param)
-        cg = canary_scores(canary, golden, canary_cols).select(t.ACCOUNT_ID, "canary_score").toPandas()
-        cg = golden_pdf[[t.ACCOUNT_ID, t.LABEL]].merge(cg, on=t.ACCOUNT_ID, how="left")
-        metrics["canary_golden_pr_auc"] = pr_auc(cg[t.LABEL].to_numpy(), cg["canary_score"].fillna(0).to_numpy())
     current = heavy_champion(spark, warehouse)
     champ_pr = None
     if current is not None and len(golden_pdf) and golden_pdf[t.LABEL].nunique() == 2:
@@ -224,7 +202,7 @@ def train_heavy_stage(
     registry.write_artifact(directory, "meta.json", {
         "threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
         "target_precision": params.target_precision, "tabular_cols": cols, "neighbor_cols": nbr_cols,
-        "prevalence": prevalence, "prevalence_source": prevalence_source,
+        "prevalence": ctx.prevalence, "prevalence_source": ctx.prevalence_source,
     })
     decision = registry.promotion_decision(
         metrics.get("golden_pr_auc", math.nan), metrics.get("canary_golden_pr_auc", math.nan), champ_pr,
@@ -333,16 +311,20 @@ def train_cascade(
     flag threshold. Returns stage 1's result and a summary of the heavy and cascade parts."""
     cparams = CascadeParams.from_conf(cascade_section)
     settings = InferenceSettings.from_conf(cascade_section)
-    heavy = train_heavy_stage(spark, warehouse, run_date, params, heavy_section)
-    summary: dict = {
-        "heavy_version": heavy.version, "heavy_promoted": heavy.promoted, "heavy_reason": heavy.reason,
-        "heavy_golden_pr_auc": heavy.metrics.get("golden_pr_auc"),
-    }
-    teacher = heavy_champion(spark, warehouse)
-    targets = teacher_targets(spark, warehouse, teacher, cparams, settings) if teacher else None
-    summary["distilled_from"] = teacher.model_version if teacher else None
-    result = train_stage1(spark, warehouse, run_date, params, teacher=targets,
-                          teacher_version=teacher.model_version if teacher else None)
+    ctx = prepare_training(spark, warehouse, run_date, params)
+    try:
+        heavy = train_heavy_stage(spark, warehouse, run_date, params, heavy_section, ctx)
+        summary: dict = {
+            "heavy_version": heavy.version, "heavy_promoted": heavy.promoted, "heavy_reason": heavy.reason,
+            "heavy_golden_pr_auc": heavy.metrics.get("golden_pr_auc"),
+        }
+        teacher = heavy_champion(spark, warehouse)
+        targets = teacher_targets(spark, warehouse, teacher, cparams, settings) if teacher else None
+        summary["distilled_from"] = teacher.model_version if teacher else None
+        result = train_stage1(spark, warehouse, run_date, params, teacher=targets,
+                              teacher_version=teacher.model_version if teacher else None, context=ctx)
+    finally:
+        ctx.release()
     summary.update(calibrate_flag_threshold(spark, warehouse, run_date, cparams, settings))
     return result, summary
 
