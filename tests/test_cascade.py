@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ from helpers import copy_warehouse
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from botwatch import registry, steps
+from botwatch import registry, steps, training
 from botwatch import tables as t
 from botwatch.cascade import CascadeConfigError, choose_flag_threshold
 from botwatch.config import warehouse_path
@@ -348,7 +349,10 @@ def cascade(spark, platform, tmp_path_factory):
         "heavy.seq_hidden=32", "heavy.num_threads=1", "cascade.budget=0.10", "cascade.quantize_cpu=false",
     ])
     day = dates[-1]
-    summary = steps.train_step(spark, cconf, day)
+    # Counted: the heavy model and stage 1 of one run date share one canary (TrainingContext).
+    with mock.patch("botwatch.training.fit_canary", wraps=training.fit_canary) as canary_fit:
+        summary = steps.train_step(spark, cconf, day)
+    summary["canary_fits"] = canary_fit.call_count
     if not summary["heavy_promoted"]:
         registry.promote(spark, warehouse, "stage2_heavy", summary["heavy_version"], "promoted by the test")
     params = TrainParams.from_conf(cconf.section("train"))
@@ -371,6 +375,17 @@ def test_heavy_model_registered_with_family_metrics(spark, cascade):
     assert {"golden_pr_auc", "canary_golden_pr_auc", "valid_pr_auc"} <= set(metrics)
     assert any(k.startswith("golden_family_") and k.endswith("_pr_auc") for k in metrics)
     assert summary["distilled_from"] is None  # no heavy champion existed when stage 1 trained first
+
+
+def test_heavy_model_and_stage1_of_a_date_share_one_canary(spark, cascade):
+    cconf, _, summary, *_ = cascade
+    assert summary["canary_fits"] == 1
+    wh = warehouse_path(cconf)
+    heavy = registry.records(spark, wh, "stage2_heavy")[0]["metrics"]
+    stage1 = next(r for r in registry.records(spark, wh, "stage1_xgb") if r[t.VERSION] == summary["version"])
+    # Both gates compare against the same canary scores on the same golden rows.
+    assert heavy["canary_golden_pr_auc"] == stage1["metrics"]["canary_golden_pr_auc"]
+    assert heavy["golden_n"] == stage1["metrics"]["golden_n"] and heavy["n_train"] == stage1["metrics"]["n_train"]
 
 
 def test_teacher_targets_blend_labels_with_in_process_heavy_scores(spark, cascade):
