@@ -5,7 +5,10 @@ A scripted bot copies humans' aggregate statistics but its automation replays a 
 spaced quantiles of the human mix (``humans.event_type_weights``), so every script has the same
 type counts as humans up to rounding (``event_type_entropy`` and counts do not separate it); only
 the ORDER differs: each of ``simulate.script.kits`` automation kits shuffles the positions with
-its own permutation, and the bot walks its kit's cycle event after event, in time order.
+its own permutation, and the bot walks its kit's cycle event after event, in time order. A share
+``simulate.script.free_share`` of each kit's positions are free: the bot draws their type afresh
+from the human mix at every pass, so its type counts carry a human's sampling noise too (an exact
+cycle would give too-regular shares, a tabular tell).
 
 Scripted mimics (``mimic.scripted_share``) and botnet groups (``botnet.scripted_share``, one kit
 per group) carry a kit in the column :data:`SCRIPT_KIT` (null: not scripted) and a start phase in
@@ -22,7 +25,7 @@ from pyspark.sql import functions as F
 
 from botwatch import tables as t
 from botwatch.simulate.plan import Permutation, Plan
-from botwatch.simulate.rng import uniform
+from botwatch.simulate.rng import choose, uniform
 
 SCRIPT_KIT = "_script_kit"  # the account's automation kit, 0..kits-1; null for unscripted rows
 SCRIPT_PHASE = "_script_phase"  # where in its kit's cycle the account's first event falls
@@ -73,6 +76,11 @@ def script_type(plan: Plan, kit: Column, position: Column) -> Column:
     return _lookup(script_mix(plan), quantile)
 
 
+def free_position(plan: Plan, kit: Column, position: Column) -> Column:
+    """Whether ``position`` of kit ``kit``'s cycle is free (a fresh draw from the human mix each pass)."""
+    return uniform(plan.seed, "script_free", kit, position) < F.lit(plan.f("script.free_share"))
+
+
 def with_script_types(plan: Plan, df: DataFrame, ts_col: str) -> DataFrame:
     """Rows with a :data:`SCRIPT_KIT` get the type of their place in the kit's cycle, in time order.
 
@@ -82,8 +90,15 @@ def with_script_types(plan: Plan, df: DataFrame, ts_col: str) -> DataFrame:
     plain = df.filter(kit.isNull())
     scripted = df.filter(kit.isNotNull())
     order = Window.partitionBy(t.ACCOUNT_ID).orderBy(ts_col)
-    pos = F.pmod(F.row_number().over(order) - F.lit(1) + F.col(SCRIPT_PHASE), F.lit(int(plan.p("script.length"))))
-    scripted = scripted.withColumn(_POS, pos).withColumn(t.EVENT_TYPE, script_type(plan, kit, F.col(_POS))).drop(_POS)
+    pos = F.pmod(F.col("_rank") - F.lit(1) + F.col(SCRIPT_PHASE), F.lit(int(plan.p("script.length"))))
+    human_types = [(e, float(w)) for e, w in plan.p("humans.event_type_weights").items()]
+    rank = F.row_number().over(order)
+    scripted = scripted.withColumn("_rank", rank).withColumn(_POS, pos)
+    fresh = choose(uniform(plan.seed, "script_free_type", F.col(t.ACCOUNT_ID), F.col("_rank")), human_types)
+    scripted = scripted.withColumn(
+        t.EVENT_TYPE,
+        F.when(free_position(plan, kit, F.col(_POS)), fresh).otherwise(script_type(plan, kit, F.col(_POS))),
+    ).drop(_POS, "_rank")
     return plain.unionByName(scripted).drop(SCRIPT_KIT, SCRIPT_PHASE)
 
 
