@@ -18,6 +18,7 @@ import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
 from pyspark.sql import types as T
+from scipy.stats import entropy
 from typer.testing import CliRunner
 
 from botwatch import schemas
@@ -39,6 +40,9 @@ OVERRIDES = {
     "labels.user_report_human_rate": 0.05,
     "labels.user_report_bot_rate": 0.4,
     "labels.appeal_rate": 0.5,
+    # The module's platform keeps the metronome mimics (their fingerprints are checked below); its
+    # botnets are scripted (the default). Scripted mimics get their own platform (test_scripted_*).
+    "mimic.scripted_share": 0.0,
 }
 Z = 4.0  # tolerance of the binomial checks, in standard deviations
 
@@ -505,3 +509,105 @@ def test_job_is_import_safe_and_rejects_bad_arguments(capsys):
     spec.loader.exec_module(module)  # importing runs nothing
     assert module.main(["--accounts", "5", "--days", "1", "--seed", "1"]) == 2
     assert "accounts" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- scripted bots (sequence-only fingerprint)
+
+SCRIPTED_OVERRIDES = {
+    "prevalence": 0.3,
+    "family_shares.scheduled": 0.0, "family_shares.mimic": 0.5, "family_shares.botnet": 0.5,
+    "family_shares.cyborg": 0.0, "family_shares.follow_spam": 0.0, "drift.new_family": "null",
+    "mimic.scripted_share": 1.0, "botnet.scripted_share": 1.0,
+}
+
+
+@pytest.fixture(scope="module")
+def scripted(spark, conf):
+    params = conf.with_overrides([f"simulate.{k}={v}" for k, v in SCRIPTED_OVERRIDES.items()]).section("simulate")
+    tables = simulate_platform(spark, accounts=1200, days=6, seed=5, start_date=START, params=params)
+    fam = tables[t.TRUTH].toPandas().set_index(t.ACCOUNT_ID)[t.FAMILY]
+    ev = tables[t.EVENTS].toPandas().sort_values([t.ACCOUNT_ID, t.EVENT_TS], kind="stable")
+    ev[t.FAMILY] = ev[t.ACCOUNT_ID].map(fam)
+    return {"params": params, "family": fam, "ev": ev}
+
+
+def _type_sequences(ev: pd.DataFrame, family: str, min_len: int) -> list[np.ndarray]:
+    frame = ev[ev[t.FAMILY] == family]
+    seqs = [g[t.EVENT_TYPE].to_numpy() for _, g in frame.groupby(t.ACCOUNT_ID, sort=True)]
+    return [s for s in seqs if len(s) >= min_len]
+
+
+def _lag_match(seqs: list[np.ndarray], lag: int) -> float:
+    hits = sum(int((s[lag:] == s[:-lag]).sum()) for s in seqs)
+    return hits / sum(len(s) - lag for s in seqs)
+
+
+def _quantile_mix(weights: dict[str, float], length: int) -> pd.Series:
+    """Reference: type counts of a cycle that takes the human mix at quantiles (q + 0.5) / length."""
+    names = list(weights)
+    cum = np.cumsum([weights[n] for n in names]) / sum(weights.values())
+    picks = [names[int(np.searchsorted(cum, (q + 0.5) / length, side="right"))] for q in range(length)]
+    return pd.Series(picks).value_counts().reindex(names, fill_value=0) / length
+
+
+def test_scripted_bots_repeat_a_kit_cycle_in_time_order(scripted):
+    params, ev = scripted["params"], scripted["ev"]
+    length, kits = params["script"]["length"], params["script"]["kits"]
+    humans = _type_sequences(ev, "human", 2 * length)
+    assert len(humans) > 50
+    # Humans draw each type independently: the lag-`length` match rate is sum(p^2) (~0.33), not 1.
+    w = pd.Series(params["humans"]["event_type_weights"], dtype=float)
+    p2 = float(((w / w.sum()) ** 2).sum())
+    assert abs(_lag_match(humans, length) - p2) < 0.05
+    for family in ("mimic", "botnet"):
+        seqs = _type_sequences(ev, family, 2 * length)
+        assert len(seqs) >= 20, family
+        # Every account's type sequence, in time order, is periodic with the script length ...
+        assert _lag_match(seqs, length) == 1.0, family
+        # ... and with no shorter period (the cycle's counts have gcd 1), for every account.
+        for lag in range(1, length):
+            if length % lag == 0:
+                assert all((s[lag:] != s[:-lag]).any() for s in seqs), (family, lag)
+        # The cycles (up to rotation) come from at most `kits` automation kits.
+        def canonical(s: np.ndarray) -> tuple:
+            cycle = list(s[:length])
+            return min(tuple(cycle[i:] + cycle[:i]) for i in range(length))
+        assert len({canonical(s) for s in seqs}) <= kits, family
+
+
+def test_scripted_bots_match_the_human_event_mix(scripted):
+    params, ev = scripted["params"], scripted["ev"]
+    weights = {k: float(v) for k, v in params["humans"]["event_type_weights"].items()}
+    want = pd.Series(weights) / sum(weights.values())
+    assert (_quantile_mix(weights, params["script"]["length"]) - want).abs().max() <= 0.025
+    for family in ("mimic", "botnet", "human"):
+        got = ev[ev[t.FAMILY] == family][t.EVENT_TYPE].value_counts(normalize=True).reindex(want.index, fill_value=0)
+        assert (got - want).abs().max() < 0.035, (family, got.round(3).to_dict())
+
+    # Per-account event-type entropy (what the tabular features see) does not separate mimics from
+    # humans of the same activity: medians within 0.15 bits among accounts with 40-200 events.
+    def entropies(family: str) -> np.ndarray:
+        frame = ev[ev[t.FAMILY] == family]
+        counts = frame.groupby(t.ACCOUNT_ID)[t.EVENT_TYPE].value_counts().unstack(fill_value=0)
+        counts = counts[(counts.sum(axis=1) >= 40) & (counts.sum(axis=1) <= 200)]
+        return np.array([entropy(row, base=2) for row in counts.to_numpy()])
+
+    mimic, human = entropies("mimic"), entropies("human")
+    assert len(mimic) >= 20 and len(human) >= 50
+    assert abs(np.median(mimic) - np.median(human)) < 0.15
+
+
+def test_scripted_mimics_time_their_sessions_like_humans(scripted):
+    ev = scripted["ev"]
+
+    def in_session_cv(family: str) -> pd.Series:
+        g = _gaps(ev[ev[t.FAMILY] == family])
+        g = g[g["gap"] < 600]
+        return g.groupby(t.ACCOUNT_ID)["gap"].agg(lambda x: x.std() / x.mean() if len(x) >= 5 else np.nan).dropna()
+
+    mimic, human = in_session_cv("mimic"), in_session_cv("human")
+    # Unlike the metronome mimics (CV < half the humans'), gaps are as irregular as humans'.
+    assert abs(mimic.median() - human.median()) < 0.25 * human.median()
+    # Residential proxies are only a small share of their sessions: few distinct IPs.
+    ips = ev[ev[t.FAMILY] == "mimic"].groupby(t.ACCOUNT_ID)[t.IP_HASH].nunique()
+    assert ips.median() <= scripted["params"]["humans"]["max_ips"] + 1

@@ -4,9 +4,12 @@ Three generators, each a chain of ``explode(sequence(...))`` whose every draw is
 row's keys (account, day, session, index), so no row depends on any other:
 
 * sessions (humans, cyborgs' human part, ``mimic``, ``follow_spam``): sessions per LOCAL day, a
-  start time, a length and within-session gaps, each family with its own fingerprint;
+  start time, a length and within-session gaps, each family with its own fingerprint; scripted
+  mimics (``mimic.scripted_share``) time their sessions like humans and differ only in the ORDER
+  of their event types (``botwatch.simulate.script``);
 * slots (``scheduled``, cyborgs' automated phases): one event per fixed interval, around the clock;
-* bursts (``botnet``): a group's members act together in the same minutes.
+* bursts (``botnet``): a group's members act together in the same minutes; scripted groups
+  (``botnet.scripted_share``) walk their kit's cycle of event types instead of one type per burst.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from botwatch.simulate.rng import (
     token,
     uniform,
 )
+from botwatch.simulate.script import SCRIPT_KIT, SCRIPT_PHASE, kit_column, phase_column, with_script_types
 
 TS_S = "ts_s"  # event time in epoch seconds (double), before it becomes event_ts
 _D = "d"
@@ -75,8 +79,10 @@ def session_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
     sid = plan.seed
     p = plan.p
     aid, fam, d, s, k = F.col(t.ACCOUNT_ID), F.col(t.FAMILY), F.col(_D), F.col(_S), F.col(_K)
-    humanlike = fam.isin(*acc.HUMANLIKE)
-    mimic = fam == F.lit("mimic")
+    # Scripted mimics take every timing and IP draw of the human branch; the rest are metronomes.
+    scripted = (fam == F.lit("mimic")) & (uniform(sid, "mimic_scripted", aid) < F.lit(plan.f("mimic.scripted_share")))
+    humanlike = fam.isin(*acc.HUMANLIKE) | scripted
+    mimic = (fam == F.lit("mimic")) & ~scripted
 
     df = profile_df.filter(fam.isin("human", "cyborg", "mimic", "follow_spam")).select(
         t.ACCOUNT_ID, t.FAMILY, acc.UTC_OFFSET, acc.ACTIVE_FROM_S, acc.ACTIVITY, acc.N_IPS, acc.N_DEVICES,
@@ -168,10 +174,13 @@ def session_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
     human_ip_index = F.when(uniform(sid, "ip_pick", aid, d, s) < F.lit(0.6), F.lit(0)).otherwise(
         F.floor(uniform(sid, "ip_other", aid, d, s) * F.col(acc.N_IPS))
     )
+    proxy = acc.proxy_ip(plan, F.floor(uniform(sid, "proxy", aid, d, s) * F.lit(int(p("mimic.proxy_pool")))))
+    via_proxy = uniform(sid, "scripted_proxy", aid, d, s) < F.lit(plan.f("mimic.scripted_proxy_share"))
     df = df.withColumn(
         t.IP_HASH,
-        F.when(humanlike, acc.human_ip(plan, aid, human_ip_index))
-        .when(mimic, acc.proxy_ip(plan, F.floor(uniform(sid, "proxy", aid, d, s) * F.lit(int(p("mimic.proxy_pool"))))))
+        F.when(scripted & via_proxy, proxy)
+        .when(humanlike, acc.human_ip(plan, aid, human_ip_index))
+        .when(mimic, proxy)
         .otherwise(F.col(t.SIGNUP_IP_HASH)),
     )
     df = df.withColumn(
@@ -196,8 +205,10 @@ def session_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
     u_type = F.col("_u_type")
     spam_type = F.when(u_type < F.lit(plan.f("follow_spam.follow_share")), F.lit("follow")).otherwise(F.lit("like"))
     event_type = F.when(fam == F.lit("follow_spam"), spam_type).otherwise(choose(u_type, human_types))
+    # Scripted mimics' types are set later, from their place in time order (with_script_types).
+    kit = F.when(scripted, kit_column(plan, "mimic_kit", aid))
     return df.select(t.ACCOUNT_ID, ts.alias(TS_S), event_type.alias(t.EVENT_TYPE), t.IP_HASH, t.DEVICE_ID,
-                     acc.ACTIVE_FROM_S)
+                     acc.ACTIVE_FROM_S, kit.alias(SCRIPT_KIT), phase_column(plan, aid).alias(SCRIPT_PHASE))
 
 
 def slot_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
@@ -254,7 +265,8 @@ def slot_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
         F.concat(F.lit("api-"), token(sid, "api_device", aid))
     )
     return df.select(t.ACCOUNT_ID, ts.alias(TS_S), event_type.alias(t.EVENT_TYPE), ip.alias(t.IP_HASH),
-                     device.alias(t.DEVICE_ID), acc.ACTIVE_FROM_S)
+                     device.alias(t.DEVICE_ID), acc.ACTIVE_FROM_S, F.lit(None).cast("int").alias(SCRIPT_KIT),
+                     F.lit(0).cast("long").alias(SCRIPT_PHASE))
 
 
 def burst_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
@@ -301,15 +313,21 @@ def burst_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
     )
     df = df.select("*", explode_range(F.col("n_events"), _K))
     ts = F.col("t0") + j * F.col("gap") + exponential(sid, "burst_jitter", aid, d, b, j)
-    return df.select(t.ACCOUNT_ID, ts.alias(TS_S), t.EVENT_TYPE, t.IP_HASH, t.DEVICE_ID, acc.ACTIVE_FROM_S)
+    # A scripted group's members all run the group's kit (each from its own phase).
+    scripted = uniform(sid, "botnet_scripted", grp) < F.lit(plan.f("botnet.scripted_share"))
+    kit = F.when(scripted, kit_column(plan, "botnet_kit", grp))
+    return df.select(t.ACCOUNT_ID, ts.alias(TS_S), t.EVENT_TYPE, t.IP_HASH, t.DEVICE_ID, acc.ACTIVE_FROM_S,
+                     kit.alias(SCRIPT_KIT), phase_column(plan, aid).alias(SCRIPT_PHASE))
 
 
 def events_table(plan: Plan, profile_df: DataFrame) -> DataFrame:
     """The ``events`` input table: every generator, cut to the simulated window and each account's active time."""
-    raw = (
+    raw = with_script_types(
+        plan,
         session_events(plan, profile_df)
         .unionByName(slot_events(plan, profile_df))
-        .unionByName(burst_events(plan, profile_df))
+        .unionByName(burst_events(plan, profile_df)),
+        TS_S,
     )
     ts = F.col(TS_S)
     kept = filter_computed(

@@ -21,6 +21,8 @@ REQUIRED_KNOBS = (
     "accounts_per_partition", "bot_verified_rate", "botnet.burst_gap_s", "botnet.burst_spread_s",
     "botnet.bursts_per_day", "botnet.devices_per_group", "botnet.events_per_burst", "botnet.external_follows",
     "botnet.follow_density", "botnet.group_max", "botnet.group_min", "botnet.ips_per_group", "botnet.participation",
+    "botnet.scripted_share", "mimic.scripted_share", "mimic.scripted_proxy_share", "script.free_share",
+    "script.kits", "script.length",
     "botnet.signup_window_min", "country_weights", "cyborg.auto_day_share", "cyborg.auto_hours",
     "cyborg.auto_period_min", "cyborg.human_activity_factor", "datacenter_ips", "drift.detection_wave_fraction",
     "drift.human_activity_after_wave", "drift.mimic_jitter_after_wave", "drift.new_family",
@@ -268,7 +270,9 @@ def _validate(plan: Plan) -> None:
             f"simulate parameters need 2 <= botnet.group_min <= botnet.group_max, got {gmin}, {gmax}"
         )
     for key in ("humans.dormant_share", "scheduled.fixed_share", "scheduled.dominant_share", "scheduled.miss_rate",
-                "mimic.skip_rate", "botnet.participation", "botnet.follow_density", "cyborg.auto_day_share",
+                "mimic.skip_rate", "mimic.scripted_share", "mimic.scripted_proxy_share", "botnet.scripted_share",
+                "script.free_share",
+                "botnet.participation", "botnet.follow_density", "cyborg.auto_day_share",
                 "follow_spam.followback", "graph.community_share", "graph.human_followback",
                 "graph.mimic_followback", "graph.hub_followback", "graph.bot_followback", "graph.in_period_share",
                 "graph.spam_in_period_share", "labels.investigator_bot_share", "labels.investigator_error",
@@ -284,5 +288,7 @@ def _validate(plan: Plan) -> None:
         raise SimulationParamsError("simulate parameter 'humans.session_tail_alpha' must be above 1 (finite mean)")
     if int(plan.p("mimic.sessions_min")) > int(plan.p("mimic.sessions_max")) or int(plan.p("mimic.sessions_min")) < 1:
         raise SimulationParamsError("simulate parameters need 1 <= mimic.sessions_min <= mimic.sessions_max")
+    if int(plan.p("script.kits")) < 1 or int(plan.p("script.length")) < 2:
+        raise SimulationParamsError("simulate parameters need script.kits >= 1 and script.length >= 2")
     if int(plan.p("mimic.session_events_min")) > int(plan.p("mimic.session_events_max")):
         raise SimulationParamsError("simulate parameters need mimic.session_events_min <= mimic.session_events_max")
