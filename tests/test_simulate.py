@@ -41,8 +41,10 @@ OVERRIDES = {
     "labels.user_report_bot_rate": 0.4,
     "labels.appeal_rate": 0.5,
     # The module's platform keeps the metronome mimics (their fingerprints are checked below); its
-    # botnets are scripted (the default). Scripted mimics get their own platform (test_scripted_*).
+    # botnets are scripted, so the determinism tests cover the script's window code. Scripted mimics
+    # get their own platform (test_scripted_*).
     "mimic.scripted_share": 0.0,
+    "botnet.scripted_share": 1.0,
 }
 Z = 4.0  # tolerance of the binomial checks, in standard deviations
 
