@@ -30,7 +30,14 @@ from botwatch.simulate.rng import (
     token,
     uniform,
 )
-from botwatch.simulate.script import SCRIPT_KIT, SCRIPT_PHASE, kit_column, phase_column, with_script_types
+from botwatch.simulate.script import (
+    SCRIPT_KIT,
+    SCRIPT_PHASE,
+    human_event_types,
+    kit_column,
+    phase_column,
+    with_script_types,
+)
 
 TS_S = "ts_s"  # event time in epoch seconds (double), before it becomes event_ts
 _D = "d"
@@ -200,11 +207,10 @@ def session_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
     jitter = F.col("gap_jitter") * F.col("gap") * normal(sid, "offset_jitter", aid, d, s, k)
     bot_offset = F.when(k == F.lit(0), F.abs(jitter)).otherwise(k * F.col("gap") + jitter)
     ts = F.col("day_start") + F.col("start") + F.when(humanlike, human_offset).otherwise(bot_offset)
-    human_types = [(e, float(w)) for e, w in p("humans.event_type_weights").items()]
     df = df.withColumn("_u_type", uniform(sid, "event_type", aid, d, s, k))
     u_type = F.col("_u_type")
     spam_type = F.when(u_type < F.lit(plan.f("follow_spam.follow_share")), F.lit("follow")).otherwise(F.lit("like"))
-    event_type = F.when(fam == F.lit("follow_spam"), spam_type).otherwise(choose(u_type, human_types))
+    event_type = F.when(fam == F.lit("follow_spam"), spam_type).otherwise(choose(u_type, human_event_types(plan)))
     # Scripted mimics' types are set later, from their place in time order (with_script_types).
     kit = F.when(scripted, kit_column(plan, "mimic_kit", aid))
     return df.select(t.ACCOUNT_ID, ts.alias(TS_S), event_type.alias(t.EVENT_TYPE), t.IP_HASH, t.DEVICE_ID,

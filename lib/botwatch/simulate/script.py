@@ -32,9 +32,14 @@ SCRIPT_PHASE = "_script_phase"  # where in its kit's cycle the account's first e
 _POS = "_script_pos"
 
 
+def human_event_types(plan: Plan) -> list[tuple[str, float]]:
+    """The human event-type mix as (type, weight) pairs (``humans.event_type_weights``)."""
+    return [(e, float(w)) for e, w in plan.p("humans.event_type_weights").items()]
+
+
 def script_mix(plan: Plan) -> list[str]:
     """The event type at each quantile ``(q + 0.5) / length`` of the human mix, q = 0..length-1."""
-    weights = [(e, float(w)) for e, w in plan.p("humans.event_type_weights").items()]
+    weights = human_event_types(plan)
     total = sum(w for _, w in weights)
     length = int(plan.p("script.length"))
     out = []
@@ -55,12 +60,6 @@ def kit_permutations(plan: Plan) -> list[Permutation]:
     rng = random.Random(f"botwatch-script-{plan.seed}")
     length = int(plan.p("script.length"))
     return [Permutation.draw(length, rng) for _ in range(int(plan.p("script.kits")))]
-
-
-def kit_script(plan: Plan, kit: int) -> list[str]:
-    """Kit ``kit``'s cycle of event types, position 0..length-1 (what :func:`script_type` yields)."""
-    mix, perm = script_mix(plan), kit_permutations(plan)[kit]
-    return [mix[(pos * perm.mul + perm.add) % perm.n] for pos in range(perm.n)]
 
 
 def _lookup(values: list[Any], index: Column) -> Column:
@@ -85,16 +84,19 @@ def with_script_types(plan: Plan, df: DataFrame, ts_col: str) -> DataFrame:
     """Rows with a :data:`SCRIPT_KIT` get the type of their place in the kit's cycle, in time order.
 
     Only scripted rows are shuffled (a window per account, ordered by time); the others pass through.
+    With no scripted family configured there are none: ``df`` is returned as is, not split in two
+    (each half would evaluate the event generators again).
     """
+    if plan.f("mimic.scripted_share") <= 0 and plan.f("botnet.scripted_share") <= 0:
+        return df.drop(SCRIPT_KIT, SCRIPT_PHASE)
     kit = F.col(SCRIPT_KIT)
     plain = df.filter(kit.isNull())
     scripted = df.filter(kit.isNotNull())
     order = Window.partitionBy(t.ACCOUNT_ID).orderBy(ts_col)
     pos = F.pmod(F.col("_rank") - F.lit(1) + F.col(SCRIPT_PHASE), F.lit(int(plan.p("script.length"))))
-    human_types = [(e, float(w)) for e, w in plan.p("humans.event_type_weights").items()]
     rank = F.row_number().over(order)
     scripted = scripted.withColumn("_rank", rank).withColumn(_POS, pos)
-    fresh = choose(uniform(plan.seed, "script_free_type", F.col(t.ACCOUNT_ID), F.col("_rank")), human_types)
+    fresh = choose(uniform(plan.seed, "script_free_type", F.col(t.ACCOUNT_ID), F.col("_rank")), human_event_types(plan))
     scripted = scripted.withColumn(
         t.EVENT_TYPE,
         F.when(free_position(plan, kit, F.col(_POS)), fresh).otherwise(script_type(plan, kit, F.col(_POS))),
