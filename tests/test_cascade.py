@@ -408,6 +408,37 @@ def test_teacher_targets_blend_labels_with_in_process_heavy_scores(spark, cascad
     assert stage1["metrics"]["distilled"] == 1.0
 
 
+def test_teacher_scores_known_in_process_are_used_and_the_rest_scored_in_spark(spark, cascade):
+    """A heavy model promoted in the same train step hands stage 1 the scores it computed in
+    process: those rows keep them (here shifted by 0.25 to tell them apart), and rows it lacks are
+    still scored through Spark, equal to the plain teacher's."""
+    cconf, day, _, targets, teacher, _ = cascade
+    params = TrainParams.from_conf(cconf.section("train"))
+    _, valid, _ = training_rows(spark, warehouse_path(cconf), day, params)
+    plain = targets(valid).toPandas().sort_values([t.ACCOUNT_ID, t.RUN_DATE]).reset_index(drop=True)
+    shifted = plain[TEACHER_SCORE].iloc[::2] * 0.5 + 0.25
+    known = plain.iloc[::2][[t.ACCOUNT_ID, t.RUN_DATE]].assign(**{TEACHER_SCORE: shifted})
+    cparams, settings = CascadeParams.from_conf(cconf.section("cascade")), InferenceSettings.from_conf(
+        cconf.section("cascade"))
+    with mock.patch("botwatch.training_heavy.score_heavy", wraps=score_heavy) as spark_scoring:
+        mixed = teacher_targets(spark, warehouse_path(cconf), teacher, cparams, settings, known)(valid).toPandas()
+    assert spark_scoring.call_count == 1
+    mixed = mixed.sort_values([t.ACCOUNT_ID, t.RUN_DATE]).reset_index(drop=True)
+    assert len(mixed) == len(plain) > 2
+    want = plain[TEACHER_SCORE].to_numpy().copy()
+    want[::2] = want[::2] * 0.5 + 0.25
+    np.testing.assert_allclose(mixed[TEACHER_SCORE], want, atol=1e-6)
+    wl, wt = cconf["cascade.distill_label_weight"], cconf["cascade.distill_teacher_weight"]
+    np.testing.assert_allclose(mixed[DISTILL_TARGET], (wl * mixed[t.LABEL] + wt * want) / (wl + wt), atol=1e-6)
+    # Every row known: nothing is scored through Spark.
+    every = plain[[t.ACCOUNT_ID, t.RUN_DATE, TEACHER_SCORE]]
+    with mock.patch("botwatch.training_heavy.score_heavy", wraps=score_heavy) as spark_scoring:
+        alone = teacher_targets(spark, warehouse_path(cconf), teacher, cparams, settings, every)(valid).toPandas()
+    assert spark_scoring.call_count == 0
+    alone = alone.sort_values([t.ACCOUNT_ID, t.RUN_DATE]).reset_index(drop=True)
+    np.testing.assert_allclose(alone[TEACHER_SCORE], plain[TEACHER_SCORE], atol=1e-12)
+
+
 def test_cascade_scores_flags_within_budget_and_reruns_identically(spark, cascade):
     cconf, day, _, _, _, flag = cascade
     warehouse = warehouse_path(cconf)

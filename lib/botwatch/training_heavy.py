@@ -145,6 +145,9 @@ class HeavyTrainResult:
     reason: str
     metrics: dict[str, float]
     threshold: float | None
+    # The challenger's own scores of its training and validation rows (account_id, run_date,
+    # teacher_score): stage 1's soft targets when it is promoted, without gathering its inputs again.
+    scores: pd.DataFrame | None = None
 
 
 def _save_artifacts(model, directory: str) -> None:
@@ -181,6 +184,9 @@ def train_heavy_stage(
     valid_pdf, golden_pdf = _with_truth(spark, warehouse, valid_pdf), _with_truth(spark, warehouse, golden_pdf)
     valid_score = model.predict(valid_pdf) if len(valid_pdf) else np.array([])
     golden_score = model.predict(golden_pdf) if len(golden_pdf) else np.array([])
+    keys = [t.ACCOUNT_ID, t.RUN_DATE]
+    own_scores = pd.concat([train_pdf[keys].assign(**{TEACHER_SCORE: model.predict(train_pdf)}),
+                            valid_pdf[keys].assign(**{TEACHER_SCORE: valid_score})], ignore_index=True)
     threshold, evaluated = operating_point(valid_pdf, valid_score, golden_pdf, golden_score, ctx, params)
     metrics = {"n_train": float(len(train_pdf)), "n_train_positive": float(ctx.n_train_positive),
                "best_epoch": float(model.best_epoch), "epochs_run": float(len(model.history)), **evaluated}
@@ -214,7 +220,7 @@ def train_heavy_stage(
     ))
     if decision.promote:
         registry.promote(spark, warehouse, HEAVY_MODEL, version, decision.reason)
-    return HeavyTrainResult(version, decision.promote, decision.reason, metrics, threshold)
+    return HeavyTrainResult(version, decision.promote, decision.reason, metrics, threshold, own_scores)
 
 
 def _fill(pdf: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
@@ -228,20 +234,37 @@ def _fill(pdf: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:
 
 def teacher_targets(
     spark: SparkSession, warehouse: str, teacher: HeavyArtifact, params: CascadeParams, settings: InferenceSettings,
+    known_scores: pd.DataFrame | None = None,
 ) -> Callable[[DataFrame], DataFrame]:
     """A function adding ``teacher_score`` (the heavy champion's score) and ``distill_target``
-    (``(wl * label + wt * teacher_score) / (wl + wt)``) to training rows."""
+    (``(wl * label + wt * teacher_score) / (wl + wt)``) to training rows.
+
+    ``known_scores`` (``account_id``, ``run_date``, ``teacher_score``): the teacher's scores of
+    these rows computed in process when it was just trained on them; rows it lacks are scored
+    through Spark as without it."""
     wl, wt = params.distill_label_weight, params.distill_teacher_weight
     if wl < 0 or wt < 0 or wl + wt <= 0:
         raise ValueError(f"cascade.distill_label_weight / distill_teacher_weight must be >= 0 with a positive sum, "
                          f"got {wl}, {wt}")
 
+    key = [t.ACCOUNT_ID, t.RUN_DATE]
+    known = None
+    if known_scores is not None and len(known_scores):
+        known = F.broadcast(spark.createDataFrame(
+            known_scores[key].assign(**{TEACHER_SCORE: known_scores[TEACHER_SCORE].astype(float)})
+        ).dropDuplicates(key))
+
     def add(rows: DataFrame) -> DataFrame:
-        keys = rows.dropDuplicates([t.ACCOUNT_ID, t.RUN_DATE])
-        scored = score_heavy(artifact_inputs(spark, warehouse, keys, teacher), teacher, settings,
-                             keep=(t.ACCOUNT_ID, t.RUN_DATE))
-        scores = scored.select(t.ACCOUNT_ID, t.RUN_DATE, F.col(t.STAGE2_SCORE).alias(TEACHER_SCORE))
-        out = rows.join(scores, [t.ACCOUNT_ID, t.RUN_DATE], "left")
+        keys = rows.dropDuplicates(key)
+        scores = None
+        if known is not None:
+            scores = known.join(keys.select(*key), key, "left_semi")
+            keys = keys.join(known, key, "left_anti")
+        if known is None or not keys.isEmpty():
+            scored = score_heavy(artifact_inputs(spark, warehouse, keys, teacher), teacher, settings, keep=key)
+            spark_scores = scored.select(*key, F.col(t.STAGE2_SCORE).alias(TEACHER_SCORE))
+            scores = spark_scores if scores is None else scores.unionByName(spark_scores)
+        out = rows.join(scores, key, "left")
         blended = (F.lit(wl) * F.col(t.LABEL).cast("double") + F.lit(wt) * F.col(TEACHER_SCORE)) / F.lit(wl + wt)
         return out.withColumn(DISTILL_TARGET, F.coalesce(blended, F.col(t.LABEL).cast("double"))).cache()
 
@@ -319,8 +342,11 @@ def train_cascade(
             "heavy_golden_pr_auc": heavy.metrics.get("golden_pr_auc"),
         }
         teacher = heavy_champion(spark, warehouse)
-        targets = teacher_targets(spark, warehouse, teacher, cparams, settings) if teacher else None
+        # A champion trained just now scored its own training and validation rows in process.
+        own = heavy.scores if heavy.promoted and teacher and teacher.version == heavy.version else None
+        targets = teacher_targets(spark, warehouse, teacher, cparams, settings, own) if teacher else None
         summary["distilled_from"] = teacher.model_version if teacher else None
+        summary["teacher_scores"] = None if teacher is None else "in process" if own is not None else "spark"
         result = train_stage1(spark, warehouse, run_date, params, teacher=targets,
                               teacher_version=teacher.model_version if teacher else None, context=ctx)
     finally:
