@@ -65,8 +65,10 @@ def heavy_inputs(
         if c not in rows.columns:
             rows = rows.withColumn(c, F.lit(None).cast("double"))
     keep = [c for c in rows.columns if c not in tabular_cols]
-    base = rows.select(*keep, *as_model_input(tabular_cols))
-    keys = rows.select(t.ACCOUNT_ID, t.RUN_DATE).distinct()
+    # Computed once: every pass below reads the rows, and as a lazy frame each would plan and run
+    # their whole lineage again (for training: label resolution and the point-in-time join).
+    base = rows.select(*keep, *as_model_input(tabular_cols)).localCheckpoint()
+    keys = base.select(t.ACCOUNT_ID, t.RUN_DATE).distinct()
 
     seqs = gather_sequences_at(events.join(keys.select(t.ACCOUNT_ID).distinct(), t.ACCOUNT_ID, "left_semi"),
                                keys, max_len, lookback_days).drop(t.SEQ_LEN)
