@@ -477,14 +477,13 @@ def build_activity_window(
         t.ACCOUNT_ID, F.col(_W).alias(WINDOW_DAYS), *STATE_COLUMNS,
         F.lit(spec).alias(WINDOW_SPEC), F.lit(run_date).alias(t.RUN_DATE),
     )
-    table = t.table_path(warehouse, t.ACTIVITY_WINDOW)
+    oldest = run_date - dt.timedelta(days=keep_days)
     with delta_io.commit_metadata(spark, step="activity_window", run_date=run_date.isoformat()):
         delta_io.write_table(
             out, warehouse, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE],
-            replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}'",
+            # one commit writes the new day and drops the expired ones (a DELETE after it was a second commit)
+            replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}' OR {t.RUN_DATE} < '{oldest.isoformat()}'",
         )
-        oldest = run_date - dt.timedelta(days=keep_days)
-        spark.sql(f"DELETE FROM delta.`{table}` WHERE {t.RUN_DATE} < '{oldest.isoformat()}'")
     state = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW).where(F.col(t.RUN_DATE) == F.lit(run_date))
     return state.withColumnRenamed(WINDOW_DAYS, _W)
 
@@ -686,39 +685,43 @@ def roll_window_sums(
     oldest = run_date - dt.timedelta(days=ws[-1])
     thin = activity_daily.where(day.between(F.lit(oldest), F.lit(run_date)))
 
-    def day_and(ts: str) -> Column:
-        # structs order by their first field: max/min pick the latest/earliest day's time
-        return F.struct(day.alias("d"), F.col(ts).alias("ts"))
-
+    # One thin aggregation for every window (max_by/min_by keep it a hash aggregate; max of a
+    # struct made it a sort aggregate), consumed once: one row per account and window.
+    before = F.when(day < F.lit(run_date), day)
     aggs = [
-        F.max(F.when(day < F.lit(run_date), day_and(LAST_TS))).alias("_prev"),
+        F.max(before).alias("_prev_day"),
+        F.max_by(LAST_TS, before).alias("_prev_last"),
         F.max(F.when(day == F.lit(run_date), F.col(FIRST_TS))).alias("_today_first"),
     ]
     for w in ws:
-        out_day = run_date - dt.timedelta(days=w)
+        out_day = F.lit(run_date - dt.timedelta(days=w))
         aggs += [
-            F.max(F.when(day == F.lit(out_day), F.col(LAST_TS))).alias(f"_out_last_{w}"),
-            F.min(F.when((day > F.lit(out_day)) & (day < F.lit(run_date)), day_and(FIRST_TS))).alias(f"_next_{w}"),
+            F.max(F.when(day == out_day, F.col(LAST_TS))).alias(f"_out_last_{w}"),
+            F.min_by(FIRST_TS, F.when((day > out_day) & (day < F.lit(run_date)), day)).alias(f"_next_first_{w}"),
         ]
     edges = thin.groupBy(t.ACCOUNT_ID).agg(*aggs)
 
-    def seconds(later: Column, earlier: Column) -> Column:
+    def seconds(later: str, earlier: str) -> Column:
         return (F.unix_micros(later) - F.unix_micros(earlier)) / float(_US)
 
-    entering, exiting = [], []
-    for w in ws:
-        first_in = run_date - dt.timedelta(days=w - 1)
-        # The gap into D counts in window w when the previous active day is inside it.
-        entering.append(edges.select(
-            t.ACCOUNT_ID, F.lit(w).alias(_W),
-            F.when(F.col("_prev.d") >= F.lit(first_in), seconds(F.col("_today_first"), F.col("_prev.ts"))).alias(_GAP),
-        ))
-        # Day D-w leaves window w: the gap from its last event to the next active day goes with it.
-        exiting.append(edges.select(
-            t.ACCOUNT_ID, F.lit(w).alias(_W), seconds(F.col(f"_next_{w}.ts"), F.col(f"_out_last_{w}")).alias(_GAP),
-        ))
-    gap_in = _gap_rows(_union_all(entering).where(F.col(_GAP).isNotNull()), session_gap_seconds, 1)
-    gap_out = _gap_rows(_union_all(exiting).where(F.col(_GAP).isNotNull()), session_gap_seconds, -1)
+    per_window = [
+        F.struct(
+            F.lit(w).alias(_W),
+            # The gap into D counts in window w when the previous active day is inside it.
+            F.when(F.col("_prev_day") >= F.lit(run_date - dt.timedelta(days=w - 1)),
+                   seconds("_today_first", "_prev_last")).alias("_in"),
+            # Day D-w leaves window w: the gap from its last event to the next active day goes with it.
+            seconds(f"_next_first_{w}", f"_out_last_{w}").alias("_out"),
+        )
+        for w in ws
+    ]
+    gaps = edges.select(t.ACCOUNT_ID, F.explode(F.array(*per_window)).alias("_g")).select(
+        t.ACCOUNT_ID, F.col(f"_g.{_W}").alias(_W), F.col("_g._in").alias("_in"), F.col("_g._out").alias("_out")
+    )
+    gap_in = _gap_rows(gaps.select(t.ACCOUNT_ID, _W, F.col("_in").alias(_GAP)).where(F.col(_GAP).isNotNull()),
+                       session_gap_seconds, 1)
+    gap_out = _gap_rows(gaps.select(t.ACCOUNT_ID, _W, F.col("_out").alias(_GAP)).where(F.col(_GAP).isNotNull()),
+                        session_gap_seconds, -1)
     carried = previous.select(t.ACCOUNT_ID, _W, *STATE_COLUMNS).where(F.col(_W).isin(*ws))
     return _sum_state(_union_all([carried, added, removed, gap_in, gap_out]))
 
