@@ -1,10 +1,12 @@
 """`botwatch demo` (`make demo`) with the shipped `demo` conf, end to end on a temp warehouse."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from pyspark.sql import functions as F
 
-from botwatch import steps
+from botwatch import nightly, steps
 from botwatch import tables as t
 from botwatch.delta_io import read_table
 
@@ -30,6 +32,12 @@ def test_demo_simulates_runs_every_day_and_scores_its_last_day(spark, conf, tmp_
     assert partial_days == set(out["statuses"])
     assert out["statuses"][last] == {s: "ok" for s in steps.RUN_ORDER}, out["statuses"][last]
     assert out["headline"]["champion"] is not None
+    # The heavy model trained on the last day was promoted and taught stage 1 from the scores it
+    # computed in process (its inputs are not gathered in Spark a second time).
+    train_log = json.loads(nightly.log_rows(spark, wh, last)["train"]["summary"])
+    assert train_log["heavy_promoted"], train_log
+    assert train_log["distilled_from"] == f"stage2_heavy:{train_log['heavy_version']}"
+    assert train_log["teacher_scores"] == "in process"
     n = dconf["demo.accounts"]
     assert read_table(spark, wh, t.SCORES).where(F.col(t.RUN_DATE) == last).count() == n
     assert read_table(spark, wh, t.SCORES_LATEST).count() == n

@@ -240,18 +240,20 @@ class TrainingContext:
     canary_metrics: dict = field(default_factory=dict)
 
     def release(self) -> None:
-        self.train.unpersist()
+        for rows in (self.train, self.valid, self.golden):
+            rows.unpersist()
 
 
 def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> TrainingContext:
-    """The rows, bot share and canary of D (the training rows cached: every model reads them).
+    """The rows, bot share and canary of D (the rows cached: every model reads each split several
+    times, and each is a point-in-time join over every label and features partition).
     Raises :class:`NotEnoughLabelsError` when there are too few labelled rows to train on."""
-    train, valid, golden = training_rows(spark, warehouse, run_date, params)
-    train = train.cache()
+    train, valid, golden = (rows.cache() for rows in training_rows(spark, warehouse, run_date, params))
     n_train = train.count()
     n_pos = train.where(F.col(t.LABEL) == 1).count()
     if n_train < params.min_train_rows or n_pos < params.min_positives or n_pos == n_train:
-        train.unpersist()
+        for rows in (train, valid, golden):
+            rows.unpersist()
         raise NotEnoughLabelsError(
             f"{n_train} training rows with {n_pos} bots before {run_date}: need at least "
             f"{params.min_train_rows} rows and {params.min_positives} bots of each class "
