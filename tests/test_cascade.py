@@ -426,7 +426,7 @@ def test_teacher_scores_known_in_process_are_used_and_the_rest_scored_in_spark(s
     mixed = mixed.sort_values([t.ACCOUNT_ID, t.RUN_DATE]).reset_index(drop=True)
     assert len(mixed) == len(plain) > 2
     want = plain[TEACHER_SCORE].to_numpy().copy()
-    want[::2] = want[::2] * 0.5 + 0.25
+    want[::2] = shifted.to_numpy()
     np.testing.assert_allclose(mixed[TEACHER_SCORE], want, atol=1e-6)
     wl, wt = cconf["cascade.distill_label_weight"], cconf["cascade.distill_teacher_weight"]
     np.testing.assert_allclose(mixed[DISTILL_TARGET], (wl * mixed[t.LABEL] + wt * want) / (wl + wt), atol=1e-6)

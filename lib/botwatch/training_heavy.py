@@ -146,7 +146,7 @@ class HeavyTrainResult:
     metrics: dict[str, float]
     threshold: float | None
     # The challenger's own scores of its training and validation rows (account_id, run_date,
-    # teacher_score): stage 1's soft targets when it is promoted, without gathering its inputs again.
+    # teacher_score) when it is promoted: stage 1's soft targets without gathering its inputs again.
     scores: pd.DataFrame | None = None
 
 
@@ -184,9 +184,6 @@ def train_heavy_stage(
     valid_pdf, golden_pdf = _with_truth(spark, warehouse, valid_pdf), _with_truth(spark, warehouse, golden_pdf)
     valid_score = model.predict(valid_pdf) if len(valid_pdf) else np.array([])
     golden_score = model.predict(golden_pdf) if len(golden_pdf) else np.array([])
-    keys = [t.ACCOUNT_ID, t.RUN_DATE]
-    own_scores = pd.concat([train_pdf[keys].assign(**{TEACHER_SCORE: model.predict(train_pdf)}),
-                            valid_pdf[keys].assign(**{TEACHER_SCORE: valid_score})], ignore_index=True)
     threshold, evaluated = operating_point(valid_pdf, valid_score, golden_pdf, golden_score, ctx, params)
     metrics = {"n_train": float(len(train_pdf)), "n_train_positive": float(ctx.n_train_positive),
                "best_epoch": float(model.best_epoch), "epochs_run": float(len(model.history)), **evaluated}
@@ -218,8 +215,13 @@ def train_heavy_stage(
         model_name=HEAVY_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date, metrics=metrics,
         artifact_path=directory, threshold=threshold, train_end=run_date, reason=decision.reason,
     ))
+    own_scores = None
     if decision.promote:
         registry.promote(spark, warehouse, HEAVY_MODEL, version, decision.reason)
+        # Only a champion teaches stage 1: a refused challenger's training rows are not scored.
+        keys = [t.ACCOUNT_ID, t.RUN_DATE]
+        own_scores = pd.concat([train_pdf[keys].assign(**{TEACHER_SCORE: model.predict(train_pdf)}),
+                                valid_pdf[keys].assign(**{TEACHER_SCORE: valid_score})], ignore_index=True)
     return HeavyTrainResult(version, decision.promote, decision.reason, metrics, threshold, own_scores)
 
 
@@ -256,15 +258,14 @@ def teacher_targets(
 
     def add(rows: DataFrame) -> DataFrame:
         keys = rows.dropDuplicates(key)
-        scores = None
+        parts = []
         if known is not None:
-            scores = known.join(keys.select(*key), key, "left_semi")
+            parts.append(known.join(keys.select(*key), key, "left_semi"))
             keys = keys.join(known, key, "left_anti")
-        if known is None or not keys.isEmpty():
-            scored = score_heavy(artifact_inputs(spark, warehouse, keys, teacher), teacher, settings, keep=key)
-            spark_scores = scored.select(*key, F.col(t.STAGE2_SCORE).alias(TEACHER_SCORE))
-            scores = spark_scores if scores is None else scores.unionByName(spark_scores)
-        out = rows.join(scores, key, "left")
+        if not parts or not keys.isEmpty():
+            scored = score_heavy(artifact_inputs(spark, warehouse, keys, teacher), teacher, settings, keep=tuple(key))
+            parts.append(scored.select(*key, F.col(t.STAGE2_SCORE).alias(TEACHER_SCORE)))
+        out = rows.join(functools.reduce(DataFrame.unionByName, parts), key, "left")
         blended = (F.lit(wl) * F.col(t.LABEL).cast("double") + F.lit(wt) * F.col(TEACHER_SCORE)) / F.lit(wl + wt)
         return out.withColumn(DISTILL_TARGET, F.coalesce(blended, F.col(t.LABEL).cast("double"))).cache()
 
