@@ -214,7 +214,7 @@ def test_failed_step_resumes_from_where_it_stopped(spark, fake_pipeline):
     assert statuses(nightly.run_steps(spark, conf, D, echo=lambda _: None)) == {"a": "skipped", "b": "ok"}
     assert calls == ["a", "b", "b"]
     # The lock was released after the failure, and each commit names its step and date.
-    assert read_table(spark, conf["warehouse"], t.RUN_LOCK).count() == 0
+    assert nightly.DateLock(spark, conf["warehouse"], D, stale_hours=12).current() is None
     history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(conf['warehouse'], OUT)}`").collect()
     assert [json.loads(h["userMetadata"]) for h in history] == [{"run_date": "2026-01-12", "step": "b"}] * 2
 
@@ -260,19 +260,38 @@ def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):
         except nightly.RunLockedError:
             outcomes.append("lost")
 
-    nightly.ensure_table(spark, warehouse, t.RUN_LOCK, nightly.LOCK_SCHEMA, **{"delta.isolationLevel": "Serializable"})
     threads = [threading.Thread(target=attempt) for _ in range(3)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
     assert sorted(outcomes) == ["lost", "lost", "won"]
-    assert read_table(spark, warehouse, t.RUN_LOCK).count() == 1
-    # A stale lock (its run died) is taken over; break_lock removes one at once.
+    held = nightly.DateLock(spark, warehouse, D, stale_hours=12).current()
+    assert held is not None and held[t.RUN_DATE] == D.isoformat()
+    # A fresh lock is not taken over; a stale one (its run died) is; break_lock removes one at once.
+    with pytest.raises(nightly.RunLockedError, match="lock held by"):
+        nightly.DateLock(spark, warehouse, D, stale_hours=1).acquire()
     stale = nightly.DateLock(spark, warehouse, D, stale_hours=0)
     stale.acquire()
+    assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == stale.holder
     assert nightly.break_lock(spark, warehouse, D)
-    assert read_table(spark, warehouse, t.RUN_LOCK).count() == 0
+    assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current() is None
+    assert not nightly.break_lock(spark, warehouse, D)
+
+
+def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
+    """Warehouses on HDFS or ADLS take the lock through Hadoop's FileSystem (create without overwrite);
+    here Hadoop's local file system stands in for them."""
+    monkeypatch.setattr(nightly, "_local_path", lambda path: None)
+    uri = f"file://{warehouse}"
+    first = nightly.DateLock(spark, uri, D, stale_hours=12)
+    first.acquire()
+    with pytest.raises(nightly.RunLockedError, match="another run for 2026-01-12 is in progress"):
+        nightly.DateLock(spark, uri, D, stale_hours=12).acquire()
+    assert nightly.DateLock(spark, uri, D, stale_hours=12).current()["holder"] == first.holder
+    first.release()
+    assert nightly.DateLock(spark, uri, D, stale_hours=12).current() is None
+    assert not nightly.break_lock(spark, uri, D)
 
 
 # ---------------------------------------------------------------- the real run on the platform

@@ -1,19 +1,22 @@
 """The nightly run for one logical date D (``botwatch run``, the jobs, the DAG and backfill all use it).
 
-* **Skip logic.** After each step the ``run_log`` Delta table (MERGE keyed on run_date + step)
-  records the Delta versions of the step's input tables. A step is skipped when its log row says
-  ``ok``, its output for D is there, and none of its inputs had a data-changing commit since
-  (OPTIMIZE and VACUUM commits do not count). So a failed run resumes where it stopped, and a
-  rerun of a finished date does nothing. ``force=True`` runs every step again.
+* **Skip logic.** After each step the ``run_log`` Delta table (one row per run_date + step; the
+  run rewrites D's partition, which its lock makes its own) records the Delta versions of the
+  step's input tables. A step is skipped when its log row says ``ok``, its output for D is there,
+  and none of its inputs had a data-changing commit since (OPTIMIZE and VACUUM commits do not
+  count). So a failed run resumes where it stopped, and a rerun of a finished date does nothing.
+  ``force=True`` runs every step again.
 * **Run log in the tables.** Every step runs inside :func:`botwatch.delta_io.commit_metadata`, so
   each Delta commit carries ``{"run_date", "step"}`` and ``DESCRIBE HISTORY`` reads as a run log.
-* **One run per date.** A lock row per date in the ``run_lock`` Delta table, taken with a MERGE
-  on a table with ``delta.isolationLevel = Serializable``: of two runs for the same date, Delta's
-  optimistic concurrency lets exactly one commit; the other fails with :class:`RunLockedError`.
-  The lock lives in the warehouse itself, so it holds wherever the Delta log's commits are atomic
-  (local disk, HDFS, ADLS, GCS; on S3 with the DynamoDB LogStore, as Delta itself requires for
-  concurrent writers). A file lock would only hold on one machine. Every step writes with one Delta
-  commit per table, so the losing run leaves no table torn.
+* **One run per date.** A lock file per date, ``<warehouse>/run_lock/<D>.json``, created only if
+  absent: of two runs for the same date exactly one creates it; the other fails with
+  :class:`RunLockedError`. This is the primitive Delta's own commits rest on (put-if-absent of the
+  next log file), so the lock holds wherever Delta's concurrent writers do: local disk
+  (``O_CREAT | O_EXCL``) and Hadoop file systems whose create-without-overwrite is atomic (HDFS,
+  ADLS). Not on S3 (S3A checks, then writes), where Delta itself needs the DynamoDB LogStore for
+  concurrent writers. It lives in the warehouse, not on one machine, and it costs two file
+  operations where a lock row in a Delta table cost two commits (1.5-3 s each on 2 cores). Every
+  step writes with one Delta commit per table, so the losing run leaves no table torn.
 * **Waiting, not failing.** A young platform has too few labels to train (``train`` waits) and no
   champion to score with (the scoring steps and those after them wait). Waiting steps are logged
   with the reason and rerun next time; they do not fail the run.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import socket
 import uuid
 from collections.abc import Callable, Sequence
@@ -33,7 +37,7 @@ from pyspark.sql import types as T
 
 from botwatch import tables as t
 from botwatch.config import Config, warehouse_path
-from botwatch.delta_io import commit_metadata, read_table, table_exists
+from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
 
 STATUS_OK = "ok"
 STATUS_WAITING = "waiting"
@@ -52,15 +56,6 @@ RUN_LOG_SCHEMA = T.StructType(
         T.StructField("run_id", T.StringType(), True),
         T.StructField("started_at", T.TimestampType(), True),
         T.StructField("finished_at", T.TimestampType(), True),
-    ]
-)
-
-LOCK_SCHEMA = T.StructType(
-    [
-        T.StructField(t.RUN_DATE, T.DateType(), False),
-        T.StructField("holder", T.StringType(), False),
-        T.StructField("host", T.StringType(), True),
-        T.StructField("acquired_at", T.TimestampType(), False),
     ]
 )
 
@@ -166,44 +161,27 @@ def log_rows(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict[str
     return {r["step"]: r.asDict() for r in rows}
 
 
-def _merge_rows(spark: SparkSession, warehouse: str, table: str, schema: T.StructType, rows: list[tuple],
-                run_date: dt.date, key: str, **table_properties: str) -> None:
-    """MERGE ``rows`` into a small run_date-partitioned table, creating it on first use."""
-    from delta.tables import DeltaTable
-
-    ensure_table(spark, warehouse, table, schema, **table_properties)
-    source = spark.createDataFrame(rows, schema)
-    # The literal date keeps the MERGE's read to one partition: runs of other dates never conflict.
-    cond = f"l.{t.RUN_DATE} = DATE'{run_date.isoformat()}' AND l.{t.RUN_DATE} = s.{t.RUN_DATE}"
-    if key:
-        cond += f" AND l.{key} = s.{key}"
-    target = DeltaTable.forPath(spark, t.table_path(warehouse, table))
-    target.alias("l").merge(source.alias("s"), cond).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
+def log_row(run_date: dt.date, step: str, status: str, versions: dict[str, int], summary: dict, run_id: str,
+            started: dt.datetime) -> dict:
+    """One run-log row (``RUN_LOG_SCHEMA``) for a step that just finished."""
+    return {
+        t.RUN_DATE: run_date, "step": step, "status": status, "input_versions": versions,
+        "summary": json.dumps(summary, default=str, sort_keys=True), "run_id": run_id, "started_at": started,
+        "finished_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+    }
 
 
-def ensure_table(spark: SparkSession, warehouse: str, table: str, schema: T.StructType, **properties: str) -> None:
-    """Create an empty run_date-partitioned Delta table if there is none (a creation race is fine)."""
-    if table_exists(spark, warehouse, table):
-        return
-    from delta.tables import DeltaTable
+def write_log(spark: SparkSession, warehouse: str, run_date: dt.date, rows: dict[str, dict]) -> None:
+    """Write D's partition of the run log: ``rows`` is every step's row of D (``{step: row}``).
 
-    builder = DeltaTable.createIfNotExists(spark).location(t.table_path(warehouse, table)).addColumns(schema)
-    builder = builder.partitionedBy(t.RUN_DATE)
-    for key, value in properties.items():
-        builder = builder.property(key, value)
-    try:
-        builder.execute()
-    except Exception:
-        if not table_exists(spark, warehouse, table):  # someone else created it first: fine
-            raise
-
-
-def write_log(spark: SparkSession, warehouse: str, run_date: dt.date, step: str, status: str,
-              versions: dict[str, int], summary: dict, run_id: str, started: dt.datetime) -> None:
-    row = (run_date, step, status, versions, json.dumps(summary, default=str, sort_keys=True), run_id, started,
-           dt.datetime.now(dt.UTC).replace(tzinfo=None))
+    The run holds D's lock, so it owns that partition: one ``replaceWhere`` overwrite of a few rows
+    is a single write, where a MERGE would first scan the partition to find the row it replaces.
+    """
+    names = RUN_LOG_SCHEMA.fieldNames()
+    source = spark.createDataFrame([tuple(r[n] for n in names) for r in rows.values()], RUN_LOG_SCHEMA)
     with commit_metadata(spark, step="run_log", run_date=run_date.isoformat()):
-        _merge_rows(spark, warehouse, t.RUN_LOG, RUN_LOG_SCHEMA, [row], run_date, "step")
+        write_table(source.coalesce(1), warehouse, t.RUN_LOG, partition_by=[t.RUN_DATE],
+                    replace_where=f"{t.RUN_DATE} = DATE'{run_date.isoformat()}'")
 
 
 def date_finished(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
@@ -215,71 +193,119 @@ def date_finished(spark: SparkSession, warehouse: str, run_date: dt.date) -> boo
 # ---------------------------------------------------------------- the lock
 
 
-def _is_conflict(exc: Exception) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return any(word in text for word in ("Concurrent", "ProtocolChanged", "MetadataChanged", "already exists"))
+def _lock_path(warehouse: str, run_date: dt.date) -> str:
+    return f"{t.table_path(warehouse, t.RUN_LOCK)}/{run_date.isoformat()}.json"
+
+
+def _local_path(path: str) -> str | None:
+    """The OS path of a local warehouse path (no scheme, or ``file:``); None for HDFS, ADLS, ..."""
+    if path.startswith("file:"):  # file:/x and file:///x
+        return "/" + path[len("file:"):].lstrip("/")
+    return None if "://" in path else path
+
+
+def _hadoop_fs(spark: SparkSession, path: str):
+    jpath = spark._jvm.org.apache.hadoop.fs.Path(path)
+    return jpath.getFileSystem(spark._jsc.hadoopConfiguration()), jpath
+
+
+def _create_exclusive(spark: SparkSession, path: str, payload: str) -> bool:
+    """Create ``path`` holding ``payload`` if no file is there; whether this call created it."""
+    local = _local_path(path)
+    if local is not None:
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        try:
+            fd = os.open(local, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as out:
+            out.write(payload)
+        return True
+    fs, jpath = _hadoop_fs(spark, path)
+    try:
+        out = fs.create(jpath, False)
+    except Exception as exc:  # py4j wraps Hadoop's FileAlreadyExistsException
+        if "FileAlreadyExists" in str(exc) or fs.exists(jpath):
+            return False
+        raise
+    out.write(bytearray(payload.encode()))
+    out.close()
+    return True
+
+
+def _read_file(spark: SparkSession, path: str) -> str | None:
+    local = _local_path(path)
+    if local is not None:
+        try:
+            with open(local) as src:
+                return src.read()
+        except FileNotFoundError:
+            return None
+    fs, jpath = _hadoop_fs(spark, path)
+    if not fs.exists(jpath):
+        return None
+    stream = fs.open(jpath)
+    try:
+        return spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def _delete_file(spark: SparkSession, path: str) -> bool:
+    local = _local_path(path)
+    if local is not None:
+        try:
+            os.remove(local)
+            return True
+        except FileNotFoundError:
+            return False
+    fs, jpath = _hadoop_fs(spark, path)
+    return bool(fs.delete(jpath, False))
 
 
 class DateLock:
-    """The lock of one run date (a row of ``run_lock``); use as a context manager."""
+    """The lock of one run date (the file ``run_lock/<D>.json``); use as a context manager."""
 
     def __init__(self, spark: SparkSession, warehouse: str, run_date: dt.date, stale_hours: float):
         self.spark, self.warehouse, self.run_date, self.stale_hours = spark, warehouse, run_date, stale_hours
         self.holder = f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
+        self.path = _lock_path(warehouse, run_date)
 
     def acquire(self) -> None:
-        from delta.tables import DeltaTable
-
-        spark, run_date = self.spark, self.run_date
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        stale = now - dt.timedelta(hours=self.stale_hours)
-        try:
-            with commit_metadata(spark, step="lock", run_date=run_date.isoformat()):
-                ensure_table(spark, self.warehouse, t.RUN_LOCK, LOCK_SCHEMA, **{"delta.isolationLevel": "Serializable"})
-                source = spark.createDataFrame([(run_date, self.holder, socket.gethostname(), now)], LOCK_SCHEMA)
-                cond = f"l.{t.RUN_DATE} = DATE'{run_date.isoformat()}' AND l.{t.RUN_DATE} = s.{t.RUN_DATE}"
-                merged = (
-                    DeltaTable.forPath(spark, t.table_path(self.warehouse, t.RUN_LOCK)).alias("l")
-                    .merge(source.alias("s"), cond)
-                    # A lock older than run.lock_stale_hours belongs to a run that died: take it over.
-                    .whenMatchedUpdateAll(condition=F.col("l.acquired_at") < F.lit(stale))
-                    .whenNotMatchedInsertAll()
-                    .execute()
-                    .first()
-                )
-        except Exception as exc:
-            if _is_conflict(exc):
-                raise RunLockedError(
-                    f"another run for {run_date} took the lock at the same moment (Delta refused this one's "
-                    "commit); let it finish, then rerun the date if needed"
-                ) from exc
-            raise
-        # The MERGE wrote our row (inserted, or took over a stale lock): ours, no read needed.
-        if merged is not None and merged["num_affected_rows"] == 1:
+        payload = json.dumps({t.RUN_DATE: self.run_date.isoformat(), "holder": self.holder,
+                              "host": socket.gethostname(), "acquired_at": now.isoformat()})
+        if _create_exclusive(self.spark, self.path, payload):
             return
         held = self.current()
-        if held is None or held["holder"] != self.holder:
-            raise RunLockedError(
-                f"another run for {run_date} is in progress (lock held by {held and held['holder']} since "
-                f"{held and held['acquired_at']} UTC). Wait for it to finish. If no such run is alive (it was "
-                f"killed), the lock expires after run.lock_stale_hours={self.stale_hours}, or remove it now with "
-                f"`botwatch unlock --date {run_date}`."
-            )
+        if held is not None and held["acquired_at"] < now - dt.timedelta(hours=self.stale_hours):
+            # A lock older than run.lock_stale_hours belongs to a run that died: take it over, unless
+            # another run took it over in between (then the file's holder has changed).
+            if self.current() == held:
+                _delete_file(self.spark, self.path)
+            if _create_exclusive(self.spark, self.path, payload):
+                return
+            held = self.current()
+        raise RunLockedError(
+            f"another run for {self.run_date} is in progress (lock held by {held and held['holder']} since "
+            f"{held and held['acquired_at']} UTC). Wait for it to finish. If no such run is alive (it was "
+            f"killed), the lock expires after run.lock_stale_hours={self.stale_hours}, or remove it now with "
+            f"`botwatch unlock --date {self.run_date}`."
+        )
 
     def current(self) -> dict | None:
-        rows = (
-            read_table(self.spark, self.warehouse, t.RUN_LOCK)
-            .where(F.col(t.RUN_DATE) == F.lit(self.run_date)).collect()
-        )
-        return rows[0].asDict() if rows else None
+        """The lock's holder, host and ``acquired_at`` (naive UTC datetime); None when free."""
+        text = _read_file(self.spark, self.path)
+        if not text:
+            return None
+        held = json.loads(text)
+        held["acquired_at"] = dt.datetime.fromisoformat(held["acquired_at"])
+        return held
 
     def release(self) -> None:
-        from delta.tables import DeltaTable
-
-        with commit_metadata(self.spark, step="unlock", run_date=self.run_date.isoformat()):
-            DeltaTable.forPath(self.spark, t.table_path(self.warehouse, t.RUN_LOCK)).delete(
-                (F.col(t.RUN_DATE) == F.lit(self.run_date)) & (F.col("holder") == F.lit(self.holder))
-            )
+        held = self.current()
+        if held is not None and held["holder"] == self.holder:
+            _delete_file(self.spark, self.path)
 
     def __enter__(self) -> DateLock:
         self.acquire()
@@ -291,14 +317,7 @@ class DateLock:
 
 def break_lock(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
     """Remove D's lock whoever holds it (for a run that was killed). Returns whether there was one."""
-    if not table_exists(spark, warehouse, t.RUN_LOCK):
-        return False
-    from delta.tables import DeltaTable
-
-    lock = DateLock(spark, warehouse, run_date, 0)
-    held = lock.current() is not None
-    DeltaTable.forPath(spark, t.table_path(warehouse, t.RUN_LOCK)).delete(F.col(t.RUN_DATE) == F.lit(run_date))
-    return held
+    return _delete_file(spark, _lock_path(warehouse, run_date))
 
 
 # ---------------------------------------------------------------- the run
@@ -376,12 +395,14 @@ def run_steps(
             # A step that rewrites one of its inputs (validate moves bad rows out) is keyed on the result.
             own = [tb for tb in io.inputs if tb in io.writes]
             versions = {**before, **_input_versions(spark, warehouse, own)}
-            write_log(spark, warehouse, run_date, step, status, versions, summary, run_id, started)
+            logged[step] = log_row(run_date, step, status, versions, summary, run_id, started)
+            write_log(spark, warehouse, run_date, logged)
             results[step] = {"status": status, "seconds": time.perf_counter() - t0, **summary}
             echo(f"  {step:13s} {status} in {results[step]['seconds']:.1f}s {json.dumps(summary, default=str)[:200]}")
         if whole_run:
-            write_log(spark, warehouse, run_date, RUN_STEP, STATUS_OK, {},
-                      {s: r["status"] for s, r in results.items()}, run_id, started_run)
+            summary = {s: r["status"] for s, r in results.items()}
+            logged[RUN_STEP] = log_row(run_date, RUN_STEP, STATUS_OK, {}, summary, run_id, started_run)
+            write_log(spark, warehouse, run_date, logged)
     return results
 
 

@@ -22,7 +22,7 @@ METRICS = "metrics"
 DRIFT = "drift"
 EMBEDDING_CACHE = "embedding_cache"
 RUN_LOG = "run_log"  # one row per (run_date, step) of the nightly run: status, input versions
-RUN_LOCK = "run_lock"  # one row per run date being run (botwatch.nightly.DateLock)
+RUN_LOCK = "run_lock"  # a folder of lock files, one per run date being run (botwatch.nightly.DateLock)
 
 INPUT_TABLES = (ACCOUNTS, EVENTS, EDGES, LABELS)
 
