@@ -13,7 +13,8 @@ Knobs (environment, so that parsing the file stays cheap): ``BOTWATCH_HOME`` (pr
 default: this file's parent's parent), ``BOTWATCH_CONF`` (conf file, default ``conf/local.yaml``),
 ``BOTWATCH_WAREHOUSE`` (overrides the conf's warehouse), ``BOTWATCH_JARS`` (jars folder),
 ``BOTWATCH_START_DATE`` (first logical date, default 2026-01-05), ``BOTWATCH_DRIVER_MEMORY``
-(spark-submit ``--driver-memory``, default 4g), ``BOTWATCH_RETRIES`` (default 2),
+(spark-submit ``--driver-memory``, default 4g), ``BOTWATCH_DRIVER_JAVA_OPTIONS`` (the driver JVM's
+``spark.driver.extraJavaOptions``, default none), ``BOTWATCH_RETRIES`` (default 2),
 ``BOTWATCH_SETS`` (extra ``key=value`` conf overrides, separated by ``;``).
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ SETS = [s for s in os.environ.get("BOTWATCH_SETS", "").split(";") if s.strip()]
 START_DATE = pendulum.parse(os.environ.get("BOTWATCH_START_DATE", "2026-01-05"), tz="UTC")
 # spark-submit's --driver-memory: the driver JVM starts before the job reads its conf.
 DRIVER_MEMORY = os.environ.get("BOTWATCH_DRIVER_MEMORY", "4g")
+# E.g. "-XX:TieredStopAtLevel=1" where every job is short (tiny data): JIT with C1 only, less CPU.
+DRIVER_JAVA_OPTIONS = os.environ.get("BOTWATCH_DRIVER_JAVA_OPTIONS", "")
 RETRIES = int(os.environ.get("BOTWATCH_RETRIES", "2"))
 
 # (task id = job file, pool), in the pipeline's order (botwatch.steps.RUN_ORDER).
@@ -89,6 +92,7 @@ with DAG(
             conn_id="spark_default",
             jars=_jars(),
             driver_memory=DRIVER_MEMORY,
+            conf={"spark.driver.extraJavaOptions": DRIVER_JAVA_OPTIONS} if DRIVER_JAVA_OPTIONS else None,
             name=f"botwatch-{step}-{{{{ ds }}}}",
             pool=pool or "default_pool",
             # The job's package must import on the driver: the project's lib/ on PYTHONPATH
