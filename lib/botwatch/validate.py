@@ -93,29 +93,29 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date) -> d
     """The validate step for D: schemas, D has events, per-table counts for D, bad rows of D
     moved to ``quarantine``. Returns ``{"counts": {table: rows of D}, "quarantined": {table: n}}``."""
     frames = check_schemas(spark, warehouse)
-    events_d = frames[t.EVENTS].where(_rows_of_day(t.EVENTS, run_date))
-    if events_d.limit(1).count() == 0:
-        raise NoEventsError(
-            f"no events for {run_date} in {t.table_path(warehouse, t.EVENTS)} (partition "
-            f"{t.EVENT_DATE}={run_date}). Load that day's events first (`botwatch ingest` or the upstream "
-            "export), then rerun the date."
-        )
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
-    counts, quarantined = {}, {}
-    for table in (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS):
+    new_accounts = F.when(_rows_of_day(t.ACCOUNTS, run_date), 1)
+    totals = frames[t.ACCOUNTS].agg(F.count(F.lit(1)), F.count(new_accounts)).first()
+    counts = {"accounts_total": totals[0], "accounts_new": totals[1]}
+    quarantined = {}
+    # Events first: a day without events stops the run before anything is moved.
+    for table in (t.EVENTS, t.EDGES, t.LABELS):
         day_rows = frames[table].where(_rows_of_day(table, run_date))
-        if table == t.ACCOUNTS:
-            counts["accounts_total"] = frames[table].count()
-            counts["accounts_new"] = day_rows.count()
-            continue
         cols = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
-        tagged = tag_rows(day_rows.select(*cols), table, run_date, known_accounts=known).cache()
-        try:
-            reasons = {r[0]: r[1] for r in tagged.groupBy(_REASON).count().collect()}
-            counts[table] = sum(reasons.values())
-            n_bad = sum(v for k, v in reasons.items() if k is not None)
-            quarantined[table] = n_bad
-            if n_bad:
+        tagged = tag_rows(day_rows.select(*cols), table, run_date, known_accounts=known)
+        reasons = {r[0]: r[1] for r in tagged.groupBy(_REASON).count().collect()}
+        counts[table] = sum(reasons.values())
+        if table == t.EVENTS and counts[table] == 0:
+            raise NoEventsError(
+                f"no events for {run_date} in {t.table_path(warehouse, t.EVENTS)} (partition "
+                f"{t.EVENT_DATE}={run_date}). Load that day's events first (`botwatch ingest` or the upstream "
+                "export), then rerun the date."
+            )
+        n_bad = sum(v for k, v in reasons.items() if k is not None)
+        quarantined[table] = n_bad
+        if n_bad:  # rare: only then are the tagged rows worth caching for the three writes below
+            tagged = tagged.cache()
+            try:
                 bad = tagged.where(F.col(_REASON).isNotNull())
                 add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date))
                 contract = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
@@ -123,6 +123,6 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date) -> d
                 if table == t.EVENTS:
                     bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
                 _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract)
-        finally:
-            tagged.unpersist()
+            finally:
+                tagged.unpersist()
     return {"counts": counts, "quarantined": quarantined}
