@@ -79,6 +79,10 @@ class HeavyConfig:
     nbr_hidden: int = 32
     head_hidden: int = 64
     dropout: float = 0.1
+    # Per training row, the tabular and neighbour branches are dropped together with this probability
+    # (their encodings zeroed, the kept ones scaled by 1 / (1 - p)): the head must also score from the
+    # sequence alone, so the slower-learning GRU is not starved by the dense features' quick fit.
+    dense_dropout: float = 0.0
     lr: float = 2e-3
     weight_decay: float = 1e-4
     epochs: int = 30
@@ -100,6 +104,8 @@ class HeavyConfig:
             raise ValueError(f"heavy.num_threads must be >= 0 (0: torch's default), got {self.num_threads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"heavy.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.dense_dropout < 1.0:
+            raise ValueError(f"heavy.dense_dropout must be in [0, 1), got {self.dense_dropout}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"heavy.lr must be > 0 and heavy.weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 
@@ -278,6 +284,7 @@ class HeavyModel(nn.Module):
     def __init__(self, n_tabular: int, n_neighbor: int, config: HeavyConfig):
         super().__init__()
         self.n_tabular, self.n_neighbor = n_tabular, n_neighbor
+        self.dense_dropout = float(config.dense_dropout)
         self.event_emb = nn.Embedding(EVENT_TYPE_VOCAB, config.event_embed_dim, padding_idx=0)
         self.dt_emb = nn.Embedding(DT_BUCKETS, config.dt_embed_dim)
         self.gru = nn.GRU(config.event_embed_dim + config.dt_embed_dim + 2, config.seq_hidden, batch_first=True)
@@ -322,12 +329,16 @@ class HeavyModel(nn.Module):
 
     def head(self, encoded: torch.Tensor, tabular: torch.Tensor, neighbor: torch.Tensor) -> torch.Tensor:
         """Logits, shape (batch,), from a sequence encoding and the standardised dense features."""
-        parts = [encoded]
+        dense = []
         if self.tab is not None:
-            parts.append(self.tab(_with_missing(tabular)))
+            dense.append(self.tab(_with_missing(tabular)))
         if self.nbr is not None:
-            parts.append(self.nbr(_with_missing(neighbor)))
-        return self.fuse(torch.cat(parts, dim=1)).squeeze(-1)
+            dense.append(self.nbr(_with_missing(neighbor)))
+        if self.training and self.dense_dropout > 0 and dense:
+            # Branch dropout (config.dense_dropout): one draw per row for both dense branches.
+            keep = torch.rand(len(encoded), 1, device=encoded.device) >= self.dense_dropout
+            dense = [d * keep.to(d.dtype) / (1.0 - self.dense_dropout) for d in dense]
+        return self.fuse(torch.cat([encoded, *dense], dim=1)).squeeze(-1)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.encode(batch), batch[TABULAR], batch[NEIGHBOR])
