@@ -337,6 +337,31 @@ def test_device_resolution():
         H.HeavyConfig(device="tpu")
 
 
+def test_dense_dropout_drops_both_dense_branches_per_row_in_training_only():
+    """heavy.dense_dropout: in training, each row's tabular and neighbour encodings are zeroed together
+    (probability p) or kept and scaled by 1 / (1 - p); scoring never drops them."""
+    p = 0.5
+    model = H.HeavyModel(2, 3, dataclasses.replace(SMALL, dropout=0.0, dense_dropout=p))
+    gen = torch.Generator().manual_seed(3)
+    enc, tab, nbr = (torch.randn(64, n, generator=gen) for n in (SMALL.seq_hidden, 2, 3))
+    with torch.no_grad():
+        dense = torch.cat([model.tab(H._with_missing(tab)), model.nbr(H._with_missing(nbr))], dim=1)
+        dropped = model.fuse(torch.cat([enc, torch.zeros_like(dense)], dim=1)).squeeze(-1)
+        kept = model.fuse(torch.cat([enc, dense / (1 - p)], dim=1)).squeeze(-1)
+        plain = model.fuse(torch.cat([enc, dense], dim=1)).squeeze(-1)
+        model.train()
+        torch.manual_seed(0)
+        got = model.head(enc, tab, nbr)
+        model.eval()
+        scored = model.head(enc, tab, nbr)
+    is_dropped = torch.isclose(got, dropped, atol=1e-6)
+    assert torch.all(is_dropped | torch.isclose(got, kept, atol=1e-6))
+    assert 10 < int(is_dropped.sum()) < 54  # about half of 64 rows
+    torch.testing.assert_close(scored, plain)
+    with pytest.raises(ValueError, match="dense_dropout"):
+        H.HeavyConfig(dense_dropout=1.0)
+
+
 def test_spark_inputs_feed_the_model(spark, trained):
     events = _events_df(spark, _events_rows())
     g = nx.path_graph(4)
