@@ -113,13 +113,12 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date) -> d
             )
         n_bad = sum(v for k, v in reasons.items() if k is not None)
         quarantined[table] = n_bad
-        if n_bad:  # rare: only then are the tagged rows worth caching for the three writes below
+        if n_bad:  # rare: only then are the tagged rows worth caching for the three reads below
             tagged = tagged.cache()
             try:
                 bad = tagged.where(F.col(_REASON).isNotNull())
                 add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date))
-                contract = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
-                bad_contract = bad.select(*contract)
+                bad_contract = bad.select(*cols)
                 if table == t.EVENTS:
                     bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
                 _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract)
