@@ -91,6 +91,16 @@ MODEL_STAGES = ("champion", "challenger", "retired")
 DECISIONS = ("action", "review", "none")
 REVIEW_REASONS = ("uncertain", "stratified", "exploration")
 
+# Heavy-model sequence encodings, shared by the Spark side (models.sequences) and the torch side
+# (models.heavy), which must import without pyspark. Index 0 of the event-type vocabulary is
+# padding; known types are 1..n; unknown types get n + 1.
+EVENT_TYPE_PAD = 0
+EVENT_TYPE_UNKNOWN = len(EVENT_TYPES) + 1
+EVENT_TYPE_VOCAB = len(EVENT_TYPES) + 2
+# Δt buckets are floor(log2(seconds + 1)), capped: 2^31 s is ~68 years.
+DT_BUCKET_MAX = 31
+DT_BUCKETS = DT_BUCKET_MAX + 1
+
 # Accounts' countries and their UTC offsets in hours (the simulator's world, and the
 # offsets used for local-time features of ingested data whose country matches).
 COUNTRY_UTC_OFFSET = {

@@ -24,21 +24,13 @@ from botwatch import tables as t
 from botwatch.features.graph import edges_as_of
 from botwatch.schemas import require_columns
 
-# Index 0 of the event-type vocabulary is padding; known types are 1..n; unknown types get n + 1.
-EVENT_TYPE_PAD = 0
-EVENT_TYPE_UNKNOWN = len(t.EVENT_TYPES) + 1
-EVENT_TYPE_VOCAB = len(t.EVENT_TYPES) + 2
-# Δt buckets are floor(log2(seconds + 1)), capped: 2^31 s is ~68 years.
-DT_BUCKET_MAX = 31
-DT_BUCKETS = DT_BUCKET_MAX + 1
-
 SEQUENCE_COLUMNS = (t.SEQ_EVENT_TYPE, t.SEQ_DT_BUCKET, t.SEQ_HOUR_SIN, t.SEQ_HOUR_COS, t.SEQ_LEN)
 
 
 def event_type_index(event_type: Column) -> Column:
     """1-based index of the event type in ``tables.EVENT_TYPES`` (0 stays free for padding); unknown -> n + 1."""
     pos = F.array_position(F.array(*[F.lit(e) for e in t.EVENT_TYPES]), event_type).cast("int")
-    return F.when(pos > 0, pos).otherwise(F.lit(EVENT_TYPE_UNKNOWN))
+    return F.when(pos > 0, pos).otherwise(F.lit(t.EVENT_TYPE_UNKNOWN))
 
 
 def dt_bucket(seconds: Column) -> Column:
@@ -49,7 +41,7 @@ def dt_bucket(seconds: Column) -> Column:
     """
     whole = F.greatest(F.floor(seconds), F.lit(0)).cast("long")
     bucket = F.length(F.bin(whole + 1)) - 1
-    return F.coalesce(F.least(bucket, F.lit(DT_BUCKET_MAX)), F.lit(0)).cast("int")
+    return F.coalesce(F.least(bucket, F.lit(t.DT_BUCKET_MAX)), F.lit(0)).cast("int")
 
 
 def hour_angle(ts: Column) -> Column:
