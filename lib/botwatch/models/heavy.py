@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,6 @@ import torch
 from torch import nn
 
 from botwatch import tables as t
-from botwatch.models.sequences import DT_BUCKET_MAX, DT_BUCKETS, EVENT_TYPE_VOCAB
 
 FORMAT_VERSION = 1
 STATE_FILE = "model.pt"
@@ -173,25 +173,50 @@ class Standardizer:
 # ---------------------------------------------------------------- tensors
 
 
-def _is_null(cell: Any) -> bool:
-    return cell is None or (isinstance(cell, float) and math.isnan(cell))
+def _lists(cells: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """An array column as (all items concatenated, offsets): row i is ``flat[offsets[i]:offsets[i + 1]]``.
+
+    Arrow converts the whole column in C (a null cell is an empty row); a loop over cells would
+    cost ~1 µs a row, which starves a GPU.
+    """
+    import pyarrow as pa
+
+    try:
+        arr = pa.array(cells, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as err:
+        raise HeavyInputError(f"sequence column {name!r} must hold arrays of numbers (or nulls): {err}") from err
+    if not pa.types.is_list(arr.type) and not pa.types.is_null(arr.type):
+        raise HeavyInputError(f"sequence column {name!r} must hold arrays, got {arr.type}")
+    if pa.types.is_null(arr.type):  # every cell null
+        return np.zeros(0), np.zeros(len(cells) + 1, np.int64)
+    offsets = arr.offsets.to_numpy().astype(np.int64)
+    return arr.values.to_numpy(zero_copy_only=False), offsets - offsets[0]
 
 
-def _pad(cells: pd.Series, lengths: np.ndarray, max_len: int, dtype: Any, name: str) -> np.ndarray:
-    """Left-aligned rows of the last ``lengths[i]`` items of each array cell, zero padded to ``max_len``."""
-    out = np.zeros((len(cells), max_len), dtype=dtype)
-    parts = []
-    for cell, n in zip(cells, lengths, strict=True):
-        if n == 0:
-            continue
-        arr = np.asarray(cell)
-        if _is_null(cell) or len(arr) < n:
-            raise HeavyInputError(f"sequence column {name!r} has a shorter array than {t.SEQ_EVENT_TYPE!r} in a row; "
-                                  "build all sequence columns with gather_sequences")
-        parts.append(arr[len(arr) - n:])
-    if parts:
-        out[np.arange(max_len)[None, :] < lengths[:, None]] = np.concatenate(parts).astype(dtype, copy=False)
+def _pad(cells: pd.Series, lengths: np.ndarray, max_len: int, dtype: Any, name: str,
+         clip: tuple[int, int] | None = None) -> np.ndarray:
+    """Left-aligned rows of the last ``lengths[i]`` items of each array cell, zero padded to
+    ``max_len``; ``clip`` bounds the items (not the padding)."""
+    flat, offsets = _lists(cells, name)
+    if (np.diff(offsets) < lengths).any():
+        raise HeavyInputError(f"sequence column {name!r} has a shorter array than {t.SEQ_EVENT_TYPE!r} in a row; "
+                              "build all sequence columns with gather_sequences")
+    # Index arithmetic over the kept items only (not rows x max_len): row i keeps the last
+    # lengths[i] items of its array, which ends at offsets[i + 1].
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    starts = np.cumsum(lengths) - lengths
+    step = np.arange(len(rows)) - np.repeat(starts, lengths)
+    items = flat[np.repeat(offsets[1:] - lengths, lengths) + step]
+    if clip is not None:
+        items = np.clip(items, *clip)
+    out = np.zeros((len(lengths), max_len), dtype=dtype)
+    out[rows, step] = items
     return out
+
+
+def sequence_lengths(cells: pd.Series, max_len: int) -> np.ndarray:
+    """Items per array cell (0 for null), capped at ``max_len``."""
+    return np.minimum(np.diff(_lists(cells, t.SEQ_EVENT_TYPE)[1]), max_len)
 
 
 def _matrix(pdf: pd.DataFrame, cols: Sequence[str]) -> np.ndarray:
@@ -228,9 +253,9 @@ def to_tensors(
     check_frame(pdf, (t.SEQ_EVENT_TYPE, t.SEQ_DT_BUCKET, t.SEQ_HOUR_SIN, t.SEQ_HOUR_COS, *tabular_cols,
                       *neighbor_cols), "heavy model input")
     events = pdf[t.SEQ_EVENT_TYPE]
-    lengths = np.fromiter((0 if _is_null(c) else min(len(c), max_len) for c in events), np.int64, len(pdf))
-    event_type = np.clip(_pad(events, lengths, max_len, np.int64, t.SEQ_EVENT_TYPE), 0, EVENT_TYPE_VOCAB - 1)
-    dt = np.clip(_pad(pdf[t.SEQ_DT_BUCKET], lengths, max_len, np.int64, t.SEQ_DT_BUCKET), 0, DT_BUCKET_MAX)
+    lengths = sequence_lengths(events, max_len)
+    event_type = _pad(events, lengths, max_len, np.int64, t.SEQ_EVENT_TYPE, clip=(0, t.EVENT_TYPE_VOCAB - 1))
+    dt = _pad(pdf[t.SEQ_DT_BUCKET], lengths, max_len, np.int64, t.SEQ_DT_BUCKET, clip=(0, t.DT_BUCKET_MAX))
     hour_sin = _pad(pdf[t.SEQ_HOUR_SIN], lengths, max_len, np.float32, t.SEQ_HOUR_SIN)
     hour_cos = _pad(pdf[t.SEQ_HOUR_COS], lengths, max_len, np.float32, t.SEQ_HOUR_COS)
     dense = _matrix(pdf, [*tabular_cols, *neighbor_cols])
@@ -285,8 +310,8 @@ class HeavyModel(nn.Module):
         super().__init__()
         self.n_tabular, self.n_neighbor = n_tabular, n_neighbor
         self.dense_dropout = float(config.dense_dropout)
-        self.event_emb = nn.Embedding(EVENT_TYPE_VOCAB, config.event_embed_dim, padding_idx=0)
-        self.dt_emb = nn.Embedding(DT_BUCKETS, config.dt_embed_dim)
+        self.event_emb = nn.Embedding(t.EVENT_TYPE_VOCAB, config.event_embed_dim, padding_idx=0)
+        self.dt_emb = nn.Embedding(t.DT_BUCKETS, config.dt_embed_dim)
         self.gru = nn.GRU(config.event_embed_dim + config.dt_embed_dim + 2, config.seq_hidden, batch_first=True)
         self.seq_norm = nn.LayerNorm(config.seq_hidden)
         # Accounts without events in the window get a learned encoding instead of the GRU's.
@@ -448,7 +473,7 @@ class TrainedHeavy:
             "neighbor_cols": self.neighbor_cols,
             "standardizer": self.standardizer.to_dict(),
             "event_types": list(t.EVENT_TYPES),
-            "dt_buckets": DT_BUCKETS,
+            "dt_buckets": t.DT_BUCKETS,
             "history": self.history,
             "best_epoch": self.best_epoch,
             "torch_version": torch.__version__,
@@ -478,7 +503,7 @@ def load_heavy(path: str | Path, device: str | None = None) -> TrainedHeavy:
             f"{folder}: format {meta.get('kind')} v{meta.get('format_version')}, this code reads heavy "
             f"v{FORMAT_VERSION}; retrain the model"
         )
-    if meta.get("event_types") != list(t.EVENT_TYPES) or meta.get("dt_buckets") != DT_BUCKETS:
+    if meta.get("event_types") != list(t.EVENT_TYPES) or meta.get("dt_buckets") != t.DT_BUCKETS:
         raise HeavyArtifactError(
             f"{folder}: trained on event types {meta.get('event_types')}, this code has {list(t.EVENT_TYPES)}; "
             "retrain the model"
@@ -506,11 +531,17 @@ def load_heavy(path: str | Path, device: str | None = None) -> TrainedHeavy:
 
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's generators; on CUDA ask cuDNN for deterministic kernels, restoring its settings after."""
+    """Seed torch's generators; on CUDA ask cuDNN for deterministic kernels, restoring its settings after.
+
+    On CUDA, cuBLAS is bit-reproducible only with a fixed workspace, which it reads when this
+    process first uses it: on an H200 two seeded runs differed by up to 9e-5 without it and not at
+    all with it (BENCHMARKS.md). A value set by the user is kept.
+    """
     torch.manual_seed(seed)
     if device.type != "cuda":
         yield
         return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.cuda.manual_seed_all(seed)
     old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
