@@ -1,0 +1,171 @@
+"""Stage 2 inside one Python worker: load the heavy model once, score batches of rows, and fall
+back to the CPU when CUDA fails.
+
+No pyspark here: Spark calls :func:`score_partitions` through ``mapInPandas``
+(:func:`botwatch.scoring.stage2.score_heavy`), and a GPU host without Spark runs and benchmarks
+the same code (``bench/gpu_inference.py``).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from botwatch import tables as t
+
+HEAVY_MODEL = "stage2_heavy"
+ENCODING = "encoding"
+CACHED_ENCODING = "_cached_encoding"
+FROM_CACHE = "from_cache"
+STATE_FILE, META_FILE = "model.pt", "heavy.json"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Knobs of stage-2 inference (conf section ``cascade``)."""
+
+    batch_size: int = 1024
+    device: str = "auto"
+    quantize_cpu: bool = True
+    torch_threads: int = 1
+    partitions: int = 0
+    embedding_cache: bool = True
+
+    @classmethod
+    def from_conf(cls, section: dict) -> InferenceSettings:
+        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+
+
+@dataclass(frozen=True)
+class HeavyArtifact:
+    """A registered heavy model's files as bytes, ready to ship to Python workers."""
+
+    version: int
+    path: str
+    meta_json: str
+    state: bytes
+    threshold: float | None
+
+    @property
+    def model_version(self) -> str:
+        return f"{HEAVY_MODEL}:{self.version}"
+
+    @classmethod
+    def from_record(cls, record: dict) -> HeavyArtifact:
+        from botwatch import registry  # pyspark: only where the registry is read
+
+        art = record["artifact_path"]
+        return cls(
+            version=int(record[t.VERSION]),
+            path=art,
+            meta_json=registry.read_artifact(art, META_FILE, binary=True).decode(),
+            state=registry.read_artifact(art, STATE_FILE, binary=True),
+            threshold=record.get("threshold"),
+        )
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, version: int = 0, threshold: float | None = None) -> HeavyArtifact:
+        """An artifact from a saved model's folder (``TrainedHeavy.save``) on a local disk."""
+        folder = Path(folder)
+        return cls(version=version, path=str(folder), meta_json=(folder / META_FILE).read_text(),
+                   state=(folder / STATE_FILE).read_bytes(), threshold=threshold)
+
+    def load(self, device: str = "cpu", quantize: bool = False):
+        """The model in this process (cached per process by path, device and precision)."""
+        key = (self.path, hashlib.sha1(self.state).hexdigest(), device, quantize)
+        if key not in _MODELS:
+            from botwatch.models.heavy import load_heavy
+
+            folder = Path(tempfile.mkdtemp(prefix="botwatch-heavy-"))
+            (folder / META_FILE).write_text(self.meta_json)
+            (folder / STATE_FILE).write_bytes(self.state)
+            model = load_heavy(folder, device=device)
+            _MODELS[key] = model.quantize_dynamic() if quantize else model
+        return _MODELS[key]
+
+
+_MODELS: dict[tuple, object] = {}
+
+
+def resolved_device(settings: InferenceSettings) -> str:
+    """``cpu`` or ``cuda`` as this process sees it (``auto``: CUDA when available)."""
+    from botwatch.models.heavy import resolve_device
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return resolve_device(settings.device).type
+
+
+def encoder_key(artifact: HeavyArtifact, settings: InferenceSettings) -> str:
+    """Identifies the encoder behind an encoding: model version and precision."""
+    quantized = resolved_device(settings) == "cpu" and settings.quantize_cpu
+    return f"{artifact.model_version}:{'int8' if quantized else 'fp32'}"
+
+
+def score_batch(model, pdf: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, list]:
+    """Scores and encodings; cached encodings (column ``_cached_encoding``) skip the encoder."""
+    enc = np.zeros((len(pdf), model.config.seq_hidden), dtype=np.float32)
+    cached = pdf[CACHED_ENCODING].notna().to_numpy() if CACHED_ENCODING in pdf else np.zeros(len(pdf), bool)
+    if cached.any():
+        enc[cached] = np.stack(pdf.loc[cached, CACHED_ENCODING].to_numpy()).astype(np.float32)
+    if (~cached).any():
+        # Length-sorted batches: the GRU runs to each batch's longest sequence, so similar lengths pad less.
+        from botwatch.models.heavy import sequence_lengths
+
+        todo = np.flatnonzero(~cached)
+        lengths = sequence_lengths(pdf[t.SEQ_EVENT_TYPE].iloc[todo], model.config.max_len)
+        order = todo[np.argsort(lengths, kind="stable")]
+        enc[order] = model.encode_sequences(pdf.iloc[order], batch_size)
+    return model.predict_from_encodings(enc, pdf, batch_size), list(enc)
+
+
+def score_partitions(
+    batches: Iterable[pd.DataFrame], artifact: HeavyArtifact, settings: InferenceSettings, keep: list[str]
+) -> Iterator[pd.DataFrame]:
+    """``keep`` columns of each batch plus ``stage2_score``, ``encoding`` and ``from_cache``.
+
+    The body of stage 2's ``mapInPandas``. A ``RuntimeError`` on CUDA (initialisation, out of
+    memory, a driver or kernel error), at load or on any batch, moves this worker to the CPU
+    with a warning; the failed batch is scored again there.
+    """
+    import torch
+
+    if settings.torch_threads > 0:
+        torch.set_num_threads(settings.torch_threads)
+    device = resolved_device(settings)
+
+    def on_cpu(err: Exception):
+        warnings.warn(f"stage 2: CUDA failed ({err}); scoring on the CPU from here on", stacklevel=1)
+        log.warning("stage 2: CUDA failed (%s); falling back to the CPU", err)
+        return "cpu", artifact.load("cpu", quantize=settings.quantize_cpu)
+
+    try:
+        model = artifact.load(device, quantize=device == "cpu" and settings.quantize_cpu)
+    except RuntimeError as err:
+        if device != "cuda":
+            raise
+        device, model = on_cpu(err)
+    for pdf in batches:
+        if pdf.empty:
+            continue
+        try:
+            scores, encodings = score_batch(model, pdf, settings.batch_size)
+        except RuntimeError as err:
+            if device != "cuda":
+                raise
+            device, model = on_cpu(err)
+            scores, encodings = score_batch(model, pdf, settings.batch_size)
+        out = pdf[keep].copy()
+        out[t.STAGE2_SCORE] = scores
+        out[ENCODING] = encodings
+        out[FROM_CACHE] = pdf[CACHED_ENCODING].notna() if CACHED_ENCODING in pdf else False
+        yield out

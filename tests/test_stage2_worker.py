@@ -1,0 +1,117 @@
+"""Stage 2's worker code without Spark: scores equal the model's own row-order predictions, cached
+encodings skip the encoder, and a CUDA failure (at load or on a batch) moves the worker to the
+CPU with a warning while other errors still raise."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from botwatch import tables as t
+from botwatch.models import heavy as H
+from botwatch.scoring import worker as W
+
+TAB = ["f1", "f2"]
+NBR = ["nbr_f1", "nbr_count"]
+CONFIG = H.HeavyConfig(max_len=12, event_embed_dim=4, dt_embed_dim=4, seq_hidden=8, tab_hidden=8, nbr_hidden=8,
+                       head_hidden=8, seed=3, device="cpu")
+CPU_FP32 = W.InferenceSettings(batch_size=4, device="cpu", quantize_cpu=False, torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory) -> W.HeavyArtifact:
+    torch.manual_seed(0)
+    cols = TAB + NBR
+    std = H.Standardizer(cols, np.zeros(len(cols)), np.ones(len(cols)))
+    model = H.TrainedHeavy(H.HeavyModel(len(TAB), len(NBR), CONFIG).eval(), std, TAB, NBR, CONFIG)
+    return W.HeavyArtifact.from_folder(model.save(tmp_path_factory.mktemp("heavy")), version=5)
+
+
+def _rows(n: int, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    cols: dict[str, list] = {t.SEQ_EVENT_TYPE: [], t.SEQ_DT_BUCKET: [], t.SEQ_HOUR_SIN: [], t.SEQ_HOUR_COS: []}
+    for length in rng.integers(0, 20, n):  # some empty, some longer than max_len
+        if length == 0:
+            for v in cols.values():
+                v.append(None)
+            continue
+        angle = rng.uniform(0, 2 * np.pi, length)
+        cols[t.SEQ_EVENT_TYPE].append(rng.integers(1, 6, length).tolist())
+        cols[t.SEQ_DT_BUCKET].append(rng.integers(0, 20, length).tolist())
+        cols[t.SEQ_HOUR_SIN].append(np.sin(angle).tolist())
+        cols[t.SEQ_HOUR_COS].append(np.cos(angle).tolist())
+    pdf = pd.DataFrame({t.ACCOUNT_ID: np.arange(n, dtype=np.int64), **cols})
+    for c in TAB + NBR:
+        pdf[c] = rng.normal(size=n)
+    return pdf
+
+
+def _score(batches, artifact, settings=CPU_FP32) -> pd.DataFrame:
+    return pd.concat(list(W.score_partitions(batches, artifact, settings, [t.ACCOUNT_ID])), ignore_index=True)
+
+
+def test_worker_scores_equal_row_order_predictions(artifact):
+    batches = [_rows(11, 1), _rows(0, 2), _rows(7, 3)]
+    out = _score(batches, artifact)
+    reference = np.concatenate([H.load_heavy(artifact.path, device="cpu").predict(b) for b in batches if len(b)])
+    np.testing.assert_allclose(out[t.STAGE2_SCORE].to_numpy(), reference, atol=1e-6)
+    assert list(out.columns) == [t.ACCOUNT_ID, t.STAGE2_SCORE, W.ENCODING, W.FROM_CACHE]
+    assert len(out) == 18 and not out[W.FROM_CACHE].any()
+    assert all(len(e) == CONFIG.seq_hidden for e in out[W.ENCODING])
+
+
+def test_cached_encodings_skip_the_encoder(artifact, monkeypatch):
+    pdf = _rows(9, 4)
+    fresh = _score([pdf], artifact)
+    cached = pdf.assign(**{W.CACHED_ENCODING: [e if i % 2 else None for i, e in enumerate(fresh[W.ENCODING])]})
+    model = artifact.load("cpu")
+    encoded_rows = []
+    real = model.encode_sequences
+    monkeypatch.setattr(model, "encode_sequences", lambda p, b=None: encoded_rows.append(len(p)) or real(p, b))
+    out = _score([cached], artifact)
+    assert encoded_rows == [5]  # only the rows without a cached encoding
+    assert out[W.FROM_CACHE].tolist() == [bool(i % 2) for i in range(9)]
+    np.testing.assert_allclose(out[t.STAGE2_SCORE], fresh[t.STAGE2_SCORE], atol=1e-6)
+
+
+def _pretend_cuda(monkeypatch, artifact, fail_at: str):
+    """The worker sees CUDA; loading on it raises (``load``) or the loaded model raises on a batch."""
+    monkeypatch.setattr(W, "resolved_device", lambda settings: "cuda")
+    real_load = W.HeavyArtifact.load
+
+    class Broken:
+        config = CONFIG
+
+        def encode_sequences(self, *a, **k):
+            raise RuntimeError("CUDA error: out of memory")
+
+    def load(self, device="cpu", quantize=False):
+        if device == "cuda":
+            if fail_at == "load":
+                raise RuntimeError("CUDA driver initialization failed")
+            return Broken()
+        return real_load(self, device, quantize)
+
+    monkeypatch.setattr(W.HeavyArtifact, "load", load)
+
+
+@pytest.mark.parametrize("fail_at", ["load", "batch"])
+def test_cuda_failure_falls_back_to_the_cpu_with_a_warning(artifact, monkeypatch, fail_at):
+    batches = [_rows(6, 5), _rows(6, 6)]
+    expected = _score(batches, artifact)
+    _pretend_cuda(monkeypatch, artifact, fail_at)
+    with pytest.warns(UserWarning, match="CUDA failed .* scoring on the CPU"):
+        out = _score(batches, artifact, W.InferenceSettings(batch_size=4, device="cuda", quantize_cpu=False))
+    np.testing.assert_allclose(out[t.STAGE2_SCORE], expected[t.STAGE2_SCORE], atol=1e-6)
+
+
+def test_runtime_errors_on_the_cpu_raise(artifact, monkeypatch):
+    model = artifact.load("cpu")
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug, not CUDA")
+
+    monkeypatch.setattr(model, "encode_sequences", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        _score([_rows(4, 7)], artifact)
