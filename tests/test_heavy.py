@@ -304,6 +304,33 @@ def test_to_tensors_pads_truncates_and_marks_missing():
         H.to_tensors(pdf.drop(columns=["a"]), ["a"], ["nbr_a"], max_len=3)
 
 
+def test_to_tensors_matches_a_row_by_row_reference_and_rejects_ragged_columns():
+    rng = np.random.default_rng(3)
+    n, max_len = 60, 7
+    cells = [None if k == 0 else rng.integers(-2, 40, k).astype(np.int32) for k in rng.integers(0, 12, n)]
+    pdf = pd.DataFrame({
+        t.SEQ_EVENT_TYPE: cells,
+        t.SEQ_DT_BUCKET: [None if c is None else c[::-1].copy() for c in cells],
+        t.SEQ_HOUR_SIN: [None if c is None else list(c / 10.0) for c in cells],  # lists, as a user may pass
+        t.SEQ_HOUR_COS: [None if c is None else c / 20.0 for c in cells],
+    }).iloc[5:]  # a slice: row positions no longer start at 0
+    got = H.to_tensors(pdf, [], [], max_len=max_len)
+    for col, key, hi in ((t.SEQ_EVENT_TYPE, H.EVENT_TYPE, t.EVENT_TYPE_VOCAB - 1),
+                         (t.SEQ_DT_BUCKET, H.DT_BUCKET, t.DT_BUCKET_MAX), (t.SEQ_HOUR_SIN, H.HOUR_SIN, None)):
+        want = np.zeros((len(pdf), max_len))
+        for i, cell in enumerate(pdf[col]):
+            if cell is not None:
+                tail = np.asarray(cell, dtype=float)[-max_len:]
+                want[i, :len(tail)] = tail if hi is None else np.clip(tail, 0, hi)
+        np.testing.assert_allclose(got[key].numpy(), want, rtol=1e-6, err_msg=col)
+    assert got[H.LENGTH].tolist() == [0 if c is None else min(len(c), max_len) for c in pdf[t.SEQ_EVENT_TYPE]]
+    ragged = pdf.copy()
+    first = int(np.flatnonzero(ragged[t.SEQ_EVENT_TYPE].notna())[0])
+    ragged.iat[first, ragged.columns.get_loc(t.SEQ_HOUR_COS)] = None
+    with pytest.raises(H.HeavyInputError, match="shorter array"):
+        H.to_tensors(ragged, [], [], max_len=max_len)
+
+
 def test_weighted_soft_target_loss_matches_reference():
     rng = np.random.default_rng(5)
     logits = rng.normal(size=50)
