@@ -21,7 +21,10 @@ N_TABULAR = 70
 
 
 def synthetic_rows(n: int, max_len: int, n_tab: int, nbr_cols: list[str], seed: int = 0) -> pd.DataFrame:
-    """Rows of heavy inputs with sequence lengths like the platform's (many short, some full)."""
+    """Rows of heavy inputs with sequence lengths like the platform's (many short, some full).
+
+    Array cells are numpy arrays (int32 and float64), as ``mapInPandas`` hands Spark's arrays over.
+    """
     from botwatch import tables as t
 
     rng = np.random.default_rng(seed)
@@ -33,10 +36,10 @@ def synthetic_rows(n: int, max_len: int, n_tab: int, nbr_cols: list[str], seed: 
             et.append(None), dtb.append(None), hs.append(None), hc.append(None)
             continue
         a = rng.uniform(0, 2 * np.pi, n_ev)
-        et.append(rng.integers(1, 6, n_ev).astype(np.int32).tolist())
-        dtb.append(rng.integers(0, 20, n_ev).astype(np.int32).tolist())
-        hs.append(np.sin(a).tolist())
-        hc.append(np.cos(a).tolist())
+        et.append(rng.integers(1, 6, n_ev).astype(np.int32))
+        dtb.append(rng.integers(0, 20, n_ev).astype(np.int32))
+        hs.append(np.sin(a))
+        hc.append(np.cos(a))
     data = {t.ACCOUNT_ID: np.arange(n, dtype=np.int64), t.SEQ_EVENT_TYPE: et, t.SEQ_DT_BUCKET: dtb,
             t.SEQ_HOUR_SIN: hs, t.SEQ_HOUR_COS: hc}
     for i in range(n_tab):
@@ -70,7 +73,8 @@ def main() -> None:
     from botwatch import tables as t
     from botwatch.config import load_config
     from botwatch.models.heavy import HeavyConfig
-    from botwatch.scoring.stage2 import HeavyArtifact, InferenceSettings, _score_batch, score_heavy
+    from botwatch.scoring.stage2 import score_heavy
+    from botwatch.scoring.worker import HeavyArtifact, InferenceSettings, score_batch
     from botwatch.spark import get_spark
 
     conf = load_config("conf/local.yaml", args.set)
@@ -79,7 +83,7 @@ def main() -> None:
     pdf = synthetic_rows(args.rows, cfg.max_len, N_TABULAR, nbr)
     model = synthetic_model(cfg, N_TABULAR, nbr)
     folder = model.save(tempfile.mkdtemp(prefix="bench-heavy-"))
-    artifact = HeavyArtifact.from_record({"artifact_path": str(folder), t.VERSION: 1, "threshold": 0.5})
+    artifact = HeavyArtifact.from_folder(folder, version=1, threshold=0.5)
     batch = conf["cascade.batch_size"]
     cores = 2
     print(f"{args.rows} rows, mean sequence length {pdf[t.SEQ_EVENT_TYPE].map(lambda a: len(a) if a else 0).mean():.1f}"
@@ -92,7 +96,7 @@ def main() -> None:
                                   cores, False), ("in-process int8, 1 thread", 1, True)):
         torch.set_num_threads(threads)
         m = model.quantize_dynamic() if quant else model
-        best = min(_time(lambda m=m: _score_batch(m, pdf, batch)) for _ in range(args.repeats))
+        best = min(_time(lambda m=m: score_batch(m, pdf, batch)) for _ in range(args.repeats))
         results[label] = args.rows / best
     torch.set_num_threads(1)
     results["in-process fp32 predict() in row order, 1 thread"] = args.rows / min(
