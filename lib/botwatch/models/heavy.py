@@ -222,7 +222,11 @@ def sequence_lengths(cells: pd.Series, max_len: int) -> np.ndarray:
 def _matrix(pdf: pd.DataFrame, cols: Sequence[str]) -> np.ndarray:
     if not cols:
         return np.zeros((len(pdf), 0), dtype=np.float64)
-    values = pdf[list(cols)].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    frame = pdf[list(cols)]
+    # Spark hands numeric columns over as numeric dtypes: one conversion; anything else is coerced per column.
+    if not all(pd.api.types.is_numeric_dtype(d) or pd.api.types.is_bool_dtype(d) for d in frame.dtypes):
+        frame = frame.apply(pd.to_numeric, errors="coerce")
+    values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
     return np.where(np.isfinite(values), values, np.nan)  # inf counts as missing
 
 
