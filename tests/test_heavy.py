@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import os
 
 import networkx as nx
 import numpy as np
@@ -350,6 +351,22 @@ def test_encodings_reproduce_predictions(trained, data):
     enc = trained.encode_sequences(valid)
     assert enc.shape == (len(valid), SMALL.seq_hidden)
     np.testing.assert_allclose(trained.predict_from_encodings(enc, valid), trained.predict(valid), atol=1e-6)
+
+
+def test_seeded_cuda_training_switches_to_deterministic_kernels_and_restores(monkeypatch):
+    # The CUDA branch only sets flags (no kernel runs), so it is checked on any machine.
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic
+    with H._seeded(1, torch.device("cuda")):
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+        assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic) == before
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with H._seeded(1, torch.device("cuda")):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"  # the user's value is kept
+    with H._seeded(1, torch.device("cpu")):
+        assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_device_resolution():

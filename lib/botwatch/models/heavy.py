@@ -535,11 +535,12 @@ def load_heavy(path: str | Path, device: str | None = None) -> TrainedHeavy:
 
 @contextlib.contextmanager
 def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's generators; on CUDA ask cuDNN for deterministic kernels, restoring its settings after.
+    """Seed torch's generators; on CUDA switch to deterministic kernels, restoring the settings after.
 
-    On CUDA, cuBLAS is bit-reproducible only with a fixed workspace, which it reads when this
-    process first uses it: on an H200 two seeded runs differed by up to 9e-5 without it and not at
-    all with it (BENCHMARKS.md). A value set by the user is kept.
+    Seeding alone is not enough on CUDA: on an H200 two seeded runs differed by 9e-5 and 1.8e-4
+    (nondeterministic CUDA kernels), with ``torch.use_deterministic_algorithms`` by 0 (BENCHMARKS.md).
+    cuBLAS needs a fixed workspace for that, read when the process first uses it; a value set by
+    the user is kept.
     """
     torch.manual_seed(seed)
     if device.type != "cuda":
@@ -547,12 +548,16 @@ def _seeded(seed: int, device: torch.device) -> Iterator[None]:
         return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.cuda.manual_seed_all(seed)
-    old = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+    old = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+           torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    # warn_only: an op without a deterministic kernel warns instead of failing the training.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = old[:2]
+        torch.use_deterministic_algorithms(old[2], warn_only=old[3])
 
 
 @contextlib.contextmanager
