@@ -519,7 +519,7 @@ SCRIPTED_OVERRIDES = {
     "prevalence": 0.3,
     "family_shares.scheduled": 0.0, "family_shares.mimic": 0.5, "family_shares.botnet": 0.5,
     "family_shares.cyborg": 0.0, "family_shares.follow_spam": 0.0, "drift.new_family": "null",
-    "mimic.scripted_share": 1.0, "botnet.scripted_share": 1.0,
+    "mimic.scripted_share": 1.0, "botnet.scripted_share": 1.0, "botnet.human_hours_share": 1.0,
 }
 
 
@@ -530,6 +530,8 @@ def scripted(spark, conf):
     fam = tables[t.TRUTH].toPandas().set_index(t.ACCOUNT_ID)[t.FAMILY]
     ev = tables[t.EVENTS].toPandas().sort_values([t.ACCOUNT_ID, t.EVENT_TS], kind="stable")
     ev[t.FAMILY] = ev[t.ACCOUNT_ID].map(fam)
+    offsets = tables[t.ACCOUNTS].toPandas().set_index(t.ACCOUNT_ID)[t.COUNTRY].map(t.COUNTRY_UTC_OFFSET)
+    ev["local"] = ev[t.EVENT_TS] + pd.to_timedelta(ev[t.ACCOUNT_ID].map(offsets), unit="h")
     return {"params": params, "family": fam, "ev": ev}
 
 
@@ -613,3 +615,18 @@ def test_scripted_mimics_time_their_sessions_like_humans(scripted):
     # Residential proxies are only a small share of their sessions: few distinct IPs.
     ips = ev[ev[t.FAMILY] == "mimic"].groupby(t.ACCOUNT_ID)[t.IP_HASH].nunique()
     assert ips.median() <= scripted["params"]["humans"]["max_ips"] + 1
+
+
+def test_human_timed_botnets_burst_in_the_human_day_the_others_around_the_clock(sim, scripted):
+    night, evening = slice(1, 6), slice(17, 23)  # 01:00-05:59 and 17:00-22:59 local
+    around = _local_hour_shares(sim["ev"][sim["ev"][t.FAMILY] == "botnet"])  # botnet.human_hours_share 0
+    human_timed = _local_hour_shares(scripted["ev"][scripted["ev"][t.FAMILY] == "botnet"])  # share 1
+    humans = _local_hour_shares(scripted["ev"][scripted["ev"][t.FAMILY] == "human"])
+    assert around[night].sum() > 0.5 * 5 / 24
+    assert human_timed[night].sum() < 0.3 * 5 / 24
+    assert human_timed[evening].sum() > 1.5 * 6 / 24
+    assert np.corrcoef(human_timed, humans)[0, 1] > 0.6  # ~170 group bursts: a noisy histogram
+    # Still synchronised: a group's members burst in the same minutes.
+    bots = scripted["ev"][scripted["ev"][t.FAMILY] == "botnet"]
+    per_minute = bots.groupby(bots[t.EVENT_TS].dt.floor("min"))[t.ACCOUNT_ID].nunique()
+    assert per_minute.max() >= 5

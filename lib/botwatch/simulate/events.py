@@ -276,14 +276,22 @@ def slot_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
 
 
 def burst_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
-    """``botnet`` members: group bursts at the same minutes, from the group's shared IPs and devices."""
+    """``botnet`` members: group bursts at the same minutes, from the group's shared IPs and devices.
+
+    Bursts start at any UTC hour, or, for a ``botnet.human_hours_share`` of groups, at local hours
+    drawn from the humans' session-start curve.
+    """
     sid = plan.seed
     p = plan.p
     aid, grp, d, b, j = F.col(t.ACCOUNT_ID), F.col(acc.BOTNET_GROUP), F.col(_D), F.col("burst"), F.col(_K)
     df = profile_df.filter(F.col(t.FAMILY) == F.lit("botnet")).select(
-        t.ACCOUNT_ID, acc.BOTNET_GROUP, acc.ACTIVE_FROM_S
+        t.ACCOUNT_ID, acc.BOTNET_GROUP, acc.ACTIVE_FROM_S, acc.UTC_OFFSET
     )
-    df = df.select("*", F.explode(F.sequence(F.lit(0).cast("long"), F.lit(plan.days - 1).cast("long"))).alias(_D))
+    human_share = plan.f("botnet.human_hours_share")
+    # Human-timed groups burst on local days, which reach one day past each end of the UTC window
+    # (bursts outside it are cut in events_table); uniform ones on UTC days 0..days-1 alone.
+    first, last = (-1, plan.days) if human_share > 0 else (0, plan.days - 1)
+    df = df.select("*", F.explode(F.sequence(F.lit(first).cast("long"), F.lit(last).cast("long"))).alias(_D))
     df = df.filter(_day_end(plan, d) > F.col(acc.ACTIVE_FROM_S))
     n_bursts = stochastic_round(
         F.lit(plan.f("botnet.bursts_per_day")) * (F.lit(0.5) + uniform(sid, "bursts", grp, d)),
@@ -293,6 +301,17 @@ def burst_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
     df = df.select("*", explode_range(F.col("n_bursts"), "burst"))
     df = df.filter(uniform(sid, "participate", aid, d, b) < F.lit(plan.f("botnet.participation")))
     burst_t = F.lit(float(plan.start_s)) + d * F.lit(DAY_S) + uniform(sid, "burst_t", grp, d, b) * F.lit(float(DAY_S))
+    if human_share > 0:
+        # A human-timed group starts its bursts on the humans' session-start curve of its local hour
+        # (weekday or weekend), so its members' circadian features look human.
+        weekend = F.pmod(F.lit(plan.start_date.weekday()) + d, F.lit(7)) >= F.lit(5)
+        u_hour = uniform(sid, "burst_hour", grp, d, b)
+        hour = F.when(weekend, choose_index(u_hour, [float(w) for w in p("humans.hour_weights_weekend")])).otherwise(
+            choose_index(u_hour, [float(w) for w in p("humans.hour_weights_weekday")]))
+        local_t = (F.lit(float(plan.start_s)) + d * F.lit(DAY_S) - F.col(acc.UTC_OFFSET) * F.lit(3600)
+                   + (hour + uniform(sid, "burst_hour_frac", grp, d, b)) * F.lit(3600.0))
+        human_group = uniform(sid, "botnet_human_hours", grp) < F.lit(human_share)
+        burst_t = F.when(human_group, local_t).otherwise(burst_t)
     df = df.withColumn(
         "t0", burst_t + uniform(sid, "burst_delay", aid, d, b) * F.lit(plan.f("botnet.burst_spread_s"))
     )

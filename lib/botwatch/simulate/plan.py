@@ -21,8 +21,8 @@ REQUIRED_KNOBS = (
     "accounts_per_partition", "bot_verified_rate", "botnet.burst_gap_s", "botnet.burst_spread_s",
     "botnet.bursts_per_day", "botnet.devices_per_group", "botnet.events_per_burst", "botnet.external_follows",
     "botnet.follow_density", "botnet.group_max", "botnet.group_min", "botnet.ips_per_group", "botnet.participation",
-    "botnet.scripted_share", "mimic.scripted_share", "mimic.scripted_proxy_share", "script.free_share",
-    "script.kits", "script.length",
+    "botnet.scripted_share", "botnet.human_hours_share", "mimic.scripted_share", "mimic.scripted_proxy_share",
+    "script.free_share", "script.kits", "script.length",
     "botnet.signup_window_min", "country_weights", "cyborg.auto_day_share", "cyborg.auto_hours",
     "cyborg.auto_period_min", "cyborg.human_activity_factor", "datacenter_ips", "drift.detection_wave_fraction",
     "drift.human_activity_after_wave", "drift.mimic_jitter_after_wave", "drift.new_family",
@@ -271,6 +271,7 @@ def _validate(plan: Plan) -> None:
         )
     for key in ("humans.dormant_share", "scheduled.fixed_share", "scheduled.dominant_share", "scheduled.miss_rate",
                 "mimic.skip_rate", "mimic.scripted_share", "mimic.scripted_proxy_share", "botnet.scripted_share",
+                "botnet.human_hours_share",
                 "script.free_share",
                 "botnet.participation", "botnet.follow_density", "cyborg.auto_day_share",
                 "follow_spam.followback", "graph.community_share", "graph.human_followback",
