@@ -174,7 +174,7 @@ class Standardizer:
 
 
 def _lists(cells: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """An array column as (all items concatenated, offsets): row i is ``flat[offsets[i]:offsets[i + 1]]``.
+    """An array column as (items, offsets): row i is ``items[offsets[i]:offsets[i + 1]]``.
 
     Arrow converts the whole column in C (a null cell is an empty row); a loop over cells would
     cost ~1 µs a row, which starves a GPU.
@@ -189,8 +189,8 @@ def _lists(cells: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
         raise HeavyInputError(f"sequence column {name!r} must hold arrays, got {arr.type}")
     if pa.types.is_null(arr.type):  # every cell null
         return np.zeros(0), np.zeros(len(cells) + 1, np.int64)
-    offsets = arr.offsets.to_numpy().astype(np.int64)
-    return arr.values.to_numpy(zero_copy_only=False), offsets - offsets[0]
+    # Raw offsets index the raw child values, also where the array is a slice of a larger one.
+    return arr.values.to_numpy(zero_copy_only=False), arr.offsets.to_numpy().astype(np.int64)
 
 
 def _pad(cells: pd.Series, lengths: np.ndarray, max_len: int, dtype: Any, name: str,
