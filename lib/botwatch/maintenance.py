@@ -13,8 +13,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
-from pyspark.sql import SparkSession
+from pyspark.sql import Row, SparkSession
 
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, table_exists
@@ -30,7 +31,7 @@ def scheduled(run_date: dt.date, every_days: int) -> bool:
 
 
 def _partition_column(spark: SparkSession, path: str) -> str | None:
-    detail = spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()
+    detail = cast(Row, spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first())  # always one row
     cols = list(detail["partitionColumns"] or [])
     return cols[0] if cols else None
 

@@ -30,8 +30,9 @@ import socket
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
-from pyspark.sql import SparkSession
+from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -118,13 +119,13 @@ def table_version(spark: SparkSession, warehouse: str, table: str) -> int:
     path = t.table_path(warehouse, table)
     try:
         # Delta's own log handle: reads the last commit's number without running a Spark job.
-        delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+        delta_log = _jvm(spark).org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
         defaults = (getattr(delta_log, "update$default$2")(), getattr(delta_log, "update$default$3")())
         return int(delta_log.update(False, *defaults).version())
     except Exception:  # an internal API: fall back to the public (slower) history
         from delta.tables import DeltaTable
 
-        return DeltaTable.forPath(spark, path).history(1).first()["version"]
+        return cast(Row, DeltaTable.forPath(spark, path).history(1).first())["version"]
 
 
 def data_changed_since(spark: SparkSession, warehouse: str, table: str, version: int) -> bool:
@@ -204,8 +205,13 @@ def _local_path(path: str) -> str | None:
     return None if "://" in path else path
 
 
+def _jvm(spark: SparkSession) -> Any:
+    """The driver's py4j gateway (typed optional by pyspark; always there on a classic session)."""
+    return spark._jvm
+
+
 def _hadoop_fs(spark: SparkSession, path: str):
-    jpath = spark._jvm.org.apache.hadoop.fs.Path(path)
+    jpath = _jvm(spark).org.apache.hadoop.fs.Path(path)
     return jpath.getFileSystem(spark._jsc.hadoopConfiguration()), jpath
 
 
@@ -246,7 +252,7 @@ def _read_file(spark: SparkSession, path: str) -> str | None:
         return None
     stream = fs.open(jpath)
     try:
-        return spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+        return _jvm(spark).org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
     finally:
         stream.close()
 

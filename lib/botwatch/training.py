@@ -19,11 +19,12 @@ import datetime as dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import pandas as pd
 from pyspark.ml import PipelineModel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from botwatch import registry
@@ -110,7 +111,7 @@ def drift_alert_before(spark: SparkSession, warehouse: str, run_date: dt.date) -
     if not table_exists(spark, warehouse, t.METRICS):
         return False
     before = read_table(spark, warehouse, t.METRICS).where(F.col(t.RUN_DATE) < F.lit(run_date))
-    latest = before.agg(F.max(t.RUN_DATE)).first()[0]
+    latest = cast(Row, before.agg(F.max(t.RUN_DATE)).first())[0]  # a global aggregate: one row
     if latest is None:
         return False
     alert = before.where((F.col(t.RUN_DATE) == F.lit(latest)) & (F.col(t.NAME) == F.lit(DRIFT_ALERT)))
@@ -181,11 +182,12 @@ def training_rows(spark: SparkSession, warehouse: str, run_date: dt.date, params
 
 def _collect(df: DataFrame, cols: list[str], spark: SparkSession, warehouse: str) -> pd.DataFrame:
     extra = [t.ACCOUNT_ID, t.LABEL, t.WEIGHT, t.COUNTRY, "is_new_account"]
-    pdf = df.select(*[c for c in extra if c in df.columns and c not in cols], *as_model_input(cols)).toPandas()
+    pdf = cast(pd.DataFrame, df.select(*[c for c in extra if c in df.columns and c not in cols],
+                                       *as_model_input(cols)).toPandas())
     if table_exists(spark, warehouse, t.TRUTH) and len(pdf):
         # Truth is for evaluation only (recall per family on simulated data), never for training.
         ids = spark.createDataFrame(pdf[[t.ACCOUNT_ID]])
-        fam = read_table(spark, warehouse, t.TRUTH).join(ids, t.ACCOUNT_ID).toPandas()
+        fam = cast(pd.DataFrame, read_table(spark, warehouse, t.TRUTH).join(ids, t.ACCOUNT_ID).toPandas())
         pdf = pdf.merge(fam, on=t.ACCOUNT_ID, how="left")
     return pdf
 
@@ -264,7 +266,7 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
                           [c for c in params.canary_features if c in train.columns])
     ctx.canary = fit_canary(train, ctx.canary_cols, params.canary_reg_param)
     scored = canary_scores(ctx.canary, golden, ctx.canary_cols).select(t.ACCOUNT_ID, t.LABEL, "canary_score")
-    pdf = scored.toPandas()
+    pdf = cast(pd.DataFrame, scored.toPandas())
     ctx.canary_metrics = _evaluate(pdf, pdf["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_")
     return ctx
 
@@ -344,7 +346,7 @@ def train_stage1(
          "canary_features": ctx.canary_cols, "target_precision": params.target_precision,
          "teacher": teacher_version, "prevalence": ctx.prevalence, "prevalence_source": ctx.prevalence_source},
     )
-    ctx.canary.write().overwrite().save(f"{directory}/canary")
+    cast(PipelineModel, ctx.canary).write().overwrite().save(f"{directory}/canary")  # fitted in prepare
 
     decision = registry.promotion_decision(
         metrics.get("golden_pr_auc", math.nan),

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -107,7 +108,7 @@ def collect_splits(
     ]
     tagged = functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), parts)
     # Sorted: the same rows in the same order whatever Spark's partitioning (seeded training).
-    pdf = inputs_for(spark, warehouse, tagged, cols, heavy_section).toPandas().sort_values(
+    pdf = cast(pd.DataFrame, inputs_for(spark, warehouse, tagged, cols, heavy_section).toPandas()).sort_values(
         [t.ACCOUNT_ID, t.RUN_DATE], kind="stable")
     return {name: pdf[pdf[split_col] == name].drop(columns=split_col).reset_index(drop=True) for name in splits}
 
@@ -303,7 +304,7 @@ def calibrate_flag_threshold(
     sample = calibration_sample(spark, warehouse, run_date, params.calibration_accounts)
     s1 = score_stage1(sample, stage1, reason_codes=0).select(t.ACCOUNT_ID, t.STAGE1_SCORE)
     s2 = score_heavy(artifact_inputs(spark, warehouse, sample, heavy), heavy, settings)
-    pdf = s1.join(s2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID).toPandas()
+    pdf = cast(pd.DataFrame, s1.join(s2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID).toPandas())
     heavy_thr = heavy.threshold
     actions = (pdf[t.STAGE2_SCORE] >= heavy_thr).to_numpy() if heavy_thr is not None else np.zeros(len(pdf), bool)
     choice = choose_flag_threshold(pdf[t.STAGE1_SCORE].to_numpy(), actions, keep_share=params.keep_share,

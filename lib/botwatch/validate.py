@@ -18,8 +18,9 @@ Usage::
 from __future__ import annotations
 
 import datetime as dt
+from typing import cast
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from botwatch import tables as t
@@ -33,7 +34,7 @@ class NoEventsError(RuntimeError):
 
 
 # Which rows of each input table are "D's new rows" (the ones validate checks each night).
-def _rows_of_day(table: str, run_date: dt.date) -> Column | None:
+def _rows_of_day(table: str, run_date: dt.date) -> Column:
     day = F.lit(run_date)
     if table == t.EVENTS:
         return F.col(t.EVENT_DATE) == day  # a partition: pruned
@@ -43,7 +44,7 @@ def _rows_of_day(table: str, run_date: dt.date) -> Column | None:
         return F.to_date(F.col(t.LABELED_AT)) == day
     if table == t.ACCOUNTS:
         return F.to_date(F.col(t.CREATED_AT)) == day
-    return None
+    raise ValueError(f"no day filter for table {table!r}")
 
 
 def check_schemas(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
@@ -95,7 +96,7 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date) -> d
     frames = check_schemas(spark, warehouse)
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
     new_accounts = F.when(_rows_of_day(t.ACCOUNTS, run_date), 1)
-    totals = frames[t.ACCOUNTS].agg(F.count(F.lit(1)), F.count(new_accounts)).first()
+    totals = cast(Row, frames[t.ACCOUNTS].agg(F.count(F.lit(1)), F.count(new_accounts)).first())  # one row
     counts = {"accounts_total": totals[0], "accounts_new": totals[1]}
     quarantined = {}
     # Events first: a day without events stops the run before anything is moved.

@@ -104,12 +104,13 @@ def build_features(
     graph_params = params.get("graph", {}) or {}
     days = partial_days_to_build(spark, warehouse, run_date, windows)
     # Contiguous runs of days become one job each (a first run builds the whole window at once).
-    start = prev = days[0] if days else None
-    for day in (days[1:] + [None]) if days else []:
-        if day is None or (day - prev).days > 1:
-            activity.build_activity_daily(spark, warehouse, start, prev)
-            start = day
-        prev = day or prev
+    if days:
+        start = prev = days[0]
+        for day in [*days[1:], None]:
+            if day is None or (day - prev).days > 1:
+                activity.build_activity_daily(spark, warehouse, start, prev)
+                start = day or start
+            prev = day or prev
 
     accounts = accounts_as_of(read_table(spark, warehouse, t.ACCOUNTS), run_date)
     act = activity.activity_features(spark, warehouse, run_date, windows)

@@ -49,6 +49,6 @@ def fit_canary(
 
 def canary_scores(model: PipelineModel, df: DataFrame, cols: Sequence[str], out_col: str = "canary_score") -> DataFrame:
     scored = model.transform(canary_inputs(df, cols))
-    return scored.withColumn(out_col, vector_to_array("probability")[1]).drop(
+    return scored.withColumn(out_col, vector_to_array(F.col("probability"))[1]).drop(
         CANARY_VECTOR, CANARY_SCALED, "rawPrediction", "probability", "prediction", *_input_names(cols)
     )

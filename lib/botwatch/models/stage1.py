@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,7 +84,7 @@ def fit_booster(
         *( [F.col(weight_col).cast("double").alias(weight_col)] if weight_col else [] ),
         VALIDATION_FLAG,
     )
-    common = dict(
+    common: dict[str, Any] = dict(
         features_col=list(cols),
         label_col=label_col,
         validation_indicator_col=VALIDATION_FLAG,
@@ -113,6 +114,7 @@ def fit_booster(
         .sortWithinPartitions(shuffle)
         .drop(shuffle)
     )
+    estimator: SparkXGBRegressor | SparkXGBClassifier
     if soft_targets:
         estimator = SparkXGBRegressor(objective="binary:logistic", **common)
     else:
@@ -120,7 +122,7 @@ def fit_booster(
     spark = data.sparkSession
     one_batch = {"spark.sql.execution.arrow.maxRecordsPerBatch": "0",  # 0: no limit
                  "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 2)}
-    before = {k: spark.conf.get(k) for k in one_batch}
+    before: dict[str, Any] = {k: spark.conf.get(k) for k in one_batch}
     for k, v in one_batch.items():
         spark.conf.set(k, v)
     try:

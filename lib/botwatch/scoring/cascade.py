@@ -14,8 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import math
 import warnings
+from typing import cast
 
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from botwatch import registry
@@ -67,7 +68,7 @@ def flag_threshold(spark: SparkSession, warehouse: str, heavy: HeavyArtifact) ->
     """The stage-1 champion's flag threshold for this heavy champion, and where it came from."""
     champ = registry.champion(spark, warehouse, STAGE1_MODEL)
     try:
-        info = registry.read_artifact(champ["artifact_path"], CASCADE_FILE)
+        info = registry.read_artifact(cast(dict, champ)["artifact_path"], CASCADE_FILE)  # heavy implies stage 1
     except FileNotFoundError:
         info = None
     if not info or info.get("heavy_version") != heavy.version:
@@ -92,7 +93,7 @@ def cap_to_budget(scored: DataFrame, threshold: float | None, budget: float) -> 
         .orderBy(F.col(t.STAGE1_SCORE).asc(), F.col(t.ACCOUNT_ID).desc())
         .first()
     )
-    s, a = last[t.STAGE1_SCORE], last[t.ACCOUNT_ID]
+    s, a = cast(Row, last)[t.STAGE1_SCORE], cast(Row, last)[t.ACCOUNT_ID]  # allowed >= 1 rows
     score, acc = F.col(t.STAGE1_SCORE), F.col(t.ACCOUNT_ID)
     flag = (score > F.lit(s)) | ((score == F.lit(s)) & (acc <= F.lit(a)))
     return flag, {"n_flagged": allowed, "budget_capped": passing is not None}
