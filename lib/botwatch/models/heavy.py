@@ -193,11 +193,11 @@ def _lists(cells: pd.Series, name: str) -> tuple[np.ndarray, np.ndarray]:
     return arr.values.to_numpy(zero_copy_only=False), arr.offsets.to_numpy().astype(np.int64)
 
 
-def _pad(cells: pd.Series, lengths: np.ndarray, max_len: int, dtype: Any, name: str,
+def _pad(lists: tuple[np.ndarray, np.ndarray], lengths: np.ndarray, max_len: int, dtype: Any, name: str,
          clip: tuple[int, int] | None = None) -> np.ndarray:
-    """Left-aligned rows of the last ``lengths[i]`` items of each array cell, zero padded to
-    ``max_len``; ``clip`` bounds the items (not the padding)."""
-    flat, offsets = _lists(cells, name)
+    """Left-aligned rows of the last ``lengths[i]`` items of each array cell (``lists`` as
+    :func:`_lists` gives them), zero padded to ``max_len``; ``clip`` bounds the items (not the padding)."""
+    flat, offsets = lists
     if (np.diff(offsets) < lengths).any():
         raise HeavyInputError(f"sequence column {name!r} has a shorter array than {t.SEQ_EVENT_TYPE!r} in a row; "
                               "build all sequence columns with gather_sequences")
@@ -216,7 +216,11 @@ def _pad(cells: pd.Series, lengths: np.ndarray, max_len: int, dtype: Any, name: 
 
 def sequence_lengths(cells: pd.Series, max_len: int) -> np.ndarray:
     """Items per array cell (0 for null), capped at ``max_len``."""
-    return np.minimum(np.diff(_lists(cells, t.SEQ_EVENT_TYPE)[1]), max_len)
+    return _capped_lengths(_lists(cells, t.SEQ_EVENT_TYPE)[1], max_len)
+
+
+def _capped_lengths(offsets: np.ndarray, max_len: int) -> np.ndarray:
+    return np.minimum(np.diff(offsets), max_len)
 
 
 def _matrix(pdf: pd.DataFrame, cols: Sequence[str]) -> np.ndarray:
@@ -256,12 +260,14 @@ def to_tensors(
     """
     check_frame(pdf, (t.SEQ_EVENT_TYPE, t.SEQ_DT_BUCKET, t.SEQ_HOUR_SIN, t.SEQ_HOUR_COS, *tabular_cols,
                       *neighbor_cols), "heavy model input")
-    events = pdf[t.SEQ_EVENT_TYPE]
-    lengths = sequence_lengths(events, max_len)
+    # Each array column is converted once; the event types' offsets give every column's lengths.
+    events = _lists(pdf[t.SEQ_EVENT_TYPE], t.SEQ_EVENT_TYPE)
+    lengths = _capped_lengths(events[1], max_len)
     event_type = _pad(events, lengths, max_len, np.int64, t.SEQ_EVENT_TYPE, clip=(0, t.EVENT_TYPE_VOCAB - 1))
-    dt = _pad(pdf[t.SEQ_DT_BUCKET], lengths, max_len, np.int64, t.SEQ_DT_BUCKET, clip=(0, t.DT_BUCKET_MAX))
-    hour_sin = _pad(pdf[t.SEQ_HOUR_SIN], lengths, max_len, np.float32, t.SEQ_HOUR_SIN)
-    hour_cos = _pad(pdf[t.SEQ_HOUR_COS], lengths, max_len, np.float32, t.SEQ_HOUR_COS)
+    dt = _pad(_lists(pdf[t.SEQ_DT_BUCKET], t.SEQ_DT_BUCKET), lengths, max_len, np.int64, t.SEQ_DT_BUCKET,
+              clip=(0, t.DT_BUCKET_MAX))
+    hour_sin = _pad(_lists(pdf[t.SEQ_HOUR_SIN], t.SEQ_HOUR_SIN), lengths, max_len, np.float32, t.SEQ_HOUR_SIN)
+    hour_cos = _pad(_lists(pdf[t.SEQ_HOUR_COS], t.SEQ_HOUR_COS), lengths, max_len, np.float32, t.SEQ_HOUR_COS)
     dense = _matrix(pdf, [*tabular_cols, *neighbor_cols])
     if standardizer is not None:
         if standardizer.columns != [*tabular_cols, *neighbor_cols]:
