@@ -79,3 +79,25 @@ def platform(spark, conf, tmp_path_factory):
         steps.features_step(spark, pconf, day)
     return pconf, dates
 
+
+# The whole run's settings on the platform: stage 2 (the torch model) has its own tests, so the
+# run's mechanics are checked on the stage-1 path.
+RUN_SETTINGS = ["train.n_bootstrap=20", "cascade.enabled=false"]
+
+
+@pytest.fixture(scope="session")
+def dag_run(platform, tmp_path_factory):
+    """The platform's last feature date run whole the way production runs it: ``dag.test()`` on a
+    real Airflow, every task a spark-submit of its job, on a private copy of the platform. One run
+    serves the DAG test and the rerun tests (test_run), which check that rerunning in process
+    changes nothing. Returns (conf of that warehouse, run date, dag.test's states)."""
+    from tests.helpers import airflow_dag_test, copy_warehouse
+
+    pconf, dates = platform
+    warehouse = copy_warehouse(pconf["warehouse"], tmp_path_factory.mktemp("dag_run") / "wh")
+    # The session's conf minus what spark-submit sets itself (master, driver memory).
+    sets = [s for s in TEST_SETTINGS if not s.startswith(("spark.master=", "spark.driver_memory="))]
+    sets += [*PLATFORM_SETTINGS, *RUN_SETTINGS]
+    states = airflow_dag_test(tmp_path_factory.mktemp("airflow_home"), warehouse, sets, dates[-1])
+    return pconf.with_overrides([f"warehouse={warehouse}", *RUN_SETTINGS]), dates[-1], states
+

@@ -1,10 +1,79 @@
-"""Plain helpers for tests (not fixtures)."""
+"""Plain helpers for tests (not fixtures): warehouse copies, and Airflow run in subprocesses.
+
+Airflow reads its settings at import from AIRFLOW_HOME, which must be the test's own folder (never
+the user's ~/airflow): so every Airflow call runs in a fresh interpreter with :func:`airflow_env`.
+"""
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+# Each DAG task is a short job on tiny data: C1-only JIT costs a cold JVM about a third less CPU.
+JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+
+# dag.test() for the logical date in argv[1]; prints the run's and each task's state as JSON.
+DAG_TEST = r"""
+import json, sys, pendulum
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder="airflow_dags")
+assert not bag.import_errors, bag.import_errors
+dag = bag.dags.get("botwatch_nightly")
+dr = dag.test(logical_date=pendulum.parse(sys.argv[1], tz="UTC"))
+print(json.dumps({"state": str(dr.state), "tis": {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}}))
+"""
 
 
 def copy_warehouse(src: str, dst) -> str:
     """A private copy of a warehouse (Delta tables are folders with relative paths)."""
     shutil.copytree(src, dst)
     return str(dst)
+
+
+def airflow_env(home: Path, warehouse: str = "", sets: str = "") -> dict[str, str]:
+    """The environment of an Airflow subprocess: its home, SQLite database and logs under ``home``,
+    the DAG pointed at ``warehouse`` with the ``;``-separated conf overrides ``sets``."""
+    env = dict(os.environ)
+    env.update({
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        # spark-submit (and the python3 it starts the driver with) must come from the venv.
+        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
+        "BOTWATCH_WAREHOUSE": warehouse,
+        "BOTWATCH_SETS": sets,
+        "BOTWATCH_DRIVER_MEMORY": "2g",
+        "BOTWATCH_DRIVER_JAVA_OPTIONS": JAVA_OPTIONS,
+    })
+    if warehouse != "/tmp/bw-warehouse":
+        env["BOTWATCH_RETRIES"] = "0"  # dag.test would wait out the 5-minute retry delay
+    return env
+
+
+def run_py(code: str, env: dict[str, str], timeout: int) -> dict:
+    """Run ``code`` in a fresh interpreter; its last stdout line is JSON."""
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-8000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def airflow_dag_test(home: Path, warehouse: str, sets: list[str], run_date) -> dict:
+    """``dag.test()`` of ``botwatch_nightly`` for ``run_date`` on a real Airflow (SQLite metadata
+    database migrated in ``home``, the ``gpu`` pool created): every task a spark-submit of its job.
+    Returns ``{"state": ..., "tis": {task_id: state}}``."""
+    env = airflow_env(home, warehouse=warehouse, sets=";".join(sets))
+    subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run([str(VENV_BIN / "airflow"), "pools", "set", "gpu", "1", "stage-2 inference"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    return run_py(DAG_TEST.replace("sys.argv[1]", repr(run_date.isoformat())), env, timeout=1500)

@@ -10,55 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
-from tests.helpers import copy_warehouse
+from tests.helpers import JAVA_OPTIONS, ROOT, airflow_env, run_py
 
 from botwatch import nightly
 from botwatch import tables as t
 from botwatch.delta_io import read_table
 
-ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
-JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
 EXPECTED_ORDER = ["validate", "activity", "features", "train", "score_stage1", "score_stage2", "publish", "monitor"]
-
-
-def airflow_env(home: Path, warehouse: str = "", sets: str = "") -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "airflow_dags"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        # spark-submit (and the python3 it starts the driver with) must come from the venv.
-        "PATH": f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
-        "PYSPARK_PYTHON": sys.executable,
-        "PYSPARK_DRIVER_PYTHON": sys.executable,
-        "AIRFLOW_CONN_SPARK_DEFAULT": json.dumps({"conn_type": "spark", "host": "local[2]"}),
-        "BOTWATCH_WAREHOUSE": warehouse,
-        "BOTWATCH_SETS": sets,
-        "BOTWATCH_DRIVER_MEMORY": "2g",
-        # Each task is a short job on tiny data: C1-only JIT costs a cold JVM about a third less CPU.
-        "BOTWATCH_DRIVER_JAVA_OPTIONS": JAVA_OPTIONS,
-    })
-    if warehouse != "/tmp/bw-warehouse":
-        env["BOTWATCH_RETRIES"] = "0"  # dag.test would wait out the 5-minute retry delay
-    return env
-
-
-def run_py(code: str, env: dict[str, str], timeout: int) -> dict:
-    """Run ``code`` in a fresh interpreter; its last stdout line is JSON."""
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-8000:]}"
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 INSPECT = r"""
@@ -141,37 +103,13 @@ def test_templates_render_to_the_logical_date(inspected):
         assert got["rendered"][ds]["name"] == f"botwatch-score_stage2-{ds}"
 
 
-DAG_TEST = r"""
-import json, sys, pendulum
-from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder="airflow_dags")
-assert not bag.import_errors, bag.import_errors
-dag = bag.dags.get("botwatch_nightly")
-dr = dag.test(logical_date=pendulum.parse(sys.argv[1], tz="UTC"))
-print(json.dumps({"state": str(dr.state), "tis": {ti.task_id: str(ti.state) for ti in dr.get_task_instances()}}))
-"""
-
-
 # Whole runs on a simulated platform; the default 900 s also counts the fixtures' setup.
 @pytest.mark.timeout(1800)
-def test_dag_test_runs_the_whole_dag(spark, platform, tmp_path, airflow_home):
-    """``dag.test()`` on a real Airflow: every task a spark-submit of its job, on the shared platform
-    with a champion trained the day before (so train reuses it and every step has work to do)."""
-    pconf, dates = platform
-    warehouse = copy_warehouse(pconf["warehouse"], tmp_path / "wh")
-    run_date = dates[-1]
-    env = airflow_env(airflow_home, warehouse=warehouse, sets=";".join([
-        "spark.shuffle_partitions=4", "spark.ui_enabled=false", "spark.log_level=ERROR",
-        "train.min_train_rows=30", "train.valid_days=4", "train.n_bootstrap=20", "cascade.enabled=false",
-    ]))
-    # A champion from the previous feature date: the refresh policy reuses it on D.
-    wconf = pconf.with_overrides([f"warehouse={warehouse}", "train.n_bootstrap=20", "cascade.enabled=false"])
-    nightly.run_steps(spark, wconf, dates[-2], ["train"])
-    subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
-    subprocess.run([str(VENV_BIN / "airflow"), "pools", "set", "gpu", "1", "stage-2 inference"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    code = DAG_TEST.replace("sys.argv[1]", repr(run_date.isoformat()))
-    got = run_py(code, env, timeout=1500)
+def test_dag_test_runs_the_whole_dag(spark, dag_run):
+    """``dag.test()`` on a real Airflow (the ``dag_run`` fixture): every task a spark-submit of its
+    job, on the shared platform's last date; afterwards the run log and the tables hold the run."""
+    conf, run_date, got = dag_run
+    warehouse = conf["warehouse"]
     assert got["state"] == "success", got
     assert got["tis"] == {s: "success" for s in EXPECTED_ORDER}
 

@@ -296,8 +296,6 @@ def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
 
 # ---------------------------------------------------------------- the real run on the platform
 
-# Stage 2 (the torch model) has its own tests; here the run's mechanics on the stage-1 path keep it small.
-RUN_SETTINGS = ["train.n_bootstrap=20", "cascade.enabled=false"]
 CHECKED_TABLES = (t.ACTIVITY_DAILY, t.FEATURES, t.SCORES, t.SCORES_LATEST, t.QUARANTINE, t.MODEL_REGISTRY,
                   t.EVENTS, t.LABELS, t.EDGES, t.REVIEW_QUEUE, t.METRICS, t.DRIFT)
 KEYS = {
@@ -324,22 +322,23 @@ def checksums(spark, warehouse: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def full_run(spark, platform, tmp_path_factory):
-    """One uninterrupted run of the platform's last feature date; (conf, date, checksums, results)."""
-    pconf, dates = platform
-    wh = copy_warehouse(pconf["warehouse"], tmp_path_factory.mktemp("full") / "wh")
-    conf = pconf.with_overrides([f"warehouse={wh}", *RUN_SETTINGS])
-    results = nightly.run_steps(spark, conf, dates[-1], echo=lambda _: None)
-    return conf, dates[-1], checksums(spark, wh), results
+def full_run(spark, dag_run, tmp_path_factory):
+    """One uninterrupted run of the platform's last feature date, as Airflow ran it (``dag_run``:
+    every step a spark-submit), in a private copy; (conf, date, checksums, {step: run-log row})."""
+    conf, day, _ = dag_run
+    wh = copy_warehouse(conf["warehouse"], tmp_path_factory.mktemp("full") / "wh")
+    logged = nightly.log_rows(spark, wh, day)
+    return conf.with_overrides([f"warehouse={wh}"]), day, checksums(spark, wh), logged
 
 
 # Whole runs on a simulated platform; the default 900 s also counts the fixtures' setup.
 @pytest.mark.timeout(1800)
 def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(spark, full_run, monkeypatch):
-    """The run writes every step; a rerun skips everything; a forced rerun that a failure
-    interrupts midway (after score_stage1 wrote its partition), then resumes, leaves every table as
-    the uninterrupted run did, keys unique. (One forced rerun serves both the rerun and the
-    failure-then-rerun checks: each step runs exactly once more.)"""
+    """The run (Airflow's, one spark-submit per step) writes every step; a rerun in process skips
+    everything; a forced rerun that a failure interrupts midway (after score_stage1 wrote its
+    partition), then resumes, leaves every table as the uninterrupted run did, keys unique. (One
+    forced rerun serves both the rerun and the failure-then-rerun checks: each step runs exactly
+    once more.)"""
     conf, day, sums, results = full_run
     wh = conf["warehouse"]
     assert statuses(results) == {s: "ok" for s in steps.RUN_ORDER}
