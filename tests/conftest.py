@@ -2,6 +2,8 @@
 partitions, UI off, warehouse in a temp folder), and a fresh warehouse folder per test."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from botwatch.config import load_config
@@ -61,8 +63,11 @@ PLATFORM_SETTINGS = [
 
 
 @pytest.fixture(scope="session")
-def platform(spark, conf, tmp_path_factory):
-    """(conf, run dates): 2,000 simulated accounts x 14 days with features on a few dates."""
+def platform(spark, conf, tmp_path_factory, request):
+    """(conf, run dates): 2,000 simulated accounts x 14 days with features on a few dates.
+
+    When the session has tests that need ``dag_run``, its Airflow run starts here, in the
+    background, on a copy taken now (see :func:`dag_run`)."""
     import datetime as dt
 
     from botwatch import steps
@@ -77,6 +82,10 @@ def platform(spark, conf, tmp_path_factory):
     dates = [PLATFORM_START + dt.timedelta(days=d) for d in PLATFORM_FEATURE_OFFSETS]
     for day in dates:
         steps.features_step(spark, pconf, day)
+    if any("dag_run" in item.fixturenames for item in request.session.items):
+        run = _start_dag_run(pconf, dates[-1], tmp_path_factory)
+        request.addfinalizer(run.join)  # never leave spark-submits running after the session
+        request.config.stash[_DAG_RUN] = run
     return pconf, dates
 
 
@@ -85,19 +94,57 @@ def platform(spark, conf, tmp_path_factory):
 RUN_SETTINGS = ["train.n_bootstrap=20", "cascade.enabled=false"]
 
 
-@pytest.fixture(scope="session")
-def dag_run(platform, tmp_path_factory):
-    """The platform's last feature date run whole the way production runs it: ``dag.test()`` on a
-    real Airflow, every task a spark-submit of its job, on a private copy of the platform. One run
-    serves the DAG test and the rerun tests (test_run), which check that rerunning in process
-    changes nothing. Returns (conf of that warehouse, run date, dag.test's states)."""
-    from tests.helpers import airflow_dag_test, copy_warehouse
+class _DagRun(threading.Thread):
+    """``airflow_dag_test`` in a thread: its spark-submits (separate processes) overlap the
+    session's own tests; the thread only waits on them."""
 
-    pconf, dates = platform
+    def __init__(self, pconf, run_date, warehouse: str, home):
+        super().__init__(name="airflow-dag-run", daemon=True)
+        self.pconf, self.run_date, self.warehouse, self.home = pconf, run_date, warehouse, home
+        self.states: dict | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from tests.helpers import airflow_dag_test
+
+        # The session's conf minus what spark-submit sets itself (master, driver memory).
+        sets = [s for s in TEST_SETTINGS if not s.startswith(("spark.master=", "spark.driver_memory="))]
+        try:
+            self.states = airflow_dag_test(self.home, self.warehouse, [*sets, *PLATFORM_SETTINGS, *RUN_SETTINGS],
+                                           self.run_date)
+        except BaseException as exc:  # re-raised in the test that reads the result
+            self.error = exc
+
+
+_DAG_RUN = pytest.StashKey[_DagRun]()
+
+
+def _start_dag_run(pconf, run_date, tmp_path_factory) -> _DagRun:
+    from tests.helpers import copy_warehouse
+
+    # Copied before any test writes to the platform (training tests register models in it).
     warehouse = copy_warehouse(pconf["warehouse"], tmp_path_factory.mktemp("dag_run") / "wh")
-    # The session's conf minus what spark-submit sets itself (master, driver memory).
-    sets = [s for s in TEST_SETTINGS if not s.startswith(("spark.master=", "spark.driver_memory="))]
-    sets += [*PLATFORM_SETTINGS, *RUN_SETTINGS]
-    states = airflow_dag_test(tmp_path_factory.mktemp("airflow_home"), warehouse, sets, dates[-1])
-    return pconf.with_overrides([f"warehouse={warehouse}", *RUN_SETTINGS]), dates[-1], states
+    run = _DagRun(pconf, run_date, warehouse, tmp_path_factory.mktemp("airflow_home"))
+    run.start()
+    return run
 
+
+def pytest_collection_modifyitems(items):
+    """Tests that need the Airflow run go last (a stable sort): it runs in the background from
+    the moment the platform exists, so the rest of the suite overlaps it."""
+    items.sort(key=lambda item: "dag_run" in item.fixturenames)
+
+
+@pytest.fixture(scope="session")
+def dag_run(platform, tmp_path_factory, request):
+    """The platform's last feature date run whole the way production runs it: ``dag.test()`` on a
+    real Airflow, every task a spark-submit of its job, on a private copy of the platform (started
+    by ``platform``). One run serves the DAG test and the rerun tests (test_run), which check that
+    rerunning in process changes nothing. Returns (conf of that warehouse, run date, dag.test's
+    states)."""
+    pconf, dates = platform
+    run = request.config.stash.get(_DAG_RUN, None) or _start_dag_run(pconf, dates[-1], tmp_path_factory)
+    run.join()
+    if run.error is not None:
+        raise run.error
+    return pconf.with_overrides([f"warehouse={run.warehouse}", *RUN_SETTINGS]), run.run_date, run.states
