@@ -1,0 +1,71 @@
+"""Benchmark: where one features step's time goes, on an existing warehouse (e.g. the demo's).
+
+Runs ``build_features`` for ``--date`` three times in one session (the first pays the JVM's JIT
+warm-up), then each part alone, forced with a ``noop`` write (a ``count`` would let Spark prune
+most columns): the activity windows, the graph features (and triangles alone), the attribute and
+neighbour features. Prints seconds and the number of Spark jobs and stages of each.
+
+    .venv/bin/botwatch demo --warehouse /tmp/demo_wh
+    .venv/bin/python bench/features_step.py --warehouse /tmp/demo_wh --date 2026-01-12
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+
+from botwatch import tables as t
+from botwatch.config import load_config
+from botwatch.delta_io import read_table
+from botwatch.features import activity, attributes, build, graph
+from botwatch.spark import get_spark
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--warehouse", required=True)
+    parser.add_argument("--date", required=True, type=dt.date.fromisoformat)
+    parser.add_argument("--set", action="append", default=[], help="conf override key=value (repeatable)")
+    args = parser.parse_args()
+    wh, day = args.warehouse, args.date
+    conf = load_config(overrides=[f"warehouse={wh}", "spark.master=local[2]", "spark.shuffle_partitions=4",
+                                  "spark.ui_enabled=false", "spark.log_level=ERROR", *args.set])
+    spark = get_spark(conf)
+    tracker = spark.sparkContext.statusTracker()
+
+    def timed(name, fn):
+        spark.sparkContext.setJobGroup(name, name)
+        t0 = time.perf_counter()
+        out = fn()
+        seconds = time.perf_counter() - t0
+        jobs = [tracker.getJobInfo(i) for i in tracker.getJobIdsForGroup(name)]
+        stages = sum(len(j.stageIds) for j in jobs if j is not None)
+        print(f"| {name} | {seconds:.1f} | {len(jobs)} | {stages} |", flush=True)
+        return out
+
+    def noop(df):
+        return lambda: df.write.format("noop").mode("overwrite").save()
+
+    params = conf.section("features")
+    gp = params.get("graph", {}) or {}
+    windows = tuple(params["windows"])
+    print("| part | seconds | jobs | stages |\n| --- | ---: | ---: | ---: |")
+    for run in ("first", "second", "third"):
+        timed(f"features step ({run})", lambda: build.build_features(spark, wh, day, params))
+    accounts = build.accounts_as_of(read_table(spark, wh, t.ACCOUNTS), day)
+    act = timed("activity windows (state write)", lambda: activity.activity_features(spark, wh, day, windows))
+    timed("activity features", noop(act))
+    edges, labels = read_table(spark, wh, t.EDGES), read_table(spark, wh, t.LABELS)
+    knobs = {"hub_degree_cap": gp.get("hub_degree_cap", 1000), "hub_sample_pairs": gp.get("hub_sample_pairs", 2000),
+             "salt_buckets": gp.get("salt_buckets", 32)}
+    ncols = [c for c in gp.get("neighbor_activity_columns", []) if c in act.columns]
+    timed("graph features", noop(graph.graph_features(
+        edges, accounts, day, activity=act.select(t.ACCOUNT_ID, *ncols), labels=labels, **knobs)))
+    timed("triangles alone", noop(graph.triangle_counts(graph.edges_as_of(edges, day), **knobs)))
+    extra, _ = attributes.run_attribute_features(edges, accounts, act, day, params, reserved=[])
+    if extra is not None:
+        timed("attribute and neighbour features", noop(extra))
+
+
+if __name__ == "__main__":
+    main()
