@@ -98,9 +98,9 @@ class _DagRun(threading.Thread):
     """``airflow_dag_test`` in a thread: its spark-submits (separate processes) overlap the
     session's own tests; the thread only waits on them."""
 
-    def __init__(self, pconf, run_date, warehouse: str, home):
+    def __init__(self, run_date, warehouse: str, home):
         super().__init__(name="airflow-dag-run", daemon=True)
-        self.pconf, self.run_date, self.warehouse, self.home = pconf, run_date, warehouse, home
+        self.run_date, self.warehouse, self.home = run_date, warehouse, home
         self.states: dict | None = None
         self.error: BaseException | None = None
 
@@ -124,7 +124,7 @@ def _start_dag_run(pconf, run_date, tmp_path_factory) -> _DagRun:
 
     # Copied before any test writes to the platform (training tests register models in it).
     warehouse = copy_warehouse(pconf["warehouse"], tmp_path_factory.mktemp("dag_run") / "wh")
-    run = _DagRun(pconf, run_date, warehouse, tmp_path_factory.mktemp("airflow_home"))
+    run = _DagRun(run_date, warehouse, tmp_path_factory.mktemp("airflow_home"))
     run.start()
     return run
 
