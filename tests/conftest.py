@@ -136,14 +136,14 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
-def dag_run(platform, tmp_path_factory, request):
+def dag_run(platform, request):
     """The platform's last feature date run whole the way production runs it: ``dag.test()`` on a
     real Airflow, every task a spark-submit of its job, on a private copy of the platform (started
     by ``platform``). One run serves the DAG test and the rerun tests (test_run), which check that
     rerunning in process changes nothing. Returns (conf of that warehouse, run date, dag.test's
     states)."""
-    pconf, dates = platform
-    run = request.config.stash.get(_DAG_RUN, None) or _start_dag_run(pconf, dates[-1], tmp_path_factory)
+    pconf, _ = platform
+    run = request.config.stash[_DAG_RUN]
     run.join()
     if run.error is not None:
         raise run.error

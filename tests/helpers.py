@@ -60,9 +60,9 @@ def airflow_env(home: Path, warehouse: str = "", sets: str = "") -> dict[str, st
     return env
 
 
-def run_py(code: str, env: dict[str, str], timeout: int) -> dict:
-    """Run ``code`` in a fresh interpreter; its last stdout line is JSON."""
-    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+def run_py(code: str, env: dict[str, str], timeout: int, args: tuple[str, ...] = ()) -> dict:
+    """Run ``code`` in a fresh interpreter (``args`` as its ``sys.argv[1:]``); its last stdout line is JSON."""
+    proc = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-8000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -76,4 +76,4 @@ def airflow_dag_test(home: Path, warehouse: str, sets: list[str], run_date) -> d
     subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
     subprocess.run([str(VENV_BIN / "airflow"), "pools", "set", "gpu", "1", "stage-2 inference"], env=env, check=True,
                    capture_output=True, timeout=300)
-    return run_py(DAG_TEST.replace("sys.argv[1]", repr(run_date.isoformat())), env, timeout=1500)
+    return run_py(DAG_TEST, env, timeout=1500, args=(run_date.isoformat(),))
