@@ -312,13 +312,6 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
     write_table(accounts, warehouse, t.ACCOUNTS)
     A.build_activity_daily(spark, warehouse, RUN - dt.timedelta(days=13), RUN)
     spec = A.window_spec(windows, GAP)
-    # A state of the day before in the old layout (histograms as arrays) is not rolled; it is replaced.
-    old_layout = spark.createDataFrame(
-        [(1, 7, 3, [1] * 24, spec, RUN - dt.timedelta(days=5))],
-        f"{t.ACCOUNT_ID} long, {A.WINDOW_DAYS} int, {A.N_EVENTS} long, {A.HOUR_HIST_UTC} array<long>, "
-        f"{A.WINDOW_SPEC} string, {t.RUN_DATE} date",
-    )
-    write_table(old_layout, warehouse, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE])
     for back in (4, 3, 2, 1, 0):
         day = RUN - dt.timedelta(days=back)
         rolled = A.read_window_state(spark, warehouse, day - dt.timedelta(days=1), spec) is not None
@@ -333,7 +326,7 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
     state = A.read_window_state(spark, warehouse, RUN, spec)
     summed = A.window_sums(read_table(spark, warehouse, t.ACTIVITY_DAILY), RUN, windows)
     floats = [A.IET_SUM, A.IET_SUMSQ, A.SESSION_SECONDS]
-    exact = [c for c in A.state_columns(windows) if c not in floats]
+    exact = [c for c in A.STATE_COLUMNS if c not in floats]
     keys = [t.ACCOUNT_ID, "_window"]
     assert sorted(map(tuple, state.select(*keys, *exact).collect())) == sorted(
         map(tuple, summed.select(*keys, *exact).collect())
@@ -342,18 +335,6 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
     rolled_f = state.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
     summed_f = summed.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
     pd.testing.assert_frame_equal(rolled_f, summed_f, check_exact=False, rtol=1e-9, atol=1e-6)
-    # Only the last few days of state are kept (the old layout's day is gone).
+    # Only the last few days of state are kept.
     days_kept = read_table(spark, warehouse, t.ACTIVITY_WINDOW).select(t.RUN_DATE).distinct().count()
     assert days_kept == 5
-
-
-@pytest.mark.parametrize("days", [1, 7, 28, 400, 50_000])
-def test_window_state_keeps_every_iet_bin_its_windows_can_fill(spark, days):
-    """The state drops IET bins no IET inside the window can reach; the longest possible IET (just
-    under the window's length) falls in the last bin kept, and the cap of 32 bins still holds."""
-    longest = days * 86_400 - 1e-3
-    want = min(int(np.floor(np.log2(longest + 1))) + 1, A.IET_BINS)
-    assert A.state_iet_bins([1, days]) == want
-    got = spark.range(1).select(A.log2_bin(F.lit(longest)).alias("b")).first()["b"]
-    assert got == want - 1
-    assert len([c for c in A.state_columns([days]) if c.startswith(A.IET_HIST + "_")]) == want
