@@ -56,8 +56,7 @@ def main() -> None:
     act = timed("activity windows (state write)", lambda: activity.activity_features(spark, wh, day, windows))
     timed("activity features", noop(act))
     edges, labels = read_table(spark, wh, t.EDGES), read_table(spark, wh, t.LABELS)
-    knobs = {"hub_degree_cap": gp.get("hub_degree_cap", 1000), "hub_sample_pairs": gp.get("hub_sample_pairs", 2000),
-             "salt_buckets": gp.get("salt_buckets", 32)}
+    knobs = build.hub_settings(gp)
     ncols = [c for c in gp.get("neighbor_activity_columns", []) if c in act.columns]
     timed("graph features", noop(graph.graph_features(
         edges, accounts, day, activity=act.select(t.ACCOUNT_ID, *ncols), labels=labels, **knobs)))

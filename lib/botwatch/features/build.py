@@ -8,7 +8,8 @@ metadata from ``accounts``. Missing data stays null with availability flags, nev
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, TypedDict
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -91,6 +92,22 @@ def partial_days_to_build(
     return sorted((missing & with_events) | (missing & {run_date}))
 
 
+class HubSettings(TypedDict):
+    hub_degree_cap: int
+    hub_sample_pairs: int
+    salt_buckets: int
+
+
+def hub_settings(graph_params: Mapping[str, Any]) -> HubSettings:
+    """The hub settings of the graph step from the conf's ``features.graph`` (defaults as in base.yaml),
+    as keyword arguments of :func:`graph.graph_features` and :func:`graph.triangle_counts`."""
+    return HubSettings(
+        hub_degree_cap=graph_params.get("hub_degree_cap", 1000),
+        hub_sample_pairs=graph_params.get("hub_sample_pairs", 2000),
+        salt_buckets=graph_params.get("salt_buckets", 32),
+    )
+
+
 def build_features(
     spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, report: dict | None = None
 ) -> int:
@@ -123,11 +140,9 @@ def build_features(
         run_date,
         activity=act.select(t.ACCOUNT_ID, *neighbour_cols) if neighbour_cols else None,
         labels=labels,
-        hub_degree_cap=graph_params.get("hub_degree_cap", 1000),
-        hub_sample_pairs=graph_params.get("hub_sample_pairs", 2000),
         growth_days=graph_params.get("growth_days", 7),
         seed=graph_params.get("hub_seed", 0),
-        salt_buckets=graph_params.get("salt_buckets", 32),
+        **hub_settings(graph_params),
     )
     meta = metadata_features(accounts, run_date, params.get("new_account_days", 30))
     out = assemble_features(meta, act, graph_feats, windows)
