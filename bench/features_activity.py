@@ -274,7 +274,10 @@ def main() -> None:
     report("events_on_run_date", n_day)
 
     if "a" in args.parts:
-        if not (reuse and table_exists(spark, wh, t.ACTIVITY_DAILY)):
+        backfill = not (reuse and table_exists(spark, wh, t.ACTIVITY_DAILY))
+        # The nightly figure depends on it: after a backfill in this JVM the daily step runs warm.
+        report("nightly_mode", "warm (partials backfilled in this JVM)" if backfill else "cold (partials reused)")
+        if backfill:
             with PeakMemory() as mem, timed() as back:
                 A.build_activity_daily(spark, wh, start, run - dt.timedelta(days=1))
             report("backfill_partials_s", round(back["seconds"], 1))
