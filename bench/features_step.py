@@ -57,9 +57,8 @@ def main() -> None:
     timed("activity features", noop(act))
     edges, labels = read_table(spark, wh, t.EDGES), read_table(spark, wh, t.LABELS)
     knobs = build.hub_settings(gp)
-    ncols = [c for c in gp.get("neighbor_activity_columns", []) if c in act.columns]
     timed("graph features", noop(graph.graph_features(
-        edges, accounts, day, activity=act.select(t.ACCOUNT_ID, *ncols), labels=labels, **knobs)))
+        edges, accounts, day, activity=build.neighbour_activity(act, gp), labels=labels, **knobs)))
     timed("triangles alone", noop(graph.triangle_counts(graph.edges_as_of(edges, day), **knobs)))
     extra, _ = attributes.run_attribute_features(edges, accounts, act, day, params, reserved=[])
     if extra is not None:

@@ -108,6 +108,13 @@ def hub_settings(graph_params: Mapping[str, Any]) -> HubSettings:
     )
 
 
+def neighbour_activity(activity_feats: DataFrame, graph_params: Mapping[str, Any]) -> DataFrame | None:
+    """The activity columns the graph step averages over neighbours (``features.graph.neighbor_activity_columns``
+    that exist), with ``account_id``; None when there are none."""
+    cols = [c for c in graph_params.get("neighbor_activity_columns", []) if c in activity_feats.columns]
+    return activity_feats.select(t.ACCOUNT_ID, *cols) if cols else None
+
+
 def build_features(
     spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, report: dict | None = None
 ) -> int:
@@ -131,14 +138,13 @@ def build_features(
 
     accounts = accounts_as_of(read_table(spark, warehouse, t.ACCOUNTS), run_date)
     act = activity.activity_features(spark, warehouse, run_date, windows)
-    neighbour_cols = [c for c in graph_params.get("neighbor_activity_columns", []) if c in act.columns]
     labels = read_table(spark, warehouse, t.LABELS) if table_exists(spark, warehouse, t.LABELS) else None
     edges = read_table(spark, warehouse, t.EDGES)
     graph_feats = graph.graph_features(
         edges,
         accounts,
         run_date,
-        activity=act.select(t.ACCOUNT_ID, *neighbour_cols) if neighbour_cols else None,
+        activity=neighbour_activity(act, graph_params),
         labels=labels,
         growth_days=graph_params.get("growth_days", 7),
         seed=graph_params.get("hub_seed", 0),
