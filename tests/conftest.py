@@ -82,7 +82,7 @@ def platform(spark, conf, tmp_path_factory, request):
     dates = [PLATFORM_START + dt.timedelta(days=d) for d in PLATFORM_FEATURE_OFFSETS]
     for day in dates:
         steps.features_step(spark, pconf, day)
-    if any("dag_run" in item.fixturenames for item in request.session.items):
+    if any(map(_needs_dag_run, request.session.items)):
         run = _start_dag_run(pconf, dates[-1], tmp_path_factory)
         request.addfinalizer(run.join)  # never leave spark-submits running after the session
         request.config.stash[_DAG_RUN] = run
@@ -129,10 +129,14 @@ def _start_dag_run(pconf, run_date, tmp_path_factory) -> _DagRun:
     return run
 
 
+def _needs_dag_run(item) -> bool:
+    return "dag_run" in item.fixturenames
+
+
 def pytest_collection_modifyitems(items):
     """Tests that need the Airflow run go last (a stable sort): it runs in the background from
     the moment the platform exists, so the rest of the suite overlaps it."""
-    items.sort(key=lambda item: "dag_run" in item.fixturenames)
+    items.sort(key=_needs_dag_run)
 
 
 @pytest.fixture(scope="session")
