@@ -14,7 +14,8 @@ default: this file's parent's parent), ``BOTWATCH_CONF`` (conf file, default ``c
 ``BOTWATCH_WAREHOUSE`` (overrides the conf's warehouse), ``BOTWATCH_JARS`` (jars folder),
 ``BOTWATCH_START_DATE`` (first logical date, default 2026-01-05), ``BOTWATCH_DRIVER_MEMORY``
 (spark-submit ``--driver-memory``, default 4g), ``BOTWATCH_DRIVER_JAVA_OPTIONS`` (the driver JVM's
-``spark.driver.extraJavaOptions``, default none), ``BOTWATCH_RETRIES`` (default 2),
+``spark.driver.extraJavaOptions``, default ``-XX:-DontCompileHugeMethods`` as conf's ``spark.java_options``,
+which a job reads only after spark-submit started its JVM), ``BOTWATCH_RETRIES`` (default 2),
 ``BOTWATCH_SETS`` (extra ``key=value`` conf overrides, separated by ``;``).
 """
 from __future__ import annotations
@@ -35,8 +36,9 @@ SETS = [s for s in os.environ.get("BOTWATCH_SETS", "").split(";") if s.strip()]
 START_DATE = pendulum.parse(os.environ.get("BOTWATCH_START_DATE", "2026-01-05"), tz="UTC")
 # spark-submit's --driver-memory: the driver JVM starts before the job reads its conf.
 DRIVER_MEMORY = os.environ.get("BOTWATCH_DRIVER_MEMORY", "4g")
-# E.g. "-XX:TieredStopAtLevel=1" where every job is short (tiny data): JIT with C1 only, less CPU.
-DRIVER_JAVA_OPTIONS = os.environ.get("BOTWATCH_DRIVER_JAVA_OPTIONS", "")
+# Default: let the JIT compile Spark's huge generated methods (see conf/base.yaml). E.g.
+# "-XX:TieredStopAtLevel=1" where every job is short (tiny data): JIT with C1 only, less CPU.
+DRIVER_JAVA_OPTIONS = os.environ.get("BOTWATCH_DRIVER_JAVA_OPTIONS", "-XX:-DontCompileHugeMethods")
 RETRIES = int(os.environ.get("BOTWATCH_RETRIES", "2"))
 
 # (task id = job file, pool), in the pipeline's order (botwatch.steps.RUN_ORDER).

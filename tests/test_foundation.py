@@ -50,6 +50,10 @@ def test_session_settings(spark):
     assert "delta-spark_" in conf.get("spark.jars")
     assert conf.get("spark.pyspark.python") == sys.executable
     assert spark.sparkContext.getCheckpointDir()
+    # conf's java_options reach the running JVM (the driver is the executor in local mode).
+    runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
+    jvm_args = list(runtime.getInputArguments())
+    assert "-XX:-DontCompileHugeMethods" in jvm_args
 
 
 def test_python_workers_use_project_interpreter(spark):

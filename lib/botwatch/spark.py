@@ -68,6 +68,8 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.showConsoleProgress": "false",
+        "spark.driver.defaultJavaOptions": spark_conf["java_options"],
+        "spark.executor.defaultJavaOptions": spark_conf["java_options"],
         # Delta rebuilds table state with this many partitions (default 50: slow on small tables).
         "spark.databricks.delta.snapshotPartitions": spark_conf["delta_snapshot_partitions"],
     }
