@@ -38,10 +38,9 @@ import torch
 from torch import nn
 
 from botwatch import tables as t
+from botwatch.scoring.worker import META_FILE, STATE_FILE  # in the torch-free module that reads artifacts
 
 FORMAT_VERSION = 1
-STATE_FILE = "model.pt"
-META_FILE = "heavy.json"
 # Standardised values beyond this many standard deviations are clipped (heavy-tailed counts).
 CLIP_STD = 10.0
 DEVICES = ("auto", "cpu", "cuda")

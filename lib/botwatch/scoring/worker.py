@@ -24,6 +24,7 @@ HEAVY_MODEL = "stage2_heavy"
 ENCODING = "encoding"
 CACHED_ENCODING = "_cached_encoding"
 FROM_CACHE = "from_cache"
+# A heavy-model artifact: torch state dict and metadata (botwatch.models.heavy writes them).
 STATE_FILE, META_FILE = "model.pt", "heavy.json"
 
 log = logging.getLogger(__name__)
