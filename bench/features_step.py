@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import time
+
+from common import timed as clock  # bench/ is on sys.path when the script runs
 
 from botwatch import tables as t
 from botwatch.config import load_config
@@ -34,13 +35,13 @@ def main() -> None:
     tracker = spark.sparkContext.statusTracker()
 
     def timed(name, fn):
+        """Run ``fn`` as Spark job group ``name``; print its seconds, jobs and stages as a table row."""
         spark.sparkContext.setJobGroup(name, name)
-        t0 = time.perf_counter()
-        out = fn()
-        seconds = time.perf_counter() - t0
+        with clock() as took:
+            out = fn()
         jobs = [tracker.getJobInfo(i) for i in tracker.getJobIdsForGroup(name)]
         stages = sum(len(j.stageIds) for j in jobs if j is not None)
-        print(f"| {name} | {seconds:.1f} | {len(jobs)} | {stages} |", flush=True)
+        print(f"| {name} | {took['seconds']:.1f} | {len(jobs)} | {stages} |", flush=True)
         return out
 
     def noop(df):
