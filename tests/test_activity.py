@@ -87,6 +87,32 @@ def test_burstiness_log2_bins_and_rotation_match_numpy(spark):
     assert_column_equality(rot, "got", "want")
 
 
+def test_packed_bins_sum_like_the_bins(spark):
+    """The window state packs two bins per long. Summing packed rows, days leaving a window
+    (negative rows) included, then unpacking gives numpy's bin sums, up to 2^31 - 1 per bin."""
+    rng = np.random.default_rng(11)
+    size = 7  # odd: the last packed column holds one bin
+    top = 2**31 - 1
+    groups = []
+    for g in range(20):
+        totals = rng.integers(0, 1000, size)
+        totals[rng.integers(0, size)] = top if g % 3 == 0 else totals[0]
+        parts = [rng.integers(0, 50, size) for _ in range(3)]
+        leaving = [rng.integers(0, 50, size)]
+        carried = totals - sum(parts) + sum(leaving)  # carried + parts - leaving == totals
+        rows = [(g, 1, [int(v) for v in r]) for r in [carried, *parts]] + [(g, -1, [int(v) for v in leaving[0]])]
+        groups.append((totals, rows))
+    df = spark.createDataFrame([r for _, rows in groups for r in rows], "g int, sign int, bins array<bigint>")
+    packed = A.pack_bins([F.get(F.col("bins"), i) for i in range(size)])
+    assert len(packed) == 4
+    signed = df.select("g", *[(p * F.col("sign")).alias(f"p{j}") for j, p in enumerate(packed)])
+    sums = signed.groupBy("g").agg(*[F.sum(f"p{j}").alias(f"p{j}") for j in range(len(packed))])
+    got = sums.select("g", F.array(*A.unpack_bins([F.col(f"p{j}") for j in range(len(packed))], size)).alias("b"))
+    got_by_group = {r["g"]: r["b"] for r in got.collect()}
+    for g, (totals, _) in enumerate(groups):
+        assert got_by_group[g] == [int(v) for v in totals]
+
+
 def test_bad_windows_and_inputs_are_named(spark):
     with pytest.raises(A.WindowSpecError, match="features.windows"):
         A.feature_columns([])
@@ -312,6 +338,13 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
     write_table(accounts, warehouse, t.ACCOUNTS)
     A.build_activity_daily(spark, warehouse, RUN - dt.timedelta(days=13), RUN)
     spec = A.window_spec(windows, GAP)
+    # A state of the day before in the old layout (histograms as arrays) is not rolled; it is replaced.
+    old_layout = spark.createDataFrame(
+        [(1, 7, 3, [1] * 24, spec, RUN - dt.timedelta(days=5))],
+        f"{t.ACCOUNT_ID} long, {A.WINDOW_DAYS} int, {A.N_EVENTS} long, {A.HOUR_HIST_UTC} array<long>, "
+        f"{A.WINDOW_SPEC} string, {t.RUN_DATE} date",
+    )
+    write_table(old_layout, warehouse, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE])
     for back in (4, 3, 2, 1, 0):
         day = RUN - dt.timedelta(days=back)
         rolled = A.read_window_state(spark, warehouse, day - dt.timedelta(days=1), spec) is not None
@@ -326,7 +359,7 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
     state = A.read_window_state(spark, warehouse, RUN, spec)
     summed = A.window_sums(read_table(spark, warehouse, t.ACTIVITY_DAILY), RUN, windows)
     floats = [A.IET_SUM, A.IET_SUMSQ, A.SESSION_SECONDS]
-    exact = [c for c in A.STATE_COLUMNS if c not in floats]
+    exact = [c for c in A.state_columns(windows) if c not in floats]
     keys = [t.ACCOUNT_ID, "_window"]
     assert sorted(map(tuple, state.select(*keys, *exact).collect())) == sorted(
         map(tuple, summed.select(*keys, *exact).collect())
@@ -335,6 +368,18 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
     rolled_f = state.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
     summed_f = summed.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
     pd.testing.assert_frame_equal(rolled_f, summed_f, check_exact=False, rtol=1e-9, atol=1e-6)
-    # Only the last few days of state are kept.
+    # Only the last few days of state are kept (the old layout's day is gone).
     days_kept = read_table(spark, warehouse, t.ACTIVITY_WINDOW).select(t.RUN_DATE).distinct().count()
     assert days_kept == 5
+
+
+@pytest.mark.parametrize("days", [1, 7, 28, 400, 50_000])
+def test_window_state_keeps_every_iet_bin_its_windows_can_fill(spark, days):
+    """The state drops IET bins no IET inside the window can reach; the longest possible IET (just
+    under the window's length) falls in the last bin kept, and the cap of 32 bins still holds."""
+    longest = days * 86_400 - 1e-3
+    want = min(int(np.floor(np.log2(longest + 1))) + 1, A.IET_BINS)
+    assert A.state_iet_bins([1, days]) == want
+    got = spark.range(1).select(A.log2_bin(F.lit(longest)).alias("b")).first()["b"]
+    assert got == want - 1
+    assert len([c for c in A.state_columns([days]) if c.startswith(A.IET_HIST + "_")]) == (want + 1) // 2

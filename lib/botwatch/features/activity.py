@@ -144,9 +144,11 @@ PARTIAL_COLUMNS = (t.ACCOUNT_ID, t.DAY, DOW, N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_
                    SESSION_COUNT, SESSION_SECONDS, FIRST_TS, LAST_TS, IP_SKETCH, DEVICE_SKETCH)
 
 
-# The additive window sums carried from day to day in ``activity_window`` (per account x window).
-STATE_COLUMNS = (N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_LOCAL, LOCAL_DAYS, IET_HIST, IET_COUNT, IET_SUM, IET_SUMSQ,
-                 EVENT_TYPE_COUNTS, _DOW_HIST, SESSION_COUNT, SESSION_SECONDS)
+# The additive window sums carried from day to day in ``activity_window`` (per account x window),
+# before their histograms are packed into long columns (see :func:`state_columns`).
+STATE_VALUES = (N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_LOCAL, LOCAL_DAYS, IET_HIST, IET_COUNT, IET_SUM, IET_SUMSQ,
+                EVENT_TYPE_COUNTS, _DOW_HIST, SESSION_COUNT, SESSION_SECONDS)
+_DAY_SECONDS = 86_400
 
 
 class WindowSpecError(ValueError):
@@ -163,24 +165,86 @@ def feature_columns(windows: Sequence[int] = DEFAULT_WINDOWS) -> list[str]:
     return [windowed(n, w) for w in _check_windows(windows) for n in (HAS_ACTIVITY, *FEATURE_NAMES)]
 
 
+def state_iet_bins(windows: Sequence[int] = DEFAULT_WINDOWS) -> int:
+    """IET bins the window state keeps: an IET inside a window of w days is shorter than w days, so
+    the bins past floor(log2(w days in seconds)) stay empty (28 days: bins 0..21 of 32)."""
+    return min(IET_BINS, (max(_check_windows(windows)) * _DAY_SECONDS).bit_length())
+
+
+def _state_hist_sizes(windows: Sequence[int]) -> dict[str, int]:
+    return {HOUR_HIST_UTC: HOURS, HOUR_HIST_LOCAL: HOURS, IET_HIST: state_iet_bins(windows),
+            EVENT_TYPE_COUNTS: len(t.EVENT_TYPES), _DOW_HIST: DAYS_OF_WEEK}
+
+
+# Histogram bins are packed two to a long state column, 31 bits each: the rolled aggregation,
+# the state table and its reads carry half as many values. A sum of packed values is the packed
+# sum of the bins while every bin's window total stays under 2^31 (2.1 billion events in one bin
+# of one window); negative terms (days leaving a window) are fine, as the totals are not.
+_LANES = 2
+_LANE_BITS = 31
+_LANE_MASK = (1 << _LANE_BITS) - 1
+
+
+def packed_column(hist: str, j: int) -> str:
+    """State column ``j`` of histogram ``hist``, holding bins ``2j`` and ``2j + 1``:
+    ``packed_column("iet_hist", 0) == "iet_hist_p0"``."""
+    return f"{hist}_p{j}"
+
+
+def _packed_count(size: int) -> int:
+    return -(-size // _LANES)
+
+
+def pack_bins(bins: Sequence[Column]) -> list[Column]:
+    """Bin counts -> packed longs, ``_LANES`` bins each (the first bin in the low bits)."""
+    out = []
+    for j in range(0, len(bins), _LANES):
+        lanes = [b.cast("long") for b in bins[j:j + _LANES]]
+        packed = lanes[0]
+        for k, lane in enumerate(lanes[1:], 1):
+            packed = packed + F.shiftleft(lane, _LANE_BITS * k)
+        out.append(packed)
+    return out
+
+
+def unpack_bins(packed: Sequence[Column], size: int) -> list[Column]:
+    """Packed longs -> the ``size`` bin counts (inverse of :func:`pack_bins` for non-negative bins)."""
+    return [F.shiftright(packed[i // _LANES], _LANE_BITS * (i % _LANES)).bitwiseAND(F.lit(_LANE_MASK))
+            for i in range(size)]
+
+
+def state_columns(windows: Sequence[int] = DEFAULT_WINDOWS) -> list[str]:
+    """The value columns of the ``activity_window`` state, in order: :data:`STATE_VALUES` with each
+    histogram as packed long columns (:func:`packed_column`): no arrays built and taken apart per
+    row, plain Parquet columns, and 49 sums instead of 99 for windows up to 28 days."""
+    sizes = _state_hist_sizes(windows)
+    return [b for c in STATE_VALUES
+            for b in ([packed_column(c, j) for j in range(_packed_count(sizes[c]))] if c in sizes else [c])]
+
+
 # ---------------------------------------------------------------------------------------------
 # Column -> Column formulas (applied to summed histograms; each tested column by column)
 # ---------------------------------------------------------------------------------------------
 
 
-def _elements(counts: Column, size: int) -> list[Column]:
+Bins = Column | Sequence[Column]  # a histogram: an array column, or one expression per bin
+
+
+def _elements(counts: Bins, size: int) -> list[Column]:
     # Fixed-size histograms are unrolled into element expressions: Spark compiles those, while
     # higher-order functions (transform/aggregate) are interpreted row by row (2-3x slower here).
-    return [F.get(counts, i) for i in range(size)]
+    if isinstance(counts, Column):
+        return [F.get(counts, i) for i in range(size)]
+    return list(counts)
 
 
 def _total(xs: list[Column]) -> Column:
     return sum(xs[1:], xs[0]).cast("double")
 
 
-def entropy_bits(counts: Column, size: int) -> Column:
-    """Shannon entropy in bits of a ``size``-bin histogram (array of non-negative counts); null
-    when it sums to 0 (or is null). Equals ``scipy.stats.entropy(counts, base=2)``.
+def entropy_bits(counts: Bins, size: int) -> Column:
+    """Shannon entropy in bits of a ``size``-bin histogram (an array of non-negative counts, or
+    one column per bin); null when it sums to 0 (or is null). Equals ``scipy.stats.entropy(counts, base=2)``.
     """
     xs = _elements(counts, size)
     total = _total(xs)
@@ -190,7 +254,7 @@ def entropy_bits(counts: Column, size: int) -> Column:
     return F.when(total > 0, F.greatest(F.log2(total) - F.try_divide(plogp, total), F.lit(0.0)))
 
 
-def harmonic_amplitude(counts: Column, size: int, k: int = 1) -> Column:
+def harmonic_amplitude(counts: Bins, size: int, k: int = 1) -> Column:
     """Amplitude of the k-th harmonic of the normalised ``size``-bin histogram:
     ``abs(numpy.fft.fft(p)[k])`` with ``p = counts / sum(counts)``; null when it sums to 0. With 24
     hour bins and k=1: the strength of the 24-hour rhythm (0 for a flat day, 1 when every event
@@ -203,7 +267,7 @@ def harmonic_amplitude(counts: Column, size: int, k: int = 1) -> Column:
     return F.when(total > 0, F.try_divide(F.sqrt(re * re + im * im), total))
 
 
-def bins_share(counts: Column, size: int, bins: Sequence[int]) -> Column:
+def bins_share(counts: Bins, size: int, bins: Sequence[int]) -> Column:
     """Share of a ``size``-bin histogram's mass in ``bins`` (e.g. night hours 0..5); null when it
     sums to 0."""
     xs = _elements(counts, size)
@@ -443,10 +507,18 @@ def read_window_state(spark: SparkSession, warehouse: str, run_date: dt.date, sp
     """The ``activity_window`` state of ``run_date`` built with ``spec``, or None when there is none."""
     if not delta_io.table_exists(spark, warehouse, t.ACTIVITY_WINDOW):
         return None
-    state = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW).where(F.col(t.RUN_DATE) == F.lit(run_date))
+    state = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW)
+    if not _has_packed_layout(state):
+        return None
+    state = state.where(F.col(t.RUN_DATE) == F.lit(run_date))
     if state.where(F.col(WINDOW_SPEC) == F.lit(spec)).limit(1).count() == 0:
         return None
     return state.withColumnRenamed(WINDOW_DAYS, _W)
+
+
+def _has_packed_layout(state: DataFrame) -> bool:
+    # Tables written before the packed layout hold histograms as arrays.
+    return packed_column(HOUR_HIST_UTC, 0) in state.columns
 
 
 def build_activity_window(
@@ -474,16 +546,18 @@ def build_activity_window(
     else:
         sums = window_sums(daily, run_date, ws, session_gap_seconds)
     out = sums.select(
-        t.ACCOUNT_ID, F.col(_W).alias(WINDOW_DAYS), *STATE_COLUMNS,
+        t.ACCOUNT_ID, F.col(_W).alias(WINDOW_DAYS), *state_columns(ws),
         F.lit(spec).alias(WINDOW_SPEC), F.lit(run_date).alias(t.RUN_DATE),
     )
     oldest = run_date - dt.timedelta(days=keep_days)
+    # one commit writes the new day and drops the expired ones (a DELETE after it was a second commit)
+    keep: str | None = f"{t.RUN_DATE} = '{run_date.isoformat()}' OR {t.RUN_DATE} < '{oldest.isoformat()}'"
+    if previous is None and delta_io.table_exists(spark, warehouse, t.ACTIVITY_WINDOW):
+        # Another layout or spec: its days can never be rolled, so the table is replaced whole.
+        if not _has_packed_layout(delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW)):
+            keep = None
     with delta_io.commit_metadata(spark, step="activity_window", run_date=run_date.isoformat()):
-        delta_io.write_table(
-            out, warehouse, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE],
-            # one commit writes the new day and drops the expired ones (a DELETE after it was a second commit)
-            replace_where=f"{t.RUN_DATE} = '{run_date.isoformat()}' OR {t.RUN_DATE} < '{oldest.isoformat()}'",
-        )
+        delta_io.write_table(out, warehouse, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE], replace_where=keep)
     state = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW).where(F.col(t.RUN_DATE) == F.lit(run_date))
     return state.withColumnRenamed(WINDOW_DAYS, _W)
 
@@ -507,21 +581,23 @@ def _in_window(day: Column, run_date: dt.date) -> Column:
     return F.datediff(F.lit(run_date), day) < F.col(_W)
 
 
-def _features(sums: DataFrame) -> DataFrame:
-    """Feature columns (unsuffixed) from one row of window sums per (account, window)."""
+def _features(sums: DataFrame, hists: dict[str, list[Column]]) -> DataFrame:
+    """Feature columns (unsuffixed) from one row of window sums per (account, window); ``hists``
+    gives each histogram's bins (a null local histogram: no day with a known offset)."""
+    local = hists[HOUR_HIST_LOCAL]
     return sums.select(
         t.ACCOUNT_ID,
         _W,
         F.col(N_EVENTS),
-        entropy_bits(F.col(HOUR_HIST_UTC), HOURS).alias(HOUR_ENTROPY),
-        entropy_bits(F.col(IET_HIST), IET_BINS).alias(IET_ENTROPY),
+        entropy_bits(hists[HOUR_HIST_UTC], HOURS).alias(HOUR_ENTROPY),
+        entropy_bits(hists[IET_HIST], len(hists[IET_HIST])).alias(IET_ENTROPY),
         burstiness(F.col(IET_COUNT), F.col(IET_SUM), F.col(IET_SUMSQ)).alias(BURSTINESS),
         F.col(MAX_EVENTS_PER_MINUTE),
         F.col(MAX_EVENTS_PER_HOUR),
-        harmonic_amplitude(F.col(HOUR_HIST_LOCAL), HOURS, 1).alias(CIRCADIAN_AMPLITUDE),
-        bins_share(F.col(HOUR_HIST_LOCAL), HOURS, NIGHT_HOURS).alias(NIGHT_SHARE),
-        entropy_bits(F.col(_DOW_HIST), DAYS_OF_WEEK).alias(DOW_ENTROPY),
-        entropy_bits(F.col(EVENT_TYPE_COUNTS), len(t.EVENT_TYPES)).alias(EVENT_TYPE_ENTROPY),
+        harmonic_amplitude(local, HOURS, 1).alias(CIRCADIAN_AMPLITUDE),
+        bins_share(local, HOURS, NIGHT_HOURS).alias(NIGHT_SHARE),
+        entropy_bits(hists[_DOW_HIST], DAYS_OF_WEEK).alias(DOW_ENTROPY),
+        entropy_bits(hists[EVENT_TYPE_COUNTS], len(t.EVENT_TYPES)).alias(EVENT_TYPE_ENTROPY),
         F.hll_sketch_estimate(IP_SKETCH).alias(DISTINCT_IPS),
         F.hll_sketch_estimate(DEVICE_SKETCH).alias(DISTINCT_DEVICES),
         F.col(SESSION_COUNT),
@@ -547,7 +623,7 @@ def window_sums(
     session_gap_seconds: int = SESSION_GAP_SECONDS,
 ) -> DataFrame:
     """The additive part of every window, from the window's daily partials: one row per
-    (account, window ``_W``) with :data:`STATE_COLUMNS` -- summed histograms and counts, with
+    (account, window ``_W``) with :func:`state_columns` -- summed histograms and counts, with
     inter-event times and sessions stitched across midnight. This is the ``activity_window`` state
     that :func:`roll_window_sums` carries from one run date to the next."""
     ws = _check_windows(windows)
@@ -556,32 +632,10 @@ def window_sums(
     daily = activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date)))
     keys = [t.ACCOUNT_ID, _W]
 
-    # 1. Sums need no order, so Spark aggregates them before the shuffle: the wide partial rows
-    #    are never sorted or shuffled whole.
-    def array_sum(name: str, size: int) -> list[Column]:
-        return [F.sum(F.col(name)[i]) for i in range(size)]
-
-    sums = _explode_windows(daily, t.DAY, run_date, ws).groupBy(*keys).agg(
-        F.sum(N_EVENTS).alias(N_EVENTS),
-        F.array(*array_sum(HOUR_HIST_UTC, HOURS)).alias(HOUR_HIST_UTC),
-        # Days without a known offset have no local histogram: count the days that have one.
-        F.array(*[F.coalesce(F.sum(F.col(HOUR_HIST_LOCAL)[i]), F.lit(0).cast("long")) for i in range(HOURS)])
-        .alias(HOUR_HIST_LOCAL),
-        F.count(HOUR_HIST_LOCAL).alias(LOCAL_DAYS),
-        F.array(*array_sum(IET_HIST, IET_BINS)).alias(IET_HIST),
-        F.sum(IET_COUNT).alias(IET_COUNT),
-        F.sum(IET_SUM).alias(IET_SUM),
-        F.sum(IET_SUMSQ).alias(IET_SUMSQ),
-        F.array(*array_sum(EVENT_TYPE_COUNTS, len(t.EVENT_TYPES))).alias(EVENT_TYPE_COUNTS),
-        F.array(*[F.sum(F.when(F.col(DOW) == d, F.col(N_EVENTS)).otherwise(0)) for d in range(DAYS_OF_WEEK)])
-        .alias(_DOW_HIST),
-        F.sum(SESSION_COUNT).alias(SESSION_COUNT),
-        F.sum(SESSION_SECONDS).alias(SESSION_SECONDS),
-    )
-
-    # 2. Stitching, from a thin (account, day, first, last) projection ordered by day: the gap
-    #    from the previous active day's last event is one more IET when that day lies inside the
-    #    window, and it merges two sessions when short.
+    # Stitching, from a thin (account, day, first, last) projection ordered by day: the gap from
+    # the previous active day's last event is one more IET when that day lies inside the window,
+    # and it merges two sessions when short. The wide partial rows are never sorted: their sums
+    # need no order, so Spark aggregates them before the shuffle.
     by_day = Window.partitionBy(t.ACCOUNT_ID).orderBy(t.DAY)
     thin = daily.select(
         t.ACCOUNT_ID,
@@ -590,71 +644,70 @@ def window_sums(
         ((F.unix_micros(FIRST_TS) - F.lag(F.unix_micros(LAST_TS)).over(by_day)) / float(_US)).alias(_GAP),
     )
     gaps = _explode_windows(thin, t.DAY, run_date, ws).where(_in_window(F.col(_PREV_DAY), run_date))
-    return _sum_state(sums.unionByName(_gap_rows(gaps.select(*keys, _GAP), session_gap_seconds, 1)))
+    partials = _partial_rows(_explode_windows(daily, t.DAY, run_date, ws), 1, ws)
+    return _sum_state(partials.unionByName(_gap_rows(gaps.select(*keys, _GAP), session_gap_seconds, 1, ws)), ws)
 
 
-def _gap_rows(gaps: DataFrame, session_gap_seconds: int, sign: int) -> DataFrame:
+def _state_row(values: dict[str, Column], windows: Sequence[int]) -> list[Column]:
+    """One state row's columns, in :func:`state_columns` order; columns not in ``values`` are 0."""
+    zero = F.lit(0).cast("long")
+    return [F.col(t.ACCOUNT_ID), F.col(_W), *[values.get(c, zero).alias(c) for c in state_columns(windows)]]
+
+
+def _packed_values(hist: str, bins: Sequence[Column]) -> dict[str, Column]:
+    return {packed_column(hist, j): v for j, v in enumerate(pack_bins(bins))}
+
+
+def _gap_rows(gaps: DataFrame, session_gap_seconds: int, sign: int, windows: Sequence[int]) -> DataFrame:
     """State rows that add (``sign`` 1) or remove (-1) one stitched inter-event time ``_GAP`` per row:
     one more IET, and one session fewer (its seconds added) when the gap is short."""
     g = F.col(_GAP)
-    gbin = log2_bin(g)
+    # A gap inside a window is shorter than the window, so its bin is one the state keeps.
+    gbin = log2_bin(g, state_iet_bins(windows))
     short = g <= session_gap_seconds
     one = F.lit(sign).cast("long")
     zero = F.lit(0).cast("long")
-    return gaps.select(
-        t.ACCOUNT_ID,
-        _W,
-        zero.alias(N_EVENTS),
-        F.array(*[zero] * HOURS).alias(HOUR_HIST_UTC),
-        F.array(*[zero] * HOURS).alias(HOUR_HIST_LOCAL),
-        zero.alias(LOCAL_DAYS),
-        F.array(*[F.when(gbin == b, one).otherwise(zero) for b in range(IET_BINS)]).alias(IET_HIST),
-        one.alias(IET_COUNT),
-        (g * sign).alias(IET_SUM),
-        (g * g * sign).alias(IET_SUMSQ),
-        F.array(*[zero] * len(t.EVENT_TYPES)).alias(EVENT_TYPE_COUNTS),
-        F.array(*[zero] * DAYS_OF_WEEK).alias(_DOW_HIST),
-        F.when(short, -one).otherwise(zero).alias(SESSION_COUNT),
-        F.when(short, g * sign).otherwise(0.0).alias(SESSION_SECONDS),
-    )
+    values = _packed_values(IET_HIST, [F.when(gbin == b, one).otherwise(zero) for b in range(state_iet_bins(windows))])
+    values |= {
+        IET_COUNT: one,
+        IET_SUM: g * sign,
+        IET_SUMSQ: g * g * sign,
+        SESSION_COUNT: F.when(short, -one).otherwise(zero),
+        SESSION_SECONDS: F.when(short, g * sign).otherwise(0.0),
+    }
+    return gaps.select(*_state_row(values, windows))
 
 
-def _partial_rows(partials: DataFrame, sign: int) -> DataFrame:
+def _partial_rows(partials: DataFrame, sign: int, windows: Sequence[int]) -> DataFrame:
     """State rows that add (``sign`` 1) or remove (-1) whole daily partials (column ``_W`` set)."""
     def signed(c: Column) -> Column:
         return (c * sign).cast("long")
 
-    def arr(name: str, size: int) -> Column:
-        return F.array(*[signed(F.coalesce(F.col(name)[i], F.lit(0))) for i in range(size)]).alias(name)
+    # A day's IETs are under a day long: all in the bins the state keeps.
+    values: dict[str, Column] = {}
+    for name, size in _state_hist_sizes(windows).items():
+        if name == _DOW_HIST:
+            bins = [F.when(F.col(DOW) == d, F.col(N_EVENTS)).otherwise(0) for d in range(DAYS_OF_WEEK)]
+        else:
+            bins = [F.coalesce(F.get(F.col(name), i), F.lit(0)) for i in range(size)]
+        values |= {c: signed(v) for c, v in _packed_values(name, bins).items()}
+    values |= {
+        N_EVENTS: signed(F.col(N_EVENTS)),
+        # Days without a known offset have no local histogram: count the days that have one.
+        LOCAL_DAYS: signed(F.col(HOUR_HIST_LOCAL).isNotNull().cast("int")),
+        IET_COUNT: signed(F.col(IET_COUNT)),
+        IET_SUM: F.col(IET_SUM) * sign,
+        IET_SUMSQ: F.col(IET_SUMSQ) * sign,
+        SESSION_COUNT: signed(F.col(SESSION_COUNT)),
+        SESSION_SECONDS: F.col(SESSION_SECONDS) * sign,
+    }
+    return partials.select(*_state_row(values, windows))
 
-    return partials.select(
-        t.ACCOUNT_ID,
-        _W,
-        signed(F.col(N_EVENTS)).alias(N_EVENTS),
-        arr(HOUR_HIST_UTC, HOURS),
-        arr(HOUR_HIST_LOCAL, HOURS),
-        signed(F.col(HOUR_HIST_LOCAL).isNotNull().cast("int")).alias(LOCAL_DAYS),
-        arr(IET_HIST, IET_BINS),
-        signed(F.col(IET_COUNT)).alias(IET_COUNT),
-        (F.col(IET_SUM) * sign).alias(IET_SUM),
-        (F.col(IET_SUMSQ) * sign).alias(IET_SUMSQ),
-        arr(EVENT_TYPE_COUNTS, len(t.EVENT_TYPES)),
-        F.array(*[signed(F.when(F.col(DOW) == d, F.col(N_EVENTS)).otherwise(0)) for d in range(DAYS_OF_WEEK)])
-        .alias(_DOW_HIST),
-        signed(F.col(SESSION_COUNT)).alias(SESSION_COUNT),
-        (F.col(SESSION_SECONDS) * sign).alias(SESSION_SECONDS),
-    )
 
-
-def _sum_state(rows: DataFrame) -> DataFrame:
+def _sum_state(rows: DataFrame, windows: Sequence[int]) -> DataFrame:
     """Sum state rows per (account, window); windows left without events are dropped."""
-    sizes = {HOUR_HIST_UTC: HOURS, HOUR_HIST_LOCAL: HOURS, IET_HIST: IET_BINS,
-             EVENT_TYPE_COUNTS: len(t.EVENT_TYPES), _DOW_HIST: DAYS_OF_WEEK}
-    aggs = [
-        F.array(*[F.sum(F.col(c)[i]) for i in range(sizes[c])]).alias(c) if c in sizes else F.sum(c).alias(c)
-        for c in STATE_COLUMNS
-    ]
-    return rows.groupBy(t.ACCOUNT_ID, _W).agg(*aggs).where(F.col(N_EVENTS) > 0)
+    sums = [F.sum(c).alias(c) for c in state_columns(windows)]
+    return rows.groupBy(t.ACCOUNT_ID, _W).agg(*sums).where(F.col(N_EVENTS) > 0)
 
 
 def roll_window_sums(
@@ -668,21 +721,28 @@ def roll_window_sums(
     same windows and session gap) and three kinds of partials: the new day's, the one leaving each
     window (day D-w) and the thin first/last event times of the days in between (for the
     stitched gaps that enter or leave a window). Equal to :func:`window_sums` (counts exactly,
-    float sums to rounding); it reads O(accounts) rows instead of O(accounts x days)."""
+    float sums to rounding); it reads O(accounts) rows instead of O(accounts x days). A 1-day
+    window is not rolled: it is the new day's partial."""
     ws = _check_windows(windows)
     require_columns(activity_daily, PARTIAL_COLUMNS, "activity window roll (activity_daily)")
-    require_columns(previous, (t.ACCOUNT_ID, _W, *STATE_COLUMNS), "activity window roll (previous state)")
+    require_columns(previous, (t.ACCOUNT_ID, _W, *state_columns(ws)), "activity window roll (previous state)")
     day = F.col(t.DAY)
     today = activity_daily.where(day == F.lit(run_date))
-    all_windows = F.explode(F.array(*[F.lit(w) for w in ws])).alias(_W)
-    added = _partial_rows(today.select("*", all_windows), 1)
+    # A 1-day window is the new day's partial itself (no gap into it): a projection, not a roll.
+    one_day = _partial_rows(today.withColumn(_W, F.lit(1)), 1, ws) if 1 in ws else None
+    rolled = tuple(w for w in ws if w > 1)
+    if one_day is not None and not rolled:
+        return one_day
+    all_windows = F.explode(F.array(*[F.lit(w) for w in rolled])).alias(_W)
+    added = _partial_rows(today.select("*", all_windows), 1, ws)
     leaving = [
-        activity_daily.where(day == F.lit(run_date - dt.timedelta(days=w))).withColumn(_W, F.lit(w)) for w in ws
+        activity_daily.where(day == F.lit(run_date - dt.timedelta(days=w))).withColumn(_W, F.lit(w))
+        for w in rolled
     ]
-    removed = _partial_rows(_union_all(leaving), -1)
+    removed = _partial_rows(_union_all(leaving), -1, ws)
 
     # Stitched gaps, from thin per-account aggregates over the days D-W .. D.
-    oldest = run_date - dt.timedelta(days=ws[-1])
+    oldest = run_date - dt.timedelta(days=rolled[-1])
     thin = activity_daily.where(day.between(F.lit(oldest), F.lit(run_date)))
 
     # One thin aggregation for every window (max_by/min_by keep it a hash aggregate; max of a
@@ -693,7 +753,7 @@ def roll_window_sums(
         F.max_by(LAST_TS, before).alias("_prev_last"),
         F.max(F.when(day == F.lit(run_date), F.col(FIRST_TS))).alias("_today_first"),
     ]
-    for w in ws:
+    for w in rolled:
         out_day = F.lit(run_date - dt.timedelta(days=w))
         aggs += [
             F.max(F.when(day == out_day, F.col(LAST_TS))).alias(f"_out_last_{w}"),
@@ -713,17 +773,18 @@ def roll_window_sums(
             # Day D-w leaves window w: the gap from its last event to the next active day goes with it.
             seconds(f"_next_first_{w}", f"_out_last_{w}").alias("_out"),
         )
-        for w in ws
+        for w in rolled
     ]
     gaps = edges.select(t.ACCOUNT_ID, F.explode(F.array(*per_window)).alias("_g")).select(
         t.ACCOUNT_ID, F.col(f"_g.{_W}").alias(_W), F.col("_g._in").alias("_in"), F.col("_g._out").alias("_out")
     )
     gap_in = _gap_rows(gaps.select(t.ACCOUNT_ID, _W, F.col("_in").alias(_GAP)).where(F.col(_GAP).isNotNull()),
-                       session_gap_seconds, 1)
+                       session_gap_seconds, 1, ws)
     gap_out = _gap_rows(gaps.select(t.ACCOUNT_ID, _W, F.col("_out").alias(_GAP)).where(F.col(_GAP).isNotNull()),
-                        session_gap_seconds, -1)
-    carried = previous.select(t.ACCOUNT_ID, _W, *STATE_COLUMNS).where(F.col(_W).isin(*ws))
-    return _sum_state(_union_all([carried, added, removed, gap_in, gap_out]))
+                        session_gap_seconds, -1, ws)
+    carried = previous.select(t.ACCOUNT_ID, _W, *state_columns(ws)).where(F.col(_W).isin(*rolled))
+    sums = _sum_state(_union_all([carried, added, removed, gap_in, gap_out]), ws)
+    return sums if one_day is None else sums.unionByName(one_day)
 
 
 def _union_all(frames: Sequence[DataFrame]) -> DataFrame:
@@ -754,11 +815,14 @@ def window_extremes(
 def features_from_state(state: DataFrame, extremes: DataFrame, windows: Sequence[int] = DEFAULT_WINDOWS) -> DataFrame:
     """Window features (one row per account, :func:`feature_columns`) from the window sums and extremes."""
     ws = _check_windows(windows)
-    keys = [t.ACCOUNT_ID, _W]
-    combined = state.join(extremes, keys).withColumn(
-        HOUR_HIST_LOCAL, F.when(F.col(LOCAL_DAYS) > 0, F.col(HOUR_HIST_LOCAL))
-    )
-    return _wide(_features(combined), ws)
+    combined = state.join(extremes, [t.ACCOUNT_ID, _W])
+    hists = {
+        name: unpack_bins([F.col(packed_column(name, j)) for j in range(_packed_count(size))], size)
+        for name, size in _state_hist_sizes(ws).items()
+    }
+    local_known = F.col(LOCAL_DAYS) > 0
+    hists[HOUR_HIST_LOCAL] = [F.when(local_known, c) for c in hists[HOUR_HIST_LOCAL]]
+    return _wide(_features(combined, hists), ws)
 
 
 def window_features(
@@ -810,4 +874,5 @@ def activity_features_from_scratch(
         .join(F.broadcast(_account_offsets(accounts)), t.ACCOUNT_ID, "left")
         .withColumn(HOUR_HIST_LOCAL, rotate_hours(F.col(HOUR_HIST_UTC), F.col(UTC_OFFSET_HOURS)))
     )
-    return _wide(_features(sums), ws)
+    sizes = {**_state_hist_sizes(ws), IET_HIST: IET_BINS}  # the events' own histograms are arrays
+    return _wide(_features(sums, {name: _elements(F.col(name), size) for name, size in sizes.items()}), ws)
