@@ -178,7 +178,8 @@ def _make_events() -> pd.DataFrame:
     ev[t.EVENT_TS] = ev[t.EVENT_TS].dt.floor("us")  # Spark keeps microseconds
     ev = ev[ev[t.EVENT_TS] < _midnight(RUN + dt.timedelta(days=1))].reset_index(drop=True)
     n = len(ev)
-    ev[t.EVENT_TYPE] = rng.choice(np.array(t.EVENT_TYPES), n)
+    # "share" is not in EVENT_TYPES: it counts in n_events and in no event-type bin.
+    ev[t.EVENT_TYPE] = rng.choice(np.array([*t.EVENT_TYPES, "share"]), n)
     ips = np.array([f"ip{i}" for i in range(6)] + [None], dtype=object)
     ev[t.IP_HASH] = rng.choice(ips, n)
     ev[t.DEVICE_ID] = rng.choice(np.array(["d0", "d1", "d2", None], dtype=object), n)
