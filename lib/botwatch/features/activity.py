@@ -191,8 +191,9 @@ def packed_column(hist: str, j: int) -> str:
     return f"{hist}_p{j}"
 
 
-def _packed_count(size: int) -> int:
-    return -(-size // _LANES)
+def _packed_columns(hist: str, size: int) -> list[str]:
+    """The state columns of a ``size``-bin histogram ``hist``, in bin order."""
+    return [packed_column(hist, j) for j in range(-(-size // _LANES))]
 
 
 def pack_bins(bins: Sequence[Column]) -> list[Column]:
@@ -219,7 +220,7 @@ def state_columns(windows: Sequence[int] = DEFAULT_WINDOWS) -> list[str]:
     row, plain Parquet columns, and 49 sums instead of 99 for windows up to 28 days."""
     sizes = _state_hist_sizes(windows)
     return [b for c in STATE_VALUES
-            for b in ([packed_column(c, j) for j in range(_packed_count(sizes[c]))] if c in sizes else [c])]
+            for b in (_packed_columns(c, sizes[c]) if c in sizes else [c])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -655,7 +656,7 @@ def _state_row(values: dict[str, Column], windows: Sequence[int]) -> list[Column
 
 
 def _packed_values(hist: str, bins: Sequence[Column]) -> dict[str, Column]:
-    return {packed_column(hist, j): v for j, v in enumerate(pack_bins(bins))}
+    return dict(zip(_packed_columns(hist, len(bins)), pack_bins(bins), strict=True))
 
 
 def _gap_rows(gaps: DataFrame, session_gap_seconds: int, sign: int, windows: Sequence[int]) -> DataFrame:
@@ -817,7 +818,7 @@ def features_from_state(state: DataFrame, extremes: DataFrame, windows: Sequence
     ws = _check_windows(windows)
     combined = state.join(extremes, [t.ACCOUNT_ID, _W])
     hists = {
-        name: unpack_bins([F.col(packed_column(name, j)) for j in range(_packed_count(size))], size)
+        name: unpack_bins([F.col(c) for c in _packed_columns(name, size)], size)
         for name, size in _state_hist_sizes(ws).items()
     }
     local_known = F.col(LOCAL_DAYS) > 0
