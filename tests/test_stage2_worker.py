@@ -115,3 +115,13 @@ def test_runtime_errors_on_the_cpu_raise(artifact, monkeypatch):
     monkeypatch.setattr(model, "encode_sequences", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         _score([_rows(4, 7)], artifact)
+
+
+def test_loading_leaves_no_temporary_files(artifact, tmp_path, monkeypatch):
+    """Each worker writes the shipped bytes to disk to load them; that folder must not outlive the load
+    (a nightly run on long-lived workers would otherwise leak one per model version and process)."""
+    monkeypatch.setattr(W.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(W, "_MODELS", {})
+    model = artifact.load("cpu", quantize=False)
+    assert model is artifact.load("cpu", quantize=False)  # cached per process
+    assert list(tmp_path.iterdir()) == []

@@ -86,10 +86,12 @@ class HeavyArtifact:
         if key not in _MODELS:
             from botwatch.models.heavy import load_heavy
 
-            folder = Path(tempfile.mkdtemp(prefix="botwatch-heavy-"))
-            (folder / META_FILE).write_text(self.meta_json)
-            (folder / STATE_FILE).write_bytes(self.state)
-            model = load_heavy(folder, device=device)
+            # load_heavy reads both files into memory, so the folder goes as soon as it returns.
+            with tempfile.TemporaryDirectory(prefix="botwatch-heavy-") as tmp:
+                folder = Path(tmp)
+                (folder / META_FILE).write_text(self.meta_json)
+                (folder / STATE_FILE).write_bytes(self.state)
+                model = load_heavy(folder, device=device)
             _MODELS[key] = model.quantize_dynamic() if quantize else model
         return _MODELS[key]
 
