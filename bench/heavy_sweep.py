@@ -32,18 +32,26 @@ def main() -> None:
     fam = held[t.FAMILY].fillna("human").to_numpy()
     torch.set_num_threads(1)
     conf = load_config("conf/local.yaml")
-    for spec in specs:
-        cfg = HeavyConfig.from_mapping({**conf.section("heavy"), "device": "cpu", "num_threads": 1, **json.loads(spec)})
-        t0 = time.perf_counter()
-        model = train_heavy(data["train"], data["valid"], cols, nbr, label_col=t.LABEL, weight_col=t.WEIGHT, config=cfg)
-        score = model.predict(held)
+
+    def summary(score) -> str:
         m = family_metrics(fam, score, conf["train.target_precision"])
         per_family = " ".join(
             f"{f}={m[f'family_{f}_pr_auc']:.3f}/{m[f'family_{f}_recall_at_p']:.3f}"
             for f in t.BOT_FAMILIES if f"family_{f}_pr_auc" in m
         )
+        return f"all bots {pr_auc((fam != 'human').astype(int), score):.3f}; PR-AUC/recall@p: {per_family}"
+
+    scores = []
+    for spec in specs:
+        cfg = HeavyConfig.from_mapping({**conf.section("heavy"), "device": "cpu", "num_threads": 1, **json.loads(spec)})
+        t0 = time.perf_counter()
+        model = train_heavy(data["train"], data["valid"], cols, nbr, label_col=t.LABEL, weight_col=t.WEIGHT, config=cfg)
+        score = model.predict(held)
+        scores.append(score)
         print(f"{spec}: {time.perf_counter() - t0:.0f} s, best epoch {model.best_epoch}/{len(model.history)}, "
-              f"all bots {pr_auc((fam != 'human').astype(int), score):.3f}; PR-AUC/recall@p: {per_family}", flush=True)
+              f"{summary(score)}", flush=True)
+    if len(scores) > 1:  # what averaging the runs' scores would give (a seed ensemble, when specs differ by seed)
+        print(f"mean of the {len(scores)} runs' scores: {summary(sum(scores) / len(scores))}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ TAB = ["f1", "f2"]
 NBR = ["nbr_f1", "nbr_count"]
 SMALL = H.HeavyConfig(
     max_len=24, event_embed_dim=4, dt_embed_dim=4, seq_hidden=16, tab_hidden=8, nbr_hidden=8, head_hidden=16,
-    epochs=8, patience=3, batch_size=64, lr=3e-3, seed=11, device="cpu",
+    epochs=8, patience=3, batch_size=64, lr=3e-3, seed=11, device="cpu", ensemble=1,
 )
 
 
@@ -353,6 +353,48 @@ def test_encodings_reproduce_predictions(trained, data):
     np.testing.assert_allclose(trained.predict_from_encodings(enc, valid), trained.predict(valid), atol=1e-6)
 
 
+def test_ensemble_averages_independently_trained_seeds(data, tmp_path):
+    """heavy.ensemble = 3: the members are the models three single runs with seeds seed, seed+1, seed+2
+    would train, and the ensemble's score is the mean of their probabilities. It saves, loads, encodes
+    (every member's encoding side by side) and quantises like a single model."""
+    train, valid = data
+    cfg = dataclasses.replace(SMALL, epochs=3, ensemble=3)
+    ensemble = H.train_heavy(train, valid, TAB, NBR, config=cfg)
+    singles = [
+        H.train_heavy(train, valid, TAB, NBR, config=dataclasses.replace(cfg, ensemble=1, seed=cfg.seed + i))
+        for i in range(3)
+    ]
+    want = np.mean([m.predict(valid) for m in singles], axis=0)
+    got = ensemble.predict(valid)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert sorted({r["member"] for r in ensemble.history}) == [0, 1, 2]
+    assert ensemble.best_epoch == max(m.best_epoch for m in singles)
+
+    enc = ensemble.encode_sequences(valid)
+    assert enc.shape == (len(valid), 3 * SMALL.seq_hidden) == (len(valid), cfg.encoding_size)
+    np.testing.assert_allclose(ensemble.predict_from_encodings(enc, valid), got, atol=1e-6)
+    loaded = H.load_heavy(ensemble.save(tmp_path / "ensemble"), device="cpu")
+    assert loaded.config == cfg and isinstance(loaded.model, H.HeavyEnsemble)
+    assert np.array_equal(loaded.predict(valid), got)
+    assert np.abs(ensemble.quantize_dynamic().predict(valid) - got).max() < 0.05
+    with pytest.raises(ValueError, match="ensemble"):
+        H.HeavyConfig(ensemble=0)
+
+
+def test_ensemble_score_is_the_mean_probability_even_at_the_extremes():
+    """The ensemble's logit is log-space exact: members far in the tails still average as probabilities."""
+    members = [H.HeavyModel(1, 1, SMALL) for _ in range(3)]
+    ensemble = H.HeavyEnsemble(members)
+    member_logits = torch.tensor([[-40.0, 0.3, 25.0], [-30.0, -2.0, 60.0], [-35.0, 1.5, 18.0]], dtype=torch.float64)
+    for member, row in zip(members, member_logits, strict=True):
+        member.head = lambda enc, tab, nbr, row=row: row  # type: ignore[method-assign]
+    logit = ensemble.head(torch.zeros(3, 3 * SMALL.seq_hidden), torch.zeros(3, 1), torch.zeros(3, 1))
+    probs = 1 / (1 + np.exp(-member_logits.numpy()))
+    want_p = probs.mean(axis=0)
+    # float32 heads: about 1e-7 of the log-sum-exp terms' size, absolute
+    np.testing.assert_allclose(logit.double().numpy(), np.log(want_p) - np.log1p(-want_p), rtol=1e-6, atol=1e-5)
+
+
 def test_seeded_cuda_training_switches_to_deterministic_kernels_and_restores(monkeypatch):
     # The CUDA branch only sets flags (no kernel runs), so it is checked on any machine.
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
@@ -445,7 +487,7 @@ SCRIPTED_START, SCRIPTED_DAYS = dt.date(2026, 1, 5), 7
 # stopped training before the GRU found the order (PR-AUC 0.35 with patience 6).
 SEQ_CONFIG = H.HeavyConfig(
     max_len=64, event_embed_dim=8, dt_embed_dim=4, seq_hidden=32, tab_hidden=16, nbr_hidden=4, head_hidden=32,
-    epochs=40, patience=40, batch_size=64, lr=3e-3, seed=11, device="cpu",
+    epochs=40, patience=40, batch_size=64, lr=3e-3, seed=11, device="cpu", ensemble=1,
 )
 
 

@@ -3,6 +3,8 @@ encodings skip the encoder, and a CUDA failure (at load or on a batch) moves the
 CPU with a warning while other errors still raise."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,7 +17,7 @@ from botwatch.scoring import worker as W
 TAB = ["f1", "f2"]
 NBR = ["nbr_f1", "nbr_count"]
 CONFIG = H.HeavyConfig(max_len=12, event_embed_dim=4, dt_embed_dim=4, seq_hidden=8, tab_hidden=8, nbr_hidden=8,
-                       head_hidden=8, seed=3, device="cpu")
+                       head_hidden=8, seed=3, device="cpu", ensemble=1)
 CPU_FP32 = W.InferenceSettings(batch_size=4, device="cpu", quantize_cpu=False, torch_threads=1)
 
 
@@ -73,6 +75,27 @@ def test_cached_encodings_skip_the_encoder(artifact, monkeypatch):
     assert encoded_rows == [5]  # only the rows without a cached encoding
     assert out[W.FROM_CACHE].tolist() == [bool(i % 2) for i in range(9)]
     np.testing.assert_allclose(out[t.STAGE2_SCORE], fresh[t.STAGE2_SCORE], atol=1e-6)
+
+
+def test_an_ensemble_scores_and_caches_like_a_single_model(tmp_path):
+    """heavy.ensemble > 1: the worker's encodings hold every member's side by side, and scores from
+    fresh or cached encodings equal the loaded ensemble's own predictions."""
+    torch.manual_seed(1)
+    config = dataclasses.replace(CONFIG, ensemble=2)
+    cols = TAB + NBR
+    std = H.Standardizer(cols, np.zeros(len(cols)), np.ones(len(cols)))
+    model = H.TrainedHeavy(H.build_model(len(TAB), len(NBR), config).eval(), std, TAB, NBR, config)
+    ensemble = W.HeavyArtifact.from_folder(model.save(tmp_path / "heavy"), version=6)
+    pdf = _rows(9, 5)
+    fresh = _score([pdf], ensemble)
+    reference = H.load_heavy(ensemble.path, device="cpu")
+    assert isinstance(reference.model, H.HeavyEnsemble)
+    np.testing.assert_allclose(fresh[t.STAGE2_SCORE].to_numpy(), reference.predict(pdf), atol=1e-6)
+    assert all(len(e) == 2 * CONFIG.seq_hidden for e in fresh[W.ENCODING])
+    cached = pdf.assign(**{W.CACHED_ENCODING: list(fresh[W.ENCODING])})
+    again = _score([cached], ensemble)
+    assert again[W.FROM_CACHE].all()
+    np.testing.assert_allclose(again[t.STAGE2_SCORE], fresh[t.STAGE2_SCORE], atol=1e-6)
 
 
 def _pretend_cuda(monkeypatch, artifact, fail_at: str):

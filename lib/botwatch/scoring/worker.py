@@ -116,7 +116,7 @@ def encoder_key(artifact: HeavyArtifact, settings: InferenceSettings) -> str:
 
 def score_batch(model, pdf: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, list]:
     """Scores and encodings; cached encodings (column ``_cached_encoding``) skip the encoder."""
-    enc = np.zeros((len(pdf), model.config.seq_hidden), dtype=np.float32)
+    enc = np.zeros((len(pdf), model.config.encoding_size), dtype=np.float32)
     cached = pdf[CACHED_ENCODING].notna().to_numpy() if CACHED_ENCODING in pdf else np.zeros(len(pdf), bool)
     if cached.any():
         enc[cached] = np.stack(pdf.loc[cached, CACHED_ENCODING].to_numpy()).astype(np.float32)
