@@ -10,7 +10,8 @@ compute does the cascade save against heavy-on-everyone, at what recall loss?
    XGBoost is distilled from the heavy model (soft targets, cascade weights).
 3. Held-out report: PR-AUC and recall at 95 % precision per bot family (family vs humans, truth).
 4. Cascade: the flag threshold is chosen on the held-out accounts' stage-1 scores against the
-   heavy model's would-be actions at its validation threshold (as ``calibrate_flag_threshold``
+   heavy model's would-be actions at its operating threshold (picked as training picks it, on
+   validation reweighted to the population's bot share, ``--prevalence``; as ``calibrate_flag_threshold``
    does on D's accounts); then compute is timed in process: stage 1 on everyone + heavy on the
    flagged vs heavy on everyone (torch CPU, 1 thread, float model).
 
@@ -87,6 +88,9 @@ def main() -> None:
     ap.add_argument("--eval-date", type=dt.date.fromisoformat, required=True)
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--set", action="append", default=[], help="conf overrides, e.g. heavy.epochs=20")
+    ap.add_argument("--prevalence", type=float, default=None,
+                    help="bot share the heavy threshold is picked for (what the monitor would estimate); default: "
+                         "conf train.prevalence, or train.prevalence_fallback when it is auto")
     args = ap.parse_args()
 
     import torch
@@ -98,6 +102,7 @@ def main() -> None:
     from botwatch.evaluation.metrics import operating_threshold, pr_auc
     from botwatch.models.heavy import HeavyConfig, train_heavy
     from botwatch.models.heavy_inputs import neighbor_columns
+    from botwatch.training import population_threshold, validation_weights
     from botwatch.training_heavy import family_metrics
 
     overrides = TEST_SETTINGS + PLATFORM_SETTINGS + [f"warehouse={args.warehouse}"] + args.set
@@ -142,19 +147,32 @@ def main() -> None:
     diff = np.abs(s_q - s_heavy)
     print(f"\nint8 vs fp32 heavy scores on {len(held)} held-out accounts: mean |diff| {diff.mean():.5f}, "
           f"max {diff.max():.5f}, PR-AUC fp32 {pr_auc(y, s_heavy):.4f} vs int8 {pr_auc(y, s_q):.4f}")
-    # The cascade: heavy's would-be actions at its validation threshold.
-    heavy_thr = operating_threshold(data["valid"][t.LABEL].to_numpy(), heavy.predict(data["valid"]), tp)
-    acts = s_heavy >= heavy_thr if heavy_thr is not None else s_heavy >= np.quantile(s_heavy, 0.97)
-    print(f"\nheavy threshold {heavy_thr}; heavy-on-everyone actions {int(acts.sum())} of {len(held)}")
-    if heavy_thr is not None:
-        flips = int(((s_q >= heavy_thr) != acts).sum())
-        print(f"int8 changes {flips} of {len(held)} action decisions at that threshold")
-    for name, s1 in (("xgboost", s_xgb), ("xgboost distilled", s_student)):
-        for budget in sorted({conf["cascade.budget"], 0.05, 0.15, 0.20}):
-            c = choose_flag_threshold(s1, acts, keep_share=conf["cascade.keep_share"], budget=budget)
-            print(f"  stage 1 = {name}, budget {budget:.2f}: flagged {c.flagged_share:.3f}, recall kept "
-                  f"{c.recall_kept:.3f} (lost {c.recall_lost:.3f}), budget binds: {c.budget_binds}")
-            print("    " + _truth_recall(acts, s1 >= c.threshold, fam))
+    # The cascade: heavy's would-be actions at its operating threshold, picked as training picks it
+    # (validation reweighted to the population's bot share), and at the labels' own bot share before it.
+    valid_y, valid_s = data["valid"][t.LABEL].to_numpy(), heavy.predict(data["valid"])
+    prevalence = args.prevalence if args.prevalence is not None else _conf_prevalence(conf)
+    weights = validation_weights(data["valid"], prevalence)
+    rules = {
+        f"validation reweighted to bot share {prevalence} (as training picks it)":
+            population_threshold(valid_y, valid_s, weights, tp)[0],
+        "validation labels' own bot share": operating_threshold(valid_y, valid_s, tp),
+    }
+    acts_of = {}
+    for rule, heavy_thr in rules.items():
+        acts = s_heavy >= heavy_thr if heavy_thr is not None else s_heavy >= np.quantile(s_heavy, 0.97)
+        acts_of[rule] = acts
+        print(f"\nheavy threshold {heavy_thr} ({rule}): heavy-on-everyone actions {int(acts.sum())} of {len(held)}, "
+              f"{int((acts & (y == 1)).sum())} of them bots")
+        if heavy_thr is not None:
+            flips = int(((s_q >= heavy_thr) != acts).sum())
+            print(f"int8 changes {flips} of {len(held)} action decisions at that threshold")
+        for name, s1 in (("xgboost", s_xgb), ("xgboost distilled", s_student)):
+            for budget in sorted({conf["cascade.budget"], 0.05, 0.15, 0.20}):
+                c = choose_flag_threshold(s1, acts, keep_share=conf["cascade.keep_share"], budget=budget)
+                print(f"  stage 1 = {name}, budget {budget:.2f}: flagged {c.flagged_share:.3f}, recall kept "
+                      f"{c.recall_kept:.3f} (lost {c.recall_lost:.3f}), budget binds: {c.budget_binds}")
+                print("    " + _truth_recall(acts, s1 >= c.threshold, fam))
+    acts = acts_of[next(iter(rules))]
     # Compute: torch CPU, 1 thread, float model; stage 1 in process too.
     choice = choose_flag_threshold(s_student, acts, keep_share=conf["cascade.keep_share"],
                                    budget=conf["cascade.budget"])
@@ -169,6 +187,14 @@ def main() -> None:
           f"(stage 1 {t_s1:.2f} s + heavy on {len(big_flagged)} flagged {t_flag:.2f} s): "
           f"{t_all / (t_s1 + t_flag):.1f}x less at recall loss {choice.recall_lost:.3f}")
     print("load average:", open("/proc/loadavg").read().strip())
+
+
+def _conf_prevalence(conf) -> float | None:
+    """The bot share training reweights validation to when the monitor has no estimate yet."""
+    setting = conf["train.prevalence"]
+    if setting is None:
+        return None
+    return float(conf["train.prevalence_fallback"] if setting == "auto" else setting)
 
 
 def _truth_recall(acts: np.ndarray, flagged: np.ndarray, fam: np.ndarray) -> str:
