@@ -21,7 +21,7 @@ import contextlib
 import tempfile
 import time
 
-from stage2_inference import N_TABULAR, synthetic_model, synthetic_rows
+from stage2_inference import N_TABULAR, heavy_config, synthetic_model, synthetic_rows
 
 ARROW_BATCH = 10_000
 
@@ -36,12 +36,13 @@ def main() -> None:
     ap.add_argument("--processes", default="", help="e.g. 1,4,8: that many worker processes (Spark tasks) "
                     "sharing the device, fp32 worker path, each scoring --rows / N rows")
     ap.add_argument("--process-batch", type=int, default=4096)
+    ap.add_argument("--ensemble", type=int, default=None, help="heavy model members (default: conf heavy.ensemble)")
     args = ap.parse_args()
 
     import torch
 
     from botwatch.config import load_config
-    from botwatch.models.heavy import LENGTH, HeavyConfig
+    from botwatch.models.heavy import LENGTH
     from botwatch.scoring.worker import HeavyArtifact, InferenceSettings, score_partitions
 
     if args.threads:
@@ -50,7 +51,7 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("CUDA is not available here; run with --device cpu")
     conf = load_config("conf/local.yaml")
-    cfg = HeavyConfig.from_mapping({**conf.section("heavy"), "device": args.device})
+    cfg = heavy_config(conf, args.device, args.ensemble)
     nbr = [f"nbr_{c}" for c in conf["heavy.neighbor_features"]] + ["nbr_count"]
     pdf = synthetic_rows(args.rows, cfg.max_len, N_TABULAR, nbr)
     parts = [pdf.iloc[i:i + ARROW_BATCH] for i in range(0, len(pdf), ARROW_BATCH)]

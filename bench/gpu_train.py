@@ -17,7 +17,7 @@ import tempfile
 import time
 
 import numpy as np
-from stage2_inference import N_TABULAR, synthetic_rows
+from stage2_inference import N_TABULAR, heavy_config, synthetic_rows
 
 
 def planted(n: int, max_len: int, nbr: list[str], seed: int):
@@ -47,6 +47,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=30000)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--cpu-epochs", type=int, default=1, help="epochs timed on the CPU for comparison (0: skip)")
+    ap.add_argument("--ensemble", type=int, default=None, help="heavy model members (default: conf heavy.ensemble)")
     args = ap.parse_args()
 
     import torch
@@ -59,8 +60,7 @@ def main() -> None:
     conf = load_config("conf/local.yaml")
     nbr = [f"nbr_{c}" for c in conf["heavy.neighbor_features"]] + ["nbr_count"]
     tab = [f"f{i}" for i in range(N_TABULAR)]
-    base = HeavyConfig.from_mapping({**conf.section("heavy"), "device": args.device, "epochs": args.epochs,
-                                     "patience": args.epochs})
+    base = heavy_config(conf, args.device, args.ensemble, epochs=args.epochs, patience=args.epochs)
     pdf = planted(args.rows, base.max_len, nbr, seed=0)
     n_train, n_valid = int(0.6 * len(pdf)), int(0.2 * len(pdf))
     train, valid, test = pdf[:n_train], pdf[n_train:n_train + n_valid], pdf[n_train + n_valid:]
