@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import math
 import os
 
@@ -247,6 +248,20 @@ def test_save_load_round_trip(trained, data, tmp_path):
     loaded = H.load_heavy(folder, device="cpu")
     assert loaded.tabular_cols == TAB and loaded.neighbor_cols == NBR
     assert loaded.config == SMALL
+    assert np.array_equal(loaded.predict(valid), trained.predict(valid))
+
+
+def test_a_model_saved_before_ensembles_existed_loads_as_one_model(trained, data, tmp_path):
+    """A registered champion written before ``heavy.ensemble`` has no such key in its config: it is one
+    model, not an ensemble of the current default size."""
+    _, valid = data
+    folder = trained.save(tmp_path / "old")
+    meta = json.loads((folder / H.META_FILE).read_text())
+    del meta["config"]["ensemble"]
+    (folder / H.META_FILE).write_text(json.dumps(meta))
+    assert H.HeavyConfig().ensemble > 1
+    loaded = H.load_heavy(folder, device="cpu")
+    assert loaded.config.ensemble == 1 and isinstance(loaded.model, H.HeavyModel)
     assert np.array_equal(loaded.predict(valid), trained.predict(valid))
 
 

@@ -559,7 +559,8 @@ def load_heavy(path: str | Path, device: str | None = None) -> TrainedHeavy:
             f"{folder}: trained on event types {meta.get('event_types')}, this code has {list(t.EVENT_TYPES)}; "
             "retrain the model"
         )
-    config = HeavyConfig(**meta["config"])
+    # Models saved before heavy.ensemble existed are single models, whatever today's default.
+    config = HeavyConfig(**{"ensemble": 1, **meta["config"]})
     if device is not None:
         config = dataclasses.replace(config, device=device)
     model = build_model(len(meta["tabular_cols"]), len(meta["neighbor_cols"]), config)
