@@ -102,7 +102,7 @@ def main() -> None:
     from botwatch.evaluation.metrics import operating_threshold, pr_auc
     from botwatch.models.heavy import HeavyConfig, train_heavy
     from botwatch.models.heavy_inputs import neighbor_columns
-    from botwatch.training import population_threshold, validation_weights
+    from botwatch.training import TrainParams, conf_prevalence, population_threshold, validation_weights
     from botwatch.training_heavy import family_metrics
 
     overrides = TEST_SETTINGS + PLATFORM_SETTINGS + [f"warehouse={args.warehouse}"] + args.set
@@ -150,7 +150,10 @@ def main() -> None:
     # The cascade: heavy's would-be actions at its operating threshold, picked as training picks it
     # (validation reweighted to the population's bot share), and at the labels' own bot share before it.
     valid_y, valid_s = data["valid"][t.LABEL].to_numpy(), heavy.predict(data["valid"])
-    prevalence = args.prevalence if args.prevalence is not None else _conf_prevalence(conf)
+    if args.prevalence is not None:
+        prevalence = args.prevalence
+    else:
+        prevalence = conf_prevalence(TrainParams.from_conf(conf.section("train")))[0]
     weights = validation_weights(data["valid"], prevalence)
     rules = {
         f"validation reweighted to bot share {prevalence} (as training picks it)":
@@ -187,14 +190,6 @@ def main() -> None:
           f"(stage 1 {t_s1:.2f} s + heavy on {len(big_flagged)} flagged {t_flag:.2f} s): "
           f"{t_all / (t_s1 + t_flag):.1f}x less at recall loss {choice.recall_lost:.3f}")
     print("load average:", open("/proc/loadavg").read().strip())
-
-
-def _conf_prevalence(conf) -> float | None:
-    """The bot share training reweights validation to when the monitor has no estimate yet."""
-    setting = conf["train.prevalence"]
-    if setting is None:
-        return None
-    return float(conf["train.prevalence_fallback"] if setting == "auto" else setting)
 
 
 def _truth_recall(acts: np.ndarray, flagged: np.ndarray, fam: np.ndarray) -> str:

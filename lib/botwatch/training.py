@@ -132,12 +132,7 @@ def population_prevalence(
 
     ``train.prevalence``: a number; ``auto`` (the monitor's latest stratified estimate before D,
     else ``train.prevalence_fallback``); or null (the labels' own share: no correction)."""
-    setting = params.prevalence
-    if setting is None:
-        return None, "labels' own bot share (train.prevalence: null)"
-    if setting != PREVALENCE_AUTO:
-        return float(setting), "conf train.prevalence"
-    if table_exists(spark, warehouse, t.METRICS):
+    if params.prevalence == PREVALENCE_AUTO and table_exists(spark, warehouse, t.METRICS):
         latest = (
             read_table(spark, warehouse, t.METRICS)
             .where((F.col(t.RUN_DATE) < F.lit(run_date)) & (F.col(t.NAME) == F.lit(PREVALENCE_METRIC))
@@ -147,6 +142,16 @@ def population_prevalence(
         )
         if latest is not None:
             return float(latest[t.VALUE]), f"monitor estimate of {latest[t.RUN_DATE]}"
+    return conf_prevalence(params)
+
+
+def conf_prevalence(params: TrainParams) -> tuple[float | None, str]:
+    """:func:`population_prevalence` without a monitor estimate: what conf alone sets, and where from."""
+    setting = params.prevalence
+    if setting is None:
+        return None, "labels' own bot share (train.prevalence: null)"
+    if setting != PREVALENCE_AUTO:
+        return float(setting), "conf train.prevalence"
     return float(params.prevalence_fallback), "conf train.prevalence_fallback (no monitor estimate yet)"
 
 
