@@ -384,6 +384,8 @@ def test_ensemble_averages_independently_trained_seeds(data, tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     assert sorted({r["member"] for r in ensemble.history}) == [0, 1, 2]
     assert ensemble.best_epoch == max(m.best_epoch for m in singles)
+    assert ensemble.epochs_run == max(len(m.history) for m in singles)  # not the members' sum
+    assert all(m.epochs_run == len(m.history) for m in singles)
 
     enc = ensemble.encode_sequences(valid)
     assert enc.shape == (len(valid), 3 * SMALL.seq_hidden) == (len(valid), cfg.encoding_size)

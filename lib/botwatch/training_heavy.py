@@ -187,7 +187,7 @@ def train_heavy_stage(
     golden_score = model.predict(golden_pdf) if len(golden_pdf) else np.array([])
     threshold, evaluated = operating_point(valid_pdf, valid_score, golden_pdf, golden_score, ctx, params)
     metrics = {"n_train": float(len(train_pdf)), "n_train_positive": float(ctx.n_train_positive),
-               "best_epoch": float(model.best_epoch), "epochs_run": float(len(model.history)), **evaluated}
+               "best_epoch": float(model.best_epoch), "epochs_run": float(model.epochs_run), **evaluated}
     if t.FAMILY in golden_pdf and len(golden_pdf):
         metrics.update(family_metrics(golden_pdf[t.FAMILY].to_numpy(), golden_score, params.target_precision,
                                       "golden_"))

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -443,6 +444,12 @@ class TrainedHeavy:
         return [t.SEQ_EVENT_TYPE, t.SEQ_DT_BUCKET, t.SEQ_HOUR_SIN, t.SEQ_HOUR_COS, *self.tabular_cols,
                 *self.neighbor_cols]
 
+    @property
+    def epochs_run(self) -> int:
+        """Epochs trained; for an ensemble, the most any one member ran (its history holds every member's)."""
+        per_member = Counter(record.get("member", 0) for record in self.history)
+        return max(per_member.values(), default=0)
+
     def tensors(self, pdf: pd.DataFrame) -> dict[str, torch.Tensor]:
         return to_tensors(pdf, self.tabular_cols, self.neighbor_cols, self.config.max_len, self.standardizer)
 
@@ -672,7 +679,7 @@ def train_heavy(
     it runs ``config.epochs`` and keeps the last). Seeded by ``config.seed``; runs on
     ``config.device`` (``auto``: CUDA when available). With ``config.ensemble`` = n > 1, n such
     runs (seeds ``seed`` .. ``seed + n - 1``) become one :class:`HeavyEnsemble`; the history's
-    records then name their ``member`` and ``best_epoch`` is the latest member's.
+    records then name their ``member`` and ``best_epoch`` is the largest of the members'.
     """
     tabular_cols, neighbor_cols = list(tabular_cols), list(neighbor_cols)
     y, w = _targets(train_pdf, label_col, weight_col, "train_heavy(train)")
