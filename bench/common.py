@@ -10,10 +10,11 @@ import psutil
 
 
 class PeakMemory:
-    """Samples the RSS of this process and all its children every ``interval`` seconds."""
+    """Samples the RSS of this process (or of process ``pid``) and all its children every ``interval`` seconds."""
 
-    def __init__(self, interval: float = 0.2, keep_samples: bool = False):
+    def __init__(self, interval: float = 0.2, keep_samples: bool = False, pid: int | None = None):
         self.interval = interval
+        self.pid = pid
         self.keep_samples = keep_samples
         self.peak_bytes = 0
         self.samples: list[tuple[float, int]] = []  # (epoch seconds, bytes) when keep_samples
@@ -21,7 +22,10 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> int:
-        me = psutil.Process()
+        try:
+            me = psutil.Process(self.pid)
+        except psutil.Error:
+            return 0
         total = 0
         for proc in [me, *me.children(recursive=True)]:
             try:

@@ -11,7 +11,13 @@ for Spark the Python driver plus its JVM):
   hubs estimated from sampled neighbour pairs);
 - an exact DuckDB self-join triangle count on the same Parquet, in a child process (so its
   peak memory is its own) with a timeout;
-- GraphFrames' built-in ``triangleCount`` cannot run here: its jar is refused by Maven Central.
+- GraphFrames' built-in ``triangleCount`` cannot run here: its jar is refused by Maven Central. In its
+  place (``--engines`` ``gf-algorithm``), the algorithm of GraphFrames 0.12's exact ``triangleCount``
+  written out in DataFrame calls: edges made undirected and distinct, every vertex's neighbour set
+  gathered with ``collect_set`` (what its ``aggregateMessages`` does), then per edge the size of the
+  intersection of its two ends' sets, summed per vertex and halved. It runs in a child process with
+  its own Spark and a timeout, so a blow-up is measured, not fatal; where it finishes, its counts are
+  checked against botwatch's below the cap. It stands for the algorithm, not for the jar.
 
 Where DuckDB finishes, every vertex below the cap must match it exactly. The estimated hubs are
 checked at every size against their exact counts (DuckDB: edges among each hub's neighbours),
@@ -19,12 +25,15 @@ as z-scores with the documented standard error.
 
     .venv/bin/python bench/features_graph.py --vertices 1000000 --edges 10000000
     .venv/bin/python bench/features_graph.py --vertices 100000 --edges 1000000 --duckdb-timeout 300
+    .venv/bin/python bench/features_graph.py --engines gf-algorithm --gf-timeout 900   # that alone, full size
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -188,6 +197,86 @@ def run_duckdb(graph: str, result: str, timeout_s: float, memory_limit: str, k: 
             **child}
 
 
+def gf_algorithm_triangles(edges):
+    """Triangles per vertex (``id``, ``count``) by GraphFrames 0.12's exact ``triangleCount``
+    algorithm: per undirected edge, the size of the intersection of its ends' neighbour sets."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    und = edges.where(F.col("src") != F.col("dst")).select(
+        F.least("src", "dst").alias("src"), F.greatest("src", "dst").alias("dst")
+    ).distinct()
+    messages = und.select(F.col("src").alias("id"), F.col("dst").alias("msg")).unionByName(
+        und.select(F.col("dst").alias("id"), F.col("src").alias("msg"))
+    )
+    # GraphFrames persists the sets (MEMORY_AND_DISK) before the joins; so does this.
+    sets = messages.groupBy("id").agg(F.collect_set("msg").alias("neighbors")).persist(StorageLevel.MEMORY_AND_DISK)
+    sets.count()
+    per_edge = (
+        und.join(sets.select(F.col("id").alias("src"), F.col("neighbors").alias("src_set")), "src")
+        .join(sets.select(F.col("id").alias("dst"), F.col("neighbors").alias("dst_set")), "dst")
+        .select("src", "dst", F.array_size(F.array_intersect("src_set", "dst_set")).alias("common"))
+        .where(F.col("common") > 0)
+    )
+    ends = per_edge.select(F.col("src").alias("id"), "common").unionByName(
+        per_edge.select(F.col("dst").alias("id"), "common")
+    )
+    return ends.groupBy("id").agg((F.sum("common") / 2).cast("long").alias("count"))
+
+
+def gf_child(graph: str, result: str, driver_memory: str, shuffle_partitions: int) -> None:
+    """Runs in its own process group (killed whole on timeout): the GraphFrames algorithm on Spark."""
+    from botwatch.config import load_config
+    from botwatch.spark import get_spark
+
+    conf = load_config(overrides=[
+        "spark.master=local[2]", f"spark.driver_memory={driver_memory}", "spark.ui_enabled=false",
+        f"spark.shuffle_partitions={shuffle_partitions}", "spark.log_level=ERROR",
+        f"warehouse={tempfile.mkdtemp(prefix='bench_gf_')}",
+    ])
+    spark = get_spark(conf, app_name="bench-graphframes-algorithm")
+    with PeakMemory() as mem, timed() as t:
+        gf_algorithm_triangles(spark.read.parquet(graph)).write.mode("overwrite").parquet(result)
+    print(json.dumps({"status": "ok", "seconds": round(t["seconds"], 1), "peak_rss_gib": round(mem.peak_gib, 2)}))
+
+
+def run_gf_algorithm(graph: str, result: str, ours: str | None, timeout_s: float, driver_memory: str,
+                     shuffle_partitions: int) -> dict:
+    """The GraphFrames algorithm in a child process; the peak memory of the child and its JVM is
+    sampled from here, so it is known even after a timeout, which kills the whole process group."""
+    cmd = [sys.executable, __file__, "--gf-child", graph, result, "--driver-memory", driver_memory,
+           "--shuffle-partitions", str(shuffle_partitions)]
+    out: dict = {"engine": "GraphFrames 0.12 exact triangleCount algorithm in DataFrame calls (local[2])",
+                 "timeout_s": timeout_s, "driver_memory": driver_memory}
+    with timed() as t:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        with PeakMemory(pid=proc.pid) as mem:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout_s)
+                lines = stdout.strip().splitlines()
+                if proc.returncode == 0 and lines:
+                    out.update(json.loads(lines[-1]))
+                else:
+                    errors = [ln for ln in stderr.splitlines() if "Exception" in ln or "Error" in ln]
+                    out["status"] = f"failed (exit {proc.returncode}): {(errors or [stderr.strip()[-300:]])[0][:600]}"
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                out["status"] = f"timed out after {timeout_s:.0f} s"
+    out["wall_seconds_with_jvm_start"] = round(t["seconds"], 1)
+    out["peak_rss_gib_child_tree"] = round(mem.peak_gib, 2)
+    if out.get("status") == "ok" and ours:
+        import duckdb
+
+        out["check_exact_vertices"] = dict(zip(["exact_vertices", "exact_mismatches"], duckdb.connect().execute(f"""
+            SELECT count(*), count(*) FILTER (WHERE o.triangles <> coalesce(g.count, 0))
+            FROM read_parquet('{ours}/*.parquet') o LEFT JOIN read_parquet('{result}/*.parquet') g
+              ON o.account_id = g.id
+            WHERE NOT o.triangles_estimated""").fetchone(), strict=True))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vertices", type=int, default=1_000_000)
@@ -205,11 +294,22 @@ def main() -> None:
     ap.add_argument("--duckdb-memory", default="8GB")
     ap.add_argument("--workdir", default=None, help="where the Parquet graph goes (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--engines", default="botwatch,duckdb,gf-algorithm",
+                    help="which to run, of botwatch, duckdb, gf-algorithm (the checks need botwatch)")
+    ap.add_argument("--gf-timeout", type=float, default=600.0, help="seconds for the GraphFrames algorithm")
     ap.add_argument("--duckdb-child", nargs=2, metavar=("GRAPH", "RESULT"), help=argparse.SUPPRESS)
+    ap.add_argument("--gf-child", nargs=2, metavar=("GRAPH", "RESULT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.duckdb_child:
         duckdb_child(*args.duckdb_child, args.duckdb_timeout, args.duckdb_memory, args.pairs)
         return
+    if args.gf_child:
+        gf_child(*args.gf_child, args.driver_memory, args.shuffle_partitions)
+        return
+    engines = set(args.engines.split(","))
+    unknown = engines - {"botwatch", "duckdb", "gf-algorithm"}
+    if unknown:
+        ap.error(f"unknown --engines {sorted(unknown)}: choose from botwatch, duckdb, gf-algorithm")
 
     from pyspark.sql import functions as F
 
@@ -237,26 +337,32 @@ def main() -> None:
     out["in_degree_ge_100k"] = deg.where("count >= 100000").count()
 
     result_path = str(workdir / "clustering")
-    with PeakMemory() as mem, timed() as t:
-        tri = triangle_counts(edges, hub_degree_cap=args.cap, hub_sample_pairs=args.pairs, seed=args.seed)
-        tri.withColumn("clustering_coef", clustering_coef(F.col("triangles"), F.col("degree"))).write.mode(
-            "overwrite"
-        ).parquet(result_path)
-    res = spark.read.parquet(result_path)
-    summary = res.agg(
-        F.count(F.lit(1)).alias("vertices_with_edges"),
-        F.sum(F.col("triangles_estimated").cast("int")).alias("estimated_hubs"),
-        F.max("degree").alias("max_degree"),
-        (F.sum("triangles") / 3).alias("total_triangles_approx"),
-        F.avg("clustering_coef").alias("mean_clustering"),
-    ).first().asDict()
-    out["spark"] = {"engine": "botwatch triangle_counts (Spark local[2])", "seconds": round(t["seconds"], 1),
-                    "peak_rss_gib": round(mem.peak_gib, 2), **summary}
+    if "botwatch" in engines:
+        with PeakMemory() as mem, timed() as t:
+            tri = triangle_counts(edges, hub_degree_cap=args.cap, hub_sample_pairs=args.pairs, seed=args.seed)
+            tri.withColumn("clustering_coef", clustering_coef(F.col("triangles"), F.col("degree"))).write.mode(
+                "overwrite"
+            ).parquet(result_path)
+        res = spark.read.parquet(result_path)
+        summary = res.agg(
+            F.count(F.lit(1)).alias("vertices_with_edges"),
+            F.sum(F.col("triangles_estimated").cast("int")).alias("estimated_hubs"),
+            F.max("degree").alias("max_degree"),
+            (F.sum("triangles") / 3).alias("total_triangles_approx"),
+            F.avg("clustering_coef").alias("mean_clustering"),
+        ).first().asDict()
+        out["spark"] = {"engine": "botwatch triangle_counts (Spark local[2])", "seconds": round(t["seconds"], 1),
+                        "peak_rss_gib": round(mem.peak_gib, 2), **summary}
     out["graphframes"] = "not run: the GraphFrames jar is refused by Maven Central on this machine"
     spark.stop()
 
-    if args.duckdb_timeout > 0:
+    if "duckdb" in engines and args.duckdb_timeout > 0 and "botwatch" in engines:
         out["duckdb"] = run_duckdb(graph_path, result_path, args.duckdb_timeout, args.duckdb_memory, args.pairs)
+    if "gf-algorithm" in engines:
+        out["graphframes_algorithm"] = run_gf_algorithm(
+            graph_path, str(workdir / "gf_triangles"), result_path if "botwatch" in engines else None,
+            args.gf_timeout, args.driver_memory, args.shuffle_partitions,
+        )
 
     finish(out, args.json, workdir, keep=bool(args.workdir))
 
