@@ -224,17 +224,22 @@ def gf_algorithm_triangles(edges):
     return ends.groupBy("id").agg((F.sum("common") / 2).cast("long").alias("count"))
 
 
-def gf_child(graph: str, result: str, driver_memory: str, shuffle_partitions: int) -> None:
-    """Runs in its own process group (killed whole on timeout): the GraphFrames algorithm on Spark."""
+def local_spark(driver_memory: str, shuffle_partitions: int, warehouse: str, app_name: str):
+    """The benchmark's Spark session: local[2], UI off, quiet logs (the main run and the GraphFrames child)."""
     from botwatch.config import load_config
     from botwatch.spark import get_spark
 
     conf = load_config(overrides=[
         "spark.master=local[2]", f"spark.driver_memory={driver_memory}", "spark.ui_enabled=false",
-        f"spark.shuffle_partitions={shuffle_partitions}", "spark.log_level=ERROR",
-        f"warehouse={tempfile.mkdtemp(prefix='bench_gf_')}",
+        f"spark.shuffle_partitions={shuffle_partitions}", "spark.log_level=ERROR", f"warehouse={warehouse}",
     ])
-    spark = get_spark(conf, app_name="bench-graphframes-algorithm")
+    return get_spark(conf, app_name=app_name)
+
+
+def gf_child(graph: str, result: str, driver_memory: str, shuffle_partitions: int) -> None:
+    """Runs in its own process group (killed whole on timeout): the GraphFrames algorithm on Spark."""
+    spark = local_spark(driver_memory, shuffle_partitions, tempfile.mkdtemp(prefix="bench_gf_"),
+                        "bench-graphframes-algorithm")
     with timed() as t:
         gf_algorithm_triangles(spark.read.parquet(graph)).write.mode("overwrite").parquet(result)
     print(json.dumps({"status": "ok", "seconds": round(t["seconds"], 1)}))
@@ -315,16 +320,10 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
-    from botwatch.config import load_config
     from botwatch.features.graph import clustering_coef, triangle_counts
-    from botwatch.spark import get_spark
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_graph_"))
-    conf = load_config(overrides=[
-        "spark.master=local[2]", f"spark.driver_memory={args.driver_memory}", "spark.ui_enabled=false",
-        f"spark.shuffle_partitions={args.shuffle_partitions}", "spark.log_level=ERROR", f"warehouse={workdir}/wh",
-    ])
-    spark = get_spark(conf, app_name="bench-features-graph")
+    spark = local_spark(args.driver_memory, args.shuffle_partitions, f"{workdir}/wh", "bench-features-graph")
     graph_path = str(workdir / "edges")
     out: dict = {"vertices": args.vertices, "edges": args.edges, "hubs": args.hubs, "cap": args.cap,
                  "pairs": args.pairs, "driver_memory": args.driver_memory}
