@@ -29,7 +29,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from common import PeakMemory, finish, timed
+from common import PeakMemory, finish, local_spark, timed
 
 
 def generate(spark, n_accounts: int, n_edges: int, hub_followers: int, n_attrs: int, seed: int):
@@ -105,17 +105,13 @@ def main() -> None:
 
     import datetime as dt
 
-    from botwatch.config import load_config
     from botwatch.features.attributes import neighbor_distributions, neighbor_overlap
-    from botwatch.spark import get_spark
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_attrs_"))
-    conf = load_config(overrides=[
-        "spark.master=local[2]", f"spark.driver_memory={args.driver_memory}", "spark.ui_enabled=true",
-        f"spark.shuffle_partitions={args.shuffle_partitions}", "spark.log_level=ERROR", f"warehouse={workdir}/wh",
-        "spark.extra_conf={spark.ui.port: '4077', spark.ui.retainedTasks: '500000'}",
-    ])
-    spark = get_spark(conf, app_name="bench-attributes")
+    spark, _ = local_spark(f"{workdir}/wh", "bench-attributes", driver_memory=args.driver_memory,
+                           shuffle_partitions=args.shuffle_partitions, overrides=[
+                               "spark.ui_enabled=true",
+                               "spark.extra_conf={spark.ui.port: '4077', spark.ui.retainedTasks: '500000'}"])
     ui, app_id = spark.sparkContext.uiWebUrl, spark.sparkContext.applicationId
     out: dict = {"accounts": args.accounts, "edges": args.edges, "hub_followers": args.hub_followers,
                  "attributes": args.attributes, "cap": args.cap, "salt_buckets": args.salt_buckets,

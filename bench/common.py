@@ -72,6 +72,22 @@ def timed():
         box["seconds"] = time.perf_counter() - start
 
 
+def local_spark(warehouse: str, app_name: str, *, driver_memory: str | None = None,
+                shuffle_partitions: int | None = None, overrides: tuple[str, ...] | list[str] = ()):
+    """A benchmark's Spark session and conf: local[2], the UI off, quiet logs, tables under ``warehouse``;
+    ``overrides`` (``key=value``, as ``--set``) come last and win. Returns ``(spark, conf)``."""
+    from botwatch.config import load_config
+    from botwatch.spark import get_spark
+
+    sets = ["spark.master=local[2]", "spark.ui_enabled=false", "spark.log_level=ERROR", f"warehouse={warehouse}"]
+    if driver_memory:
+        sets.append(f"spark.driver_memory={driver_memory}")
+    if shuffle_partitions:
+        sets.append(f"spark.shuffle_partitions={shuffle_partitions}")
+    conf = load_config(overrides=[*sets, *overrides])
+    return get_spark(conf, app_name=app_name), conf
+
+
 def growth_exponent(sizes: list[float], seconds: list[float]) -> float:
     """Least-squares slope of log(time) against log(size): 1.0 means linear growth."""
     import numpy as np

@@ -37,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PeakMemory, growth_exponent, timed
+from common import PeakMemory, growth_exponent, local_spark, timed
 
 DUCKDB_SQL = """
 WITH ev AS (
@@ -237,21 +237,15 @@ def main() -> None:
     from pyspark.sql import functions as F
 
     from botwatch import tables as t
-    from botwatch.config import load_config
     from botwatch.delta_io import read_table, table_exists, write_table
     from botwatch.features import activity as A
-    from botwatch.spark import get_spark
 
     run = dt.date.fromisoformat(args.run_date)
     windows = [int(w) for w in args.windows.split(",")]
     start = run - dt.timedelta(days=max(windows) - 1)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_activity_"))
     wh = str(workdir / "warehouse")
-    conf = load_config(overrides=[
-        "spark.master=local[2]", f"spark.driver_memory={args.driver_memory}", "spark.ui_enabled=false",
-        "spark.log_level=ERROR", f"warehouse={wh}",
-    ])
-    spark = get_spark(conf, app_name="bench-features-activity")
+    spark, _ = local_spark(wh, "bench-features-activity", driver_memory=args.driver_memory)
     results: dict = {"accounts": args.accounts, "days": args.days, "events_per_day": args.events_per_day,
                      "windows": windows, "run_date": str(run)}
 

@@ -40,7 +40,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from common import PeakMemory, finish, timed
+from common import PeakMemory, finish, local_spark, timed
 
 
 def scramble_factor(n: int) -> int:
@@ -224,22 +224,10 @@ def gf_algorithm_triangles(edges):
     return ends.groupBy("id").agg((F.sum("common") / 2).cast("long").alias("count"))
 
 
-def local_spark(driver_memory: str, shuffle_partitions: int, warehouse: str, app_name: str):
-    """The benchmark's Spark session: local[2], UI off, quiet logs (the main run and the GraphFrames child)."""
-    from botwatch.config import load_config
-    from botwatch.spark import get_spark
-
-    conf = load_config(overrides=[
-        "spark.master=local[2]", f"spark.driver_memory={driver_memory}", "spark.ui_enabled=false",
-        f"spark.shuffle_partitions={shuffle_partitions}", "spark.log_level=ERROR", f"warehouse={warehouse}",
-    ])
-    return get_spark(conf, app_name=app_name)
-
-
 def gf_child(graph: str, result: str, driver_memory: str, shuffle_partitions: int) -> None:
     """Runs in its own process group (killed whole on timeout): the GraphFrames algorithm on Spark."""
-    spark = local_spark(driver_memory, shuffle_partitions, tempfile.mkdtemp(prefix="bench_gf_"),
-                        "bench-graphframes-algorithm")
+    spark, _ = local_spark(tempfile.mkdtemp(prefix="bench_gf_"), "bench-graphframes-algorithm",
+                           driver_memory=driver_memory, shuffle_partitions=shuffle_partitions)
     with timed() as t:
         gf_algorithm_triangles(spark.read.parquet(graph)).write.mode("overwrite").parquet(result)
     print(json.dumps({"status": "ok", "seconds": round(t["seconds"], 1)}))
@@ -323,7 +311,8 @@ def main() -> None:
     from botwatch.features.graph import clustering_coef, triangle_counts
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_graph_"))
-    spark = local_spark(args.driver_memory, args.shuffle_partitions, f"{workdir}/wh", "bench-features-graph")
+    spark, _ = local_spark(f"{workdir}/wh", "bench-features-graph", driver_memory=args.driver_memory,
+                           shuffle_partitions=args.shuffle_partitions)
     graph_path = str(workdir / "edges")
     out: dict = {"vertices": args.vertices, "edges": args.edges, "hubs": args.hubs, "cap": args.cap,
                  "pairs": args.pairs, "driver_memory": args.driver_memory}

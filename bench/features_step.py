@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 
-from common import timed as clock  # bench/ is on sys.path when the script runs
+from common import local_spark  # bench/ is on sys.path when the script runs
+from common import timed as clock
 
 from botwatch import tables as t
-from botwatch.config import load_config
 from botwatch.delta_io import read_table
 from botwatch.features import activity, attributes, build, graph
-from botwatch.spark import get_spark
 
 
 def main() -> None:
@@ -29,9 +28,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], help="conf override key=value (repeatable)")
     args = parser.parse_args()
     wh, day = args.warehouse, args.date
-    conf = load_config(overrides=[f"warehouse={wh}", "spark.master=local[2]", "spark.shuffle_partitions=4",
-                                  "spark.ui_enabled=false", "spark.log_level=ERROR", *args.set])
-    spark = get_spark(conf)
+    spark, conf = local_spark(wh, "bench-features-step", shuffle_partitions=4, overrides=args.set)
     tracker = spark.sparkContext.statusTracker()
 
     def timed(name, fn):

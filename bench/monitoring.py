@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from common import PeakMemory, timed
+from common import PeakMemory, local_spark, timed
 
 N_FEATURES = 60
 DRIFTED = ("f_normal_0", "f_lognormal_1", "f_count_2")
@@ -109,19 +109,13 @@ def main() -> None:
     from pyspark.sql import functions as F
 
     from botwatch import registry
-    from botwatch.config import load_config
     from botwatch.delta_io import read_table
     from botwatch.monitoring.drift import REFERENCE_ARTIFACT, drift_statistics, reference_profile
     from botwatch.monitoring.run import MonitorParams, monitor
-    from botwatch.spark import get_spark
 
     run, train = dt.date(2026, 3, 10), dt.date(2026, 3, 4)
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_monitoring_"))
-    conf = load_config(overrides=[
-        "spark.master=local[2]", f"spark.driver_memory={args.driver_memory}", "spark.ui_enabled=false",
-        "spark.log_level=ERROR", f"warehouse={root}/warehouse",
-    ])
-    spark = get_spark(conf, app_name="bench-monitoring")
+    spark, _ = local_spark(f"{root}/warehouse", "bench-monitoring", driver_memory=args.driver_memory)
     print(f"loadavg at start: {open('/proc/loadavg').read().split()[:3]}")
     for n in [int(x) for x in args.accounts.split(",")]:
         wh = f"{root}/wh_{n}"
