@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, CronDataIntervalTimetable
 
 HOME = Path(os.environ.get("BOTWATCH_HOME", Path(__file__).resolve().parents[1]))
 CONF = os.environ.get("BOTWATCH_CONF", str(HOME / "conf" / "local.yaml"))
@@ -73,7 +73,9 @@ def _args() -> list[str]:
 with DAG(
     dag_id="botwatch_nightly",
     description="Nightly bot-detection scoring: validate, activity, features, train, score, publish, monitor",
-    schedule="@daily",
+    # A data-interval timetable: the run for day D starts when D has ended, and {{ ds }} is D. Airflow 3
+    # turns a plain "@daily" into a trigger timetable, whose {{ ds }} is the day that has just begun.
+    schedule=CronDataIntervalTimetable("@daily", timezone="UTC"),
     start_date=START_DATE,
     catchup=True,
     max_active_runs=1,

@@ -30,8 +30,19 @@ bag = DagBag(dag_folder="airflow_dags")
 dag = bag.dags.get("botwatch_nightly")
 out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dag_ids)}
 if dag is not None:
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    # The first two runs the scheduler would create (the timetable as the scheduler sees it).
+    timetable = coerce_to_core_timetable(dag.timetable)
+    runs, last = [], None
+    restriction = TimeRestriction(earliest=dag.start_date, latest=None, catchup=True)
+    for _ in range(2):
+        info = timetable.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
+        runs.append({"logical_date": info.logical_date.isoformat(), "run_after": info.run_after.isoformat()})
+        last = info.data_interval
     out.update({
-        "schedule": str(dag.schedule), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
+        "runs": runs, "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
         "start_date": dag.start_date.isoformat(),
         "tasks": {
             task.task_id: {
@@ -71,7 +82,11 @@ def test_dagbag_loads_and_graph_is_as_designed(inspected):
     got = inspected
     assert got["import_errors"] == {}
     assert got["dag_ids"] == ["botwatch_nightly"]
-    assert got["schedule"] == "@daily"
+    # Daily, and the run for day D starts once D has ended: {{ ds }} is a finished day, never the one just begun.
+    assert got["runs"] == [
+        {"logical_date": "2026-01-05T00:00:00+00:00", "run_after": "2026-01-06T00:00:00+00:00"},
+        {"logical_date": "2026-01-06T00:00:00+00:00", "run_after": "2026-01-07T00:00:00+00:00"},
+    ]
     assert got["catchup"] is True
     assert got["max_active_runs"] == 1
     assert got["start_date"].startswith("2026-01-05")
