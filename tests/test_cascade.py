@@ -4,6 +4,7 @@ the embedding cache, multi-date sequences, and the whole cascade on the simulate
 from __future__ import annotations
 
 import datetime as dt
+import json
 import math
 from unittest import mock
 
@@ -17,7 +18,7 @@ from pyspark.sql import types as T
 
 from botwatch import registry, steps, training
 from botwatch import tables as t
-from botwatch.cascade import CascadeConfigError, choose_flag_threshold
+from botwatch.cascade import CascadeConfigError, choose_flag_threshold, threshold_from_json
 from botwatch.config import warehouse_path
 from botwatch.delta_io import read_table, write_table
 from botwatch.models import heavy as H
@@ -112,6 +113,19 @@ def test_cascade_keeps_target_recall_of_heavy_on_everyone():
     assert tight.budget_binds and (s >= tight.threshold).mean() <= 0.02
     assert tight.recall_lost == pytest.approx(1 - (s[acts] >= tight.threshold).mean())
     assert tight.recall_lost > 0.01
+
+
+@pytest.mark.parametrize("budget", [0.0, 1.0])
+def test_flag_everyone_and_flag_nobody_survive_cascade_json(budget):
+    # The heavy model would action nobody in the sample: the budget alone decides. Budget 1 flags
+    # everyone (-inf), budget 0 nobody (+inf); cascade.json must keep which one.
+    s = np.linspace(0.0, 1.0, 50)
+    choice = choose_flag_threshold(s, np.zeros(50, bool), keep_share=0.99, budget=budget)
+    stored = json.loads(json.dumps(choice.to_dict(), allow_nan=False))
+    thr = threshold_from_json(stored["threshold"])
+    assert thr == choice.threshold
+    assert (s >= thr).mean() == choice.flagged_share == budget
+    assert stored["recall_kept"] is None  # nan: no heavy actions to keep
 
 
 def test_flag_threshold_rejects_bad_knobs():

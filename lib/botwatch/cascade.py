@@ -35,7 +35,21 @@ class FlagChoice:
     n_heavy_actions: int
 
     def to_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
+        """JSON-ready: JSON has no infinities, so they are kept as "inf" / "-inf" (flag nobody / flag
+        everyone: the sign matters); NaN becomes null. Read thresholds back with :func:`threshold_from_json`."""
+        return {k: _json_float(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+
+def _json_float(v: float) -> float | str | None:
+    if math.isnan(v):
+        return None
+    return v if math.isfinite(v) else ("inf" if v > 0 else "-inf")
+
+
+def threshold_from_json(value: float | str | None) -> float:
+    """A threshold written by :meth:`FlagChoice.to_dict`. Null (files written before the sign was kept)
+    reads as inf, flag nobody: the safe side for compute."""
+    return math.inf if value is None else float(value)
 
 
 def budget_threshold(scores: np.ndarray, budget: float) -> float:

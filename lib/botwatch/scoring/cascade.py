@@ -21,6 +21,7 @@ from pyspark.sql import functions as F
 
 from botwatch import registry
 from botwatch import tables as t
+from botwatch.cascade import threshold_from_json
 from botwatch.delta_io import commit_metadata, read_table, write_table
 from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint
 from botwatch.scoring.decisions import with_decisions
@@ -73,8 +74,7 @@ def flag_threshold(spark: SparkSession, warehouse: str, heavy: HeavyArtifact) ->
         info = None
     if not info or info.get("heavy_version") != heavy.version:
         return None, "no flag threshold chosen for this pair of champions; flagging the budget share"
-    thr = info.get("threshold")
-    return (math.inf if thr is None else float(thr)), f"cascade.json (chosen on {info.get('chosen_on')})"
+    return threshold_from_json(info.get("threshold")), f"cascade.json (chosen on {info.get('chosen_on')})"
 
 
 def cap_to_budget(scored: DataFrame, threshold: float | None, budget: float) -> tuple[Column, dict]:
