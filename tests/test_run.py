@@ -21,6 +21,7 @@ from botwatch.delta_io import TableMissingError, read_table, table_exists, write
 from botwatch.ingest import write_quarantine
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, SchemaMismatchError
 from botwatch.scoring.latest import publish_latest
+from botwatch.training import NotEnoughLabelsError
 from botwatch.validate import NoEventsError, validate_inputs
 
 D = dt.date(2026, 1, 12)
@@ -139,7 +140,7 @@ IN, MID, OUT = "fake_in", "fake_mid", "fake_out"
 def fake_pipeline(spark, monkeypatch, test_conf):
     """Two steps a (IN -> MID) and b (MID -> OUT) in place of the real ones; counts their calls."""
     calls: list[str] = []
-    fail = {"b": False}
+    fail = {"b": False, "wait_b": False}
     schema = T.StructType([T.StructField(t.RUN_DATE, T.DateType()), T.StructField("x", T.LongType())])
 
     def step_a(spark_, conf, run_date):
@@ -157,6 +158,8 @@ def fake_pipeline(spark, monkeypatch, test_conf):
         write_table(mid, wh, OUT, partition_by=[t.RUN_DATE], replace_where=f"run_date = '{run_date}'")
         if fail["b"]:
             raise RuntimeError("injected")
+        if fail["wait_b"]:
+            raise NotEnoughLabelsError("injected: too few labels")
         return {}
 
     monkeypatch.setattr(nightly, "STEP_IO", {
@@ -230,6 +233,26 @@ def test_backfill_runs_dates_in_order_and_skips_finished_ones(spark, fake_pipeli
     assert calls == ["a", "b"] * 3
     mid = read_table(spark, conf["warehouse"], MID).orderBy(t.RUN_DATE).collect()
     assert [r[t.RUN_DATE] for r in mid] == list(out)
+
+
+def test_a_finished_date_rerun_that_fails_or_waits_is_not_finished(spark, fake_pipeline):
+    conf, calls, fail = fake_pipeline
+    wh = conf["warehouse"]
+    nightly.run_steps(spark, conf, D, echo=lambda _: None)
+    assert nightly.date_finished(spark, wh, D)
+    # A forced rerun rewrites a's output, then b fails: D is half rewritten, so not finished any more.
+    fail["b"] = True
+    with pytest.raises(nightly.StepFailedError):
+        nightly.run_steps(spark, conf, D, force=True, echo=lambda _: None)
+    assert not nightly.date_finished(spark, wh, D)
+    # b now waits (too few labels): the run ends, but a backfill must come back to D.
+    fail["b"], fail["wait_b"] = False, True
+    assert statuses(nightly.run_steps(spark, conf, D, echo=lambda _: None)) == {"a": "skipped", "b": "waiting"}
+    assert not nightly.date_finished(spark, wh, D)
+    fail["wait_b"] = False
+    assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "done"}
+    assert nightly.date_finished(spark, wh, D)
+    assert calls == ["a", "b", "a", "b", "b", "b"]
 
 
 # ---------------------------------------------------------------- the date lock

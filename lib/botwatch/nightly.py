@@ -42,7 +42,7 @@ from botwatch.delta_io import commit_metadata, read_table, table_exists, write_t
 
 STATUS_OK = "ok"
 STATUS_WAITING = "waiting"
-RUN_STEP = "_run"  # the log row of a whole run (all its steps ok or waiting)
+RUN_STEP = "_run"  # the log row of a whole run: ok when every step is ok or skipped, else waiting
 
 # Delta operations that rewrite files without changing the data: not a reason to rerun a step.
 MAINTENANCE_OPERATIONS = ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES")
@@ -387,6 +387,9 @@ def run_steps(
                 results[step] = {"status": "skipped", "seconds": time.perf_counter() - t0}
                 echo(f"  {step:13s} skipped (done, inputs unchanged)")
                 continue
+            # This step changes D's tables: until the run ends, D is not a finished run (a stale "_run: ok"
+            # would be written back with every log write, and a backfill would skip a half-rewritten date).
+            logged.pop(RUN_STEP, None)
             io = STEP_IO[step]
             before = _input_versions(spark, warehouse, io.inputs)
             started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
@@ -407,7 +410,9 @@ def run_steps(
             echo(f"  {step:13s} {status} in {results[step]['seconds']:.1f}s {json.dumps(summary, default=str)[:200]}")
         if whole_run:
             summary = {s: r["status"] for s, r in results.items()}
-            logged[RUN_STEP] = log_row(run_date, RUN_STEP, STATUS_OK, {}, summary, run_id, started_run)
+            # A run with a waiting step is not finished: backfill comes back to it (its done steps skip).
+            status = STATUS_WAITING if STATUS_WAITING in summary.values() else STATUS_OK
+            logged[RUN_STEP] = log_row(run_date, RUN_STEP, status, {}, summary, run_id, started_run)
             write_log(spark, warehouse, run_date, logged)
     return results
 
