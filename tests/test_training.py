@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from helpers import copy_warehouse
 from pyspark.sql import functions as F
+from scipy.special import expit
 from sklearn.metrics import average_precision_score, precision_score
 
 from botwatch import registry, steps
@@ -56,6 +57,26 @@ def _artifacts(spark, warehouse, version):
     )
 
 
+def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():
+    gate = registry.promotion_decision
+    # Better on the golden set, but no validation threshold reached the target precision.
+    refused = gate(0.9, 0.5, 0.8, 0.01, challenger_can_act=False, champion_can_act=True)
+    assert not refused.promote and "no operating threshold" in refused.reason
+    assert gate(0.9, 0.5, 0.8, 0.01, challenger_can_act=True, champion_can_act=True).promote
+    # With no champion that acts (or none at all), a model without a threshold may still be promoted.
+    assert gate(0.9, 0.5, None, 0.01, challenger_can_act=False, champion_can_act=False).promote
+    assert not gate(0.7, 0.5, 0.8, 0.01, challenger_can_act=True, champion_can_act=True).promote  # worse
+
+
+def test_calibrated_scores_are_computed_in_double_precision():
+    # XGBoost's margins are float32; a float32 sigmoid rounds 2.5 * 8 + 0.5 and 2.5 * 10 + 0.5 both to exactly
+    # 1.0, ties that lower PR-AUC and blur the threshold choice.
+    margin = np.array([6.0, 7.0, 8.0, 10.0], dtype=np.float32)
+    score = PlattCalibration(2.5, 0.5).apply(margin)
+    assert score.dtype == np.float64 and np.all(np.diff(score) > 0) and score.max() < 1.0
+    np.testing.assert_allclose(score, expit(2.5 * margin.astype(np.float64) + 0.5), rtol=1e-12)
+
+
 def test_threshold_meets_target_precision_on_validation(spark, trained):
     tconf, run_date, result = trained
     warehouse = warehouse_path(tconf)
@@ -63,7 +84,9 @@ def test_threshold_meets_target_precision_on_validation(spark, trained):
     raw, cols, cal, rec = _artifacts(spark, warehouse, result.version)
     _, valid, golden = training_rows(spark, warehouse, run_date, params)
     pdf = valid.select(t.LABEL, t.WEIGHT, *as_model_input(cols)).toPandas()
-    score = cal.apply(predict_margin(raw, pdf[cols]))
+    margin = predict_margin(raw, pdf[cols])
+    assert margin.dtype == np.float64  # as the scoring job's (mapInPandas) margins
+    score = cal.apply(margin)
     assert rec["threshold"] == pytest.approx(result.threshold)
     flagged = score >= result.threshold
     assert flagged.any()

@@ -156,7 +156,8 @@ def predict_margin(raw: bytes, features: pd.DataFrame) -> np.ndarray:
     """Raw (log-odds) scores of the booster for a pandas frame of model inputs."""
     booster = load_booster(raw)
     dm = _dmatrix(features)
-    return booster.predict(dm, output_margin=True, iteration_range=_best_range(booster))
+    # float64: XGBoost returns float32, and a float32 sigmoid rounds every margin above ~17 to 1.0 (ties).
+    return np.asarray(booster.predict(dm, output_margin=True, iteration_range=_best_range(booster)), dtype=np.float64)
 
 
 def _dmatrix(features: pd.DataFrame):
@@ -205,7 +206,7 @@ class PlattCalibration:
         return cls(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
 
     def apply(self, margin: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(self.a * np.asarray(margin) + self.b)))
+        return 1.0 / (1.0 + np.exp(-(self.a * np.asarray(margin, dtype=np.float64) + self.b)))
 
     def column(self, margin: Column) -> Column:
         return F.lit(1.0) / (F.lit(1.0) + F.exp(-(F.lit(self.a) * margin + F.lit(self.b))))
