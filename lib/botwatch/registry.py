@@ -148,13 +148,23 @@ def promotion_decision(
     canary_pr_auc: float,
     champion_pr_auc: float | None,
     tolerance: float,
+    *,
+    challenger_can_act: bool = True,
+    champion_can_act: bool = False,
 ) -> PromotionDecision:
     """The gate, on the golden set: never promote a model worse than the champion (beyond
-    ``tolerance``) or one that does not beat the canary."""
+    ``tolerance``) or one that does not beat the canary. A model with no operating threshold (none
+    reached the target precision on validation: it would action nobody) never replaces a champion
+    that has one."""
     import math
 
     if math.isnan(challenger_pr_auc):
         return PromotionDecision(False, "challenger has no golden-set PR-AUC (no golden labels with both classes)")
+    if champion_can_act and not challenger_can_act:
+        return PromotionDecision(
+            False, "challenger has no operating threshold (no threshold reached the target precision on validation: "
+            "it would action nobody) and the champion has one"
+        )
     if not challenger_pr_auc > canary_pr_auc:
         return PromotionDecision(
             False, f"golden PR-AUC {challenger_pr_auc:.4f} does not beat the canary's {canary_pr_auc:.4f}"
