@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 from scipy.special import expit
 from sklearn.metrics import average_precision_score, precision_score
 
-from botwatch import registry, steps
+from botwatch import registry, steps, training
 from botwatch import tables as t
 from botwatch.config import warehouse_path
 from botwatch.delta_io import read_table, write_table
@@ -20,8 +20,10 @@ from botwatch.models.stage1 import PlattCalibration, as_model_input, predict_mar
 from botwatch.monitoring.run import METRICS_SCHEMA
 from botwatch.training import (
     STAGE1_MODEL,
+    NotEnoughLabelsError,
     TrainParams,
     population_prevalence,
+    prepare_training,
     refresh_decision,
     train_stage1,
     training_rows,
@@ -55,6 +57,16 @@ def _artifacts(spark, warehouse, version):
         PlattCalibration(cal["a"], cal["b"]),
         rec,
     )
+
+
+def test_training_waits_without_validation_labels(spark, monkeypatch):
+    # 60 labelled training rows, but the validation window holds none: a clear wait, not an XGBoost crash.
+    schema = f"{t.ACCOUNT_ID} long, {t.LABEL} int, {t.WEIGHT} double, n_events_7d double"
+    train = spark.createDataFrame([(i, int(i % 4 == 0), 1.0, float(i)) for i in range(60)], schema)
+    empty = spark.createDataFrame([], schema)
+    monkeypatch.setattr(training, "training_rows", lambda *_: (train, empty, empty))
+    with pytest.raises(NotEnoughLabelsError, match="0 labelled validation rows .* train.valid_days"):
+        prepare_training(spark, "/nonexistent", dt.date(2026, 3, 10), TrainParams(label_weights={"investigator": 1.0}))
 
 
 def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():

@@ -266,6 +266,17 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
             f"{params.min_train_rows} rows and {params.min_positives} bots of each class "
             "(train.min_train_rows / train.min_positives)"
         )
+    n_valid = valid.count()
+    if n_valid < params.xgb.num_workers:
+        for rows in (train, valid, golden):
+            rows.unpersist()
+        # xgboost.spark fails obscurely on a worker without validation rows, and with none there is no
+        # early stopping and no operating threshold.
+        raise NotEnoughLabelsError(
+            f"{n_valid} labelled validation rows in the {params.valid_days} days up to {run_date}: need at least "
+            f"{params.xgb.num_workers} (one per XGBoost worker, train.xgb.num_workers) to stop early and pick the "
+            "threshold; wait for labels or widen train.valid_days"
+        )
     prevalence, source = population_prevalence(spark, warehouse, run_date, params)
     ctx = TrainingContext(train, valid, golden, n_train, n_pos, prevalence, source,
                           [c for c in params.canary_features if c in train.columns])
