@@ -135,6 +135,32 @@ def test_percentiles_of_a_large_neighbourhood_are_within_the_documented_rank_err
         assert row[A.nbr_col("in", "count", "z")] == n and row[A.nbr_col("out", "count", "z")] == 0
 
 
+def test_each_direction_samples_its_own_neighbours_for_percentiles(spark):
+    """A hub with 3,001 followers and 40 followees, percentile_sample 300: the followees' percentiles are
+    exact (all 40 kept), the followers' within the documented rank error, and the undirected ones too."""
+    n_in, n_out, k = 3001, 40, 300
+    rng = np.random.default_rng(7)
+    vals = rng.lognormal(0.0, 1.0, n_in + n_out)
+    followers = [(i + 1, 0, None) for i in range(n_in)]
+    followees = [(0, n_in + 1 + j, None) for j in range(n_out)]
+    edges = spark.createDataFrame(followers + followees, "src long, dst long, created_at timestamp")
+    values = spark.createDataFrame([(i + 1, float(v)) for i, v in enumerate(vals)], "account_id long, z double")
+    accounts = spark.createDataFrame([(0,)], "account_id long")
+    row = A.neighbor_distributions(edges, accounts, D, values, ["z"], hub_degree_cap=100, salt_buckets=8,
+                                   percentile_sample=k).first()
+    for direction, ref in (("out", vals[n_in:]), ("in", vals[:n_in]), ("all", vals)):
+        assert row[A.nbr_col(direction, "count", "z")] == len(ref)
+        ordered = np.sort(ref)
+        for agg, pc in A.PERCENTILES:
+            got = row[A.nbr_col(direction, agg, "z")]
+            if direction == "out":
+                assert got == np.percentile(ref, pc, method="inverted_cdf"), (direction, agg)
+            else:
+                p = pc / 100
+                share = np.searchsorted(ordered, got, side="right") / len(ref)
+                assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / k), (direction, agg, share)
+
+
 def test_overlap_equals_networkx(graph_frames):
     edges, accounts, _ = graph_frames
     cap = 4

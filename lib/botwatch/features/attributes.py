@@ -33,10 +33,11 @@ Percentiles
     The p-th percentile is the smallest value v with at least ``p * n`` of the n present values
     <= v -- numpy's ``method="inverted_cdf"`` -- read from each account's neighbour values sorted
     in place (one ``collect_list`` per account, ``array_sort``, ``element_at``; integer ranks, so
-    no float rounding). EXACT for every account with at most ``percentile_sample`` neighbours
-    (default 2,000). Above that, the list holds a hash sample of the neighbours (each kept with
-    probability ``percentile_sample / degree``: about ``k = percentile_sample`` values), and the
-    percentile's rank among all n neighbours is off by a share of about ``sqrt(p (1 - p) / k)``
+    no float rounding). EXACT for every direction with at most ``percentile_sample`` neighbours
+    (default 2,000). Above that, each direction keeps a hash sample of its own neighbours (each
+    kept with probability ``percentile_sample / n_d``, n_d the direction's neighbour count: about
+    ``k = percentile_sample`` values; a hub's few followees stay exact beside its sampled
+    followers), and the percentile's rank among all n_d neighbours is off by a share of about ``sqrt(p (1 - p) / k)``
     (one standard deviation: 1.1 % at the median for k = 2,000; tested at four). A quantile
     sketch per attribute and direction (``percentile_approx``) was 24 summaries per account and
     almost all of the time; the sorted list is one buffer per account.
@@ -296,9 +297,13 @@ def _direction_aggs(x: Column, mask: Column | None, direction: str, name: str) -
 def _sorted_values(direction: str, name: str) -> Column:
     """The present values of ``name`` over the sampled neighbours of one direction, ascending."""
     def pick(s: Column) -> Column:
-        return s[name] if direction == "all" else F.when(s[_OUT if direction == "out" else _IN], s[name])
+        return F.when(s[_keep(direction)], s[name])
 
     return F.array_sort(F.filter(F.transform(F.col(_SAMPLE), pick), lambda v: v.isNotNull()))
+
+
+def _keep(direction: str) -> str:
+    return f"_keep_{direction}"
 
 
 def percentile_of_sorted(values: Column, percent: int) -> Column:
@@ -334,18 +339,32 @@ def neighbor_distributions(
         F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *[attribute_values(_col(c)).alias(c) for c in columns]
     )
     pairs = direction_pairs(edges, run_date)
-    deg, hub_ids = _degrees_and_hubs(pairs, hub_degree_cap)
+    _, hub_ids = _degrees_and_hubs(pairs, hub_degree_cap)
     rows = graph._salted_lookup(pairs, _B, vals, hub_ids, salt_buckets, spread=(_A, _B))
-    # Accounts above percentile_sample keep each neighbour for the percentiles with probability
-    # sample / degree (a hash of the pair: reruns keep the same sample). Few ids: broadcast.
-    big = F.broadcast(deg.where(F.col(_DEG) > percentile_sample).select(F.col(t.ACCOUNT_ID).alias(_A), _DEG))
+    # Accounts with more than percentile_sample neighbours keep each neighbour for a direction's
+    # percentiles with probability sample / (its neighbours in that direction): a hash of the pair, so
+    # reruns keep the same sample. Such accounts are few: their counts are broadcast.
+    in_direction = {"out": F.col(_OUT), "in": F.col(_IN), "all": F.lit(True)}
+    counts = {"out": "_deg_out", "in": "_deg_in", "all": _DEG}
+    big = F.broadcast(
+        pairs.groupBy(F.col(_A)).agg(F.count(F.lit(1)).alias(_DEG), F.sum(F.col(_OUT).cast("long")).alias("_deg_out"),
+                                     F.sum(F.col(_IN).cast("long")).alias("_deg_in"))
+        .where(F.col(_DEG) > percentile_sample)
+    )
     uniform = F.pmod(F.xxhash64(F.lit(PERCENTILE_SEED), F.col(_A), F.col(_B)), F.lit(1 << 53)) / float(1 << 53)
-    keep = F.col(_DEG).isNull() | (uniform < F.lit(float(percentile_sample)) / F.col(_DEG))
+    keeps = {
+        # try_divide: a direction without neighbours has a count of 0 (ANSI mode raises on / 0).
+        d: in_direction[d] & (F.col(_DEG).isNull()
+                              | (uniform < F.try_divide(F.lit(float(percentile_sample)), F.col(counts[d]))))
+        for d in DIRECTIONS
+    }
+    masks: dict[str, Column | None] = {"out": F.col(_OUT), "in": F.col(_IN), "all": None}
     rows = rows.join(big, _A, "left")
-    masks = {"out": F.col(_OUT), "in": F.col(_IN), "all": None}
+    keep = keeps["out"] | keeps["in"] | keeps["all"]
     aggs = [F.sum(F.col(_OUT).cast("int")).alias("_n_out"), F.sum(F.col(_IN).cast("int")).alias("_n_in"),
             F.count(F.lit(1)).alias("_n_all"),
-            F.collect_list(F.when(keep, F.struct(_OUT, _IN, *[_col(c) for c in columns]))).alias(_SAMPLE)]
+            F.collect_list(F.when(keep, F.struct(*[keeps[d].alias(_keep(d)) for d in DIRECTIONS],
+                                                 *[_col(c) for c in columns]))).alias(_SAMPLE)]
     for c in columns:
         for d in DIRECTIONS:
             aggs += _direction_aggs(_col(c), masks[d], d, c)
