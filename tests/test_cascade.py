@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from delta.tables import DeltaTable
 from helpers import copy_warehouse
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -488,3 +489,29 @@ def test_cascade_scores_flags_within_budget_and_reruns_identically(spark, cascad
     b = rerun.sort_values(t.ACCOUNT_ID).reset_index(drop=True).drop(columns=["reason_codes"])
     pd.testing.assert_frame_equal(a, b)
     assert again["n_embedding_cache_hits"] == again["n_stage2"] == s2["n_stage2"]
+
+
+def test_heavy_champion_without_threshold_leaves_decisions_to_stage_1(spark, cascade, tmp_path):
+    # A heavy champion whose validation reached the target precision at no threshold cannot decide:
+    # flagged accounts keep stage 1's decisions (and their stage-2 scores), never a blanket "none".
+    cconf, day, _, _, _, _ = cascade
+    warehouse = copy_warehouse(warehouse_path(cconf), tmp_path / "wh")
+    conf = cconf.with_overrides([f"warehouse={warehouse}"])
+    steps.score_stage1_step(spark, conf, day)
+    registry_path = t.table_path(warehouse, t.MODEL_REGISTRY)
+    DeltaTable.forPath(spark, registry_path).update(
+        (F.col(t.MODEL_NAME) == "stage2_heavy") & (F.col(t.STAGE) == registry.CHAMPION),
+        {"threshold": F.lit(None).cast("double")},
+    )
+    with pytest.warns(UserWarning, match="no operating threshold"):
+        steps.score_stage2_step(spark, conf, day)
+    after = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(day)).toPandas()
+    stage1_threshold = registry.champion(spark, warehouse, "stage1_xgb")["threshold"]
+    reached = after[after["stage2_reached"]]
+    assert len(reached) > 0 and reached[t.STAGE2_SCORE].notna().all()
+    np.testing.assert_allclose(reached[t.SCORE], reached[t.STAGE2_SCORE])
+    s1 = reached[t.STAGE1_SCORE]
+    want = np.where(s1 >= stage1_threshold, "action",
+                    np.where(s1 >= stage1_threshold - cconf["scoring.review_band"], "review", "none"))
+    assert (reached[t.DECISION].to_numpy() == want).all()
+    assert (reached[t.DECISION] != "none").any()  # stage 1 acts on or reviews some of the flagged accounts

@@ -157,12 +157,18 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
         .join(stage2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID, "left")
         .withColumn(t.SCORE, F.coalesce(F.col(t.STAGE2_SCORE), F.col(t.STAGE1_SCORE)))
     )
-    reached = _decide(
-        joined.where(F.col(STAGE2_REACHED)).withColumn(
-            # stage1_xgb:N+stage2_heavy:M; split first so reruns do not append twice.
-            t.MODEL_VERSION, F.concat(F.split(t.MODEL_VERSION, r"\+")[0], F.lit(f"+{heavy.model_version}"))),
-        run_date, heavy.threshold, params,
-    )
+    reached = joined.where(F.col(STAGE2_REACHED)).withColumn(
+        # stage1_xgb:N+stage2_heavy:M; split first so reruns do not append twice.
+        t.MODEL_VERSION, F.concat(F.split(t.MODEL_VERSION, r"\+")[0], F.lit(f"+{heavy.model_version}")))
+    if heavy.threshold is not None:
+        reached = _decide(reached, run_date, heavy.threshold, params)
+    else:
+        # No operating point for the heavy champion (none reached the target precision on validation):
+        # its score is kept, the decision stays stage 1's (else the likeliest bots would all get "none").
+        warnings.warn(f"stage 2: {heavy.model_version} has no operating threshold; flagged accounts keep "
+                      "stage 1's decisions", stacklevel=2)
+        reached = _decide(reached.withColumn(t.SCORE, F.col(t.STAGE1_SCORE)), run_date, stage1_threshold,
+                          params).withColumn(t.SCORE, F.coalesce(F.col(t.STAGE2_SCORE), F.col(t.STAGE1_SCORE)))
     rest = _decide(joined.where(~F.col(STAGE2_REACHED)), run_date, stage1_threshold, params)
     final = reached.unionByName(rest).select(*SCORE_COLUMNS).cache()
     counts = {r[t.DECISION]: r["n"] for r in final.groupBy(t.DECISION).agg(F.count("*").alias("n")).collect()}

@@ -21,7 +21,7 @@ _BUCKETS = 1_000_000
 
 def decision(score: Column, threshold: float | None, review_band: float) -> Column:
     if threshold is None:
-        # No threshold reached the target precision on validation: never act, review the top band.
+        # No threshold reached the target precision on validation: this model decides nothing.
         return F.lit("none")
     return (
         F.when(score >= F.lit(threshold), "action")
