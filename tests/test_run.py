@@ -131,6 +131,25 @@ def test_scores_latest_keeps_each_accounts_newest_score(spark, warehouse):
     assert [h["operation"] for h in history].count("MERGE") == 3
 
 
+def test_scores_latest_carries_whether_each_decision_was_carried_out(spark, warehouse):
+    # A table published before these columns existed gains them; accounts not scored since keep nulls.
+    d1, d2 = D, D + dt.timedelta(days=1)
+    old = [(a, d1, 0.9, None, 0.9, "action", "v1") for a in (1, 2, 3)]
+    write_table(spark.createDataFrame(old, SCORES_SCHEMA), warehouse, t.SCORES, partition_by=[t.RUN_DATE])
+    publish_latest(spark, warehouse, d1)
+    flags = T.StructType([T.StructField(c, T.BooleanType()) for c in ("actioned", "holdout", "golden")])
+    new_schema = T.StructType(SCORES_SCHEMA.fields + flags.fields)
+    new = [(1, d2, 0.9, None, 0.9, "action", "v2", True, False, False),
+           (2, d2, 0.9, None, 0.9, "action", "v2", False, True, False),
+           (4, d2, 0.9, None, 0.9, "action", "v2", False, False, True)]
+    write_table(spark.createDataFrame(new, new_schema), warehouse, t.SCORES, partition_by=[t.RUN_DATE],
+                replace_where=f"{t.RUN_DATE} = '{d2}'", merge_schema=True)
+    publish_latest(spark, warehouse, d2)
+    got = {r[t.ACCOUNT_ID]: (r["actioned"], r["holdout"], r["golden"])
+           for r in read_table(spark, warehouse, t.SCORES_LATEST).collect()}
+    assert got == {1: (True, False, False), 2: (False, True, False), 3: (None, None, None), 4: (False, False, True)}
+
+
 # ---------------------------------------------------------------- skip logic (tiny fake steps)
 
 IN, MID, OUT = "fake_in", "fake_mid", "fake_out"

@@ -16,7 +16,9 @@ from botwatch import tables as t
 from botwatch.delta_io import read_table, table_exists, write_table
 
 LATEST_COLUMNS = (t.ACCOUNT_ID, t.RUN_DATE, t.STAGE1_SCORE, t.STAGE2_SCORE, t.SCORE, t.DECISION, t.MODEL_VERSION)
-OPTIONAL_COLUMNS = ("reason_codes",)
+# Whether a decision was carried out, and why not (exploration holdout, golden set): whoever enforces
+# from this table must see them.
+OPTIONAL_COLUMNS = ("reason_codes", "actioned", "holdout", "golden")
 
 
 def publish_latest(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict:
@@ -36,6 +38,7 @@ def publish_latest(spark: SparkSession, warehouse: str, run_date: dt.date) -> di
     (
         target.alias("l")
         .merge(today.alias("s"), f"l.{t.ACCOUNT_ID} = s.{t.ACCOUNT_ID}")
+        .withSchemaEvolution()  # tables published before a column existed gain it
         .whenMatchedUpdateAll(condition=f"s.{t.RUN_DATE} >= l.{t.RUN_DATE}")
         .whenNotMatchedInsertAll()
         .execute()
