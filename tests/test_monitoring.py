@@ -170,6 +170,30 @@ def test_review_queue_strata_and_probabilities(queue):
     assert got.loc[got.reason == "exploration", "stratum_size"].iloc[0] == len(pool)
 
 
+def test_uncertain_band_lies_around_each_rows_deciding_model(spark, tmp_path):
+    """Stage 1 decides at 0.8, the heavy model (for the rows it scored) at 0.6: a heavy-decided score of
+    0.61 is uncertain and one of 0.79 is not, while a stage-1 score of 0.79 is."""
+
+    from botwatch import registry
+    from botwatch.monitoring.review import review_queue
+    from botwatch.monitoring.run import decision_thresholds
+
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 2, 1)
+    registry.upsert(spark, wh, registry.ModelRecord("stage2_heavy", 2, "champion", day, artifact_path="-",
+                                                    threshold=0.6, train_end=day))
+    s1, both = "stage1_xgb:1", "stage1_xgb:1+stage2_heavy:2"
+    rows = [(1, 0.79, s1), (2, 0.60, s1), (3, 0.61, both), (4, 0.79, both), (5, 0.20, s1), (6, 0.35, both)]
+    scores = spark.createDataFrame([(*r, False) for r in rows],
+                                   "account_id long, score double, model_version string, holdout boolean")
+    def uncertain(threshold):
+        queue = review_queue(scores, day, threshold=threshold, budget=2, shares={"uncertain": 1.0},
+                             uncertain_band=0.05, strata_edges=EDGES, min_per_stratum=0, salt="t").toPandas()
+        return sorted(queue.loc[queue["reason"] == "uncertain", "account_id"])
+
+    assert uncertain(decision_thresholds(spark, wh, scores, 0.8)) == [1, 3]
+    assert uncertain(0.8) == [1, 4]  # stage 1's threshold for every row: the heavy model's decisions misread
+
+
 def test_neyman_allocation_is_proportional_to_size_times_spread():
     from botwatch.monitoring.review import neyman_allocation
 

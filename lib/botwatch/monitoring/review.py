@@ -115,7 +115,7 @@ def review_queue(
     scores: DataFrame,
     run_date: dt.date,
     *,
-    threshold: float | None,
+    threshold: float | Column | None,
     budget: int,
     shares: Mapping[str, float],
     uncertain_band: float,
@@ -123,7 +123,9 @@ def review_queue(
     min_per_stratum: int,
     salt: str,
 ) -> DataFrame:
-    """The review queue of D (columns :data:`QUEUE_COLUMNS`), at most ``budget`` rows, one per account."""
+    """The review queue of D (columns :data:`QUEUE_COLUMNS`), at most ``budget`` rows, one per account.
+    ``threshold``: the operating threshold the uncertain band lies around, one for every row or a column
+    (each row's deciding model's; null: no band)."""
     unknown = set(shares) - set(t.REVIEW_REASONS)
     if unknown or budget < 0 or any(v < 0 for v in shares.values()):
         raise ReviewConfigError(
@@ -138,9 +140,8 @@ def review_queue(
     base = base.withColumn("_h", stratum_index(F.col(t.SCORE), edges))
     for reason in t.REVIEW_REASONS:
         base = base.withColumn(f"_u_{reason}", hash_uniform(F.col(t.ACCOUNT_ID), run_date, f"{salt}:{reason}"))
-    in_band = (
-        (F.abs(F.col(t.SCORE) - F.lit(threshold)) <= F.lit(uncertain_band)) if threshold is not None else F.lit(False)
-    )
+    thr = threshold if isinstance(threshold, Column) else F.lit(threshold).cast("double")
+    in_band = F.coalesce(F.abs(F.col(t.SCORE) - thr) <= F.lit(uncertain_band), F.lit(False))
     base = base.withColumn("_band", in_band).cache()
     stats = base.groupBy("_h").agg(
         F.count(F.lit(1)).alias("n"), F.avg(t.SCORE).alias("p"),

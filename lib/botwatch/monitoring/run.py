@@ -39,6 +39,7 @@ from botwatch.training import DRIFT_ALERT, drift_alert_before  # noqa: F401  (re
 
 DRIFT_HARD_ALERT = "drift_hard_alert"
 STAGE1_MODEL = "stage1_xgb"
+HEAVY_MODEL = "stage2_heavy"  # botwatch.scoring.worker.HEAVY_MODEL (not imported: it pulls in torch)
 
 METRICS_SCHEMA = T.StructType(
     [T.StructField(t.RUN_DATE, T.DateType(), False), T.StructField(t.NAME, T.StringType(), False),
@@ -107,6 +108,21 @@ def _model_record(spark: SparkSession, warehouse: str, scores_d: DataFrame) -> d
         if found and rec[t.VERSION] == max(found):
             return rec
     return registry.champion(spark, warehouse, STAGE1_MODEL)
+
+
+def decision_thresholds(spark: SparkSession, warehouse: str, scores_d: DataFrame, stage1_threshold: float | None):
+    """Each score row's operating threshold, as a column: the heavy model's for the rows it decided
+    (``model_version`` ends ``+stage2_heavy:M``), else stage 1's; null where that model has none."""
+    versions = [r[0] for r in scores_d.select(t.MODEL_VERSION).distinct().collect() if r[0]]
+    heavy = sorted({int(m.group(1)) for v in versions if (m := re.search(rf"\+{HEAVY_MODEL}:(\d+)$", v))})
+    threshold = F.lit(stage1_threshold).cast("double")
+    if heavy:
+        found = {r[t.VERSION]: r.get("threshold") for r in registry.records(spark, warehouse, HEAVY_MODEL)}
+        for v in heavy:
+            # A heavy model with no threshold left the decision to stage 1 (on stage 1's score): no band.
+            threshold = F.when(F.col(t.MODEL_VERSION).endswith(f"+{HEAVY_MODEL}:{v}"),
+                               F.lit(found.get(v)).cast("double")).otherwise(threshold)
+    return threshold
 
 
 def _reference(spark: SparkSession, warehouse: str, record: dict | None) -> tuple[dict | None, str]:
@@ -287,7 +303,8 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
 
     # 5. review queue
     queue = review_queue(
-        scores_d, run_date, threshold=threshold, budget=params.review_budget, shares=params.review_shares,
+        scores_d, run_date, threshold=decision_thresholds(spark, warehouse, scores_d, threshold),
+        budget=params.review_budget, shares=params.review_shares,
         uncertain_band=params.uncertain_band, strata_edges=params.strata_edges,
         min_per_stratum=params.min_per_stratum, salt=params.sampling_salt,
     )
