@@ -267,6 +267,37 @@ def test_prevalence_from_the_queue_in_spark(spark, queue):
     assert est["low"] <= pdf["bot"].mean() <= est["high"]
 
 
+def test_prevalence_is_not_estimated_from_a_queue_that_skipped_a_stratum(spark, tmp_path):
+    """200 scored accounts in two strata; a review budget of 1 samples only the larger one. Its labels
+    alone would estimate the whole population's prevalence from 180 of the 200 accounts: no estimate."""
+    from pyspark.sql import functions as F
+
+    from botwatch.delta_io import write_table
+    from botwatch.monitoring.review import review_queue
+    from botwatch.monitoring.run import MonitorParams, _prevalence_history
+
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
+    ids = np.arange(200, dtype="int64")
+    pdf = pd.DataFrame({"account_id": ids, "score": np.where(ids < 180, 0.001, 0.95),
+                        "model_version": "stage1_xgb:1", "holdout": False})
+    scores = spark.createDataFrame(pdf).withColumn("run_date", F.lit(day))
+    write_table(scores, wh, "scores", partition_by=["run_date"])
+    params = MonitorParams()
+
+    def estimate_with_budget(budget: int) -> dict:
+        queue = review_queue(scores, day, threshold=None, budget=budget, shares={"stratified": 1.0},
+                             uncertain_band=0.05, strata_edges=params.strata_edges, min_per_stratum=2, salt="t")
+        write_table(queue, wh, "review_queue", partition_by=["run_date"])
+        sampled = queue.select("account_id").toPandas()["account_id"].to_numpy()
+        labels = pd.DataFrame({"account_id": sampled, "label": (sampled >= 180).astype("int32"),
+                               "source": "investigator", "labeled_at": pd.Timestamp(day) + pd.Timedelta(hours=12)})
+        write_table(spark.createDataFrame(labels), wh, "labels")
+        return _prevalence_history(spark, wh, day, params)
+
+    assert "estimate" not in estimate_with_budget(1)
+    assert estimate_with_budget(4)["estimate"] == pytest.approx(0.1)  # both strata sampled: 20 bots of 200
+
+
 # ---- the monitor step end to end, on hand-built tables -------------------------------------
 
 import datetime as dt  # noqa: E402

@@ -204,8 +204,15 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
         .groupBy(t.RUN_DATE, STRATUM)
         .agg(F.max(STRATUM_SIZE).alias("N"), F.count(t.LABEL).alias("n"), F.sum(F.col(t.LABEL).cast("long")).alias("y"))
     )
+    # A stratum the allocation gave no sample (a budget below the number of strata) has no queue row:
+    # its accounts would silently drop out of the estimate. Such a day is left out.
+    scored = {r[t.RUN_DATE]: r["n"] for r in read_table(spark, warehouse, t.SCORES).where(
+        F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date))).groupBy(t.RUN_DATE).agg(
+        F.count(t.SCORE).alias("n")).collect()}
     for day in sorted(rows[t.RUN_DATE].unique(), reverse=True) if len(rows) else []:
         g = rows[rows[t.RUN_DATE] == day]
+        if g["N"].sum() < scored.get(day, 0):
+            continue
         est = stratified_estimate(g["N"], g["n"], g["y"].fillna(0))
         if not math.isnan(est["estimate"]):
             return {**est, "queue_age_days": float((run_date - day).days)}
