@@ -149,6 +149,20 @@ def test_review_queue_respects_budget_and_reasons(queue):
                                   again.sort_values("account_id").reset_index(drop=True))
 
 
+def test_review_queue_stays_within_a_budget_its_rounded_shares_overshoot(spark):
+    import datetime as dt
+
+    from botwatch.monitoring.review import review_queue
+
+    scores = spark.createDataFrame([(i, 0.8 + (i % 5) / 100, "stage1_xgb:1", i % 2 == 0) for i in range(40)],
+                                   "account_id long, score double, model_version string, holdout boolean")
+    # 3 x 0.5 rounds to 2 for both reasons: 4 rows asked of a budget of 3.
+    got = review_queue(scores, dt.date(2026, 2, 1), threshold=0.8, budget=3,
+                       shares={"uncertain": 0.5, "exploration": 0.5}, uncertain_band=0.05, strata_edges=EDGES,
+                       min_per_stratum=2, salt="t").toPandas()
+    assert len(got) == 3 and got["account_id"].is_unique
+
+
 def test_review_queue_strata_and_probabilities(queue):
     pdf, got, _, _ = queue
     strat = got[got.reason == "stratified"]

@@ -153,7 +153,8 @@ def review_queue(
     total = sum(sizes.values())
     total_share = sum(shares.values()) or 1.0
     n_explore = min(round(budget * shares.get(EXPLORATION, 0.0) / total_share), n_holdout)
-    n_uncertain = min(round(budget * shares.get(UNCERTAIN, 0.0) / total_share), n_band)
+    # Rounded shares can add up to more than the budget (0.5 + 0.5 of 3 -> 2 + 2): the later ones get what is left.
+    n_uncertain = min(round(budget * shares.get(UNCERTAIN, 0.0) / total_share), n_band, budget - n_explore)
     n_strat = min(budget - n_explore - n_uncertain, total)
 
     order = sorted(sizes)
