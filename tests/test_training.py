@@ -80,6 +80,22 @@ def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():
     assert not gate(0.7, 0.5, 0.8, 0.01, challenger_can_act=True, champion_can_act=True).promote  # worse
 
 
+def test_promotion_swaps_champions_in_one_commit(spark, tmp_path):
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
+    for version, stage in ((1, registry.RETIRED), (2, registry.CHAMPION), (3, registry.CHALLENGER)):
+        registry.upsert(spark, wh, registry.ModelRecord("m", version, stage, day, artifact_path="-", threshold=0.5))
+    registry.upsert(spark, wh, registry.ModelRecord("other", 1, registry.CHAMPION, day, artifact_path="-"))
+    path = t.table_path(wh, t.MODEL_REGISTRY)
+    before = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").count()
+    registry.promote(spark, wh, "m", 3, "passed the gate")
+    assert spark.sql(f"DESCRIBE HISTORY delta.`{path}`").count() == before + 1
+    got = {(r["model_name"], r[t.VERSION]): (r[t.STAGE], r["reason"]) for r in registry.records(spark, wh)}
+    assert got[("m", 3)] == (registry.CHAMPION, "passed the gate")
+    assert got[("m", 2)] == (registry.RETIRED, "replaced by version 3")
+    assert got[("m", 1)][0] == registry.RETIRED and got[("other", 1)][0] == registry.CHAMPION
+    assert registry.champion(spark, wh, "m")[t.VERSION] == 3
+
+
 def test_calibrated_scores_are_computed_in_double_precision():
     # XGBoost's margins are float32; a float32 sigmoid rounds 2.5 * 8 + 0.5 and 2.5 * 10 + 0.5 both to exactly
     # 1.0, ties that lower PR-AUC and blur the threshold choice.

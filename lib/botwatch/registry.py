@@ -127,16 +127,6 @@ def upsert(spark: SparkSession, warehouse: str, record: ModelRecord) -> None:
     )
 
 
-def set_stage(spark: SparkSession, warehouse: str, model_name: str, version: int, stage: str, reason: str = "") -> None:
-    from delta.tables import DeltaTable
-
-    target = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY))
-    target.update(
-        (F.col(t.MODEL_NAME) == model_name) & (F.col(t.VERSION) == version),
-        {t.STAGE: F.lit(stage), "reason": F.lit(reason)},
-    )
-
-
 @dataclass
 class PromotionDecision:
     promote: bool
@@ -182,8 +172,15 @@ def promotion_decision(
 
 
 def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, reason: str) -> None:
-    """Make ``version`` the champion and retire the previous one."""
-    old = champion(spark, warehouse, model_name)
-    if old and old[t.VERSION] != version:
-        set_stage(spark, warehouse, model_name, old[t.VERSION], RETIRED, f"replaced by version {version}")
-    set_stage(spark, warehouse, model_name, version, CHAMPION, reason)
+    """Make ``version`` the champion and retire the previous one, in one commit: scoring never sees
+    no champion (or two), and a crash leaves the old champion in place."""
+    from delta.tables import DeltaTable
+
+    new = F.col(t.VERSION) == version
+    DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY)).update(
+        (F.col(t.MODEL_NAME) == model_name) & (new | (F.col(t.STAGE) == CHAMPION)),
+        {
+            t.STAGE: F.when(new, F.lit(CHAMPION)).otherwise(F.lit(RETIRED)),
+            "reason": F.when(new, F.lit(reason)).otherwise(F.lit(f"replaced by version {version}")),
+        },
+    )
