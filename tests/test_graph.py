@@ -158,6 +158,13 @@ def _scenario():
         (201, 1, "investigator", MIDNIGHT_D),  # observed at D 00:00: not before D
         (201, 1, "investigator", MIDNIGHT_D + dt.timedelta(days=1)),
         (203, 1, "investigator", MIDNIGHT_D - dt.timedelta(seconds=1)),
+        # Training's rules: an investigator's 0 outranks a later user report's 1, botwatch's own decisions
+        # never count, and an exact tie between opposite labels of one source goes to human.
+        (5, 0, "investigator", MIDNIGHT_D - dt.timedelta(days=5)),
+        (5, 1, "user_report", MIDNIGHT_D - dt.timedelta(days=1)),
+        (9, 1, "botwatch", MIDNIGHT_D - dt.timedelta(days=1)),
+        (11, 1, "appeal", MIDNIGHT_D - dt.timedelta(days=2)),
+        (11, 0, "appeal", MIDNIGHT_D - dt.timedelta(days=2)),
     ]
     activity = [
         (v, rnd.randint(0, 50), None if rnd.random() < 0.2 else rnd.uniform(0, 4.5))
@@ -178,8 +185,11 @@ def _reference(accounts, edges, labels, activity, growth_days=7) -> list[dict]:
     tri, clu = nx.triangles(g), nx.clustering(g)
 
     lab = pd.DataFrame(labels, columns=["account_id", "label", "source", "labeled_at"])
-    lab = lab[lab.labeled_at < MIDNIGHT_D].sort_values(["labeled_at", "label"])
-    latest = lab.groupby("account_id").label.last().to_dict()
+    precedence = {"investigator": 0, "appeal": 1, "user_report": 2, "propagated": 3}  # DESIGN.md's order
+    lab = lab[(lab.labeled_at < MIDNIGHT_D) & lab.source.isin(list(precedence))].assign(
+        rank=lambda d: d.source.map(precedence))
+    lab = lab.sort_values(["rank", "labeled_at", "label"], ascending=[True, False, True])
+    latest = lab.groupby("account_id").label.first().to_dict()
     act = pd.DataFrame(activity, columns=["account_id", *ACTIVITY_COLS]).set_index("account_id")
 
     def mean_of(ids, col):

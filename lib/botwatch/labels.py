@@ -80,18 +80,9 @@ def resolve_labels(
     require_columns(labels, {f.name: f.dataType for f in LABELS_SCHEMA.fields}, "resolve_labels(labels)")
     used = [s for s in LABEL_PRECEDENCE if s not in set(exclude_sources)]
     weights = _check_weights(source_weights, used)
-
-    rows = labels.where(F.col(t.SOURCE).isin(used))
-    if as_of is not None:
-        rows = rows.where(F.to_date(t.LABELED_AT) < F.lit(as_of))
-    rank = F.array_position(F.array(*[F.lit(s) for s in LABEL_PRECEDENCE]), F.col(t.SOURCE))
-    best_first = Window.partitionBy(t.ACCOUNT_ID).orderBy(
-        rank.asc(), F.col(t.LABELED_AT).desc(), F.col(t.LABEL).asc()
-    )
     weight = F.create_map(*[x for s, w in weights.items() for x in (F.lit(s), F.lit(w))])[F.col(t.SOURCE)]
     return (
-        rows.withColumn("_rank", F.row_number().over(best_first))
-        .where(F.col("_rank") == 1)
+        winning_labels(labels, as_of=as_of, exclude_sources=exclude_sources)
         .select(
             F.col(t.ACCOUNT_ID),
             F.to_date(t.LABELED_AT).alias(t.AS_OF_DATE),
@@ -100,6 +91,24 @@ def resolve_labels(
             F.col(t.SOURCE),
         )
     )
+
+
+def winning_labels(
+    labels: DataFrame, *, as_of: dt.date | str | None = None, exclude_sources: Sequence[str] = ("botwatch",)
+) -> DataFrame:
+    """Each account's winning label observation (its ``labels`` row) under :func:`resolve_labels`'
+    rules: sources outside :data:`LABEL_PRECEDENCE` (and ``exclude_sources``) dropped, only labels
+    observed before ``as_of`` when given, the higher-precedence source first, then the latest, an exact
+    tie between opposite labels to 0 (human). Training and ``bot_neighbor_share`` read labels alike."""
+    used = [s for s in LABEL_PRECEDENCE if s not in set(exclude_sources)]
+    rows = labels.where(F.col(t.SOURCE).isin(used))
+    if as_of is not None:
+        rows = rows.where(F.to_date(t.LABELED_AT) < F.lit(as_of).cast("date"))
+    rank = F.array_position(F.array(*[F.lit(s) for s in LABEL_PRECEDENCE]), F.col(t.SOURCE))
+    best_first = Window.partitionBy(t.ACCOUNT_ID).orderBy(
+        rank.asc(), F.col(t.LABELED_AT).desc(), F.col(t.LABEL).asc()
+    )
+    return rows.withColumn("_rank", F.row_number().over(best_first)).where(F.col("_rank") == 1).drop("_rank")
 
 
 def _check_pit_inputs(resolved: DataFrame, features: DataFrame) -> None:

@@ -44,6 +44,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
+from botwatch.labels import winning_labels
 from botwatch.schemas import SchemaMismatchError, require_columns
 
 # ---- output columns ----
@@ -320,15 +321,12 @@ def triangle_counts(
 
 
 def latest_labels_before(labels: DataFrame, run_date: dt.date | str) -> DataFrame:
-    """Each account's latest label observed before ``run_date`` (00:00 of D): no later label
-    can leak into features of D. Ties on ``labeled_at`` resolve to bot."""
-    require_columns(labels, (t.ACCOUNT_ID, t.LABEL, t.LABELED_AT), "graph labels")
-    latest = Window.partitionBy(t.ACCOUNT_ID).orderBy(F.col(t.LABELED_AT).desc(), F.col(t.LABEL).desc())
-    return (
-        labels.where(F.col(t.LABELED_AT) < _day_start(run_date))
-        .withColumn("_rank", F.row_number().over(latest))
-        .where(F.col("_rank") == 1)
-        .select(t.ACCOUNT_ID, (F.col(t.LABEL) == 1).cast("int").alias("_is_bot"))
+    """Each account's label as training resolves it (:func:`botwatch.labels.winning_labels`: source
+    precedence, then the latest; botwatch's own decisions never count) from the labels observed
+    before ``run_date`` (00:00 of D): no later label can leak into features of D."""
+    require_columns(labels, (t.ACCOUNT_ID, t.LABEL, t.SOURCE, t.LABELED_AT), "graph labels")
+    return winning_labels(labels, as_of=run_date).select(
+        t.ACCOUNT_ID, (F.col(t.LABEL) == 1).cast("int").alias("_is_bot")
     )
 
 
