@@ -321,6 +321,41 @@ def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):
     assert not nightly.break_lock(spark, warehouse, D)
 
 
+def test_two_runs_taking_over_one_stale_lock_never_both_hold_it(spark, warehouse, monkeypatch):
+    """B sees the dead run's lock, and is about to delete it when A takes it over; B then deletes the
+    lock file. Only one of them may end up holding the date."""
+    dead = nightly.DateLock(spark, warehouse, D, stale_hours=12)
+    dead.acquire()  # a run that died; with stale_hours=0 its lock is stale at once
+    b_at_delete, a_done = threading.Event(), threading.Event()
+    delete = nightly._delete_file
+
+    def paused_delete(spark_, path):
+        if threading.current_thread().name == "B" and path.endswith(f"{D.isoformat()}.json"):
+            b_at_delete.set()
+            a_done.wait(timeout=60)
+        return delete(spark_, path)
+
+    monkeypatch.setattr(nightly, "_delete_file", paused_delete)
+    won: dict[str, str] = {}
+
+    def attempt(name: str) -> None:
+        lock = nightly.DateLock(spark, warehouse, D, stale_hours=0)
+        try:
+            lock.acquire()
+            won[name] = lock.holder
+        except nightly.RunLockedError:
+            pass
+
+    b = threading.Thread(target=attempt, args=("B",), name="B")
+    b.start()
+    assert b_at_delete.wait(timeout=60)
+    attempt("A")
+    a_done.set()
+    b.join(timeout=60)
+    assert len(won) == 1, won
+    assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == next(iter(won.values()))
+
+
 def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
     """Warehouses on HDFS or ADLS take the lock through Hadoop's FileSystem (create without overwrite);
     here Hadoop's local file system stands in for them."""

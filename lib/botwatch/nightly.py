@@ -285,12 +285,18 @@ class DateLock:
             return
         held = self.current()
         if held is not None and held["acquired_at"] < now - dt.timedelta(hours=self.stale_hours):
-            # A lock older than run.lock_stale_hours belongs to a run that died: take it over, unless
-            # another run took it over in between (then the file's holder has changed).
-            if self.current() == held:
-                _delete_file(self.spark, self.path)
-            if _create_exclusive(self.spark, self.path, payload):
-                return
+            # A lock older than run.lock_stale_hours belongs to a run that died: take it over. Of the runs
+            # that saw this same stale lock, only the one that creates its takeover marker may delete it:
+            # a check-then-delete let a slow contender delete the lock another had just taken over.
+            marker = f"{self.path}.takeover-{held['holder']}"
+            if _create_exclusive(self.spark, marker, payload):
+                try:
+                    if self.current() == held:
+                        _delete_file(self.spark, self.path)
+                    if _create_exclusive(self.spark, self.path, payload):
+                        return
+                finally:
+                    _delete_file(self.spark, marker)
             held = self.current()
         raise RunLockedError(
             f"another run for {self.run_date} is in progress (lock held by {held and held['holder']} since "
