@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from tests.helpers import copy_warehouse
 
-from botwatch import nightly, steps
+from botwatch import nightly, registry, steps
 from botwatch import tables as t
 from botwatch.delta_io import TableMissingError, read_table, table_exists, write_table
 from botwatch.ingest import write_quarantine
@@ -406,6 +406,19 @@ def full_run(spark, dag_run, tmp_path_factory):
     wh = copy_warehouse(conf["warehouse"], tmp_path_factory.mktemp("full") / "wh")
     logged = nightly.log_rows(spark, wh, day)
     return conf.with_overrides([f"warehouse={wh}"]), day, checksums(spark, wh), logged
+
+
+def test_an_earlier_date_is_never_scored_with_a_model_trained_after_it(spark, full_run):
+    # The run trained and promoted the first champion on its date; an earlier date had none.
+    conf, day, _, _ = full_run
+    wh = conf["warehouse"]
+    champ = registry.champion(spark, wh, "stage1_xgb")
+    assert champ is not None and champ[t.RUN_DATE] == day
+    earlier = [r[0] for r in read_table(spark, wh, t.FEATURES).where(F.col(t.RUN_DATE) < day)
+               .select(t.RUN_DATE).distinct().collect()]
+    assert earlier, "the platform has feature dates before the run's"
+    with pytest.raises(registry.NoChampionError, match=f"as of {max(earlier)}"):
+        steps.score_stage1_step(spark, conf, max(earlier))
 
 
 # Whole runs on a simulated platform; the default 900 s also counts the fixtures' setup.

@@ -96,6 +96,31 @@ def test_promotion_swaps_champions_in_one_commit(spark, tmp_path):
     assert registry.champion(spark, wh, "m")[t.VERSION] == 3
 
 
+def test_champion_as_of_a_date_is_the_one_promoted_by_then(spark, tmp_path):
+    wh, d = str(tmp_path / "wh"), dt.date(2026, 1, 1)
+    history = [(1, 4, registry.RETIRED), (2, 7, registry.RETIRED), (3, 9, registry.CHALLENGER),
+               (4, 11, registry.CHAMPION), (5, 11, registry.CHALLENGER)]  # (version, trained on day, stage)
+    for version, day, stage in history:
+        registry.upsert(spark, wh, registry.ModelRecord("m", version, stage, d + dt.timedelta(days=day),
+                                                        artifact_path="-"))
+    as_of = {day: registry.champion(spark, wh, "m", as_of=d + dt.timedelta(days=day)) for day in range(2, 14)}
+    # Never a challenger (v3, v5), never a model trained after the date.
+    want = {2: None, 3: None, 4: 1, 5: 1, 6: 1, 7: 2, 8: 2, 9: 2, 10: 2, 11: 4, 12: 4, 13: 4}
+    assert {day: r and r[t.VERSION] for day, r in as_of.items()} == want
+    assert registry.champion(spark, wh, "m")[t.VERSION] == 4
+    # A rerun of an earlier date never replaces the newer champion, however good its model.
+    current = registry.champion(spark, wh, "m")
+    assert registry.newer_champion(current, d + dt.timedelta(days=11)) is None
+    newer = registry.newer_champion(current, d + dt.timedelta(days=8))
+    assert newer == "version 4, trained on 2026-01-12"
+    refused = registry.promotion_decision(0.99, 0.5, 0.5, 0.01, newer_champion=newer)
+    assert not refused.promote and "trained after this run's date" in refused.reason
+    # A rollback by hand (v1 promoted again) serves every date from v1's training on.
+    registry.promote(spark, wh, "m", 1, "rollback")
+    got = {day: registry.champion(spark, wh, "m", as_of=d + dt.timedelta(days=day)) for day in (3, 4, 8, 13)}
+    assert {day: r and r[t.VERSION] for day, r in got.items()} == {3: None, 4: 1, 8: 1, 13: 1}
+
+
 def test_calibrated_scores_are_computed_in_double_precision():
     # XGBoost's margins are float32; a float32 sigmoid rounds 2.5 * 8 + 0.5 and 2.5 * 10 + 0.5 both to exactly
     # 1.0, ties that lower PR-AUC and blur the threshold choice.

@@ -104,9 +104,18 @@ def next_version(spark: SparkSession, warehouse: str, model_name: str) -> int:
     return max((r[t.VERSION] for r in records(spark, warehouse, model_name)), default=0) + 1
 
 
-def champion(spark: SparkSession, warehouse: str, model_name: str) -> dict | None:
-    found = [r for r in records(spark, warehouse, model_name) if r[t.STAGE] == CHAMPION]
-    return found[-1] if found else None
+def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.date | None = None) -> dict | None:
+    """The champion; with ``as_of``, one trained on or before that date: the champion when it was,
+    else the latest trained by then of the versions ever promoted (the retired ones: only champions
+    are retired; a model is promoted on its training run's date). A rerun of an old date then never
+    scores with a model trained on labels observed after it, and a rollback (an older version
+    promoted by hand) still takes effect."""
+    found = records(spark, warehouse, model_name)
+    current = [r for r in found if r[t.STAGE] == CHAMPION]
+    if as_of is None or (current and current[-1][t.RUN_DATE] <= as_of):
+        return current[-1] if current else None
+    then = [r for r in found if r[t.STAGE] == RETIRED and r[t.RUN_DATE] <= as_of]
+    return max(then, key=lambda r: (r[t.RUN_DATE], r[t.VERSION]), default=None)
 
 
 def upsert(spark: SparkSession, warehouse: str, record: ModelRecord) -> None:
@@ -127,6 +136,13 @@ def upsert(spark: SparkSession, warehouse: str, record: ModelRecord) -> None:
     )
 
 
+def newer_champion(current: dict | None, run_date: dt.date) -> str | None:
+    """``current`` champion's description when it was trained after ``run_date`` (else None)."""
+    if current is None or current[t.RUN_DATE] <= run_date:
+        return None
+    return f"version {current[t.VERSION]}, trained on {current[t.RUN_DATE]}"
+
+
 @dataclass
 class PromotionDecision:
     promote: bool
@@ -141,6 +157,7 @@ def promotion_decision(
     *,
     challenger_can_act: bool = True,
     champion_can_act: bool = False,
+    newer_champion: str | None = None,
 ) -> PromotionDecision:
     """The gate, on the golden set: never promote a model worse than the champion (beyond
     ``tolerance``) or one that does not beat the canary. A model with no operating threshold (none
@@ -148,6 +165,11 @@ def promotion_decision(
     that has one."""
     import math
 
+    if newer_champion is not None:
+        return PromotionDecision(
+            False, f"the champion ({newer_champion}) was trained after this run's date: a rerun of an earlier date "
+            "never replaces it"
+        )
     if math.isnan(challenger_pr_auc):
         return PromotionDecision(False, "challenger has no golden-set PR-AUC (no golden labels with both classes)")
     if champion_can_act and not challenger_can_act:

@@ -119,8 +119,8 @@ def drift_alert_before(spark: SparkSession, warehouse: str, run_date: dt.date) -
 
 
 def refresh_decision(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> tuple[bool, str]:
-    """The refresh policy for D, from the registry's champion and the metrics table."""
-    champion = registry.champion(spark, warehouse, STAGE1_MODEL)
+    """The refresh policy for D, from the registry's champion of D and the metrics table."""
+    champion = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=run_date)
     drift_alert = drift_alert_before(spark, warehouse, run_date)
     return needs_training(champion, run_date, params.max_champion_age_days, drift_alert)
 
@@ -371,6 +371,7 @@ def train_stage1(
         params.promotion_tolerance,
         challenger_can_act=threshold is not None,
         champion_can_act=current is not None and current.get("threshold") is not None,
+        newer_champion=registry.newer_champion(current, run_date),
     )
     record = registry.ModelRecord(
         model_name=STAGE1_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date,

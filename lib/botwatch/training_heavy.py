@@ -212,6 +212,7 @@ def train_heavy_stage(
         metrics.get("golden_pr_auc", math.nan), metrics.get("canary_golden_pr_auc", math.nan), champ_pr,
         params.promotion_tolerance, challenger_can_act=threshold is not None,
         champion_can_act=current is not None and current.threshold is not None,
+        newer_champion=registry.newer_champion(registry.champion(spark, warehouse, HEAVY_MODEL), run_date),
     )
     registry.upsert(spark, warehouse, registry.ModelRecord(
         model_name=HEAVY_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date, metrics=metrics,

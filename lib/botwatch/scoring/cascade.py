@@ -65,9 +65,11 @@ def _write(spark: SparkSession, warehouse: str, scored: DataFrame, run_date: dt.
         )
 
 
-def flag_threshold(spark: SparkSession, warehouse: str, heavy: HeavyArtifact) -> tuple[float | None, str]:
-    """The stage-1 champion's flag threshold for this heavy champion, and where it came from."""
-    champ = registry.champion(spark, warehouse, STAGE1_MODEL)
+def flag_threshold(
+    spark: SparkSession, warehouse: str, heavy: HeavyArtifact, as_of: dt.date | None = None
+) -> tuple[float | None, str]:
+    """The stage-1 champion's (of ``as_of``) flag threshold for this heavy champion, and where it came from."""
+    champ = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=as_of)
     try:
         info = registry.read_artifact(cast(dict, champ)["artifact_path"], CASCADE_FILE)  # heavy implies stage 1
     except FileNotFoundError:
@@ -101,15 +103,16 @@ def cap_to_budget(scored: DataFrame, threshold: float | None, budget: float) -> 
 
 def score_stage1_and_flag(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict) -> dict:
     """Stage 1 on every account of D with decisions from its threshold and the stage-2 flag."""
-    model = load_champion(spark, warehouse)
+    # The champions of D, not the newest: a rerun of an old date scores as that night did.
+    model = load_champion(spark, warehouse, as_of=run_date)
     scored = score_stage1(features_for(spark, warehouse, run_date), model, params.get("reason_codes", 3))
     scored = scored.select(t.ACCOUNT_ID, t.RUN_DATE, t.STAGE1_SCORE, "reason_codes").cache()
-    heavy = heavy_champion(spark, warehouse)
+    heavy = heavy_champion(spark, warehouse, as_of=run_date)
     summary: dict = {"model_version": model.version, "threshold": model.threshold}
     if heavy is None:
         flag, info = F.lit(False), {"n_flagged": 0, "flag": "no heavy champion: nobody reaches stage 2"}
     else:
-        thr, source = flag_threshold(spark, warehouse, heavy)
+        thr, source = flag_threshold(spark, warehouse, heavy, as_of=run_date)
         if thr is None:
             warnings.warn(f"stage 1: {source}", stacklevel=2)
         flag, info = cap_to_budget(scored, thr, params["budget"])
@@ -131,7 +134,7 @@ def score_stage1_and_flag(spark: SparkSession, warehouse: str, run_date: dt.date
 
 def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, cascade_section: dict) -> dict:
     """Stage 2 on D's flagged accounts, then final scores and decisions for the whole partition."""
-    heavy = heavy_champion(spark, warehouse)
+    heavy = heavy_champion(spark, warehouse, as_of=run_date)
     if heavy is None:
         return {"stage2": "skipped: no heavy champion (train one with `botwatch train`)", "n_stage2": 0}
     settings = InferenceSettings.from_conf(cascade_section)
@@ -151,7 +154,7 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
     n_cached = stage2.where(F.col(FROM_CACHE)).count()
     n_scored = stage2.count()
 
-    stage1_threshold = load_champion(spark, warehouse).threshold
+    stage1_threshold = load_champion(spark, warehouse, as_of=run_date).threshold
     joined = (
         scores.drop(t.STAGE2_SCORE)
         .join(stage2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID, "left")

@@ -23,11 +23,15 @@ class LoadedStage1:
     threshold: float | None
 
 
-def load_champion(spark: SparkSession, warehouse: str, model_name: str = STAGE1_MODEL) -> LoadedStage1:
-    champ = registry.champion(spark, warehouse, model_name)
+def load_champion(
+    spark: SparkSession, warehouse: str, model_name: str = STAGE1_MODEL, as_of: dt.date | None = None
+) -> LoadedStage1:
+    """The champion (with ``as_of``: the one of that date, see :func:`botwatch.registry.champion`)."""
+    champ = registry.champion(spark, warehouse, model_name, as_of=as_of)
     if champ is None:
+        when = f" as of {as_of}" if as_of else ""
         raise registry.NoChampionError(
-            f"no champion '{model_name}' in {warehouse}/model_registry: train one first with "
+            f"no champion '{model_name}'{when} in {warehouse}/model_registry: train one first with "
             "`botwatch train --date D` (it needs labels and features from earlier days)"
         )
     art = champ["artifact_path"]

@@ -65,9 +65,10 @@ def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifa
     )
 
 
-def heavy_champion(spark: SparkSession, warehouse: str) -> HeavyArtifact | None:
-    """The heavy champion, or ``None`` when none is registered (stage 2 is then skipped)."""
-    champ = registry.champion(spark, warehouse, HEAVY_MODEL)
+def heavy_champion(spark: SparkSession, warehouse: str, as_of: dt.date | None = None) -> HeavyArtifact | None:
+    """The heavy champion (with ``as_of``: the one of that date), or ``None`` when there is none
+    (stage 2 is then skipped)."""
+    champ = registry.champion(spark, warehouse, HEAVY_MODEL, as_of=as_of)
     return HeavyArtifact.from_record(champ) if champ else None
 
 
