@@ -296,3 +296,20 @@ def test_without_activity_or_labels(spark):
     assert rows[1]["reciprocity"] == 1.0 and rows[1]["clustering_coef"] == 0.0 and rows[1]["has_graph"]
     assert rows[1]["bot_neighbor_share"] is None  # no labels given: unknown, not 0
     assert rows[3]["has_graph"] is False and rows[3]["in_degree"] == 0
+
+
+def test_metadata_and_neighbour_activity_inputs_are_checked(spark, caplog):
+    from botwatch.features.build import metadata_features, neighbour_activity
+
+    accounts = spark.createDataFrame(
+        [(1, "US", dt.datetime(2024, 1, 1), True, float("nan")), (2, "US", dt.datetime(2024, 1, 1), False, 0.5),
+         (3, "US", dt.datetime(2024, 1, 1), False, None)],
+        "account_id long, country string, created_at timestamp, verified boolean, profile_completeness double",
+    )
+    got = {r["account_id"]: r["profile_completeness"] for r in metadata_features(accounts, D, 30).collect()}
+    assert got == {1: None, 2: 0.5, 3: None}  # NaN is missing, like a null: never a number
+    activity = spark.createDataFrame([(1, 3.0)], "account_id long, n_events_7d double")
+    with caplog.at_level("WARNING", logger="botwatch.features.build"):
+        kept = neighbour_activity(activity, {"neighbor_activity_columns": ["n_events_7d", "n_events_9d"]})
+    assert kept is not None and kept.columns == ["account_id", "n_events_7d"]
+    assert "'n_events_9d' is not an activity feature" in caplog.text

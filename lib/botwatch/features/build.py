@@ -8,6 +8,7 @@ metadata from ``accounts``. Missing data stays null with availability flags, nev
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
@@ -17,6 +18,8 @@ from pyspark.sql import functions as F
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
 from botwatch.features import activity, attributes, graph
+
+log = logging.getLogger(__name__)
 
 METADATA_COLUMNS = ("account_age_days", "verified_flag", t.PROFILE_COMPLETENESS, "is_new_account")
 
@@ -38,7 +41,9 @@ def metadata_features(accounts: DataFrame, run_date: dt.date, new_account_days: 
         t.COUNTRY,
         age.alias("account_age_days"),
         F.col(t.VERIFIED).cast("double").alias("verified_flag"),
-        F.col(t.PROFILE_COMPLETENESS).cast("double").alias(t.PROFILE_COMPLETENESS),
+        # NaN (e.g. "NaN" in a CSV) is missing, as in the attr_ columns: null, not a number.
+        F.when(~F.isnan(F.col(t.PROFILE_COMPLETENESS).cast("double")), F.col(t.PROFILE_COMPLETENESS).cast("double"))
+        .alias(t.PROFILE_COMPLETENESS),
         F.when(age.isNull(), None).otherwise(age < new_account_days).alias("is_new_account"),
     )
 
@@ -111,7 +116,13 @@ def hub_settings(graph_params: Mapping[str, Any]) -> HubSettings:
 def neighbour_activity(activity_feats: DataFrame, graph_params: Mapping[str, Any]) -> DataFrame | None:
     """The activity columns the graph step averages over neighbours (``features.graph.neighbor_activity_columns``
     that exist), with ``account_id``; None when there are none."""
-    cols = [c for c in graph_params.get("neighbor_activity_columns", []) if c in activity_feats.columns]
+    wanted = list(graph_params.get("neighbor_activity_columns", []))
+    cols = [c for c in wanted if c in activity_feats.columns]
+    for c in wanted:
+        if c not in cols:
+            # A typo, or a window no longer computed: the followee_/follower_mean_ columns would just vanish.
+            log.warning("features.graph.neighbor_activity_columns: %r is not an activity feature of this run (a typo, "
+                        "or a window features.windows no longer has); its neighbour means are skipped", c)
     return activity_feats.select(t.ACCOUNT_ID, *cols) if cols else None
 
 
