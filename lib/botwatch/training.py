@@ -258,25 +258,22 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
     train, valid, golden = (rows.cache() for rows in training_rows(spark, warehouse, run_date, params))
     n_train = train.count()
     n_pos = train.where(F.col(t.LABEL) == 1).count()
-    if n_train < params.min_train_rows or n_pos < params.min_positives or n_pos == n_train:
-        for rows in (train, valid, golden):
-            rows.unpersist()
-        raise NotEnoughLabelsError(
-            f"{n_train} training rows with {n_pos} bots before {run_date}: need at least "
-            f"{params.min_train_rows} rows and {params.min_positives} bots of each class "
-            "(train.min_train_rows / train.min_positives)"
-        )
     n_valid = valid.count()
-    if n_valid < params.xgb.num_workers:
-        for rows in (train, valid, golden):
-            rows.unpersist()
+    short = None
+    if n_train < params.min_train_rows or n_pos < params.min_positives or n_pos == n_train:
+        short = (f"{n_train} training rows with {n_pos} bots before {run_date}: need at least "
+                 f"{params.min_train_rows} rows and {params.min_positives} bots of each class "
+                 "(train.min_train_rows / train.min_positives)")
+    elif n_valid < params.xgb.num_workers:
         # xgboost.spark fails obscurely on a worker without validation rows, and with none there is no
         # early stopping and no operating threshold.
-        raise NotEnoughLabelsError(
-            f"{n_valid} labelled validation rows in the {params.valid_days} days up to {run_date}: need at least "
-            f"{params.xgb.num_workers} (one per XGBoost worker, train.xgb.num_workers) to stop early and pick the "
-            "threshold; wait for labels or widen train.valid_days"
-        )
+        short = (f"{n_valid} labelled validation rows in the {params.valid_days} days up to {run_date}: need at "
+                 f"least {params.xgb.num_workers} (one per XGBoost worker, train.xgb.num_workers) to stop early and "
+                 "pick the threshold; wait for labels or widen train.valid_days")
+    if short:
+        for rows in (train, valid, golden):
+            rows.unpersist()
+        raise NotEnoughLabelsError(short)
     prevalence, source = population_prevalence(spark, warehouse, run_date, params)
     ctx = TrainingContext(train, valid, golden, n_train, n_pos, prevalence, source,
                           [c for c in params.canary_features if c in train.columns])
