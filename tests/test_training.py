@@ -94,6 +94,9 @@ def test_promotion_swaps_champions_in_one_commit(spark, tmp_path):
     assert got[("m", 2)] == (registry.RETIRED, "replaced by version 3")
     assert got[("m", 1)][0] == registry.RETIRED and got[("other", 1)][0] == registry.CHAMPION
     assert registry.champion(spark, wh, "m")[t.VERSION] == 3
+    with pytest.raises(ValueError, match="no version 9"):
+        registry.promote(spark, wh, "m", 9, "a typo")
+    assert registry.champion(spark, wh, "m")[t.VERSION] == 3
 
 
 def test_champion_as_of_a_date_is_the_one_promoted_by_then(spark, tmp_path):

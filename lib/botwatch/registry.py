@@ -198,6 +198,9 @@ def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, 
     no champion (or two), and a crash leaves the old champion in place."""
     from delta.tables import DeltaTable
 
+    if not any(r[t.VERSION] == version for r in records(spark, warehouse, model_name)):
+        # The update would retire the champion and crown nobody.
+        raise ValueError(f"no version {version} of '{model_name}' in {warehouse}/model_registry to promote")
     new = F.col(t.VERSION) == version
     DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY)).update(
         (F.col(t.MODEL_NAME) == model_name) & (new | (F.col(t.STAGE) == CHAMPION)),

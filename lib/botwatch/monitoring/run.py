@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -110,7 +110,9 @@ def _model_record(spark: SparkSession, warehouse: str, scores_d: DataFrame) -> d
     return registry.champion(spark, warehouse, STAGE1_MODEL)
 
 
-def decision_thresholds(spark: SparkSession, warehouse: str, scores_d: DataFrame, stage1_threshold: float | None):
+def decision_thresholds(
+    spark: SparkSession, warehouse: str, scores_d: DataFrame, stage1_threshold: float | None
+) -> Column:
     """Each score row's operating threshold, as a column: the heavy model's for the rows it decided
     (``model_version`` ends ``+stage2_heavy:M``), else stage 1's; null where that model has none."""
     versions = [r[0] for r in scores_d.select(t.MODEL_VERSION).distinct().collect() if r[0]]
