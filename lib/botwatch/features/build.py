@@ -42,8 +42,7 @@ def metadata_features(accounts: DataFrame, run_date: dt.date, new_account_days: 
         age.alias("account_age_days"),
         F.col(t.VERIFIED).cast("double").alias("verified_flag"),
         # NaN (e.g. "NaN" in a CSV) is missing, as in the attr_ columns: null, not a number.
-        F.when(~F.isnan(F.col(t.PROFILE_COMPLETENESS).cast("double")), F.col(t.PROFILE_COMPLETENESS).cast("double"))
-        .alias(t.PROFILE_COMPLETENESS),
+        attributes.attribute_values(F.col(t.PROFILE_COMPLETENESS)).alias(t.PROFILE_COMPLETENESS),
         F.when(age.isNull(), None).otherwise(age < new_account_days).alias("is_new_account"),
     )
 
