@@ -268,9 +268,10 @@ def direction_pairs(edges: DataFrame, run_date: dt.date | str) -> DataFrame:
     )
 
 
-def _degrees_and_hubs(pairs: DataFrame, hub_degree_cap: int) -> tuple[DataFrame, DataFrame]:
+def _degrees_and_hubs(pairs: DataFrame, hub_degree_cap: int, *more: Column) -> tuple[DataFrame, DataFrame]:
+    """Each account's degree (and the aggregates ``more``) and the hub ids (degree above the cap)."""
     # Partial aggregation: a hub sends one count per map partition through the shuffle.
-    deg = pairs.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(F.count(F.lit(1)).alias(_DEG))
+    deg = pairs.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(F.count(F.lit(1)).alias(_DEG), *more)
     return deg, deg.where(F.col(_DEG) > hub_degree_cap).select(t.ACCOUNT_ID)
 
 
@@ -339,17 +340,16 @@ def neighbor_distributions(
         F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *[attribute_values(_col(c)).alias(c) for c in columns]
     )
     pairs = direction_pairs(edges, run_date)
-    _, hub_ids = _degrees_and_hubs(pairs, hub_degree_cap)
+    counts = {"out": "_deg_out", "in": "_deg_in", "all": _DEG}
+    deg, hub_ids = _degrees_and_hubs(pairs, hub_degree_cap, F.sum(F.col(_OUT).cast("long")).alias(counts["out"]),
+                                     F.sum(F.col(_IN).cast("long")).alias(counts["in"]))
     rows = graph._salted_lookup(pairs, _B, vals, hub_ids, salt_buckets, spread=(_A, _B))
     # Accounts with more than percentile_sample neighbours keep each neighbour for a direction's
     # percentiles with probability sample / (its neighbours in that direction): a hash of the pair, so
     # reruns keep the same sample. Such accounts are few: their counts are broadcast.
     in_direction = {"out": F.col(_OUT), "in": F.col(_IN), "all": F.lit(True)}
-    counts = {"out": "_deg_out", "in": "_deg_in", "all": _DEG}
     big = F.broadcast(
-        pairs.groupBy(F.col(_A)).agg(F.count(F.lit(1)).alias(_DEG), F.sum(F.col(_OUT).cast("long")).alias("_deg_out"),
-                                     F.sum(F.col(_IN).cast("long")).alias("_deg_in"))
-        .where(F.col(_DEG) > percentile_sample)
+        deg.where(F.col(_DEG) > percentile_sample).select(F.col(t.ACCOUNT_ID).alias(_A), *counts.values())
     )
     uniform = F.pmod(F.xxhash64(F.lit(PERCENTILE_SEED), F.col(_A), F.col(_B)), F.lit(1 << 53)) / float(1 << 53)
     keeps = {
