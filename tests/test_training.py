@@ -71,13 +71,16 @@ def test_training_waits_without_validation_labels(spark, monkeypatch):
 
 def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():
     gate = registry.promotion_decision
+    day = dt.date(2026, 3, 10)
+    acting = {t.VERSION: 1, t.RUN_DATE: day, "threshold": 0.6}  # the champion's registry record
     # Better on the golden set, but no validation threshold reached the target precision.
-    refused = gate(0.9, 0.5, 0.8, 0.01, challenger_can_act=False, champion_can_act=True)
+    refused = gate(0.9, 0.5, 0.8, 0.01, challenger_threshold=None, champion=acting, run_date=day)
     assert not refused.promote and "no operating threshold" in refused.reason
-    assert gate(0.9, 0.5, 0.8, 0.01, challenger_can_act=True, champion_can_act=True).promote
+    assert gate(0.9, 0.5, 0.8, 0.01, challenger_threshold=0.7, champion=acting, run_date=day).promote
     # With no champion that acts (or none at all), a model without a threshold may still be promoted.
-    assert gate(0.9, 0.5, None, 0.01, challenger_can_act=False, champion_can_act=False).promote
-    assert not gate(0.7, 0.5, 0.8, 0.01, challenger_can_act=True, champion_can_act=True).promote  # worse
+    assert gate(0.9, 0.5, None, 0.01, challenger_threshold=None, champion=None, run_date=day).promote
+    assert gate(0.9, 0.5, 0.8, 0.01, challenger_threshold=None, champion={**acting, "threshold": None}).promote
+    assert not gate(0.7, 0.5, 0.8, 0.01, challenger_threshold=0.7, champion=acting, run_date=day).promote  # worse
 
 
 def test_promotion_swaps_champions_in_one_commit(spark, tmp_path):
@@ -116,7 +119,8 @@ def test_champion_as_of_a_date_is_the_one_promoted_by_then(spark, tmp_path):
     assert registry.newer_champion(current, d + dt.timedelta(days=11)) is None
     newer = registry.newer_champion(current, d + dt.timedelta(days=8))
     assert newer == "version 4, trained on 2026-01-12"
-    refused = registry.promotion_decision(0.99, 0.5, 0.5, 0.01, newer_champion=newer)
+    refused = registry.promotion_decision(0.99, 0.5, 0.5, 0.01, challenger_threshold=0.5, champion=current,
+                                          run_date=d + dt.timedelta(days=8))
     assert not refused.promote and "trained after this run's date" in refused.reason
     # A rollback by hand (v1 promoted again) serves every date from v1's training on.
     registry.promote(spark, wh, "m", 1, "rollback")

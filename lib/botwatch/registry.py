@@ -155,24 +155,26 @@ def promotion_decision(
     champion_pr_auc: float | None,
     tolerance: float,
     *,
-    challenger_can_act: bool = True,
-    champion_can_act: bool = False,
-    newer_champion: str | None = None,
+    challenger_threshold: float | None = None,
+    champion: dict | None = None,
+    run_date: dt.date | None = None,
 ) -> PromotionDecision:
     """The gate, on the golden set: never promote a model worse than the champion (beyond
-    ``tolerance``) or one that does not beat the canary. A model with no operating threshold (none
-    reached the target precision on validation: it would action nobody) never replaces a champion
-    that has one."""
+    ``tolerance``) or one that does not beat the canary. With the ``champion``'s registry record: a
+    model with no operating threshold (``challenger_threshold`` None: none reached the target precision
+    on validation, it would action nobody) never replaces a champion that has one, and a model trained
+    for ``run_date`` never replaces a champion trained after it (a rerun of an earlier date)."""
     import math
 
-    if newer_champion is not None:
+    newer = newer_champion(champion, run_date) if run_date is not None else None
+    if newer is not None:
         return PromotionDecision(
-            False, f"the champion ({newer_champion}) was trained after this run's date: a rerun of an earlier date "
+            False, f"the champion ({newer}) was trained after this run's date: a rerun of an earlier date "
             "never replaces it"
         )
     if math.isnan(challenger_pr_auc):
         return PromotionDecision(False, "challenger has no golden-set PR-AUC (no golden labels with both classes)")
-    if champion_can_act and not challenger_can_act:
+    if champion is not None and champion.get("threshold") is not None and challenger_threshold is None:
         return PromotionDecision(
             False, "challenger has no operating threshold (no threshold reached the target precision on validation: "
             "it would action nobody) and the champion has one"

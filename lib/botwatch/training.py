@@ -366,9 +366,7 @@ def train_stage1(
         metrics.get("canary_golden_pr_auc", math.nan),
         champ_pr,
         params.promotion_tolerance,
-        challenger_can_act=threshold is not None,
-        champion_can_act=current is not None and current.get("threshold") is not None,
-        newer_champion=registry.newer_champion(current, run_date),
+        challenger_threshold=threshold, champion=current, run_date=run_date,
     )
     record = registry.ModelRecord(
         model_name=STAGE1_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date,

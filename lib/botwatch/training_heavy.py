@@ -193,7 +193,8 @@ def train_heavy_stage(
                                       "golden_"))
 
     # The same gate as stage 1: beat the canary and do not trail the champion on the golden set.
-    current = heavy_champion(spark, warehouse)
+    champion = registry.champion(spark, warehouse, HEAVY_MODEL)
+    current = HeavyArtifact.from_record(champion) if champion else None
     champ_pr = None
     if current is not None and len(golden_pdf) and golden_pdf[t.LABEL].nunique() == 2:
         old = current.load("cpu")
@@ -210,9 +211,7 @@ def train_heavy_stage(
     })
     decision = registry.promotion_decision(
         metrics.get("golden_pr_auc", math.nan), metrics.get("canary_golden_pr_auc", math.nan), champ_pr,
-        params.promotion_tolerance, challenger_can_act=threshold is not None,
-        champion_can_act=current is not None and current.threshold is not None,
-        newer_champion=registry.newer_champion(registry.champion(spark, warehouse, HEAVY_MODEL), run_date),
+        params.promotion_tolerance, challenger_threshold=threshold, champion=champion, run_date=run_date,
     )
     registry.upsert(spark, warehouse, registry.ModelRecord(
         model_name=HEAVY_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date, metrics=metrics,
