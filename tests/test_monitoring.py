@@ -190,7 +190,7 @@ def test_uncertain_band_lies_around_each_rows_deciding_model(spark, tmp_path):
 
     from botwatch import registry
     from botwatch.monitoring.review import review_queue
-    from botwatch.monitoring.run import decision_thresholds
+    from botwatch.monitoring.run import decision_thresholds, model_versions
 
     wh, day = str(tmp_path / "wh"), dt.date(2026, 2, 1)
     registry.upsert(spark, wh, registry.ModelRecord("stage2_heavy", 2, "champion", day, artifact_path="-",
@@ -204,7 +204,7 @@ def test_uncertain_band_lies_around_each_rows_deciding_model(spark, tmp_path):
                              uncertain_band=0.05, strata_edges=EDGES, min_per_stratum=0, salt="t").toPandas()
         return sorted(queue.loc[queue["reason"] == "uncertain", "account_id"])
 
-    assert uncertain(decision_thresholds(spark, wh, scores, 0.8)) == [1, 3]
+    assert uncertain(decision_thresholds(spark, wh, model_versions(scores), 0.8)) == [1, 3]
     assert uncertain(0.8) == [1, 4]  # stage 1's threshold for every row: the heavy model's decisions misread
 
 

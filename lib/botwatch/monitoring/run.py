@@ -99,9 +99,14 @@ def report_path(warehouse: str, run_date: dt.date) -> str:
     return f"{warehouse.rstrip('/')}/reports/{run_date.isoformat()}.html"
 
 
-def _model_record(spark: SparkSession, warehouse: str, scores_d: DataFrame) -> dict | None:
-    """The registry record of the stage-1 model that scored D (else the champion)."""
-    versions = [r[0] for r in scores_d.select(t.MODEL_VERSION).distinct().limit(5).collect() if r[0]]
+def model_versions(scores_d: DataFrame) -> list[str]:
+    """The distinct ``model_version`` values of D's scores (a few: stage 1's, and stage 1's + the heavy model's)."""
+    return [r[0] for r in scores_d.select(t.MODEL_VERSION).distinct().collect() if r[0]]
+
+
+def _model_record(spark: SparkSession, warehouse: str, versions: list[str]) -> dict | None:
+    """The registry record of the stage-1 model that scored D (``versions``: :func:`model_versions`), else the
+    champion."""
     found = [int(m.group(1)) for v in versions if (m := re.search(rf"{STAGE1_MODEL}:(\d+)", v))]
     records = registry.records(spark, warehouse, STAGE1_MODEL)
     for rec in records:
@@ -111,11 +116,11 @@ def _model_record(spark: SparkSession, warehouse: str, scores_d: DataFrame) -> d
 
 
 def decision_thresholds(
-    spark: SparkSession, warehouse: str, scores_d: DataFrame, stage1_threshold: float | None
+    spark: SparkSession, warehouse: str, versions: list[str], stage1_threshold: float | None
 ) -> Column:
     """Each score row's operating threshold, as a column: the heavy model's for the rows it decided
-    (``model_version`` ends ``+stage2_heavy:M``), else stage 1's; null where that model has none."""
-    versions = [r[0] for r in scores_d.select(t.MODEL_VERSION).distinct().collect() if r[0]]
+    (``model_version`` ends ``+stage2_heavy:M``), else stage 1's; null where that model has none.
+    ``versions``: :func:`model_versions` of the scores."""
     heavy = sorted({int(m.group(1)) for v in versions if (m := re.search(rf"\+{HEAVY_MODEL}:(\d+)$", v))})
     threshold = F.lit(stage1_threshold).cast("double")
     if heavy:
@@ -256,7 +261,8 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
         raise NothingToMonitorError(
             f"no scores for {run_date} in {warehouse}/scores: run `botwatch score --date {run_date}` first"
         )
-    record = _model_record(spark, warehouse, scores_d)
+    versions = model_versions(scores_d)
+    record = _model_record(spark, warehouse, versions)
     threshold = record.get("threshold") if record else None
     metrics: dict[str, float] = {f"n_{k}": float(v) for k, v in funnel.items()}
     drift_rows: list[tuple] = []
@@ -312,7 +318,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
 
     # 5. review queue
     queue = review_queue(
-        scores_d, run_date, threshold=decision_thresholds(spark, warehouse, scores_d, threshold),
+        scores_d, run_date, threshold=decision_thresholds(spark, warehouse, versions, threshold),
         budget=params.review_budget, shares=params.review_shares,
         uncertain_band=params.uncertain_band, strata_edges=params.strata_edges,
         min_per_stratum=params.min_per_stratum, salt=params.sampling_salt,
