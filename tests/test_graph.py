@@ -185,7 +185,8 @@ def _reference(accounts, edges, labels, activity, growth_days=7) -> list[dict]:
     tri, clu = nx.triangles(g), nx.clustering(g)
 
     lab = pd.DataFrame(labels, columns=["account_id", "label", "source", "labeled_at"])
-    precedence = {"investigator": 0, "appeal": 1, "user_report": 2, "propagated": 3}  # DESIGN.md's order
+    # training's ranks: investigator and appeal share the top one (a won appeal overturns a verdict)
+    precedence = {"investigator": 0, "appeal": 0, "user_report": 1, "propagated": 2}
     lab = lab[(lab.labeled_at < MIDNIGHT_D) & lab.source.isin(list(precedence))].assign(
         rank=lambda d: d.source.map(precedence))
     lab = lab.sort_values(["rank", "labeled_at", "label"], ascending=[True, False, True])

@@ -51,22 +51,24 @@ LABEL_ROWS = [
     (2, 1, "user_report", ts(2)), (2, 0, "user_report", ts(6)),  # same source: latest wins
     (3, 1, "botwatch", ts(9)), (3, 0, "propagated", ts(4)),  # botwatch's decision ignored
     (4, 1, "botwatch", ts(2)), (4, 1, "model", ts(3)),  # only own decisions: no label at all
-    (5, 0, "appeal", ts(7)), (5, 1, "investigator", ts(2)),  # investigator > appeal
+    (5, 0, "appeal", ts(7)), (5, 1, "investigator", ts(2)),  # a won appeal overturns the verdict
     (6, 1, "propagated", ts(1)), (6, 0, "appeal", ts(2)),  # appeal > propagated
     (7, 1, "investigator", ts(4, 9)), (7, 0, "investigator", ts(4, 9)),  # exact tie: human
     (8, 1, "investigator", ts(10)), (8, 1, "user_report", ts(3)),  # as_of cuts the investigator label
     (9, 1, "user_report", ts(8, 0)),  # observed on the as_of day itself: excluded by as_of
+    (10, 0, "appeal", ts(2)), (10, 1, "investigator", ts(6)), (10, 1, "user_report", ts(7)),  # new verdict stands
 ]
 
 EXPECTED_ALL = [  # resolved by hand, no as_of
     (1, d(3), 0, 1.0, "investigator"),
     (2, d(6), 0, 0.3, "user_report"),
     (3, d(4), 0, 0.1, "propagated"),
-    (5, d(2), 1, 1.0, "investigator"),
+    (5, d(7), 0, 1.0, "appeal"),
     (6, d(2), 0, 1.0, "appeal"),
     (7, d(4), 0, 1.0, "investigator"),
     (8, d(10), 1, 1.0, "investigator"),
     (9, d(8), 1, 0.3, "user_report"),
+    (10, d(6), 1, 1.0, "investigator"),
 ]
 
 
@@ -119,7 +121,8 @@ def test_resolution_matches_pandas_on_random_rows(spark):
     got = resolve_labels(spark.createDataFrame(rows, LABELS_SCHEMA), WEIGHTS, as_of=as_of).toPandas()
 
     ref = pdf[pdf[t.SOURCE].isin(LABEL_PRECEDENCE) & (pdf[t.LABELED_AT].dt.date < as_of)].copy()
-    ref["rank"] = ref[t.SOURCE].map({s: i for i, s in enumerate(LABEL_PRECEDENCE)})
+    # investigator and appeal share the top rank (written out here, not read from the module)
+    ref["rank"] = ref[t.SOURCE].map({"investigator": 0, "appeal": 0, "user_report": 1, "propagated": 2})
     ref = ref.sort_values(["rank", t.LABELED_AT, t.LABEL], ascending=[True, False, True])
     ref = ref.groupby(t.ACCOUNT_ID, as_index=False).first()
     ref[t.AS_OF_DATE] = ref[t.LABELED_AT].dt.date

@@ -4,7 +4,8 @@ with the features computed before it was observed, and split by time (plus a gol
 Label sources differ in quality (DESIGN.md): investigator verdicts are scarce and precise,
 won appeals are precise negatives, user reports are plentiful and noisy, graph-propagated
 labels are weak. Each source has a weight (conf ``train.label_weights``) and a rank in
-:data:`LABEL_PRECEDENCE`. botwatch's own decisions (source ``botwatch``, ``model`` or any
+:data:`LABEL_RANK`; investigator verdicts and won appeals share the top rank, so a won appeal
+overturns the verdict it appeals. botwatch's own decisions (source ``botwatch``, ``model`` or any
 other source outside the precedence list) are never ground truth: feeding them back would
 train the model on itself.
 
@@ -27,8 +28,11 @@ from pyspark.sql import types as T
 from botwatch import tables as t
 from botwatch.schemas import LABELS_SCHEMA, require_columns
 
-# Highest first: a conflict between sources goes to the earlier one, then to the latest label.
-LABEL_PRECEDENCE: tuple[str, ...] = ("investigator", "appeal", "user_report", "propagated")
+# Lower rank wins a conflict between sources, then the latest label. Investigator verdicts and won
+# appeals share the top rank, so the later of the two stands: a won appeal overturns the verdict it
+# appeals (a precise negative, DESIGN.md), and a new verdict after an appeal stands in turn.
+LABEL_RANK: dict[str, int] = {"investigator": 0, "appeal": 0, "user_report": 1, "propagated": 2}
+LABEL_PRECEDENCE: tuple[str, ...] = tuple(LABEL_RANK)  # every label source, highest rank first
 assert set(LABEL_PRECEDENCE) == set(t.LABEL_SOURCES), "LABEL_PRECEDENCE must rank every label source"
 INVESTIGATOR = LABEL_PRECEDENCE[0]
 
@@ -72,8 +76,8 @@ def resolve_labels(
     Only sources in :data:`LABEL_PRECEDENCE` count (minus ``exclude_sources``); every other
     source, botwatch's own decisions above all, is ignored. With ``as_of`` only labels
     observed before that date (``to_date(labeled_at) < as_of``, UTC) are considered; the
-    nightly run for date D passes D + 1 day. Conflicts go to the higher-precedence source,
-    then to the latest ``labeled_at``; an exact tie between opposite labels goes to 0 (human),
+    nightly run for date D passes D + 1 day. Conflicts go to the higher-ranked source
+    (:data:`LABEL_RANK`), then to the latest ``labeled_at``; an exact tie between opposite labels goes to 0 (human),
     the cautious reading for a precision-first system. ``as_of_date`` is the day the winning
     label was observed and ``weight`` its source's weight.
     """
@@ -98,13 +102,13 @@ def winning_labels(
 ) -> DataFrame:
     """Each account's winning label observation (its ``labels`` row) under :func:`resolve_labels`'
     rules: sources outside :data:`LABEL_PRECEDENCE` (and ``exclude_sources``) dropped, only labels
-    observed before ``as_of`` when given, the higher-precedence source first, then the latest, an exact
+    observed before ``as_of`` when given, the higher-ranked source first, then the latest, an exact
     tie between opposite labels to 0 (human). Training and ``bot_neighbor_share`` read labels alike."""
     used = [s for s in LABEL_PRECEDENCE if s not in set(exclude_sources)]
     rows = labels.where(F.col(t.SOURCE).isin(used))
     if as_of is not None:
         rows = rows.where(F.to_date(t.LABELED_AT) < F.lit(as_of).cast("date"))
-    rank = F.array_position(F.array(*[F.lit(s) for s in LABEL_PRECEDENCE]), F.col(t.SOURCE))
+    rank = F.create_map(*[F.lit(x) for kv in LABEL_RANK.items() for x in kv])[F.col(t.SOURCE)]
     best_first = Window.partitionBy(t.ACCOUNT_ID).orderBy(
         rank.asc(), F.col(t.LABELED_AT).desc(), F.col(t.LABEL).asc()
     )
