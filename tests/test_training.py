@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import threading
 
 import numpy as np
 import pytest
@@ -100,6 +101,34 @@ def test_promotion_swaps_champions_in_one_commit(spark, tmp_path):
     with pytest.raises(ValueError, match="no version 9"):
         registry.promote(spark, wh, "m", 9, "a typo")
     assert registry.champion(spark, wh, "m")[t.VERSION] == 3
+
+
+def test_reserved_versions_are_never_shared(spark, tmp_path, monkeypatch):
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
+
+    def reserve_at_once(n: int) -> list[int]:
+        found: list[int] = []
+        runs = [threading.Thread(target=lambda: found.append(registry.reserve_version(spark, wh, "m", day)))
+                for _ in range(n)]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+        return sorted(found)
+
+    # Runs registering at the same moment each get their own number, the first ones creating the table.
+    assert reserve_at_once(2) == [1, 2]
+    registry.upsert(spark, wh, registry.ModelRecord("m", 1, registry.CHAMPION, day, artifact_path="a1"))
+    assert reserve_at_once(2) == [3, 4]
+    # A run that read the versions before v3 was registered tries 3 again: it gets 5, and v1..v4 stay.
+    stale = iter([3, 5])
+    monkeypatch.setattr(registry, "next_version", lambda *_: next(stale))
+    assert registry.reserve_version(spark, wh, "m", day) == 5
+    got = {r[t.VERSION]: (r[t.STAGE], r["artifact_path"]) for r in registry.records(spark, wh, "m")}
+    assert got == {1: (registry.CHAMPION, "a1"), **{v: (registry.CHALLENGER, "") for v in (2, 3, 4, 5)}}
+    monkeypatch.setattr(registry, "next_version", lambda *_: 1)
+    with pytest.raises(registry.RegistryConflictError, match="rerun the training"):
+        registry.reserve_version(spark, wh, "m", day, attempts=2)
 
 
 def test_champion_as_of_a_date_is_the_one_promoted_by_then(spark, tmp_path):

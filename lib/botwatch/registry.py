@@ -104,6 +104,61 @@ def next_version(spark: SparkSession, warehouse: str, model_name: str) -> int:
     return max((r[t.VERSION] for r in records(spark, warehouse, model_name)), default=0) + 1
 
 
+class RegistryConflictError(RuntimeError):
+    """Other runs kept taking the version numbers this run tried to reserve; rerun the training."""
+
+
+def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_date: dt.date,
+                    attempts: int = 5) -> int:
+    """A version number of ``model_name`` that no other run holds, registered at once as a
+    ``challenger`` placeholder (its record is completed by :func:`upsert`). Taking
+    :func:`next_version` and registering later let two trainings finishing together share a number:
+    the second overwrote the first's artifacts and record, a champion's included. The insert is
+    insert-only, and Delta fails one of two concurrent ones, so a taken number is retried with the next."""
+    # Delta's Python exceptions do not share a base class: list the ones a competing commit raises.
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentWriteException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    for _ in range(attempts):
+        version = next_version(spark, warehouse, model_name)
+        placeholder = ModelRecord(model_name, version, CHALLENGER, run_date,
+                                  reason="registering: artifacts being written (a failed run leaves this)")
+        try:
+            if _insert_new(spark, warehouse, placeholder):
+                return version
+        except (ConcurrentAppendException, ConcurrentWriteException, MetadataChangedException,
+                ProtocolChangedException):
+            pass  # another run committed first: read the versions again
+    raise RegistryConflictError(
+        f"could not reserve a version of '{model_name}' in {attempts} attempts: other runs kept taking them; "
+        "rerun the training"
+    )
+
+
+def _insert_new(spark: SparkSession, warehouse: str, record: ModelRecord) -> bool:
+    """Insert ``record`` unless its (name, version) exists; whether it was inserted."""
+    df = spark.createDataFrame([record.row()], REGISTRY_SCHEMA)
+    if not table_exists(spark, warehouse, t.MODEL_REGISTRY):
+        # Append, not overwrite: of two runs creating the table, Delta fails the second.
+        write_table(df, warehouse, t.MODEL_REGISTRY, mode="append")
+        return True
+    from delta.tables import DeltaTable
+
+    target = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY))
+    metrics = (
+        target.alias("r")
+        .merge(df.alias("n"), f"r.{t.MODEL_NAME} = n.{t.MODEL_NAME} AND r.{t.VERSION} = n.{t.VERSION}")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    row = metrics.first()
+    return row is not None and bool(row["num_inserted_rows"])
+
+
 def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.date | None = None) -> dict | None:
     """The champion; with ``as_of``, one trained on or before that date: the champion when it was,
     else the latest trained by then of the versions ever promoted (the retired ones: only champions

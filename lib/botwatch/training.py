@@ -346,7 +346,7 @@ def train_stage1(
     if champ_pr is not None:
         metrics["champion_golden_pr_auc"] = champ_pr
 
-    version = registry.next_version(spark, warehouse, STAGE1_MODEL)
+    version = registry.reserve_version(spark, warehouse, STAGE1_MODEL, run_date)
     directory = registry.artifact_dir(warehouse, STAGE1_MODEL, version)
     registry.write_artifact(directory, "model.json", raw)
     registry.write_artifact(directory, "features.json", {"features": cols})

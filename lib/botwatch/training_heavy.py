@@ -201,7 +201,7 @@ def train_heavy_stage(
         champ_pr = pr_auc(golden_pdf[t.LABEL].to_numpy(), old.predict(_fill(golden_pdf, old.input_columns)))
         metrics["champion_golden_pr_auc"] = champ_pr
 
-    version = registry.next_version(spark, warehouse, HEAVY_MODEL)
+    version = registry.reserve_version(spark, warehouse, HEAVY_MODEL, run_date)
     directory = registry.artifact_dir(warehouse, HEAVY_MODEL, version)
     _save_artifacts(model, directory)
     registry.write_artifact(directory, "meta.json", {
