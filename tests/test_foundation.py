@@ -110,6 +110,27 @@ def test_overlay_order_base_env_set(tmp_path):
     assert conf["spark.app_name"] == "botwatch"  # from base
 
 
+def test_mixed_type_knob_and_free_form_mapping(tmp_path):
+    from botwatch.training import TrainParams
+
+    # train.prevalence is "auto", a number or null, from a file and from --set alike.
+    path = _write(tmp_path, "train:\n  prevalence: 0.05\nspark:\n  extra_conf:\n    spark.a: x\n")
+    assert load_config(path)["train.prevalence"] == 0.05
+    for raw, want in (("null", None), ("0.1", 0.1), ("auto", "auto")):
+        assert load_config(path, [f"train.prevalence={raw}"])["train.prevalence"] == want
+    with pytest.raises(ConfigError, match=r"'train\.prevalence' must be a string or integer or number"):
+        load_config(path, ["train.prevalence=[1]"])
+    for bad in ("sometimes", 1.5, 0):
+        with pytest.raises(ConfigError, match="train.prevalence must be 'auto'"):
+            TrainParams(label_weights={}, prevalence=bad)
+    # A dotted key inside a free-form mapping is one key there, added to what the file set.
+    conf = load_config(path, ["spark.extra_conf.spark.executor.instances=20"])
+    assert conf["spark.extra_conf"] == {"spark.a": "x", "spark.executor.instances": 20}
+    # A string knob keeps YAML numbers as text, but null is null.
+    assert load_config(path, ["spark.app_name=123"])["spark.app_name"] == "123"
+    assert load_config(path, ["simulate.drift.new_family=null"])["simulate.drift.new_family"] is None
+
+
 def test_cli_bad_config_exits_2(tmp_path):
     path = _write(tmp_path, "spark:\n  nope: 1\n")
     out = subprocess.run(

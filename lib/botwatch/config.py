@@ -2,7 +2,10 @@
 
 ``base.yaml`` declares every knob; its values give each knob's type. An overlay may only
 set keys that base declares, with a value of the same type (ints are accepted where a
-float is declared; a knob declared ``null`` takes any type). Problems raise
+float is declared; a knob declared ``null`` takes any type, and those in :data:`MIXED_KEYS` the
+types listed there). A mapping declared empty (``spark.extra_conf: {}``) is free-form: overlays
+add to it, and ``--set spark.extra_conf.spark.executor.instances=20`` sets the one key
+``spark.executor.instances`` in it. Problems raise
 :class:`ConfigError`, which the CLI turns into exit code 2 with a message naming the key
 and the file.
 
@@ -26,6 +29,8 @@ BASE_NAME = "base.yaml"
 DEFAULT_CONF = "conf/local.yaml"
 # Keys that must hold a value after all overlays.
 REQUIRED_KEYS = ("warehouse", "spark.master")
+# Knobs whose value may take several types (null always allowed): train.prevalence is "auto" or a number.
+MIXED_KEYS: dict[str, tuple[type, ...]] = {"train.prevalence": (str, int, float)}
 
 
 class ConfigError(ValueError):
@@ -87,9 +92,11 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _type_ok(declared: Any, value: Any) -> bool:
+def _type_ok(declared: Any, value: Any, dotted: str = "") -> bool:
     if declared is None or value is None:
         return True
+    if dotted in MIXED_KEYS:
+        return isinstance(value, MIXED_KEYS[dotted]) and not isinstance(value, bool)
     if isinstance(declared, bool):
         return isinstance(value, bool)
     if isinstance(declared, float):
@@ -103,7 +110,9 @@ def _type_ok(declared: Any, value: Any) -> bool:
     return isinstance(value, type(declared))
 
 
-def _type_name(value: Any) -> str:
+def _type_name(value: Any, dotted: str = "") -> str:
+    if dotted in MIXED_KEYS:
+        return " or ".join(_type_name(k()) for k in MIXED_KEYS[dotted])
     return {bool: "boolean", int: "integer", float: "number", str: "string", dict: "mapping", list: "list"}.get(
         type(value), type(value).__name__
     )
@@ -118,9 +127,12 @@ def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = ""
         if isinstance(declared, dict) and declared and isinstance(value, dict):
             _merge(target[key], declared, value, where, dotted + ".")
             continue
-        if not _type_ok(declared, value):
+        if isinstance(declared, dict) and not declared and isinstance(value, dict):
+            target[key] = {**(target.get(key) or {}), **value}  # free-form: add to what earlier layers set
+            continue
+        if not _type_ok(declared, value, dotted):
             raise ConfigError(
-                f"{where}: key '{dotted}' must be a {_type_name(declared)}, got {_type_name(value)} {value!r}"
+                f"{where}: key '{dotted}' must be a {_type_name(declared, dotted)}, got {_type_name(value)} {value!r}"
             )
         target[key] = float(value) if isinstance(declared, float) and value is not None else value
 
@@ -130,17 +142,22 @@ def _apply_set(data: dict, base: dict, item: str) -> None:
         raise ConfigError(f"--set {item!r}: expected key=value")
     key, raw = item.split("=", 1)
     value = yaml.safe_load(raw) if raw != "" else ""
+    parts = key.strip().split(".")
+    declared: Any = base
+    for i, part in enumerate(parts):
+        declared = declared.get(part) if isinstance(declared, dict) else None
+        if declared == {} and i < len(parts) - 1:
+            # A free-form mapping: the rest of the dotted key is one key inside it.
+            parts = [*parts[:i + 1], ".".join(parts[i + 1:])]
+            declared = None
+            break
     overlay: dict[str, Any] = {}
     node = overlay
-    parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
-    # A string knob set to something YAML reads as a number stays a string.
-    declared: Any = base
-    for part in parts:
-        declared = declared.get(part) if isinstance(declared, dict) else None
-    if isinstance(declared, str) and not isinstance(value, str):
+    # A string knob set to something YAML reads as a number stays a string (null stays null).
+    if isinstance(declared, str) and value is not None and not isinstance(value, str) and key not in MIXED_KEYS:
         node[parts[-1]] = raw
     _merge(data, base, overlay, f"--set {item}")
 

@@ -29,6 +29,7 @@ from pyspark.sql import functions as F
 
 from botwatch import registry
 from botwatch import tables as t
+from botwatch.config import ConfigError
 from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import evaluate, operating_threshold, precision_at, prior_shift_weights
 from botwatch.labels import point_in_time_join, resolve_labels, split_golden, time_split
@@ -76,6 +77,14 @@ class TrainParams:
     prevalence: float | str | None = PREVALENCE_AUTO
     prevalence_fallback: float = 0.03
     xgb: XGBParams = field(default_factory=XGBParams)
+
+    def __post_init__(self) -> None:
+        p = self.prevalence
+        number = isinstance(p, (int, float)) and not isinstance(p, bool)
+        if not (p is None or p == PREVALENCE_AUTO or (number and 0.0 < float(p) < 1.0)):
+            raise ConfigError(
+                f"train.prevalence must be '{PREVALENCE_AUTO}', a bot share between 0 and 1, or null, got {p!r}"
+            )
 
     @classmethod
     def from_conf(cls, section: dict) -> TrainParams:
