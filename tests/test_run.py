@@ -289,6 +289,29 @@ def test_second_run_for_a_date_fails_clearly_while_the_first_holds_the_lock(spar
     assert statuses(nightly.run_steps(spark, conf, D, echo=lambda _: None)) == {"a": "ok", "b": "ok"}
 
 
+def test_steps_run_in_pipeline_order_once_each(spark, fake_pipeline):
+    conf, calls, _ = fake_pipeline
+    assert list(nightly.run_steps(spark, conf, D, ["b", "a", "b"], echo=lambda _: None)) == ["a", "b"]
+    assert calls == ["a", "b"]
+    with pytest.raises(ValueError, match=r"unknown step\(s\) \['c'\]"):
+        nightly.run_steps(spark, conf, D, ["a", "c"], echo=lambda _: None)
+
+
+def test_step_commands_go_through_the_runner_and_its_date_lock(spark, test_conf):
+    from typer.testing import CliRunner
+
+    from botwatch.cli import app
+
+    assert steps.run_order(["score", "features", "activity"]) == [
+        "activity", "features", "score_stage1", "score_stage2"]
+    wh = test_conf["warehouse"]
+    with nightly.DateLock(spark, wh, D, stale_hours=12):
+        for command in ("features", "train", "score"):
+            out = CliRunner().invoke(app, [command, "--date", D.isoformat(), "--warehouse", wh])
+            assert out.exit_code == 3, (command, out.output)
+            assert "another run for 2026-01-12 is in progress" in out.output
+
+
 def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):
     outcomes: list[str] = []
     barrier = threading.Barrier(3)

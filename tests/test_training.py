@@ -216,6 +216,11 @@ def test_same_seed_gives_same_metrics(spark, platform, trained, tmp_path):
     assert again.metrics == pytest.approx(first.metrics, nan_ok=True)
 
 
+def score_both(spark, conf, run_date) -> dict:
+    """Both scoring stages, as ``botwatch score`` runs them."""
+    return {**steps.STEPS["score_stage1"](spark, conf, run_date), **steps.STEPS["score_stage2"](spark, conf, run_date)}
+
+
 def test_shuffled_labels_are_refused_and_champion_keeps_scoring(spark, trained, tmp_path):
     tconf, run_date, first = trained
     warehouse = copy_warehouse(warehouse_path(tconf), tmp_path / "wh")
@@ -231,7 +236,7 @@ def test_shuffled_labels_are_refused_and_champion_keeps_scoring(spark, trained, 
     refused = next(r for r in registry.records(spark, warehouse, STAGE1_MODEL) if r[t.VERSION] == result.version)
     assert refused[t.STAGE] == registry.CHALLENGER and refused["reason"] == result.reason
 
-    summary = steps.score_step(spark, sconf, run_date)
+    summary = score_both(spark, sconf, run_date)
     assert summary["model_version"] == first.version
     scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(run_date))
     assert scores.select(t.MODEL_VERSION).distinct().collect()[0][0] == f"{STAGE1_MODEL}:{first.version}"
@@ -240,8 +245,8 @@ def test_shuffled_labels_are_refused_and_champion_keeps_scoring(spark, trained, 
 def test_scores_cover_every_account_with_consistent_decisions(spark, trained):
     tconf, run_date, result = trained
     warehouse = warehouse_path(tconf)
-    steps.score_step(spark, tconf, run_date)
-    steps.score_step(spark, tconf, run_date)  # rerun: replaces the partition, never duplicates
+    score_both(spark, tconf, run_date)
+    score_both(spark, tconf, run_date)  # rerun: replaces the partition, never duplicates
     scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(run_date)).toPandas()
     features = read_table(spark, warehouse, t.FEATURES).where(F.col(t.RUN_DATE) == F.lit(run_date))
     assert len(scores) == features.count() == scores[t.ACCOUNT_ID].nunique()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -66,44 +66,66 @@ def parse_date(value: str, option: str = "--date"):
         fail(f"{option} {value!r}: expected a date as YYYY-MM-DD")
 
 
-def _run_step(step: str, date: str, conf: str, warehouse: str | None, set_: list[str] | None) -> None:
-    import json
-
-    from botwatch import steps
-    from botwatch.spark import get_spark
-
-    cfg = build_conf(conf, warehouse, set_)
-    run_date = parse_date(date)
-    spark = get_spark(cfg, app_name=f"botwatch-{step}-{run_date}")
-    try:
-        summary = steps.STEPS[step](spark, cfg, run_date)
-    except steps.EXPECTED_ERRORS as exc:
-        fail(f"{step} for {run_date}: {exc}", code=1)
-    typer.echo(json.dumps({"step": step, "run_date": str(run_date), **summary}, default=str))
-
-
-@app.command()
-def features(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
-    """Build activity_daily (as needed) and the features partition for one run date."""
-    _run_step("features", date, conf, warehouse, set_)
-
-
-@app.command()
-def train(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
-    """Train a challenger on labels up to the date, evaluate it and apply the promotion gate."""
-    _run_step("train", date, conf, warehouse, set_)
-
-
-@app.command()
-def score(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
-    """Score every account of the date's features with the champion into `scores`."""
-    _run_step("score", date, conf, warehouse, set_)
-
-
 StepOpt = Annotated[
     list[str] | None, typer.Option("--step", help="run only this step (repeatable; default: every step in order)")
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="rerun steps even when done and their inputs are unchanged")]
+
+
+def _run_steps(date: str, names: list[str] | None, force: bool, conf: str, warehouse: str | None,
+               set_: list[str] | None) -> tuple[Any, dict[str, dict]]:
+    """Steps for one date through the nightly runner (date lock, skip when done, run log), as
+    ``botwatch run`` and the jobs run them; exit 3 when the date is locked, 1 on an expected failure."""
+    from botwatch import nightly, steps
+    from botwatch.spark import get_spark
+
+    cfg = build_conf(conf, warehouse, set_)
+    run_date = parse_date(date)
+    try:
+        steps.run_order(names or steps.RUN_ORDER)
+    except ValueError as exc:
+        fail(f"--step {names}: {exc}")
+    label = names[0] if names and len(names) == 1 else "run"
+    spark = get_spark(cfg, app_name=f"botwatch-{label}-{run_date}")
+    try:
+        return run_date, nightly.run_steps(spark, cfg, run_date, names or None, force=force, echo=typer.echo)
+    except nightly.RunLockedError as exc:
+        fail(str(exc), code=3)
+    except nightly.StepFailedError as exc:
+        if isinstance(exc.__cause__, steps.EXPECTED_ERRORS):
+            fail(str(exc), code=1)
+        raise
+    raise AssertionError("unreachable")
+
+
+def _one_step(step: str, date: str, force: bool, conf: str, warehouse: str | None, set_: list[str] | None) -> None:
+    import json
+
+    from botwatch.entry import step_report
+
+    run_date, results = _run_steps(date, [step], force, conf, warehouse, set_)
+    typer.echo(json.dumps(step_report(step, run_date, results), default=str))
+
+
+@app.command()
+def features(date: DateOpt, force: ForceOpt = False, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None,
+             set_: SetOpt = None) -> None:
+    """Build activity_daily (as needed) and the features partition for one run date."""
+    _one_step("features", date, force, conf, warehouse, set_)
+
+
+@app.command()
+def train(date: DateOpt, force: ForceOpt = False, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None,
+          set_: SetOpt = None) -> None:
+    """Train a challenger on labels up to the date, evaluate it and apply the promotion gate."""
+    _one_step("train", date, force, conf, warehouse, set_)
+
+
+@app.command()
+def score(date: DateOpt, force: ForceOpt = False, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None,
+          set_: SetOpt = None) -> None:
+    """Score every account of the date's features with the champion into `scores` (stage 1, then stage 2)."""
+    _one_step("score", date, force, conf, warehouse, set_)
 
 
 @app.command()
@@ -114,24 +136,8 @@ def run(
     """The nightly pipeline for one date: validate .. monitor. Finished steps whose inputs are unchanged are skipped."""
     import json
 
-    from botwatch import nightly, steps
-    from botwatch.spark import get_spark
-
-    cfg = build_conf(conf, warehouse, set_)
-    run_date = parse_date(date)
-    if step and any(s not in steps.RUN_ORDER for s in step):
-        fail(f"--step {step}: the run's steps are {', '.join(steps.RUN_ORDER)}")
-    spark = get_spark(cfg, app_name=f"botwatch-run-{run_date}")
-    typer.echo(f"run {run_date}")
-    try:
-        results = nightly.run_steps(spark, cfg, run_date, step or None, force=force, echo=typer.echo)
-    except nightly.RunLockedError as exc:
-        fail(str(exc), code=3)
-    except nightly.StepFailedError as exc:
-        cause = exc.__cause__
-        if isinstance(cause, steps.EXPECTED_ERRORS):
-            fail(str(exc), code=1)
-        raise
+    typer.echo(f"run {date}")
+    run_date, results = _run_steps(date, step, force, conf, warehouse, set_)
     typer.echo(json.dumps({"run_date": str(run_date), "steps": {k: v["status"] for k, v in results.items()}}))
 
 

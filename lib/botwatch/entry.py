@@ -34,11 +34,10 @@ def job_conf(args: argparse.Namespace) -> Config:
 
 
 def run_date_step(step: str, description: str) -> None:
-    """The whole body of a date-keyed job: parse, load conf, build the session, run one step.
-
-    Steps of the nightly run go through :func:`botwatch.nightly.run_steps` (date lock, skip when
-    done and inputs unchanged, run log); ``--force`` runs the step regardless."""
-    from botwatch import nightly, steps
+    """The whole body of a date-keyed job: parse, load conf, build the session, run one step (or a
+    group such as ``score``) through :func:`botwatch.nightly.run_steps`: date lock, skip when done
+    and inputs unchanged, run log; ``--force`` runs it regardless."""
+    from botwatch import nightly
     from botwatch.spark import get_spark
 
     parser = job_parser(description)
@@ -46,12 +45,15 @@ def run_date_step(step: str, description: str) -> None:
     args = parser.parse_args()
     conf = job_conf(args)
     spark = get_spark(conf, app_name=f"botwatch-{step}-{args.date}")
-    if step in nightly.STEP_IO:
-        try:
-            result = nightly.run_steps(spark, conf, args.date, [step], force=args.force)[step]
-        except nightly.RunLockedError as exc:
-            print(f"botwatch: {exc}", file=sys.stderr)
-            sys.exit(3)
-    else:
-        result = steps.STEPS[step](spark, conf, args.date)
-    print(json.dumps({"step": step, "run_date": str(args.date), **result}, default=str))
+    try:
+        results = nightly.run_steps(spark, conf, args.date, [step], force=args.force)
+    except nightly.RunLockedError as exc:
+        print(f"botwatch: {exc}", file=sys.stderr)
+        sys.exit(3)
+    print(json.dumps(step_report(step, args.date, results), default=str))
+
+
+def step_report(step: str, run_date: dt.date, results: dict[str, dict]) -> dict:
+    """What a one-step command prints: the step's result, or each step's for a group."""
+    one = results.get(step)
+    return {"step": step, "run_date": str(run_date), **(one if one is not None else {"steps": results})}

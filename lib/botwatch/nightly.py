@@ -361,7 +361,8 @@ def run_steps(
     force: bool = False,
     echo: Callable[[str], None] = print,
 ) -> dict[str, dict]:
-    """Run ``steps`` (default: the whole RUN_ORDER) for D under D's lock; return ``{step: result}``.
+    """Run ``steps`` (default: the whole RUN_ORDER; groups such as ``score`` expanded; always in
+    RUN_ORDER) for D under D's lock; return ``{step: result}``.
 
     Each result has ``status`` (ok / skipped / waiting), ``seconds`` and the step's summary.
     A step that raises stops the run with :class:`StepFailedError` (the log keeps what finished).
@@ -371,10 +372,7 @@ def run_steps(
     from botwatch import steps as step_fns
 
     warehouse = warehouse_path(conf)
-    order = list(steps or step_fns.RUN_ORDER)
-    unknown = [s for s in order if s not in STEP_IO]
-    if unknown:
-        raise ValueError(f"unknown step(s) {unknown}; the run's steps are {list(step_fns.RUN_ORDER)}")
+    order = step_fns.run_order(steps or step_fns.RUN_ORDER)
     whole_run = list(order) == list(step_fns.RUN_ORDER)
     run_id = uuid.uuid4().hex[:12]
     results: dict[str, dict] = {}

@@ -7,7 +7,7 @@ logic itself lives in the modules each step calls.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyspark.sql import SparkSession
 
@@ -96,11 +96,6 @@ def score_stage2_step(spark: SparkSession, conf: Config, run_date: dt.date) -> d
     return score_stage2(spark, warehouse_path(conf), run_date, _scoring_params(conf), conf.section("cascade"))
 
 
-def score_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
-    """Both scoring stages, as ``botwatch score`` runs them."""
-    return {**score_stage1_step(spark, conf, run_date), **score_stage2_step(spark, conf, run_date)}
-
-
 def publish_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     """Make D's scores visible to consumers (``scores_latest``), then scheduled table maintenance."""
     from botwatch.maintenance import maintain
@@ -127,11 +122,22 @@ STEPS: dict[str, StepFn] = {
     "score_stage2": score_stage2_step,
     "publish": publish_step,
     "monitor": monitor_step,
-    "score": score_step,
 }
 
 # The nightly run, in order (``score`` is the two scoring stages together, for the CLI).
 RUN_ORDER = ("validate", "activity", "features", "train", "score_stage1", "score_stage2", "publish", "monitor")
+# Names that stand for several steps of the run (``botwatch score``, ``jobs/score.py``).
+STEP_GROUPS: dict[str, tuple[str, ...]] = {"score": ("score_stage1", "score_stage2")}
+
+
+def run_order(names: Sequence[str]) -> list[str]:
+    """The steps ``names`` stand for (groups expanded), once each, in :data:`RUN_ORDER`: a step never
+    runs before the ones it reads from, whatever order they were asked in."""
+    wanted = {s for n in names for s in STEP_GROUPS.get(n, (n,))}
+    unknown = sorted(wanted - set(RUN_ORDER))
+    if unknown:
+        raise ValueError(f"unknown step(s) {unknown}; the run's steps are {list(RUN_ORDER)} (or {list(STEP_GROUPS)})")
+    return [s for s in RUN_ORDER if s in wanted]
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
