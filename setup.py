@@ -29,7 +29,8 @@ install_requires = [
     "scikit-learn>=1.4",
     "pyyaml>=6",
     "typer>=0.12",
-    "tqdm>=4.66",
+    "rich>=13",  # the backfill progress bar (botwatch.nightly)
+    "fsspec>=2023.1",  # model artifacts and reports on any file system
     "matplotlib>=3.8",
 ]
 
