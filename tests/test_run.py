@@ -56,6 +56,7 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
         (99, ts(D, 10), "like", "ip2", "dev2", D),      # unknown account
         (2, ts(D, 11), "teleport", "ip3", "dev3", D),   # unknown event type
         (2, ts(D, 12), "like", "ip3", "dev3", D),
+        (2, ts(before, 23, 59), "like", "ip3", "dev3", D),  # filed under D, happened on D-1
         (99, ts(before, 10), "like", "ip2", "dev2", before),  # bad, but not D's: left for D-1's run
     ]
     edges = [(1, 2, ts(dt.date(2025, 7, 1))), (3, 3, ts(D, 5)), (2, 1, ts(D, 6))]  # a self-follow on D
@@ -67,13 +68,14 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
 
     got = validate_inputs(spark, warehouse, D)
 
-    assert got["counts"] == {"accounts_total": 3, "accounts_new": 1, "events": 5, "edges": 2, "labels": 2}
-    assert got["quarantined"] == {"events": 3, "edges": 1, "labels": 1}
+    assert got["counts"] == {"accounts_total": 3, "accounts_new": 1, "events": 6, "edges": 2, "labels": 2}
+    assert got["quarantined"] == {"events": 4, "edges": 1, "labels": 1}
     q = read_table(spark, warehouse, t.QUARANTINE).toPandas()
     reasons = sorted(zip(q[t.TABLE], q[t.REASON], strict=True))
     assert reasons == sorted([
         ("events", "bad_type"), ("events", "duplicate_event"), ("events", "unknown_account"),
-        ("events", "unknown_event_type"), ("edges", "self_follow"), ("labels", "unknown_label_source"),
+        ("events", "unknown_event_type"), ("events", "event_date_mismatch"), ("edges", "self_follow"),
+        ("labels", "unknown_label_source"),
     ])
     ev = read_table(spark, warehouse, t.EVENTS).toPandas()
     assert sorted(zip(ev[t.ACCOUNT_ID], ev[t.EVENT_TYPE], ev[t.EVENT_DATE], strict=True)) == sorted([

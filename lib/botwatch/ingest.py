@@ -54,7 +54,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
-from botwatch.delta_io import commit_metadata, write_table
+from botwatch.delta_io import commit_metadata, table_exists, write_table
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ DUPLICATE_ACCOUNT = "duplicate_account"
 SELF_FOLLOW = "self_follow"
 LABEL_NOT_BINARY = "label_not_binary"
 UNKNOWN_LABEL_SOURCE = "unknown_label_source"
+EVENT_DATE_MISMATCH = "event_date_mismatch"  # validate only: an event filed under another UTC day
 REASONS = (
     NULL_KEY,
     BAD_TYPE,
@@ -83,6 +84,7 @@ REASONS = (
     SELF_FOLLOW,
     LABEL_NOT_BINARY,
     UNKNOWN_LABEL_SOURCE,
+    EVENT_DATE_MISMATCH,
 )
 
 # The reason's name fixes the bound; it is not a knob.
@@ -234,10 +236,13 @@ def tag_rows(
     run_date: date,
     *,
     known_accounts: DataFrame | None = None,
+    event_date: date | None = None,
 ) -> DataFrame:
     """Every input row once, with the contract columns cast, its original row as JSON and its first
     reason (null when the row is good). :func:`good_rows` and :func:`quarantine_rows` split it;
-    :func:`validate_table` does both. Cache it when both halves are written."""
+    :func:`validate_table` does both. Cache it when both halves are written. ``event_date``: the
+    ``events`` partition the rows were read from (validate); an event whose UTC date differs is
+    ``event_date_mismatch`` (ingest derives ``event_date`` from ``event_ts``, so never has one)."""
     if table not in INPUT_SCHEMAS:
         raise ValueError(f"unknown input table '{table}'; expected one of {list(INPUT_SCHEMAS)}")
     check_required_columns(df, table, f"table '{table}'")
@@ -297,6 +302,8 @@ def tag_rows(
         checks.append((UNKNOWN_ACCOUNT, _any(unknown)))
     if table == t.EVENTS:
         checks.append((UNKNOWN_EVENT_TYPE, ~F.col(t.EVENT_TYPE).isin(*t.EVENT_TYPES)))
+        if event_date is not None:
+            checks.append((EVENT_DATE_MISMATCH, F.to_date(F.col(t.EVENT_TS)) != F.lit(event_date)))
     if table == t.EDGES:
         checks.append((SELF_FOLLOW, F.col(t.SRC) == F.col(t.DST)))
     if table == t.LABELS:
@@ -572,8 +579,10 @@ def ingest_files(
 
     Accounts are validated first; events, edges and labels are then checked against the accounts
     that loaded. Good rows overwrite the input tables (events partitioned by ``event_date``); bad
-    rows replace the (run_date, tables ingested) slice of ``quarantine``, so re-ingesting the same
-    files leaves every table as it was. Without ``labels`` the labels table is left untouched.
+    rows replace the (run_date, tables ingested) slice of ``quarantine`` (written first), so
+    re-ingesting the same files leaves every table as it was. Each given table is replaced whole:
+    pass the full export, not one day. Without ``labels`` the labels table is left untouched, or
+    created empty when there is none.
 
     Returns ``{table: {"rows_in", "rows_loaded", "rows_quarantined", "reasons": {reason: n}}}``;
     rows in are counted on the input itself, and rows_in != loaded + quarantined raises
@@ -595,15 +604,20 @@ def ingest_files(
                     StorageLevel.MEMORY_AND_DISK
                 )
                 result[table] = _count(table, raw[table], tagged[table])
-                good = good_rows(tagged[table], table)
                 if table == t.ACCOUNTS:
-                    known = good.select(t.ACCOUNT_ID)
+                    known = good_rows(tagged[table], table).select(t.ACCOUNT_ID)
+            # Quarantine before the inputs: if a write fails, no bad row is in neither place.
+            bad = [quarantine_rows(df, table, run_date) for table, df in tagged.items()]
+            write_quarantine(reduce(DataFrame.unionByName, bad), warehouse, run_date, list(tagged))
+            for table, rows in tagged.items():
+                good = good_rows(rows, table)
                 if table == t.EVENTS:
                     # Rebalance: one task per day would make a busy day one huge file.
                     good = good.hint("rebalance", t.EVENT_DATE)
                 write_table(good, warehouse, table, partition_by=(t.EVENT_DATE,) if table == t.EVENTS else ())
-            bad = [quarantine_rows(df, table, run_date) for table, df in tagged.items()]
-            write_quarantine(reduce(DataFrame.unionByName, bad), warehouse, run_date, list(tagged))
+            if t.LABELS not in tagged and not table_exists(spark, warehouse, t.LABELS):
+                # No labels yet (a young platform): an empty table, so the run starts and training waits.
+                write_table(spark.createDataFrame([], INPUT_SCHEMAS[t.LABELS]), warehouse, t.LABELS)
         finally:
             for df in tagged.values():
                 df.unpersist()

@@ -5,7 +5,8 @@ Fatal problems stop the run with a named error that says what to do: an input ta
 (:class:`~botwatch.schemas.SchemaMismatchError`), or no events on D (:class:`NoEventsError`).
 
 Row problems do not stop the run: D's new rows (events of D, edges created on D, labels made on D)
-go through the same checks as ``botwatch ingest`` (:func:`botwatch.ingest.tag_rows`); a bad row is
+go through the same checks as ``botwatch ingest`` (:func:`botwatch.ingest.tag_rows`), plus one:
+an event in partition D whose ``event_ts`` falls on another UTC day (``event_date_mismatch``); a bad row is
 moved out of its input table and into ``quarantine`` with its reason. Quarantine rows are added
 with an insert-only MERGE keyed on the whole row, never with ``replaceWhere``: ingest's rows for D
 (same table names, same run_date) stay, and rerunning D adds nothing twice.
@@ -64,7 +65,8 @@ def check_schemas(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
 def add_quarantine_rows(spark: SparkSession, warehouse: str, rows: DataFrame) -> None:
     """Insert ``rows`` (``QUARANTINE_SCHEMA``) into ``quarantine`` unless an identical row is there."""
     if not table_exists(spark, warehouse, t.QUARANTINE):
-        write_table(rows, warehouse, t.QUARANTINE, mode="overwrite")
+        # Append, not overwrite: a writer that created the table meanwhile keeps its rows.
+        write_table(rows, warehouse, t.QUARANTINE, mode="append")
         return
     from delta.tables import DeltaTable
 
@@ -103,14 +105,15 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date) -> d
     for table in (t.EVENTS, t.EDGES, t.LABELS):
         day_rows = frames[table].where(_rows_of_day(table, run_date))
         cols = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
-        tagged = tag_rows(day_rows.select(*cols), table, run_date, known_accounts=known)
+        tagged = tag_rows(day_rows.select(*cols), table, run_date, known_accounts=known,
+                          event_date=run_date if table == t.EVENTS else None)
         reasons = {r[0]: r[1] for r in tagged.groupBy(_REASON).count().collect()}
         counts[table] = sum(reasons.values())
         if table == t.EVENTS and counts[table] == 0:
             raise NoEventsError(
                 f"no events for {run_date} in {t.table_path(warehouse, t.EVENTS)} (partition "
-                f"{t.EVENT_DATE}={run_date}). Load that day's events first (`botwatch ingest` or the upstream "
-                "export), then rerun the date."
+                f"{t.EVENT_DATE}={run_date}). Load that day's events first (the upstream export, or `botwatch ingest` "
+                "with the full history: ingest replaces the input tables), then rerun the date."
             )
         n_bad = sum(v for k, v in reasons.items() if k is not None)
         quarantined[table] = n_bad
