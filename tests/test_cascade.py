@@ -23,7 +23,7 @@ from botwatch.cascade import CascadeConfigError, choose_flag_threshold, threshol
 from botwatch.config import warehouse_path
 from botwatch.delta_io import read_table, write_table
 from botwatch.models import heavy as H
-from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint
+from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint, heavy_inputs
 from botwatch.models.sequences import gather_sequences, gather_sequences_at
 from botwatch.schemas import EVENTS_SCHEMA
 from botwatch.scoring.cascade import cap_to_budget
@@ -346,6 +346,25 @@ def test_gather_sequences_at_equals_per_date_gather(spark):
     for key, ref in want.items():
         for col, val in ref.items():
             assert got[key][col] == val, (key, col)
+
+
+def test_heavy_inputs_read_only_the_event_days_their_dates_can_use(spark):
+    day = dt.date(2026, 1, 20)
+    at = [dt.datetime(2026, 1, 19, 8, tzinfo=dt.UTC), dt.datetime(2025, 11, 2, 8, tzinfo=dt.UTC)]
+    events = spark.createDataFrame([(1, ts, "post", "ip", "dev", ts.date()) for ts in at], EVENTS_SCHEMA)
+    # An old day that must never be read: reading it raises (the filter by the rows' dates alone
+    # could only drop it after the scan and the join).
+    old = F.col(t.EVENT_DATE) < F.lit(day - dt.timedelta(days=6))
+    events = events.withColumn(t.EVENT_TYPE, F.when(old, F.raise_error(F.lit("an old partition was read")))
+                               .otherwise(F.col(t.EVENT_TYPE)))
+    edges = spark.createDataFrame([(1, 2, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))],
+                                  f"{t.SRC} long, {t.DST} long, {t.CREATED_AT} timestamp")
+    features = spark.createDataFrame([(1, day, 3.0), (2, day, 5.0)],
+                                     f"{t.ACCOUNT_ID} long, {t.RUN_DATE} date, x double")
+    got = heavy_inputs(events, edges, features, features, ["x"], ["x"], max_len=4, lookback_days=7,
+                       neighbor_k=3, neighbor_seed=0).orderBy(t.ACCOUNT_ID).collect()
+    # Account 1's sequence is its one recent event; account 2 has none.
+    assert [(r[t.ACCOUNT_ID], r[t.SEQ_EVENT_TYPE] and len(r[t.SEQ_EVENT_TYPE])) for r in got] == [(1, 1), (2, None)]
 
 
 # ---------------------------------------------------------------- the whole cascade

@@ -13,6 +13,7 @@ Usage::
 """
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame
@@ -70,10 +71,15 @@ def heavy_inputs(
     base = rows.select(*keep, *as_model_input(tabular_cols)).localCheckpoint()
     keys = base.select(t.ACCOUNT_ID, t.RUN_DATE).distinct()
 
+    dates = sorted(r[0] for r in keys.select(t.RUN_DATE).distinct().collect())
+    if dates:
+        # Literal bounds, so the scan reads only the partitions the sequences can use: the per-row
+        # window below compares with each key's date, which no scan can prune by.
+        first = dates[0] - dt.timedelta(days=lookback_days - 1)
+        events = events.where(F.col(t.EVENT_DATE).between(F.lit(first), F.lit(dates[-1])))
     seqs = gather_sequences_at(events.join(keys.select(t.ACCOUNT_ID).distinct(), t.ACCOUNT_ID, "left_semi"),
                                keys, max_len, lookback_days).drop(t.SEQ_LEN)
     # One neighbour pass per feature date (few: the nightly runs the labels span).
-    dates = sorted(r[0] for r in keys.select(t.RUN_DATE).distinct().collect())
     parts = []
     for day in dates:
         wanted = keys.where(F.col(t.RUN_DATE) == F.lit(day))
