@@ -19,7 +19,7 @@ from pyspark.sql import types as T
 
 from botwatch import registry, steps, training
 from botwatch import tables as t
-from botwatch.cascade import CascadeConfigError, choose_flag_threshold, threshold_from_json
+from botwatch.cascade import CASCADE_FILE, CascadeConfigError, choose_flag_threshold, threshold_from_json, with_choice
 from botwatch.config import warehouse_path
 from botwatch.delta_io import read_table, write_table
 from botwatch.models import heavy as H
@@ -127,6 +127,28 @@ def test_flag_everyone_and_flag_nobody_survive_cascade_json(budget):
     assert thr == choice.threshold
     assert (s >= thr).mean() == choice.flagged_share == budget
     assert stored["recall_kept"] is None  # nan: no heavy actions to keep
+
+
+def test_a_later_choice_never_changes_what_an_earlier_date_flags(spark, warehouse):
+    from types import SimpleNamespace
+
+    from botwatch.scoring.cascade import flag_threshold
+
+    art = f"{warehouse}/models/stage1_xgb/1"
+    registry.upsert(spark, warehouse, registry.ModelRecord("stage1_xgb", 1, registry.CHAMPION, dt.date(2026, 1, 1),
+                                                           artifact_path=art))
+    stored = None
+    for heavy, day, thr in ((1, 1, 0.5), (1, 3, 0.6), (2, 5, 0.7), (2, 5, 0.8)):  # the last one reruns day 5
+        stored = with_choice(stored, {"heavy_version": heavy, "chosen_on": dt.date(2026, 1, day), "threshold": thr})
+        registry.write_artifact(art, CASCADE_FILE, stored)
+    got = {(h, d): flag_threshold(spark, warehouse, SimpleNamespace(version=h), as_of=dt.date(2026, 1, d))[0]
+           for h in (1, 2) for d in (1, 2, 3, 4, 6)}
+    assert got == {(1, 1): 0.5, (1, 2): 0.5, (1, 3): 0.6, (1, 4): 0.6, (1, 6): 0.6,
+                   (2, 1): None, (2, 2): None, (2, 3): None, (2, 4): None, (2, 6): 0.8}
+    assert len(stored["choices"]) == 3
+    # A file from before choices were kept holds one choice.
+    registry.write_artifact(art, CASCADE_FILE, {"heavy_version": 2, "chosen_on": "2026-01-05", "threshold": "inf"})
+    assert flag_threshold(spark, warehouse, SimpleNamespace(version=2), as_of=dt.date(2026, 1, 6))[0] == math.inf
 
 
 def test_flag_threshold_rejects_bad_knobs():

@@ -12,10 +12,14 @@ Usage::
 """
 from __future__ import annotations
 
+import datetime as dt
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+# Kept with each stage-1 champion's artifacts: every flag-threshold choice made for it.
+CASCADE_FILE = "cascade.json"
 
 
 class CascadeConfigError(ValueError):
@@ -50,6 +54,28 @@ def threshold_from_json(value: float | str | None) -> float:
     """A threshold written by :meth:`FlagChoice.to_dict`. Null (files written before the sign was kept)
     reads as inf, flag nobody: the safe side for compute."""
     return math.inf if value is None else float(value)
+
+
+def _choices(stored: dict | None) -> list[dict]:
+    if not stored:
+        return []
+    return list(stored["choices"]) if "choices" in stored else [stored]  # older files hold one choice
+
+
+def with_choice(stored: dict | None, choice: dict) -> dict:
+    """``cascade.json``'s content after recording ``choice`` (with ``heavy_version`` and ``chosen_on``).
+    Every choice is kept, one per (heavy version, date): a later training night must not change
+    what a rerun of an earlier date flags."""
+    key = (choice["heavy_version"], str(choice["chosen_on"]))
+    kept = [c for c in _choices(stored) if (c.get("heavy_version"), str(c.get("chosen_on"))) != key]
+    return {"choices": sorted([*kept, choice], key=lambda c: str(c.get("chosen_on")))}
+
+
+def choice_for(stored: dict | None, heavy_version: int, as_of: dt.date | None = None) -> dict | None:
+    """The latest choice made for ``heavy_version`` on or before ``as_of`` (any date when None)."""
+    fits = [c for c in _choices(stored) if c.get("heavy_version") == heavy_version
+            and (as_of is None or str(c.get("chosen_on")) <= as_of.isoformat())]
+    return max(fits, key=lambda c: str(c.get("chosen_on")), default=None)
 
 
 def budget_threshold(scores: np.ndarray, budget: float) -> float:

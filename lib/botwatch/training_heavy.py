@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from botwatch import registry
 from botwatch import tables as t
-from botwatch.cascade import choose_flag_threshold
+from botwatch.cascade import CASCADE_FILE, choose_flag_threshold, with_choice
 from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import pr_auc, recall_at_precision
 from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
@@ -55,7 +55,6 @@ from botwatch.training import (
     train_stage1,
 )
 
-CASCADE_FILE = "cascade.json"
 TEACHER_SCORE = "teacher_score"
 DISTILL_TARGET = "distill_target"
 HUMAN = t.FAMILIES[0]
@@ -291,8 +290,9 @@ def calibration_sample(spark: SparkSession, warehouse: str, run_date: dt.date, n
 def calibrate_flag_threshold(
     spark: SparkSession, warehouse: str, run_date: dt.date, params: CascadeParams, settings: InferenceSettings,
 ) -> dict:
-    """Choose the flag threshold for the current champions on D's accounts and write it to the
-    stage-1 champion's ``cascade.json`` (with the heavy version it was chosen for)."""
+    """Choose the flag threshold for the current champions on D's accounts and add it to the
+    stage-1 champion's ``cascade.json`` (with the heavy version and the date it was chosen for;
+    earlier choices stay, for reruns of earlier dates)."""
     from botwatch.scoring.stage1 import load_champion, score_stage1
 
     heavy = heavy_champion(spark, warehouse)
@@ -321,7 +321,11 @@ def calibrate_flag_threshold(
         "stage1_version": stage1.version, "keep_share": params.keep_share, "budget": params.budget,
         "chosen_on": run_date,
     }
-    registry.write_artifact(stage1_rec["artifact_path"], CASCADE_FILE, info)
+    try:
+        stored = registry.read_artifact(stage1_rec["artifact_path"], CASCADE_FILE)
+    except FileNotFoundError:
+        stored = None
+    registry.write_artifact(stage1_rec["artifact_path"], CASCADE_FILE, with_choice(stored, info))
     return {"flag_threshold": info["threshold"], "budget_binds": choice.budget_binds,
             "recall_lost": info["recall_lost"], "flagged_share": choice.flagged_share}
 

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from botwatch import registry
 from botwatch import tables as t
-from botwatch.cascade import threshold_from_json
+from botwatch.cascade import CASCADE_FILE, choice_for, threshold_from_json
 from botwatch.delta_io import commit_metadata, read_table, write_table
 from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint
 from botwatch.scoring.decisions import with_decisions
@@ -46,7 +46,6 @@ SCORE_COLUMNS = (
     STAGE2_REACHED, "reason_codes", "actioned", "holdout", "golden",
 )
 DECISION_COLUMNS = (t.DECISION, "holdout", "golden", "actioned")
-CASCADE_FILE = "cascade.json"
 
 
 def _decide(df: DataFrame, run_date: dt.date, threshold: float | None, params: dict) -> DataFrame:
@@ -74,7 +73,8 @@ def flag_threshold(
         info = registry.read_artifact(cast(dict, champ)["artifact_path"], CASCADE_FILE)  # heavy implies stage 1
     except FileNotFoundError:
         info = None
-    if not info or info.get("heavy_version") != heavy.version:
+    info = choice_for(info, heavy.version, as_of)
+    if info is None:
         return None, "no flag threshold chosen for this pair of champions; flagging the budget share"
     return threshold_from_json(info.get("threshold")), f"cascade.json (chosen on {info.get('chosen_on')})"
 
