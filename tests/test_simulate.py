@@ -409,7 +409,41 @@ def test_appeals_are_precise_negatives_after_a_restriction(sim, params):
     first = restricted.groupby(t.ACCOUNT_ID)[t.LABELED_AT].min()
     assert (app_[t.LABELED_AT].to_numpy() > app_[t.ACCOUNT_ID].map(first).to_numpy()).all()
     wrongly = set(restricted[restricted[t.ACCOUNT_ID].map(fam) == "human"][t.ACCOUNT_ID])
-    assert len(app_) <= params["labels"]["appeal_rate"] * len(wrongly) + Z * math.sqrt(len(wrongly))
+    n_appealing = app_[t.ACCOUNT_ID].nunique()
+    assert n_appealing <= params["labels"]["appeal_rate"] * len(wrongly) + Z * math.sqrt(len(wrongly))
+    # Each wrong verdict of an appealing human is appealed after it, so training's resolution (the later
+    # of investigator and appeal) never keeps it.
+    verdicts = lab[(lab[t.SOURCE] == "investigator") & (lab[t.LABEL] == 1) & lab[t.ACCOUNT_ID].isin(app_[t.ACCOUNT_ID])]
+    last_appeal = app_.groupby(t.ACCOUNT_ID)[t.LABELED_AT].max()
+    assert (verdicts[t.LABELED_AT].to_numpy() < verdicts[t.ACCOUNT_ID].map(last_appeal).to_numpy()).all()
+
+
+def test_a_reported_human_wrongly_judged_later_appeals_the_verdict_too(spark, params):
+    from botwatch.simulate import accounts as acc
+    from botwatch.simulate.labels import direct_labels
+    from botwatch.simulate.plan import make_plan
+
+    # Every human is reported, investigated (wrongly) and wins its appeals.
+    knobs = {"investigator_error": 1.0, "user_report_human_rate": 1.0, "appeal_rate": 1.0,
+             "investigator_per_week_per_100k": 1e7}
+    plan = make_plan(100, DAYS, SEED, START, {**params, "labels": {**params["labels"], **knobs}})
+    humans = spark.createDataFrame(
+        [(i, "human", False, False, 0.0, float(plan.start_s)) for i in range(100)],
+        f"{t.ACCOUNT_ID} long, {t.FAMILY} string, {acc.IS_BOT} boolean, {acc.DORMANT} boolean, "
+        f"{acc.ACTIVITY_Z} double, {acc.ACTIVE_FROM_S} double",
+    )
+    lab = direct_labels(plan, humans).toPandas()
+    by_source = {src: rows.groupby(t.ACCOUNT_ID)["at_s"] for src, rows in lab.groupby(t.SOURCE)}
+    first_report, verdict = by_source["user_report"].min(), by_source["investigator"].min()
+    appeals = by_source["appeal"].apply(set)
+    # Both restrictions are appealed after the same delay, so the first appeal dates it.
+    restricted = pd.concat([first_report, verdict], axis=1).min(axis=1)
+    delay = by_source["appeal"].min() - restricted[appeals.index]
+    due = [a for a in appeals.index if verdict.get(a, math.inf) + delay[a] < plan.end_s]
+    assert len(due) > 20
+    # A verdict after the report still gets its own appeal when it falls inside the window.
+    assert all(any(abs(verdict[a] + delay[a] - at) < 1e-3 for at in appeals[a]) for a in due)
+    assert sum(verdict[a] > first_report[a] for a in due) > 5
 
 
 def test_propagated_labels_are_weak_positives_from_botnet_neighbours(sim):

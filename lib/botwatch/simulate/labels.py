@@ -116,9 +116,8 @@ def direct_labels(plan: Plan, profile_df: DataFrame) -> DataFrame:
     won = uniform(sid, "appeal", aid) < F.lit(plan.f("labels.appeal_rate"))
     appeal_reported = _label_rows(rep.filter(~is_bot & won), F.lit(0), "appeal", F.col("first_at") + delay)
     appeal_verdict = _label_rows(inv.filter(~is_bot & wrong & won), F.lit(0), "appeal", F.col("inv_at") + delay)
-    appeals = appeal_reported.unionByName(appeal_verdict).groupBy(t.ACCOUNT_ID, t.LABEL, t.SOURCE).agg(
-        F.min("at_s").alias("at_s")
-    )
+    # One appeal per wrong restriction: a won appeal of the report does not overturn a later wrong verdict.
+    appeals = appeal_reported.unionByName(appeal_verdict).dropDuplicates([t.ACCOUNT_ID, "at_s"])
     return investigator.unionByName(user_report).unionByName(appeals).filter(F.col("at_s") < end)
 
 
