@@ -528,6 +528,13 @@ def test_bad_parameters_raise_named_errors(params):
     bad_periods = {**params, "scheduled": {**params["scheduled"], "periods_min": [7]}}
     with pytest.raises(SimulationParamsError, match="periods_min"):
         check_params(accounts=100, days=5, seed=1, start_date=START, params=bad_periods)
+    # The attributes knobs are checked before any table is written too.
+    no_attributes = {k: v for k, v in params.items() if k != "attributes"}
+    with pytest.raises(SimulationParamsError, match="attributes.enabled"):
+        check_params(accounts=100, days=5, seed=1, start_date=START, params=no_attributes)
+    bad_rate = {**params, "attributes": {**params["attributes"], "missing_rate": 1.5}}
+    with pytest.raises(SimulationParamsError, match="attributes.missing_rate"):
+        check_params(accounts=100, days=5, seed=1, start_date=START, params=bad_rate)
 
 
 def test_cli_bad_arguments_exit_2_before_spark(warehouse):

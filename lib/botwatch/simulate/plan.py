@@ -18,7 +18,9 @@ DAY_S = 86400
 
 # Every knob the generators read (families' entries of the per-family mappings are added below).
 REQUIRED_KNOBS = (
-    "accounts_per_partition", "bot_verified_rate", "botnet.burst_gap_s", "botnet.burst_spread_s",
+    "accounts_per_partition", "attributes.enabled", "attributes.linked_apps_shift", "attributes.missing_rate",
+    "attributes.phone_rate.bot", "attributes.phone_rate.human", "bot_verified_rate", "botnet.burst_gap_s",
+    "botnet.burst_spread_s",
     "botnet.bursts_per_day", "botnet.devices_per_group", "botnet.events_per_burst", "botnet.external_follows",
     "botnet.follow_density", "botnet.group_max", "botnet.group_min", "botnet.ips_per_group", "botnet.participation",
     "botnet.scripted_share", "botnet.human_hours_share", "mimic.scripted_share", "mimic.scripted_proxy_share",
@@ -279,7 +281,7 @@ def _validate(plan: Plan) -> None:
                 "graph.spam_in_period_share", "labels.investigator_bot_share", "labels.investigator_error",
                 "labels.user_report_bot_rate", "labels.user_report_human_rate", "labels.appeal_rate",
                 "labels.propagated_rate", "drift.wave_label_share", "verified_rate", "bot_verified_rate",
-                "hub_share"):
+                "hub_share", "attributes.missing_rate", "attributes.phone_rate.human", "attributes.phone_rate.bot"):
         _check_prob(plan, key)
     for key in ("humans.events_per_session", "humans.gap_median_s", "mimic.gap_s", "botnet.burst_gap_s",
                 "follow_spam.gap_s", "graph.community_size", "history_years", "humans.session_tail_alpha",
