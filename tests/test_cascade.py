@@ -418,7 +418,13 @@ def cascade(spark, platform, tmp_path_factory):
         cconf.section("cascade"))
     teacher = heavy_champion(spark, warehouse)
     targets = teacher_targets(spark, warehouse, teacher, cparams, settings)
-    student = train_stage1(spark, warehouse, day, params, teacher=targets, teacher_version=teacher.model_version)
+    summary["distilled_rows"] = []  # the frames teacher_targets made (cached), to check they are released
+
+    def recording(rows):
+        summary["distilled_rows"].append(targets(rows))
+        return summary["distilled_rows"][-1]
+
+    student = train_stage1(spark, warehouse, day, params, teacher=recording, teacher_version=teacher.model_version)
     if not student.promoted:
         registry.promote(spark, warehouse, "stage1_xgb", student.version, "promoted by the test")
     flag = calibrate_flag_threshold(spark, warehouse, day, cparams, settings)
@@ -438,6 +444,8 @@ def test_heavy_model_registered_with_family_metrics(spark, cascade):
 def test_heavy_model_and_stage1_of_a_date_share_one_canary(spark, cascade):
     cconf, _, summary, *_ = cascade
     assert summary["canary_fits"] == 1
+    # The distilled training and validation rows are released once stage 1 is fitted.
+    assert len(summary["distilled_rows"]) == 2 and not any(f.is_cached for f in summary["distilled_rows"])
     wh = warehouse_path(cconf)
     heavy = registry.records(spark, wh, "stage2_heavy")[0]["metrics"]
     stage1 = next(r for r in registry.records(spark, wh, "stage1_xgb") if r[t.VERSION] == summary["version"])

@@ -329,8 +329,12 @@ def train_stage1(
     if teacher is None:
         booster = fit_booster(train, valid, cols, params.xgb)
     else:
-        booster = fit_booster(teacher(train), teacher(valid), cols, params.xgb, label_col="distill_target",
-                              soft_targets=True)
+        distilled = (teacher(train), teacher(valid))  # cached by teacher_targets: released once fitted
+        try:
+            booster = fit_booster(*distilled, cols, params.xgb, label_col="distill_target", soft_targets=True)
+        finally:
+            for rows in distilled:
+                rows.unpersist()
     raw = booster_bytes(booster)
 
     valid_pdf = _collect(valid, cols, spark, warehouse)
