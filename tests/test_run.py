@@ -291,6 +291,20 @@ def test_second_run_for_a_date_fails_clearly_while_the_first_holds_the_lock(spar
     assert statuses(nightly.run_steps(spark, conf, D, echo=lambda _: None)) == {"a": "ok", "b": "ok"}
 
 
+def test_a_date_run_one_step_at_a_time_is_finished_when_every_step_is(spark, fake_pipeline):
+    conf, calls, _ = fake_pipeline
+    wh = conf["warehouse"]
+    nightly.run_steps(spark, conf, D, ["a"], echo=lambda _: None)
+    assert not nightly.date_finished(spark, wh, D)
+    nightly.run_steps(spark, conf, D, ["b"], echo=lambda _: None)  # as the DAG's tasks run them
+    assert nightly.date_finished(spark, wh, D)
+    # a rerun alone changes b's input: D is not finished until b runs again.
+    nightly.run_steps(spark, conf, D, ["a"], force=True, echo=lambda _: None)
+    assert not nightly.date_finished(spark, wh, D)
+    assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "done"}
+    assert calls == ["a", "b", "a", "b"] and nightly.date_finished(spark, wh, D)
+
+
 def test_steps_run_in_pipeline_order_once_each(spark, fake_pipeline):
     conf, calls, _ = fake_pipeline
     assert list(nightly.run_steps(spark, conf, D, ["b", "a", "b"], echo=lambda _: None)) == ["a", "b"]

@@ -418,7 +418,22 @@ def run_steps(
             status = STATUS_WAITING if STATUS_WAITING in summary.values() else STATUS_OK
             logged[RUN_STEP] = log_row(run_date, RUN_STEP, status, {}, summary, run_id, started_run)
             write_log(spark, warehouse, run_date, logged)
+        elif RUN_STEP not in logged and finished_by_steps(spark, warehouse, run_date, logged):
+            # Run one step at a time (the DAG's tasks, `botwatch score`): D is finished once every step is.
+            summary = {s: STATUS_OK for s in step_fns.RUN_ORDER}
+            logged[RUN_STEP] = log_row(run_date, RUN_STEP, STATUS_OK, {}, summary, run_id, started_run)
+            write_log(spark, warehouse, run_date, logged)
     return results
+
+
+def finished_by_steps(spark: SparkSession, warehouse: str, run_date: dt.date, logged: dict) -> bool:
+    """Whether every step of the run is logged ok for D and still current: its output there and
+    none of its inputs changed since (a step rerun alone, with --force, leaves the ones after it stale)."""
+    from botwatch import steps as step_fns
+
+    if any(logged.get(s, {}).get("status") != STATUS_OK for s in step_fns.RUN_ORDER):
+        return False  # cheap first: no table versions read until every step has run
+    return all(should_skip(spark, warehouse, s, run_date, logged[s]) for s in step_fns.RUN_ORDER)
 
 
 def backfill(
