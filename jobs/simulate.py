@@ -5,37 +5,37 @@
 
 Bad arguments or knobs exit 2 with a message naming them.
 """
-import argparse
 import datetime as dt
 import sys
 
-from botwatch.config import DEFAULT_CONF, ConfigError, load_config, resolve_path
+from botwatch.entry import job_conf, job_parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--conf", default=DEFAULT_CONF)
-    parser.add_argument("--warehouse")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser = job_parser((__doc__ or "").splitlines()[0], with_date=False)
     parser.add_argument("--accounts", type=int, required=True)
     parser.add_argument("--days", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--start-date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default simulate.start_date)")
     args = parser.parse_args(argv)
-    overrides = args.overrides + ([f"warehouse={args.warehouse}"] if args.warehouse else [])
+    conf = job_conf(args)  # a bad conf or knob exits 2
 
+    from botwatch.config import resolve_path
     from botwatch.simulate import SimulationParamsError, check_params, write_platform
     from botwatch.spark import get_spark
 
+    params = conf.section("simulate")
     try:
-        conf = load_config(args.conf, overrides)
-        params = conf.section("simulate")
         start = args.start_date or dt.date.fromisoformat(str(params["start_date"]))
         shape = {"accounts": args.accounts, "days": args.days, "seed": args.seed, "start_date": start}
         check_params(**shape, params=params)
-        spark = get_spark(conf, app_name="botwatch-simulate")
+    except ValueError as exc:  # SimulationParamsError, or a start_date that is not a date
+        print(f"simulate: {exc}", file=sys.stderr)
+        return 2
+    spark = get_spark(conf, app_name="botwatch-simulate")
+    try:
         counts = write_platform(spark, resolve_path(conf["warehouse"]), **shape, params=params)
-    except (ConfigError, SimulationParamsError, ValueError) as exc:
+    except SimulationParamsError as exc:
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
     for table, rows in counts.items():

@@ -554,6 +554,19 @@ def test_job_is_import_safe_and_rejects_bad_arguments(capsys):
     assert "accounts" in capsys.readouterr().err
 
 
+def test_job_takes_a_relative_warehouse_from_the_current_directory(spark, tmp_path, monkeypatch):
+    import botwatch.simulate as simulate
+
+    spec = importlib.util.spec_from_file_location("simulate_job", PROJECT_ROOT / "jobs" / "simulate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    written = []
+    monkeypatch.setattr(simulate, "write_platform", lambda _spark, warehouse, **_: written.append(warehouse) or {})
+    monkeypatch.chdir(tmp_path)
+    assert module.main(["--accounts", "20", "--days", "1", "--seed", "1", "--warehouse", "wh"]) == 0
+    assert written == [str(tmp_path / "wh")]  # as every other entry point reads it
+
+
 # ---------------------------------------------------------------- scripted bots (sequence-only fingerprint)
 
 SCRIPTED_OVERRIDES = {
