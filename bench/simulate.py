@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     params = conf.section("simulate")
     start = dt.date.fromisoformat(str(params["start_date"]))
     with timed() as session_time:
-        spark = get_spark(conf, app_name="botwatch-bench-simulate")
+        spark = get_spark(conf, app_name="bench-simulate")
     print(f"session start: {session_time['seconds']:.1f} s; master {conf['spark.master']}, "
           f"driver memory {conf['spark.driver_memory']}", flush=True)
 

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         for table in ("accounts", "events", "edges", "labels"):
             if getattr(args, table) is not None:
                 resolve_input(table, getattr(args, table))  # fail fast, before the session starts
-        spark = get_spark(conf, app_name="botwatch-ingest")
+        spark = get_spark(conf, app_name="ingest")
         result = ingest_files(
             spark,
             resolve_path(conf["warehouse"]),

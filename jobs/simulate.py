@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # SimulationParamsError, or a start_date that is not a date
         print(f"simulate: {exc}", file=sys.stderr)
         return 2
-    spark = get_spark(conf, app_name="botwatch-simulate")
+    spark = get_spark(conf, app_name="simulate")
     try:
         counts = write_platform(spark, resolve_path(conf["warehouse"]), **shape, params=params)
     except SimulationParamsError as exc:

@@ -30,7 +30,7 @@ def conf(session_warehouse):
 
 @pytest.fixture(scope="session")
 def spark(conf):
-    session = get_spark(conf, app_name="botwatch-tests")
+    session = get_spark(conf, app_name="tests")
     yield session
     session.stop()
 

@@ -12,7 +12,7 @@ from chispa import assert_df_equality
 from deltalake import DeltaTable
 
 from botwatch.config import PROJECT_ROOT, ConfigError, load_config
-from botwatch.spark import MissingJarsError, find_jars
+from botwatch.spark import MissingJarsError, application_name, find_jars
 
 
 def test_delta_overwrite_and_time_travel(spark, warehouse):
@@ -43,6 +43,10 @@ def test_delta_readable_without_jvm(spark, warehouse):
 
 def test_session_settings(spark):
     conf = spark.sparkContext.getConf()
+    assert conf.get("spark.app.name") == "botwatch-tests"
+    named = load_config(None, ["spark.app_name=fraud-nightly", "warehouse=/w"])
+    assert (application_name(named, "features-2026-01-12"), application_name(named)) == (
+        "fraud-nightly-features-2026-01-12", "fraud-nightly")
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
     assert spark.conf.get("spark.sql.adaptive.enabled") == "true"
     assert spark.conf.get("spark.sql.shuffle.partitions") == "4"

@@ -86,7 +86,7 @@ def _run_steps(date: str, names: list[str] | None, force: bool, conf: str, wareh
     except ValueError as exc:
         fail(f"--step {names}: {exc}")
     label = names[0] if names and len(names) == 1 else "run"
-    spark = get_spark(cfg, app_name=f"botwatch-{label}-{run_date}")
+    spark = get_spark(cfg, app_name=f"{label}-{run_date}")
     try:
         return run_date, nightly.run_steps(spark, cfg, run_date, names or None, force=force, echo=typer.echo)
     except nightly.RunLockedError as exc:
@@ -156,7 +156,7 @@ def backfill(
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     if last < first:
         fail(f"--end {last} is before --start {first}")
-    spark = get_spark(cfg, app_name=f"botwatch-backfill-{first}-{last}")
+    spark = get_spark(cfg, app_name=f"backfill-{first}-{last}")
     try:
         outcome = nightly.backfill(spark, cfg, first, last, force=force, echo=typer.echo)
     except nightly.RunLockedError as exc:
@@ -178,7 +178,7 @@ def unlock(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt 
 
     cfg = build_conf(conf, warehouse, set_)
     run_date = parse_date(date)
-    held = nightly.break_lock(get_spark(cfg, app_name="botwatch-unlock"), warehouse_path(cfg), run_date)
+    held = nightly.break_lock(get_spark(cfg, app_name="unlock"), warehouse_path(cfg), run_date)
     typer.echo(f"lock of {run_date} {'removed' if held else 'was not held'}")
 
 
@@ -210,7 +210,7 @@ def ingest(
         for table, path in files.items():
             if path is not None:
                 resolve_input(table, path)  # a missing file or column fails before a JVM starts
-        spark = get_spark(cfg, app_name=f"botwatch-ingest-{run_date}")
+        spark = get_spark(cfg, app_name=f"ingest-{run_date}")
         result = ingest_files(
             spark, root, accounts=accounts, events=events, edges=edges, labels=labels, run_date=run_date,
             echo=typer.echo,
@@ -244,7 +244,7 @@ def simulate(
     root = resolve_path(cfg["warehouse"])
     try:
         check_params(accounts=accounts, days=days, seed=seed, start_date=start, params=params)  # before a JVM starts
-        spark = get_spark(cfg, app_name="botwatch-simulate")
+        spark = get_spark(cfg, app_name="simulate")
         counts = write_platform(spark, root, accounts=accounts, days=days, seed=seed, start_date=start, params=params)
     except SimulationParamsError as exc:
         fail(str(exc))
@@ -261,7 +261,7 @@ def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: Set
 
     # A small platform has few labels: the demo section sets its own investigator rate and minimums.
     cfg = demo_conf(build_conf(conf, warehouse, set_))
-    run_demo(get_spark(cfg, app_name="botwatch-demo"), cfg, echo=typer.echo)
+    run_demo(get_spark(cfg, app_name="demo"), cfg, echo=typer.echo)
 
 
 @app.command()

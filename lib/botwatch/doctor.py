@@ -97,7 +97,7 @@ def run_doctor(conf: Config, echo: Callable[[str], None] = print) -> bool:
     spark_box = {}
 
     def start() -> str:
-        spark_box["spark"] = get_spark(conf, app_name="botwatch-doctor")
+        spark_box["spark"] = get_spark(conf, app_name="doctor")
         return f"SparkSession {spark_box['spark'].version} on {conf['spark.master']}"
 
     report("spark session", start)

@@ -44,7 +44,7 @@ def run_date_step(step: str, description: str) -> None:
     parser.add_argument("--force", action="store_true", help="run even when done and the inputs are unchanged")
     args = parser.parse_args()
     conf = job_conf(args)
-    spark = get_spark(conf, app_name=f"botwatch-{step}-{args.date}")
+    spark = get_spark(conf, app_name=f"{step}-{args.date}")
     try:
         results = nightly.run_steps(spark, conf, args.date, [step], force=args.force)
     except nightly.RunLockedError as exc:

@@ -77,8 +77,14 @@ def session_settings(conf: Config) -> dict[str, str]:
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}
 
 
+def application_name(conf: Config, app_name: str | None = None) -> str:
+    """The session's name in the Spark UI and the cluster manager: conf ``spark.app_name``, then
+    what the caller adds (``features-2026-01-12``)."""
+    return f"{conf['spark.app_name']}-{app_name}" if app_name else str(conf["spark.app_name"])
+
+
 def get_spark(conf: Config, app_name: str | None = None):
-    """Build (or return the running) SparkSession for ``conf``.
+    """Build (or return the running) SparkSession for ``conf``, named :func:`application_name`.
 
     >>> from botwatch.config import load_config
     >>> spark = get_spark(load_config())  # doctest: +SKIP
@@ -91,8 +97,7 @@ def get_spark(conf: Config, app_name: str | None = None):
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     settings = session_settings(conf)
-    if app_name:
-        settings["spark.app.name"] = app_name
+    settings["spark.app.name"] = application_name(conf, app_name)
     if os.environ.get("PYSPARK_GATEWAY_PORT"):
         # Launched by spark-submit (the DAG): its --master and --jars (the Airflow connection) win,
         # so pointing the DAG at a cluster is a connection change, not a conf change.
