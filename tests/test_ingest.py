@@ -3,6 +3,7 @@ row against a reference classifier written here in plain pandas/Python on the in
 = loaded + quarantined; extra account columns; idempotent re-ingest; missing file/column errors."""
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -29,6 +30,7 @@ from botwatch.ingest import (
     DUPLICATE_EVENT,
     EVENT_DATE_MISMATCH,
     LABEL_NOT_BINARY,
+    MALFORMED_ROW,
     NULL_KEY,
     REASONS,
     SELF_FOLLOW,
@@ -202,6 +204,10 @@ def write_input(folder: Path, table: str, fmt: str, rows=None) -> str:
     if fmt == "csv":
         path = folder / f"{table}.csv"
         pd.DataFrame([{k: _csv_text(v) for k, v in r.items()} for r in rows], dtype=object).to_csv(path, index=False)
+        if table == t.EVENTS:
+            # malformed_row: an unquoted comma inside a value (one field too many), a line cut short
+            with open(path, "a") as fh:
+                fh.write("1,2024-06-03 10:00:00,post,ip1,dev,9,web\n2,2024-06-03 11:00:00,like\n")
         return str(path)
     pdf = pd.DataFrame(rows)
     for column in pdf.columns:
@@ -221,6 +227,7 @@ def write_input(folder: Path, table: str, fmt: str, rows=None) -> str:
 # ---------------------------------------------------------------- the reference (plain Python)
 
 MISSING, BAD = object(), object()
+MALFORMED = "__malformed__"  # read_back: a CSV line with the wrong number of fields, as text (else None)
 BOOL_WORDS = {"true": True, "t": True, "yes": True, "y": True, "1": True,
               "false": False, "f": False, "no": False, "n": False, "0": False}  # Spark's string -> boolean
 
@@ -255,6 +262,10 @@ def reference(table, pdf, known=None):
     start = pd.Timestamp("2000-01-01", tz="UTC")
     reasons, parsed = [], []
     for rec in pdf.to_dict("records"):
+        if rec.get(MALFORMED):
+            reasons.append(MALFORMED_ROW)
+            parsed.append({})
+            continue
         p = {f.name: _parse(rec.get(f.name), f.dataType) for f in fields}
         stamps = [v for f in fields if isinstance(f.dataType, T.TimestampType) for v in [p[f.name]]
                   if v is not MISSING and v is not BAD]
@@ -294,9 +305,14 @@ def reference(table, pdf, known=None):
 
 
 def read_back(path: str) -> pd.DataFrame:
-    """An input file as pandas reads it (CSV: every value text, only empty fields are null)."""
+    """An input file as written (CSV: every value text, only empty fields are null; a line whose
+    field count differs from the header's is flagged ``MALFORMED``)."""
     if path.endswith(".csv"):
-        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+        with open(path, newline="") as fh:
+            header, *lines = list(csv.reader(fh))
+        rows = [{**{c: v or None for c, v in zip(header, line, strict=False)},
+                 MALFORMED: ",".join(line) if len(line) != len(header) else None} for line in lines]
+        return pd.DataFrame(rows, columns=[*header, MALFORMED], dtype=object)
     return pd.read_parquet(path)
 
 
@@ -382,7 +398,10 @@ def test_quarantine_row_json_is_the_original_row(mixed, spark):
         rows = q.where((F.col(t.TABLE) == table) & (F.col(t.RUN_DATE) == RUN)).select(t.REASON, t.ROW_JSON).collect()
         got = Counter((r[t.REASON], json.dumps(json.loads(r[t.ROW_JSON]), sort_keys=True)) for r in rows)
         pdf = read_back(mixed["paths"][table])
-        records = [{k: None if _missing(v) else v for k, v in rec.items()} for rec in pdf.to_dict("records")]
+        # A malformed line is kept as read, in the column Spark gives it.
+        records = [{"_corrupt_record": rec[MALFORMED]} if rec.get(MALFORMED)
+                   else {k: None if _missing(v) else v for k, v in rec.items() if k != MALFORMED}
+                   for rec in pdf.to_dict("records")]
         want = Counter((r, json.dumps(rec, sort_keys=True))
                        for r, rec in zip(refs[table][0], records, strict=True) if r is not None)
         assert got == want, table

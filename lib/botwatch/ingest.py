@@ -8,6 +8,8 @@ on data that is already in Delta.
 A bad row gets the FIRST reason of :data:`REASONS` that applies (only the checks of its table run):
 
 ==========================  ==========================================================================
+``malformed_row``           a CSV line with more or fewer fields than its header (its values would
+                            land in the wrong columns); ``row_json`` keeps the line as read
 ``null_key``                a column the contract declares NOT NULL is null
 ``bad_type``                a value does not cast to the contract type (``"abc"`` as an id, ``3.5`` as
                             an id, ``2`` as a boolean)
@@ -20,6 +22,7 @@ A bad row gets the FIRST reason of :data:`REASONS` that applies (only the checks
 ``self_follow``             an edge with ``src == dst``
 ``label_not_binary``        ``label`` not 0 or 1
 ``unknown_label_source``    ``source`` not in :data:`botwatch.tables.LABEL_SOURCES`
+``event_date_mismatch``     (validate only) an event stored under a date that is not its UTC date
 ==========================  ==========================================================================
 
 Timestamps checked are every timestamp column of the contract (``created_at``, ``event_ts``,
@@ -60,6 +63,7 @@ from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS
 log = logging.getLogger(__name__)
 
 # ---- quarantine reasons, in the order they are tried ----
+MALFORMED_ROW = "malformed_row"
 NULL_KEY = "null_key"
 BAD_TYPE = "bad_type"
 TIMESTAMP_IN_FUTURE = "timestamp_in_future"
@@ -73,6 +77,7 @@ LABEL_NOT_BINARY = "label_not_binary"
 UNKNOWN_LABEL_SOURCE = "unknown_label_source"
 EVENT_DATE_MISMATCH = "event_date_mismatch"  # validate only: an event filed under another UTC day
 REASONS = (
+    MALFORMED_ROW,
     NULL_KEY,
     BAD_TYPE,
     TIMESTAMP_IN_FUTURE,
@@ -98,6 +103,8 @@ REASON_COUNTS = "reasons"
 
 CSV = "csv"
 PARQUET = "parquet"
+# The raw text of a CSV line whose field count differs from its header (Spark's corrupt-record column).
+_CORRUPT = "_corrupt_record"
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
@@ -142,7 +149,7 @@ def split_extra_columns(schema: T.StructType, table: str) -> tuple[list[str], li
     kept: list[str] = []
     dropped: list[str] = []
     for field in schema.fields:
-        if field.name in contract:
+        if field.name in contract or field.name == _CORRUPT:
             continue
         keep = table == t.ACCOUNTS and isinstance(field.dataType, (T.NumericType, T.BooleanType))
         (kept if keep else dropped).append(field.name)
@@ -268,12 +275,15 @@ def tag_rows(
                 f"be read as {f.dataType.simpleString()}; convert it in the input file"
             ) from exc
 
-    row_json = F.to_json(
-        F.struct(*[_col(c) for c in df.columns]),
-        {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"},
-    )
+    options = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
+    row_json = F.to_json(F.struct(*[_col(c) for c in df.columns if c != _CORRUPT]), options)
+    if _CORRUPT in df.columns:
+        # A malformed line's fields are not its columns: keep the line itself.
+        row_json = F.when(_col(_CORRUPT).isNotNull(), F.to_json(F.struct(_col(_CORRUPT)), options)).otherwise(row_json)
+    malformed = f"{_P}malformed"
     rows = df.select(
         row_json.alias(_JSON),
+        (_col(_CORRUPT).isNotNull() if _CORRUPT in df.columns else F.lit(False)).alias(malformed),
         *[raw[f.name].alias(f"{_P}raw_{f.name}") for f in fields],
         *[cast[f.name].alias(f.name) for f in fields],
         *[_col(c) for c in kept],
@@ -285,6 +295,7 @@ def tag_rows(
     future = _utc_midnight(run_date + timedelta(days=1))
     earliest = _utc_midnight(EARLIEST_VALID_DATE)
     checks: list[tuple[str, Column]] = [
+        (MALFORMED_ROW, F.col(malformed)),
         (NULL_KEY, _any([raw_of[k].isNull() for k in keys])),
         (
             BAD_TYPE,
@@ -483,7 +494,7 @@ def _sql_conf(spark: SparkSession, key: str, value: str | None) -> Iterator[None
 def _numeric_csv_extras(df: DataFrame) -> DataFrame:
     """CSV has no types: an extra accounts column whose every value is a number (or a boolean)
     becomes double (or boolean), so it is kept like a typed Parquet column."""
-    extras = [c for c in df.columns if c not in {f.name for f in _contract_fields(t.ACCOUNTS)}]
+    extras = [c for c in df.columns if c not in {f.name for f in _contract_fields(t.ACCOUNTS)} | {_CORRUPT}]
     if not extras:
         return df
     aggs = []
@@ -510,7 +521,13 @@ def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_colum
     nanosecond timestamp columns turned back into timestamps. Checks the required columns."""
     try:
         if fmt == CSV:
-            df = spark.read.option("header", True).option("inferSchema", False).csv(path)
+            # Every column as text, plus the raw line of any row whose field count differs from the
+            # header (Spark would pad or cut it silently, shifting values into other columns). The
+            # header of every file must name the same columns (enforceSchema off), not just as many.
+            header = spark.read.option("header", True).option("inferSchema", False).csv(path).columns
+            schema = T.StructType([T.StructField(c, T.StringType()) for c in [*header, _CORRUPT]])
+            df = (spark.read.schema(schema).option("header", True).option("enforceSchema", False)
+                  .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", _CORRUPT).csv(path))
         else:
             df = spark.read.parquet(path)
         df.schema  # noqa: B018 - surface read errors here, naming the file
