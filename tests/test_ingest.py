@@ -520,6 +520,12 @@ def test_first_reason_wins_and_bad_column_type_is_an_error(spark):
 
     with pytest.raises(IngestInputError, match=r"table 'events': missing required column\(s\) \['device_id'\]"):
         validate_table(events.drop(t.DEVICE_ID), t.EVENTS, RUN)
+    # A float id beyond 2^53 was already rounded (pandas' float64 for an int64 column with gaps): bad_type.
+    floats = spark.createDataFrame([(float(2**53), 2.0, None), (2.0**53 + 2, 2.0, None), (-(2.0**60), 2.0, None)],
+                                   "src double, dst double, created_at timestamp")
+    good, bad = validate_table(floats, t.EDGES, RUN)
+    assert [r[t.SRC] for r in good.collect()] == [2**53]
+    assert [r[t.REASON] for r in bad.collect()] == [BAD_TYPE, BAD_TYPE]
     weird = spark.createDataFrame([([1], datetime(2024, 1, 1))], "src array<int>, created_at timestamp")
     with pytest.raises(IngestInputError, match=r"column 'src' is array<int>"):
         validate_table(weird.withColumn(t.DST, F.lit(1)), t.EDGES, RUN)

@@ -171,6 +171,10 @@ def _bad_type(raw: Column, cast: Column, source: T.DataType, target: T.DataType)
     if isinstance(target, T.IntegralType) and isinstance(source, (T.FractionalType, T.DecimalType)):
         # try_cast truncates 3.5 to 3; an id or label must be a whole number.
         lost = lost | (cast != raw)
+    if isinstance(target, T.IntegralType) and isinstance(source, (T.FloatType, T.DoubleType)):
+        # Past 2^53 a double no longer holds every whole number: the id was rounded before it got here
+        # (pandas turns an int64 column with a gap into float64). Write ids as int64 or text.
+        lost = lost | (F.abs(raw) > F.lit(float(2**53)))
     if isinstance(target, T.BooleanType) and isinstance(source, T.NumericType):
         lost = lost | ~raw.isin(0, 1)
     return raw.isNotNull() & lost
