@@ -20,7 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", required=True)
     parser.add_argument("--edges", required=True)
     parser.add_argument("--labels")
-    parser.add_argument("--date", type=dt.date.fromisoformat, help="YYYY-MM-DD (default today, UTC)")
+    parser.add_argument("--date", type=dt.date.fromisoformat,
+                        help="quarantine run date and last day of valid timestamps, YYYY-MM-DD (default today, UTC)")
     args = parser.parse_args(argv)
     conf = job_conf(args)  # a bad conf exits 2
     try:

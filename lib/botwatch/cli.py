@@ -189,7 +189,8 @@ def ingest(
     edges: Annotated[str, typer.Option("--edges", help="follow edges: .parquet, .csv or a folder of Parquet")],
     labels: Annotated[str | None, typer.Option("--labels", help="labels (optional; left as is if absent)")] = None,
     date: Annotated[
-        str | None, typer.Option("--date", help="run date of the quarantine rows, YYYY-MM-DD (default today, UTC)")
+        str | None, typer.Option("--date", help="run date of the quarantine rows, and the last day of valid timestamps "
+                                   "(later ones are timestamp_in_future), YYYY-MM-DD (default today, UTC)")
     ] = None,
     conf: ConfOpt = DEFAULT_CONF,
     warehouse: WarehouseOpt = None,
