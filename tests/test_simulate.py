@@ -519,6 +519,8 @@ def test_lazy_tables_equal_written_ones_and_another_seed_differs(spark, params, 
 def test_bad_parameters_raise_named_errors(params):
     with pytest.raises(SimulationParamsError, match="accounts"):
         check_params(accounts=3, days=5, seed=1, start_date=START, params=params)
+    with pytest.raises(SimulationParamsError, match="at most 3,000,000,000"):
+        check_params(accounts=3_100_000_000, days=5, seed=1, start_date=START, params=params)
     broken = {**params, "prevalence": 0.9}
     with pytest.raises(SimulationParamsError, match="prevalence"):
         check_params(accounts=100, days=5, seed=1, start_date=START, params=broken)

@@ -47,6 +47,7 @@ REQUIRED_KNOBS = (
     "prevalence", "scheduled.dominant_share", "scheduled.fixed_share", "scheduled.follows", "scheduled.jitter_s",
     "scheduled.miss_rate", "scheduled.periods_min", "signup_growth", "verified_rate",
 )
+MAX_ACCOUNTS = 3_000_000_000  # n^2 < 2^63: the account-id permutation's products stay exact
 PER_FAMILY_KNOBS = {
     "family_shares": t.BOT_FAMILIES,
     "labels.investigator_weights": t.BOT_FAMILIES,
@@ -172,6 +173,9 @@ def make_plan(accounts: int, days: int, seed: int, start_date: dt.date, params: 
     """Check the arguments and ``params`` (the ``simulate`` conf section) and derive the plan."""
     if int(accounts) < 10:
         raise SimulationParamsError(f"--accounts must be at least 10, got {accounts}")
+    if int(accounts) > MAX_ACCOUNTS:
+        # The id permutation multiplies two ids in a long: past this it overflows and stops being one.
+        raise SimulationParamsError(f"--accounts must be at most {MAX_ACCOUNTS:,}, got {accounts}")
     if int(days) < 1:
         raise SimulationParamsError(f"--days must be at least 1, got {days}")
     if not isinstance(start_date, dt.date):
