@@ -129,6 +129,22 @@ def test_cuda_failure_falls_back_to_the_cpu_with_a_warning(artifact, monkeypatch
     np.testing.assert_allclose(out[t.STAGE2_SCORE], expected[t.STAGE2_SCORE], atol=1e-6)
 
 
+def test_each_task_uses_the_gpu_spark_gave_it(artifact, monkeypatch):
+    import pyspark
+    from pyspark.resource import ResourceInformation
+
+    assert W.task_gpu() is None  # not in a Spark task
+    task = type("Task", (), {"resources": lambda self: {"gpu": ResourceInformation("gpu", ["1"])}})()
+    monkeypatch.setattr(pyspark.TaskContext, "get", staticmethod(lambda: task))
+    assert W.task_gpu() == 1
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    _pretend_cuda(monkeypatch, artifact, "load")
+    with pytest.warns(UserWarning, match="CUDA failed"):
+        _score([_rows(4, 7)], artifact, W.InferenceSettings(batch_size=4, device="cuda", quantize_cpu=False))
+    assert chosen == [1]  # before loading: "cuda" then means GPU 1, not GPU 0 for every task
+
+
 def test_runtime_errors_on_the_cpu_raise(artifact, monkeypatch):
     model = artifact.load("cpu")
 

@@ -108,6 +108,16 @@ def resolved_device(settings: InferenceSettings) -> str:
         return resolve_device(settings.device).type
 
 
+def task_gpu() -> int | None:
+    """The GPU Spark gave this task (``spark.task.resource.gpu.amount``), or None (not in a task, or
+    no GPU resource). Without it every task on a multi-GPU executor would use GPU 0."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    gpu = ctx.resources().get("gpu") if ctx is not None else None
+    return int(gpu.addresses[0]) if gpu is not None and gpu.addresses else None
+
+
 def encoder_key(artifact: HeavyArtifact, settings: InferenceSettings) -> str:
     """Identifies the encoder behind an encoding: model version and precision."""
     quantized = resolved_device(settings) == "cpu" and settings.quantize_cpu
@@ -145,6 +155,9 @@ def score_partitions(
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     device = resolved_device(settings)
+    gpu = task_gpu() if device == "cuda" else None
+    if gpu is not None:
+        torch.cuda.set_device(gpu)  # "cuda" below means this device
 
     def on_cpu(err: Exception):
         warnings.warn(f"stage 2: CUDA failed ({err}); scoring on the CPU from here on", stacklevel=1)
