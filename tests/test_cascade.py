@@ -3,6 +3,7 @@ the heavy model against in-process torch, int8 quantisation, decisions (shadow, 
 the embedding cache, multi-date sequences, and the whole cascade on the simulated platform."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -45,6 +46,7 @@ from botwatch.training_heavy import (
     TEACHER_SCORE,
     CascadeParams,
     calibrate_flag_threshold,
+    champion_golden_inputs,
     teacher_targets,
 )
 
@@ -127,6 +129,31 @@ def test_flag_everyone_and_flag_nobody_survive_cascade_json(budget):
     assert thr == choice.threshold
     assert (s >= thr).mean() == choice.flagged_share == budget
     assert stored["recall_kept"] is None  # nan: no heavy actions to keep
+
+
+def test_the_gate_scores_the_champion_on_inputs_built_its_own_way(spark, warehouse, tmp_path):
+    day = dt.date(2026, 1, 20)
+    std = H.Standardizer(TAB + NBR, np.zeros(4), np.ones(4))
+    champion = HeavyArtifact.from_folder(
+        H.TrainedHeavy(H.HeavyModel(len(TAB), len(NBR), TINY).eval(), std, TAB, NBR, TINY).save(tmp_path / "m"), 1)
+    at = [dt.datetime(2026, 1, 20, h, tzinfo=dt.UTC) for h in range(8)]
+    write_table(spark.createDataFrame([(1, ts, "post", "ip", "dev", day) for ts in at], EVENTS_SCHEMA), warehouse,
+                t.EVENTS, partition_by=[t.EVENT_DATE])
+    write_table(spark.createDataFrame([(1, 2, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))],
+                                      f"{t.SRC} long, {t.DST} long, {t.CREATED_AT} timestamp"), warehouse, t.EDGES)
+    golden_rows = spark.createDataFrame([(1, day, 1.0, 2.0, 1), (2, day, 3.0, 4.0, 0)],
+                                        f"{t.ACCOUNT_ID} long, {t.RUN_DATE} date, f1 double, f2 double, label int")
+    write_table(golden_rows.drop(t.LABEL), warehouse, t.FEATURES, partition_by=[t.RUN_DATE])
+    # Today's golden inputs: built with max_len 4 (a changed knob), so account 1 kept 4 of its 8 events.
+    today = pd.DataFrame({t.ACCOUNT_ID: [2, 1], t.RUN_DATE: [day, day], t.LABEL: [0, 1],
+                          t.SEQ_EVENT_TYPE: [None, [1] * 4]})
+    same = champion_golden_inputs(spark, warehouse, golden_rows, today, champion, dataclasses.asdict(TINY), NBR)
+    assert same is today  # built like the champion's: reused
+    changed = {**dataclasses.asdict(TINY), "max_len": 4}
+    got = champion_golden_inputs(spark, warehouse, golden_rows, today, champion, changed, NBR)
+    assert list(got[t.ACCOUNT_ID]) == [2, 1]  # today's order, so the labels line up
+    assert got[t.SEQ_EVENT_TYPE].iloc[0] is None and len(got[t.SEQ_EVENT_TYPE].iloc[1]) == 8  # max_len 16
+    assert list(got["nbr_f1"]) == [1.0, 3.0] and list(got[t.NBR_COUNT]) == [1, 1]  # each the other's f1
 
 
 def test_a_later_choice_never_changes_what_an_earlier_date_flags(spark, warehouse):

@@ -13,6 +13,7 @@ flag threshold between them.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import math
@@ -42,6 +43,7 @@ from botwatch.scoring.stage2 import (
     HeavyArtifact,
     InferenceSettings,
     artifact_inputs,
+    built_like,
     heavy_champion,
     score_heavy,
 )
@@ -197,7 +199,9 @@ def train_heavy_stage(
     champ_pr = None
     if current is not None and len(golden_pdf) and golden_pdf[t.LABEL].nunique() == 2:
         old = current.load("cpu")
-        champ_pr = pr_auc(golden_pdf[t.LABEL].to_numpy(), old.predict(_fill(golden_pdf, old.input_columns)))
+        champ_inputs = champion_golden_inputs(spark, warehouse, ctx.golden, golden_pdf, current,
+                                              dataclasses.asdict(cfg), nbr_cols)
+        champ_pr = pr_auc(golden_pdf[t.LABEL].to_numpy(), old.predict(_fill(champ_inputs, old.input_columns)))
         metrics["champion_golden_pr_auc"] = champ_pr
 
     version = registry.reserve_version(spark, warehouse, HEAVY_MODEL, run_date)
@@ -224,6 +228,21 @@ def train_heavy_stage(
         own_scores = pd.concat([train_pdf[keys].assign(**{TEACHER_SCORE: model.predict(train_pdf)}),
                                 valid_pdf[keys].assign(**{TEACHER_SCORE: valid_score})], ignore_index=True)
     return HeavyTrainResult(version, decision.promote, decision.reason, metrics, threshold, own_scores)
+
+
+def champion_golden_inputs(
+    spark: SparkSession, warehouse: str, golden_rows: DataFrame, golden_pdf: pd.DataFrame, champion: HeavyArtifact,
+    config: dict, neighbor_cols: Sequence[str],
+) -> pd.DataFrame:
+    """The golden rows as the champion's inputs, in ``golden_pdf``'s order: today's (``golden_pdf``,
+    built with ``config`` and ``neighbor_cols``) when the champion was trained on inputs built the
+    same way, else rebuilt with its own settings. A changed ``heavy.*`` knob would otherwise score
+    the champion on inputs it never saw, and the gate would compare against a handicapped champion."""
+    if built_like(champion, config, neighbor_cols):
+        return golden_pdf
+    keys = [t.ACCOUNT_ID, t.RUN_DATE]
+    rebuilt = cast(pd.DataFrame, artifact_inputs(spark, warehouse, golden_rows, champion).toPandas())
+    return golden_pdf[keys].merge(rebuilt, on=keys, how="left")
 
 
 def _fill(pdf: pd.DataFrame, cols: Sequence[str]) -> pd.DataFrame:

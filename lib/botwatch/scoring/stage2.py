@@ -13,7 +13,8 @@ the GRU and only run the head.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
@@ -43,6 +44,20 @@ ENCODER = "encoder"  # model version and precision the cached encoding came from
 
 # embedding_cache columns: account_id, fingerprint, encoder, encoding (array<float>), run_date (the run that
 # wrote the encoding).
+
+
+# The heavy knobs that shape a model's inputs (beyond its tabular and neighbour columns).
+INPUT_KNOBS = ("max_len", "lookback_days", "neighbor_k", "neighbor_seed")
+
+
+def built_like(artifact: HeavyArtifact, config: Mapping[str, Any], neighbor_cols: Sequence[str]) -> bool:
+    """Whether inputs built with ``config`` (heavy knobs) and ``neighbor_cols`` are the ones
+    ``artifact`` was trained on (its tabular columns are filled by name either way)."""
+    import json
+
+    meta = json.loads(artifact.meta_json)
+    return list(meta["neighbor_cols"]) == list(neighbor_cols) and all(
+        meta["config"].get(k) == config.get(k) for k in INPUT_KNOBS)
 
 
 def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifact: HeavyArtifact) -> DataFrame:
