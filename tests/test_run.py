@@ -22,7 +22,7 @@ from botwatch.ingest import write_quarantine
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, SchemaMismatchError
 from botwatch.scoring.latest import publish_latest
 from botwatch.training import NotEnoughLabelsError
-from botwatch.validate import NoEventsError, validate_inputs
+from botwatch.validate import NoEventsError, TooManyBadRowsError, validate_inputs
 
 D = dt.date(2026, 1, 12)
 
@@ -88,6 +88,20 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
     again = validate_inputs(spark, warehouse, D)
     assert again["quarantined"] == {"events": 0, "edges": 0, "labels": 0}
     assert read_table(spark, warehouse, t.QUARANTINE).count() == len(q)
+
+
+def test_validate_stops_before_moving_a_day_that_is_mostly_bad(spark, warehouse):
+    # The accounts export has not landed: most of D's events name accounts validate does not know.
+    events = [(1, ts(D, 9, m), "post", "ip", "dev", D) for m in range(20)]
+    events += [(500 + m, ts(D, 10, m), "post", "ip", "dev", D) for m in range(30)]
+    write_inputs(spark, warehouse, events=events)
+    bad_day = r"30 of the 50 events rows of 2026-01-12 are bad \(30 unknown_account\)"
+    with pytest.raises(TooManyBadRowsError, match=bad_day):
+        validate_inputs(spark, warehouse, D, max_bad_share=0.5, bad_share_min_rows=50)
+    assert read_table(spark, warehouse, t.EVENTS).count() == 50 and not table_exists(spark, warehouse, t.QUARANTINE)
+    # Too few rows to judge by a share, or a share that is allowed: the bad rows move as usual.
+    assert validate_inputs(spark, warehouse, D, max_bad_share=0.5, bad_share_min_rows=51)["quarantined"]["events"] == 30
+    assert read_table(spark, warehouse, t.EVENTS).count() == 20
 
 
 def test_validate_says_what_is_wrong(spark, warehouse):

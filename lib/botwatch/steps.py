@@ -66,7 +66,9 @@ def validate_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     """Check the input tables for D before anything reads them; D's bad rows move to ``quarantine``."""
     from botwatch.validate import validate_inputs
 
-    return validate_inputs(spark, warehouse_path(conf), run_date)
+    section = conf.section("validate")
+    return validate_inputs(spark, warehouse_path(conf), run_date, max_bad_share=float(section["max_bad_share"]),
+                           bad_share_min_rows=int(section["bad_share_min_rows"]))
 
 
 def score_stage1_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
@@ -146,10 +148,10 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.registry import NoChampionError
     from botwatch.schemas import SchemaMismatchError
     from botwatch.training import NotEnoughLabelsError
-    from botwatch.validate import NoEventsError
+    from botwatch.validate import NoEventsError, TooManyBadRowsError
 
     return (TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
-            DriftHardAlert, NothingToMonitorError)
+            TooManyBadRowsError, DriftHardAlert, NothingToMonitorError)
 
 
 # Failures a user can act on: the CLI prints their message instead of a traceback.

@@ -34,6 +34,10 @@ class NoEventsError(RuntimeError):
     """The events table has no rows for the run date: the upstream load for D has not landed."""
 
 
+class TooManyBadRowsError(RuntimeError):
+    """Most of a table's rows of D are bad: an upstream load is likely broken; nothing was moved."""
+
+
 # Which rows of each input table are "D's new rows" (the ones validate checks each night).
 def _rows_of_day(table: str, run_date: dt.date) -> Column:
     day = F.lit(run_date)
@@ -92,20 +96,26 @@ def _remove_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: 
     target.alias("x").merge(bad_contract.dropDuplicates().alias("b"), key).whenMatchedDelete().execute()
 
 
-def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict:
+def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_bad_share: float = 0.5,
+                    bad_share_min_rows: int = 100) -> dict:
     """The validate step for D: schemas, D has events, per-table counts for D, bad rows of D
-    moved to ``quarantine``. Returns ``{"counts": {table: rows of D}, "quarantined": {table: n}}``."""
+    moved to ``quarantine``. Returns ``{"counts": {table: rows of D}, "quarantined": {table: n}}``.
+
+    A table with at least ``bad_share_min_rows`` rows of D of which more than ``max_bad_share``
+    are bad stops the run (:class:`TooManyBadRowsError`) before anything is moved: that is a broken
+    upstream load (accounts not landed yet: every event an ``unknown_account``), and moving the
+    whole day to quarantine would score D without its activity."""
     frames = check_schemas(spark, warehouse)
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
     new_accounts = F.when(_rows_of_day(t.ACCOUNTS, run_date), 1)
     totals = cast(Row, frames[t.ACCOUNTS].agg(F.count(F.lit(1)), F.count(new_accounts)).first())  # one row
     counts = {"accounts_total": totals[0], "accounts_new": totals[1]}
+    tagged_by_table: dict[str, DataFrame] = {}
     quarantined = {}
-    # Events first: a day without events stops the run before anything is moved.
+    # Every table is checked before any row moves. Events first: a day without events stops the run.
     for table in (t.EVENTS, t.EDGES, t.LABELS):
         day_rows = frames[table].where(_rows_of_day(table, run_date))
-        cols = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
-        tagged = tag_rows(day_rows.select(*cols), table, run_date, known_accounts=known,
+        tagged = tag_rows(day_rows.select(*_columns(table)), table, run_date, known_accounts=known,
                           event_date=run_date if table == t.EVENTS else None)
         reasons = {r[0]: r[1] for r in tagged.groupBy(_REASON).count().collect()}
         counts[table] = sum(reasons.values())
@@ -115,17 +125,34 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date) -> d
                 f"{t.EVENT_DATE}={run_date}). Load that day's events first (the upstream export, or `botwatch ingest` "
                 "with the full history: ingest replaces the input tables), then rerun the date."
             )
-        n_bad = sum(v for k, v in reasons.items() if k is not None)
-        quarantined[table] = n_bad
-        if n_bad:  # rare: only then are the tagged rows worth caching for the three reads below
-            tagged = tagged.cache()
-            try:
-                bad = tagged.where(F.col(_REASON).isNotNull())
-                add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date))
-                bad_contract = bad.select(*cols)
-                if table == t.EVENTS:
-                    bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
-                _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract)
-            finally:
-                tagged.unpersist()
+        bad = {k: v for k, v in reasons.items() if k is not None}
+        quarantined[table] = sum(bad.values())
+        if counts[table] >= bad_share_min_rows and quarantined[table] > max_bad_share * counts[table]:
+            top = max(bad, key=lambda k: bad[k])
+            raise TooManyBadRowsError(
+                f"{quarantined[table]} of the {counts[table]} {table} rows of {run_date} are bad ({bad[top]} "
+                f"{top}), more than validate.max_bad_share ({max_bad_share}); nothing was moved. An upstream load is "
+                "likely incomplete (unknown_account: the accounts export has not landed); fix it and rerun the "
+                "date, or raise validate.max_bad_share if this is real"
+            )
+        tagged_by_table[table] = tagged
+    for table, tagged in tagged_by_table.items():
+        if quarantined[table]:  # rare: only then are the tagged rows worth caching for the three reads below
+            _move_bad_rows(spark, warehouse, table, run_date, tagged.cache())
     return {"counts": counts, "quarantined": quarantined}
+
+
+def _columns(table: str) -> list[str]:
+    return [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
+
+
+def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame) -> None:
+    """Quarantine, then take out of the input table, the bad rows of ``tagged`` (cached; released here)."""
+    try:
+        add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date))
+        bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*_columns(table))
+        if table == t.EVENTS:
+            bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
+        _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract)
+    finally:
+        tagged.unpersist()
