@@ -154,6 +154,26 @@ def test_cli_bad_set_exits_2():
     assert "spark.shuffle_partitions" in out.stderr
 
 
+def test_conf_and_session_settings_without_a_project_checkout(tmp_path, monkeypatch):
+    import botwatch.config as config
+    import botwatch.spark as spark_factory
+
+    # A cluster-mode driver runs the installed package: base.yaml and the env file come beside each other
+    # (spark-submit --files), not from a checkout, and the jars from spark-submit --jars.
+    shipped = tmp_path / "container"
+    shipped.mkdir()
+    (shipped / "base.yaml").write_text((PROJECT_ROOT / "conf" / "base.yaml").read_text())
+    (shipped / "cluster.yaml").write_text("warehouse: s3a://b/wh\nspark:\n  master: yarn\n  jars_dir: /opt/none\n")
+    monkeypatch.setattr(config, "PROJECT_ROOT", tmp_path / "site-packages")
+    conf = config.load_config(shipped / "cluster.yaml", ["spark.shuffle_partitions=8"])
+    assert conf["spark.master"] == "yarn" and conf.sources[0] == str(shipped / "base.yaml")
+    assert conf.with_overrides(["spark.shuffle_partitions=9"])["spark.shuffle_partitions"] == 9
+    with pytest.raises(MissingJarsError):
+        spark_factory.session_settings(conf)
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
+    assert "spark.jars" not in spark_factory.session_settings(conf)
+
+
 def test_shipped_conf_files_load():
     for name in ("local.yaml", "cluster.yaml"):
         conf = load_config(PROJECT_ROOT / "conf" / name)

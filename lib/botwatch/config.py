@@ -69,15 +69,21 @@ class Config(Mapping):
 
     def with_overrides(self, overrides: list[str]) -> Config:
         data = copy.deepcopy(self._data)
-        base = _read_yaml(_base_path())
+        base = _read_yaml(Path(self.sources[0]))  # the base.yaml this conf was loaded over
         for item in overrides:
             _apply_set(data, base, item)
         _check_required(data, self.sources + ["--set"])
         return Config(data, self.sources + ["--set"])
 
 
-def _base_path() -> Path:
-    return PROJECT_ROOT / "conf" / BASE_NAME
+def _base_path(env_file: Path | None = None) -> Path:
+    """The project's ``conf/base.yaml``; where there is no project checkout (a cluster-mode driver
+    runs the installed package), the ``base.yaml`` next to the environment file (ship both with
+    ``spark-submit --files``)."""
+    project = PROJECT_ROOT / "conf" / BASE_NAME
+    if project.is_file() or env_file is None:
+        return project
+    return env_file.parent / BASE_NAME
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -175,13 +181,13 @@ def _check_required(data: dict, sources: list[str]) -> None:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load ``base.yaml``, overlay ``path`` (default ``conf/local.yaml``) and ``overrides``."""
-    base_path = _base_path()
-    base = _read_yaml(base_path)
-    data = copy.deepcopy(base)
-    sources = [str(base_path)]
     env_path = Path(path) if path else PROJECT_ROOT / DEFAULT_CONF
     if not env_path.is_absolute() and not env_path.exists():
         env_path = PROJECT_ROOT / env_path
+    base_path = _base_path(env_path)
+    base = _read_yaml(base_path)
+    data = copy.deepcopy(base)
+    sources = [str(base_path)]
     if env_path.resolve() != base_path.resolve():
         _merge(data, base, _read_yaml(env_path), str(env_path))
         sources.append(str(env_path))

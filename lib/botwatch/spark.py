@@ -44,12 +44,18 @@ def has_graphframes_jar(conf: Config) -> bool:
     return folder.is_dir() and any(j.name.startswith(GRAPHFRAMES_JAR_PREFIX) for j in folder.glob("*.jar"))
 
 
+def launched_by_spark_submit() -> bool:
+    """Whether this Python process is the driver of a ``spark-submit`` (its JVM is already up)."""
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+
+
 def session_settings(conf: Config) -> dict[str, str]:
     """Every Spark setting the factory applies, as strings (also used by spark-submit in the DAG)."""
     spark_conf = conf.section("spark")
     warehouse = resolve_path(conf["warehouse"])
     checkpoint = spark_conf.get("checkpoint_dir") or f"{warehouse}/_checkpoints"
-    jars = find_jars(jars_dir(conf))
+    # Under spark-submit its --jars are the session's (get_spark keeps them): no local jars needed.
+    jars = [] if launched_by_spark_submit() else find_jars(jars_dir(conf))
     settings: dict[str, Any] = {
         "spark.app.name": spark_conf["app_name"],
         "spark.master": spark_conf["master"],
@@ -98,7 +104,7 @@ def get_spark(conf: Config, app_name: str | None = None):
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     settings = session_settings(conf)
     settings["spark.app.name"] = application_name(conf, app_name)
-    if os.environ.get("PYSPARK_GATEWAY_PORT"):
+    if launched_by_spark_submit():
         # Launched by spark-submit (the DAG): its --master and --jars (the Airflow connection) win,
         # so pointing the DAG at a cluster is a connection change, not a conf change.
         for key in ("spark.master", "spark.jars", "spark.driver.memory"):
