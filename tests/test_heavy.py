@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from pyspark.sql import functions as F
 from sklearn.metrics import log_loss, roc_auc_score
 
 from botwatch import tables as t
 from botwatch.models import heavy as H
-from botwatch.models.sequences import dt_bucket, gather_sequences, neighbor_mean
+from botwatch.models.sequences import dt_bucket, gather_sequences, neighbor_mean, neighbor_mean_at
 from botwatch.schemas import EDGES_SCHEMA, EVENTS_SCHEMA
 
 UTC = dt.UTC
@@ -154,6 +155,34 @@ def test_neighbor_mean_matches_pandas_when_k_covers_degree(spark):
                 assert got[n][f"nbr_{c}"] is None
             else:
                 assert got[n][f"nbr_{c}"] == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_neighbor_means_at_many_dates_in_one_pass_equal_date_by_date(spark):
+    rng = np.random.default_rng(8)
+    dates = [RUN_DATE - dt.timedelta(days=d) for d in (9, 4, 0)]
+    start = dt.datetime.combine(dates[0], dt.time(), UTC) - dt.timedelta(days=3)
+    edges = [(int(a), int(b), None if rng.random() < 0.1 else start + dt.timedelta(hours=int(rng.integers(0, 300))))
+             for a, b in rng.integers(0, 30, size=(160, 2))]  # self loops and repeats included
+    edges_df = spark.createDataFrame(edges, EDGES_SCHEMA)
+    feats = [(a, d, float(rng.normal()) if rng.random() > 0.1 else float("nan"))
+             for d in dates for a in range(32) if rng.random() > 0.1]  # 30 and 31 have no edges
+    features = spark.createDataFrame(feats, f"{t.ACCOUNT_ID} long, {t.RUN_DATE} date, f1 double")
+    keys = spark.createDataFrame([(a, d) for d in dates for a in range(34) if rng.random() > 0.3],
+                                 f"{t.ACCOUNT_ID} long, {t.RUN_DATE} date")
+    got = {(r[t.ACCOUNT_ID], r[t.RUN_DATE]): (r["nbr_f1"], r[t.NBR_COUNT])
+           for r in neighbor_mean_at(edges_df, keys, features, ["f1"], 3, 7).collect()}
+    want = {}
+    wanted = {(r[0], r[1]) for r in keys.collect()}
+    for d in dates:
+        tab = features.where(F.col(t.RUN_DATE) == F.lit(d)).drop(t.RUN_DATE)
+        for r in neighbor_mean(edges_df, tab, ["f1"], 3, 7, d).collect():
+            if (r[t.ACCOUNT_ID], d) in wanted:
+                want[(r[t.ACCOUNT_ID], d)] = (r["nbr_f1"], r[t.NBR_COUNT])
+    assert got.keys() == want.keys() and len(want) > 40  # keys without a features row that date: none
+    assert sum(c == 3 for _, c in want.values()) > 10 and sum(c == 0 for _, c in want.values()) > 0
+    for key, (mean, count) in want.items():
+        assert got[key][1] == count, key
+        assert got[key][0] == pytest.approx(mean, rel=1e-12) if mean is not None else got[key][0] is None, key
 
 
 def test_neighbor_mean_samples_at_most_k_deterministically(spark):

@@ -20,7 +20,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from botwatch import tables as t
-from botwatch.models.sequences import SEQUENCE_COLUMNS, gather_sequences_at, neighbor_col, neighbor_mean
+from botwatch.models.sequences import SEQUENCE_COLUMNS, gather_sequences_at, neighbor_col, neighbor_mean_at
 from botwatch.models.stage1 import as_model_input
 from botwatch.schemas import require_columns
 
@@ -79,23 +79,10 @@ def heavy_inputs(
         events = events.where(F.col(t.EVENT_DATE).between(F.lit(first), F.lit(dates[-1])))
     seqs = gather_sequences_at(events.join(keys.select(t.ACCOUNT_ID).distinct(), t.ACCOUNT_ID, "left_semi"),
                                keys, max_len, lookback_days).drop(t.SEQ_LEN)
-    # One neighbour pass per feature date (few: the nightly runs the labels span).
-    parts = []
-    for day in dates:
-        wanted = keys.where(F.col(t.RUN_DATE) == F.lit(day))
-        tab = features.where(F.col(t.RUN_DATE) == F.lit(day)).select(t.ACCOUNT_ID, *neighbor_features)
-        means = neighbor_mean(_touching(edges, wanted), tab, neighbor_features, neighbor_k, neighbor_seed, day)
-        parts.append(means.join(wanted, t.ACCOUNT_ID, "left_semi").withColumn(t.RUN_DATE, F.lit(day)))
-    nbr_cols = neighbor_columns(neighbor_features)
-    out = base.join(seqs, [t.ACCOUNT_ID, t.RUN_DATE], "left")
-    if parts:
-        nbrs = parts[0]
-        for p in parts[1:]:
-            nbrs = nbrs.unionByName(p)
-        out = out.join(nbrs, [t.ACCOUNT_ID, t.RUN_DATE], "left")
-    else:
-        out = out.select("*", *[F.lit(None).cast("double").alias(c) for c in nbr_cols[:-1]])
-        out = out.withColumn(t.NBR_COUNT, F.lit(0))
+    # Neighbours' values at each row's date, for every date in one pass (literal dates: pruned).
+    at_dates = features.where(F.col(t.RUN_DATE).isin(*dates)) if dates else features.limit(0)
+    nbrs = neighbor_mean_at(_touching(edges, keys), keys, at_dates, neighbor_features, neighbor_k, neighbor_seed)
+    out = base.join(seqs, [t.ACCOUNT_ID, t.RUN_DATE], "left").join(nbrs, [t.ACCOUNT_ID, t.RUN_DATE], "left")
     # Accounts without a features row on that date: no neighbour sample, count 0.
     return out.withColumn(t.NBR_COUNT, F.coalesce(F.col(t.NBR_COUNT), F.lit(0)).cast("int"))
 
