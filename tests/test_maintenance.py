@@ -13,7 +13,6 @@ from botwatch.maintenance import LISTING_PARALLELISM_KEY, RETENTION_CHECK_KEY, l
 
 D = dt.date(2026, 1, 18)  # D.toordinal() % 7 == 0: a maintenance date every 7 days
 OTHER = D - dt.timedelta(days=1)
-OLD = D - dt.timedelta(days=7)  # compacted on the previous maintenance day
 PARAMS = {"tables": [t.SCORES, "not_written_yet"], "optimize_every_days": 7, "vacuum_every_days": 7,
           "vacuum_retention_hours": 0, "vacuum_listing_parallelism": None}
 
@@ -30,14 +29,13 @@ def _write_day(spark, warehouse: str, day: dt.date, offset: float) -> None:
 
 def test_maintenance_zorders_the_days_partition_vacuums_old_files_and_changes_no_data(spark, tmp_path):
     wh = str(tmp_path / "wh")
-    _write_day(spark, wh, OLD, 0.0)
     _write_day(spark, wh, OTHER, 0.0)
     _write_day(spark, wh, D, 0.0)
     _write_day(spark, wh, D, 0.5)  # a rerun of D: its first files are no longer referenced
     before = read_table(spark, wh, t.SCORES)
     expected = spark.createDataFrame(before.collect(), before.schema)
-    old_files = _parquet_files(wh, OLD)
-    assert len(_parquet_files(wh, D)) == 8 and len(_parquet_files(wh, OTHER)) == len(old_files) == 4
+    other_files = _parquet_files(wh, OTHER)
+    assert len(_parquet_files(wh, D)) == 8 and len(other_files) == 4
 
     assert maintain(spark, wh, D + dt.timedelta(days=1), PARAMS) == {"optimized": [], "vacuumed": []}
     spark.conf.set(LISTING_PARALLELISM_KEY, "10000")
@@ -45,10 +43,9 @@ def test_maintenance_zorders_the_days_partition_vacuums_old_files_and_changes_no
     assert done == {"optimized": [t.SCORES], "vacuumed": [t.SCORES]}  # tables not yet written are skipped
 
     assert_df_equality(read_table(spark, wh, t.SCORES), expected, ignore_row_order=True)
-    # The days since the last maintenance day (D, D-1) compacted into one file each and the replaced
-    # ones deleted; the day the previous maintenance compacted untouched.
-    assert len(_parquet_files(wh, D)) == len(_parquet_files(wh, OTHER)) == 1
-    assert _parquet_files(wh, OLD) == old_files
+    # D's partition compacted into one file and the replaced ones deleted; the other day untouched.
+    assert len(_parquet_files(wh, D)) == 1
+    assert _parquet_files(wh, OTHER) == other_files
     history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(wh, t.SCORES)}`").collect()
     optimize = next(h for h in history if h["operation"] == "OPTIMIZE")
     assert json.loads(optimize["operationParameters"]["zOrderBy"]) == [t.ACCOUNT_ID]

@@ -2,8 +2,7 @@
 (compacts the day's small files and clusters lookups by account) and VACUUM with the retention
 of conf ``maintenance``.
 
-OPTIMIZE of a date-partitioned table touches the partitions of the days since the previous
-maintenance day (D - optimize_every_days + 1 .. D; each is final once published), no older ones;
+OPTIMIZE of a date-partitioned table touches D's partition only (it is final once published);
 ``scores_latest`` is compacted whole. VACUUM deletes files older than the retention, so Delta time
 travel reaches back only that far; it lists files with a few tasks per core
 (:func:`listing_parallelism`), not Spark's default 10,000. Both are Delta commits that change no
@@ -37,13 +36,10 @@ def _partition_column(spark: SparkSession, path: str) -> str | None:
     return cols[0] if cols else None
 
 
-def optimize(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, days: int = 1) -> None:
-    """OPTIMIZE ... ZORDER the ``days`` date partitions ending at D (the whole table when it has none)."""
+def optimize(spark: SparkSession, warehouse: str, table: str, run_date: dt.date) -> None:
     path = t.table_path(warehouse, table)
     part = _partition_column(spark, path)
-    first = run_date - dt.timedelta(days=days - 1)
-    where = (f" WHERE {part} >= '{first.isoformat()}' AND {part} <= '{run_date.isoformat()}'"
-             if part in (t.RUN_DATE, t.DAY) else "")
+    where = f" WHERE {part} = '{run_date.isoformat()}'" if part in (t.RUN_DATE, t.DAY) else ""
     spark.sql(f"OPTIMIZE delta.`{path}`{where} ZORDER BY ({t.ACCOUNT_ID})")
 
 
@@ -88,8 +84,7 @@ def maintain(spark: SparkSession, warehouse: str, run_date: dt.date, params: dic
     with commit_metadata(spark, step="maintenance", run_date=run_date.isoformat()):
         if scheduled(run_date, params["optimize_every_days"]):
             for table in tables:
-                # Every day since the last maintenance day: each is final once published.
-                optimize(spark, warehouse, table, run_date, params["optimize_every_days"])
+                optimize(spark, warehouse, table, run_date)
                 done["optimized"].append(table)
         if scheduled(run_date, params["vacuum_every_days"]):
             for table in tables:
