@@ -526,6 +526,10 @@ def test_first_reason_wins_and_bad_column_type_is_an_error(spark):
     good, bad = validate_table(floats, t.EDGES, RUN)
     assert [r[t.SRC] for r in good.collect()] == [2**53]
     assert [r[t.REASON] for r in bad.collect()] == [BAD_TYPE, BAD_TYPE]
+    singles = spark.createDataFrame([(float(2**24), 2.0, None), (2.0**24 + 2, 2.0, None)],
+                                    "src float, dst float, created_at timestamp")  # float32: exact to 2^24
+    good, bad = validate_table(singles, t.EDGES, RUN)
+    assert [r[t.SRC] for r in good.collect()] == [2**24] and [r[t.REASON] for r in bad.collect()] == [BAD_TYPE]
     weird = spark.createDataFrame([([1], datetime(2024, 1, 1))], "src array<int>, created_at timestamp")
     with pytest.raises(IngestInputError, match=r"column 'src' is array<int>"):
         validate_table(weird.withColumn(t.DST, F.lit(1)), t.EDGES, RUN)

@@ -172,9 +172,10 @@ def _bad_type(raw: Column, cast: Column, source: T.DataType, target: T.DataType)
         # try_cast truncates 3.5 to 3; an id or label must be a whole number.
         lost = lost | (cast != raw)
     if isinstance(target, T.IntegralType) and isinstance(source, (T.FloatType, T.DoubleType)):
-        # Past 2^53 a double no longer holds every whole number: the id was rounded before it got here
-        # (pandas turns an int64 column with a gap into float64). Write ids as int64 or text.
-        lost = lost | (F.abs(raw) > F.lit(float(2**53)))
+        # Past 2^53 (a float: 2^24) not every whole number is representable: the id was rounded before
+        # it got here (pandas turns an int64 column with a gap into float64). Write ids as int64 or text.
+        exact = 2**24 if isinstance(source, T.FloatType) else 2**53
+        lost = lost | (F.abs(raw) > F.lit(float(exact)))
     if isinstance(target, T.BooleanType) and isinstance(source, T.NumericType):
         lost = lost | ~raw.isin(0, 1)
     return raw.isNotNull() & lost
@@ -525,13 +526,13 @@ def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_colum
     nanosecond timestamp columns turned back into timestamps. Checks the required columns."""
     try:
         if fmt == CSV:
-            # Every column as text, plus the raw line of any row whose field count differs from the
-            # header (Spark would pad or cut it silently, shifting values into other columns). The
-            # header of every file must name the same columns (enforceSchema off), not just as many.
+            # Every column as text (named as Spark names the header's), plus the raw line of any row
+            # whose field count differs from the header (Spark would pad or cut it silently, shifting
+            # values into other columns).
             header = spark.read.option("header", True).option("inferSchema", False).csv(path).columns
             schema = T.StructType([T.StructField(c, T.StringType()) for c in [*header, _CORRUPT]])
-            df = (spark.read.schema(schema).option("header", True).option("enforceSchema", False)
-                  .option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", _CORRUPT).csv(path))
+            df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")
+                  .option("columnNameOfCorruptRecord", _CORRUPT).csv(path))
         else:
             df = spark.read.parquet(path)
         df.schema  # noqa: B018 - surface read errors here, naming the file
