@@ -144,6 +144,13 @@ def test_each_task_uses_the_gpu_spark_gave_it(artifact, monkeypatch):
         _score([_rows(4, 7)], artifact, W.InferenceSettings(batch_size=4, device="cuda", quantize_cpu=False))
     assert chosen == [1]  # before loading: "cuda" then means GPU 1, not GPU 0 for every task
 
+    def unusable(index):
+        raise RuntimeError(f"CUDA error: invalid device ordinal {index}")
+
+    monkeypatch.setattr(torch.cuda, "set_device", unusable)  # the first CUDA call can fail too
+    with pytest.warns(UserWarning, match="CUDA failed .*invalid device ordinal"):
+        _score([_rows(4, 7)], artifact, W.InferenceSettings(batch_size=4, device="cuda", quantize_cpu=False))
+
 
 def test_runtime_errors_on_the_cpu_raise(artifact, monkeypatch):
     model = artifact.load("cpu")

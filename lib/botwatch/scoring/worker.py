@@ -155,9 +155,6 @@ def score_partitions(
     if settings.torch_threads > 0:
         torch.set_num_threads(settings.torch_threads)
     device = resolved_device(settings)
-    gpu = task_gpu() if device == "cuda" else None
-    if gpu is not None:
-        torch.cuda.set_device(gpu)  # "cuda" below means this device
 
     def on_cpu(err: Exception):
         warnings.warn(f"stage 2: CUDA failed ({err}); scoring on the CPU from here on", stacklevel=1)
@@ -165,6 +162,9 @@ def score_partitions(
         return "cpu", artifact.load("cpu", quantize=settings.quantize_cpu)
 
     try:
+        gpu = task_gpu() if device == "cuda" else None
+        if gpu is not None:
+            torch.cuda.set_device(gpu)  # "cuda" below means this device; the first CUDA call, so inside the try
         model = artifact.load(device, quantize=device == "cpu" and settings.quantize_cpu)
     except RuntimeError as err:
         if device != "cuda":
