@@ -143,6 +143,7 @@ def run_order(names: Sequence[str]) -> list[str]:
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
+    from botwatch.config import ConfigError
     from botwatch.delta_io import TableMissingError
     from botwatch.monitoring.run import DriftHardAlert, NothingToMonitorError
     from botwatch.registry import NoChampionError
@@ -150,7 +151,7 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.training import NotEnoughLabelsError
     from botwatch.validate import NoEventsError, TooManyBadRowsError
 
-    return (TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
+    return (ConfigError, TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
             TooManyBadRowsError, DriftHardAlert, NothingToMonitorError)
 
 

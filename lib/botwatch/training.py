@@ -80,6 +80,11 @@ class TrainParams:
 
     def __post_init__(self) -> None:
         p = self.prevalence
+        if isinstance(p, str) and p != PREVALENCE_AUTO:
+            try:
+                p = self.prevalence = float(p)  # a quoted number ("0.05"), as files held it before
+            except ValueError:
+                pass
         number = isinstance(p, (int, float)) and not isinstance(p, bool)
         if not (p is None or p == PREVALENCE_AUTO or (number and 0.0 < float(p) < 1.0)):
             raise ConfigError(
