@@ -102,9 +102,13 @@ def _one_step(step: str, date: str, force: bool, conf: str, warehouse: str | Non
     import json
 
     from botwatch.entry import step_report
+    from botwatch.nightly import STATUS_WAITING
 
     run_date, results = _run_steps(date, [step], force, conf, warehouse, set_)
     typer.echo(json.dumps(step_report(step, run_date, results), default=str))
+    waiting = [f"{s}: {r.get('reason')}" for s, r in results.items() if r["status"] == STATUS_WAITING]
+    if waiting:  # nothing was done: a script checking the exit code must not take it for done
+        fail(f"{step} for {run_date} is waiting ({'; '.join(waiting)})", code=1)
 
 
 @app.command()
