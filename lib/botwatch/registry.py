@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 
 import fsspec
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -141,22 +141,25 @@ def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_da
 
 def _insert_new(spark: SparkSession, warehouse: str, record: ModelRecord) -> bool:
     """Insert ``record`` unless its (name, version) exists; whether it was inserted."""
-    df = spark.createDataFrame([record.row()], REGISTRY_SCHEMA)
     if not table_exists(spark, warehouse, t.MODEL_REGISTRY):
-        # Append, not overwrite: of two runs creating the table, Delta fails the second.
-        write_table(df, warehouse, t.MODEL_REGISTRY, mode="append")
-        return True
+        # Created empty: of two runs creating it, both appends of nothing are harmless (or one fails
+        # and retries); the version itself is only ever taken through the MERGE below.
+        write_table(spark.createDataFrame([], REGISTRY_SCHEMA), warehouse, t.MODEL_REGISTRY, mode="append")
+    row = _merge_record(spark, warehouse, record, update=False).first()
+    return row is not None and bool(row["num_inserted_rows"])
+
+
+def _merge_record(spark: SparkSession, warehouse: str, record: ModelRecord, update: bool) -> DataFrame:
+    """MERGE ``record`` into the registry keyed on (name, version): insert it when new, replace the
+    row when ``update``. Returns Delta's metrics row."""
     from delta.tables import DeltaTable
 
-    target = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY))
-    metrics = (
-        target.alias("r")
-        .merge(df.alias("n"), f"r.{t.MODEL_NAME} = n.{t.MODEL_NAME} AND r.{t.VERSION} = n.{t.VERSION}")
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
-    row = metrics.first()
-    return row is not None and bool(row["num_inserted_rows"])
+    df = spark.createDataFrame([record.row()], REGISTRY_SCHEMA)
+    merge = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY)).alias("r").merge(
+        df.alias("n"), f"r.{t.MODEL_NAME} = n.{t.MODEL_NAME} AND r.{t.VERSION} = n.{t.VERSION}")
+    if update:
+        merge = merge.whenMatchedUpdateAll()
+    return merge.whenNotMatchedInsertAll().execute()
 
 
 def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.date | None = None) -> dict | None:
@@ -175,20 +178,11 @@ def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.dat
 
 def upsert(spark: SparkSession, warehouse: str, record: ModelRecord) -> None:
     """Insert or update one model version (MERGE keyed on name and version)."""
-    df = spark.createDataFrame([record.row()], REGISTRY_SCHEMA)
     if not table_exists(spark, warehouse, t.MODEL_REGISTRY):
-        write_table(df, warehouse, t.MODEL_REGISTRY, mode="overwrite")
+        write_table(spark.createDataFrame([record.row()], REGISTRY_SCHEMA), warehouse, t.MODEL_REGISTRY,
+                    mode="overwrite")
         return
-    from delta.tables import DeltaTable
-
-    target = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY))
-    (
-        target.alias("r")
-        .merge(df.alias("n"), f"r.{t.MODEL_NAME} = n.{t.MODEL_NAME} AND r.{t.VERSION} = n.{t.VERSION}")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    _merge_record(spark, warehouse, record, update=True)
 
 
 def newer_champion(current: dict | None, run_date: dt.date) -> str | None:
