@@ -21,7 +21,6 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from botwatch import tables as t
-from botwatch.features.graph import edges_as_of
 from botwatch.schemas import require_columns
 
 SEQUENCE_COLUMNS = (t.SEQ_EVENT_TYPE, t.SEQ_DT_BUCKET, t.SEQ_HOUR_SIN, t.SEQ_HOUR_COS, t.SEQ_LEN)
@@ -106,14 +105,6 @@ def gather_sequences(
     )
 
 
-def undirected_pairs(edges: DataFrame) -> DataFrame:
-    """Distinct (account_id, neighbor_id) pairs in both directions, without self loops."""
-    both = edges.select(F.col(t.SRC).alias(t.ACCOUNT_ID), F.col(t.DST).alias("neighbor_id")).unionByName(
-        edges.select(F.col(t.DST).alias(t.ACCOUNT_ID), F.col(t.SRC).alias("neighbor_id"))
-    )
-    return both.where(F.col(t.ACCOUNT_ID) != F.col("neighbor_id")).distinct()
-
-
 def neighbor_col(name: str) -> str:
     """Name of the neighbour aggregate of feature ``name`` (``nbr_<name>``)."""
     return f"{t.NBR_PREFIX}{name}"
@@ -136,37 +127,9 @@ def neighbor_mean(
     ``nbr_<col>`` (double) for each feature and ``nbr_count`` (int, sampled neighbours);
     accounts without neighbours get null means and count 0.
     """
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}; set heavy.neighbor_k in conf")
-    feature_cols = list(feature_cols)
-    require_columns(edges, (t.SRC, t.DST, t.CREATED_AT), "neighbor_mean(edges)")
     require_columns(tabular, (t.ACCOUNT_ID, *feature_cols), "neighbor_mean(tabular)")
-    pairs = undirected_pairs(edges_as_of(edges, run_date))
-    rank = Window.partitionBy(t.ACCOUNT_ID).orderBy(
-        F.xxhash64(F.lit(seed), F.col(t.ACCOUNT_ID), F.col("neighbor_id")), F.col("neighbor_id")
-    )
-    sampled = pairs.withColumn("_rn", F.row_number().over(rank)).where(F.col("_rn") <= k).drop("_rn")
-    values = tabular.select(
-        F.col(t.ACCOUNT_ID).alias("neighbor_id"),
-        *[F.nanvl(F.col(c).cast("double"), F.lit(None).cast("double")).alias(c) for c in feature_cols],
-    )
-    means = (
-        sampled.join(values, "neighbor_id", "left")
-        .groupBy(t.ACCOUNT_ID)
-        .agg(
-            *[F.avg(c).alias(neighbor_col(c)) for c in feature_cols],
-            F.count(F.lit(1)).cast("int").alias(t.NBR_COUNT),
-        )
-    )
-    return (
-        tabular.select(t.ACCOUNT_ID)
-        .join(means, t.ACCOUNT_ID, "left")
-        .select(
-            t.ACCOUNT_ID,
-            *[neighbor_col(c) for c in feature_cols],
-            F.coalesce(F.col(t.NBR_COUNT), F.lit(0)).cast("int").alias(t.NBR_COUNT),
-        )
-    )
+    at_date = tabular.withColumn(t.RUN_DATE, F.lit(run_date))
+    return neighbor_mean_at(edges, at_date, at_date, feature_cols, k, seed).drop(t.RUN_DATE)
 
 
 def neighbor_mean_at(
@@ -179,10 +142,10 @@ def neighbor_mean_at(
 ) -> DataFrame:
     """:func:`neighbor_mean` for many (account, date) pairs in one pass: for each row of ``keys``
     (``account_id``, ``run_date``) with a ``features`` row that date, the mean of ``feature_cols``
-    over up to ``k`` of its neighbours as of the date, their values from ``features`` at the date.
-    The same sample and means as :func:`neighbor_mean` date by date, with one scan of the edges
-    and of the features instead of one per date. Output: ``account_id``, ``run_date``,
-    ``nbr_<col>`` and ``nbr_count`` (0 without neighbours)."""
+    over up to ``k`` of its neighbours as of the date (edges created before the next UTC midnight,
+    a null time counting as old), their values from ``features`` at the date; sampled and averaged
+    as :func:`neighbor_mean` describes. One scan of the edges and of the features for every date.
+    Output: ``account_id``, ``run_date``, ``nbr_<col>`` and ``nbr_count`` (0 without neighbours)."""
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}; set heavy.neighbor_k in conf")
     feature_cols = list(feature_cols)
