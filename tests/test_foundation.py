@@ -12,7 +12,7 @@ from chispa import assert_df_equality
 from deltalake import DeltaTable
 
 from botwatch.config import PROJECT_ROOT, ConfigError, load_config
-from botwatch.spark import MissingJarsError, application_name, find_jars
+from botwatch.spark import MissingJarsError, application_name, delta_loaded, find_jars
 
 
 def test_delta_overwrite_and_time_travel(spark, warehouse):
@@ -43,6 +43,7 @@ def test_delta_readable_without_jvm(spark, warehouse):
 
 def test_session_settings(spark):
     conf = spark.sparkContext.getConf()
+    assert delta_loaded(spark)  # what a job under spark-submit checks before anything runs
     assert conf.get("spark.app.name") == "botwatch-tests"
     named = load_config(None, ["spark.app_name=fraud-nightly", "warehouse=/w"])
     assert (application_name(named, "features-2026-01-12"), application_name(named)) == (
@@ -124,9 +125,10 @@ def test_mixed_type_knob_and_free_form_mapping(tmp_path):
         assert load_config(path, [f"train.prevalence={raw}"])["train.prevalence"] == want
     with pytest.raises(ConfigError, match=r"'train\.prevalence' must be a string or integer or number"):
         load_config(path, ["train.prevalence=[1]"])
-    for bad in ("sometimes", 1.5, 0):
+    for bad in ("sometimes", 1.5, 0, "2"):
         with pytest.raises(ConfigError, match="train.prevalence must be 'auto'"):
             TrainParams(label_weights={}, prevalence=bad)
+    assert TrainParams(label_weights={}, prevalence="0.05").prevalence == 0.05  # quoted, as files held it
     # A dotted key inside a free-form mapping is one key there, added to what the file set.
     conf = load_config(path, ["spark.extra_conf.spark.executor.instances=20"])
     assert conf["spark.extra_conf"] == {"spark.a": "x", "spark.executor.instances": 20}

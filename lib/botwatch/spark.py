@@ -83,6 +83,13 @@ def session_settings(conf: Config) -> dict[str, str]:
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}
 
 
+def delta_loaded(spark) -> bool:
+    """Whether the session's JVM can load Delta Lake's classes."""
+    from py4j.java_gateway import JavaClass
+
+    return isinstance(spark.sparkContext._jvm.io.delta.tables.DeltaTable, JavaClass)
+
+
 def application_name(conf: Config, app_name: str | None = None) -> str:
     """The session's name in the Spark UI and the cluster manager: conf ``spark.app_name``, then
     what the caller adds (``features-2026-01-12``)."""
@@ -113,6 +120,12 @@ def get_spark(conf: Config, app_name: str | None = None):
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
+    if launched_by_spark_submit() and not delta_loaded(spark):
+        # Its jars are spark-submit's to give; say so here, not in an obscure Delta class error later.
+        raise MissingJarsError(
+            "spark-submit started this job without Delta Lake's jar: pass the jars of `make jars` with --jars "
+            "(the DAG: BOTWATCH_JARS or the Airflow connection)"
+        )
     spark.sparkContext.setLogLevel(conf["spark.log_level"])
     spark.sparkContext.setCheckpointDir(settings["spark.checkpoint.dir"])
     return spark
