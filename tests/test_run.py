@@ -340,6 +340,9 @@ def test_step_commands_go_through_the_runner_and_its_date_lock(spark, test_conf)
             out = CliRunner().invoke(app, [command, "--date", D.isoformat(), "--warehouse", wh])
             assert out.exit_code == 3, (command, out.output)
             assert "another run for 2026-01-12 is in progress" in out.output
+    # A step that waits did nothing: exit 1, not 0 (no champion to score with yet).
+    out = CliRunner().invoke(app, ["score", "--date", D.isoformat(), "--warehouse", wh])
+    assert out.exit_code == 1 and "score for 2026-01-12 is waiting (score_stage1: " in out.output, out.output
 
 
 def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):
@@ -484,7 +487,8 @@ def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(sp
     once more.)"""
     conf, day, sums, results = full_run
     wh = conf["warehouse"]
-    assert statuses(results) == {s: "ok" for s in steps.RUN_ORDER}
+    # Every step ok, and the date finished although each step ran as its own task ("_run").
+    assert statuses(results) == {s: "ok" for s in (*steps.RUN_ORDER, nightly.RUN_STEP)}
     n = read_table(spark, wh, t.FEATURES).where(F.col(t.RUN_DATE) == day).count()
     assert read_table(spark, wh, t.SCORES).where(F.col(t.RUN_DATE) == day).count() == n > 0
     assert read_table(spark, wh, t.SCORES_LATEST).count() == n
