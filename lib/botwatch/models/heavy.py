@@ -379,9 +379,12 @@ class HeavyModel(nn.Module):
         if self.nbr is not None:
             dense.append(self.nbr(_with_missing(neighbor)))
         if self.training and self.dense_dropout > 0 and dense:
-            # Branch dropout (config.dense_dropout): one draw per row for both dense branches.
+            # Branch dropout (config.dense_dropout): one draw per row for both dense branches. Not
+            # rescaled by 1 / (1 - p) like unit dropout: every dense input of a row moves together, so
+            # scoring (x1) would sit between the two training modes (x0, x2); unscaled, a kept row
+            # trains exactly as it scores and a dropped one teaches scoring from the sequence alone.
             keep = torch.rand(len(encoded), 1, device=encoded.device) >= self.dense_dropout
-            dense = [d * keep.to(d.dtype) / (1.0 - self.dense_dropout) for d in dense]
+            dense = [d * keep.to(d.dtype) for d in dense]
         return self.fuse(torch.cat([encoded, *dense], dim=1)).squeeze(-1)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
