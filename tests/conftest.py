@@ -35,6 +35,27 @@ def spark(conf):
     session.stop()
 
 
+@pytest.fixture(autouse=True)
+def _session_conf_restored():
+    """A test that runs a command in process (CliRunner, a job's ``main``) reuses this session through
+    ``get_spark``, which applies the command's conf to it (conf/local.yaml: 8 shuffle partitions, not
+    4). Later tests would then partition, and sum floats, differently from the rest of the session:
+    the session's SQL settings are put back after every test."""
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    before = dict(session.conf.getAll) if session is not None else None
+    yield
+    if session is None or before is None:
+        return
+    for key, value in dict(session.conf.getAll).items():
+        if before.get(key) != value:
+            try:
+                session.conf.set(key, before[key]) if key in before else session.conf.unset(key)
+            except Exception:  # noqa: BLE001 - a static setting cannot change: nothing to put back
+                pass
+
+
 @pytest.fixture
 def warehouse(tmp_path) -> str:
     """A per-test warehouse root, so Delta tables never leak between tests."""
