@@ -9,11 +9,14 @@ JARS_STAMP := jvm/jars/.stamp
 
 setup: $(SETUP_STAMP) $(JARS_STAMP)
 
-# Re-runs only when setup.py changes: pip's cache keeps even a rebuild fast.
+# Re-runs only when setup.py changes. The venv takes about 8 GB (torch's CUDA libraries): no pip cache
+# beside it, since a full disk is what fails a fresh machine's setup.
 $(SETUP_STAMP): setup.py
+	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); [ "$$free_kb" -ge 10000000 ] || \
+	  echo "warning: $$((free_kb / 1024)) MiB free here; setup needs about 10 GB (the venv and its downloads)" >&2
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip setuptools wheel
+	$(PY) -m pip install -q --no-cache-dir -e '.[dev]'
 	touch $@
 
 # Delta (and GraphFrames where Maven Central serves it) into jvm/jars, once, at setup time.
