@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from botwatch import registry
+
 # Kept with each stage-1 champion's artifacts: every flag-threshold choice made for it.
 CASCADE_FILE = "cascade.json"
 
@@ -76,6 +78,19 @@ def choice_for(stored: dict | None, heavy_version: int, as_of: dt.date | None = 
     fits = [c for c in _choices(stored) if c.get("heavy_version") == heavy_version
             and (as_of is None or str(c.get("chosen_on")) <= as_of.isoformat())]
     return max(fits, key=lambda c: str(c.get("chosen_on")), default=None)
+
+
+def stored_choices(artifact_path: str) -> dict | None:
+    """The ``cascade.json`` kept with a stage-1 champion's artifacts; None before any choice was made for it."""
+    try:
+        return registry.read_artifact(artifact_path, CASCADE_FILE)
+    except FileNotFoundError:
+        return None
+
+
+def record_choice(artifact_path: str, choice: dict) -> None:
+    """Adds ``choice`` to the stage-1 champion's ``cascade.json`` (see :func:`with_choice`)."""
+    registry.write_artifact(artifact_path, CASCADE_FILE, with_choice(stored_choices(artifact_path), choice))
 
 
 def budget_threshold(scores: np.ndarray, budget: float) -> float:

@@ -133,6 +133,17 @@ def _contract_fields(table: str) -> list[T.StructField]:
     return [f for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
 
 
+def contract_columns(table: str) -> list[str]:
+    """The contract's columns an input of ``table`` provides (all but the derived ``event_date``)."""
+    return [f.name for f in _contract_fields(table)]
+
+
+def _extra_names(columns: Sequence[str], table: str) -> list[str]:
+    """Input columns beyond the contract, leaving out the CSV reader's corrupt-record column."""
+    contract = set(contract_columns(table))
+    return [c for c in columns if c not in contract and c != _CORRUPT]
+
+
 def check_required_columns(df: DataFrame, table: str, source: str) -> None:
     """Raise :class:`IngestInputError` naming ``source`` and the missing required columns of ``table``."""
     _require(df.columns, table, source)
@@ -145,11 +156,11 @@ def split_extra_columns(schema: T.StructType, table: str) -> tuple[list[str], li
     features); every other extra column is dropped. ``event_date`` in an events input is dropped
     because it is derived from ``event_ts``.
     """
-    contract = {f.name for f in _contract_fields(table)}
+    extras = set(_extra_names(schema.names, table))
     kept: list[str] = []
     dropped: list[str] = []
     for field in schema.fields:
-        if field.name in contract or field.name == _CORRUPT:
+        if field.name not in extras:
             continue
         keep = table == t.ACCOUNTS and isinstance(field.dataType, (T.NumericType, T.BooleanType))
         (kept if keep else dropped).append(field.name)
@@ -499,7 +510,7 @@ def _sql_conf(spark: SparkSession, key: str, value: str | None) -> Iterator[None
 def _numeric_csv_extras(df: DataFrame) -> DataFrame:
     """CSV has no types: an extra accounts column whose every value is a number (or a boolean)
     becomes double (or boolean), so it is kept like a typed Parquet column."""
-    extras = [c for c in df.columns if c not in {f.name for f in _contract_fields(t.ACCOUNTS)} | {_CORRUPT}]
+    extras = _extra_names(df.columns, t.ACCOUNTS)
     if not extras:
         return df
     aggs = []

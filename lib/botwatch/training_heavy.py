@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from botwatch import registry
 from botwatch import tables as t
-from botwatch.cascade import CASCADE_FILE, choose_flag_threshold, with_choice
+from botwatch.cascade import choose_flag_threshold, record_choice
 from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import pr_auc, recall_at_precision
 from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
@@ -340,11 +340,7 @@ def calibrate_flag_threshold(
         "stage1_version": stage1.version, "keep_share": params.keep_share, "budget": params.budget,
         "chosen_on": run_date,
     }
-    try:
-        stored = registry.read_artifact(stage1_rec["artifact_path"], CASCADE_FILE)
-    except FileNotFoundError:
-        stored = None
-    registry.write_artifact(stage1_rec["artifact_path"], CASCADE_FILE, with_choice(stored, info))
+    record_choice(stage1_rec["artifact_path"], info)
     return {"flag_threshold": info["threshold"], "budget_binds": choice.budget_binds,
             "recall_lost": info["recall_lost"], "flagged_share": choice.flagged_share}
 

@@ -26,7 +26,7 @@ from pyspark.sql import functions as F
 
 from botwatch import tables as t
 from botwatch.delta_io import read_table, table_exists, write_table
-from botwatch.ingest import _REASON, good_rows, quarantine_rows, tag_rows
+from botwatch.ingest import _REASON, contract_columns, good_rows, quarantine_rows, tag_rows
 from botwatch.schemas import INPUT_SCHEMAS, require_columns
 
 
@@ -115,7 +115,7 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     # Every table is checked before any row moves. Events first: a day without events stops the run.
     for table in (t.EVENTS, t.EDGES, t.LABELS):
         day_rows = frames[table].where(_rows_of_day(table, run_date))
-        tagged = tag_rows(day_rows.select(*_columns(table)), table, run_date, known_accounts=known,
+        tagged = tag_rows(day_rows.select(*contract_columns(table)), table, run_date, known_accounts=known,
                           event_date=run_date if table == t.EVENTS else None)
         reasons = {r[0]: r[1] for r in tagged.groupBy(_REASON).count().collect()}
         counts[table] = sum(reasons.values())
@@ -142,15 +142,11 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     return {"counts": counts, "quarantined": quarantined}
 
 
-def _columns(table: str) -> list[str]:
-    return [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
-
-
 def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame) -> None:
     """Quarantine, then take out of the input table, the bad rows of ``tagged`` (cached; released here)."""
     try:
         add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date))
-        bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*_columns(table))
+        bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*contract_columns(table))
         if table == t.EVENTS:
             bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
         _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract)

@@ -21,7 +21,7 @@ from pyspark.sql import functions as F
 
 from botwatch import registry
 from botwatch import tables as t
-from botwatch.cascade import CASCADE_FILE, choice_for, threshold_from_json
+from botwatch.cascade import choice_for, stored_choices, threshold_from_json
 from botwatch.delta_io import commit_metadata, read_table, write_table
 from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint
 from botwatch.scoring.decisions import with_decisions
@@ -69,11 +69,8 @@ def flag_threshold(
 ) -> tuple[float | None, str]:
     """The stage-1 champion's (of ``as_of``) flag threshold for this heavy champion, and where it came from."""
     champ = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=as_of)
-    try:
-        info = registry.read_artifact(cast(dict, champ)["artifact_path"], CASCADE_FILE)  # heavy implies stage 1
-    except FileNotFoundError:
-        info = None
-    info = choice_for(info, heavy.version, as_of)
+    stored = stored_choices(cast(dict, champ)["artifact_path"])  # a heavy champion implies a stage-1 one
+    info = choice_for(stored, heavy.version, as_of)
     if info is None:
         return None, "no flag threshold chosen for this pair of champions; flagging the budget share"
     return threshold_from_json(info.get("threshold")), f"cascade.json (chosen on {info.get('chosen_on')})"
