@@ -22,7 +22,7 @@ from botwatch.ingest import write_quarantine
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, SchemaMismatchError
 from botwatch.scoring.latest import publish_latest
 from botwatch.training import NotEnoughLabelsError
-from botwatch.validate import NoEventsError, TooManyBadRowsError, validate_inputs
+from botwatch.validate import AccountGrainError, NoEventsError, TooManyBadRowsError, validate_inputs
 
 D = dt.date(2026, 1, 12)
 
@@ -102,6 +102,34 @@ def test_validate_stops_before_moving_a_day_that_is_mostly_bad(spark, warehouse)
     # Too few rows to judge by a share, or a share that is allowed: the bad rows move as usual.
     assert validate_inputs(spark, warehouse, D, max_bad_share=0.5, bad_share_min_rows=51)["quarantined"]["events"] == 30
     assert read_table(spark, warehouse, t.EVENTS).count() == 20
+
+
+def test_validate_stops_when_accounts_is_not_one_row_per_account(spark, warehouse):
+    # An accounts export appended instead of merged: account 2 again with a changed flag, 3 twice over.
+    accounts = [
+        (1, ts(dt.date(2025, 1, 1)), "US", False, 0.5, None, None),
+        (2, ts(dt.date(2025, 6, 1)), "DE", False, 0.7, None, None),
+        (2, ts(dt.date(2025, 6, 1)), "DE", True, 0.7, None, None),
+        (3, ts(D, 3), "JP", True, 0.2, None, None),
+        (3, ts(D, 3), "JP", True, 0.2, None, None),
+        (3, ts(D, 3), "JP", True, 0.2, None, None),
+    ]
+    events = [(1, ts(D, 9), "post", "ip1", "dev1", D), (99, ts(D, 10), "like", "ip2", "dev2", D)]  # 99: unknown
+    write_inputs(spark, warehouse, accounts=accounts, events=events)
+    with pytest.raises(AccountGrainError, match=r"0 rows without an account_id and 3 extra copies of repeated ids "
+                                                r"\(first ids: \[2, 3\]\)"):
+        validate_inputs(spark, warehouse, D)
+    assert read_table(spark, warehouse, t.EVENTS).count() == 2 and not table_exists(spark, warehouse, t.QUARANTINE)
+    # A row without an id (the table's schema let it in) is as wrong.
+    nullable = T.StructType([T.StructField(f.name, f.dataType, True) for f in INPUT_SCHEMAS[t.ACCOUNTS].fields])
+    write_table(spark.createDataFrame([accounts[0], (None, *accounts[1][1:])], nullable), warehouse, t.ACCOUNTS,
+                overwrite_schema=True)
+    with pytest.raises(AccountGrainError, match="1 rows without an account_id and 0 extra copies"):
+        validate_inputs(spark, warehouse, D)
+    # One row per account: validate goes on as usual.
+    write_table(spark.createDataFrame(accounts[:2] + accounts[3:4], INPUT_SCHEMAS[t.ACCOUNTS]), warehouse, t.ACCOUNTS,
+                overwrite_schema=True)
+    assert validate_inputs(spark, warehouse, D)["quarantined"]["events"] == 1
 
 
 def test_validate_says_what_is_wrong(spark, warehouse):

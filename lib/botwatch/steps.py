@@ -149,10 +149,10 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.registry import NoChampionError
     from botwatch.schemas import SchemaMismatchError
     from botwatch.training import NotEnoughLabelsError
-    from botwatch.validate import NoEventsError, TooManyBadRowsError
+    from botwatch.validate import AccountGrainError, NoEventsError, TooManyBadRowsError
 
     return (ConfigError, TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
-            TooManyBadRowsError, DriftHardAlert, NothingToMonitorError)
+            TooManyBadRowsError, AccountGrainError, DriftHardAlert, NothingToMonitorError)
 
 
 # Failures a user can act on: the CLI prints their message instead of a traceback.

@@ -2,7 +2,8 @@
 
 Fatal problems stop the run with a named error that says what to do: an input table missing
 (:class:`~botwatch.delta_io.TableMissingError`), a table without the contract's columns and types
-(:class:`~botwatch.schemas.SchemaMismatchError`), or no events on D (:class:`NoEventsError`).
+(:class:`~botwatch.schemas.SchemaMismatchError`), ``accounts`` not one row per account
+(:class:`AccountGrainError`), or no events on D (:class:`NoEventsError`).
 
 Row problems do not stop the run: D's new rows (events of D, edges created on D, labels made on D)
 go through the same checks as ``botwatch ingest`` (:func:`botwatch.ingest.tag_rows`), plus one:
@@ -36,6 +37,11 @@ class NoEventsError(RuntimeError):
 
 class TooManyBadRowsError(RuntimeError):
     """Most of a table's rows of D are bad: an upstream load is likely broken; nothing was moved."""
+
+
+class AccountGrainError(RuntimeError):
+    """``accounts`` has a null or repeated ``account_id``: every account would get one features and
+    score row per copy. Nothing was moved: which copy is right is the upstream's call."""
 
 
 # Which rows of each input table are "D's new rows" (the ones validate checks each night).
@@ -108,8 +114,11 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     frames = check_schemas(spark, warehouse)
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
     new_accounts = F.when(_rows_of_day(t.ACCOUNTS, run_date), 1)
-    totals = cast(Row, frames[t.ACCOUNTS].agg(F.count(F.lit(1)), F.count(new_accounts)).first())  # one row
+    totals = cast(Row, frames[t.ACCOUNTS].agg(
+        F.count(F.lit(1)), F.count(new_accounts), F.count_distinct(t.ACCOUNT_ID), F.count(t.ACCOUNT_ID)).first())
     counts = {"accounts_total": totals[0], "accounts_new": totals[1]}
+    if totals[2] != totals[0]:
+        _raise_account_grain(frames[t.ACCOUNTS], warehouse, totals[0] - totals[3], totals[3] - totals[2])
     tagged_by_table: dict[str, DataFrame] = {}
     quarantined = {}
     # Every table is checked before any row moves. Events first: a day without events stops the run.
@@ -140,6 +149,17 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         if quarantined[table]:  # rare: only then are the tagged rows worth caching for the three reads below
             _move_bad_rows(spark, warehouse, table, run_date, tagged.cache())
     return {"counts": counts, "quarantined": quarantined}
+
+
+def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, extra_copies: int) -> None:
+    repeated = accounts.groupBy(t.ACCOUNT_ID).count().where(F.col(t.ACCOUNT_ID).isNotNull() & (F.col("count") > 1))
+    examples = sorted(r[0] for r in repeated.orderBy(t.ACCOUNT_ID).limit(5).collect())
+    raise AccountGrainError(
+        f"{t.table_path(warehouse, t.ACCOUNTS)} is not one row per account: {null_ids} rows without an account_id "
+        f"and {extra_copies} extra copies of repeated ids (first ids: {examples}). Nothing was moved. An accounts "
+        "export was likely appended instead of merged: keep one row per account_id (MERGE on account_id, or "
+        "`botwatch ingest`, which quarantines duplicates), then rerun the date"
+    )
 
 
 def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame) -> None:
