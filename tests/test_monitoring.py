@@ -524,6 +524,34 @@ def _rendered_plots(path, tmp_path) -> dict:
     return {name: (w, h) for name, w, h in json.loads(html_lib.unescape(found.group(1)))}
 
 
+def test_report_operating_point_is_where_past_actions_put_it(monkeypatch):
+    """The PR curve's marked point is the past ``action`` decisions' recall and precision, not a
+    threshold on the scores: stage 2 decided its accounts at another threshold than stage 1's."""
+    from sklearn.metrics import precision_score, recall_score
+
+    from botwatch.monitoring import report
+    from botwatch.monitoring.run import _past_metrics
+
+    rng = np.random.default_rng(5)
+    label = rng.integers(0, 2, 400)
+    score = np.clip(0.35 * label + rng.uniform(0, 0.65, 400), 0, 1)
+    heavy = rng.uniform(size=400) < 0.3  # rows the heavy model decided, at 0.8 instead of stage 1's 0.5
+    action = np.where(heavy, score >= 0.8, score >= 0.5)
+    pairs = pd.DataFrame({"label": label, "score": score, "decision": np.where(action, "action", "none")})
+    figures = []
+    monkeypatch.setattr(report, "_png", figures.append)
+    report.plot_pr_curve(pairs, _past_metrics(pairs))
+    (marker,) = [line for line in figures[0].axes[0].lines if line.get_marker() == "o"]
+    want = (recall_score(label, action), precision_score(label, action))
+    assert (marker.get_xdata()[0], marker.get_ydata()[0]) == pytest.approx(want, abs=1e-12)
+    assert want != pytest.approx((np.mean(score[label == 1] >= 0.5), np.mean(label[score >= 0.5])), abs=1e-3)
+    # No past actions: no point to mark.
+    figures.clear()
+    none = pairs.assign(decision="none")
+    report.plot_pr_curve(none, _past_metrics(none))
+    assert not [line for line in figures[0].axes[0].lines if line.get_marker() == "o"]
+
+
 def test_report_renders_every_plot_in_chromium(spark, monitored, tmp_path):
     from PIL import Image
 

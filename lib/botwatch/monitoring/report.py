@@ -51,7 +51,10 @@ def _figure(width: float = 6.4, height: float = 3.6):
     return plt.subplots(figsize=(width, height))
 
 
-def plot_pr_curve(pairs: pd.DataFrame, threshold: float | None) -> str:
+def plot_pr_curve(pairs: pd.DataFrame, metrics: dict) -> str:
+    """The PR curve of past scores, and the operating point where their ``action`` decisions put it
+    (``past_recall`` / ``past_precision`` of ``metrics``). The decisions, not one threshold on the
+    scores: stage 2 decided its flagged accounts at its own threshold, and past champions at theirs."""
     if len(pairs) == 0 or pairs["label"].nunique() < 2:
         raise MissingInput("No labels with both classes have arrived for past decisions yet: no PR curve.")
     y = pairs["label"].astype(int).to_numpy()
@@ -59,11 +62,9 @@ def plot_pr_curve(pairs: pd.DataFrame, threshold: float | None) -> str:
     precision, recall, _ = pr_curve(y, s)
     fig, ax = _figure()
     ax.step(recall, precision, where="post", label=f"past decisions ({len(y)} labels)")
-    if threshold is not None:
-        flag = s >= threshold
-        p = (y[flag] == 1).mean() if flag.any() else math.nan
-        r = flag[y == 1].mean()
-        ax.plot([r], [p], "o", color="crimson", label=f"operating point (threshold {threshold:.3f})")
+    r, p = metrics.get("past_recall", math.nan), metrics.get("past_precision", math.nan)
+    if not (math.isnan(r) or math.isnan(p)):
+        ax.plot([r], [p], "o", color="crimson", label=f"operating point (past actions: precision {p:.3f})")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Precision-recall")
     ax.legend(loc="lower left")
     return _png(fig)
@@ -226,11 +227,11 @@ td {{ border: 1px solid #ddd; padding: 2px 8px; }} .status {{ font-size: 1.3em; 
 
 def write_report(
     spark: SparkSession, warehouse: str, run_date: dt.date, path: str, *, params, pairs: pd.DataFrame,
-    threshold: float | None, hist: pd.DataFrame, funnel: dict, metrics: dict, notes: list[str], alerts: dict,
+    hist: pd.DataFrame, funnel: dict, metrics: dict, notes: list[str], alerts: dict,
 ) -> str:
     """Render every plot (or the reason it is missing) and write the HTML file; returns ``path``."""
     makers: dict[str, Callable[[], str]] = {
-        "pr_curve": lambda: plot_pr_curve(pairs, threshold),
+        "pr_curve": lambda: plot_pr_curve(pairs, metrics),
         "score_histogram": lambda: plot_score_histogram(hist),
         "drift_heatmap": lambda: plot_drift_heatmap(spark, warehouse, run_date, params.heatmap_days,
                                                     params.heatmap_features),

@@ -356,7 +356,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     hist = _score_histograms(scores, run_date, params.score_reference_days)
     path = write_report(
         spark, warehouse, run_date, report_path(warehouse, run_date), params=params, pairs=pairs,
-        threshold=threshold, hist=hist, funnel=funnel, metrics=metrics, notes=notes,
+        hist=hist, funnel=funnel, metrics=metrics, notes=notes,
         alerts={"soft": soft, "hard": hard, "features_over_soft": over_soft, "features_over_hard": over_hard},
     )
     scores_d.unpersist()
