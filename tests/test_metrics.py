@@ -232,6 +232,20 @@ def test_unstratified_bootstrap_agrees_with_scipy():
     assert ours == pytest.approx((ref.low, ref.high), abs=0.015)
 
 
+def test_rows_of_weight_zero_count_as_absent():
+    rng = np.random.default_rng(4)
+    y = (rng.random(300) < 0.3).astype(int)
+    s = rng.normal(size=300) + y
+    w = rng.choice([1.0, 0.3, 0.0], size=300)
+    got = evaluate(y, s, 0.5, sample_weight=w, n_bootstrap=5)
+    kept = w > 0
+    want = evaluate(y[kept], s[kept], 0.5, sample_weight=w[kept], n_bootstrap=5)
+    assert (got["n"], got["n_positive"]) == (kept.sum(), y[kept].sum()) == (want["n"], want["n_positive"])
+    for name in ("prevalence", "pr_auc", "roc_auc", "precision_at_threshold", "recall_at_threshold"):
+        assert got[name] == pytest.approx(want[name]), name
+    assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y[kept], s[kept], sample_weight=w[kept]))
+
+
 def test_evaluate_report_matches_sklearn():
     rng = np.random.default_rng(9)
     n = 800

@@ -404,8 +404,9 @@ def evaluate(
     thr: float | None = own_threshold if threshold is None else float(threshold)
 
     out: dict[str, float] = {
-        "n": float(y.size),
-        "n_positive": float(y.sum()),
+        # Rows of weight 0 (a label source weighted 0 in conf) carry nothing: they are not counted.
+        "n": float((w > 0).sum()),
+        "n_positive": float(((y == 1) & (w > 0)).sum()),
         "prevalence": _ratio(float(w[y == 1].sum()), float(w.sum())),
         "pr_auc": pr_auc(y, s, weights),
         "roc_auc": roc_auc(y, s, weights),
