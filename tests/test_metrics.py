@@ -237,13 +237,22 @@ def test_rows_of_weight_zero_count_as_absent():
     y = (rng.random(300) < 0.3).astype(int)
     s = rng.normal(size=300) + y
     w = rng.choice([1.0, 0.3, 0.0], size=300)
-    got = evaluate(y, s, 0.5, sample_weight=w, n_bootstrap=5)
+    country = rng.choice(["US", "DE", "FR"], size=300)
+    country[(w == 0) & (country == "FR")] = "NZ"  # a segment of weight-0 rows only: absent too
+    fam = np.where(y == 1, rng.choice(["botnet", "mimic"], size=300), "human")
     kept = w > 0
-    want = evaluate(y[kept], s[kept], 0.5, sample_weight=w[kept], n_bootstrap=5)
-    assert (got["n"], got["n_positive"]) == (kept.sum(), y[kept].sum()) == (want["n"], want["n_positive"])
-    for name in ("prevalence", "pr_auc", "roc_auc", "precision_at_threshold", "recall_at_threshold"):
-        assert got[name] == pytest.approx(want[name]), name
+
+    def run(m):
+        return evaluate(y[m], s[m], 0.5, sample_weight=w[m], segments={"country": country[m]}, families=fam[m],
+                        n_bootstrap=20, seed=1)
+
+    got, want = run(np.ones(300, bool)), run(kept)
+    assert (got["n"], got["n_positive"]) == (kept.sum(), y[kept].sum())
+    assert got.keys() == want.keys() and "fpr_segment_country_NZ" not in got
+    assert all(got[k] == want[k] or (math.isnan(got[k]) and math.isnan(want[k])) for k in got)
     assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y[kept], s[kept], sample_weight=w[kept]))
+    with pytest.raises(MetricInputError, match="segments\\['country'\\] has shape"):
+        evaluate(y, s, 0.5, sample_weight=w, segments={"country": country[:10]})
 
 
 def test_evaluate_report_matches_sklearn():

@@ -74,6 +74,14 @@ def _check(y_true: Any, y_score: Any, sample_weight: Any) -> tuple[np.ndarray, n
     return y, s, w
 
 
+def _aligned(values: Any, kept: np.ndarray, name: str) -> np.ndarray:
+    """``values`` (aligned with the rows) at the ``kept`` rows."""
+    arr = np.asarray(values)
+    if arr.shape != kept.shape:
+        raise MetricInputError(f"{name} has shape {arr.shape}, want {kept.shape} (one value per row)")
+    return arr[kept]
+
+
 def _check_weight(sample_weight: Any, shape: tuple[int, ...]) -> np.ndarray:
     if sample_weight is None:
         return np.ones(shape, dtype=np.float64)
@@ -399,14 +407,20 @@ def evaluate(
     """
     _check_target(target_precision)
     y, s, w = _check(y_true, y_score, sample_weight)
+    kept = w > 0
+    if not kept.all():
+        # Rows of weight 0 carry nothing: every figure (counts, bootstrap resamples and groups
+        # included) is computed as if they were absent.
+        y, s, w = y[kept], s[kept], w[kept]
+        segments = {k: _aligned(v, kept, f"segments[{k!r}]") for k, v in (segments or {}).items()}
+        families = None if families is None else _aligned(families, kept, "families")
     weights = None if sample_weight is None else w
     own_threshold = operating_threshold(y, s, target_precision, weights)
     thr: float | None = own_threshold if threshold is None else float(threshold)
 
     out: dict[str, float] = {
-        # Rows of weight 0 (a label source weighted 0 in conf) carry nothing: they are not counted.
-        "n": float((w > 0).sum()),
-        "n_positive": float(((y == 1) & (w > 0)).sum()),
+        "n": float(y.size),
+        "n_positive": float(y.sum()),
         "prevalence": _ratio(float(w[y == 1].sum()), float(w.sum())),
         "pr_auc": pr_auc(y, s, weights),
         "roc_auc": roc_auc(y, s, weights),
