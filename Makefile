@@ -12,8 +12,9 @@ setup: $(SETUP_STAMP) $(JARS_STAMP)
 # Re-runs only when setup.py changes. The venv takes about 8 GB (torch's CUDA libraries): no pip cache
 # beside it, since a full disk is what fails a fresh machine's setup.
 $(SETUP_STAMP): setup.py
-	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); [ "$$free_kb" -ge 10000000 ] || \
-	  echo "warning: $$((free_kb / 1024)) MiB free here; setup needs about 10 GB (the venv and its downloads)" >&2
+	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$(NF-2)}'); case "$$free_kb" in ''|*[!0-9]*) ;; *) \
+	  [ "$$free_kb" -ge 10000000 ] || \
+	  echo "warning: $$((free_kb / 1024)) MiB free here; setup needs about 10 GB (the venv and its downloads)" >&2;; esac
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-cache-dir --upgrade pip setuptools wheel
 	$(PY) -m pip install -q --no-cache-dir -e '.[dev]'

@@ -527,6 +527,7 @@ def _rendered_plots(path, tmp_path) -> dict:
 def test_report_operating_point_is_where_past_actions_put_it(monkeypatch):
     """The PR curve's marked point is the past ``action`` decisions' recall and precision, not a
     threshold on the scores: stage 2 decided its accounts at another threshold than stage 1's."""
+    import matplotlib.pyplot as plt
     from sklearn.metrics import precision_score, recall_score
 
     from botwatch.monitoring import report
@@ -550,6 +551,7 @@ def test_report_operating_point_is_where_past_actions_put_it(monkeypatch):
     none = pairs.assign(decision="none")
     report.plot_pr_curve(none, _past_metrics(none))
     assert not [line for line in figures[0].axes[0].lines if line.get_marker() == "o"]
+    plt.close("all")
 
 
 def test_report_renders_every_plot_in_chromium(spark, monitored, tmp_path):

@@ -9,6 +9,10 @@ Usage::
 
     choice = choose_flag_threshold(stage1_scores, heavy_actions, keep_share=0.99, budget=0.10)
     choice.threshold, choice.budget_binds, choice.recall_lost
+
+Every choice is kept in ``cascade.json`` beside the stage-1 champion's artifacts
+(:func:`record_choice`); scoring D reads the latest one made on or before D (:func:`stored_choices`,
+:func:`choice_for`).
 """
 from __future__ import annotations
 

@@ -152,13 +152,17 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
 
 
 def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, extra_copies: int) -> None:
-    repeated = accounts.groupBy(t.ACCOUNT_ID).count().where(F.col(t.ACCOUNT_ID).isNotNull() & (F.col("count") > 1))
-    examples = sorted(r[0] for r in repeated.orderBy(t.ACCOUNT_ID).limit(5).collect())
+    problems = []
+    if null_ids:
+        problems.append(f"{null_ids} row(s) without an account_id")
+    if extra_copies:
+        repeated = accounts.groupBy(t.ACCOUNT_ID).count().where(F.col(t.ACCOUNT_ID).isNotNull() & (F.col("count") > 1))
+        examples = sorted(r[0] for r in repeated.orderBy(t.ACCOUNT_ID).limit(5).collect())
+        problems.append(f"{extra_copies} extra copies of repeated ids (first ids: {examples})")
     raise AccountGrainError(
-        f"{t.table_path(warehouse, t.ACCOUNTS)} is not one row per account: {null_ids} rows without an account_id "
-        f"and {extra_copies} extra copies of repeated ids (first ids: {examples}). Nothing was moved. An accounts "
-        "export was likely appended instead of merged: keep one row per account_id (MERGE on account_id, or "
-        "`botwatch ingest`, which quarantines duplicates), then rerun the date"
+        f"{t.table_path(warehouse, t.ACCOUNTS)} is not one row per account: {' and '.join(problems)}. Nothing was "
+        "moved. An accounts export was likely appended instead of merged: keep one row per account_id (MERGE on "
+        "account_id, or `botwatch ingest`, which quarantines duplicates), then rerun the date"
     )
 
 
