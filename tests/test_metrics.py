@@ -253,6 +253,13 @@ def test_rows_of_weight_zero_count_as_absent():
     assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y[kept], s[kept], sample_weight=w[kept]))
     with pytest.raises(MetricInputError, match="segments\\['country'\\] has shape"):
         evaluate(y, s, 0.5, sample_weight=w, segments={"country": country[:10]})
+    # A missing segment value keeps its name (null) whether or not rows were dropped.
+    mixed = ["a", math.nan] * 150
+    for weights in (np.ones(300), w):
+        assert "fpr_segment_c_null" in evaluate(y, s, 0.5, sample_weight=weights, segments={"c": mixed}, n_bootstrap=5)
+    # Nothing but weight 0: nothing to measure.
+    empty = evaluate(y, s, 0.5, sample_weight=np.zeros(300), segments={"country": country}, n_bootstrap=5)
+    assert (empty["n"], empty["n_positive"]) == (0, 0) and math.isnan(empty["pr_auc"])
 
 
 def test_evaluate_report_matches_sklearn():

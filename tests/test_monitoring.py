@@ -540,7 +540,12 @@ def test_report_operating_point_is_where_past_actions_put_it(monkeypatch):
     action = np.where(heavy, score >= 0.8, score >= 0.5)
     pairs = pd.DataFrame({"label": label, "score": score, "decision": np.where(action, "action", "none")})
     figures = []
-    monkeypatch.setattr(report, "_png", figures.append)
+
+    def keep(fig):  # instead of encoding it: closed at once, its lines stay readable
+        figures.append(fig)
+        plt.close(fig)
+
+    monkeypatch.setattr(report, "_png", keep)
     report.plot_pr_curve(pairs, _past_metrics(pairs))
     (marker,) = [line for line in figures[0].axes[0].lines if line.get_marker() == "o"]
     want = (recall_score(label, action), precision_score(label, action))
@@ -551,7 +556,6 @@ def test_report_operating_point_is_where_past_actions_put_it(monkeypatch):
     none = pairs.assign(decision="none")
     report.plot_pr_curve(none, _past_metrics(none))
     assert not [line for line in figures[0].axes[0].lines if line.get_marker() == "o"]
-    plt.close("all")
 
 
 def test_report_renders_every_plot_in_chromium(spark, monitored, tmp_path):

@@ -158,7 +158,7 @@ def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, ext
     if extra_copies:
         repeated = accounts.groupBy(t.ACCOUNT_ID).count().where(F.col(t.ACCOUNT_ID).isNotNull() & (F.col("count") > 1))
         examples = sorted(r[0] for r in repeated.orderBy(t.ACCOUNT_ID).limit(5).collect())
-        problems.append(f"{extra_copies} extra copies of repeated ids (first ids: {examples})")
+        problems.append(f"{extra_copies} extra row(s) of repeated ids (first ids: {examples})")
     raise AccountGrainError(
         f"{t.table_path(warehouse, t.ACCOUNTS)} is not one row per account: {' and '.join(problems)}. Nothing was "
         "moved. An accounts export was likely appended instead of merged: keep one row per account_id (MERGE on "

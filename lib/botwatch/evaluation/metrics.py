@@ -75,10 +75,11 @@ def _check(y_true: Any, y_score: Any, sample_weight: Any) -> tuple[np.ndarray, n
 
 
 def _aligned(values: Any, kept: np.ndarray, name: str) -> np.ndarray:
-    """``values`` (aligned with the rows) at the ``kept`` rows."""
-    arr = np.asarray(values)
+    """``values`` (aligned with the rows) at the ``kept`` rows; objects, as :func:`_groups` reads them
+    (a list mixing text and NaN must not turn NaN into the text 'nan')."""
+    arr = np.asarray(values, dtype=object)
     if arr.shape != kept.shape:
-        raise MetricInputError(f"{name} has shape {arr.shape}, want {kept.shape} (one value per row)")
+        raise MetricInputError(f"{name} has shape {arr.shape}, want {kept.shape} aligned with the labels")
     return arr[kept]
 
 
