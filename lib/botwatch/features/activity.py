@@ -457,11 +457,14 @@ def build_activity_daily(
     ``first_day``) from the warehouse's ``events`` and ``accounts``.
 
     Replaces exactly those partitions (``replaceWhere``): rerunning a day never duplicates rows.
+    The ``activity_window`` states of ``first_day`` and later are deleted first (see
+    :func:`drop_window_states_from`).
     """
     last_day = last_day or first_day
     events = delta_io.read_table(spark, warehouse, t.EVENTS)
     accounts = delta_io.read_table(spark, warehouse, t.ACCOUNTS)
     partials = daily_partials_range(events, accounts, first_day, last_day, session_gap_seconds)
+    drop_window_states_from(spark, warehouse, first_day)
     with delta_io.commit_metadata(spark, step="activity_daily", run_date=str(last_day)):
         delta_io.write_table(
             partials,
@@ -469,6 +472,24 @@ def build_activity_daily(
             t.ACTIVITY_DAILY,
             partition_by=[t.DAY],
             replace_where=f"{t.DAY} >= '{first_day.isoformat()}' AND {t.DAY} <= '{last_day.isoformat()}'",
+        )
+
+
+def drop_window_states_from(spark: SparkSession, warehouse: str, day: dt.date) -> None:
+    """Delete the ``activity_window`` states of ``day`` and later, before ``day``'s partial is rewritten.
+
+    Each state holds the window sums of the partials it added, and the next night subtracts a
+    partial's current rows when its day leaves the window. A day built late (its events came after
+    its run) or rebuilt (a rerun, a backfill) would leave every later state off by the difference, for
+    good. Without those states the next night sums its window from the partials, then rolls again.
+    Deleted before the partial is written: a crash between the two leaves no stale state."""
+    if not delta_io.table_exists(spark, warehouse, t.ACTIVITY_WINDOW):
+        return
+    from delta.tables import DeltaTable
+
+    with delta_io.commit_metadata(spark, step="activity_window", run_date=day.isoformat()):
+        DeltaTable.forPath(spark, t.table_path(warehouse, t.ACTIVITY_WINDOW)).delete(
+            F.col(t.RUN_DATE) >= F.lit(day)
         )
 
 
@@ -535,8 +556,7 @@ def build_activity_window(
 
     Rolled from ``run_date - 1``'s state when it exists with the same spec, else summed from
     partials. Partitions older than ``keep_days`` are deleted: only the day before is ever read.
-    Rebuilding an old ``activity_daily`` day invalidates the states after it; rebuild those
-    dates' features in order (or delete the ``activity_window`` table) afterwards."""
+    :func:`build_activity_daily` deletes the states a rewritten partial day would make wrong."""
     ws = _check_windows(windows)
     spec = window_spec(ws, session_gap_seconds)
     if daily is None:
