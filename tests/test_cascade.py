@@ -18,7 +18,7 @@ from helpers import copy_warehouse
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from botwatch import registry, steps, training
+from botwatch import registry, steps, training, training_heavy
 from botwatch import tables as t
 from botwatch.cascade import CASCADE_FILE, CascadeConfigError, choose_flag_threshold, threshold_from_json, with_choice
 from botwatch.config import warehouse_path
@@ -45,9 +45,11 @@ from botwatch.training_heavy import (
     DISTILL_TARGET,
     TEACHER_SCORE,
     CascadeParams,
+    HeavyTrainResult,
     calibrate_flag_threshold,
     champion_golden_inputs,
     teacher_targets,
+    train_cascade,
 )
 
 TAB = ["f1", "f2"]
@@ -591,3 +593,39 @@ def test_heavy_champion_without_threshold_leaves_decisions_to_stage_1(spark, cas
                     np.where(s1 >= stage1_threshold - cconf["scoring.review_band"], "review", "none"))
     assert (reached[t.DECISION].to_numpy() == want).all()
     assert (reached[t.DECISION] != "none").any()  # stage 1 acts on or reviews some of the flagged accounts
+
+
+def test_a_rerun_of_an_earlier_date_never_learns_from_a_later_heavy_champion(spark, cascade, monkeypatch):
+    """Retraining a date before the heavy champion's: stage 1 is distilled from the heavy champion of that
+    date (none here), never from one whose training rows hold labels observed after it; and no flag
+    threshold is chosen for champions that did not exist then. The run's own date keeps its teacher."""
+    cconf, day, _, _, teacher, _ = cascade
+    warehouse = warehouse_path(cconf)
+    earlier = day - dt.timedelta(days=1)
+    teachers: dict = {}
+    calibrated: list = []
+
+    def stage1(spark_, warehouse_, run_date, params, teacher=None, teacher_version=None, context=None):
+        teachers[run_date] = teacher_version
+        return "stage 1's result"
+
+    def calibrate(spark_, warehouse_, run_date, params, settings):
+        calibrated.append(run_date)
+        return {}
+
+    refused = HeavyTrainResult(version=99, promoted=False, reason="stub", metrics={}, threshold=None)
+    monkeypatch.setattr(training_heavy, "prepare_training", lambda *a, **k: mock.Mock())
+    monkeypatch.setattr(training_heavy, "train_heavy_stage", lambda *a, **k: refused)
+    monkeypatch.setattr(training_heavy, "train_stage1", stage1)
+    monkeypatch.setattr(training_heavy, "calibrate_flag_threshold", calibrate)
+    params = TrainParams.from_conf(cconf.section("train"))
+    for run_date in (earlier, day):
+        train_cascade(spark, warehouse, run_date, params, cconf.section("heavy"), cconf.section("cascade"))
+    assert teachers == {earlier: None, day: teacher.model_version}
+    assert calibrated == [earlier, day]
+    # The real threshold choice for the earlier date: no heavy champion then, so nothing is chosen or recorded.
+    cparams, settings = CascadeParams.from_conf(cconf.section("cascade")), InferenceSettings.from_conf(
+        cconf.section("cascade"))
+    monkeypatch.undo()
+    assert calibrate_flag_threshold(spark, warehouse, earlier, cparams, settings) == {
+        "flag_threshold": None, "note": "no heavy champion: stage 2 is off"}

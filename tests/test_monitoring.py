@@ -445,6 +445,10 @@ def test_the_alert_makes_the_next_run_retrain(spark, monitored):
     retrain, reason = needs_training(fresh, nxt, 7, drift_alert_before(spark, wh, nxt))
     assert retrain and "drift" in reason
     assert not needs_training(fresh, DAY, 7, drift_alert_before(spark, wh, DAY))[0]
+    # The model that run trained was promoted: rerunning its date trains nothing new (rerun D = same tables).
+    answered = {"run_date": nxt, "version": 2}
+    assert needs_training(answered, nxt, 7, drift_alert_before(spark, wh, nxt)) == (
+        False, "champion version 2 is 0 days old; reused")
 
 
 def test_monitor_metrics_against_pandas(spark, monitored):

@@ -109,11 +109,12 @@ class TrainResult:
 
 
 def needs_training(champion: dict | None, run_date: dt.date, max_age_days: int, drift_alert: bool) -> tuple[bool, str]:
-    """The refresh policy: retrain when there is no champion, it is too old, or drift was flagged."""
+    """The refresh policy: retrain when there is no champion, it is too old, or drift was flagged
+    (unless the champion was trained on D itself, after the alert: a rerun of D trains nothing new)."""
     if champion is None:
         return True, "no champion yet"
     age = (run_date - champion[t.RUN_DATE]).days
-    if drift_alert:
+    if drift_alert and age > 0:
         return True, "drift alert set by the previous run"
     if age >= max_age_days:
         return True, f"champion is {age} days old (max {max_age_days})"

@@ -309,18 +309,19 @@ def calibration_sample(spark: SparkSession, warehouse: str, run_date: dt.date, n
 def calibrate_flag_threshold(
     spark: SparkSession, warehouse: str, run_date: dt.date, params: CascadeParams, settings: InferenceSettings,
 ) -> dict:
-    """Choose the flag threshold for the current champions on D's accounts and add it to the
-    stage-1 champion's ``cascade.json`` (with the heavy version and the date it was chosen for;
-    earlier choices stay, for reruns of earlier dates)."""
+    """Choose the flag threshold for the champions of D (those D's scoring uses: the current ones,
+    unless D is a rerun of an earlier date) on D's accounts and add it to that stage-1 champion's
+    ``cascade.json`` (with the heavy version and the date it was chosen for; earlier choices stay,
+    for reruns of earlier dates)."""
     from botwatch.scoring.stage1 import load_champion, score_stage1
 
-    heavy = heavy_champion(spark, warehouse)
+    heavy = heavy_champion(spark, warehouse, as_of=run_date)
     if heavy is None:
         return {"flag_threshold": None, "note": "no heavy champion: stage 2 is off"}
-    stage1_rec = registry.champion(spark, warehouse, STAGE1_MODEL)
+    stage1_rec = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=run_date)
     if stage1_rec is None:
         return {"flag_threshold": None, "note": "no stage-1 champion"}
-    stage1 = load_champion(spark, warehouse)
+    stage1 = load_champion(spark, warehouse, as_of=run_date)
     sample = calibration_sample(spark, warehouse, run_date, params.calibration_accounts)
     s1 = score_stage1(sample, stage1, reason_codes=0).select(t.ACCOUNT_ID, t.STAGE1_SCORE)
     s2 = score_heavy(artifact_inputs(spark, warehouse, sample, heavy), heavy, settings)
@@ -363,7 +364,9 @@ def train_cascade(
             "heavy_version": heavy.version, "heavy_promoted": heavy.promoted, "heavy_reason": heavy.reason,
             "heavy_golden_pr_auc": heavy.metrics.get("golden_pr_auc"),
         }
-        teacher = heavy_champion(spark, warehouse)
+        # The teacher of D: a rerun of an earlier date never learns from a champion trained after it
+        # (its training rows hold labels observed after D, and D's validation window).
+        teacher = heavy_champion(spark, warehouse, as_of=run_date)
         # A champion trained just now scored its own training and validation rows in process.
         own = heavy.scores if heavy.promoted and teacher and teacher.version == heavy.version else None
         targets = teacher_targets(spark, warehouse, teacher, cparams, settings, own) if teacher else None
