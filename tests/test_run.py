@@ -203,7 +203,7 @@ IN, MID, OUT = "fake_in", "fake_mid", "fake_out"
 def fake_pipeline(spark, monkeypatch, test_conf):
     """Two steps a (IN -> MID) and b (MID -> OUT) in place of the real ones; counts their calls."""
     calls: list[str] = []
-    fail = {"b": False, "wait_b": False}
+    fail = {"a": False, "b": False, "wait_b": False}
     schema = T.StructType([T.StructField(t.RUN_DATE, T.DateType()), T.StructField("x", T.LongType())])
 
     def step_a(spark_, conf, run_date):
@@ -212,6 +212,8 @@ def fake_pipeline(spark, monkeypatch, test_conf):
         n = read_table(spark_, wh, IN).count()
         write_table(spark_.createDataFrame([(run_date, n)], schema), wh, MID, partition_by=[t.RUN_DATE],
                     replace_where=f"run_date = '{run_date}'")
+        if fail["a"]:
+            raise RuntimeError("injected")
         return {"n": n}
 
     def step_b(spark_, conf, run_date):
@@ -315,7 +317,14 @@ def test_a_finished_date_rerun_that_fails_or_waits_is_not_finished(spark, fake_p
     fail["wait_b"] = False
     assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "done"}
     assert nightly.date_finished(spark, wh, D)
-    assert calls == ["a", "b", "a", "b", "b", "b"]
+    # The first step of a forced rerun rewrites its output, then fails: no log write came after it.
+    fail["a"] = True
+    with pytest.raises(nightly.StepFailedError, match="step 'a' failed"):
+        nightly.run_steps(spark, conf, D, force=True, echo=lambda _: None)
+    assert not nightly.date_finished(spark, wh, D)
+    fail["a"] = False
+    assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "done"}
+    assert calls == ["a", "b", "a", "b", "b", "b", "a", "a", "b"]
 
 
 # ---------------------------------------------------------------- the date lock

@@ -391,9 +391,11 @@ def run_steps(
                 results[step] = {"status": "skipped", "seconds": time.perf_counter() - t0}
                 echo(f"  {step:13s} skipped (done, inputs unchanged)")
                 continue
-            # This step changes D's tables: until the run ends, D is not a finished run (a stale "_run: ok"
-            # would be written back with every log write, and a backfill would skip a half-rewritten date).
-            logged.pop(RUN_STEP, None)
+            # This step changes D's tables: until it logs again, neither it nor D counts as done. Stored
+            # before it runs: a step that fails after some of its writes must leave no "ok" of its own (it
+            # would be skipped) and no "_run: ok" (a backfill would skip a half-rewritten date).
+            if [logged.pop(s) for s in (RUN_STEP, step) if s in logged]:
+                write_log(spark, warehouse, run_date, logged)
             io = STEP_IO[step]
             before = _input_versions(spark, warehouse, io.inputs)
             started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
