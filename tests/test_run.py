@@ -7,7 +7,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import pandas as pd
 import pytest
@@ -449,6 +453,34 @@ def test_two_runs_taking_over_one_stale_lock_never_both_hold_it(spark, warehouse
     assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == next(iter(won.values()))
 
 
+def test_a_killed_runs_lock_expires_and_a_live_runs_never_does(spark, warehouse):
+    """A run touches its lock while it holds it (run.lock_heartbeat_seconds), so however long it runs
+    the lock stays fresh. Killed, it stops: once the lock is untouched for run.lock_stale_hours the next
+    run (Airflow's retry of the killed task) takes the date over, with no `botwatch unlock`."""
+    stale_hours = 4 / 3600
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import datetime, time; from botwatch.nightly import DateLock; "
+        f"lock = DateLock(None, {warehouse!r}, datetime.date.fromisoformat({D.isoformat()!r}), {stale_hours}, 0.2); "
+        "lock.acquire(); print('held', flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        lock = nightly.DateLock(spark, warehouse, D, stale_hours=stale_hours)
+        first = lock.current()
+        time.sleep(6)  # longer than the stale time: only the heartbeat keeps the lock fresh
+        assert lock.current()["beat_at"] > first["beat_at"]
+        with pytest.raises(nightly.RunLockedError, match="last refreshed"):
+            lock.acquire()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    time.sleep(6)
+    successor = nightly.DateLock(spark, warehouse, D, stale_hours=stale_hours, heartbeat_seconds=0.2)
+    successor.acquire()
+    assert successor.current()["holder"] == successor.holder
+    successor.release()
+    assert successor.current() is None
+
+
 def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
     """Warehouses on HDFS or ADLS take the lock through Hadoop's FileSystem (create without overwrite);
     here Hadoop's local file system stands in for them."""
@@ -459,6 +491,10 @@ def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
     with pytest.raises(nightly.RunLockedError, match="another run for 2026-01-12 is in progress"):
         nightly.DateLock(spark, uri, D, stale_hours=12).acquire()
     assert nightly.DateLock(spark, uri, D, stale_hours=12).current()["holder"] == first.holder
+    before = first.current()["beat_at"]
+    time.sleep(0.05)
+    nightly._touch(spark, first.path)  # the heartbeat, through Hadoop's setTimes
+    assert first.current()["beat_at"] > before
     first.release()
     assert nightly.DateLock(spark, uri, D, stale_hours=12).current() is None
     assert not nightly.break_lock(spark, uri, D)

@@ -16,7 +16,10 @@
   ADLS). Not on S3 (S3A checks, then writes), where Delta itself needs the DynamoDB LogStore for
   concurrent writers. It lives in the warehouse, not on one machine, and it costs two file
   operations where a lock row in a Delta table cost two commits (1.5-3 s each on 2 cores). Every
-  step writes with one Delta commit per table, so the losing run leaves no table torn.
+  step writes with one Delta commit per table, so the losing run leaves no table torn. While it
+  holds the lock, a run touches the file's modification time every ``run.lock_heartbeat_seconds``;
+  a lock not touched for ``run.lock_stale_hours`` belongs to a run that died (killed, lost its
+  worker) and is taken over, so Airflow's retry of a killed task runs instead of failing on it.
 * **Waiting, not failing.** A young platform has too few labels to train (``train`` waits) and no
   champion to score with (the scoring steps and those after them wait). Waiting steps are logged
   with the reason and rerun next time; they do not fail the run.
@@ -25,8 +28,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +44,8 @@ from pyspark.sql import types as T
 from botwatch import tables as t
 from botwatch.config import Config, warehouse_path
 from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
+
+log = logging.getLogger(__name__)
 
 STATUS_OK = "ok"
 STATUS_WAITING = "waiting"
@@ -269,52 +276,110 @@ def _delete_file(spark: SparkSession, path: str) -> bool:
     return bool(fs.delete(jpath, False))
 
 
-class DateLock:
-    """The lock of one run date (the file ``run_lock/<D>.json``); use as a context manager."""
+def _touch(spark: SparkSession, path: str) -> None:
+    """Set ``path``'s modification time to now (its content is left alone: readers never see it half written)."""
+    local = _local_path(path)
+    if local is not None:
+        os.utime(local)
+        return
+    fs, jpath = _hadoop_fs(spark, path)
+    fs.setTimes(jpath, int(dt.datetime.now(dt.UTC).timestamp() * 1000), -1)
 
-    def __init__(self, spark: SparkSession, warehouse: str, run_date: dt.date, stale_hours: float):
+
+def _modified_at(spark: SparkSession, path: str) -> dt.datetime | None:
+    """``path``'s modification time (naive UTC), or None when there is no such file."""
+    local = _local_path(path)
+    if local is not None:
+        try:
+            seconds = os.stat(local).st_mtime
+        except FileNotFoundError:
+            return None
+    else:
+        fs, jpath = _hadoop_fs(spark, path)
+        if not fs.exists(jpath):
+            return None
+        seconds = fs.getFileStatus(jpath).getModificationTime() / 1000
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
+
+
+class DateLock:
+    """The lock of one run date (the file ``run_lock/<D>.json``); use as a context manager.
+
+    While held, a daemon thread touches the file every ``heartbeat_seconds``; a lock whose last
+    touch is older than ``stale_hours`` is from a run that died and is taken over."""
+
+    def __init__(self, spark: SparkSession, warehouse: str, run_date: dt.date, stale_hours: float,
+                 heartbeat_seconds: float = 30.0):
         self.spark, self.warehouse, self.run_date, self.stale_hours = spark, warehouse, run_date, stale_hours
+        self.heartbeat_seconds = heartbeat_seconds
         self.holder = f"{socket.gethostname()}:{uuid.uuid4().hex[:12]}"
         self.path = _lock_path(warehouse, run_date)
+        self._stop = threading.Event()
+        self._beating: threading.Thread | None = None
 
     def acquire(self) -> None:
+        if self._take():
+            self._stop.clear()
+            self._beating = threading.Thread(target=self._beat_until_released, daemon=True,
+                                             name=f"run-lock-heartbeat-{self.run_date}")
+            self._beating.start()
+
+    def _take(self) -> bool:
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         payload = json.dumps({t.RUN_DATE: self.run_date.isoformat(), "holder": self.holder,
                               "host": socket.gethostname(), "acquired_at": now.isoformat()})
         if _create_exclusive(self.spark, self.path, payload):
-            return
+            return True
         held = self.current()
-        if held is not None and held["acquired_at"] < now - dt.timedelta(hours=self.stale_hours):
-            # A lock older than run.lock_stale_hours belongs to a run that died: take it over. Of the runs
-            # that saw this same stale lock, only the one that creates its takeover marker may delete it:
-            # a check-then-delete let a slow contender delete the lock another had just taken over.
+        if held is not None and held["beat_at"] < now - dt.timedelta(hours=self.stale_hours):
+            # Not touched for run.lock_stale_hours: its run died. Take it over. Of the runs that saw this
+            # same stale lock, only the one that creates its takeover marker may delete it: a
+            # check-then-delete let a slow contender delete the lock another had just taken over. A
+            # holder that is alive after all has touched it since, so the lock differs from ``held``.
             marker = f"{self.path}.takeover-{held['holder']}"
             if _create_exclusive(self.spark, marker, payload):
                 try:
                     if self.current() == held:
                         _delete_file(self.spark, self.path)
                     if _create_exclusive(self.spark, self.path, payload):
-                        return
+                        return True
                 finally:
                     _delete_file(self.spark, marker)
             held = self.current()
         raise RunLockedError(
             f"another run for {self.run_date} is in progress (lock held by {held and held['holder']} since "
-            f"{held and held['acquired_at']} UTC). Wait for it to finish. If no such run is alive (it was "
-            f"killed), the lock expires after run.lock_stale_hours={self.stale_hours}, or remove it now with "
-            f"`botwatch unlock --date {self.run_date}`."
+            f"{held and held['acquired_at']} UTC, last refreshed {held and held['beat_at']} UTC). Wait for it "
+            f"to finish. A run that died stops refreshing its lock, which then expires after "
+            f"run.lock_stale_hours={self.stale_hours}; to free it now, `botwatch unlock --date {self.run_date}`."
         )
 
+    def _beat_until_released(self) -> None:
+        while not self._stop.wait(self.heartbeat_seconds):
+            try:
+                held = self.current()
+                if held is None or held["holder"] != self.holder:
+                    return  # released, or taken over while this process could not beat
+                _touch(self.spark, self.path)
+            except Exception as exc:  # a file system hiccup: the next beat tries again
+                log.warning("run lock %s: heartbeat failed: %s", self.path, exc)
+
     def current(self) -> dict | None:
-        """The lock's holder, host and ``acquired_at`` (naive UTC datetime); None when free."""
+        """The lock's holder, host, ``acquired_at`` and ``beat_at`` (its last touch; naive UTC datetimes);
+        None when free."""
         text = _read_file(self.spark, self.path)
-        if not text:
+        beat_at = _modified_at(self.spark, self.path)
+        if not text or beat_at is None:
             return None
         held = json.loads(text)
         held["acquired_at"] = dt.datetime.fromisoformat(held["acquired_at"])
+        held["beat_at"] = beat_at
         return held
 
     def release(self) -> None:
+        self._stop.set()
+        if self._beating is not None:
+            self._beating.join(timeout=60)
+            self._beating = None
         held = self.current()
         if held is not None and held["holder"] == self.holder:
             _delete_file(self.spark, self.path)
@@ -377,7 +442,8 @@ def run_steps(
     run_id = uuid.uuid4().hex[:12]
     results: dict[str, dict] = {}
     started_run = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-    with DateLock(spark, warehouse, run_date, float(conf["run.lock_stale_hours"])):
+    with DateLock(spark, warehouse, run_date, float(conf["run.lock_stale_hours"]),
+                  float(conf["run.lock_heartbeat_seconds"])):
         logged = log_rows(spark, warehouse, run_date)
         for step in order:
             t0 = time.perf_counter()
