@@ -314,3 +314,11 @@ def test_metadata_and_neighbour_activity_inputs_are_checked(spark, caplog):
         kept = neighbour_activity(activity, {"neighbor_activity_columns": ["n_events_7d", "n_events_9d"]})
     assert kept is not None and kept.columns == ["account_id", "n_events_7d"]
     assert "'n_events_9d' is not an activity feature" in caplog.text
+    # A flag is averaged as 0/1 (the share of neighbours that have it), not dropped as non-numeric.
+    flags = spark.createDataFrame([(1, True), (2, False)], "account_id long, has_activity_7d boolean")
+    shares = neighbour_activity(flags, {"neighbor_activity_columns": ["has_activity_7d"]})
+    assert shares is not None and dict(shares.dtypes)["has_activity_7d"] == "double"
+    edges = spark.createDataFrame([(3, 1, None), (3, 2, None)], "src long, dst long, created_at timestamp")
+    three = spark.createDataFrame([(1,), (2,), (3,)], "account_id long")
+    got = graph_features(edges, three, D, activity=shares, activity_columns=["has_activity_7d"])
+    assert got.where("account_id = 3").first()["followee_mean_has_activity_7d"] == 0.5

@@ -114,7 +114,8 @@ def hub_settings(graph_params: Mapping[str, Any]) -> HubSettings:
 
 def neighbour_activity(activity_feats: DataFrame, graph_params: Mapping[str, Any]) -> DataFrame | None:
     """The activity columns the graph step averages over neighbours (``features.graph.neighbor_activity_columns``
-    that exist), with ``account_id``; None when there are none."""
+    that exist), with ``account_id``; None when there are none. A flag (``has_activity_7d``) is read as
+    0/1, so its mean is the share of neighbours that have it."""
     wanted = list(graph_params.get("neighbor_activity_columns", []))
     cols = [c for c in wanted if c in activity_feats.columns]
     for c in wanted:
@@ -122,7 +123,9 @@ def neighbour_activity(activity_feats: DataFrame, graph_params: Mapping[str, Any
             # A typo, or a window no longer computed: the followee_/follower_mean_ columns would just vanish.
             log.warning("features.graph.neighbor_activity_columns: %r is not an activity feature of this run (a typo, "
                         "or a window features.windows no longer has); its neighbour means are skipped", c)
-    return activity_feats.select(t.ACCOUNT_ID, *cols) if cols else None
+    types = dict(activity_feats.dtypes)
+    values = [F.col(c).cast("double").alias(c) if types[c] == "boolean" else F.col(c) for c in cols]
+    return activity_feats.select(t.ACCOUNT_ID, *values) if cols else None
 
 
 def build_features(
@@ -150,11 +153,14 @@ def build_features(
     act = activity.activity_features(spark, warehouse, run_date, windows)
     labels = read_table(spark, warehouse, t.LABELS) if table_exists(spark, warehouse, t.LABELS) else None
     edges = read_table(spark, warehouse, t.EDGES)
+    nbr_activity = neighbour_activity(act, graph_params)
     graph_feats = graph.graph_features(
         edges,
         accounts,
         run_date,
-        activity=neighbour_activity(act, graph_params),
+        activity=nbr_activity,
+        # Named, so a listed column that is not numeric stops the step instead of vanishing.
+        activity_columns=[c for c in nbr_activity.columns if c != t.ACCOUNT_ID] if nbr_activity is not None else None,
         labels=labels,
         growth_days=graph_params.get("growth_days", 7),
         seed=graph_params.get("hub_seed", 0),
