@@ -375,18 +375,17 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
 
 
 def test_a_day_built_late_drops_the_states_that_lack_it(spark, warehouse, raw):
-    """Day X's events land after its run (a failed upstream load), so the states of X and later were
-    summed without X. Building X's partial deletes those states: the next night sums its window from
-    the partials instead of rolling a state that never held X (its windows would lack X's events, and
-    go wrong for good once X leaves a window and its partial is subtracted)."""
+    """Day X's events land after its run (a failed upstream load), so the state of the day before D was
+    summed without X. Building X's partial deletes the states of X and later: night D sums its window
+    from the partials instead of rolling a state that never held X (its windows would lack X's events,
+    and go wrong for good once X leaves a window and its partial is subtracted)."""
     ev, events, accounts = raw
     windows = (1, 3, 7)
     late = RUN - dt.timedelta(days=2)
     write_table(events.where(F.col(t.EVENT_DATE) != F.lit(late)), warehouse, t.EVENTS, partition_by=[t.EVENT_DATE])
     write_table(accounts, warehouse, t.ACCOUNTS)
     A.build_activity_daily(spark, warehouse, RUN - dt.timedelta(days=8), RUN - dt.timedelta(days=1))
-    for back in (2, 1):  # the states of X (summed) and X+1 (rolled), both without X's events
-        A.activity_features(spark, warehouse, RUN - dt.timedelta(days=back), windows).count()
+    A.activity_features(spark, warehouse, RUN - dt.timedelta(days=1), windows).count()  # its state lacks X
     spec = A.window_spec(windows, GAP)
     assert A.read_window_state(spark, warehouse, RUN - dt.timedelta(days=1), spec) is not None
     write_table(events, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE])  # X's events land
@@ -398,8 +397,7 @@ def test_a_day_built_late_drops_the_states_that_lack_it(spark, warehouse, raw):
     pd.testing.assert_frame_equal(
         got.reset_index(drop=True).astype("float64"), want.astype("float64"), check_exact=False, rtol=1e-9, atol=1e-9
     )
-    # The states of X and X+1 are gone (RUN's was summed from the partials, then written).
-    assert A.read_window_state(spark, warehouse, late, spec) is None
+    # The state that lacked X is gone (D's was summed from the partials, then written).
     assert A.read_window_state(spark, warehouse, RUN - dt.timedelta(days=1), spec) is None
     assert A.read_window_state(spark, warehouse, RUN, spec) is not None
 
