@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import shutil
-import sys
 import tempfile
 import time
 
+from common import PeakMemory, local_spark  # bench/ is on sys.path when the script runs
 from pyspark.sql import functions as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import PeakMemory, local_spark  # noqa: E402
-
-from botwatch import tables as t  # noqa: E402
-from botwatch.delta_io import read_table, write_table  # noqa: E402
+from botwatch import tables as t
+from botwatch.delta_io import read_table, write_table
 
 DAY = dt.date(2025, 6, 1)
 

@@ -318,18 +318,19 @@ class DateLock:
         self._beating: threading.Thread | None = None
 
     def acquire(self) -> None:
-        if self._take():
-            self._stop.clear()
-            self._beating = threading.Thread(target=self._beat_until_released, daemon=True,
-                                             name=f"run-lock-heartbeat-{self.run_date}")
-            self._beating.start()
+        self._take()
+        self._stop.clear()
+        self._beating = threading.Thread(target=self._beat_until_released, daemon=True,
+                                         name=f"run-lock-heartbeat-{self.run_date}")
+        self._beating.start()
 
-    def _take(self) -> bool:
+    def _take(self) -> None:
+        """Create the lock file, or take over a stale one; else raise :class:`RunLockedError`."""
         now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
         payload = json.dumps({t.RUN_DATE: self.run_date.isoformat(), "holder": self.holder,
                               "host": socket.gethostname(), "acquired_at": now.isoformat()})
         if _create_exclusive(self.spark, self.path, payload):
-            return True
+            return
         held = self.current()
         if held is not None and held["beat_at"] < now - dt.timedelta(hours=self.stale_hours):
             # Not touched for run.lock_stale_hours: its run died. Take it over. Of the runs that saw this
@@ -342,7 +343,7 @@ class DateLock:
                     if self.current() == held:
                         _delete_file(self.spark, self.path)
                     if _create_exclusive(self.spark, self.path, payload):
-                        return True
+                        return
                 finally:
                     _delete_file(self.spark, marker)
             held = self.current()
