@@ -3,7 +3,9 @@
 Runs ``build_features`` for ``--date`` three times in one session (the first pays the JVM's JIT
 warm-up), then each part alone, forced with a ``noop`` write (a ``count`` would let Spark prune
 most columns): the activity windows, the graph features (and triangles alone), the attribute and
-neighbour features. Prints seconds and the number of Spark jobs and stages of each.
+neighbour features. Prints seconds and the number of Spark jobs and stages of each, and for each
+part the size of the physical plan Spark optimises: its exchanges (shuffles and broadcasts) and its
+Parquet scans per table (a table read many times is a subplan rebuilt by each consumer).
 
     .venv/bin/botwatch demo --warehouse /tmp/demo_wh
     .venv/bin/python bench/features_step.py --warehouse /tmp/demo_wh --date 2026-01-12
@@ -12,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
+from collections import Counter
 
 from common import local_spark  # bench/ is on sys.path when the script runs
 from common import timed as clock
@@ -19,6 +23,16 @@ from common import timed as clock
 from botwatch import tables as t
 from botwatch.delta_io import read_table
 from botwatch.features import activity, attributes, build, graph
+
+
+def plan_size(df) -> str:
+    """Exchanges (of which broadcasts) and Parquet scans per table in ``df``'s physical plan."""
+    plan = df._jdf.queryExecution().executedPlan().toString()
+    exchanges = len(re.findall(r"\bExchange\b|BroadcastExchange", plan))
+    broadcasts = plan.count("BroadcastExchange")
+    scans = Counter(re.findall(r"FileScan parquet .*?\[file:[^\]]*/([\w.-]+)\]", plan))
+    per_table = ", ".join(f"{table} {n}" for table, n in scans.most_common())
+    return f"{exchanges} ({broadcasts} broadcast) | {per_table}"
 
 
 def main() -> None:
@@ -41,7 +55,10 @@ def main() -> None:
         print(f"| {name} | {took['seconds']:.1f} | {len(jobs)} | {stages} |", flush=True)
         return out
 
-    def noop(df):
+    sizes: dict[str, str] = {}
+
+    def noop(df, name):
+        sizes[name] = plan_size(df)
         return lambda: df.write.format("noop").mode("overwrite").save()
 
     params = conf.section("features")
@@ -52,15 +69,18 @@ def main() -> None:
         timed(f"features step ({run})", lambda: build.build_features(spark, wh, day, params))
     accounts = build.accounts_as_of(read_table(spark, wh, t.ACCOUNTS), day)
     act = timed("activity windows (state write)", lambda: activity.activity_features(spark, wh, day, windows))
-    timed("activity features", noop(act))
+    timed("activity features", noop(act, "activity features"))
     edges, labels = read_table(spark, wh, t.EDGES), read_table(spark, wh, t.LABELS)
     knobs = build.hub_settings(gp)
     timed("graph features", noop(graph.graph_features(
-        edges, accounts, day, activity=build.neighbour_activity(act, gp), labels=labels, **knobs)))
-    timed("triangles alone", noop(graph.triangle_counts(graph.edges_as_of(edges, day), **knobs)))
+        edges, accounts, day, activity=build.neighbour_activity(act, gp), labels=labels, **knobs), "graph features"))
+    timed("triangles alone", noop(graph.triangle_counts(graph.edges_as_of(edges, day), **knobs), "triangles alone"))
     extra, _ = attributes.run_attribute_features(edges, accounts, act, day, params, reserved=[])
     if extra is not None:
-        timed("attribute and neighbour features", noop(extra))
+        timed("attribute and neighbour features", noop(extra, "attribute and neighbour features"))
+    print("\n| part | exchanges in the plan | Parquet scans per table |\n| --- | ---: | --- |")
+    for name, size in sizes.items():
+        print(f"| {name} | {size} |")
 
 
 if __name__ == "__main__":
