@@ -57,9 +57,10 @@ def main() -> None:
 
     sizes: dict[str, str] = {}
 
-    def noop(df, name):
+    def timed_noop(name, df):
+        """Note ``df``'s plan size, then time writing it to ``noop``."""
         sizes[name] = plan_size(df)
-        return lambda: df.write.format("noop").mode("overwrite").save()
+        timed(name, lambda: df.write.format("noop").mode("overwrite").save())
 
     params = conf.section("features")
     gp = params.get("graph", {}) or {}
@@ -69,15 +70,15 @@ def main() -> None:
         timed(f"features step ({run})", lambda: build.build_features(spark, wh, day, params))
     accounts = build.accounts_as_of(read_table(spark, wh, t.ACCOUNTS), day)
     act = timed("activity windows (state write)", lambda: activity.activity_features(spark, wh, day, windows))
-    timed("activity features", noop(act, "activity features"))
+    timed_noop("activity features", act)
     edges, labels = read_table(spark, wh, t.EDGES), read_table(spark, wh, t.LABELS)
     knobs = build.hub_settings(gp)
-    timed("graph features", noop(graph.graph_features(
-        edges, accounts, day, activity=build.neighbour_activity(act, gp), labels=labels, **knobs), "graph features"))
-    timed("triangles alone", noop(graph.triangle_counts(graph.edges_as_of(edges, day), **knobs), "triangles alone"))
+    timed_noop("graph features", graph.graph_features(
+        edges, accounts, day, activity=build.neighbour_activity(act, gp), labels=labels, **knobs))
+    timed_noop("triangles alone", graph.triangle_counts(graph.edges_as_of(edges, day), **knobs))
     extra, _ = attributes.run_attribute_features(edges, accounts, act, day, params, reserved=[])
     if extra is not None:
-        timed("attribute and neighbour features", noop(extra, "attribute and neighbour features"))
+        timed_noop("attribute and neighbour features", extra)
     print("\n| part | exchanges in the plan | Parquet scans per table |\n| --- | ---: | --- |")
     for name, size in sizes.items():
         print(f"| {name} | {size} |")
