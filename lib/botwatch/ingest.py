@@ -59,6 +59,7 @@ from pyspark.sql import types as T
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, table_exists, write_table
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS
+from botwatch.spark import session_conf
 
 log = logging.getLogger(__name__)
 
@@ -490,23 +491,6 @@ def _parquet_nanos_columns(path: str) -> list[str]:
     return nanos
 
 
-@contextmanager
-def _sql_conf(spark: SparkSession, key: str, value: str | None) -> Iterator[None]:
-    """Set one SQL setting for the block (None: leave it alone)."""
-    if value is None:
-        yield
-        return
-    previous = spark.conf.get(key, None)
-    spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        if previous is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, previous)
-
-
 def _numeric_csv_extras(df: DataFrame) -> DataFrame:
     """CSV has no types: an extra accounts column whose every value is a number (or a boolean)
     becomes double (or boolean), so it is kept like a typed Parquet column."""
@@ -578,7 +562,7 @@ def open_inputs(
     """
     inputs = {table: resolve_input(table, path) for table, path in paths.items() if path is not None}
     nanos = {table: _parquet_nanos_columns(p) if fmt == PARQUET else [] for table, (p, fmt) in inputs.items()}
-    with _sql_conf(spark, _NANOS_AS_LONG, "true" if any(nanos.values()) else None):
+    with session_conf(spark, {_NANOS_AS_LONG: "true" if any(nanos.values()) else None}):
         raw = {table: read_input(spark, table, p, fmt, nanos[table]) for table, (p, fmt) in inputs.items()}
         for table, df in raw.items():
             _, dropped = split_extra_columns(df.schema, table)

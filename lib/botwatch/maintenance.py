@@ -11,14 +11,13 @@ data: the run's skip logic ignores them (:data:`botwatch.nightly.MAINTENANCE_OPE
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import cast
 
 from pyspark.sql import Row, SparkSession
 
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, table_exists
+from botwatch.spark import session_conf
 
 DELTA_MIN_RETENTION_HOURS = 168  # Delta refuses a shorter VACUUM retention unless its check is off
 RETENTION_CHECK_KEY = "spark.databricks.delta.retentionDurationCheck.enabled"
@@ -43,22 +42,6 @@ def optimize(spark: SparkSession, warehouse: str, table: str, run_date: dt.date)
     spark.sql(f"OPTIMIZE delta.`{path}`{where} ZORDER BY ({t.ACCOUNT_ID})")
 
 
-@contextmanager
-def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
-    """Set Spark SQL settings for the block and restore what was there before."""
-    previous = {key: spark.conf.get(key, None) for key in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, old in previous.items():
-            if old is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, old)
-
-
 def listing_parallelism(spark: SparkSession, configured: int | None) -> int:
     """Tasks VACUUM lists the table's files with: conf ``maintenance.vacuum_listing_parallelism``,
     or 4 per core of the session. VACUUM otherwise takes Spark's partition-discovery parallelism
@@ -73,7 +56,7 @@ def vacuum(spark: SparkSession, warehouse: str, table: str, retention_hours: flo
     if retention_hours < DELTA_MIN_RETENTION_HOURS:
         # Asked for explicitly in conf: a short retention breaks time travel and readers of old snapshots.
         settings[RETENTION_CHECK_KEY] = "false"
-    with _session_conf(spark, settings):
+    with session_conf(spark, settings):
         spark.sql(f"VACUUM delta.`{path}` RETAIN {retention_hours} HOURS")
 
 

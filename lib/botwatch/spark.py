@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +83,24 @@ def session_settings(conf: Config) -> dict[str, str]:
     }
     settings.update(spark_conf.get("extra_conf") or {})
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}
+
+
+@contextmanager
+def session_conf(spark, settings: Mapping[str, str | None]) -> Iterator[None]:
+    """Set Spark SQL settings for the block and put back what was there before (a None value: leave
+    that setting alone)."""
+    given = {key: value for key, value in settings.items() if value is not None}
+    previous = {key: spark.conf.get(key, None) for key in given}
+    for key, value in given.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, old in previous.items():
+            if old is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, old)
 
 
 def delta_loaded(spark) -> bool:

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
+from botwatch.spark import session_conf
 
 VALIDATION_FLAG = "_is_validation"
 # Columns of a features row that are never model inputs.
@@ -122,14 +123,8 @@ def fit_booster(
     spark = data.sparkSession
     one_batch = {"spark.sql.execution.arrow.maxRecordsPerBatch": "0",  # 0: no limit
                  "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 2)}
-    before: dict[str, Any] = {k: spark.conf.get(k) for k in one_batch}
-    for k, v in one_batch.items():
-        spark.conf.set(k, v)
-    try:
+    with session_conf(spark, one_batch):
         return estimator.fit(data).get_booster()
-    finally:
-        for k, v in before.items():
-            spark.conf.set(k, v)
 
 
 def booster_bytes(booster) -> bytes:
