@@ -12,7 +12,7 @@ from chispa import assert_df_equality
 from deltalake import DeltaTable
 
 from botwatch.config import PROJECT_ROOT, ConfigError, load_config
-from botwatch.spark import MissingJarsError, application_name, delta_loaded, find_jars
+from botwatch.spark import MissingJarsError, application_name, delta_loaded, find_jars, session_conf
 
 
 def test_delta_overwrite_and_time_travel(spark, warehouse):
@@ -59,6 +59,24 @@ def test_session_settings(spark):
     runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()
     jvm_args = list(runtime.getInputArguments())
     assert "-XX:-DontCompileHugeMethods" in jvm_args
+
+
+def test_session_conf_sets_for_the_block_and_puts_back_what_was_there(spark):
+    set_before, unset_before, left_alone = (
+        "spark.sql.files.maxRecordsPerFile", "spark.sql.broadcastTimeout", "spark.sql.ansi.enabled")
+    spark.conf.set(set_before, "7")
+    spark.conf.unset(unset_before)
+    ansi = spark.conf.get(left_alone, None)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            with session_conf(spark, {set_before: "9", unset_before: "11s", left_alone: None}):
+                assert (spark.conf.get(set_before), spark.conf.get(unset_before)) == ("9", "11s")
+                assert spark.conf.get(left_alone, None) == ansi  # None: not touched
+                raise RuntimeError("boom")  # a failed block puts the settings back too
+        assert spark.conf.get(set_before) == "7"
+        assert spark.conf.get(unset_before, None) is None  # unset again, not set to its default
+    finally:
+        spark.conf.unset(set_before)
 
 
 def test_python_workers_use_project_interpreter(spark):
