@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import os
 import sys
 import time
@@ -27,15 +26,12 @@ from botwatch.delta_io import read_table, table_exists
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tests.conftest import PLATFORM_DAYS, PLATFORM_FEATURE_OFFSETS, PLATFORM_SETTINGS, PLATFORM_START  # noqa: E402
+from tests.helpers import canonical_rows  # noqa: E402
 
 
 def partition_rows(spark, warehouse: str, day: dt.date):
     """The features partition of ``day`` as canonical text rows (pandas), and their SHA-256."""
-    df = read_table(spark, warehouse, t.FEATURES).where(F.col(t.RUN_DATE) == day)
-    cols = sorted(df.columns)
-    rows = df.select(*[F.to_json(F.struct(c)).alias(c) for c in cols]).toPandas()
-    rows = rows.sort_values(cols).reset_index(drop=True)
-    return rows, hashlib.sha256(rows.to_csv(index=False).encode()).hexdigest()
+    return canonical_rows(read_table(spark, warehouse, t.FEATURES).where(F.col(t.RUN_DATE) == day))
 
 
 def main() -> None:

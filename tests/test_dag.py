@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
-from tests.helpers import JAVA_OPTIONS, ROOT, airflow_env, run_py
+from tests.helpers import DAG_WAIT_TIMEOUT_S, JAVA_OPTIONS, ROOT, airflow_env, run_py
 
 from botwatch import nightly
 from botwatch import tables as t
@@ -118,8 +118,8 @@ def test_templates_render_to_the_logical_date(inspected):
         assert got["rendered"][ds]["name"] == f"botwatch-score_stage2-{ds}"
 
 
-# Whole runs on a simulated platform; the default 900 s also counts the fixtures' setup.
-@pytest.mark.timeout(1800)
+# Waits for the whole run (and, run alone, the platform); the default 900 s also counts fixtures' setup.
+@pytest.mark.timeout(DAG_WAIT_TIMEOUT_S)
 def test_dag_test_runs_the_whole_dag(spark, dag_run):
     """``dag.test()`` on a real Airflow (the ``dag_run`` fixture): every task a spark-submit of its
     job, on the shared platform's last date; afterwards the run log and the tables hold the run."""

@@ -5,7 +5,6 @@ uninterrupted run ends."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from tests.helpers import copy_warehouse
+from tests.helpers import DAG_WAIT_TIMEOUT_S, canonical_rows, copy_warehouse
 
 from botwatch import nightly, registry, steps
 from botwatch import tables as t
@@ -517,10 +516,7 @@ def checksum(spark, warehouse: str, table: str) -> str:
         return "absent"
     df = read_table(spark, warehouse, table)
     df = df.drop(*[c for c in ("artifact_path",) if c in df.columns])  # warehouse-specific path
-    cols = sorted(df.columns)
-    pdf = df.select(*[F.to_json(F.struct(c)).alias(c) for c in cols]).toPandas()
-    pdf = pdf.sort_values(cols).reset_index(drop=True)
-    return hashlib.sha256(pdf.to_csv(index=False).encode()).hexdigest()
+    return canonical_rows(df)[1]
 
 
 def checksums(spark, warehouse: str) -> dict[str, str]:
@@ -537,6 +533,7 @@ def full_run(spark, dag_run, tmp_path_factory):
     return conf.with_overrides([f"warehouse={wh}"]), day, checksums(spark, wh), logged
 
 
+@pytest.mark.timeout(DAG_WAIT_TIMEOUT_S)  # the first of this file's tests to wait for the whole run
 def test_an_earlier_date_is_never_scored_with_a_model_trained_after_it(spark, full_run):
     # The run trained and promoted the first champion on its date; an earlier date had none.
     conf, day, _, _ = full_run
@@ -550,8 +547,8 @@ def test_an_earlier_date_is_never_scored_with_a_model_trained_after_it(spark, fu
         steps.score_stage1_step(spark, conf, max(earlier))
 
 
-# Whole runs on a simulated platform; the default 900 s also counts the fixtures' setup.
-@pytest.mark.timeout(1800)
+# Waits for the whole run (and, run alone, the platform); the default 900 s also counts fixtures' setup.
+@pytest.mark.timeout(DAG_WAIT_TIMEOUT_S)
 def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(spark, full_run, monkeypatch):
     """The run (Airflow's, one spark-submit per step) writes every step; a rerun in process skips
     everything; a forced rerun that a failure interrupts midway (after score_stage1 wrote its
