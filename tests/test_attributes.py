@@ -16,8 +16,10 @@ from deltalake import DeltaTable
 from pyspark.sql import types as T
 
 from botwatch import tables as t
+from botwatch.delta_io import scratch_frames
 from botwatch.features import attributes as A
 from botwatch.features.build import METADATA_COLUMNS
+from botwatch.features.graph import graph_context
 from botwatch.models.sequences import neighbor_col
 from botwatch.models.stage1 import booster_bytes, top_contributions
 
@@ -49,6 +51,17 @@ def graph_frames(spark):
     return edges, accounts, values
 
 
+@pytest.fixture(params=["own graph", "shared graph from scratch files"])
+def context_of(request, spark, warehouse):
+    """None (each function builds its own graph), or a function that builds the graph as the features
+    step does: once, written to scratch files that stay until the test ends."""
+    if request.param == "own graph":
+        yield lambda edges, cap: None
+        return
+    with scratch_frames(spark, warehouse, "test-neighbours") as materialize:
+        yield lambda edges, cap: graph_context(edges, D, cap, materialize=materialize)
+
+
 def _reference_neighbours() -> dict[str, dict[int, set[int]]]:
     """Neighbour sets per direction from plain Python (the same as-of and cleaning rules)."""
     current = {(s, d) for s, d, c in EDGES if s is not None and d is not None and s != d
@@ -67,9 +80,10 @@ def _value(values: dict, b: int) -> float:
     return np.nan if v is None or (isinstance(v, float) and math.isnan(v)) else v
 
 
-def test_neighbor_distributions_equal_pandas(graph_frames):
+def test_neighbor_distributions_equal_pandas(graph_frames, context_of):
     edges, accounts, values = graph_frames
-    got = A.neighbor_distributions(edges, accounts, D, values, ["x", "y"], hub_degree_cap=3, salt_buckets=4)
+    got = A.neighbor_distributions(edges, accounts, D, values, ["x", "y"], hub_degree_cap=3, salt_buckets=4,
+                                   context=context_of(edges, 3))
     got = got.toPandas().set_index(t.ACCOUNT_ID).sort_index()
     assert list(got.columns) == A.nbr_columns(["x", "y"])
     nbrs = _reference_neighbours()
@@ -161,10 +175,11 @@ def test_each_direction_samples_its_own_neighbours_for_percentiles(spark):
                 assert abs(share - p) <= 4 * math.sqrt(p * (1 - p) / k), (direction, agg, share)
 
 
-def test_overlap_equals_networkx(graph_frames):
+def test_overlap_equals_networkx(graph_frames, context_of):
     edges, accounts, _ = graph_frames
     cap = 4
-    got = A.neighbor_overlap(edges, accounts, D, overlap_degree_cap=cap, hub_degree_cap=3, salt_buckets=4)
+    got = A.neighbor_overlap(edges, accounts, D, overlap_degree_cap=cap, hub_degree_cap=3, salt_buckets=4,
+                             context=context_of(edges, 3))
     got = got.toPandas().set_index(t.ACCOUNT_ID)
     g = nx.Graph()
     g.add_nodes_from(ACCOUNTS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
 import random
 
 import networkx as nx
@@ -14,8 +15,10 @@ import pytest
 from chispa import assert_approx_df_equality
 from pyspark.sql import functions as F
 
+from botwatch.delta_io import scratch_frames
 from botwatch.features.graph import (
     clustering_coef,
+    graph_context,
     graph_features,
     triangle_counts,
     undirected_simple,
@@ -223,8 +226,8 @@ def _reference(accounts, edges, labels, activity, growth_days=7) -> list[dict]:
     return out
 
 
-@pytest.fixture(scope="module")
-def scenario_result(spark):
+@pytest.fixture(scope="module", params=["own graph", "shared graph from scratch files"])
+def scenario_result(spark, request, tmp_path_factory):
     accounts, edges, labels, activity = _scenario()
     accounts_df = spark.createDataFrame([(a, "US") for a in accounts], "account_id long, country string")
     edges_df = spark.createDataFrame(edges, "src long, dst long, created_at timestamp")
@@ -232,9 +235,15 @@ def scenario_result(spark):
     activity_df = spark.createDataFrame(activity, "account_id long, n_events_7d long, hour_entropy_7d double")
     # A small cap so hubs exist and the salted joins and the every-pair hub path run; with
     # C(d,2) <= hub_sample_pairs for every hub here, all counts stay exact.
-    got = graph_features(
-        edges_df, accounts_df, D, activity=activity_df, labels=labels_df, hub_degree_cap=4, salt_buckets=3
-    ).cache()
+    knobs = {"activity": activity_df, "labels": labels_df, "hub_degree_cap": 4, "salt_buckets": 3}
+    if request.param == "own graph":
+        got = graph_features(edges_df, accounts_df, D, **knobs).cache()
+    else:
+        # The features step's way: the graph as of D built once, written to scratch files and read back.
+        with scratch_frames(spark, str(tmp_path_factory.mktemp("wh")), "test-graph") as materialize:
+            context = graph_context(edges_df, D, 4, materialize=materialize)
+            shared = graph_features(None, accounts_df, D, context=context, **knobs)
+            got = spark.createDataFrame(shared.collect(), shared.schema).cache()
     return got, _reference(accounts, edges, labels, activity)
 
 
@@ -286,6 +295,27 @@ def test_bad_inputs_say_what_to_do(spark):
         graph_features(edges, accounts, D, activity=activity, activity_columns=["country"])
     with pytest.raises(ValueError, match="features.graph"):
         triangle_counts(edges, hub_degree_cap=0)
+
+
+def test_a_shared_graph_must_match_the_run_and_its_scratch_files_go_when_the_step_ends(spark, warehouse):
+    edges = spark.createDataFrame([(1, 2, None), (2, 3, None)], "src long, dst long, created_at timestamp")
+    accounts = spark.createDataFrame([(1,), (2,), (3,)], "account_id long")
+    root = spark.conf.get("spark.checkpoint.dir")
+    with pytest.raises(RuntimeError, match="boom"):
+        with scratch_frames(spark, warehouse, "test-scratch") as materialize:
+            context = graph_context(edges, D, 10, materialize=materialize)
+            folders = [p for p in os.listdir(root) if p.startswith("test-scratch-")]
+            assert len(folders) == 1 and sorted(os.listdir(os.path.join(root, folders[0]))) == [
+                "degrees", "directed", "pairs"]
+            assert context.degrees.count() == 3
+            with pytest.raises(ValueError, match="run date 2024-05-10 and hub_degree_cap 10, not 2024-05-11 and 10"):
+                graph_features(None, accounts, D + dt.timedelta(days=1), hub_degree_cap=10, context=context)
+            with pytest.raises(ValueError, match="hub_degree_cap 10, not 2024-05-10 and 1000"):
+                graph_features(None, accounts, D, context=context)
+            raise RuntimeError("boom")  # a failed step still deletes its scratch files
+    assert not [p for p in os.listdir(root) if p.startswith("test-scratch-")]
+    with pytest.raises(ValueError, match="pass the edges or a GraphContext"):
+        graph_features(None, accounts, D)
 
 
 def test_without_activity_or_labels(spark):

@@ -6,7 +6,8 @@ step in Delta's commit metadata, so ``DESCRIBE HISTORY`` reads as a run log.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from pyspark.sql import DataFrame, SparkSession
@@ -77,3 +78,37 @@ def write_table(
     elif mode == "overwrite" and replace_where is None:
         writer = writer.option("overwriteSchema", "true")
     writer.save(table_path(warehouse, table))
+
+
+Materialize = Callable[[str, DataFrame], DataFrame]
+
+
+@contextmanager
+def scratch_frames(spark: SparkSession, warehouse: str, label: str) -> Iterator[Materialize]:
+    """Yield ``materialize(name, df)``: writes ``df`` once to Parquet in a folder of its own under the
+    session's checkpoint dir (``spark.checkpoint.dir``, else ``<warehouse>/_checkpoints``) and returns
+    it read back. The folder is deleted when the block ends, failed or not.
+
+    Why: a frame several consumers share is otherwise planned, optimised and shipped once per
+    consumer (each keeps the whole lineage down to the table scans; ``cache()`` does not cut it).
+    Read back from files, each consumer's plan starts at a scan; a lost executor rereads the file
+    (a reliable checkpoint, unlike ``localCheckpoint``)."""
+    root = spark.conf.get("spark.checkpoint.dir", None) or f"{warehouse}/_checkpoints"
+    folder = f"{root.rstrip('/')}/{label}-{uuid.uuid4().hex}"
+
+    def materialize(name: str, df: DataFrame) -> DataFrame:
+        path = f"{folder}/{name}"
+        df.write.mode("error").parquet(path)
+        # The schema given: an empty frame may leave no file to infer it from.
+        return spark.read.schema(df.schema).parquet(path)
+
+    try:
+        yield materialize
+    finally:
+        delete_path(spark, folder)
+
+
+def delete_path(spark: SparkSession, path: str) -> None:
+    """Delete a file or folder (recursively) on any Hadoop file system; nothing there is fine."""
+    jpath = spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
+    jpath.getFileSystem(spark._jsc.hadoopConfiguration()).delete(jpath, True)  # type: ignore[union-attr]

@@ -101,8 +101,7 @@ DEFAULT_PERCENTILE_SAMPLE = 2_000
 PERCENTILE_SEED = 17  # seeds the hash that samples a hub's neighbours for its percentiles
 
 # internal columns
-_A, _B = "_a", "_b"
-_OUT, _IN = "_out", "_in"
+_A, _B, _OUT, _IN = graph._A, graph._B, graph._OUT, graph._IN  # the columns of GraphContext.pairs
 _DEG = "_deg"
 _SAMPLE = "_sample"
 
@@ -245,36 +244,6 @@ def note_all_null(attrs: DataFrame, selection: AttributeSelection) -> AttributeS
 # ---------------------------------------------------------------- the graph, both directions at once
 
 
-def direction_pairs(edges: DataFrame, run_date: dt.date | str) -> DataFrame:
-    """One row per connected pair as of ``run_date`` and per end: ``(_a, _b, _out, _in)`` with
-    ``_out`` = a follows b, ``_in`` = b follows a (both for a reciprocal pair). Duplicates,
-    self-loops and null ends are dropped; every pair of the undirected simple graph
-    (:func:`graph.undirected_simple`) appears once from each end."""
-    current = graph.edges_as_of(edges, run_date)
-    src, dst = F.col(t.SRC).cast("long"), F.col(t.DST).cast("long")
-    forward = src < dst
-    zero = F.lit(0).cast("long")
-    # Keyed by the pair: no hub skew. coalesce marks the ids non-null (see graph.undirected_simple).
-    pairs = (
-        current.where(src.isNotNull() & dst.isNotNull() & (src != dst))
-        .groupBy(
-            F.coalesce(F.least(src, dst), zero).alias(graph.U), F.coalesce(F.greatest(src, dst), zero).alias(graph.V)
-        )
-        .agg(F.max(forward).alias("_uv"), F.max(~forward).alias("_vu"))
-    )
-    u, v, uv, vu = F.col(graph.U), F.col(graph.V), F.col("_uv"), F.col("_vu")
-    return pairs.select(u.alias(_A), v.alias(_B), uv.alias(_OUT), vu.alias(_IN)).unionByName(
-        pairs.select(v.alias(_A), u.alias(_B), vu.alias(_OUT), uv.alias(_IN))
-    )
-
-
-def _degrees_and_hubs(pairs: DataFrame, hub_degree_cap: int, *more: Column) -> tuple[DataFrame, DataFrame]:
-    """Each account's degree (and the aggregates ``more``) and the hub ids (degree above the cap)."""
-    # Partial aggregation: a hub sends one count per map partition through the shuffle.
-    deg = pairs.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(F.count(F.lit(1)).alias(_DEG), *more)
-    return deg, deg.where(F.col(_DEG) > hub_degree_cap).select(t.ACCOUNT_ID)
-
-
 def _check(hub_degree_cap: int, salt_buckets: int, percentile_sample: int = DEFAULT_PERCENTILE_SAMPLE) -> None:
     if hub_degree_cap < 1 or salt_buckets < 1 or percentile_sample < 1:
         raise ValueError(
@@ -316,7 +285,7 @@ def percentile_of_sorted(values: Column, percent: int) -> Column:
 
 
 def neighbor_distributions(
-    edges: DataFrame,
+    edges: DataFrame | None,
     accounts: DataFrame,
     run_date: dt.date | str,
     values: DataFrame,
@@ -325,13 +294,15 @@ def neighbor_distributions(
     hub_degree_cap: int = 1000,
     salt_buckets: int = 32,
     percentile_sample: int = DEFAULT_PERCENTILE_SAMPLE,
+    context: graph.GraphContext | None = None,
 ) -> DataFrame:
     """One row per account of ``accounts``: ``account_id`` and :func:`nbr_columns` (``columns``)
     -- the distribution of each of ``values``' ``columns`` over the account's followees, followers
     and undirected neighbours as of ``run_date`` (see the module docstring for the definitions,
     the percentiles' sampling above ``percentile_sample`` neighbours and the hub handling).
     ``values``: one row per account; a neighbour absent from it has every value missing. Accounts
-    without neighbours get null statistics and counts of 0."""
+    without neighbours get null statistics and counts of 0. ``context``: the graph as of D already
+    built (:func:`graph.graph_context`); ``edges`` is then not read."""
     _check(hub_degree_cap, salt_buckets, percentile_sample)
     columns = list(dict.fromkeys(columns))
     require_columns(accounts, (t.ACCOUNT_ID,), "neighbour distributions (accounts)")
@@ -339,10 +310,11 @@ def neighbor_distributions(
     vals = values.select(
         F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *[attribute_values(_col(c)).alias(c) for c in columns]
     )
-    pairs = direction_pairs(edges, run_date)
+    ctx = graph.resolve_context(context, edges, run_date, hub_degree_cap)
+    pairs, hub_ids = ctx.pairs, ctx.hub_ids
     counts = {"out": "_deg_out", "in": "_deg_in", "all": _DEG}
-    deg, hub_ids = _degrees_and_hubs(pairs, hub_degree_cap, F.sum(F.col(_OUT).cast("long")).alias(counts["out"]),
-                                     F.sum(F.col(_IN).cast("long")).alias(counts["in"]))
+    deg = ctx.degrees.select(t.ACCOUNT_ID, F.col(graph.DEGREE).alias(_DEG),
+                             F.col(graph.OUT_DEGREE).alias(counts["out"]), F.col(graph.IN_DEGREE).alias(counts["in"]))
     rows = graph._salted_lookup(pairs, _B, vals, hub_ids, salt_buckets, spread=(_A, _B))
     # Accounts with more than percentile_sample neighbours keep each neighbour for a direction's
     # percentiles with probability sample / (its neighbours in that direction): a hash of the pair, so
@@ -368,6 +340,9 @@ def neighbor_distributions(
     for c in columns:
         for d in DIRECTIONS:
             aggs += _direction_aggs(_col(c), masks[d], d, c)
+    # Floats summed in one fixed order: rows by (account, neighbour) within their account's partition,
+    # whatever join strategy brought them (AQE picks it at run time).
+    rows = rows.repartition(F.col(_A)).sortWithinPartitions(_A, _B)
     stats = rows.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(*aggs)
     # Sort each direction's values once (its own projection), then read the three ranks from it.
     stats = stats.select("*", *[_sorted_values(d, c).alias(f"_sorted_{d}_{c}") for c in columns for d in DIRECTIONS])
@@ -390,24 +365,25 @@ def neighbor_distributions(
 
 
 def neighbor_overlap(
-    edges: DataFrame,
+    edges: DataFrame | None,
     accounts: DataFrame,
     run_date: dt.date | str,
     *,
     overlap_degree_cap: int = 50,
     hub_degree_cap: int = 1000,
     salt_buckets: int = 32,
+    context: graph.GraphContext | None = None,
 ) -> DataFrame:
     """One row per account of ``accounts``: ``account_id``, ``nbr_all_overlap_shared`` (long),
     ``nbr_all_overlap_max`` (long) and ``nbr_all_overlap_max_share`` (double) over the undirected
     neighbourhood as of ``run_date`` (definitions and the degree cap: module docstring).
-    Accounts without neighbours get 0, 0 and null."""
+    Accounts without neighbours get 0, 0 and null. ``context``: as in :func:`neighbor_distributions`."""
     _check(hub_degree_cap, salt_buckets)
     if overlap_degree_cap < 2:
         raise ValueError(f"overlap_degree_cap must be >= 2, got {overlap_degree_cap}; fix features.neighbors")
-    pairs = direction_pairs(edges, run_date).select(_A, _B)
-    deg, hub_ids = _degrees_and_hubs(pairs, hub_degree_cap)
-    nbr_deg = deg.select(F.col(t.ACCOUNT_ID), F.col(_DEG).alias("_deg_b"))
+    ctx = graph.resolve_context(context, edges, run_date, hub_degree_cap)
+    pairs, hub_ids = ctx.half_edges, ctx.hub_ids
+    nbr_deg = ctx.degrees.select(F.col(t.ACCOUNT_ID), F.col(graph.DEGREE).alias("_deg_b"))
     with_deg = graph._salted_lookup(pairs, _B, nbr_deg, hub_ids, salt_buckets)
     shared = with_deg.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(
         F.count(F.lit(1)).alias(_DEG), F.sum((F.col("_deg_b") >= 2).cast("long")).alias(OVERLAP_SHARED)
@@ -440,19 +416,21 @@ def neighbor_overlap(
 
 
 def run_attribute_features(
-    edges: DataFrame,
+    edges: DataFrame | None,
     accounts: DataFrame,
     activity: DataFrame | None,
     run_date: dt.date | str,
     params: dict,
     *,
     reserved: Sequence[str] = (),
+    context: graph.GraphContext | None = None,
 ) -> tuple[DataFrame | None, dict]:
     """The attribute and neighbour features of one features run, from conf's ``features`` section.
 
     Returns (one row per account of ``accounts`` with ``attr_*`` and -- when
     ``neighbor_aggregates`` is on -- ``nbr_<dir>_<agg>_*`` and ``nbr_all_overlap_*``, or None when
     there is nothing to add; the step summary's part: attributes carried, skipped with why, notes).
+    ``context``: the graph as of D shared with the graph features (:func:`graph.graph_context`).
     """
     nbr_params = params.get("neighbors", {}) or {}
     graph_params = params.get("graph", {}) or {}
@@ -484,13 +462,13 @@ def run_attribute_features(
     if value_cols:
         dist = neighbor_distributions(
             edges, accounts, run_date, values, value_cols, hub_degree_cap=hub_cap, salt_buckets=buckets,
-            percentile_sample=int(nbr_params.get("percentile_sample", DEFAULT_PERCENTILE_SAMPLE)),
+            percentile_sample=int(nbr_params.get("percentile_sample", DEFAULT_PERCENTILE_SAMPLE)), context=context,
         )
         out = out.join(dist, t.ACCOUNT_ID, "left")
     if nbr_params.get("overlap", True):
         ovl = neighbor_overlap(
             edges, accounts, run_date, overlap_degree_cap=int(nbr_params.get("overlap_degree_cap", 50)),
-            hub_degree_cap=hub_cap, salt_buckets=buckets,
+            hub_degree_cap=hub_cap, salt_buckets=buckets, context=context,
         )
         out = out.join(ovl, t.ACCOUNT_ID, "left")
     summary["neighbor_columns"] = len(out.columns) - 1 - len(sel.features)

@@ -16,7 +16,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from botwatch import tables as t
-from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
+from botwatch.delta_io import Materialize, commit_metadata, read_table, scratch_frames, table_exists, write_table
 from botwatch.features import activity, attributes, graph
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,6 @@ def build_features(
     (when given) receives the account attributes carried and skipped (for the step summary).
     """
     windows = tuple(params.get("windows", activity.DEFAULT_WINDOWS))
-    graph_params = params.get("graph", {}) or {}
     days = partial_days_to_build(spark, warehouse, run_date, windows)
     # Contiguous runs of days become one job each (a first run builds the whole window at once).
     if days:
@@ -149,13 +148,27 @@ def build_features(
                 start = day or start
             prev = day or prev
 
+    # The activity features and the graph as of D feed several parts of the plan: each is computed
+    # once into scratch files (deleted after the step), so every part's plan starts at a scan.
+    with scratch_frames(spark, warehouse, f"features-{run_date.isoformat()}") as materialize:
+        return _write_features(spark, warehouse, run_date, params, windows, materialize, report)
+
+
+def _write_features(
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, windows: Sequence[int],
+    materialize: Materialize, report: dict | None,
+) -> int:
+    graph_params = params.get("graph", {}) or {}
+    hubs = hub_settings(graph_params)
     accounts = accounts_as_of(read_table(spark, warehouse, t.ACCOUNTS), run_date)
-    act = activity.activity_features(spark, warehouse, run_date, windows)
+    act = materialize("activity", activity.activity_features(spark, warehouse, run_date, windows))
     labels = read_table(spark, warehouse, t.LABELS) if table_exists(spark, warehouse, t.LABELS) else None
-    edges = read_table(spark, warehouse, t.EDGES)
+    context = graph.graph_context(
+        read_table(spark, warehouse, t.EDGES), run_date, hubs["hub_degree_cap"], materialize=materialize
+    )
     nbr_activity = neighbour_activity(act, graph_params)
     graph_feats = graph.graph_features(
-        edges,
+        None,
         accounts,
         run_date,
         activity=nbr_activity,
@@ -164,13 +177,14 @@ def build_features(
         labels=labels,
         growth_days=graph_params.get("growth_days", 7),
         seed=graph_params.get("hub_seed", 0),
-        **hub_settings(graph_params),
+        context=context,
+        **hubs,
     )
     meta = metadata_features(accounts, run_date, params.get("new_account_days", 30))
     out = assemble_features(meta, act, graph_feats, windows)
     # Users' own account columns (attr_*) and their neighbour distributions (nbr_<dir>_<agg>_*).
     extra, summary = attributes.run_attribute_features(
-        edges, accounts, act, run_date, params, reserved=out.columns
+        None, accounts, act, run_date, params, reserved=out.columns, context=context
     )
     if extra is not None:
         out = out.join(extra, t.ACCOUNT_ID, "left")

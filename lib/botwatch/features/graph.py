@@ -30,6 +30,13 @@ Triangles use a degree-ordered method instead:
 Hubs never put their whole neighbourhood in one task: aggregations use Spark's map-side partial
 aggregation, and joins keyed by a vertex salt the hubs' keys (see :func:`_salted_lookup`).
 
+The graph as of D (directed simple edges, undirected pairs with their directions, degrees, hub
+ids) is a :class:`GraphContext`, built once per features run by :func:`graph_context` and shared
+with the neighbour features of :mod:`botwatch.features.attributes`. The features step writes its
+frames to scratch files and reads them back: otherwise every consumer carries (and Spark plans,
+optimises and ships) its own copy of the lineage down to the edges scan, 138 scans of ``edges``
+in one step's plan before this.
+
 Usage::
 
     feats = graph_features(edges, accounts, datetime.date(2024, 5, 1), activity=act, labels=labels)
@@ -37,7 +44,8 @@ Usage::
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -70,6 +78,8 @@ def follow_growth_column(days: int) -> str:
 
 # ---- internal column names ----
 _A, _B = "_a", "_b"  # half-edge: vertex, neighbour
+_OUT, _IN = "_out", "_in"  # a follows b, b follows a
+_RECIP = "_recip"
 _HUB = "_is_hub"
 _SALT = "_salt"
 
@@ -320,6 +330,103 @@ def triangle_counts(
     return _triangles(und, half, deg, hub_ids, hub_degree_cap, hub_sample_pairs, seed, salt_buckets)
 
 
+@dataclass(frozen=True)
+class GraphContext:
+    """The follow graph as of one run date in the shapes every graph and neighbour feature reads,
+    built once per features run (:func:`graph_context`) and shared by :func:`graph_features` and
+    the neighbour features of :mod:`botwatch.features.attributes`.
+
+    - ``directed``: ``src``, ``dst``, ``_first`` -- the directed simple graph (duplicates,
+      self-loops and null ends dropped); ``_first`` the first ``created_at`` of the edge, null when a
+      copy of it has none (older than the data);
+    - ``pairs``: ``_a``, ``_b``, ``_out``, ``_in`` -- every pair of the undirected simple graph once
+      from each end, ``_out`` = a follows b, ``_in`` = b follows a;
+    - ``degrees``: ``account_id``, ``degree`` (undirected simple), ``out_degree``, ``in_degree``,
+      ``_recip`` (out-edges followed back), for every account with an edge;
+    - ``hub_ids``: ``account_id`` of the accounts of degree above ``hub_degree_cap``.
+    """
+
+    run_date: dt.date
+    hub_degree_cap: int
+    directed: DataFrame
+    pairs: DataFrame
+    degrees: DataFrame
+    hub_ids: DataFrame
+
+    @property
+    def undirected(self) -> DataFrame:
+        """``(u, v)`` with ``u < v``, one row per connected pair (as :func:`undirected_simple`)."""
+        return self.pairs.where(F.col(_A) < F.col(_B)).select(F.col(_A).alias(U), F.col(_B).alias(V))
+
+    @property
+    def half_edges(self) -> DataFrame:
+        """``(_a, _b)``: both directions of every undirected edge."""
+        return self.pairs.select(_A, _B)
+
+
+def _keep_lineage(_name: str, df: DataFrame) -> DataFrame:
+    return df
+
+
+def graph_context(
+    edges: DataFrame, run_date: dt.date | str, hub_degree_cap: int = 1000,
+    materialize: Callable[[str, DataFrame], DataFrame] | None = None,
+) -> GraphContext:
+    """The :class:`GraphContext` of ``edges`` as of ``run_date``.
+
+    ``materialize(name, df)`` is applied to ``directed``, ``pairs`` and ``degrees`` as they are built
+    (the features step passes :func:`botwatch.delta_io.scratch_frames`'s, so each is computed once and
+    every consumer's plan starts at its files); without it the frames keep their lineage."""
+    if hub_degree_cap < 1:
+        raise ValueError(f"hub_degree_cap must be >= 1, got {hub_degree_cap}; fix features.graph in the conf")
+    keep = materialize or _keep_lineage
+    src, dst, created = F.col(t.SRC).cast("long"), F.col(t.DST).cast("long"), F.col(t.CREATED_AT)
+    current = edges_as_of(edges, run_date).where(src.isNotNull() & dst.isNotNull() & (src != dst))
+    # coalesce() marks the ids non-null, as in undirected_simple, so every consumer shares one
+    # shuffle of the edges. An edge's _first is null when a copy of it has no created_at.
+    zero = F.lit(0).cast("long")
+    directed = keep("directed", current.groupBy(
+        F.coalesce(src, zero).alias(t.SRC), F.coalesce(dst, zero).alias(t.DST)
+    ).agg(F.when(F.count(created) == F.count(F.lit(1)), F.min(created)).alias("_first")))
+    s, d = F.col(t.SRC), F.col(t.DST)
+    forward = s < d
+    # Keyed by the pair: no hub skew.
+    grouped = directed.groupBy(F.least(s, d).alias(U), F.greatest(s, d).alias(V)).agg(
+        F.max(forward).alias("_uv"), F.max(~forward).alias("_vu")
+    )
+    u, v, uv, vu = F.col(U), F.col(V), F.col("_uv"), F.col("_vu")
+    pairs = keep("pairs", grouped.select(u.alias(_A), v.alias(_B), uv.alias(_OUT), vu.alias(_IN)).unionByName(
+        grouped.select(v.alias(_A), u.alias(_B), vu.alias(_OUT), uv.alias(_IN))
+    ))
+    # Partial aggregation: a hub sends one row per map partition through the shuffle.
+    degrees = keep("degrees", pairs.groupBy(F.col(_A).alias(t.ACCOUNT_ID)).agg(
+        F.count(F.lit(1)).alias(DEGREE),
+        F.sum(F.col(_OUT).cast("long")).alias(OUT_DEGREE),
+        F.sum(F.col(_IN).cast("long")).alias(IN_DEGREE),
+        F.sum((F.col(_OUT) & F.col(_IN)).cast("long")).alias(_RECIP),
+    ))
+    hub_ids = degrees.where(F.col(DEGREE) > hub_degree_cap).select(t.ACCOUNT_ID)
+    return GraphContext(dt.date.fromisoformat(str(run_date)), hub_degree_cap, directed, pairs, degrees, hub_ids)
+
+
+def resolve_context(
+    context: GraphContext | None, edges: DataFrame | None, run_date: dt.date | str, hub_degree_cap: int
+) -> GraphContext:
+    """``context`` when given (checked against the run date and cap the caller asks for), else one built
+    from ``edges``."""
+    if context is None:
+        if edges is None:
+            raise ValueError("pass the edges or a GraphContext built from them (graph_context)")
+        return graph_context(edges, run_date, hub_degree_cap)
+    want = (dt.date.fromisoformat(str(run_date)), hub_degree_cap)
+    if (context.run_date, context.hub_degree_cap) != want:
+        raise ValueError(
+            f"the GraphContext was built for run date {context.run_date} and hub_degree_cap "
+            f"{context.hub_degree_cap}, not {want[0]} and {want[1]}: build it with the same settings"
+        )
+    return context
+
+
 def latest_labels_before(labels: DataFrame, run_date: dt.date | str) -> DataFrame:
     """Each account's label as training resolves it (:func:`botwatch.labels.winning_labels`: source
     precedence, then the latest; botwatch's own decisions never count) from the labels observed
@@ -344,7 +451,7 @@ def _activity_columns(activity: DataFrame, columns: Sequence[str] | None) -> lis
 
 
 def graph_features(
-    edges: DataFrame,
+    edges: DataFrame | None,
     accounts: DataFrame,
     run_date: dt.date | str,
     *,
@@ -356,6 +463,7 @@ def graph_features(
     seed: int = 0,
     growth_days: int = 7,
     salt_buckets: int = 32,
+    context: GraphContext | None = None,
 ) -> DataFrame:
     """One row per account in ``accounts`` with the graph features of the follow graph as of
     ``run_date`` (edges created before the end of D; null ``created_at`` counts as old).
@@ -371,6 +479,9 @@ def graph_features(
     - ``bot_neighbor_share``: share of undirected neighbours whose latest label before D is bot
       (null without neighbours or without ``labels``);
     - ``has_graph``: the account has an edge (other than a self-loop) as of D.
+
+    ``context``: the graph as of D already built (:func:`graph_context`, shared with the neighbour
+    features); ``edges`` is then not read and may be None.
     """
     _check_knobs(hub_degree_cap, hub_sample_pairs, salt_buckets)
     if growth_days < 1:
@@ -379,41 +490,21 @@ def graph_features(
     cols = _activity_columns(activity, activity_columns) if activity is not None else []
     if labels is not None:
         require_columns(labels, (t.ACCOUNT_ID, t.LABEL, t.LABELED_AT), "graph labels")
-    src, dst, created = F.col(t.SRC).cast("long"), F.col(t.DST).cast("long"), F.col(t.CREATED_AT)
-    current = edges_as_of(edges, run_date).where(src.isNotNull() & dst.isNotNull() & (src != dst))
-
-    # Directed simple graph; an edge is "new" when every copy of it was created in the growth window
-    # (a copy with null created_at is older than the data). coalesce() marks the ids non-null, as
-    # in undirected_simple, so every consumer shares one shuffle of the edges.
-    zero = F.lit(0).cast("long")
-    directed = current.groupBy(F.coalesce(src, zero).alias(t.SRC), F.coalesce(dst, zero).alias(t.DST)).agg(
-        F.when(F.count(created) == F.count(F.lit(1)), F.min(created)).alias("_first")
-    )
-    reverse = directed.select(F.col(t.DST).alias(t.SRC), F.col(t.SRC).alias(t.DST), F.lit(1).alias("_back"))
-    is_new = F.col("_first") >= _day_start(run_date, -(growth_days - 1))
+    ctx = resolve_context(context, edges, run_date, hub_degree_cap)
+    # An edge is "new" when every copy of it was created in the growth window.
     growth = follow_growth_column(growth_days)
-    out_stats = (
-        directed.join(reverse, [t.SRC, t.DST], "left")  # keyed by the pair: no hub skew
-        .groupBy(F.col(t.SRC).alias(t.ACCOUNT_ID))
-        .agg(
-            F.count(F.lit(1)).alias(OUT_DEGREE),
-            F.sum(F.coalesce("_back", F.lit(0))).alias("_recip"),
-            F.sum(is_new.cast("int")).alias(growth),
-        )
+    is_new = F.col("_first") >= _day_start(run_date, -(growth_days - 1))
+    new_out = ctx.directed.where(is_new).groupBy(F.col(t.SRC).alias(t.ACCOUNT_ID)).agg(F.count(F.lit(1)).alias(growth))
+    deg = ctx.degrees.select(t.ACCOUNT_ID, DEGREE)
+    hub_ids = ctx.hub_ids
+    tri = _triangles(
+        ctx.undirected, ctx.half_edges, deg, hub_ids, hub_degree_cap, hub_sample_pairs, seed, salt_buckets
     )
-    # Partial aggregation keeps a hub's in-degree to one row per map partition in the shuffle.
-    in_stats = directed.groupBy(F.col(t.DST).alias(t.ACCOUNT_ID)).agg(F.count(F.lit(1)).alias(IN_DEGREE))
-
-    und = undirected_simple(current)
-    half = _half_edges(und)
-    deg = _degrees(half)
-    hub_ids = deg.where(F.col(DEGREE) > hub_degree_cap).select(t.ACCOUNT_ID)
-    tri = _triangles(und, half, deg, hub_ids, hub_degree_cap, hub_sample_pairs, seed, salt_buckets)
 
     out = (
         accounts.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID))
-        .join(in_stats, t.ACCOUNT_ID, "left")
-        .join(out_stats, t.ACCOUNT_ID, "left")
+        .join(ctx.degrees.select(t.ACCOUNT_ID, IN_DEGREE, OUT_DEGREE, _RECIP), t.ACCOUNT_ID, "left")
+        .join(new_out, t.ACCOUNT_ID, "left")
         .join(tri, t.ACCOUNT_ID, "left")
     )
     has_graph = F.coalesce(F.col(DEGREE), F.lit(0)) > 0
@@ -421,7 +512,7 @@ def graph_features(
         t.ACCOUNT_ID,
         F.coalesce(IN_DEGREE, F.lit(0)).cast("long").alias(IN_DEGREE),
         F.coalesce(OUT_DEGREE, F.lit(0)).cast("long").alias(OUT_DEGREE),
-        F.when(F.col(OUT_DEGREE) > 0, F.col("_recip") / F.col(OUT_DEGREE)).cast("double").alias(RECIPROCITY),
+        F.when(F.col(OUT_DEGREE) > 0, F.col(_RECIP) / F.col(OUT_DEGREE)).cast("double").alias(RECIPROCITY),
         F.coalesce(growth, F.lit(0)).cast("long").alias(growth),
         F.coalesce(DEGREE, F.lit(0)).cast("long").alias(UNDIRECTED_DEGREE),
         F.coalesce(TRIANGLES, F.lit(0.0)).alias(TRIANGLES),
@@ -432,15 +523,17 @@ def graph_features(
 
     if activity is not None:
         act = activity.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *cols)
-        pairs = directed.select(t.SRC, t.DST)
+        pairs = ctx.directed.select(t.SRC, t.DST)
         # Followees of a hub-follower are keyed by the hub: salted lookup; the mean is a partial aggregation.
         followee = (
             _salted_lookup(pairs, t.DST, act, hub_ids, salt_buckets)
+            .repartition(F.col(t.SRC)).sortWithinPartitions(t.SRC, t.DST)  # floats summed in one fixed order
             .groupBy(F.col(t.SRC).alias(t.ACCOUNT_ID))
             .agg(*[F.avg(c).cast("double").alias(FOLLOWEE_MEAN + c) for c in cols])
         )
         follower = (
             _salted_lookup(pairs, t.SRC, act, hub_ids, salt_buckets)
+            .repartition(F.col(t.DST)).sortWithinPartitions(t.DST, t.SRC)  # floats summed in one fixed order
             .groupBy(F.col(t.DST).alias(t.ACCOUNT_ID))
             .agg(*[F.avg(c).cast("double").alias(FOLLOWER_MEAN + c) for c in cols])
         )
@@ -449,7 +542,7 @@ def graph_features(
     if labels is not None:
         known = latest_labels_before(labels, run_date)
         share = (
-            _salted_lookup(half, _B, known, hub_ids, salt_buckets)
+            _salted_lookup(ctx.half_edges, _B, known, hub_ids, salt_buckets)
             .groupBy(F.col(_A).alias(t.ACCOUNT_ID))
             .agg((F.sum(F.coalesce("_is_bot", F.lit(0))) / F.count(F.lit(1))).cast("double").alias(BOT_NEIGHBOR_SHARE))
         )
