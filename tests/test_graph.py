@@ -8,6 +8,8 @@ import datetime as dt
 import math
 import os
 import random
+import shutil
+import time
 
 import networkx as nx
 import pandas as pd
@@ -301,6 +303,12 @@ def test_a_shared_graph_must_match_the_run_and_its_scratch_files_go_when_the_ste
     edges = spark.createDataFrame([(1, 2, None), (2, 3, None)], "src long, dst long, created_at timestamp")
     accounts = spark.createDataFrame([(1,), (2,), (3,)], "account_id long")
     root = spark.conf.get("spark.checkpoint.dir")
+    # What a killed driver leaves: swept by the next run once a day old, not before.
+    stale, recent = (os.path.join(root, f"features-2024-05-{d}-{'ab' * 16}") for d in ("08", "09"))
+    for folder in (stale, recent):
+        os.makedirs(os.path.join(folder, "pairs"))
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
     with pytest.raises(RuntimeError, match="boom"):
         with scratch_frames(spark, warehouse, "test-scratch") as materialize:
             context = graph_context(edges, D, 10, materialize=materialize)
@@ -314,6 +322,8 @@ def test_a_shared_graph_must_match_the_run_and_its_scratch_files_go_when_the_ste
                 graph_features(None, accounts, D, context=context)
             raise RuntimeError("boom")  # a failed step still deletes its scratch files
     assert not [p for p in os.listdir(root) if p.startswith("test-scratch-")]
+    assert not os.path.exists(stale) and os.path.isdir(recent)
+    shutil.rmtree(recent)
     with pytest.raises(ValueError, match="pass the edges or a GraphContext"):
         graph_features(None, accounts, D)
 

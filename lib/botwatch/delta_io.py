@@ -6,6 +6,8 @@ step in Delta's commit metadata, so ``DESCRIBE HISTORY`` reads as a run log.
 from __future__ import annotations
 
 import json
+import re
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -93,8 +95,10 @@ def scratch_frames(spark: SparkSession, warehouse: str, label: str) -> Iterator[
     consumer (each keeps the whole lineage down to the table scans; ``cache()`` does not cut it).
     Read back from files, each consumer's plan starts at a scan; a lost executor rereads the file
     (a reliable checkpoint, unlike ``localCheckpoint``)."""
-    root = spark.conf.get("spark.checkpoint.dir", None) or f"{warehouse}/_checkpoints"
-    folder = f"{root.rstrip('/')}/{label}-{uuid.uuid4().hex}"
+    root = (spark.conf.get("spark.checkpoint.dir", None) or f"{warehouse}/_checkpoints").rstrip("/")
+    folder = f"{root}/{label}-{uuid.uuid4().hex}"
+    # A killed driver never reaches the finally below: its folder is swept by a later run.
+    _delete_stale_scratch(spark, root)
 
     def materialize(name: str, df: DataFrame) -> DataFrame:
         path = f"{folder}/{name}"
@@ -106,6 +110,24 @@ def scratch_frames(spark: SparkSession, warehouse: str, label: str) -> Iterator[
         yield materialize
     finally:
         delete_path(spark, folder)
+
+
+SCRATCH_MAX_AGE_HOURS = 24  # far longer than any step runs
+_SCRATCH_NAME = re.compile(r".+-[0-9a-f]{32}")  # <label>-<uuid hex>; Spark's own checkpoint folders have dashes
+
+
+def _delete_stale_scratch(spark: SparkSession, root: str) -> None:
+    """Delete scratch folders under ``root`` older than :data:`SCRATCH_MAX_AGE_HOURS`."""
+    jpath = spark._jvm.org.apache.hadoop.fs.Path(root)  # type: ignore[union-attr]
+    fs = jpath.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    if not fs.exists(jpath):
+        return
+    cutoff_ms = (time.time() - SCRATCH_MAX_AGE_HOURS * 3600) * 1000
+    for status in fs.listStatus(jpath):
+        path = status.getPath()
+        stale = status.getModificationTime() < cutoff_ms
+        if status.isDirectory() and stale and _SCRATCH_NAME.fullmatch(path.getName()):
+            fs.delete(path, True)
 
 
 def delete_path(spark: SparkSession, path: str) -> None:
