@@ -3,7 +3,8 @@
 Runs ``build_features`` for ``--date`` three times in one session (the first pays the JVM's JIT
 warm-up), then each part alone, forced with a ``noop`` write (a ``count`` would let Spark prune
 most columns): the activity windows, the graph features (and triangles alone), the attribute and
-neighbour features. Prints seconds and the number of Spark jobs and stages of each, and for each
+neighbour features, each with its own graph and then with one graph shared as the step shares it.
+Prints seconds and the number of Spark jobs and stages of each, and for each
 part the size of the physical plan Spark optimises: its exchanges (shuffles and broadcasts) and its
 Parquet scans per table (a table read many times is a subplan rebuilt by each consumer).
 
@@ -21,7 +22,7 @@ from common import local_spark  # bench/ is on sys.path when the script runs
 from common import timed as clock
 
 from botwatch import tables as t
-from botwatch.delta_io import read_table
+from botwatch.delta_io import read_table, scratch_frames
 from botwatch.features import activity, attributes, build, graph
 
 
@@ -79,6 +80,15 @@ def main() -> None:
     extra, _ = attributes.run_attribute_features(edges, accounts, act, day, params, reserved=[])
     if extra is not None:
         timed_noop("attribute and neighbour features", extra)
+    # As the step runs them: the graph as of D built once into scratch files, then shared.
+    with scratch_frames(spark, wh, "bench-features-step") as materialize:
+        context = timed("shared graph (written once)", lambda: graph.graph_context(
+            edges, day, knobs["hub_degree_cap"], materialize=materialize))
+        timed_noop("graph features, shared graph", graph.graph_features(
+            None, accounts, day, activity=build.neighbour_activity(act, gp), labels=labels, context=context, **knobs))
+        extra, _ = attributes.run_attribute_features(None, accounts, act, day, params, reserved=[], context=context)
+        if extra is not None:
+            timed_noop("attribute and neighbour features, shared graph", extra)
     print("\n| part | exchanges in the plan | Parquet scans per table |\n| --- | ---: | --- |")
     for name, size in sizes.items():
         print(f"| {name} | {size} |")
