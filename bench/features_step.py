@@ -31,7 +31,10 @@ def plan_size(df) -> str:
     plan = df._jdf.queryExecution().executedPlan().toString()
     exchanges = len(re.findall(r"\bExchange\b|BroadcastExchange", plan))
     broadcasts = plan.count("BroadcastExchange")
-    scans = Counter(re.findall(r"FileScan parquet .*?\[file:[^\]]*/([\w.-]+)\]", plan))
+    # Spark cuts long locations short ("..."): the step's scratch files live under the checkpoint dir.
+    locations = re.findall(r"FileScan parquet .*?Location: \w+\(\d+ paths\)\[([^\],]*)", plan)
+    scans = Counter("scratch files" if "/_checkpoints/" in loc else loc.rstrip("/").rsplit("/", 1)[-1]
+                    for loc in locations)
     per_table = ", ".join(f"{table} {n}" for table, n in scans.most_common())
     return f"{exchanges} ({broadcasts} broadcast) | {per_table}"
 
