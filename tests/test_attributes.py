@@ -53,8 +53,8 @@ def graph_frames(spark):
 
 @pytest.fixture(params=["own graph", "shared graph from scratch files"])
 def context_of(request, spark, warehouse):
-    """None (each function builds its own graph), or a function that builds the graph as the features
-    step does: once, written to scratch files that stay until the test ends."""
+    """``context_of(edges, cap)``: None (each function builds its own graph), or the graph built as the
+    features step builds it: once, written to scratch files that stay until the test ends."""
     if request.param == "own graph":
         yield lambda edges, cap: None
         return

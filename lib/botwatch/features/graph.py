@@ -27,8 +27,13 @@ Triangles use a degree-ordered method instead:
    ``C(d,2) <= k`` gets all its pairs instead (exact, not flagged as estimated). Nothing per hub
    grows with ``C(d,2)``: a hub costs ``O(d + k)`` rows.
 
-Hubs never put their whole neighbourhood in one task: aggregations use Spark's map-side partial
-aggregation, and joins keyed by a vertex salt the hubs' keys (see :func:`_salted_lookup`).
+Hubs never put their whole neighbourhood in one join task: joins keyed by a vertex salt the hubs'
+keys (see :func:`_salted_lookup`), and counts use Spark's map-side partial aggregation. The
+neighbour means are the exception on purpose: their rows are repartitioned by account and sorted
+by neighbour before the ``avg``, so the floats are summed in one fixed order whatever join
+strategy AQE picked at run time (reruns would otherwise differ in the last bits). A hub's rows
+then meet in one aggregation task, streamed from a sort that spills: time linear in its degree,
+one buffer of memory.
 
 The graph as of D (directed simple edges, undirected pairs with their directions, degrees, hub
 ids) is a :class:`GraphContext`, built once per features run by :func:`graph_context` and shared
@@ -524,7 +529,8 @@ def graph_features(
     if activity is not None:
         act = activity.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *cols)
         pairs = ctx.directed.select(t.SRC, t.DST)
-        # Followees of a hub-follower are keyed by the hub: salted lookup; the mean is a partial aggregation.
+        # Followees of a hub-follower are keyed by the hub: salted lookup. The mean sums in a fixed order
+        # (module docstring: a hub's rows meet in one task).
         followee = (
             _salted_lookup(pairs, t.DST, act, hub_ids, salt_buckets)
             .repartition(F.col(t.SRC)).sortWithinPartitions(t.SRC, t.DST)  # floats summed in one fixed order
