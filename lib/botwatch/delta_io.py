@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -118,8 +119,7 @@ _SCRATCH_NAME = re.compile(r".+-[0-9a-f]{32}")  # <label>-<uuid hex>; Spark's ow
 
 def _delete_stale_scratch(spark: SparkSession, root: str) -> None:
     """Delete scratch folders under ``root`` older than :data:`SCRATCH_MAX_AGE_HOURS`."""
-    jpath = spark._jvm.org.apache.hadoop.fs.Path(root)  # type: ignore[union-attr]
-    fs = jpath.getFileSystem(spark._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    fs, jpath = hadoop_fs(spark, root)
     if not fs.exists(jpath):
         return
     cutoff_ms = (time.time() - SCRATCH_MAX_AGE_HOURS * 3600) * 1000
@@ -132,5 +132,12 @@ def _delete_stale_scratch(spark: SparkSession, root: str) -> None:
 
 def delete_path(spark: SparkSession, path: str) -> None:
     """Delete a file or folder (recursively) on any Hadoop file system; nothing there is fine."""
+    fs, jpath = hadoop_fs(spark, path)
+    fs.delete(jpath, True)
+
+
+def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    """The Hadoop ``FileSystem`` that holds ``path`` (local, HDFS, object stores) and the path as a
+    Hadoop ``Path``, both py4j objects of the driver's JVM."""
     jpath = spark._jvm.org.apache.hadoop.fs.Path(path)  # type: ignore[union-attr]
-    jpath.getFileSystem(spark._jsc.hadoopConfiguration()).delete(jpath, True)  # type: ignore[union-attr]
+    return jpath.getFileSystem(spark._jsc.hadoopConfiguration()), jpath  # type: ignore[union-attr]

@@ -43,7 +43,7 @@ from pyspark.sql import types as T
 
 from botwatch import tables as t
 from botwatch.config import Config, warehouse_path
-from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
+from botwatch.delta_io import commit_metadata, hadoop_fs, read_table, table_exists, write_table
 
 log = logging.getLogger(__name__)
 
@@ -217,11 +217,6 @@ def _jvm(spark: SparkSession) -> Any:
     return spark._jvm
 
 
-def _hadoop_fs(spark: SparkSession, path: str):
-    jpath = _jvm(spark).org.apache.hadoop.fs.Path(path)
-    return jpath.getFileSystem(spark._jsc.hadoopConfiguration()), jpath
-
-
 def _create_exclusive(spark: SparkSession, path: str, payload: str) -> bool:
     """Create ``path`` holding ``payload`` if no file is there; whether this call created it."""
     local = _local_path(path)
@@ -234,7 +229,7 @@ def _create_exclusive(spark: SparkSession, path: str, payload: str) -> bool:
         with os.fdopen(fd, "w") as out:
             out.write(payload)
         return True
-    fs, jpath = _hadoop_fs(spark, path)
+    fs, jpath = hadoop_fs(spark, path)
     try:
         out = fs.create(jpath, False)
     except Exception as exc:  # py4j wraps Hadoop's FileAlreadyExistsException
@@ -254,7 +249,7 @@ def _read_file(spark: SparkSession, path: str) -> str | None:
                 return src.read()
         except FileNotFoundError:
             return None
-    fs, jpath = _hadoop_fs(spark, path)
+    fs, jpath = hadoop_fs(spark, path)
     if not fs.exists(jpath):
         return None
     stream = fs.open(jpath)
@@ -272,7 +267,7 @@ def _delete_file(spark: SparkSession, path: str) -> bool:
             return True
         except FileNotFoundError:
             return False
-    fs, jpath = _hadoop_fs(spark, path)
+    fs, jpath = hadoop_fs(spark, path)
     return bool(fs.delete(jpath, False))
 
 
@@ -282,7 +277,7 @@ def _touch(spark: SparkSession, path: str) -> None:
     if local is not None:
         os.utime(local)
         return
-    fs, jpath = _hadoop_fs(spark, path)
+    fs, jpath = hadoop_fs(spark, path)
     fs.setTimes(jpath, int(dt.datetime.now(dt.UTC).timestamp() * 1000), -1)
 
 
@@ -295,7 +290,7 @@ def _modified_at(spark: SparkSession, path: str) -> dt.datetime | None:
         except FileNotFoundError:
             return None
     else:
-        fs, jpath = _hadoop_fs(spark, path)
+        fs, jpath = hadoop_fs(spark, path)
         if not fs.exists(jpath):
             return None
         seconds = fs.getFileStatus(jpath).getModificationTime() / 1000
