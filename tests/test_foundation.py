@@ -54,6 +54,10 @@ def test_session_settings(spark):
     assert "DeltaSparkSessionExtension" in conf.get("spark.sql.extensions")
     assert "delta-spark_" in conf.get("spark.jars")
     assert conf.get("spark.pyspark.python") == sys.executable
+    # conf's python_call_sites (false): PySpark's Column functions skip recording their call site.
+    from pyspark.errors.utils import is_debugging_enabled
+
+    assert spark.conf.get("spark.python.sql.dataFrameDebugging.enabled") == "false" and not is_debugging_enabled()
     assert spark.sparkContext.getCheckpointDir()
     # conf's java_options reach the running JVM (the driver is the executor in local mode).
     runtime = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()

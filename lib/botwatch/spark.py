@@ -80,6 +80,8 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.executor.defaultJavaOptions": spark_conf["java_options"],
         # Delta rebuilds table state with this many partitions (default 50: slow on small tables).
         "spark.databricks.delta.snapshotPartitions": spark_conf["delta_snapshot_partitions"],
+        # PySpark's DataFrame query context (static: read once per session).
+        "spark.python.sql.dataFrameDebugging.enabled": spark_conf["python_call_sites"],
     }
     settings.update(spark_conf.get("extra_conf") or {})
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}
