@@ -606,6 +606,29 @@ def test_report_command_prints_the_path(monitored, conf):
     assert missing.exit_code == 1
 
 
+def test_approx_quantiles_equal_pysparks_own_and_numpys_within_the_error(spark):
+    """Read back from the JVM as one string: the same doubles as ``DataFrame.stat.approxQuantile``
+    (which reads them one by one), including an all-missing column and tiny/huge magnitudes."""
+    from botwatch.monitoring.drift import approx_quantiles
+
+    rng = np.random.default_rng(5)
+    pdf = pd.DataFrame({
+        "x": rng.normal(size=400), "tiny": rng.random(400) * 1e-300, "huge": rng.lognormal(300, 50, 400) * 1e-130,
+        "empty": np.full(400, np.nan), "some_null": np.where(rng.random(400) < 0.3, np.nan, rng.random(400)),
+    })
+    df = spark.createDataFrame(pdf)
+    cols, probs = list(pdf.columns), [k / 100 for k in range(1, 100)]
+    got = approx_quantiles(df, cols, probs, 1e-3)
+    assert got == df.stat.approxQuantile(cols, probs, 1e-3)
+    assert got[cols.index("empty")] == []
+    for name in ("x", "some_null"):
+        values = np.sort(pdf[name].dropna().to_numpy())
+        # Each returned quantile's rank is within the relative error (plus the rank's own rounding).
+        ranks = np.searchsorted(values, got[cols.index(name)], side="right") / len(values)
+        assert np.all(np.abs(ranks - np.array(probs)) <= 1e-3 + 1 / len(values)), name
+    assert approx_quantiles(df, [], probs, 1e-3) == []
+
+
 def test_reference_profile_of_an_all_missing_feature(spark):
     # e.g. a graph feature no account has yet on the training date: profiled, never a crash
     pdf = pd.DataFrame({"x": np.arange(50, dtype=float), "empty": np.full(50, np.nan)})

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -99,6 +101,23 @@ def binned_counts(df: DataFrame, edges: dict[str, Sequence[float]]) -> DataFrame
     )
 
 
+def approx_quantiles(df: DataFrame, cols: Sequence[str], probs: Sequence[float], relative_error: float
+                     ) -> list[list[float]]:
+    """``df.stat.approxQuantile(cols, probs, relative_error)``, read back from the JVM in one call.
+
+    PySpark reads that result element by element over Py4J, a round trip each: 178 features x 99
+    quantiles took 8-11 s of a train step here (BENCHMARKS.md). The JVM's list prints each double as
+    ``Double.toString``, which parses back to the same double (``NaN``, ``Infinity``: JSON's extensions)."""
+    if not cols:
+        return []
+    from pyspark.sql.classic.column import _to_list
+
+    sc = df.sparkSession.sparkContext
+    probabilities: list[Any] = [float(p) for p in probs]
+    found = df._jdf.stat().approxQuantile(_to_list(sc, list(cols)), _to_list(sc, probabilities), float(relative_error))
+    return json.loads(found.toString())
+
+
 def coarse_bins(quantiles: Sequence[float], edges: Sequence[float], psi_bins: int, n_quantiles: int) -> list[int]:
     """For each fine bin (and the missing bin last) the PSI bin it merges into."""
     step = n_quantiles // psi_bins
@@ -120,7 +139,7 @@ def reference_profile(
     cols = list(cols)
     probs = [k / n_quantiles for k in range(1, n_quantiles)]
     data = df.select(*[F.col(c).cast("double").alias(c) for c in cols])
-    quantiles = data.stat.approxQuantile(cols, probs, relative_error) if cols else []
+    quantiles = approx_quantiles(data, cols, probs, relative_error)
     edges: dict[str, Sequence[float]] = {c: sorted(set(q)) or [0.0] for c, q in zip(cols, quantiles, strict=True)}
     counts: dict[str, dict[int, int]] = {c: {} for c in cols}
     for row in binned_counts(data, edges).collect():
