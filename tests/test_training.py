@@ -7,6 +7,7 @@ import datetime as dt
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import copy_warehouse
 from pyspark.sql import functions as F
@@ -155,6 +156,18 @@ def test_champion_as_of_a_date_is_the_one_promoted_by_then(spark, tmp_path):
     registry.promote(spark, wh, "m", 1, "rollback")
     got = {day: registry.champion(spark, wh, "m", as_of=d + dt.timedelta(days=day)) for day in (3, 4, 8, 13)}
     assert {day: r and r[t.VERSION] for day, r in got.items()} == {3: None, 4: 1, 8: 1, 13: 1}
+
+
+def test_model_inputs_are_doubles_with_nan_for_missing(spark):
+    """Ints, longs, floats and booleans become doubles; nulls become NaN (XGBoost's missing); names
+    that need quoting keep their name."""
+    rows = [(1, 7, 0.5, True, 2.0), (None, None, None, None, None), (3, -2, float("nan"), False, -1.5)]
+    df = spark.createDataFrame(rows, "a int, b long, c float, d boolean, `odd name` double")
+    got = df.select(*as_model_input(df.columns))
+    assert [(f.name, f.dataType.simpleString()) for f in got.schema.fields] == [
+        (c, "double") for c in ("a", "b", "c", "d", "odd name")]
+    want = pd.DataFrame(rows, columns=df.columns).astype("float64")  # pandas: None -> NaN, True -> 1.0
+    pd.testing.assert_frame_equal(got.toPandas(), want)
 
 
 def test_calibrated_scores_are_computed_in_double_precision():

@@ -41,8 +41,12 @@ def feature_columns(df: DataFrame, exclude: Sequence[str] = ()) -> list[str]:
 
 
 def as_model_input(cols: Sequence[str]) -> list[Column]:
-    """Features as doubles with nulls turned into NaN (XGBoost's missing value)."""
-    return [F.coalesce(F.col(c).cast("double"), F.lit(float("nan"))).alias(c) for c in cols]
+    """Features as doubles with nulls turned into NaN (XGBoost's missing value).
+
+    Written as SQL text: one Py4J call per column, where ``coalesce(col.cast, lit).alias`` takes
+    about eight, and a run builds this for a few hundred features several times (BENCHMARKS.md)."""
+    quoted = ["`" + c.replace("`", "``") + "`" for c in cols]
+    return [F.expr(f"coalesce(cast({q} as double), cast('NaN' as double)) as {q}") for q in quoted]
 
 
 @dataclass
