@@ -58,7 +58,7 @@ from pyspark.sql import types as T
 
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, table_exists, write_table
-from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS
+from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS, named_col
 from botwatch.spark import session_conf
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,6 @@ class IngestInputError(ValueError):
 
 class IngestCountMismatch(RuntimeError):
     """Rows in != rows loaded + rows quarantined: a bug, since no row may be lost."""
-
-
-def _col(name: str) -> Column:
-    # Backticks: users' column names may contain dots or spaces.
-    return F.col("`" + name.replace("`", "``") + "`")
 
 
 def _contract_fields(table: str) -> list[T.StructField]:
@@ -282,7 +277,7 @@ def tag_rows(
         if f.name not in source_types:  # an optional column the input lacks
             raw[f.name] = cast[f.name] = F.lit(None).cast(f.dataType)
             continue
-        raw[f.name] = _col(f.name)
+        raw[f.name] = named_col(f.name)
         cast[f.name] = _try_cast(raw[f.name], source_types[f.name], f.dataType)
         try:
             df.select(cast[f.name]).schema  # noqa: B018 - analysis only: is the cast possible at all?
@@ -293,17 +288,18 @@ def tag_rows(
             ) from exc
 
     options = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
-    row_json = F.to_json(F.struct(*[_col(c) for c in df.columns if c != _CORRUPT]), options)
+    row_json = F.to_json(F.struct(*[named_col(c) for c in df.columns if c != _CORRUPT]), options)
     if _CORRUPT in df.columns:
         # A malformed line's fields are not its columns: keep the line itself.
-        row_json = F.when(_col(_CORRUPT).isNotNull(), F.to_json(F.struct(_col(_CORRUPT)), options)).otherwise(row_json)
+        corrupt = named_col(_CORRUPT)
+        row_json = F.when(corrupt.isNotNull(), F.to_json(F.struct(corrupt), options)).otherwise(row_json)
     malformed = f"{_P}malformed"
     rows = df.select(
         row_json.alias(_JSON),
-        (_col(_CORRUPT).isNotNull() if _CORRUPT in df.columns else F.lit(False)).alias(malformed),
+        (named_col(_CORRUPT).isNotNull() if _CORRUPT in df.columns else F.lit(False)).alias(malformed),
         *[raw[f.name].alias(f"{_P}raw_{f.name}") for f in fields],
         *[cast[f.name].alias(f.name) for f in fields],
-        *[_col(c) for c in kept],
+        *[named_col(c) for c in kept],
     )
     raw_of = {f.name: F.col(f"{_P}raw_{f.name}") for f in fields}
 
@@ -353,7 +349,7 @@ def good_rows(tagged: DataFrame, table: str) -> DataFrame:
     contract = {f.name for f in fields}
     extras = [c for c in tagged.columns if c not in contract and not c.startswith(_P)]
     cols = [_non_null(F.to_date(F.col(t.EVENT_TS)) if f.name == t.EVENT_DATE else F.col(f.name), f) for f in fields]
-    return tagged.where(F.col(_REASON).isNull()).select(*cols, *[_col(c) for c in extras])
+    return tagged.where(F.col(_REASON).isNull()).select(*cols, *[named_col(c) for c in extras])
 
 
 def quarantine_rows(tagged: DataFrame, table: str, run_date: date) -> DataFrame:
@@ -499,20 +495,20 @@ def _numeric_csv_extras(df: DataFrame) -> DataFrame:
         return df
     aggs = []
     for i, c in enumerate(extras):
-        present = _col(c).isNotNull()
+        present = named_col(c).isNotNull()
         aggs += [
-            F.count(_col(c)).alias(f"n{i}"),
-            F.count(F.when(present & _col(c).try_cast("double").isNull(), 1)).alias(f"d{i}"),
-            F.count(F.when(present & _col(c).try_cast("boolean").isNull(), 1)).alias(f"b{i}"),
+            F.count(named_col(c)).alias(f"n{i}"),
+            F.count(F.when(present & named_col(c).try_cast("double").isNull(), 1)).alias(f"d{i}"),
+            F.count(F.when(present & named_col(c).try_cast("boolean").isNull(), 1)).alias(f"b{i}"),
         ]
     stats = df.agg(*aggs).first()
     assert stats is not None
     typed = {}
     for i, c in enumerate(extras):
         if stats[f"n{i}"] and not stats[f"d{i}"]:
-            typed[c] = _col(c).cast("double")
+            typed[c] = named_col(c).cast("double")
         elif stats[f"n{i}"] and not stats[f"b{i}"]:
-            typed[c] = _col(c).cast("boolean")
+            typed[c] = named_col(c).cast("boolean")
     return df.withColumns(typed) if typed else df
 
 

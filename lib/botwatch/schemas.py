@@ -1,7 +1,8 @@
 """Spark schemas of the input contract and the check run where stages meet."""
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
@@ -80,6 +81,17 @@ REQUIRED_COLUMNS = {
 
 class SchemaMismatchError(ValueError):
     """A DataFrame handed from one stage to the next lacks columns or has the wrong types."""
+
+
+def quoted(name: str) -> str:
+    """``name`` as a Spark SQL identifier: backticked, so a name with dots or spaces (users' columns) is
+    read whole."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+def named_col(name: str) -> Column:
+    """The column called ``name``, whatever characters it holds."""
+    return F.col(quoted(name))
 
 
 def require_columns(df: DataFrame, required: dict[str, T.DataType] | tuple[str, ...], where: str) -> DataFrame:

@@ -86,7 +86,7 @@ from pyspark.sql import types as T
 
 from botwatch import tables as t
 from botwatch.features import graph
-from botwatch.schemas import ACCOUNTS_SCHEMA, require_columns
+from botwatch.schemas import ACCOUNTS_SCHEMA, named_col, require_columns
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,6 @@ def nbr_col(direction: str, agg: str, name: str) -> str:
 def nbr_columns(names: Sequence[str]) -> list[str]:
     """Every neighbour-aggregate column for value columns ``names``, in output order."""
     return [nbr_col(d, a, n) for n in names for d in DIRECTIONS for a in AGGREGATES]
-
-
-def _col(name: str) -> Column:
-    return F.col("`" + name.replace("`", "``") + "`")
 
 
 @dataclass
@@ -222,7 +218,7 @@ def attribute_features(accounts: DataFrame, selection: AttributeSelection) -> Da
     require_columns(accounts, (t.ACCOUNT_ID, *selection.columns), "account attributes")
     return accounts.select(
         F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID),
-        *[attribute_values(_col(src)).alias(feat) for src, feat in selection.columns.items()],
+        *[attribute_values(named_col(src)).alias(feat) for src, feat in selection.columns.items()],
     )
 
 
@@ -310,7 +306,8 @@ def neighbor_distributions(
     require_columns(accounts, (t.ACCOUNT_ID,), "neighbour distributions (accounts)")
     require_columns(values, (t.ACCOUNT_ID, *columns), "neighbour distributions (values)")
     vals = values.select(
-        F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *[attribute_values(_col(c)).alias(c) for c in columns]
+        F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID),
+        *[attribute_values(named_col(c)).alias(c) for c in columns],
     )
     ctx = graph.resolve_context(context, edges, run_date, hub_degree_cap)
     pairs, hub_ids = ctx.pairs, ctx.hub_ids
@@ -338,10 +335,10 @@ def neighbor_distributions(
     aggs = [F.sum(F.col(_OUT).cast("int")).alias("_n_out"), F.sum(F.col(_IN).cast("int")).alias("_n_in"),
             F.count(F.lit(1)).alias("_n_all"),
             F.collect_list(F.when(keep, F.struct(*[keeps[d].alias(_keep(d)) for d in DIRECTIONS],
-                                                 *[_col(c) for c in columns]))).alias(_SAMPLE)]
+                                                 *[named_col(c) for c in columns]))).alias(_SAMPLE)]
     for c in columns:
         for d in DIRECTIONS:
-            aggs += _direction_aggs(_col(c), masks[d], d, c)
+            aggs += _direction_aggs(named_col(c), masks[d], d, c)
     # Floats summed in one fixed order: rows by (account, neighbour) within their account's partition,
     # whatever join strategy brought them (AQE picks it at run time).
     rows = rows.repartition(F.col(_A)).sortWithinPartitions(_A, _B)

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
+from botwatch.schemas import quoted
 from botwatch.spark import session_conf
 
 VALIDATION_FLAG = "_is_validation"
@@ -45,8 +46,7 @@ def as_model_input(cols: Sequence[str]) -> list[Column]:
 
     Written as SQL text: one Py4J call per column, where ``coalesce(col.cast, lit).alias`` takes
     about eight, and a run builds this for a few hundred features several times (BENCHMARKS.md)."""
-    quoted = ["`" + c.replace("`", "``") + "`" for c in cols]
-    return [F.expr(f"coalesce(cast({q} as double), cast('NaN' as double)) as {q}") for q in quoted]
+    return [F.expr(f"coalesce(cast({q} as double), cast('NaN' as double)) as {q}") for q in map(quoted, cols)]
 
 
 @dataclass
