@@ -27,10 +27,7 @@ from botwatch.delta_io import table_exists
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from tests.conftest import PLATFORM_DAYS, PLATFORM_FEATURE_OFFSETS, PLATFORM_SETTINGS, PLATFORM_START  # noqa: E402
-
-# tests/test_cascade.py's cascade fixture: one small heavy member.
-TRAIN_SETTINGS = ["heavy.epochs=8", "heavy.batch_size=32", "heavy.max_len=48", "heavy.seq_hidden=32",
-                  "heavy.num_threads=1", "heavy.ensemble=1", "cascade.budget=0.10", "cascade.quantize_cpu=false"]
+from tests.helpers import CASCADE_TRAIN_SETTINGS  # noqa: E402
 
 
 class CallCounter:
@@ -79,7 +76,7 @@ def main() -> None:
             target = f"{wh}_train"  # a fresh copy: each run trains as the first one did
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(wh, target)
-            step_conf = conf.with_overrides([f"warehouse={target}", *TRAIN_SETTINGS])
+            step_conf = conf.with_overrides([f"warehouse={target}", *CASCADE_TRAIN_SETTINGS])
         with CallCounter() as counter:
             t0 = time.perf_counter()
             getattr(steps, f"{args.step}_step")(spark, step_conf, dates[-1])

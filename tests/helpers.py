@@ -23,6 +23,13 @@ DAG_TEST_TIMEOUT_S = 3600
 # A test that waits for that run, when run alone, also waits for the platform it starts from.
 DAG_WAIT_TIMEOUT_S = DAG_TEST_TIMEOUT_S + 1800
 
+# The cascade trained small on the test platform (test_cascade's fixture, bench/driver_calls.py). One heavy
+# member: ensembles are scored in test_stage2_worker; four would quadruple this training.
+CASCADE_TRAIN_SETTINGS = [
+    "heavy.epochs=8", "heavy.batch_size=32", "heavy.max_len=48", "heavy.seq_hidden=32", "heavy.num_threads=1",
+    "heavy.ensemble=1", "cascade.budget=0.10", "cascade.quantize_cpu=false",
+]
+
 # dag.test() for the logical date in argv[1]; prints the run's and each task's state as JSON.
 DAG_TEST = r"""
 import json, sys, pendulum

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from delta.tables import DeltaTable
-from helpers import copy_warehouse
+from helpers import CASCADE_TRAIN_SETTINGS, copy_warehouse
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -429,12 +429,7 @@ def cascade(spark, platform, tmp_path_factory):
     refreshed as its student and the flag threshold chosen for the pair."""
     pconf, dates = platform
     warehouse = copy_warehouse(warehouse_path(pconf), tmp_path_factory.mktemp("cascade") / "wh")
-    cconf = pconf.with_overrides([
-        f"warehouse={warehouse}", "heavy.epochs=8", "heavy.batch_size=32", "heavy.max_len=48",
-        # One member: ensembles are scored in test_stage2_worker; four would quadruple this training.
-        "heavy.seq_hidden=32", "heavy.num_threads=1", "heavy.ensemble=1", "cascade.budget=0.10",
-        "cascade.quantize_cpu=false",
-    ])
+    cconf = pconf.with_overrides([f"warehouse={warehouse}", *CASCADE_TRAIN_SETTINGS])
     day = dates[-1]
     # Counted: the heavy model and stage 1 of one run date share one canary (TrainingContext).
     with mock.patch("botwatch.training.fit_canary", wraps=training.fit_canary) as canary_fit:
