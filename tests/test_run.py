@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -273,6 +274,58 @@ def test_skip_logic_reruns_exactly_what_changed(spark, fake_pipeline):
     log = read_table(spark, wh, t.RUN_LOG).toPandas()
     assert sorted(log["step"]) == ["_run", "a", "b"]
     assert nightly.date_finished(spark, wh, D)
+
+
+def test_a_conf_change_reruns_the_steps_that_read_it(spark, fake_pipeline, monkeypatch):
+    conf, calls, _ = fake_pipeline
+    wh = conf["warehouse"]
+    monkeypatch.setattr(nightly, "STEP_IO", {
+        "a": nightly.StepIO((IN,), (MID,), (MID, t.RUN_DATE), conf=("validate",)),
+        "b": nightly.StepIO((MID,), (OUT,), (OUT, t.RUN_DATE), conf=("monitoring.review_budget", "cascade")),
+    })
+    run = lambda c: statuses(nightly.run_steps(spark, c, D, echo=lambda _: None))  # noqa: E731
+    done, both = {"a": "skipped", "b": "skipped"}, {"a": "ok", "b": "ok"}
+
+    assert run(conf) == both and run(conf) == done
+    # A knob neither step reads, and one that only changes how fast b runs: nothing reruns.
+    assert run(conf.with_overrides(["run.lock_heartbeat_seconds=5", "cascade.batch_size=7"])) == done
+    # b's knobs: b reruns alone (a's output is unchanged); going back reruns it again.
+    assert run(conf.with_overrides(["monitoring.review_budget=7"])) == {"a": "skipped", "b": "ok"}
+    assert run(conf.with_overrides(["cascade.budget=0.5"])) == {"a": "skipped", "b": "ok"}
+    assert run(conf) == {"a": "skipped", "b": "ok"}
+    # a's section: a reruns and rewrites MID, so b reruns too.
+    changed = conf.with_overrides(["validate.max_bad_share=0.3"])
+    assert run(changed) == both
+    assert calls == ["a", "b", "b", "b", "b", "a", "b"]
+    # Backfill: D finished with `changed`, so under `conf` it is not done; the rerun redoes a, then b.
+    assert nightly.date_finished(spark, wh, D, changed) and not nightly.date_finished(spark, wh, D, conf)
+    assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "done"}
+    assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "already done"}
+    assert calls[7:] == ["a", "b"]
+    # A row logged before fingerprints were kept has none: its step reruns once, then skips.
+    logged = nightly.log_rows(spark, wh, D)
+    logged["b"]["input_versions"].pop(nightly.CONF_KEY)
+    nightly.write_log(spark, wh, D, logged)
+    assert run(conf) == {"a": "skipped", "b": "ok"} and run(conf) == done
+
+
+def test_conf_fingerprint_is_stable_across_processes_and_ignores_speed_knobs(conf):
+    keys = ["features", "cascade", "train.golden_salt"]
+    here = nightly.conf_fingerprint(conf, keys)
+    # Another interpreter with another string-hash seed gets the same value (it is stored in run_log).
+    code = ("import json, sys; from botwatch.config import Config; from botwatch import nightly; "
+            f"print(nightly.conf_fingerprint(Config(json.load(sys.stdin), []), {keys!r}))")
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    other = subprocess.run([sys.executable, "-c", code], input=json.dumps(conf.to_dict(), default=str),
+                           capture_output=True, text=True, check=True, env=env)
+    assert int(other.stdout.strip()) == here and -2**63 <= here < 2**63
+    speed = conf.with_overrides(["features.graph.salt_buckets=3", "cascade.partitions=9", "cascade.device=cpu"])
+    assert nightly.conf_fingerprint(speed, keys) == here
+    for setting in ("features.graph.hub_seed=5", "features.windows=[1, 7]", "cascade.budget=0.2",
+                    "train.golden_salt=other"):
+        assert nightly.conf_fingerprint(conf.with_overrides([setting]), keys) != here, setting
+    # Every conf key the real steps name exists (a typo would fail every run).
+    assert isinstance(nightly.run_conf_fingerprint(conf), int)
 
 
 def test_failed_step_resumes_from_where_it_stopped(spark, fake_pipeline):

@@ -2,9 +2,11 @@
 
 * **Skip logic.** After each step the ``run_log`` Delta table (one row per run_date + step; the
   run rewrites D's partition, which its lock makes its own) records the Delta versions of the
-  step's input tables. A step is skipped when its log row says ``ok``, its output for D is there,
-  and none of its inputs had a data-changing commit since (OPTIMIZE and VACUUM commits do not
-  count). So a failed run resumes where it stopped, and a rerun of a finished date does nothing.
+  step's input tables and a fingerprint of the conf it reads (:attr:`StepIO.conf`). A step is
+  skipped when its log row says ``ok``, its output for D is there, none of its inputs had a
+  data-changing commit since (OPTIMIZE and VACUUM commits do not count) and its conf is the same
+  (knobs in :data:`SPEED_ONLY_KEYS` aside). So a failed run resumes where it stopped, a rerun of a
+  finished date does nothing, and a rerun after a conf change redoes the steps that read it.
   ``force=True`` runs every step again.
 * **Run log in the tables.** Every step runs inside :func:`botwatch.delta_io.commit_metadata`, so
   each Delta commit carries ``{"run_date", "step"}`` and ``DESCRIBE HISTORY`` reads as a run log.
@@ -27,6 +29,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -68,33 +71,49 @@ RUN_LOG_SCHEMA = T.StructType(
 )
 
 
+# The run log's ``input_versions`` entry that holds the fingerprint of a step's conf (no table starts with "_").
+CONF_KEY = "_conf"
+# Knobs that change how fast a step runs, not what it writes: a change to them reruns nothing.
+SPEED_ONLY_KEYS = frozenset({
+    "features.graph.salt_buckets", "heavy.device", "heavy.num_threads", "cascade.batch_size", "cascade.device",
+    "cascade.torch_threads", "cascade.partitions", "cascade.embedding_cache",
+})
+
+
 @dataclass(frozen=True)
 class StepIO:
     """The tables a step reads (its skip key) and writes; ``output`` is (table, date column) of
-    its output for D, checked before a skip (None: the run log row is the output)."""
+    its output for D, checked before a skip (None: the run log row is the output); ``conf`` the
+    conf sections or dotted keys its output depends on (also its skip key)."""
 
     inputs: tuple[str, ...]
     writes: tuple[str, ...]
     output: tuple[str, str] | None = None
+    conf: tuple[str, ...] = ()
 
 
+# Scoring reads the golden set's definition from train (botwatch.steps._scoring_params).
+_SCORING_CONF = ("scoring", "train.golden_share", "train.golden_salt")
 # The drift alert train reads is the previous date's (metrics of D are written later in the run),
 # so ``metrics`` is not one of train's inputs: otherwise monitor(D) would invalidate train(D).
 STEP_IO: dict[str, StepIO] = {
-    "validate": StepIO((t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS), (t.QUARANTINE, t.EVENTS, t.EDGES, t.LABELS)),
+    "validate": StepIO((t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS), (t.QUARANTINE, t.EVENTS, t.EDGES, t.LABELS),
+                       conf=("validate",)),
     "activity": StepIO((t.ACCOUNTS, t.EVENTS), (t.ACTIVITY_DAILY,), (t.ACTIVITY_DAILY, t.DAY)),
     "features": StepIO(
         (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS, t.ACTIVITY_DAILY), (t.ACTIVITY_DAILY, t.FEATURES),
-        (t.FEATURES, t.RUN_DATE),
+        (t.FEATURES, t.RUN_DATE), conf=("features",),
     ),
-    "train": StepIO((t.FEATURES, t.LABELS, t.MODEL_REGISTRY), (t.MODEL_REGISTRY,)),
-    "score_stage1": StepIO((t.FEATURES, t.MODEL_REGISTRY), (t.SCORES,), (t.SCORES, t.RUN_DATE)),
+    "train": StepIO((t.FEATURES, t.LABELS, t.MODEL_REGISTRY), (t.MODEL_REGISTRY,), conf=("train", "heavy", "cascade")),
+    "score_stage1": StepIO((t.FEATURES, t.MODEL_REGISTRY), (t.SCORES,), (t.SCORES, t.RUN_DATE),
+                           conf=(*_SCORING_CONF, "cascade.enabled", "cascade.budget")),
     "score_stage2": StepIO(
         (t.SCORES, t.FEATURES, t.EVENTS, t.EDGES, t.MODEL_REGISTRY), (t.SCORES, t.EMBEDDING_CACHE),
-        (t.SCORES, t.RUN_DATE),
+        (t.SCORES, t.RUN_DATE), conf=(*_SCORING_CONF, "cascade"),
     ),
     "publish": StepIO((t.SCORES,), (t.SCORES_LATEST,)),
-    "monitor": StepIO((t.SCORES, t.FEATURES, t.LABELS, t.MODEL_REGISTRY), (t.METRICS, t.DRIFT, t.REVIEW_QUEUE)),
+    "monitor": StepIO((t.SCORES, t.FEATURES, t.LABELS, t.MODEL_REGISTRY), (t.METRICS, t.DRIFT, t.REVIEW_QUEUE),
+                      conf=("monitoring",)),
 }
 
 # A step waits when the step it needs is waiting (nothing was scored: nothing to publish or monitor).
@@ -114,6 +133,31 @@ def _waiting_errors() -> tuple[type[Exception], ...]:
     from botwatch.training import NotEnoughLabelsError
 
     return (NotEnoughLabelsError, NoChampionError)
+
+
+# ---------------------------------------------------------------- what a step's output depends on
+
+
+def conf_fingerprint(conf: Config, keys: Sequence[str]) -> int:
+    """A 64-bit fingerprint of the conf values under ``keys`` (sections or dotted keys), leaving out
+    :data:`SPEED_ONLY_KEYS`; stored in the run log, so it must not change between Python processes."""
+    values = {key: _without_speed_only(key, conf[key]) for key in keys}
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _without_speed_only(key: str, value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    return {k: _without_speed_only(f"{key}.{k}", v) for k, v in value.items() if f"{key}.{k}" not in SPEED_ONLY_KEYS}
+
+
+def run_conf_fingerprint(conf: Config) -> int:
+    """The fingerprint of every conf key a step of the whole run reads (kept in the ``_run`` row)."""
+    from botwatch import steps as step_fns
+
+    keys = dict.fromkeys(k for s in step_fns.RUN_ORDER for k in STEP_IO[s].conf)
+    return conf_fingerprint(conf, list(keys))
 
 
 # ---------------------------------------------------------------- table versions
@@ -192,10 +236,13 @@ def write_log(spark: SparkSession, warehouse: str, run_date: dt.date, rows: dict
                     replace_where=f"{t.RUN_DATE} = DATE'{run_date.isoformat()}'")
 
 
-def date_finished(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
-    """Whether a whole run of D has finished (its ``_run`` log row is ok)."""
+def date_finished(spark: SparkSession, warehouse: str, run_date: dt.date, conf: Config | None = None) -> bool:
+    """Whether a whole run of D has finished (its ``_run`` log row is ok) and, when ``conf`` is
+    given, with the same conf (:func:`run_conf_fingerprint`)."""
     row = log_rows(spark, warehouse, run_date).get(RUN_STEP)
-    return row is not None and row["status"] == STATUS_OK
+    if row is None or row["status"] != STATUS_OK:
+        return False
+    return conf is None or (row["input_versions"] or {}).get(CONF_KEY) == run_conf_fingerprint(conf)
 
 
 # ---------------------------------------------------------------- the lock
@@ -400,13 +447,27 @@ def _input_versions(spark: SparkSession, warehouse: str, tables: Sequence[str]) 
     return {table: table_version(spark, warehouse, table) for table in tables}
 
 
-def should_skip(spark: SparkSession, warehouse: str, step: str, run_date: dt.date, logged: dict | None) -> bool:
-    """Skip ``step`` for D: logged ok, its output for D present, no input changed since."""
+def step_versions(spark: SparkSession, warehouse: str, conf: Config, step: str,
+                  tables: Sequence[str]) -> dict[str, int]:
+    """The skip key a step's log row keeps: ``tables``' Delta versions and its conf's fingerprint."""
+    io = STEP_IO[step]
+    versions = _input_versions(spark, warehouse, tables)
+    return {**versions, CONF_KEY: conf_fingerprint(conf, io.conf)} if io.conf else versions
+
+
+def should_skip(spark: SparkSession, warehouse: str, conf: Config, step: str, run_date: dt.date,
+                logged: dict | None) -> bool:
+    """Skip ``step`` for D: logged ok, its output for D present, no input changed since, same conf.
+
+    A row logged before conf fingerprints were kept has none: the step reruns once."""
     if logged is None or logged["status"] != STATUS_OK:
         return False
     io = STEP_IO[step]
-    recorded = logged["input_versions"] or {}
+    recorded = dict(logged["input_versions"] or {})
+    logged_conf = recorded.pop(CONF_KEY, None)
     if set(recorded) != set(io.inputs):
+        return False
+    if io.conf and logged_conf != conf_fingerprint(conf, io.conf):
         return False
     if not output_present(spark, warehouse, io.output, run_date):
         return False
@@ -449,9 +510,9 @@ def run_steps(
                 results[step] = {"status": STATUS_WAITING, "reason": f"{needed} is waiting", "seconds": 0.0}
                 echo(f"  {step:13s} waiting ({needed} is waiting)")
                 continue
-            if not force and should_skip(spark, warehouse, step, run_date, logged.get(step)):
+            if not force and should_skip(spark, warehouse, conf, step, run_date, logged.get(step)):
                 results[step] = {"status": "skipped", "seconds": time.perf_counter() - t0}
-                echo(f"  {step:13s} skipped (done, inputs unchanged)")
+                echo(f"  {step:13s} skipped (done, inputs and conf unchanged)")
                 continue
             # This step changes D's tables: until it logs again, neither it nor D counts as done. Stored
             # before it runs: a step that fails after some of its writes must leave no "ok" of its own (it
@@ -459,7 +520,7 @@ def run_steps(
             if [logged.pop(s) for s in (RUN_STEP, step) if s in logged]:
                 write_log(spark, warehouse, run_date, logged)
             io = STEP_IO[step]
-            before = _input_versions(spark, warehouse, io.inputs)
+            before = step_versions(spark, warehouse, conf, step, io.inputs)
             started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
             try:
                 with commit_metadata(spark, step=step, run_date=run_date.isoformat()):
@@ -480,24 +541,27 @@ def run_steps(
             summary = {s: r["status"] for s, r in results.items()}
             # A run with a waiting step is not finished: backfill comes back to it (its done steps skip).
             status = STATUS_WAITING if STATUS_WAITING in summary.values() else STATUS_OK
-            logged[RUN_STEP] = log_row(run_date, RUN_STEP, status, {}, summary, run_id, started_run)
+            logged[RUN_STEP] = log_row(run_date, RUN_STEP, status, {CONF_KEY: run_conf_fingerprint(conf)}, summary,
+                                       run_id, started_run)
             write_log(spark, warehouse, run_date, logged)
-        elif RUN_STEP not in logged and finished_by_steps(spark, warehouse, run_date, logged):
+        elif RUN_STEP not in logged and finished_by_steps(spark, warehouse, conf, run_date, logged):
             # Run one step at a time (the DAG's tasks, `botwatch score`): D is finished once every step is.
             summary = {s: STATUS_OK for s in step_fns.RUN_ORDER}
-            logged[RUN_STEP] = log_row(run_date, RUN_STEP, STATUS_OK, {}, summary, run_id, started_run)
+            logged[RUN_STEP] = log_row(run_date, RUN_STEP, STATUS_OK, {CONF_KEY: run_conf_fingerprint(conf)}, summary,
+                                       run_id, started_run)
             write_log(spark, warehouse, run_date, logged)
     return results
 
 
-def finished_by_steps(spark: SparkSession, warehouse: str, run_date: dt.date, logged: dict) -> bool:
-    """Whether every step of the run is logged ok for D and still current: its output there and
-    none of its inputs changed since (a step rerun alone, with --force, leaves the ones after it stale)."""
+def finished_by_steps(spark: SparkSession, warehouse: str, conf: Config, run_date: dt.date, logged: dict) -> bool:
+    """Whether every step of the run is logged ok for D and still current: its output there, its conf
+    the same and none of its inputs changed since (a step rerun alone, with --force, leaves the ones
+    after it stale)."""
     from botwatch import steps as step_fns
 
     if any(logged.get(s, {}).get("status") != STATUS_OK for s in step_fns.RUN_ORDER):
         return False  # cheap first: no table versions read until every step has run
-    return all(should_skip(spark, warehouse, s, run_date, logged[s]) for s in step_fns.RUN_ORDER)
+    return all(should_skip(spark, warehouse, conf, s, run_date, logged[s]) for s in step_fns.RUN_ORDER)
 
 
 def backfill(
@@ -534,7 +598,7 @@ def backfill(
         task = bar.add_task(str(start), total=len(dates))
         for day in dates:
             bar.update(task, description=str(day))
-            if not force and steps is None and date_finished(spark, warehouse, day):
+            if not force and steps is None and date_finished(spark, warehouse, day, conf):
                 outcome[day] = "already done"
                 echo(f"{day}: already done, skipped")
             else:
