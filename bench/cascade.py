@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_inputs(args, conf) -> None:
@@ -94,7 +94,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from conftest import PLATFORM_SETTINGS, TEST_SETTINGS
+    from tests.conftest import TEST_SETTINGS
+    from tests.helpers import PLATFORM_SETTINGS
 
     from botwatch import tables as t
     from botwatch.cascade import choose_flag_threshold

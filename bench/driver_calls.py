@@ -11,7 +11,6 @@ fixture's small heavy model) and prints each run's seconds and Py4J calls (every
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import shutil
@@ -26,8 +25,12 @@ from botwatch import tables as t
 from botwatch.delta_io import table_exists
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tests.conftest import PLATFORM_DAYS, PLATFORM_FEATURE_OFFSETS, PLATFORM_SETTINGS, PLATFORM_START  # noqa: E402
-from tests.helpers import CASCADE_TRAIN_SETTINGS  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    CASCADE_TRAIN_SETTINGS,
+    PLATFORM_FEATURE_DATES,
+    PLATFORM_SETTINGS,
+    write_test_platform,
+)
 
 
 class CallCounter:
@@ -61,14 +64,9 @@ def main() -> None:
     wh = args.warehouse.rstrip("/")
     spark, conf = local_spark(wh, "bench-driver-calls", driver_memory="4g", shuffle_partitions=4,
                               overrides=[*PLATFORM_SETTINGS, f"spark.python_call_sites={args.call_sites}"])
-    dates = [PLATFORM_START + dt.timedelta(days=d) for d in PLATFORM_FEATURE_OFFSETS]
+    dates = PLATFORM_FEATURE_DATES
     if not table_exists(spark, wh, t.ACCOUNTS):
-        from botwatch.simulate import write_platform
-
-        write_platform(spark, wh, accounts=2000, days=PLATFORM_DAYS, seed=11, start_date=PLATFORM_START,
-                       params=conf.section("simulate"))
-        for day in dates:
-            steps.features_step(spark, conf, day)
+        write_test_platform(spark, conf, dates)
     runs = []
     for run in range(args.runs):
         step_conf, target = conf, wh

@@ -25,8 +25,7 @@ from botwatch import tables as t
 from botwatch.delta_io import read_table, table_exists
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from tests.conftest import PLATFORM_DAYS, PLATFORM_FEATURE_OFFSETS, PLATFORM_SETTINGS, PLATFORM_START  # noqa: E402
-from tests.helpers import canonical_rows  # noqa: E402
+from tests.helpers import PLATFORM_FEATURE_DATES, PLATFORM_SETTINGS, canonical_rows, write_test_platform  # noqa: E402
 
 
 def partition_rows(spark, warehouse: str, day: dt.date):
@@ -43,14 +42,9 @@ def main() -> None:
     wh = args.warehouse
     spark, conf = local_spark(wh, "bench-features-reruns", driver_memory="4g", shuffle_partitions=4,
                               overrides=[*PLATFORM_SETTINGS, *args.set])
-    dates = [PLATFORM_START + dt.timedelta(days=d) for d in PLATFORM_FEATURE_OFFSETS]
+    dates = PLATFORM_FEATURE_DATES
     if not table_exists(spark, wh, t.ACCOUNTS):
-        from botwatch.simulate import write_platform
-
-        write_platform(spark, wh, accounts=2000, days=PLATFORM_DAYS, seed=11, start_date=PLATFORM_START,
-                       params=conf.section("simulate"))
-        for day in dates[:-1]:
-            steps.features_step(spark, conf, day)
+        write_test_platform(spark, conf, dates[:-1])
     first = None
     for run in range(args.runs):
         t0 = time.perf_counter()

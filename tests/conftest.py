@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from tests.helpers import PLATFORM_FEATURE_DATES, PLATFORM_SETTINGS, write_test_platform
 
 from botwatch.config import load_config
 from botwatch.spark import get_spark
@@ -70,39 +71,17 @@ def test_conf(conf, warehouse):
     return conf.with_overrides([f"warehouse={warehouse}"])
 
 
-# ---- a small simulated platform with features, shared by the model tests ----
-PLATFORM_START = __import__("datetime").date(2026, 1, 5)
-PLATFORM_DAYS = 14
-# Feature runs every few days are enough for point-in-time training rows.
-PLATFORM_FEATURE_OFFSETS = (3, 6, 9, 13)
-PLATFORM_SETTINGS = [
-    "simulate.labels.investigator_per_week_per_100k=6000",  # enough labels on 2,000 accounts
-    "train.min_train_rows=30",
-    "train.valid_days=4",
-    "train.n_bootstrap=50",
-]
-
-
 @pytest.fixture(scope="session")
 def platform(spark, conf, tmp_path_factory, request):
-    """(conf, run dates): 2,000 simulated accounts x 14 days with features on a few dates.
+    """(conf, run dates): 2,000 simulated accounts x 14 days with features on a few dates
+    (:func:`tests.helpers.write_test_platform`).
 
     When the session has tests that need ``dag_run``, its Airflow run starts here, in the
     background, on a copy taken now (see :func:`dag_run`)."""
-    import datetime as dt
-
-    from botwatch import steps
-    from botwatch.simulate import write_platform
-
     warehouse = str(tmp_path_factory.mktemp("platform"))
     pconf = conf.with_overrides([f"warehouse={warehouse}", *PLATFORM_SETTINGS])
-    write_platform(
-        spark, warehouse, accounts=2000, days=PLATFORM_DAYS, seed=11, start_date=PLATFORM_START,
-        params=pconf.section("simulate"),
-    )
-    dates = [PLATFORM_START + dt.timedelta(days=d) for d in PLATFORM_FEATURE_OFFSETS]
-    for day in dates:
-        steps.features_step(spark, pconf, day)
+    write_test_platform(spark, pconf)
+    dates = list(PLATFORM_FEATURE_DATES)
     if any(map(_needs_dag_run, request.session.items)):
         run = _start_dag_run(pconf, dates[-1], tmp_path_factory)
         request.addfinalizer(run.join)  # never leave spark-submits running after the session

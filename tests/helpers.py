@@ -5,12 +5,14 @@ the user's ~/airflow): so every Airflow call runs in a fresh interpreter with :f
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +24,33 @@ JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
 DAG_TEST_TIMEOUT_S = 3600
 # A test that waits for that run, when run alone, also waits for the platform it starts from.
 DAG_WAIT_TIMEOUT_S = DAG_TEST_TIMEOUT_S + 1800
+
+# ---- the small simulated platform the model tests share (conftest's ``platform``; two benches build it too) ----
+PLATFORM_START = dt.date(2026, 1, 5)
+PLATFORM_DAYS = 14
+# Feature runs every few days are enough for point-in-time training rows.
+PLATFORM_FEATURE_OFFSETS = (3, 6, 9, 13)
+PLATFORM_FEATURE_DATES = [PLATFORM_START + dt.timedelta(days=d) for d in PLATFORM_FEATURE_OFFSETS]
+PLATFORM_SETTINGS = [
+    "simulate.labels.investigator_per_week_per_100k=6000",  # enough labels on 2,000 accounts
+    "train.min_train_rows=30",
+    "train.valid_days=4",
+    "train.n_bootstrap=50",
+]
+
+
+def write_test_platform(spark, conf, feature_dates: Sequence[dt.date] = PLATFORM_FEATURE_DATES) -> None:
+    """The test platform in ``conf``'s warehouse (``conf`` carries :data:`PLATFORM_SETTINGS`): 2,000
+    simulated accounts x :data:`PLATFORM_DAYS` days, then the features step on ``feature_dates``."""
+    from botwatch import steps
+    from botwatch.config import warehouse_path
+    from botwatch.simulate import write_platform
+
+    write_platform(spark, warehouse_path(conf), accounts=2000, days=PLATFORM_DAYS, seed=11,
+                   start_date=PLATFORM_START, params=conf.section("simulate"))
+    for day in feature_dates:
+        steps.features_step(spark, conf, day)
+
 
 # The cascade trained small on the test platform (test_cascade's fixture, bench/driver_calls.py). One heavy
 # member: ensembles are scored in test_stage2_worker; four would quadruple this training.
