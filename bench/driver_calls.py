@@ -1,7 +1,7 @@
 """How much of a step is the driver talking to the JVM: Py4J round trips and seconds per run.
 
 On the test platform (2,000 accounts x 14 days, the tests' settings, seed 11; simulated into ``--warehouse``
-with its first three feature dates when it has no accounts table), one fresh JVM runs ``--step`` for the last
+with features on its four feature dates when it has no accounts table), one fresh JVM runs ``--step`` for the last
 feature date ``--runs`` times (the train step on a fresh copy of the warehouse each time, with the cascade
 fixture's small heavy model) and prints each run's seconds and Py4J calls (every command the driver sent).
 ``--call-sites true`` turns PySpark's DataFrame call-site recording back on (conf ``spark.python_call_sites``).

@@ -1,4 +1,4 @@
-"""Plain helpers for tests (not fixtures): warehouse copies, and Airflow run in subprocesses.
+"""Plain helpers for tests (not fixtures): the test platform, warehouse copies, and Airflow run in subprocesses.
 
 Airflow reads its settings at import from AIRFLOW_HOME, which must be the test's own folder (never
 the user's ~/airflow): so every Airflow call runs in a fresh interpreter with :func:`airflow_env`.
@@ -30,7 +30,7 @@ PLATFORM_START = dt.date(2026, 1, 5)
 PLATFORM_DAYS = 14
 # Feature runs every few days are enough for point-in-time training rows.
 PLATFORM_FEATURE_OFFSETS = (3, 6, 9, 13)
-PLATFORM_FEATURE_DATES = [PLATFORM_START + dt.timedelta(days=d) for d in PLATFORM_FEATURE_OFFSETS]
+PLATFORM_FEATURE_DATES = tuple(PLATFORM_START + dt.timedelta(days=d) for d in PLATFORM_FEATURE_OFFSETS)
 PLATFORM_SETTINGS = [
     "simulate.labels.investigator_per_week_per_100k=6000",  # enough labels on 2,000 accounts
     "train.min_train_rows=30",
