@@ -302,11 +302,14 @@ def test_a_conf_change_reruns_the_steps_that_read_it(spark, fake_pipeline, monke
     assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "done"}
     assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "already done"}
     assert calls[7:] == ["a", "b"]
-    # A row logged before fingerprints were kept has none: its step reruns once, then skips.
+    # Rows logged before fingerprints were kept have none: trusted as before (no recompute on upgrade).
     logged = nightly.log_rows(spark, wh, D)
-    logged["b"]["input_versions"].pop(nightly.CONF_KEY)
+    for step in ("b", nightly.RUN_STEP):
+        logged[step]["input_versions"].pop(nightly.CONF_KEY)
     nightly.write_log(spark, wh, D, logged)
-    assert run(conf) == {"a": "skipped", "b": "ok"} and run(conf) == done
+    other = conf.with_overrides(["monitoring.review_budget=9"])
+    assert nightly.date_finished(spark, wh, D, other) and run(other) == done
+    assert calls[9:] == []
 
 
 def test_conf_fingerprint_is_stable_across_processes_and_ignores_speed_knobs(conf):

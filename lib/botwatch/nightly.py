@@ -242,7 +242,8 @@ def date_finished(spark: SparkSession, warehouse: str, run_date: dt.date, conf: 
     row = log_rows(spark, warehouse, run_date).get(RUN_STEP)
     if row is None or row["status"] != STATUS_OK:
         return False
-    return conf is None or (row["input_versions"] or {}).get(CONF_KEY) == run_conf_fingerprint(conf)
+    logged_conf = (row["input_versions"] or {}).get(CONF_KEY)  # none in rows logged before it was kept
+    return conf is None or logged_conf is None or logged_conf == run_conf_fingerprint(conf)
 
 
 # ---------------------------------------------------------------- the lock
@@ -459,7 +460,8 @@ def should_skip(spark: SparkSession, warehouse: str, conf: Config, step: str, ru
                 logged: dict | None) -> bool:
     """Skip ``step`` for D: logged ok, its output for D present, no input changed since, same conf.
 
-    A row logged before conf fingerprints were kept has none: the step reruns once."""
+    A row logged before conf fingerprints were kept has none and is trusted, as it was then: an
+    upgrade must not recompute every date a backfill passes over."""
     if logged is None or logged["status"] != STATUS_OK:
         return False
     io = STEP_IO[step]
@@ -467,7 +469,7 @@ def should_skip(spark: SparkSession, warehouse: str, conf: Config, step: str, ru
     logged_conf = recorded.pop(CONF_KEY, None)
     if set(recorded) != set(io.inputs):
         return False
-    if io.conf and logged_conf != conf_fingerprint(conf, io.conf):
+    if io.conf and logged_conf is not None and logged_conf != conf_fingerprint(conf, io.conf):
         return False
     if not output_present(spark, warehouse, io.output, run_date):
         return False
