@@ -393,6 +393,7 @@ def test_quarantine_row_json_is_the_original_row(mixed, spark):
     reason the reference gives that row."""
     q = read_table(spark, mixed["warehouse"], t.QUARANTINE)
     assert [(f.name, f.dataType) for f in q.schema] == [(f.name, f.dataType) for f in QUARANTINE_SCHEMA]
+    assert {r[0] for r in q.select(t.STEP).distinct().collect()} == {"ingest"}
     refs = references(mixed["paths"])
     for table in (t.EVENTS, t.LABELS):
         rows = q.where((F.col(t.TABLE) == table) & (F.col(t.RUN_DATE) == RUN)).select(t.REASON, t.ROW_JSON).collect()
@@ -581,7 +582,7 @@ def test_reingest_is_idempotent_and_keeps_other_quarantine_slices(mixed, spark):
     shared ingest, which it re-ingests."""
     warehouse = mixed["warehouse"]
     # A slice the re-ingest must not touch: another run date.
-    other = spark.createDataFrame([(t.ACCOUNTS, NULL_KEY, date(2024, 6, 29), "{}")], QUARANTINE_SCHEMA)
+    other = spark.createDataFrame([(t.ACCOUNTS, NULL_KEY, date(2024, 6, 29), "{}", "ingest")], QUARANTINE_SCHEMA)
     other.write.format("delta").mode("append").save(f"{warehouse}/{t.QUARANTINE}")
     tables = (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS, t.QUARANTINE)
     versions = {table: DeltaTable(f"{warehouse}/{table}").version() for table in tables}

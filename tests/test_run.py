@@ -26,7 +26,13 @@ from botwatch.ingest import write_quarantine
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, SchemaMismatchError
 from botwatch.scoring.latest import publish_latest
 from botwatch.training import NotEnoughLabelsError
-from botwatch.validate import AccountGrainError, NoEventsError, TooManyBadRowsError, validate_inputs
+from botwatch.validate import (
+    AccountGrainError,
+    NoEventsError,
+    TooManyBadRowsError,
+    add_quarantine_rows,
+    validate_inputs,
+)
 
 D = dt.date(2026, 1, 12)
 
@@ -67,7 +73,7 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
     labels = [(2, 0, "appeal", ts(dt.date(2025, 12, 1))), (1, 1, "psychic", ts(D, 8)), (1, 1, "investigator", ts(D, 9))]
     write_inputs(spark, warehouse, events=events, edges=edges, labels=labels)
     # A row ingest put in quarantine for D (same table name): validate must not erase it.
-    ingest_row = spark.createDataFrame([("events", "bad_type", D, '{"account_id": "x"}')], QUARANTINE_SCHEMA)
+    ingest_row = spark.createDataFrame([("events", "bad_type", D, '{"account_id": "x"}', "ingest")], QUARANTINE_SCHEMA)
     write_quarantine(ingest_row, warehouse, D, ["events"])
 
     got = validate_inputs(spark, warehouse, D)
@@ -88,10 +94,43 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
     assert sorted(map(tuple, read_table(spark, warehouse, t.EDGES).select(t.SRC, t.DST).collect())) == [(1, 2), (2, 1)]
     assert sorted(r[t.SOURCE] for r in read_table(spark, warehouse, t.LABELS).collect()) == ["appeal", "investigator"]
 
+    assert sorted(q[t.STEP]) == ["ingest"] + ["validate"] * 6
     # A rerun finds nothing new and adds nothing twice.
     again = validate_inputs(spark, warehouse, D)
     assert again["quarantined"] == {"events": 0, "edges": 0, "labels": 0}
     assert read_table(spark, warehouse, t.QUARANTINE).count() == len(q)
+    # Ingesting for D again replaces ingest's rows of D only: the rows validate moved out of the input
+    # tables exist nowhere else.
+    reingest = spark.createDataFrame([("events", "null_key", D, "{}", "ingest")], QUARANTINE_SCHEMA)
+    write_quarantine(reingest, warehouse, D, ["events", "edges", "labels"])
+    after = read_table(spark, warehouse, t.QUARANTINE).toPandas()
+    assert sorted(zip(after[t.STEP], after[t.REASON], strict=True)) == sorted(
+        [("ingest", "null_key")] + [("validate", r) for s, r in zip(q[t.STEP], q[t.REASON], strict=True)
+                                    if s == "validate"])
+
+
+def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse):
+    """A table of the four older columns: ingest adds ``step`` (old rows null) and replaces the old
+    rows of its slice (they count as its own); validate's MERGE then adds its rows beside them."""
+    old_schema = T.StructType(QUARANTINE_SCHEMA.fields[:4])
+    other_day = D - dt.timedelta(days=3)
+    old = spark.createDataFrame([("events", "bad_type", D, "{}"), ("edges", "self_follow", other_day, "{}")],
+                                old_schema)
+    write_table(old, warehouse, t.QUARANTINE)
+    write_quarantine(spark.createDataFrame([("events", "null_key", D, "{}", "ingest")], QUARANTINE_SCHEMA),
+                     warehouse, D, ["events"])
+    got = read_table(spark, warehouse, t.QUARANTINE)
+    assert got.schema.fieldNames() == QUARANTINE_SCHEMA.fieldNames()
+    assert sorted(map(tuple, got.select(t.REASON, t.RUN_DATE, t.STEP).collect())) == [
+        ("null_key", D, "ingest"), ("self_follow", other_day, None)]
+
+    old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
+        t.table_path(warehouse, t.QUARANTINE))
+    validate_rows = spark.createDataFrame([("labels", "label_not_binary", D, "{}", "validate")], QUARANTINE_SCHEMA)
+    add_quarantine_rows(spark, warehouse, validate_rows)
+    got = read_table(spark, warehouse, t.QUARANTINE)
+    assert sorted(map(tuple, got.select(t.REASON, t.STEP).collect()), key=str) == sorted(
+        [("bad_type", None), ("self_follow", None), ("label_not_binary", "validate")], key=str)
 
 
 def test_validate_stops_before_moving_a_day_that_is_mostly_bad(spark, warehouse):

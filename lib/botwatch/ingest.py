@@ -1,7 +1,8 @@
 """The input contract: validate users' own tables and load them (``botwatch ingest``).
 
 Every input row either loads (cast to the contract schema of :mod:`botwatch.schemas`) or lands in
-the ``quarantine`` table with exactly one reason: nothing is silently dropped. The checks are
+the ``quarantine`` table with exactly one reason (and ``step``: ingest, or validate for the rows
+the nightly run's validate step moves there): nothing is silently dropped. The checks are
 plain DataFrame functions (:func:`validate_table`), so the nightly run's validate step reuses them
 on data that is already in Delta.
 
@@ -57,7 +58,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
-from botwatch.delta_io import commit_metadata, table_exists, write_table
+from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS, named_col
 from botwatch.spark import session_conf
 
@@ -95,6 +96,10 @@ REASONS = (
 
 # The reason's name fixes the bound; it is not a knob.
 EARLIEST_VALID_DATE = date(2000, 1, 1)
+
+# ``quarantine.step`` of the rows each step puts there.
+INGEST_STEP = "ingest"
+VALIDATE_STEP = "validate"
 
 # Keys of the result of :func:`ingest_files`, per table.
 ROWS_IN = "rows_in"
@@ -352,9 +357,9 @@ def good_rows(tagged: DataFrame, table: str) -> DataFrame:
     return tagged.where(F.col(_REASON).isNull()).select(*cols, *[named_col(c) for c in extras])
 
 
-def quarantine_rows(tagged: DataFrame, table: str, run_date: date) -> DataFrame:
-    """The bad rows of :func:`tag_rows`' output, as ``QUARANTINE_SCHEMA``."""
-    values = [F.lit(table), F.col(_REASON), F.lit(run_date), F.col(_JSON)]
+def quarantine_rows(tagged: DataFrame, table: str, run_date: date, step: str = INGEST_STEP) -> DataFrame:
+    """The bad rows of :func:`tag_rows`' output, as ``QUARANTINE_SCHEMA`` (``step``: who quarantines them)."""
+    values = [F.lit(table), F.col(_REASON), F.lit(run_date), F.col(_JSON), F.lit(step)]
     return tagged.where(F.col(_REASON).isNotNull()).select(
         *[_non_null(col, field) for col, field in zip(values, QUARANTINE_SCHEMA.fields, strict=True)]
     )
@@ -372,10 +377,10 @@ def validate_table(
     Good rows are cast to the contract schema (``INPUT_SCHEMAS[table]``, in its column order);
     events get ``event_date = to_date(event_ts)`` (the session is UTC); accounts keep their extra
     numeric/boolean columns after the contract's. Quarantine rows have ``QUARANTINE_SCHEMA``:
-    ``table``, the first ``reason`` that applies (order of :data:`REASONS`), ``run_date`` and
-    ``row_json``, the original row as JSON (nulls included). With ``known_accounts`` (a frame with
-    ``account_id``), events, edges and labels of other accounts are quarantined as
-    ``unknown_account``. Missing required columns raise :class:`IngestInputError`.
+    ``table``, the first ``reason`` that applies (order of :data:`REASONS`), ``run_date``,
+    ``row_json``, the original row as JSON (nulls included), and ``step`` ``ingest``. With
+    ``known_accounts`` (a frame with ``account_id``), events, edges and labels of other accounts
+    are quarantined as ``unknown_account``. Missing required columns raise :class:`IngestInputError`.
 
     >>> good, bad = validate_table(raw, "edges", date(2026, 1, 31), known_accounts=accounts)  # doctest: +SKIP
     """
@@ -570,10 +575,23 @@ def open_inputs(
         yield raw
 
 
+def add_quarantine_step_column(spark: SparkSession, warehouse: str) -> None:
+    """Give a ``quarantine`` table written before the ``step`` column existed that column (null in its rows)."""
+    if not table_exists(spark, warehouse, t.QUARANTINE):
+        return
+    if t.STEP not in read_table(spark, warehouse, t.QUARANTINE).columns:
+        spark.sql(f"ALTER TABLE delta.`{t.table_path(warehouse, t.QUARANTINE)}` ADD COLUMNS (`{t.STEP}` STRING)")
+
+
 def write_quarantine(quarantine: DataFrame, warehouse: str, run_date: date, tables: Sequence[str]) -> None:
-    """Replace exactly the (run_date, tables) slice of the ``quarantine`` table with ``quarantine``."""
+    """Replace ingest's rows of the (run_date, tables) slice of ``quarantine`` with ``quarantine``.
+
+    Validate's rows of that slice stay: they are the only copy of the rows it moved out of the
+    input tables. Rows written before the ``step`` column existed (null) count as ingest's."""
+    add_quarantine_step_column(quarantine.sparkSession, warehouse)
     names = ", ".join(f"'{name}'" for name in tables)
-    where = f"{t.RUN_DATE} = DATE'{run_date.isoformat()}' AND `{t.TABLE}` IN ({names})"
+    where = (f"{t.RUN_DATE} = DATE'{run_date.isoformat()}' AND `{t.TABLE}` IN ({names}) "
+             f"AND (`{t.STEP}` = '{INGEST_STEP}' OR `{t.STEP}` IS NULL)")
     write_table(quarantine, warehouse, t.QUARANTINE, replace_where=where)
 
 

@@ -60,6 +60,8 @@ QUARANTINE_SCHEMA = T.StructType(
         T.StructField(t.REASON, T.StringType(), False),
         T.StructField(t.RUN_DATE, T.DateType(), False),
         T.StructField(t.ROW_JSON, T.StringType(), True),
+        # ingest or validate; a table written before this column existed gets it nullable (null in its old rows).
+        T.StructField(t.STEP, T.StringType(), False),
     ]
 )
 

@@ -57,6 +57,7 @@ TABLE = "table"
 REASON = "reason"
 RUN_DATE = "run_date"
 ROW_JSON = "row_json"
+STEP = "step"  # quarantine: the step that put the row there (ingest or validate)
 
 DAY = "day"
 

@@ -8,9 +8,10 @@ Fatal problems stop the run with a named error that says what to do: an input ta
 Row problems do not stop the run: D's new rows (events of D, edges created on D, labels made on D)
 go through the same checks as ``botwatch ingest`` (:func:`botwatch.ingest.tag_rows`), plus one:
 an event in partition D whose ``event_ts`` falls on another UTC day (``event_date_mismatch``); a bad row is
-moved out of its input table and into ``quarantine`` with its reason. Quarantine rows are added
-with an insert-only MERGE keyed on the whole row, never with ``replaceWhere``: ingest's rows for D
-(same table names, same run_date) stay, and rerunning D adds nothing twice.
+moved out of its input table and into ``quarantine`` with its reason and ``step`` ``validate``.
+Quarantine rows are added with an insert-only MERGE keyed on the whole row, never with
+``replaceWhere``: ingest's rows for D (same table names, same run_date) stay, and rerunning D adds
+nothing twice. A later ``botwatch ingest`` for the same date replaces only ingest's rows.
 
 Usage::
 
@@ -27,7 +28,15 @@ from pyspark.sql import functions as F
 
 from botwatch import tables as t
 from botwatch.delta_io import read_table, table_exists, write_table
-from botwatch.ingest import _REASON, contract_columns, good_rows, quarantine_rows, tag_rows
+from botwatch.ingest import (
+    _REASON,
+    VALIDATE_STEP,
+    add_quarantine_step_column,
+    contract_columns,
+    good_rows,
+    quarantine_rows,
+    tag_rows,
+)
 from botwatch.schemas import INPUT_SCHEMAS, require_columns
 
 
@@ -80,8 +89,9 @@ def add_quarantine_rows(spark: SparkSession, warehouse: str, rows: DataFrame) ->
         return
     from delta.tables import DeltaTable
 
+    add_quarantine_step_column(spark, warehouse)
     target = DeltaTable.forPath(spark, t.table_path(warehouse, t.QUARANTINE))
-    key = " AND ".join(f"q.`{c}` <=> n.`{c}`" for c in (t.TABLE, t.REASON, t.RUN_DATE, t.ROW_JSON))
+    key = " AND ".join(f"q.`{c}` <=> n.`{c}`" for c in (t.TABLE, t.REASON, t.RUN_DATE, t.ROW_JSON, t.STEP))
     target.alias("q").merge(rows.alias("n"), key).whenNotMatchedInsertAll().execute()
 
 
@@ -169,7 +179,7 @@ def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, ext
 def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame) -> None:
     """Quarantine, then take out of the input table, the bad rows of ``tagged`` (cached; released here)."""
     try:
-        add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date))
+        add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date, VALIDATE_STEP))
         bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*contract_columns(table))
         if table == t.EVENTS:
             bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
