@@ -111,7 +111,8 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
 
 def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse):
     """A table of the four older columns: ingest adds ``step`` (old rows null) and replaces the old
-    rows of its slice (they count as its own); validate's MERGE then adds its rows beside them."""
+    rows of its slice (they count as its own); validate's MERGE adds its rows beside them, except
+    those an old row already holds."""
     old_schema = T.StructType(QUARANTINE_SCHEMA.fields[:4])
     other_day = D - dt.timedelta(days=3)
     old = spark.createDataFrame([("events", "bad_type", D, "{}"), ("edges", "self_follow", other_day, "{}")],
@@ -126,7 +127,9 @@ def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse):
 
     old.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(
         t.table_path(warehouse, t.QUARANTINE))
-    validate_rows = spark.createDataFrame([("labels", "label_not_binary", D, "{}", "validate")], QUARANTINE_SCHEMA)
+    validate_rows = spark.createDataFrame([("labels", "label_not_binary", D, "{}", "validate"),
+                                           ("events", "bad_type", D, "{}", "validate")],  # as an old row: not added
+                                          QUARANTINE_SCHEMA)
     add_quarantine_rows(spark, warehouse, validate_rows)
     got = read_table(spark, warehouse, t.QUARANTINE)
     assert sorted(map(tuple, got.select(t.REASON, t.STEP).collect()), key=str) == sorted(

@@ -91,7 +91,9 @@ def add_quarantine_rows(spark: SparkSession, warehouse: str, rows: DataFrame) ->
 
     add_quarantine_step_column(spark, warehouse)
     target = DeltaTable.forPath(spark, t.table_path(warehouse, t.QUARANTINE))
-    key = " AND ".join(f"q.`{c}` <=> n.`{c}`" for c in (t.TABLE, t.REASON, t.RUN_DATE, t.ROW_JSON, t.STEP))
+    key = " AND ".join(f"q.`{c}` <=> n.`{c}`" for c in (t.TABLE, t.REASON, t.RUN_DATE, t.ROW_JSON))
+    # A row written before the step column existed (null) may be this step's own: not added twice.
+    key += f" AND (q.`{t.STEP}` IS NULL OR q.`{t.STEP}` = n.`{t.STEP}`)"
     target.alias("q").merge(rows.alias("n"), key).whenNotMatchedInsertAll().execute()
 
 
