@@ -448,11 +448,10 @@ def _input_versions(spark: SparkSession, warehouse: str, tables: Sequence[str]) 
     return {table: table_version(spark, warehouse, table) for table in tables}
 
 
-def step_versions(spark: SparkSession, warehouse: str, conf: Config, step: str,
-                  tables: Sequence[str]) -> dict[str, int]:
-    """The skip key a step's log row keeps: ``tables``' Delta versions and its conf's fingerprint."""
+def step_versions(spark: SparkSession, warehouse: str, conf: Config, step: str) -> dict[str, int]:
+    """The skip key a step's log row keeps: its inputs' Delta versions and its conf's fingerprint."""
     io = STEP_IO[step]
-    versions = _input_versions(spark, warehouse, tables)
+    versions = _input_versions(spark, warehouse, io.inputs)
     return {**versions, CONF_KEY: conf_fingerprint(conf, io.conf)} if io.conf else versions
 
 
@@ -501,6 +500,7 @@ def run_steps(
     run_id = uuid.uuid4().hex[:12]
     results: dict[str, dict] = {}
     started_run = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    run_key = {CONF_KEY: run_conf_fingerprint(conf)}  # the "_run" row's: the whole run's conf
     with DateLock(spark, warehouse, run_date, float(conf["run.lock_stale_hours"]),
                   float(conf["run.lock_heartbeat_seconds"])):
         logged = log_rows(spark, warehouse, run_date)
@@ -522,7 +522,7 @@ def run_steps(
             if [logged.pop(s) for s in (RUN_STEP, step) if s in logged]:
                 write_log(spark, warehouse, run_date, logged)
             io = STEP_IO[step]
-            before = step_versions(spark, warehouse, conf, step, io.inputs)
+            before = step_versions(spark, warehouse, conf, step)
             started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
             try:
                 with commit_metadata(spark, step=step, run_date=run_date.isoformat()):
@@ -543,14 +543,12 @@ def run_steps(
             summary = {s: r["status"] for s, r in results.items()}
             # A run with a waiting step is not finished: backfill comes back to it (its done steps skip).
             status = STATUS_WAITING if STATUS_WAITING in summary.values() else STATUS_OK
-            logged[RUN_STEP] = log_row(run_date, RUN_STEP, status, {CONF_KEY: run_conf_fingerprint(conf)}, summary,
-                                       run_id, started_run)
+            logged[RUN_STEP] = log_row(run_date, RUN_STEP, status, run_key, summary, run_id, started_run)
             write_log(spark, warehouse, run_date, logged)
         elif RUN_STEP not in logged and finished_by_steps(spark, warehouse, conf, run_date, logged):
             # Run one step at a time (the DAG's tasks, `botwatch score`): D is finished once every step is.
             summary = {s: STATUS_OK for s in step_fns.RUN_ORDER}
-            logged[RUN_STEP] = log_row(run_date, RUN_STEP, STATUS_OK, {CONF_KEY: run_conf_fingerprint(conf)}, summary,
-                                       run_id, started_run)
+            logged[RUN_STEP] = log_row(run_date, RUN_STEP, STATUS_OK, run_key, summary, run_id, started_run)
             write_log(spark, warehouse, run_date, logged)
     return results
 
