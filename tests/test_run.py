@@ -292,25 +292,49 @@ def statuses(results: dict) -> dict:
 def test_skip_logic_reruns_exactly_what_changed(spark, fake_pipeline):
     conf, calls, fail = fake_pipeline
     wh = conf["warehouse"]
-    run = lambda **kw: statuses(nightly.run_steps(spark, conf, D, echo=lambda _: None, **kw))  # noqa: E731
+    echoed: list[str] = []
+    why: dict[str, str] = {}  # each step's reason to run, from the run's results
+
+    def run(**kw):
+        echoed.clear()
+        results = nightly.run_steps(spark, conf, D, echo=echoed.append, **kw)
+        why.clear()
+        why.update({s: r[nightly.RAN_BECAUSE] for s, r in results.items() if r["status"] == "ok"})
+        return statuses(results)
+
+    def logged_reasons() -> dict:
+        return {s: json.loads(r["summary"]).get(nightly.RAN_BECAUSE) for s, r in nightly.log_rows(spark, wh, D).items()
+                if s != nightly.RUN_STEP}
 
     assert run() == {"a": "ok", "b": "ok"}
+    assert why == {"a": "no finished run of it for this date", "b": "no finished run of it for this date"}
     assert run() == {"a": "skipped", "b": "skipped"}
+    assert [line.split() for line in echoed] == [[s, "skipped", "(done,", "inputs", "and", "conf", "unchanged)"]
+                                                 for s in ("a", "b")]
     assert calls == ["a", "b"]
+    version_in, version_mid = (nightly.table_version(spark, wh, tb) for tb in (IN, MID))
     # Maintenance commits change no data: still skipped.
     spark.sql(f"OPTIMIZE delta.`{t.table_path(wh, MID)}`")
     assert run() == {"a": "skipped", "b": "skipped"}
-    # A new input row: a reruns, rewrites MID, so b reruns too.
+    # A new input row: a reruns, rewrites MID, so b reruns too; each says which input changed since when
+    # (the version its last run read, before the OPTIMIZE).
     write_table(spark.createDataFrame([(D, 2)], "run_date date, x long"), wh, IN, mode="append")
     assert run() == {"a": "ok", "b": "ok"}
+    assert why == {"a": f"input {IN} changed since its version {version_in}",
+                   "b": f"input {MID} changed since its version {version_mid}"}
+    assert echoed[0].split()[:3] == ["a", "ok", "in"]
+    assert f"(ran because input {IN} changed since its version {version_in})" in echoed[0]
+    assert logged_reasons() == why  # operators find it in run_log too
     assert read_table(spark, wh, OUT).first()["x"] == 4
     # b's output for D deleted: only b reruns.
     from delta.tables import DeltaTable
 
     DeltaTable.forPath(spark, t.table_path(wh, OUT)).delete(F.col(t.RUN_DATE) == D)
     assert run() == {"a": "skipped", "b": "ok"}
+    assert why == {"b": f"its output for the date is missing from {OUT}"}
     # force reruns everything.
     assert run(force=True) == {"a": "ok", "b": "ok"}
+    assert why == {"a": "forced", "b": "forced"} and logged_reasons() == why
     assert calls == ["a", "b", "a", "b", "b", "a", "b"]
     # A whole run is logged; the run log has one row per (date, step).
     log = read_table(spark, wh, t.RUN_LOG).toPandas()
@@ -333,6 +357,8 @@ def test_a_conf_change_reruns_the_steps_that_read_it(spark, fake_pipeline, monke
     assert run(conf.with_overrides(["run.lock_heartbeat_seconds=5", "cascade.batch_size=7"])) == done
     # b's knobs: b reruns alone (a's output is unchanged); going back reruns it again.
     assert run(conf.with_overrides(["monitoring.review_budget=7"])) == {"a": "skipped", "b": "ok"}
+    b_log = json.loads(nightly.log_rows(spark, wh, D)["b"]["summary"])
+    assert b_log[nightly.RAN_BECAUSE] == "its conf changed (monitoring.review_budget, cascade)"
     assert run(conf.with_overrides(["cascade.budget=0.5"])) == {"a": "skipped", "b": "ok"}
     assert run(conf) == {"a": "skipped", "b": "ok"}
     # a's section: a reruns and rewrites MID, so b reruns too.
@@ -418,6 +444,8 @@ def test_a_finished_date_rerun_that_fails_or_waits_is_not_finished(spark, fake_p
     fail["wait_b"] = False
     assert nightly.backfill(spark, conf, D, D, echo=lambda _: None, progress=False) == {D: "done"}
     assert nightly.date_finished(spark, wh, D)
+    b_log = json.loads(nightly.log_rows(spark, wh, D)["b"]["summary"])
+    assert b_log[nightly.RAN_BECAUSE] == "its last run was waiting"
     # The first step of a forced rerun rewrites its output, then fails: no log write came after it.
     fail["a"] = True
     with pytest.raises(nightly.StepFailedError, match="step 'a' failed"):

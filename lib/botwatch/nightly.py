@@ -73,6 +73,8 @@ RUN_LOG_SCHEMA = T.StructType(
 
 # The run log's ``input_versions`` entry that holds the fingerprint of a step's conf (no table starts with "_").
 CONF_KEY = "_conf"
+# The key, in a step's run-log summary, of why the step ran (see rerun_reason).
+RAN_BECAUSE = "ran_because"
 # Knobs that change how fast a step runs, not what it writes: a change to them reruns nothing.
 SPEED_ONLY_KEYS = frozenset({
     "features.graph.salt_buckets", "heavy.device", "heavy.num_threads", "cascade.batch_size", "cascade.device",
@@ -455,24 +457,37 @@ def step_versions(spark: SparkSession, warehouse: str, conf: Config, step: str) 
     return {**versions, CONF_KEY: conf_fingerprint(conf, io.conf)} if io.conf else versions
 
 
-def should_skip(spark: SparkSession, warehouse: str, conf: Config, step: str, run_date: dt.date,
-                logged: dict | None) -> bool:
-    """Skip ``step`` for D: logged ok, its output for D present, no input changed since, same conf.
+def rerun_reason(spark: SparkSession, warehouse: str, conf: Config, step: str, run_date: dt.date,
+                 logged: dict | None) -> str | None:
+    """Why ``step`` must run for D, or None when it may be skipped: logged ok, its output for D
+    present, the same conf and no input changed since. Operators read the reason in the run's
+    output and in the step's ``run_log`` summary (``ran_because``).
 
     A row logged before conf fingerprints were kept has none and is trusted, as it was then: an
     upgrade must not recompute every date a backfill passes over."""
-    if logged is None or logged["status"] != STATUS_OK:
-        return False
+    if logged is None:
+        return "no finished run of it for this date"
+    if logged["status"] != STATUS_OK:
+        return f"its last run was {logged['status']}"
     io = STEP_IO[step]
     recorded = dict(logged["input_versions"] or {})
     logged_conf = recorded.pop(CONF_KEY, None)
     if set(recorded) != set(io.inputs):
-        return False
+        return f"it reads other tables than when it ran ({', '.join(io.inputs)})"
     if io.conf and logged_conf is not None and logged_conf != conf_fingerprint(conf, io.conf):
-        return False
-    if not output_present(spark, warehouse, io.output, run_date):
-        return False
-    return not any(data_changed_since(spark, warehouse, table, recorded[table]) for table in io.inputs)
+        return f"its conf changed ({', '.join(io.conf)})"
+    if io.output is not None and not output_present(spark, warehouse, io.output, run_date):
+        return f"its output for the date is missing from {io.output[0]}"
+    for table in io.inputs:
+        if data_changed_since(spark, warehouse, table, recorded[table]):
+            return f"input {table} changed since its version {recorded[table]}"
+    return None
+
+
+def should_skip(spark: SparkSession, warehouse: str, conf: Config, step: str, run_date: dt.date,
+                logged: dict | None) -> bool:
+    """Skip ``step`` for D: :func:`rerun_reason` finds no reason to run it."""
+    return rerun_reason(spark, warehouse, conf, step, run_date, logged) is None
 
 
 def run_steps(
@@ -512,7 +527,8 @@ def run_steps(
                 results[step] = {"status": STATUS_WAITING, "reason": f"{needed} is waiting", "seconds": 0.0}
                 echo(f"  {step:13s} waiting ({needed} is waiting)")
                 continue
-            if not force and should_skip(spark, warehouse, conf, step, run_date, logged.get(step)):
+            reason = "forced" if force else rerun_reason(spark, warehouse, conf, step, run_date, logged.get(step))
+            if reason is None:
                 results[step] = {"status": "skipped", "seconds": time.perf_counter() - t0}
                 echo(f"  {step:13s} skipped (done, inputs and conf unchanged)")
                 continue
@@ -535,10 +551,12 @@ def run_steps(
             # A step that rewrites one of its inputs (validate moves bad rows out) is keyed on the result.
             own = [tb for tb in io.inputs if tb in io.writes]
             versions = {**before, **_input_versions(spark, warehouse, own)}
+            summary = {**summary, RAN_BECAUSE: reason}
             logged[step] = log_row(run_date, step, status, versions, summary, run_id, started)
             write_log(spark, warehouse, run_date, logged)
             results[step] = {"status": status, "seconds": time.perf_counter() - t0, **summary}
-            echo(f"  {step:13s} {status} in {results[step]['seconds']:.1f}s {json.dumps(summary, default=str)[:200]}")
+            echo(f"  {step:13s} {status} in {results[step]['seconds']:.1f}s (ran because {reason}) "
+                 f"{json.dumps({k: v for k, v in summary.items() if k != RAN_BECAUSE}, default=str)[:200]}")
         if whole_run:
             summary = {s: r["status"] for s, r in results.items()}
             # A run with a waiting step is not finished: backfill comes back to it (its done steps skip).
