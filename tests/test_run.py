@@ -395,8 +395,11 @@ def test_conf_fingerprint_is_stable_across_processes_and_ignores_speed_knobs(con
     for setting in ("features.graph.hub_seed=5", "features.windows=[1, 7]", "cascade.budget=0.2",
                     "train.golden_salt=other"):
         assert nightly.conf_fingerprint(conf.with_overrides([setting]), keys) != here, setting
-    # Every conf key the real steps name exists (a typo would fail every run).
+    # Every conf key the real steps name exists (a typo would fail every run), and so does every speed
+    # knob (a typo there would silently make that knob rerun steps).
     assert isinstance(nightly.run_conf_fingerprint(conf), int)
+    assert [key for key in sorted(nightly.SPEED_ONLY_KEYS) if key not in conf] == []
+    assert "cascade.no_such_knob" not in conf and "cascade.budget" in conf  # dotted lookups, as above
 
 
 def test_failed_step_resumes_from_where_it_stopped(spark, fake_pipeline):
