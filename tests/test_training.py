@@ -104,6 +104,74 @@ def test_promotion_swaps_champions_in_one_commit(spark, tmp_path):
     assert registry.champion(spark, wh, "m")[t.VERSION] == 3
 
 
+def test_a_promotion_never_replaces_a_champion_it_was_not_compared_with(spark, tmp_path, monkeypatch):
+    from delta.exceptions import ConcurrentAppendException, ConcurrentDeleteReadException
+    from delta.tables import DeltaTable
+
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
+    record = lambda v: registry.ModelRecord("m", v, registry.CHALLENGER, day, artifact_path=f"a{v}")  # noqa: E731
+    passed = registry.PromotionDecision(True, "passed the gate")
+    registry.upsert(spark, wh, dataclasses.replace(record(1), stage=registry.CHAMPION))
+    v1 = registry.champion(spark, wh, "m")
+
+    def stages() -> dict:
+        return {r[t.VERSION]: (r[t.STAGE], r["reason"]) for r in registry.records(spark, wh, "m")}
+
+    # Two runs gated their challengers against v1; v2 is promoted first, so v3 (never compared with v2)
+    # is not: it stays a challenger with the reason recorded.
+    assert registry.register(spark, wh, record(2), passed, compared_with=v1) == passed
+    late = registry.register(spark, wh, record(3), passed, compared_with=v1)
+    assert not late.promote and "version 2 is the champion since" in late.reason and "rerun the training" in late.reason
+    assert stages() == {1: (registry.RETIRED, "replaced by version 2"), 2: (registry.CHAMPION, "passed the gate"),
+                        3: (registry.CHALLENGER, late.reason)}
+    refused = registry.PromotionDecision(False, "worse than the champion")
+    assert registry.register(spark, wh, record(4), refused, compared_with=v1) == refused
+    assert stages()[4] == (registry.CHALLENGER, "worse than the champion")
+
+    # A promotion whose commit loses to another run's is retried after reading the champion again:
+    # the winner here recorded another model, so the promotion goes through.
+    real_update, lost = DeltaTable.update, []
+
+    def losing_update(self, *args, **kwargs):
+        if not lost:
+            lost.append("other model recorded")
+            registry.upsert(spark, wh, registry.ModelRecord("other", 1, registry.CHAMPION, day))
+            raise ConcurrentAppendException("injected: another run committed first")
+        return real_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "update", losing_update)
+    v2 = registry.champion(spark, wh, "m")
+    assert registry.register(spark, wh, record(5), passed, compared_with=v2) == passed
+    assert lost and registry.champion(spark, wh, "m")[t.VERSION] == 5
+    # ... and when the winner promoted another version (a rollback by hand), it is left champion.
+    lost.clear()
+
+    def rollback_first(self, *args, **kwargs):
+        if not lost:
+            lost.append("rollback")
+            registry.promote(spark, wh, "m", 2, "rolled back by hand")  # the real update: lost is set
+            raise ConcurrentDeleteReadException("injected: another run committed first")
+        return real_update(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "update", rollback_first)
+    v5 = registry.champion(spark, wh, "m")
+    assert not registry.register(spark, wh, record(6), passed, compared_with=v5).promote
+    assert stages()[2] == (registry.CHAMPION, "rolled back by hand") and stages()[6][0] == registry.CHALLENGER
+    assert stages()[5] == (registry.RETIRED, "replaced by version 2")
+
+    # Recording a version is retried the same way; a registry that keeps losing says what to do.
+    calls = []
+
+    def always_losing(*_args, **_kwargs):
+        calls.append(1)
+        raise ConcurrentAppendException("injected")
+
+    monkeypatch.setattr(registry, "_merge_record", always_losing)
+    with pytest.raises(registry.RegistryConflictError, match="recording version 7 of 'm'.*rerun the training"):
+        registry.upsert(spark, wh, record(7), attempts=3)
+    assert len(calls) == 3 and 7 not in stages()
+
+
 def test_reserved_versions_are_never_shared(spark, tmp_path, monkeypatch):
     wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import fsspec
 from pyspark.sql import DataFrame, SparkSession
@@ -23,6 +25,7 @@ from botwatch.delta_io import read_table, table_exists, write_table
 from botwatch.tables import table_path
 
 CHAMPION, CHALLENGER, RETIRED = t.MODEL_STAGES
+T_ = TypeVar("T_")
 
 REGISTRY_SCHEMA = T.StructType(
     [
@@ -108,6 +111,23 @@ class RegistryConflictError(RuntimeError):
     """Other runs kept taking the version numbers this run tried to reserve; rerun the training."""
 
 
+def commit_conflicts() -> tuple[type[Exception], ...]:
+    """Delta's exceptions for a commit that lost to another writer's (they share no Python base class)."""
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    return (ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+            ConcurrentTransactionException, ConcurrentWriteException, MetadataChangedException,
+            ProtocolChangedException)
+
+
 def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_date: dt.date,
                     attempts: int = 5) -> int:
     """A version number of ``model_name`` that no other run holds, registered at once as a
@@ -115,14 +135,6 @@ def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_da
     :func:`next_version` and registering later let two trainings finishing together share a number:
     the second overwrote the first's artifacts and record, a champion's included. The insert is
     insert-only, and Delta fails one of two concurrent ones, so a taken number is retried with the next."""
-    # Delta's Python exceptions do not share a base class: list the ones a competing commit raises.
-    from delta.exceptions import (
-        ConcurrentAppendException,
-        ConcurrentWriteException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
-
     for _ in range(attempts):
         version = next_version(spark, warehouse, model_name)
         placeholder = ModelRecord(model_name, version, CHALLENGER, run_date,
@@ -130,8 +142,7 @@ def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_da
         try:
             if _insert_new(spark, warehouse, placeholder):
                 return version
-        except (ConcurrentAppendException, ConcurrentWriteException, MetadataChangedException,
-                ProtocolChangedException):
+        except commit_conflicts():
             pass  # another run committed first: read the versions again
     raise RegistryConflictError(
         f"could not reserve a version of '{model_name}' in {attempts} attempts: other runs kept taking them; "
@@ -176,13 +187,30 @@ def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.dat
     return max(then, key=lambda r: (r[t.RUN_DATE], r[t.VERSION]), default=None)
 
 
-def upsert(spark: SparkSession, warehouse: str, record: ModelRecord) -> None:
-    """Insert or update one model version (MERGE keyed on name and version)."""
+def _retried(commit: Callable[[], T_], what: str, attempts: int) -> T_:
+    """``commit()``, again while another writer's commit beats it (every caller's commit is safe to
+    repeat: it reads the table afresh each time)."""
+    for attempt in range(attempts):
+        try:
+            return commit()
+        except commit_conflicts():
+            if attempt == attempts - 1:
+                raise RegistryConflictError(
+                    f"{what}: other runs kept committing to model_registry ({attempts} attempts); rerun the training"
+                ) from None
+    raise AssertionError("unreachable")
+
+
+def upsert(spark: SparkSession, warehouse: str, record: ModelRecord, attempts: int = 5) -> None:
+    """Insert or update one model version (MERGE keyed on name and version; retried when another
+    run's registry commit wins: the registry is one small unpartitioned table, so any two commits
+    to it conflict)."""
     if not table_exists(spark, warehouse, t.MODEL_REGISTRY):
         write_table(spark.createDataFrame([record.row()], REGISTRY_SCHEMA), warehouse, t.MODEL_REGISTRY,
                     mode="overwrite")
         return
-    _merge_record(spark, warehouse, record, update=True)
+    _retried(lambda: _merge_record(spark, warehouse, record, update=True),
+             f"recording version {record.version} of '{record.model_name}'", attempts)
 
 
 def newer_champion(current: dict | None, run_date: dt.date) -> str | None:
@@ -244,19 +272,60 @@ def promotion_decision(
     return PromotionDecision(True, "passed the gate: beats the canary and is not worse than the champion")
 
 
-def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, reason: str) -> None:
+# ``promote``'s default: no expectation about the current champion (a manual promotion or rollback).
+ANY_CHAMPION = object()
+
+
+def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, reason: str,
+            expected_champion: int | None | object = ANY_CHAMPION, attempts: int = 5) -> bool:
     """Make ``version`` the champion and retire the previous one, in one commit: scoring never sees
-    no champion (or two), and a crash leaves the old champion in place."""
+    no champion (or two), and a crash leaves the old champion in place.
+
+    With ``expected_champion`` (the version the gate compared against; None: there was none), nothing
+    changes and False is returned when another run has promoted a different champion since: this
+    model was never compared with it. A commit beaten by another run's is retried after reading the
+    champion again, so two trainings finishing together never both promote."""
     from delta.tables import DeltaTable
 
-    if not any(r[t.VERSION] == version for r in records(spark, warehouse, model_name)):
-        # The update would retire the champion and crown nobody.
-        raise ValueError(f"no version {version} of '{model_name}' in {warehouse}/model_registry to promote")
-    new = F.col(t.VERSION) == version
-    DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY)).update(
-        (F.col(t.MODEL_NAME) == model_name) & (new | (F.col(t.STAGE) == CHAMPION)),
-        {
-            t.STAGE: F.when(new, F.lit(CHAMPION)).otherwise(F.lit(RETIRED)),
-            "reason": F.when(new, F.lit(reason)).otherwise(F.lit(f"replaced by version {version}")),
-        },
-    )
+    def attempt() -> bool:
+        found = records(spark, warehouse, model_name)
+        if not any(r[t.VERSION] == version for r in found):
+            # The update would retire the champion and crown nobody.
+            raise ValueError(f"no version {version} of '{model_name}' in {warehouse}/model_registry to promote")
+        current = next((r[t.VERSION] for r in reversed(found) if r[t.STAGE] == CHAMPION), None)
+        if expected_champion is not ANY_CHAMPION and current not in (expected_champion, version):
+            return False
+        new = F.col(t.VERSION) == version
+        DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY)).update(
+            (F.col(t.MODEL_NAME) == model_name) & (new | (F.col(t.STAGE) == CHAMPION)),
+            {
+                t.STAGE: F.when(new, F.lit(CHAMPION)).otherwise(F.lit(RETIRED)),
+                "reason": F.when(new, F.lit(reason)).otherwise(F.lit(f"replaced by version {version}")),
+            },
+        )
+        return True
+
+    return _retried(attempt, f"promoting version {version} of '{model_name}'", attempts)
+
+
+def register(spark: SparkSession, warehouse: str, record: ModelRecord, decision: PromotionDecision,
+             compared_with: dict | None) -> PromotionDecision:
+    """Record a trained ``record`` with the gate's ``decision`` and promote it when the gate passed
+    and the champion is still ``compared_with`` (the champion's record the gate read, or None).
+    Returns the decision that took effect: a pass becomes a refusal, with its reason recorded, when
+    another run promoted a model meanwhile (rerun the training to compare against that one)."""
+    record = replace(record, reason=decision.reason)
+    upsert(spark, warehouse, record)
+    if not decision.promote:
+        return decision
+    expected = None if compared_with is None else compared_with[t.VERSION]
+    if promote(spark, warehouse, record.model_name, record.version, decision.reason, expected_champion=expected):
+        return decision
+    now = champion(spark, warehouse, record.model_name)
+    refused = PromotionDecision(False, (
+        f"passed the gate against {'no champion' if expected is None else f'version {expected}'}, but "
+        f"{'no champion' if now is None else f'version {now[t.VERSION]}'} is the champion since (another run): "
+        "not promoted; rerun the training to compare against it"
+    ))
+    upsert(spark, warehouse, replace(record, reason=refused.reason))
+    return refused

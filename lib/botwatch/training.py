@@ -390,9 +390,7 @@ def train_stage1(
     record = registry.ModelRecord(
         model_name=STAGE1_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date,
         metrics=metrics, artifact_path=directory, threshold=threshold,
-        train_end=run_date, reason=decision.reason,
+        train_end=run_date,
     )
-    registry.upsert(spark, warehouse, record)
-    if decision.promote:
-        registry.promote(spark, warehouse, STAGE1_MODEL, version, decision.reason)
+    decision = registry.register(spark, warehouse, record, decision, compared_with=current)
     return TrainResult(version, decision.promote, decision.reason, metrics, threshold)

@@ -216,13 +216,12 @@ def train_heavy_stage(
         metrics.get("golden_pr_auc", math.nan), metrics.get("canary_golden_pr_auc", math.nan), champ_pr,
         params.promotion_tolerance, challenger_threshold=threshold, champion=champion, run_date=run_date,
     )
-    registry.upsert(spark, warehouse, registry.ModelRecord(
+    decision = registry.register(spark, warehouse, registry.ModelRecord(
         model_name=HEAVY_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date, metrics=metrics,
-        artifact_path=directory, threshold=threshold, train_end=run_date, reason=decision.reason,
-    ))
+        artifact_path=directory, threshold=threshold, train_end=run_date,
+    ), decision, compared_with=champion)
     own_scores = None
     if decision.promote:
-        registry.promote(spark, warehouse, HEAVY_MODEL, version, decision.reason)
         # Only a champion teaches stage 1: a refused challenger's training rows are not scored.
         keys = [t.ACCOUNT_ID, t.RUN_DATE]
         own_scores = pd.concat([train_pdf[keys].assign(**{TEACHER_SCORE: model.predict(train_pdf)}),
