@@ -551,12 +551,12 @@ def run_steps(
             # A step that rewrites one of its inputs (validate moves bad rows out) is keyed on the result.
             own = [tb for tb in io.inputs if tb in io.writes]
             versions = {**before, **_input_versions(spark, warehouse, own)}
-            summary = {**summary, RAN_BECAUSE: reason}
-            logged[step] = log_row(run_date, step, status, versions, summary, run_id, started)
+            kept = {**summary, RAN_BECAUSE: reason}  # what run_log and the caller get
+            logged[step] = log_row(run_date, step, status, versions, kept, run_id, started)
             write_log(spark, warehouse, run_date, logged)
-            results[step] = {"status": status, "seconds": time.perf_counter() - t0, **summary}
+            results[step] = {"status": status, "seconds": time.perf_counter() - t0, **kept}
             echo(f"  {step:13s} {status} in {results[step]['seconds']:.1f}s (ran because {reason}) "
-                 f"{json.dumps({k: v for k, v in summary.items() if k != RAN_BECAUSE}, default=str)[:200]}")
+                 f"{json.dumps(summary, default=str)[:200]}")
         if whole_run:
             summary = {s: r["status"] for s, r in results.items()}
             # A run with a waiting step is not finished: backfill comes back to it (its done steps skip).
