@@ -108,7 +108,8 @@ def next_version(spark: SparkSession, warehouse: str, model_name: str) -> int:
 
 
 class RegistryConflictError(RuntimeError):
-    """Other runs kept taking the version numbers this run tried to reserve; rerun the training."""
+    """Other runs kept winning the registry commits this run tried (reserving a version, recording or
+    promoting one); rerun the training."""
 
 
 def commit_conflicts() -> tuple[type[Exception], ...]:
