@@ -412,3 +412,25 @@ def test_window_state_keeps_every_iet_bin_its_windows_can_fill(spark, days):
     got = spark.range(1).select(A.log2_bin(F.lit(longest)).alias("b")).first()["b"]
     assert got == want - 1
     assert len([c for c in A.state_columns([days]) if c.startswith(A.IET_HIST + "_")]) == (want + 1) // 2
+
+
+def test_a_wider_or_narrower_window_set_replaces_the_state_table(spark, warehouse, raw):
+    """Adding a 28-day window adds a packed IET column the 7-day state table lacks; dropping it
+    again removes one. Either change of conf rewrites ``activity_window`` instead of failing the
+    night on a schema mismatch, and the features still match the reference."""
+    ev, events, accounts = raw
+    write_table(events, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE])
+    write_table(accounts, warehouse, t.ACCOUNTS)
+    A.build_activity_daily(spark, warehouse, RUN - dt.timedelta(days=13), RUN)
+    narrow, wide = (1, 3, 7), (1, 7, 28)
+    assert set(A.state_columns(wide)) > set(A.state_columns(narrow))
+    for day, windows in ((RUN - dt.timedelta(days=1), narrow), (RUN, wide), (RUN, narrow)):
+        got = A.activity_features(spark, warehouse, day, windows).toPandas()
+        want = _reference(ev, day, windows)
+        pd.testing.assert_frame_equal(
+            got.sort_values(t.ACCOUNT_ID).reset_index(drop=True).astype("float64"), want.astype("float64"),
+            check_exact=False, rtol=1e-9, atol=1e-9,
+        )
+        state = read_table(spark, warehouse, t.ACTIVITY_WINDOW)
+        assert set(A.state_columns(windows)) <= set(state.columns)
+        assert A.read_window_state(spark, warehouse, day, A.window_spec(windows, GAP)) is not None

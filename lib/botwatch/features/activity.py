@@ -574,8 +574,10 @@ def build_activity_window(
     # one commit writes the new day and drops the expired ones (a DELETE after it was a second commit)
     keep: str | None = f"{t.RUN_DATE} = '{run_date.isoformat()}' OR {t.RUN_DATE} < '{oldest.isoformat()}'"
     if previous is None and delta_io.table_exists(spark, warehouse, t.ACTIVITY_WINDOW):
-        # Another layout or spec: its days can never be rolled, so the table is replaced whole.
-        if not _has_packed_layout(delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW)):
+        # Another layout or column set (windows widened or narrowed): its days can never be rolled
+        # and replaceWhere cannot change a schema, so the table is replaced whole.
+        existing = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW)
+        if not _has_packed_layout(existing) or set(existing.columns) != set(out.columns):
             keep = None
     with delta_io.commit_metadata(spark, step="activity_window", run_date=run_date.isoformat()):
         delta_io.write_table(out, warehouse, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE], replace_where=keep)
