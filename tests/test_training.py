@@ -276,6 +276,29 @@ def test_threshold_meets_target_precision_on_validation(spark, trained):
     assert result.metrics["golden_pr_auc"] == pytest.approx(average_precision_score(gdf[t.LABEL], gscore))
 
 
+def test_the_gate_scores_the_champion_calibrated_as_it_scores(spark, trained, tmp_path):
+    """A steep calibration saturates scores at 1.0. The champion's golden PR-AUC counts those ties
+    as its scoring does (and as the challenger's is counted), so an identical model never loses."""
+    tconf, run_date, result = trained
+    warehouse = warehouse_path(tconf)
+    raw, cols, _, _ = _artifacts(spark, warehouse, result.version)
+    _, _, golden = training_rows(spark, warehouse, run_date, TrainParams.from_conf(tconf.section("train")))
+    gdf = golden.select(t.LABEL, *as_model_input(cols)).toPandas()
+    margin = predict_margin(raw, gdf[cols])
+    # steep enough that the highest-scored human ties at 1.0 with every bot above it
+    a = 40.0
+    b = a - a * margin[gdf[t.LABEL].to_numpy() == 0].max()
+    steep = str(tmp_path / "steep")
+    registry.write_artifact(steep, "model.json", raw)
+    registry.write_artifact(steep, "features.json", {"features": cols})
+    registry.write_artifact(steep, "calibration.json", {"method": "platt", "a": a, "b": b})
+    score = expit(a * margin + b)
+    want = average_precision_score(gdf[t.LABEL], score)
+    assert (score == 1.0).sum() > 1 and want != pytest.approx(average_precision_score(gdf[t.LABEL], margin))
+    got = training.champion_golden_pr_auc(spark, warehouse, {"artifact_path": steep}, gdf)
+    assert got == pytest.approx(want)
+
+
 def test_prevalence_auto_takes_the_monitors_latest_estimate_before_the_run_date(spark, tmp_path):
     params = TrainParams(label_weights={"investigator": 1.0}, prevalence_fallback=0.04)
     warehouse, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)

@@ -230,7 +230,8 @@ def _evaluate(pdf: pd.DataFrame, score: np.ndarray, threshold: float | None, par
 
 
 def champion_golden_pr_auc(spark, warehouse: str, champion: dict | None, golden_pdf: pd.DataFrame) -> float | None:
-    """The champion re-scored on today's golden set, so both models face the same rows."""
+    """The champion re-scored on today's golden set, so both models face the same rows, and
+    calibrated as it scores (like the challenger's): saturated scores tie for both or neither."""
     if champion is None or len(golden_pdf) == 0 or golden_pdf[t.LABEL].nunique() < 2:
         return None
     from botwatch.evaluation.metrics import pr_auc
@@ -241,7 +242,9 @@ def champion_golden_pr_auc(spark, warehouse: str, champion: dict | None, golden_
     for c in cols:
         if c not in golden_pdf:
             golden_pdf[c] = np.nan
-    return pr_auc(golden_pdf[t.LABEL].to_numpy(), predict_margin(raw, golden_pdf[cols]))
+    cal = registry.read_artifact(art, "calibration.json")
+    score = PlattCalibration(cal["a"], cal["b"]).apply(predict_margin(raw, golden_pdf[cols]))
+    return pr_auc(golden_pdf[t.LABEL].to_numpy(), score)
 
 
 @dataclass
