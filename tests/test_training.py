@@ -274,6 +274,13 @@ def test_threshold_meets_target_precision_on_validation(spark, trained):
     gdf = golden.select(t.LABEL, *as_model_input(cols)).toPandas()
     gscore = cal.apply(predict_margin(raw, gdf[cols]))
     assert result.metrics["golden_pr_auc"] == pytest.approx(average_precision_score(gdf[t.LABEL], gscore))
+    # False positive rates per account age: the boolean feature reaches evaluation as 1.0/0.0.
+    humans = gdf[t.LABEL] == 0
+    for value, name in ((1.0, "new"), (0.0, "established")):
+        seg = humans & (gdf["is_new_account"] == value)
+        assert seg.sum() > 0
+        assert result.metrics[f"golden_fpr_segment_new_account_{name}"] == pytest.approx(
+            (gscore[seg.to_numpy()] >= result.threshold).mean())
 
 
 def test_the_gate_scores_the_champion_calibrated_as_it_scores(spark, trained, tmp_path):

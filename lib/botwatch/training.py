@@ -217,8 +217,9 @@ def _evaluate(pdf: pd.DataFrame, score: np.ndarray, threshold: float | None, par
         return {f"{prefix}n": float(len(pdf))}
     segments = {}
     if "is_new_account" in pdf:
-        age = pdf["is_new_account"].map({True: "new", False: "established"})
-        segments["new_account"] = age.fillna("unknown").to_numpy()
+        # a model input here (1.0/0.0/NaN), not a bool: map by value, not by True/False keys
+        new = pdf["is_new_account"].astype("float64")
+        segments["new_account"] = np.where(new == 1, "new", np.where(new == 0, "established", "unknown"))
     if t.COUNTRY in pdf:
         segments["country"] = pdf[t.COUNTRY].fillna("unknown").to_numpy()
     families = pdf[t.FAMILY].fillna("human").to_numpy() if t.FAMILY in pdf else None
