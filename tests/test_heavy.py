@@ -397,6 +397,23 @@ def test_encodings_reproduce_predictions(trained, data):
     np.testing.assert_allclose(trained.predict_from_encodings(enc, valid), trained.predict(valid), atol=1e-6)
 
 
+def test_the_surest_bots_keep_distinct_scores(trained, data, monkeypatch):
+    """Float32 logits of 17-30 (past where float32's sigmoid rounds to 1.0) become distinct
+    probabilities, scipy's expit in double, on both scoring paths."""
+    from scipy.special import expit
+
+    _, valid = data
+    rows = valid.iloc[:4]
+    logits = torch.tensor([17.0, 20.0, 25.0, 30.0])
+    want = expit(logits.double().numpy())
+    monkeypatch.setattr(trained.model, "forward", lambda batch: logits)
+    monkeypatch.setattr(trained.model, "head", lambda enc, tab, nbr: logits)
+    for got in (trained.predict(rows, batch_size=4),
+                trained.predict_from_encodings(np.zeros((4, SMALL.seq_hidden)), rows, batch_size=4)):
+        assert got.dtype == np.float64 and len(set(got)) == 4
+        np.testing.assert_allclose(got, want, rtol=1e-15)
+
+
 def test_ensemble_averages_independently_trained_seeds(data, tmp_path):
     """heavy.ensemble = 3: the members are the models three single runs with seeds seed, seed+1, seed+2
     would train, and the ensemble's score is the mean of their probabilities. It saves, loads, encodes

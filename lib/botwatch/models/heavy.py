@@ -427,6 +427,12 @@ def build_model(n_tabular: int, n_neighbor: int, config: HeavyConfig) -> HeavyMo
 # ---------------------------------------------------------------- trained model
 
 
+def probabilities(logits: torch.Tensor) -> np.ndarray:
+    """sigmoid(logits) as float64 numpy, computed in double: float32 rounds every logit above
+    ~16.6 to exactly 1.0, and those ties would hide the ranking among the surest bots."""
+    return torch.sigmoid(logits.double()).cpu().numpy()
+
+
 @dataclass
 class TrainedHeavy:
     """A trained heavy model with everything needed to score new rows."""
@@ -477,7 +483,7 @@ class TrainedHeavy:
         out = [np.zeros(0)]
         with torch.inference_mode():
             for batch in self._batched(pdf, batch_size):
-                out.append(torch.sigmoid(self.model(batch).float()).cpu().numpy().astype(np.float64))
+                out.append(probabilities(self.model(batch)))
         return np.concatenate(out)
 
     def encode_sequences(self, pdf: pd.DataFrame, batch_size: int | None = None) -> np.ndarray:
@@ -508,7 +514,7 @@ class TrainedHeavy:
                 part = slice(start, start + size)
                 d = dense[part].to(self.device)
                 logits = self.model.head(enc[part].to(self.device), d[:, :n_tab], d[:, n_tab:])
-                out.append(torch.sigmoid(logits.float()).cpu().numpy().astype(np.float64))
+                out.append(probabilities(logits))
         return np.concatenate(out)
 
     def quantize_dynamic(self) -> TrainedHeavy:
