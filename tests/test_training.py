@@ -307,14 +307,24 @@ def test_the_gate_scores_the_champion_calibrated_as_it_scores(spark, trained, tm
 
 
 def test_prevalence_auto_takes_the_monitors_latest_estimate_before_the_run_date(spark, tmp_path):
+    """The newest estimate before D that is precise enough: standard error at most
+    ``prevalence_max_rse`` of the estimate (a queue with few labels gives e.g. 0.915 in [0.15, 1])."""
     params = TrainParams(label_weights={"investigator": 1.0}, prevalence_fallback=0.04)
     warehouse, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
     assert population_prevalence(spark, warehouse, day, params)[0] == 0.04  # no metrics table yet
-    rows = [(day - dt.timedelta(days=3), "prevalence", 0.05), (day - dt.timedelta(days=1), "prevalence", 0.08),
-            (day - dt.timedelta(days=1), "drift_alert", 1.0), (day, "prevalence", 0.5)]  # D's own: written later
+    d = [day - dt.timedelta(days=k) for k in range(5)]
+    rows = [(d[4], "prevalence", 0.05), (d[4], "prevalence_se", 0.01),
+            (d[3], "prevalence", 0.06),  # no standard error: not trusted
+            (d[2], "prevalence", 0.08), (d[2], "prevalence_se", 0.02), (d[2], "drift_alert", 1.0),
+            (d[1], "prevalence", 0.915), (d[1], "prevalence_se", 0.39), (d[1], "prevalence_low", 0.149),
+            (d[0], "prevalence", 0.5), (d[0], "prevalence_se", 0.01)]  # D's own: written later
     write_table(spark.createDataFrame(rows, METRICS_SCHEMA), warehouse, t.METRICS, partition_by=[t.RUN_DATE])
     value, source = population_prevalence(spark, warehouse, day, params)
-    assert value == 0.08 and str(day - dt.timedelta(days=1)) in source
+    assert value == 0.08 and str(d[2]) in source
+    value, source = population_prevalence(spark, warehouse, day, dataclasses.replace(params, prevalence_max_rse=0.2))
+    assert value == 0.05 and str(d[4]) in source  # 0.02 / 0.08 = 0.25 is too wide now
+    value, source = population_prevalence(spark, warehouse, day, dataclasses.replace(params, prevalence_max_rse=0.1))
+    assert value == 0.04 and "fallback" in source and str(d[1]) in source and "0.43" in source
     assert population_prevalence(spark, warehouse, day, dataclasses.replace(params, prevalence=0.2))[0] == 0.2
     assert population_prevalence(spark, warehouse, day, dataclasses.replace(params, prevalence=None))[0] is None
 

@@ -76,6 +76,7 @@ class TrainParams:
     new_account_days: int = 30
     prevalence: float | str | None = PREVALENCE_AUTO
     prevalence_fallback: float = 0.03
+    prevalence_max_rse: float = 0.3
     xgb: XGBParams = field(default_factory=XGBParams)
 
     def __post_init__(self) -> None:
@@ -145,29 +146,42 @@ def population_prevalence(
 ) -> tuple[float | None, str]:
     """The bot share calibration and threshold are set for, and where it came from.
 
-    ``train.prevalence``: a number; ``auto`` (the monitor's latest stratified estimate before D,
-    else ``train.prevalence_fallback``); or null (the labels' own share: no correction)."""
+    ``train.prevalence``: a number; ``auto`` (the monitor's latest stratified estimate before D
+    whose relative standard error is at most ``train.prevalence_max_rse``, else
+    ``train.prevalence_fallback``); or null (the labels' own share: no correction). A queue with
+    few labels gives an estimate like 0.9 in [0.15, 1]: thresholds set for it would be wrong."""
+    why = "no monitor estimate yet"
     if params.prevalence == PREVALENCE_AUTO and table_exists(spark, warehouse, t.METRICS):
-        latest = (
+        names = (PREVALENCE_METRIC, f"{PREVALENCE_METRIC}_se")
+        rows = (
             read_table(spark, warehouse, t.METRICS)
-            .where((F.col(t.RUN_DATE) < F.lit(run_date)) & (F.col(t.NAME) == F.lit(PREVALENCE_METRIC))
-                   & F.col(t.VALUE).between(1e-6, 1 - 1e-6))
+            .where((F.col(t.RUN_DATE) < F.lit(run_date)) & F.col(t.NAME).isin(*names))
+            .groupBy(t.RUN_DATE).pivot(t.NAME, list(names)).agg(F.first(t.VALUE))
+            .where(F.col(PREVALENCE_METRIC).between(1e-6, 1 - 1e-6))
             .orderBy(F.col(t.RUN_DATE).desc())
-            .first()
+            .collect()
         )
-        if latest is not None:
-            return float(latest[t.VALUE]), f"monitor estimate of {latest[t.RUN_DATE]}"
-    return conf_prevalence(params)
+        # newest first: a few rows, one per monitored day; (day, estimate, relative standard error)
+        found = [(r[t.RUN_DATE], float(r[names[0]]), math.nan if r[names[1]] is None else r[names[1]] / r[names[0]])
+                 for r in rows]
+        for day, estimate, rse in found:
+            if rse <= params.prevalence_max_rse:
+                return estimate, f"monitor estimate of {day}"
+        if found:
+            day, estimate, rse = found[0]
+            why = (f"the monitor's latest estimate, {estimate:.4f} of {day}, has relative standard error "
+                   f"{rse:.2f} > train.prevalence_max_rse")
+    return conf_prevalence(params, why)
 
 
-def conf_prevalence(params: TrainParams) -> tuple[float | None, str]:
+def conf_prevalence(params: TrainParams, why: str = "no monitor estimate yet") -> tuple[float | None, str]:
     """:func:`population_prevalence` without a monitor estimate: what conf alone sets, and where from."""
     setting = params.prevalence
     if setting is None:
         return None, "labels' own bot share (train.prevalence: null)"
     if setting != PREVALENCE_AUTO:
         return float(setting), "conf train.prevalence"
-    return float(params.prevalence_fallback), "conf train.prevalence_fallback (no monitor estimate yet)"
+    return float(params.prevalence_fallback), f"conf train.prevalence_fallback ({why})"
 
 
 def validation_weights(pdf: pd.DataFrame, prevalence: float | None) -> np.ndarray:
