@@ -217,7 +217,10 @@ def test_neyman_allocation_is_proportional_to_size_times_spread():
     ideal = np.array(sizes[:3]) * spreads[:3] / np.dot(sizes[:3], spreads[:3]) * (100 - 2)
     assert np.abs(np.array(alloc[:3]) - ideal).max() <= 2.0
     assert neyman_allocation([5, 1, 0], [0.5, 0.5, 0.5], 100, minimum=2) == [5, 1, 0]
-    assert sum(neyman_allocation([50, 50, 50], [0.1, 0.1, 0.1], 2, minimum=2)) == 2
+    assert neyman_allocation([50, 60, 50], [0.1, 0.1, 0.1], 2, minimum=2) == [1, 1, 0]
+    # minimums that do not fit: the whole budget still goes out, as evenly as they allow
+    assert neyman_allocation([100, 100, 100], [0.1, 0.5, 0.9], 10, minimum=5) == [4, 3, 3]
+    assert neyman_allocation([100, 50, 2, 0], [0.5] * 4, 5, minimum=3) == [2, 2, 1, 0]
 
 
 # ---- prevalence ------------------------------------------------------------------------------

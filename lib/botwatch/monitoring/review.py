@@ -76,10 +76,14 @@ def neyman_allocation(sizes: Sequence[int], spreads: Sequence[float], n: int, mi
     n = min(int(n), sum(sizes))
     alloc = [min(minimum, s) for s in sizes]
     if sum(alloc) > n:
-        # Budget below the minimums: one each to the largest strata first.
-        alloc = [0] * len(sizes)
-        for i in sorted(range(len(sizes)), key=lambda i: -sizes[i])[:n]:
-            alloc[i] = 1
+        # Budget below the minimums: all of it, dealt one at a time to the largest strata first
+        # (one each before any gets two: a stratum without a label leaves the estimate undefined).
+        caps, alloc = alloc, [0] * len(sizes)
+        order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+        while sum(alloc) < n:
+            for i in (i for i in order if alloc[i] < caps[i]):
+                if sum(alloc) < n:
+                    alloc[i] += 1
         return alloc
     while sum(alloc) < n:
         room = [s - a for s, a in zip(sizes, alloc, strict=True)]
