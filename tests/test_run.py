@@ -581,6 +581,24 @@ def test_two_runs_taking_over_one_stale_lock_never_both_hold_it(spark, warehouse
     assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == next(iter(won.values()))
 
 
+def test_a_takeover_creates_only_file_names_hdfs_accepts(spark, warehouse, monkeypatch):
+    """HDFS refuses ':' in a path component (DFSUtil.isValidName), and a holder is ``host:hex``:
+    the takeover marker names the dead holder without it."""
+    dead = nightly.DateLock(spark, warehouse, D, stale_hours=12)
+    dead.acquire()
+    created: list[str] = []
+    create = nightly._create_exclusive
+
+    def recorded(spark_, path, payload):
+        created.append(path)
+        return create(spark_, path, payload)
+
+    monkeypatch.setattr(nightly, "_create_exclusive", recorded)
+    nightly.DateLock(spark, warehouse, D, stale_hours=0).acquire()
+    assert any(".takeover-" in p for p in created) and ":" in dead.holder
+    assert [p for p in created if ":" in p.removeprefix("file:").rsplit("/", 1)[-1]] == []
+
+
 def test_a_killed_runs_lock_expires_and_a_live_runs_never_does(spark, warehouse):
     """A run touches its lock while it holds it (run.lock_heartbeat_seconds), so however long it runs
     the lock stays fresh. Killed, it stops: once the lock is untouched for run.lock_stale_hours the next

@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import uuid
@@ -382,7 +383,8 @@ class DateLock:
             # same stale lock, only the one that creates its takeover marker may delete it: a
             # check-then-delete let a slow contender delete the lock another had just taken over. A
             # holder that is alive after all has touched it since, so the lock differs from ``held``.
-            marker = f"{self.path}.takeover-{held['holder']}"
+            # the holder is host:hex, and HDFS refuses ':' in a file name
+            marker = f"{self.path}.takeover-{re.sub(r'[^A-Za-z0-9._-]', '_', held['holder'])}"
             if _create_exclusive(self.spark, marker, payload):
                 try:
                     if self.current() == held:
