@@ -152,10 +152,15 @@ def test_mixed_type_knob_and_free_form_mapping(tmp_path):
             TrainParams(label_weights={}, prevalence=bad)
     assert TrainParams(label_weights={}, prevalence="0.05").prevalence == 0.05  # quoted, as files held it
     # A dotted key inside a free-form mapping is one key there, added to what the file set.
-    conf = load_config(path, ["spark.extra_conf.spark.executor.instances=20"])
-    assert conf["spark.extra_conf"] == {"spark.a": "x", "spark.executor.instances": 20}
-    # A string knob keeps YAML numbers as text, but null is null.
+    # Its values are Spark settings, text as typed: 022 is not YAML's octal 18.
+    conf = load_config(path, ["spark.extra_conf.spark.executor.instances=20",
+                              "spark.extra_conf.spark.hadoop.fs.permissions.umask-mode=022"])
+    assert conf["spark.extra_conf"] == {"spark.a": "x", "spark.executor.instances": "20",
+                                        "spark.hadoop.fs.permissions.umask-mode": "022"}
+    # A string knob keeps the text as typed (YAML numbers, '#'), drops YAML quotes; null is null.
     assert load_config(path, ["spark.app_name=123"])["spark.app_name"] == "123"
+    assert load_config(path, ["warehouse=/data/bw #2"])["warehouse"] == "/data/bw #2"
+    assert load_config(path, ["spark.app_name='fraud nightly'"])["spark.app_name"] == "fraud nightly"
     assert load_config(path, ["simulate.drift.new_family=null"])["simulate.drift.new_family"] is None
 
 

@@ -150,20 +150,25 @@ def _apply_set(data: dict, base: dict, item: str) -> None:
     value = yaml.safe_load(raw) if raw != "" else ""
     parts = key.strip().split(".")
     declared: Any = base
+    free_form = False
     for i, part in enumerate(parts):
         declared = declared.get(part) if isinstance(declared, dict) else None
         if declared == {} and i < len(parts) - 1:
             # A free-form mapping: the rest of the dotted key is one key inside it.
             parts = [*parts[:i + 1], ".".join(parts[i + 1:])]
-            declared = None
+            declared, free_form = None, True
             break
     overlay: dict[str, Any] = {}
     node = overlay
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
-    # A string knob set to something YAML reads as a number stays a string (null stays null).
-    if isinstance(declared, str) and value is not None and not isinstance(value, str) and key not in MIXED_KEYS:
+    # A string knob, and a free-form mapping's entry (Spark settings are text), take the text as
+    # typed: YAML would read 022 as octal 18 and cut '/data/bw #2' at its comment. Null stays null,
+    # and a quoted YAML string loses its quotes.
+    text = (isinstance(declared, str) and key not in MIXED_KEYS) or free_form
+    quoted = isinstance(value, str) and raw.strip()[:1] in ("'", '"')
+    if text and value is not None and not quoted:
         node[parts[-1]] = raw
     _merge(data, base, overlay, f"--set {item}")
 
