@@ -69,6 +69,11 @@ def test_training_waits_without_validation_labels(spark, monkeypatch):
     monkeypatch.setattr(training, "training_rows", lambda *_: (train, empty, empty))
     with pytest.raises(NotEnoughLabelsError, match="0 labelled validation rows .* train.valid_days"):
         prepare_training(spark, "/nonexistent", dt.date(2026, 3, 10), TrainParams(label_weights={"investigator": 1.0}))
+    # 60 rows with 58 bots: train.min_positives (5) holds for humans as well as bots.
+    lopsided = spark.createDataFrame([(i, int(i >= 2), 1.0, float(i)) for i in range(60)], schema)
+    monkeypatch.setattr(training, "training_rows", lambda *_: (lopsided, lopsided, empty))
+    with pytest.raises(NotEnoughLabelsError, match="60 training rows with 58 bots and 2 humans"):
+        prepare_training(spark, "/nonexistent", dt.date(2026, 3, 10), TrainParams(label_weights={"investigator": 1.0}))
 
 
 def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():

@@ -293,9 +293,9 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
     n_pos = train.where(F.col(t.LABEL) == 1).count()
     n_valid = valid.count()
     short = None
-    if n_train < params.min_train_rows or n_pos < params.min_positives or n_pos == n_train:
-        short = (f"{n_train} training rows with {n_pos} bots before {run_date}: need at least "
-                 f"{params.min_train_rows} rows and {params.min_positives} bots of each class "
+    if n_train < params.min_train_rows or min(n_pos, n_train - n_pos) < params.min_positives:
+        short = (f"{n_train} training rows with {n_pos} bots and {n_train - n_pos} humans before {run_date}: "
+                 f"need at least {params.min_train_rows} rows and {params.min_positives} of each class "
                  "(train.min_train_rows / train.min_positives)")
     elif n_valid < params.xgb.num_workers:
         # xgboost.spark fails obscurely on a worker without validation rows, and with none there is no
