@@ -354,11 +354,16 @@ def test_metadata_and_neighbour_activity_inputs_are_checked(spark, caplog):
         kept = neighbour_activity(activity, {"neighbor_activity_columns": ["n_events_7d", "n_events_9d"]})
     assert kept is not None and kept.columns == ["account_id", "n_events_7d"]
     assert "'n_events_9d' is not an activity feature" in caplog.text
-    # A flag is averaged as 0/1 (the share of neighbours that have it), not dropped as non-numeric.
-    flags = spark.createDataFrame([(1, True), (2, False)], "account_id long, has_activity_7d boolean")
-    shares = neighbour_activity(flags, {"neighbor_activity_columns": ["has_activity_7d"]})
-    assert shares is not None and dict(shares.dtypes)["has_activity_7d"] == "double"
-    edges = spark.createDataFrame([(3, 1, None), (3, 2, None)], "src long, dst long, created_at timestamp")
-    three = spark.createDataFrame([(1,), (2,), (3,)], "account_id long")
-    got = graph_features(edges, three, D, activity=shares, activity_columns=["has_activity_7d"])
-    assert got.where("account_id = 3").first()["followee_mean_has_activity_7d"] == 0.5
+    # A flag is averaged as 0/1, not dropped as non-numeric: the share of ALL neighbours that have
+    # it (4 has no activity row: no activity in any window). A number averages over those with one.
+    flags = spark.createDataFrame([(1, True, 2.0), (2, False, 4.0)], "account_id long, has_activity_7d boolean, n double")
+    shares = neighbour_activity(flags, {"neighbor_activity_columns": ["has_activity_7d", "n"]})
+    assert shares is not None
+    edges = spark.createDataFrame([(3, 1, None), (3, 2, None), (3, 4, None), (4, 1, None)],
+                                  "src long, dst long, created_at timestamp")
+    four = spark.createDataFrame([(1,), (2,), (3,), (4,)], "account_id long")
+    got = {r["account_id"]: r for r in graph_features(edges, four, D, activity=shares,
+                                                      activity_columns=["has_activity_7d", "n"]).collect()}
+    assert got[3]["followee_mean_has_activity_7d"] == pytest.approx(1 / 3) and got[3]["followee_mean_n"] == 3.0
+    assert got[1]["follower_mean_has_activity_7d"] == 0.0 and got[1]["follower_mean_n"] is None
+    assert got[4]["follower_mean_has_activity_7d"] == 0.0

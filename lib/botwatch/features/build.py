@@ -114,8 +114,8 @@ def hub_settings(graph_params: Mapping[str, Any]) -> HubSettings:
 
 def neighbour_activity(activity_feats: DataFrame, graph_params: Mapping[str, Any]) -> DataFrame | None:
     """The activity columns the graph step averages over neighbours (``features.graph.neighbor_activity_columns``
-    that exist), with ``account_id``; None when there are none. A flag (``has_activity_7d``) is read as
-    0/1, so its mean is the share of neighbours that have it."""
+    that exist), with ``account_id``; None when there are none. A flag (``has_activity_7d``) stays
+    boolean: :func:`graph.graph_features` averages it as the share of all neighbours that have it."""
     wanted = list(graph_params.get("neighbor_activity_columns", []))
     cols = [c for c in wanted if c in activity_feats.columns]
     for c in wanted:
@@ -123,9 +123,7 @@ def neighbour_activity(activity_feats: DataFrame, graph_params: Mapping[str, Any
             # A typo, or a window no longer computed: the followee_/follower_mean_ columns would just vanish.
             log.warning("features.graph.neighbor_activity_columns: %r is not an activity feature of this run (a typo, "
                         "or a window features.windows no longer has); its neighbour means are skipped", c)
-    types = dict(activity_feats.dtypes)
-    values = [F.col(c).cast("double").alias(c) if types[c] == "boolean" else F.col(c) for c in cols]
-    return activity_feats.select(t.ACCOUNT_ID, *values) if cols else None
+    return activity_feats.select(t.ACCOUNT_ID, *cols) if cols else None
 
 
 def build_features(

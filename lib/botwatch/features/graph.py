@@ -444,7 +444,7 @@ def latest_labels_before(labels: DataFrame, run_date: dt.date | str) -> DataFram
 
 def _activity_columns(activity: DataFrame, columns: Sequence[str] | None) -> list[str]:
     require_columns(activity, (t.ACCOUNT_ID, *(columns or ())), "graph neighbour activity")
-    numeric = {f.name for f in activity.schema.fields if isinstance(f.dataType, T.NumericType)}
+    numeric = {f.name for f in activity.schema.fields if isinstance(f.dataType, (T.NumericType, T.BooleanType))}
     chosen = list(columns) if columns else [c for c in activity.columns if c != t.ACCOUNT_ID and c in numeric]
     bad = [c for c in chosen if c not in numeric]
     if bad:
@@ -480,7 +480,9 @@ def graph_features(
       edges), ``triangles_estimated`` (hub estimate, see :func:`triangle_counts`);
     - ``followee_mean_<col>`` / ``follower_mean_<col>``: mean of each ``activity`` column (one
       row per account) over followees / followers that have a value (``activity_columns`` or
-      every numeric column); null when none has;
+      every numeric column); null when none has. A boolean column (a flag such as
+      ``has_activity_7d``) gives the share of all followees / followers that have it: one without
+      an ``activity`` row does not;
     - ``bot_neighbor_share``: share of undirected neighbours whose latest label before D is bot
       (null without neighbours or without ``labels``);
     - ``has_graph``: the account has an edge (other than a self-loop) as of D.
@@ -528,6 +530,13 @@ def graph_features(
 
     if activity is not None:
         act = activity.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *cols)
+        flags = {f.name for f in act.schema.fields if isinstance(f.dataType, T.BooleanType)}
+
+        def means(prefix: str) -> list[Column]:
+            # a neighbour without an activity row (none in any window) lacks every flag
+            values = {c: F.coalesce(F.col(c).cast("double"), F.lit(0.0)) if c in flags else F.col(c) for c in cols}
+            return [F.avg(v).cast("double").alias(prefix + c) for c, v in values.items()]
+
         pairs = ctx.directed.select(t.SRC, t.DST)
         # Followees of a hub-follower are keyed by the hub: salted lookup. The mean sums in a fixed order
         # (module docstring: a hub's rows meet in one task).
@@ -535,13 +544,13 @@ def graph_features(
             _salted_lookup(pairs, t.DST, act, hub_ids, salt_buckets)
             .repartition(F.col(t.SRC)).sortWithinPartitions(t.SRC, t.DST)  # floats summed in one fixed order
             .groupBy(F.col(t.SRC).alias(t.ACCOUNT_ID))
-            .agg(*[F.avg(c).cast("double").alias(FOLLOWEE_MEAN + c) for c in cols])
+            .agg(*means(FOLLOWEE_MEAN))
         )
         follower = (
             _salted_lookup(pairs, t.SRC, act, hub_ids, salt_buckets)
             .repartition(F.col(t.DST)).sortWithinPartitions(t.DST, t.SRC)  # floats summed in one fixed order
             .groupBy(F.col(t.DST).alias(t.ACCOUNT_ID))
-            .agg(*[F.avg(c).cast("double").alias(FOLLOWER_MEAN + c) for c in cols])
+            .agg(*means(FOLLOWER_MEAN))
         )
         out = out.join(followee, t.ACCOUNT_ID, "left").join(follower, t.ACCOUNT_ID, "left")
 
