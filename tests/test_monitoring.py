@@ -489,14 +489,20 @@ def test_hard_drift_fails_loudly_after_writing(spark, monitored, tmp_path):
     from tests.helpers import copy_warehouse
 
     from botwatch.monitoring.run import DriftHardAlert, monitor
+    from botwatch.training import needs_training
 
     wh, params, _, _ = monitored
     wh2 = copy_warehouse(wh, tmp_path / "wh")
     later = DAY + dt.timedelta(days=1)
     _write(spark, _features(later, 0.0, 4, broken=True), wh2, "features")
     _write(spark, _scores(later, 200), wh2, "scores")
-    with pytest.raises(DriftHardAlert, match="f_drift"):
+    with pytest.raises(DriftHardAlert, match="f_drift") as raised:
         monitor(spark, wh2, later, params)
+    # The command it suggests retrains on that date even with a champion trained there (a plain run keeps it).
+    assert f"botwatch run --date {later} --set train.max_champion_age_days=0" in str(raised.value)
+    fresh = {"run_date": later, "version": "7"}
+    assert needs_training(fresh, later, 0, drift_alert=False)[0]
+    assert not needs_training(fresh, later, 7, drift_alert=True)[0]
     metrics = _table(spark, wh2, "metrics").set_index(["run_date", "name"])["value"]
     assert metrics[(later, "drift_hard_alert")] == 1.0
     assert (tmp_path / "wh" / "reports" / f"{later}.html").exists()

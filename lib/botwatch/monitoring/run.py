@@ -370,9 +370,10 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
                   f"flagged rate {ratio:.2f}x the trailing mean" if ratio_hard else ""]
         raise DriftHardAlert(
             f"hard drift alert for {run_date}: {'; '.join(c for c in causes if c)}. The drift and metrics tables "
-            f"and the report {path} are written: check the inputs of {run_date}, then retrain "
-            f"(`botwatch train --date {run_date}`) or, if the shift is real and accepted, raise monitoring.psi_hard / "
-            "monitoring.flagged_ratio_hard."
+            f"and the report {path} are written: check the inputs of {run_date}, then retrain and rescore it "
+            f"(`botwatch run --date {run_date} --set train.max_champion_age_days=0`: a plain `botwatch train` keeps "
+            "a fresh champion, as D's own alert only reaches the next date's run) or, if the shift is real and "
+            "accepted, raise monitoring.psi_hard / monitoring.flagged_ratio_hard."
         )
     return summary
 
