@@ -599,6 +599,28 @@ def test_a_takeover_creates_only_file_names_hdfs_accepts(spark, warehouse, monke
     assert [p for p in created if ":" in p.removeprefix("file:").rsplit("/", 1)[-1]] == []
 
 
+def test_a_run_whose_lock_is_taken_over_stops_before_its_next_write(spark, fake_pipeline, monkeypatch):
+    """Step a runs while this run's lock goes stale and another run takes it over: a is not logged
+    as done, b never runs, and the other run's lock is left alone."""
+    conf, calls, _ = fake_pipeline
+    wh = conf["warehouse"]
+    other = nightly.DateLock(spark, wh, D, stale_hours=0)  # sees any lock as stale
+    step_a = steps.STEPS["a"]
+
+    def a_then_taken_over(spark_, conf_, run_date):
+        out = step_a(spark_, conf_, run_date)
+        other.acquire()
+        return out
+
+    monkeypatch.setitem(steps.STEPS, "a", a_then_taken_over)
+    with pytest.raises(nightly.RunLockLostError, match=f"taken over by {other.holder}"):
+        nightly.run_steps(spark, conf, D, echo=lambda _: None)
+    assert calls == ["a"]
+    assert "a" not in nightly.log_rows(spark, wh, D)
+    assert nightly.DateLock(spark, wh, D, stale_hours=12).current()["holder"] == other.holder
+    other.release()
+
+
 def test_a_killed_runs_lock_expires_and_a_live_runs_never_does(spark, warehouse):
     """A run touches its lock while it holds it (run.lock_heartbeat_seconds), so however long it runs
     the lock stays fresh. Killed, it stops: once the lock is untouched for run.lock_stale_hours the next

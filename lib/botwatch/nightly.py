@@ -127,6 +127,11 @@ class RunLockedError(RuntimeError):
     """Another run holds the lock of this date."""
 
 
+class RunLockLostError(RunLockedError):
+    """This run's lock of its date was taken over (it went unrefreshed past ``run.lock_stale_hours``):
+    the run stops before its next write, so two runs never write one date at once."""
+
+
 class StepFailedError(RuntimeError):
     """A step of the run raised; the message names the step and the date, the cause is chained."""
 
@@ -401,6 +406,18 @@ class DateLock:
             f"run.lock_stale_hours={self.stale_hours}; to free it now, `botwatch unlock --date {self.run_date}`."
         )
 
+    def check(self) -> None:
+        """Raise :class:`RunLockLostError` unless this lock still holds its date."""
+        held = self.current()
+        if held is None or held["holder"] != self.holder:
+            raise RunLockLostError(
+                f"the lock of {self.run_date} is no longer this run's ({self.holder}): "
+                f"{'it was removed' if held is None else 'taken over by ' + held['holder']}, as it went unrefreshed "
+                f"for run.lock_stale_hours={self.stale_hours} (a long pause of this process, or a file system that "
+                "hung). This run stops before writing more; the other run redoes what it needs. Check that run, "
+                f"then rerun {self.run_date} if it did not finish."
+            )
+
     def _beat_until_released(self) -> None:
         while not self._stop.wait(self.heartbeat_seconds):
             try:
@@ -519,9 +536,10 @@ def run_steps(
     started_run = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     run_key = {CONF_KEY: run_conf_fingerprint(conf)}  # the "_run" row's: the whole run's conf
     with DateLock(spark, warehouse, run_date, float(conf["run.lock_stale_hours"]),
-                  float(conf["run.lock_heartbeat_seconds"])):
+                  float(conf["run.lock_heartbeat_seconds"])) as lock:
         logged = log_rows(spark, warehouse, run_date)
         for step in order:
+            lock.check()  # a lock lost while the last step ran: stop before this one writes
             t0 = time.perf_counter()
             needed = NEEDS.get(step)
             needed_status = results.get(needed, logged.get(needed, {})).get("status") if needed else None
@@ -550,6 +568,7 @@ def run_steps(
                 summary, status = {"reason": str(exc)}, STATUS_WAITING
             except Exception as exc:
                 raise StepFailedError(f"step '{step}' failed for {run_date}: {exc}") from exc
+            lock.check()  # its writes may have met another run's: never logged as done
             # A step that rewrites one of its inputs (validate moves bad rows out) is keyed on the result.
             own = [tb for tb in io.inputs if tb in io.writes]
             versions = {**before, **_input_versions(spark, warehouse, own)}
