@@ -356,7 +356,8 @@ def test_metadata_and_neighbour_activity_inputs_are_checked(spark, caplog):
     assert "'n_events_9d' is not an activity feature" in caplog.text
     # A flag is averaged as 0/1, not dropped as non-numeric: the share of ALL neighbours that have
     # it (4 has no activity row: no activity in any window). A number averages over those with one.
-    flags = spark.createDataFrame([(1, True, 2.0), (2, False, 4.0)], "account_id long, has_activity_7d boolean, n double")
+    flags = spark.createDataFrame([(1, True, 2.0), (2, False, 4.0)],
+                                  "account_id long, has_activity_7d boolean, n double")
     shares = neighbour_activity(flags, {"neighbor_activity_columns": ["has_activity_7d", "n"]})
     assert shares is not None
     edges = spark.createDataFrame([(3, 1, None), (3, 2, None), (3, 4, None), (4, 1, None)],
