@@ -76,6 +76,29 @@ def test_training_waits_without_validation_labels(spark, monkeypatch):
         prepare_training(spark, "/nonexistent", dt.date(2026, 3, 10), TrainParams(label_weights={"investigator": 1.0}))
 
 
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_partition_keys_put_rows_on_the_chosen_partition(spark, n):
+    from botwatch.models.stage1 import partition_keys
+
+    keys = partition_keys(spark, n)
+    rows = spark.createDataFrame([(k, p) for p, k in enumerate(keys)], "k int, p int").repartition(n, "k")
+    assert sorted(map(tuple, rows.select("p", F.spark_partition_id()).collect())) == [(p, p) for p in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_xgboost_worker_gets_validation_rows(spark, seed):
+    """As many validation rows as workers: dealt one each. At random two shared a worker for some
+    seeds, and xgboost.spark failed there (KeyError 'values' on the worker without any)."""
+    from botwatch.models.stage1 import XGBParams, fit_booster
+
+    rng = np.random.default_rng(seed)
+    rows = [(i, int(i % 3 == 0), 1.0, float(rng.normal() + 2 * (i % 3 == 0))) for i in range(62)]
+    schema = f"{t.ACCOUNT_ID} long, {t.LABEL} int, {t.WEIGHT} double, x double"
+    train, valid = spark.createDataFrame(rows[:60], schema), spark.createDataFrame(rows[60:], schema)
+    booster = fit_booster(train, valid, ["x"], XGBParams(n_estimators=5, num_workers=2, seed=seed))
+    assert booster.num_boosted_rounds() >= 1
+
+
 def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():
     gate = registry.promotion_decision
     day = dt.date(2026, 3, 10)

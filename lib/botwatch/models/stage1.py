@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -24,6 +24,7 @@ from botwatch.schemas import quoted
 from botwatch.spark import session_conf
 
 VALIDATION_FLAG = "_is_validation"
+_WORKER = "_worker"  # the XGBoost worker (Spark partition) a training row goes to
 # Columns of a features row that are never model inputs.
 NON_FEATURE_COLUMNS = {
     t.ACCOUNT_ID, t.RUN_DATE, t.COUNTRY, t.LABEL, t.WEIGHT, t.SOURCE, t.AS_OF_DATE, t.FAMILY,
@@ -80,14 +81,24 @@ def fit_booster(
     """Train on ``train`` with early stopping on ``valid``; returns an ``xgboost.Booster``."""
     from xgboost.spark import SparkXGBClassifier, SparkXGBRegressor
 
-    data = train.withColumn(VALIDATION_FLAG, F.lit(False)).unionByName(
-        valid.withColumn(VALIDATION_FLAG, F.lit(True))
-    )
+    # xgboost.spark fails (KeyError 'values') on an Arrow batch holding no validation rows, or
+    # none but validation rows, and a shuffle hands each worker the train rows first. So: rows
+    # spread over exactly num_workers partitions (xgboost then keeps them), the validation rows
+    # dealt round-robin (at random, a few of them could all land on one worker), put in a random
+    # order inside each, and each partition handed over as one Arrow batch.
+    n = params.num_workers
+    order = Window.orderBy("_u")  # validation rows only: labels of valid_days, one small sort
+    dealt = valid.withColumn("_u", F.rand(params.seed)).withColumn(_WORKER, F.row_number().over(order) % n)
+    data = train.withColumn(VALIDATION_FLAG, F.lit(False)).withColumn(
+        _WORKER, F.floor(F.rand(params.seed) * n).cast("int")
+    ).unionByName(dealt.drop("_u").withColumn(VALIDATION_FLAG, F.lit(True)))
+    keys = F.array(*[F.lit(k) for k in partition_keys(train.sparkSession, n)])
     data = data.select(
         *as_model_input(cols),
         F.col(label_col).cast("double").alias(label_col),
         *( [F.col(weight_col).cast("double").alias(weight_col)] if weight_col else [] ),
         VALIDATION_FLAG,
+        F.element_at(keys, F.col(_WORKER) + 1).alias(_WORKER),
     )
     common: dict[str, Any] = dict(
         features_col=list(cols),
@@ -108,16 +119,12 @@ def fit_booster(
     )
     if weight_col:
         common["weight_col"] = weight_col
-    # xgboost.spark fails (KeyError 'values') on an Arrow batch holding no validation rows, or
-    # none but validation rows, and a shuffle hands each worker the train rows first. So: rows
-    # spread at random over exactly num_workers partitions (xgboost then keeps them), put in a
-    # random order inside each, and each partition handed over as one Arrow batch.
     shuffle = "_shuffle_key"
     data = (
-        data.repartition(params.num_workers, F.rand(params.seed))
+        data.repartition(n, _WORKER)
         .withColumn(shuffle, F.rand(params.seed + 1))
         .sortWithinPartitions(shuffle)
-        .drop(shuffle)
+        .drop(shuffle, _WORKER)
     )
     estimator: SparkXGBRegressor | SparkXGBClassifier
     if soft_targets:
@@ -129,6 +136,18 @@ def fit_booster(
                  "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 2)}
     with session_conf(spark, one_batch):
         return estimator.fit(data).get_booster()
+
+
+def partition_keys(spark: SparkSession, n: int) -> list[int]:
+    """For each partition p of ``repartition(n, key)``, an int key that Spark's hash partitioning
+    (Murmur3 with seed 42 as in ``F.hash``, mod n) sends to p: the way to put a row on a chosen worker."""
+    found = (
+        spark.range(64 * n).select(F.col("id").cast("int").alias("k"))
+        .groupBy(F.pmod(F.hash("k"), F.lit(n)).alias("p")).agg(F.min("k").alias("k"))
+        .collect()
+    )
+    keys = {r["p"]: r["k"] for r in found}
+    return [keys[p] for p in range(n)]  # 64 candidates per partition: one misses with odds ~e^-64
 
 
 def booster_bytes(booster) -> bytes:
