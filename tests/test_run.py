@@ -221,6 +221,33 @@ def test_scores_latest_keeps_each_accounts_newest_score(spark, warehouse):
     assert [h["operation"] for h in history].count("MERGE") == 3
 
 
+def test_a_rerun_that_no_longer_scores_an_account_takes_back_its_latest_row(spark, warehouse):
+    """Rerunning D without accounts 4 (scored on d1 too) and 6 (only on D): 4 falls back to its d1 score,
+    6 leaves; the table equals the newest score per account of what ``scores`` now holds."""
+    d1, d2 = D, D + dt.timedelta(days=1)
+    rows = [(a, d1, a / 10, None, a / 10, "none", "v1") for a in range(1, 6)]
+    rows += [(a, d2, a / 20, 0.5, a / 20 + 0.01, "action", "v2") for a in (2, 4, 6)]
+    write_table(spark.createDataFrame(rows, SCORES_SCHEMA), warehouse, t.SCORES, partition_by=[t.RUN_DATE])
+    publish_latest(spark, warehouse, d1)
+    publish_latest(spark, warehouse, d2)
+    rows = [r for r in rows if not (r[1] == d2 and r[0] in (4, 6))]
+    write_table(spark.createDataFrame([r for r in rows if r[1] == d2], SCORES_SCHEMA), warehouse, t.SCORES,
+                partition_by=[t.RUN_DATE], replace_where=f"{t.RUN_DATE} = '{d2}'")
+    publish_latest(spark, warehouse, d2)
+    latest = read_table(spark, warehouse, t.SCORES_LATEST).toPandas().sort_values(t.ACCOUNT_ID)
+    ref = pd.DataFrame(rows, columns=SCORES_SCHEMA.names).sort_values(t.RUN_DATE).groupby(t.ACCOUNT_ID).tail(1)
+    ref = ref.sort_values(t.ACCOUNT_ID)
+    assert latest[t.ACCOUNT_ID].tolist() == ref[t.ACCOUNT_ID].tolist() == [1, 2, 3, 4, 5]
+    assert latest[t.RUN_DATE].tolist() == ref[t.RUN_DATE].tolist()
+    assert latest[t.DECISION].tolist() == ref[t.DECISION].tolist() == ["none", "action", "none", "none", "none"]
+    # A rerun of D that scores nobody takes back all of D's rows.
+    write_table(spark.createDataFrame([], SCORES_SCHEMA), warehouse, t.SCORES, partition_by=[t.RUN_DATE],
+                replace_where=f"{t.RUN_DATE} = '{d2}'")
+    publish_latest(spark, warehouse, d2)
+    assert sorted(map(tuple, read_table(spark, warehouse, t.SCORES_LATEST).select(t.ACCOUNT_ID, t.RUN_DATE)
+                      .collect())) == [(a, d1) for a in range(1, 6)]
+
+
 def test_scores_latest_carries_whether_each_decision_was_carried_out(spark, warehouse):
     # A table published before these columns existed gains them; accounts not scored since keep nulls.
     d1, d2 = D, D + dt.timedelta(days=1)
