@@ -27,7 +27,7 @@ from botwatch.models import heavy as H
 from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint, heavy_inputs
 from botwatch.models.sequences import gather_sequences, gather_sequences_at
 from botwatch.schemas import EVENTS_SCHEMA
-from botwatch.scoring.cascade import cap_to_budget
+from botwatch.scoring.cascade import StaleStage1ScoresError, cap_to_budget
 from botwatch.scoring.decisions import with_decisions
 from botwatch.scoring.stage2 import (
     ENCODING,
@@ -588,6 +588,26 @@ def test_heavy_champion_without_threshold_leaves_decisions_to_stage_1(spark, cas
                     np.where(s1 >= stage1_threshold - cconf["scoring.review_band"], "review", "none"))
     assert (reached[t.DECISION].to_numpy() == want).all()
     assert (reached[t.DECISION] != "none").any()  # stage 1 acts on or reviews some of the flagged accounts
+
+
+def test_stage_2_refuses_stage_1_scores_that_are_missing_or_another_champions(spark, cascade, tmp_path):
+    # Stage 2 decides the accounts it does not see with the stage-1 champion's threshold: scores written by
+    # another stage-1 model (train promoted one since), or none at all, must stop it, not publish nothing.
+    cconf, day, _, _, _, _ = cascade
+    warehouse = copy_warehouse(warehouse_path(cconf), tmp_path / "wh")
+    conf = cconf.with_overrides([f"warehouse={warehouse}"])
+    steps.score_stage1_step(spark, conf, day)
+    champion = registry.champion(spark, warehouse, "stage1_xgb")[t.VERSION]
+    scores = DeltaTable.forPath(spark, t.table_path(warehouse, t.SCORES))
+    scores.update(F.col(t.RUN_DATE) == F.lit(day), {t.MODEL_VERSION: F.lit("stage1_xgb:0")})
+    with pytest.raises(StaleStage1ScoresError, match=f"written by stage1_xgb:0, not by that date's stage-1 "
+                                                     f"champion stage1_xgb:{champion}: rerun stage 1 first"):
+        steps.score_stage2_step(spark, conf, day)
+    scores.delete(F.col(t.RUN_DATE) == F.lit(day))
+    with pytest.raises(StaleStage1ScoresError, match="written not at all"):
+        steps.score_stage2_step(spark, conf, day)
+    steps.score_stage1_step(spark, conf, day)
+    assert steps.score_stage2_step(spark, conf, day)["n_stage2"] > 0
 
 
 def test_a_rerun_of_an_earlier_date_never_learns_from_a_later_heavy_champion(spark, cascade, monkeypatch):

@@ -129,13 +129,31 @@ def score_stage1_and_flag(spark: SparkSession, warehouse: str, run_date: dt.date
     return {**summary, **{f"n_{k}": v for k, v in counts.items()}}
 
 
+class StaleStage1ScoresError(RuntimeError):
+    """D's ``scores`` partition is missing or was not written by D's stage-1 champion."""
+
+
+def _check_stage1_scores(scores: DataFrame, run_date: dt.date, want: str) -> None:
+    # Stage 2 decides the unflagged accounts with the champion's threshold, so the flags and scores
+    # it reads must be that champion's (train may have promoted another since score_stage1 ran).
+    found = sorted(r[0] for r in scores.select(F.split(t.MODEL_VERSION, r"\+")[0]).distinct().collect())
+    if found != [want]:
+        what = f"by {', '.join(map(str, found))}" if found else "not at all"
+        raise StaleStage1ScoresError(
+            f"scores of {run_date} were written {what}, not by that date's stage-1 champion {want}: rerun "
+            f"stage 1 first (`botwatch score --date {run_date}`, or jobs/score_stage1.py then jobs/score_stage2.py)")
+
+
 def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, cascade_section: dict) -> dict:
     """Stage 2 on D's flagged accounts, then final scores and decisions for the whole partition."""
     heavy = heavy_champion(spark, warehouse, as_of=run_date)
     if heavy is None:
         return {"stage2": "skipped: no heavy champion (train one with `botwatch train`)", "n_stage2": 0}
     settings = InferenceSettings.from_conf(cascade_section)
-    scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(run_date)).cache()
+    scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(run_date))
+    stage1_champion = load_champion(spark, warehouse, as_of=run_date)
+    _check_stage1_scores(scores, run_date, f"{STAGE1_MODEL}:{stage1_champion.version}")
+    scores = scores.cache()
     flagged = scores.where(F.col(STAGE2_REACHED))
     n_flagged = flagged.count()
     if n_flagged == 0:
@@ -151,7 +169,7 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
     n_cached = stage2.where(F.col(FROM_CACHE)).count()
     n_scored = stage2.count()
 
-    stage1_threshold = load_champion(spark, warehouse, as_of=run_date).threshold
+    stage1_threshold = stage1_champion.threshold
     joined = (
         scores.drop(t.STAGE2_SCORE)
         .join(stage2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID, "left")
