@@ -65,6 +65,27 @@ def test_session_settings(spark):
     assert "-XX:-DontCompileHugeMethods" in jvm_args
 
 
+def test_days_are_utc_days_or_the_steps_refuse_to_run(spark, warehouse):
+    # Cut-offs at the session's midnights must match the UTC day partitions of events.
+    import datetime as dt
+
+    from botwatch.features.build import build_features
+    from botwatch.spark import SessionTimeZoneError, require_utc, session_settings
+    from botwatch.training import TrainParams, prepare_training
+
+    local = load_config(None, ["warehouse=/w", "spark.extra_conf.spark.sql.session.timeZone=Asia/Kolkata"])
+    with pytest.raises(ConfigError, match="spark.sql.session.timeZone to 'Asia/Kolkata'.*remove that entry"):
+        session_settings(local)
+    require_utc(spark)
+    day = dt.date(2026, 1, 12)
+    with session_conf(spark, {"spark.sql.session.timeZone": "Asia/Kolkata"}):
+        with pytest.raises(SessionTimeZoneError, match="is 'Asia/Kolkata'.*UTC day partitions"):
+            build_features(spark, warehouse, day, {})
+        with pytest.raises(SessionTimeZoneError, match="is 'Asia/Kolkata'"):
+            prepare_training(spark, warehouse, day, TrainParams(label_weights={"investigator": 1.0}))
+    require_utc(spark)
+
+
 def test_session_conf_sets_for_the_block_and_puts_back_what_was_there(spark):
     set_before, unset_before, left_alone = (
         "spark.sql.files.maxRecordsPerFile", "spark.sql.broadcastTimeout", "spark.sql.ansi.enabled")

@@ -15,15 +15,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from botwatch.config import PROJECT_ROOT, Config, resolve_path
+from botwatch.config import PROJECT_ROOT, Config, ConfigError, resolve_path
 
 FETCH_JARS_COMMAND = "make jars"
 DELTA_JAR_PREFIX = "delta-spark_"
 GRAPHFRAMES_JAR_PREFIX = "graphframes-spark4_"
+# botwatch's days are UTC days: event partitions, and the label, edge and account cut-offs.
+TIME_ZONE_KEY = "spark.sql.session.timeZone"
 
 
 class MissingJarsError(RuntimeError):
     """The JVM packages Spark needs are not in the jars folder."""
+
+
+class SessionTimeZoneError(RuntimeError):
+    """The session's time zone is not UTC, so day cut-offs would not match the UTC day partitions."""
+
+
+def require_utc(spark) -> None:
+    """Raise :class:`SessionTimeZoneError` unless ``spark``'s session time zone is UTC."""
+    zone = spark.conf.get(TIME_ZONE_KEY)
+    if zone not in ("UTC", "Etc/UTC", "Z", "+00:00"):
+        raise SessionTimeZoneError(
+            f"{TIME_ZONE_KEY} is {zone!r}: botwatch cuts labels, edges and accounts at UTC midnights to match "
+            f"the UTC day partitions of events; set it back with spark.conf.set({TIME_ZONE_KEY!r}, 'UTC') or "
+            "build the session with botwatch.spark.get_spark")
 
 
 def jars_dir(conf: Config) -> Path:
@@ -68,7 +84,7 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.adaptive.enabled": "true",
-        "spark.sql.session.timeZone": "UTC",
+        TIME_ZONE_KEY: "UTC",
         "spark.sql.warehouse.dir": f"{warehouse}/_spark_sql",
         "spark.ui.enabled": spark_conf["ui_enabled"],
         "spark.checkpoint.dir": checkpoint,
@@ -84,6 +100,9 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.python.sql.dataFrameDebugging.enabled": spark_conf["python_call_sites"],
     }
     settings.update(spark_conf.get("extra_conf") or {})
+    if str(settings[TIME_ZONE_KEY]) != "UTC":
+        raise ConfigError(f"spark.extra_conf sets {TIME_ZONE_KEY} to {settings[TIME_ZONE_KEY]!r}: botwatch's "
+                          "days are UTC days (event partitions, label and edge cut-offs); remove that entry")
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}
 
 

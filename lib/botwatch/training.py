@@ -44,6 +44,7 @@ from botwatch.models.stage1 import (
     predict_margin,
 )
 from botwatch.monitoring.drift import REFERENCE_ARTIFACT, training_reference
+from botwatch.spark import require_utc
 
 STAGE1_MODEL = "stage1_xgb"
 # The ``metrics`` row the monitor step sets when drift crosses the soft threshold.
@@ -288,6 +289,7 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
     """The rows, bot share and canary of D (the rows cached: every model reads each split several
     times, and each is a point-in-time join over every label and features partition).
     Raises :class:`NotEnoughLabelsError` when there are too few labelled rows to train on."""
+    require_utc(spark)
     train, valid, golden = (rows.cache() for rows in training_rows(spark, warehouse, run_date, params))
     n_train = train.count()
     n_pos = train.where(F.col(t.LABEL) == 1).count()

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from botwatch import tables as t
 from botwatch.delta_io import Materialize, commit_metadata, read_table, scratch_frames, table_exists, write_table
 from botwatch.features import activity, attributes, graph
+from botwatch.spark import require_utc
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,7 @@ def build_features(
     ``params`` is conf's ``features`` section. Returns the number of accounts written; ``report``
     (when given) receives the account attributes carried and skipped (for the step summary).
     """
+    require_utc(spark)
     windows = tuple(params.get("windows", activity.DEFAULT_WINDOWS))
     days = partial_days_to_build(spark, warehouse, run_date, windows)
     # Contiguous runs of days become one job each (a first run builds the whole window at once).
