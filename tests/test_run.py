@@ -200,18 +200,28 @@ SCORES_SCHEMA = T.StructType([
 ])
 
 
-def test_scores_latest_keeps_each_accounts_newest_score(spark, warehouse):
+def _publish_two_days(spark, warehouse, decision: str) -> tuple[dt.date, dt.date, list[tuple]]:
+    """Scores of accounts 1-5 on D and of 2, 4, 6 on the next day, both published in order."""
     d1, d2 = D, D + dt.timedelta(days=1)
     rows = [(a, d1, a / 10, None, a / 10, "none", "v1") for a in range(1, 6)]
-    rows += [(a, d2, a / 20, 0.5, a / 20 + 0.01, "review", "v2") for a in (2, 4, 6)]
+    rows += [(a, d2, a / 20, 0.5, a / 20 + 0.01, decision, "v2") for a in (2, 4, 6)]
     write_table(spark.createDataFrame(rows, SCORES_SCHEMA), warehouse, t.SCORES, partition_by=[t.RUN_DATE])
     publish_latest(spark, warehouse, d1)
     publish_latest(spark, warehouse, d2)
-    publish_latest(spark, warehouse, d1)  # rerunning an old date must not bring old scores back
-    publish_latest(spark, warehouse, d2)
+    return d1, d2, rows
+
+
+def _latest_and_newest_per_account(spark, warehouse, rows) -> tuple[pd.DataFrame, pd.DataFrame]:
     latest = read_table(spark, warehouse, t.SCORES_LATEST).toPandas().sort_values(t.ACCOUNT_ID)
     ref = pd.DataFrame(rows, columns=SCORES_SCHEMA.names).sort_values(t.RUN_DATE).groupby(t.ACCOUNT_ID).tail(1)
-    ref = ref.sort_values(t.ACCOUNT_ID)
+    return latest, ref.sort_values(t.ACCOUNT_ID)
+
+
+def test_scores_latest_keeps_each_accounts_newest_score(spark, warehouse):
+    d1, d2, rows = _publish_two_days(spark, warehouse, "review")
+    publish_latest(spark, warehouse, d1)  # rerunning an old date must not bring old scores back
+    publish_latest(spark, warehouse, d2)
+    latest, ref = _latest_and_newest_per_account(spark, warehouse, rows)
     assert latest[t.ACCOUNT_ID].tolist() == ref[t.ACCOUNT_ID].tolist() == [1, 2, 3, 4, 5, 6]
     assert latest[t.RUN_DATE].tolist() == ref[t.RUN_DATE].tolist()
     assert latest[t.SCORE].tolist() == pytest.approx(ref[t.SCORE].tolist())
@@ -224,19 +234,12 @@ def test_scores_latest_keeps_each_accounts_newest_score(spark, warehouse):
 def test_a_rerun_that_no_longer_scores_an_account_takes_back_its_latest_row(spark, warehouse):
     """Rerunning D without accounts 4 (scored on d1 too) and 6 (only on D): 4 falls back to its d1 score,
     6 leaves; the table equals the newest score per account of what ``scores`` now holds."""
-    d1, d2 = D, D + dt.timedelta(days=1)
-    rows = [(a, d1, a / 10, None, a / 10, "none", "v1") for a in range(1, 6)]
-    rows += [(a, d2, a / 20, 0.5, a / 20 + 0.01, "action", "v2") for a in (2, 4, 6)]
-    write_table(spark.createDataFrame(rows, SCORES_SCHEMA), warehouse, t.SCORES, partition_by=[t.RUN_DATE])
-    publish_latest(spark, warehouse, d1)
-    publish_latest(spark, warehouse, d2)
+    d1, d2, rows = _publish_two_days(spark, warehouse, "action")
     rows = [r for r in rows if not (r[1] == d2 and r[0] in (4, 6))]
     write_table(spark.createDataFrame([r for r in rows if r[1] == d2], SCORES_SCHEMA), warehouse, t.SCORES,
                 partition_by=[t.RUN_DATE], replace_where=f"{t.RUN_DATE} = '{d2}'")
     publish_latest(spark, warehouse, d2)
-    latest = read_table(spark, warehouse, t.SCORES_LATEST).toPandas().sort_values(t.ACCOUNT_ID)
-    ref = pd.DataFrame(rows, columns=SCORES_SCHEMA.names).sort_values(t.RUN_DATE).groupby(t.ACCOUNT_ID).tail(1)
-    ref = ref.sort_values(t.ACCOUNT_ID)
+    latest, ref = _latest_and_newest_per_account(spark, warehouse, rows)
     assert latest[t.ACCOUNT_ID].tolist() == ref[t.ACCOUNT_ID].tolist() == [1, 2, 3, 4, 5]
     assert latest[t.RUN_DATE].tolist() == ref[t.RUN_DATE].tolist()
     assert latest[t.DECISION].tolist() == ref[t.DECISION].tolist() == ["none", "action", "none", "none", "none"]
