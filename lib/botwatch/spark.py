@@ -22,6 +22,7 @@ DELTA_JAR_PREFIX = "delta-spark_"
 GRAPHFRAMES_JAR_PREFIX = "graphframes-spark4_"
 # botwatch's days are UTC days: event partitions, and the label, edge and account cut-offs.
 TIME_ZONE_KEY = "spark.sql.session.timeZone"
+UTC_NAMES = ("UTC", "Etc/UTC", "Z", "+00:00")
 
 
 class MissingJarsError(RuntimeError):
@@ -35,7 +36,7 @@ class SessionTimeZoneError(RuntimeError):
 def require_utc(spark) -> None:
     """Raise :class:`SessionTimeZoneError` unless ``spark``'s session time zone is UTC."""
     zone = spark.conf.get(TIME_ZONE_KEY)
-    if zone not in ("UTC", "Etc/UTC", "Z", "+00:00"):
+    if zone not in UTC_NAMES:
         raise SessionTimeZoneError(
             f"{TIME_ZONE_KEY} is {zone!r}: botwatch cuts labels, edges and accounts at UTC midnights to match "
             f"the UTC day partitions of events; set it back with spark.conf.set({TIME_ZONE_KEY!r}, 'UTC') or "
@@ -100,7 +101,7 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.python.sql.dataFrameDebugging.enabled": spark_conf["python_call_sites"],
     }
     settings.update(spark_conf.get("extra_conf") or {})
-    if str(settings[TIME_ZONE_KEY]) != "UTC":
+    if str(settings[TIME_ZONE_KEY]) not in UTC_NAMES:
         raise ConfigError(f"spark.extra_conf sets {TIME_ZONE_KEY} to {settings[TIME_ZONE_KEY]!r}: botwatch's "
                           "days are UTC days (event partitions, label and edge cut-offs); remove that entry")
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}

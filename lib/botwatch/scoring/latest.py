@@ -42,22 +42,22 @@ def publish_latest(spark: SparkSession, warehouse: str, run_date: dt.date) -> di
         target.toDF().where(F.col(t.RUN_DATE) == F.lit(run_date)).select(t.ACCOUNT_ID)
         .join(today.select(t.ACCOUNT_ID), t.ACCOUNT_ID, "left_anti")
     )
-    source = today
-    if dropped.take(1):
+    source, rerun = today, bool(dropped.take(1))
+    if rerun:
         newest = Window.partitionBy(t.ACCOUNT_ID).orderBy(F.col(t.RUN_DATE).desc())
-        earlier = (
+        source = today.unionByName(
             scores.where(F.col(t.RUN_DATE) < F.lit(run_date)).join(dropped, t.ACCOUNT_ID, "left_semi")
             .withColumn("_newest", F.row_number().over(newest)).where("_newest = 1").select(*cols)
         )
-        source = today.unionByName(earlier)
     on_d = f"l.{t.RUN_DATE} = DATE'{run_date}'"
-    (
+    merge = (
         target.alias("l")
         .merge(source.alias("s"), f"l.{t.ACCOUNT_ID} = s.{t.ACCOUNT_ID}")
         .withSchemaEvolution()  # tables published before a column existed gain it
         .whenMatchedUpdateAll(condition=f"s.{t.RUN_DATE} >= l.{t.RUN_DATE} OR {on_d}")
         .whenNotMatchedInsertAll(condition=f"s.{t.RUN_DATE} = DATE'{run_date}'")
-        .whenNotMatchedBySourceDelete(condition=on_d)
-        .execute()
     )
+    if rerun:  # only then: the nightly MERGE stays a plain upsert
+        merge = merge.whenNotMatchedBySourceDelete(condition=on_d)
+    merge.execute()
     return {"published": n}
