@@ -22,6 +22,7 @@ from botwatch.features.build import METADATA_COLUMNS
 from botwatch.features.graph import graph_context
 from botwatch.models.sequences import neighbor_col
 from botwatch.models.stage1 import booster_bytes, top_contributions
+from botwatch.schemas import ACCOUNTS_SCHEMA
 
 D = dt.date(2026, 2, 1)
 BEFORE = dt.datetime(2026, 1, 20)
@@ -234,6 +235,22 @@ def test_selection_skips_strings_contract_names_and_clashes_with_messages(spark)
     assert "no column 'missing_col' in accounts" in listed.skipped["missing_col"]
     with pytest.raises(A.AttributeConfigError, match="account_attributes"):
         A.select_attributes(df.schema, "everything")
+
+
+def test_auto_leaves_out_columns_named_like_a_label_and_a_list_takes_them():
+    schema = T.StructType([*ACCOUNTS_SCHEMA.fields, *[T.StructField(n, typ) for n, typ in [
+        ("is_bot", T.IntegerType()), ("isBot", T.BooleanType()), ("label_score", T.DoubleType()),
+        ("banned", T.BooleanType()), ("suspension_count", T.LongType()), ("bot_probability", T.DoubleType()),
+        ("robot_clicks", T.DoubleType()), ("botany_posts", T.LongType()), ("about", T.DoubleType()),
+    ]]])
+    sel = A.select_attributes(schema, "auto")
+    leaky = ["is_bot", "isBot", "label_score", "banned", "suspension_count", "bot_probability"]
+    assert sorted(sel.columns) == ["about", "botany_posts", "robot_clicks"]  # "bot" only as a whole word
+    assert sorted(sel.skipped) == sorted(leaky)
+    assert all("looks like a label" in sel.skipped[n] and "features.account_attributes" in sel.skipped[n]
+               for n in leaky)
+    listed = A.select_attributes(schema, ["is_bot", "banned"])  # the user says they are known before D
+    assert listed.columns == {"is_bot": "attr_is_bot", "banned": "attr_banned"} and not listed.skipped
 
 
 def test_attribute_values_keep_nulls_and_the_run_reports_every_problem(spark):

@@ -6,7 +6,11 @@ Attributes
     named in conf ``features.account_attributes`` (:func:`select_attributes`) is carried into
     ``features`` as ``attr_<name>`` (double; booleans 1/0; NaN and null both become null, so
     missing stays missing). Strings and other non-numeric columns, names of contract columns,
-    unknown names and names that would collide after sanitising are skipped with a message;
+    unknown names and names that would collide after sanitising are skipped with a message, and so,
+    under ``auto`` only, is a column whose name says it holds a label or the outcome of moderation
+    (a word of it is ``label``, ``bot``, ``is_bot``, ``suspended``, ``banned`` ...: :data:`LEAKY_WORDS`):
+    such a column is often written after the fact, so as a feature it would hand the model its
+    answer. Listing it in ``features.account_attributes`` takes it anyway;
     all-null columns are kept (their features are null) with a message. Nothing here raises on a
     bad column: the messages are logged and returned in the features step's summary.
 
@@ -100,6 +104,12 @@ OVERLAP_MAX = f"{t.NBR_PREFIX}all_overlap_max"
 OVERLAP_MAX_SHARE = f"{t.NBR_PREFIX}all_overlap_max_share"
 OVERLAP_COLUMNS = (OVERLAP_SHARED, OVERLAP_MAX, OVERLAP_MAX_SHARE)
 DEFAULT_PERCENTILE_SAMPLE = 2_000
+# Words of a column name (split at non-letters and camelCase) that mark a label or a moderation
+# outcome; ``auto`` leaves such a column out (a label as a feature leaks the answer into training).
+LEAKY_WORDS = frozenset({
+    "label", "labels", "labeled", "labelled", "bot", "bots", "isbot", "truth", "family",
+    "suspended", "suspension", "banned", "ban", "removed", "takedown", "moderated",
+})
 PERCENTILE_SEED = 17  # seeds the hash that samples a hub's neighbours for its percentiles
 
 # internal columns
@@ -148,19 +158,31 @@ def _feature_name(column: str) -> str:
     return ATTR_PREFIX + re.sub(r"[^0-9A-Za-z_]", "_", column)
 
 
+def _name_words(column: str) -> set[str]:
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column)
+    return {w for w in re.split(r"[^0-9a-z]+", spaced.lower()) if w}
+
+
+def looks_like_a_label(column: str) -> bool:
+    """A word of the name (``is_bot``, ``isBot``, ``label_source``, ``suspended_at`` ...) is in :data:`LEAKY_WORDS`."""
+    return bool(_name_words(column) & LEAKY_WORDS)
+
+
 def select_attributes(
     schema: T.StructType, requested: str | Sequence[str] | None = AUTO, reserved: Sequence[str] = ()
 ) -> AttributeSelection:
     """Validate the attribute columns of an ``accounts`` schema; never raises on a bad column.
 
     ``requested``: ``"auto"`` (or None) takes every column beyond the contract's
-    (``schemas.ACCOUNTS_SCHEMA``); a list takes exactly those. ``reserved``: names of the other
+    (``schemas.ACCOUNTS_SCHEMA``) but those whose names look like a label (:func:`looks_like_a_label`);
+    a list takes exactly those. ``reserved``: names of the other
     features, only to say when an attribute shares a name with one (it stays apart as ``attr_``).
     Raises :class:`AttributeConfigError` only when ``requested`` itself has the wrong shape.
     """
     contract = {f.name.lower() for f in ACCOUNTS_SCHEMA.fields}
     types = {f.name: f.dataType for f in schema.fields}
-    if requested is None or requested == AUTO:
+    auto = requested is None or requested == AUTO
+    if auto:
         candidates = [f.name for f in schema.fields if f.name.lower() not in contract]
     elif isinstance(requested, (list, tuple)) and all(isinstance(c, str) for c in requested):
         candidates = list(dict.fromkeys(requested))
@@ -177,6 +199,12 @@ def select_attributes(
             sel.skipped[name] = (
                 f"'{name}' is a contract column of accounts, not an extra attribute; botwatch's own "
                 "features already cover it (account_age_days, verified_flag, profile_completeness, country)"
+            )
+        elif auto and looks_like_a_label(name):
+            sel.skipped[name] = (
+                f"'{name}' looks like a label or a moderation outcome (by its name), often written after "
+                "the fact: as a feature it would hand the model its answer. If it is known before the run "
+                "date, list it in features.account_attributes to use it"
             )
         elif dtype is None:
             sel.skipped[name] = (
