@@ -12,7 +12,8 @@ from botwatch.delta_io import read_table, write_table
 from botwatch.maintenance import LISTING_PARALLELISM_KEY, RETENTION_CHECK_KEY, listing_parallelism, maintain
 
 D = dt.date(2026, 1, 18)  # D.toordinal() % 7 == 0: a maintenance date every 7 days
-OTHER = D - dt.timedelta(days=1)
+OTHER = D - dt.timedelta(days=6)  # the first date since the last maintenance date (D - 7)
+PREVIOUS = D - dt.timedelta(days=7)  # compacted by the last maintenance run
 PARAMS = {"tables": [t.SCORES, "not_written_yet"], "optimize_every_days": 7, "vacuum_every_days": 7,
           "vacuum_retention_hours": 0, "vacuum_listing_parallelism": None}
 
@@ -27,15 +28,16 @@ def _write_day(spark, warehouse: str, day: dt.date, offset: float) -> None:
     write_table(df, warehouse, t.SCORES, partition_by=[t.RUN_DATE], replace_where=f"{t.RUN_DATE} = '{day}'")
 
 
-def test_maintenance_zorders_the_days_partition_vacuums_old_files_and_changes_no_data(spark, tmp_path):
+def test_maintenance_zorders_the_dates_since_the_last_vacuums_old_files_and_changes_no_data(spark, tmp_path):
     wh = str(tmp_path / "wh")
+    _write_day(spark, wh, PREVIOUS, 0.0)
     _write_day(spark, wh, OTHER, 0.0)
     _write_day(spark, wh, D, 0.0)
     _write_day(spark, wh, D, 0.5)  # a rerun of D: its first files are no longer referenced
     before = read_table(spark, wh, t.SCORES)
     expected = spark.createDataFrame(before.collect(), before.schema)
-    other_files = _parquet_files(wh, OTHER)
-    assert len(_parquet_files(wh, D)) == 8 and len(other_files) == 4
+    previous_files = _parquet_files(wh, PREVIOUS)
+    assert len(_parquet_files(wh, D)) == 8 and len(_parquet_files(wh, OTHER)) == 4 and len(previous_files) == 4
 
     assert maintain(spark, wh, D + dt.timedelta(days=1), PARAMS) == {"optimized": [], "vacuumed": []}
     spark.conf.set(LISTING_PARALLELISM_KEY, "10000")
@@ -43,13 +45,15 @@ def test_maintenance_zorders_the_days_partition_vacuums_old_files_and_changes_no
     assert done == {"optimized": [t.SCORES], "vacuumed": [t.SCORES]}  # tables not yet written are skipped
 
     assert_df_equality(read_table(spark, wh, t.SCORES), expected, ignore_row_order=True)
-    # D's partition compacted into one file and the replaced ones deleted; the other day untouched.
-    assert len(_parquet_files(wh, D)) == 1
-    assert _parquet_files(wh, OTHER) == other_files
+    # D's and D-6's partitions compacted into one file each and the replaced ones deleted; D-7's, which
+    # the last maintenance date covered, untouched.
+    assert len(_parquet_files(wh, D)) == 1 and len(_parquet_files(wh, OTHER)) == 1
+    assert _parquet_files(wh, PREVIOUS) == previous_files
     history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(wh, t.SCORES)}`").collect()
     optimize = next(h for h in history if h["operation"] == "OPTIMIZE")
     assert json.loads(optimize["operationParameters"]["zOrderBy"]) == [t.ACCOUNT_ID]
     assert D.isoformat() in optimize["operationParameters"]["predicate"]
+    assert OTHER.isoformat() in optimize["operationParameters"]["predicate"]
     assert json.loads(optimize["userMetadata"]) == {"run_date": D.isoformat(), "step": "maintenance"}
     assert {"VACUUM START", "VACUUM END"} <= {h["operation"] for h in history}
     # VACUUM's own settings are put back (the short retention is allowed only inside the call).

@@ -1,12 +1,14 @@
 """Scheduled Delta maintenance, run by the publish step: OPTIMIZE with Z-order on ``account_id``
-(compacts the day's small files and clusters lookups by account) and VACUUM with the retention
-of conf ``maintenance``.
+(compacts small files and clusters lookups by account) and VACUUM with the retention of conf
+``maintenance``.
 
-OPTIMIZE of a date-partitioned table touches D's partition only (it is final once published);
-``scores_latest`` is compacted whole. VACUUM deletes files older than the retention, so Delta time
-travel reaches back only that far; it lists files with a few tasks per core
-(:func:`listing_parallelism`), not Spark's default 10,000. Both are Delta commits that change no
-data: the run's skip logic ignores them (:data:`botwatch.nightly.MAINTENANCE_OPERATIONS`).
+OPTIMIZE of a date-partitioned table touches the partitions of the dates since the last maintenance
+date, D-k+1 ... D for ``optimize_every_days`` k (published, so final; the schedule's windows tile the
+calendar, so every date is compacted once); ``scores_latest`` is compacted whole. VACUUM deletes
+files older than the retention, so Delta time travel reaches back only that far; it lists files
+with a few tasks per core (:func:`listing_parallelism`), not Spark's default 10,000. Both are Delta
+commits that change no data: the run's skip logic ignores them
+(:data:`botwatch.nightly.MAINTENANCE_OPERATIONS`).
 """
 from __future__ import annotations
 
@@ -35,10 +37,13 @@ def _partition_column(spark: SparkSession, path: str) -> str | None:
     return cols[0] if cols else None
 
 
-def optimize(spark: SparkSession, warehouse: str, table: str, run_date: dt.date) -> None:
+def optimize(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, days: int = 1) -> None:
+    """OPTIMIZE ... ZORDER BY account_id the ``days`` dates up to D (the whole table if not date-partitioned)."""
     path = t.table_path(warehouse, table)
     part = _partition_column(spark, path)
-    where = f" WHERE {part} = '{run_date.isoformat()}'" if part in (t.RUN_DATE, t.DAY) else ""
+    first = run_date - dt.timedelta(days=days - 1)
+    where = f" WHERE {part} BETWEEN '{first.isoformat()}' AND '{run_date.isoformat()}'" if part in (
+        t.RUN_DATE, t.DAY) else ""
     spark.sql(f"OPTIMIZE delta.`{path}`{where} ZORDER BY ({t.ACCOUNT_ID})")
 
 
@@ -67,7 +72,7 @@ def maintain(spark: SparkSession, warehouse: str, run_date: dt.date, params: dic
     with commit_metadata(spark, step="maintenance", run_date=run_date.isoformat()):
         if scheduled(run_date, params["optimize_every_days"]):
             for table in tables:
-                optimize(spark, warehouse, table, run_date)
+                optimize(spark, warehouse, table, run_date, days=params["optimize_every_days"])
                 done["optimized"].append(table)
         if scheduled(run_date, params["vacuum_every_days"]):
             for table in tables:
