@@ -429,3 +429,19 @@ def test_refresh_policy_reuses_a_fresh_champion_and_retrains_when_old_or_drifted
     assert refresh_decision(spark, warehouse, run_date, params)[0] is False
     assert refresh_decision(spark, warehouse, next_day, params) == (True, "drift alert set by the previous run")
     assert refresh_decision(spark, warehouse, next_day + dt.timedelta(days=1), params)[0] is True
+
+    # A rerun of a date whose training finished (here refused) trains nothing new; max age 0 still
+    # retrains, and so do a date whose training failed half-way or lost the promotion race.
+    failed, raced = old + dt.timedelta(days=1), old + dt.timedelta(days=2)
+    for day, version, reason in [(old, 90, "trails the champion on the golden set"),
+                                 (failed, 91, registry.PLACEHOLDER_REASON),
+                                 (raced, 92, f"passed the gate, but another run promoted; {registry.LOST_RACE}")]:
+        registry.upsert(spark, warehouse, registry.ModelRecord(
+            STAGE1_MODEL, version, registry.CHALLENGER, day, metrics={"golden_pr_auc": 0.5}, reason=reason))
+    retrain, why = refresh_decision(spark, warehouse, old, params)
+    assert retrain is False and why.startswith(f"stage 1 was already trained on {old} (version 90, challenger")
+    assert refresh_decision(spark, warehouse, old, dataclasses.replace(params, max_champion_age_days=0))[0] is True
+    assert refresh_decision(spark, warehouse, failed, params)[0] is True
+    assert refresh_decision(spark, warehouse, raced, params)[0] is True
+    skipped = steps.train_step(spark, rconf, old)
+    assert skipped["trained"] is False and "already trained on" in skipped["reason"]

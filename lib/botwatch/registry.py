@@ -26,6 +26,8 @@ from botwatch.tables import table_path
 
 CHAMPION, CHALLENGER, RETIRED = t.MODEL_STAGES
 T_ = TypeVar("T_")
+PLACEHOLDER_REASON = "registering: artifacts being written (a failed run leaves this)"
+LOST_RACE = "rerun the training to compare against it"  # ends the refusal of a gate pass another run beat
 
 REGISTRY_SCHEMA = T.StructType(
     [
@@ -138,8 +140,7 @@ def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_da
     insert-only, and Delta fails one of two concurrent ones, so a taken number is retried with the next."""
     for _ in range(attempts):
         version = next_version(spark, warehouse, model_name)
-        placeholder = ModelRecord(model_name, version, CHALLENGER, run_date,
-                                  reason="registering: artifacts being written (a failed run leaves this)")
+        placeholder = ModelRecord(model_name, version, CHALLENGER, run_date, reason=PLACEHOLDER_REASON)
         try:
             if _insert_new(spark, warehouse, placeholder):
                 return version
@@ -186,6 +187,16 @@ def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.dat
         return current[-1] if current else None
     then = [r for r in found if r[t.STAGE] == RETIRED and r[t.RUN_DATE] <= as_of]
     return max(then, key=lambda r: (r[t.RUN_DATE], r[t.VERSION]), default=None)
+
+
+def trained_on(spark: SparkSession, warehouse: str, model_name: str, run_date: dt.date) -> dict | None:
+    """The latest version of ``model_name`` whose training on ``run_date`` finished and was decided
+    (promoted or refused), else None. A placeholder of a training that failed, and a refusal only
+    because another run promoted first, do not count: those trainings are to be run again."""
+    done = [r for r in records(spark, warehouse, model_name)
+            if r[t.RUN_DATE] == run_date and r["reason"] != PLACEHOLDER_REASON
+            and not (r["reason"] or "").endswith(LOST_RACE)]
+    return done[-1] if done else None
 
 
 def _retried(commit: Callable[[], T_], what: str, attempts: int) -> T_:
@@ -326,7 +337,7 @@ def register(spark: SparkSession, warehouse: str, record: ModelRecord, decision:
     refused = PromotionDecision(False, (
         f"passed the gate against {'no champion' if expected is None else f'version {expected}'}, but "
         f"{'no champion' if now is None else f'version {now[t.VERSION]}'} is the champion since (another run): "
-        "not promoted; rerun the training to compare against it"
+        f"not promoted; {LOST_RACE}"
     ))
     upsert(spark, warehouse, replace(record, reason=refused.reason))
     return refused

@@ -136,10 +136,22 @@ def drift_alert_before(spark: SparkSession, warehouse: str, run_date: dt.date) -
 
 
 def refresh_decision(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> tuple[bool, str]:
-    """The refresh policy for D, from the registry's champion of D and the metrics table."""
+    """The refresh policy for D, from the registry's champion of D and the metrics table.
+
+    A rerun of D whose training already finished on D trains nothing new, whatever its gate decided:
+    the same rows give the same models, and a tie at the gate would replace D's promoted heavy model
+    with a copy (new versions, new scores for D). ``train.max_champion_age_days=0`` still retrains."""
     champion = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=run_date)
     drift_alert = drift_alert_before(spark, warehouse, run_date)
-    return needs_training(champion, run_date, params.max_champion_age_days, drift_alert)
+    retrain, why = needs_training(champion, run_date, params.max_champion_age_days, drift_alert)
+    if retrain and params.max_champion_age_days > 0:
+        done = registry.trained_on(spark, warehouse, STAGE1_MODEL, run_date)
+        if done is not None:
+            return False, (
+                f"stage 1 was already trained on {run_date} (version {done[t.VERSION]}, {done[t.STAGE]}: "
+                f"{done['reason']}); a rerun trains nothing new (train.max_champion_age_days=0 retrains)"
+            )
+    return retrain, why
 
 
 def population_prevalence(
