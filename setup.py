@@ -24,7 +24,7 @@ install_requires = [
     # pyspark 4.2's testing helpers break on pandas 3.
     "pandas>=2.2,<3",
     "pyarrow>=15",
-    "numpy>=1.26",
+    "numpy>=2.0",  # np.trapezoid (botwatch.evaluation.metrics); numpy 1.x has only trapz
     "scipy>=1.11",
     "scikit-learn>=1.4",
     "pyyaml>=6",

@@ -224,6 +224,18 @@ def test_conf_and_session_settings_without_a_project_checkout(tmp_path, monkeypa
     assert "spark.jars" not in spark_factory.session_settings(conf)
 
 
+def test_the_declared_numpy_has_what_the_code_calls():
+    """A preinstalled numpy 1.26 (cluster images) met the old ``numpy>=1.26`` and every training failed
+    on ``np.trapezoid`` (numpy 2.0)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    numpy = next(r for r in map(Requirement, requires("botwatch") or []) if r.name == "numpy")
+    assert not numpy.specifier.contains("1.26.4"), numpy
+    assert numpy.specifier.contains("2.0.0") and hasattr(__import__("numpy"), "trapezoid")
+
+
 def test_shipped_conf_files_load():
     for name in ("local.yaml", "cluster.yaml"):
         conf = load_config(PROJECT_ROOT / "conf" / name)
