@@ -109,6 +109,25 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
                                     if s == "validate"])
 
 
+def test_validate_keeps_a_producers_extra_columns_when_it_rewrites_the_days_events(spark, warehouse):
+    write_inputs(spark, warehouse)
+    schema = T.StructType([*INPUT_SCHEMAS[t.EVENTS].fields, T.StructField("user_agent", T.StringType()),
+                           T.StructField("client_build", T.IntegerType())])
+    events = [(1, ts(D, 9), "post", "ip1", "dev1", D, "ua-a", 7),
+              (1, ts(D, 9), "post", "ip1", "dev1", D, "ua-a", 7),  # duplicate: D's partition is rewritten
+              (2, ts(D, 12), "like", "ip3", "dev3", D, "ua-b", None)]
+    spark.createDataFrame(events, schema).write.format("delta").mode("overwrite").option(
+        "overwriteSchema", "true").partitionBy(t.EVENT_DATE).save(t.table_path(warehouse, t.EVENTS))
+
+    assert validate_inputs(spark, warehouse, D)["quarantined"]["events"] == 1
+    got = read_table(spark, warehouse, t.EVENTS)
+    assert got.columns == schema.fieldNames()
+    assert sorted(map(tuple, got.select(t.ACCOUNT_ID, "user_agent", "client_build").collect())) == [
+        (1, "ua-a", 7), (2, "ua-b", None)]
+    moved = json.loads(read_table(spark, warehouse, t.QUARANTINE).first()[t.ROW_JSON])
+    assert moved["user_agent"] == "ua-a" and moved["client_build"] == 7
+
+
 def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse):
     """A table of the four older columns: ingest adds ``step`` (old rows null) and replaces the old
     rows of its slice (they count as its own); validate's MERGE adds its rows beside them, except

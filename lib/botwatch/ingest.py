@@ -261,18 +261,23 @@ def tag_rows(
     *,
     known_accounts: DataFrame | None = None,
     event_date: date | None = None,
+    keep_extras: Sequence[str] = (),
 ) -> DataFrame:
     """Every input row once, with the contract columns cast, its original row as JSON and its first
     reason (null when the row is good). :func:`good_rows` and :func:`quarantine_rows` split it;
     :func:`validate_table` does both. Cache it when both halves are written. ``event_date``: the
     ``events`` partition the rows were read from (validate); an event whose UTC date differs is
-    ``event_date_mismatch`` (ingest derives ``event_date`` from ``event_ts``, so never has one)."""
+    ``event_date_mismatch`` (ingest derives ``event_date`` from ``event_ts``, so never has one).
+    ``keep_extras``: extra columns carried as they are (validate: a table's own extra columns, which
+    rewriting its rows must not lose)."""
     if table not in INPUT_SCHEMAS:
         raise ValueError(f"unknown input table '{table}'; expected one of {list(INPUT_SCHEMAS)}")
     check_required_columns(df, table, f"table '{table}'")
     fields = _contract_fields(table)
     source_types = {f.name: f.dataType for f in df.schema.fields}
     kept, dropped = split_extra_columns(df.schema, table)
+    kept += [c for c in dropped if c in keep_extras]
+    dropped = [c for c in dropped if c not in keep_extras]
     if dropped:
         log.info("%s: dropping columns %s (not in the contract)", table, dropped)
 

@@ -136,8 +136,11 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     # Every table is checked before any row moves. Events first: a day without events stops the run.
     for table in (t.EVENTS, t.EDGES, t.LABELS):
         day_rows = frames[table].where(_rows_of_day(table, run_date))
-        tagged = tag_rows(day_rows.select(*contract_columns(table)), table, run_date, known_accounts=known,
-                          event_date=run_date if table == t.EVENTS else None)
+        # A producer's own extra columns ride along: rewriting D's events from contract columns
+        # alone nulled them in every good row, and the quarantined rows' JSON left them out.
+        extras = [c for c in day_rows.columns if c not in INPUT_SCHEMAS[table].fieldNames()]
+        tagged = tag_rows(day_rows.select(*contract_columns(table), *extras), table, run_date, known_accounts=known,
+                          event_date=run_date if table == t.EVENTS else None, keep_extras=extras)
         reasons = {r[0]: r[1] for r in tagged.groupBy(_REASON).count().collect()}
         counts[table] = sum(reasons.values())
         if table == t.EVENTS and counts[table] == 0:
