@@ -710,11 +710,33 @@ def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
     assert nightly.DateLock(spark, uri, D, stale_hours=12).current()["holder"] == first.holder
     before = first.current()["beat_at"]
     time.sleep(0.05)
-    nightly._touch(spark, first.path)  # the heartbeat, through Hadoop's setTimes
+    first.beat()  # the heartbeat, through Hadoop's create with overwrite
     assert first.current()["beat_at"] > before
     first.release()
     assert nightly.DateLock(spark, uri, D, stale_hours=12).current() is None
     assert not nightly.break_lock(spark, uri, D)
+    assert os.listdir(os.path.join(warehouse, t.RUN_LOCK)) == []  # no heartbeat file left behind
+
+
+def test_the_heartbeat_needs_no_file_system_that_sets_modification_times(spark, warehouse, monkeypatch):
+    """Hadoop's default ``FileSystem.setTimes`` does nothing (object stores): a heartbeat that set the
+    lock file's time left a live run's lock stale after run.lock_stale_hours, and another run took it
+    over. Setting a file's time does nothing here either; only new files' times move."""
+    monkeypatch.setattr(nightly.os, "utime", lambda *a, **k: None)
+    stale_hours = 1.5 / 3600
+    live = nightly.DateLock(spark, warehouse, D, stale_hours=stale_hours, heartbeat_seconds=0.2)
+    live.acquire()
+    try:
+        time.sleep(3)  # twice the stale time: only the heartbeat keeps the lock fresh
+        with pytest.raises(nightly.RunLockedError, match="last refreshed"):
+            nightly.DateLock(spark, warehouse, D, stale_hours=stale_hours).acquire()
+        assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == live.holder
+    finally:
+        live.release()
+    successor = nightly.DateLock(spark, warehouse, D, stale_hours=stale_hours)
+    successor.acquire()
+    successor.release()
+    assert os.listdir(os.path.join(warehouse, t.RUN_LOCK)) == []
 
 
 # ---------------------------------------------------------------- the real run on the platform

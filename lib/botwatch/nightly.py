@@ -19,9 +19,11 @@
   concurrent writers. It lives in the warehouse, not on one machine, and it costs two file
   operations where a lock row in a Delta table cost two commits (1.5-3 s each on 2 cores). Every
   step writes with one Delta commit per table, so the losing run leaves no table torn. While it
-  holds the lock, a run touches the file's modification time every ``run.lock_heartbeat_seconds``;
-  a lock not touched for ``run.lock_stale_hours`` belongs to a run that died (killed, lost its
-  worker) and is taken over, so Airflow's retry of a killed task runs instead of failing on it.
+  holds the lock, a run rewrites a small heartbeat file beside it (``<D>.json.beat-<holder>``) every
+  ``run.lock_heartbeat_seconds`` (a new file's modification time is set by any file system, where
+  setting an old one's is not: Hadoop's default ``setTimes`` does nothing); a lock whose files were
+  not written for ``run.lock_stale_hours`` belongs to a run that died (killed, lost its worker) and
+  is taken over, so Airflow's retry of a killed task runs instead of failing on it.
 * **Waiting, not failing.** A young platform has too few labels to train (``train`` waits) and no
   champion to score with (the scoring steps and those after them wait). Waiting steps are logged
   with the reason and rerun next time; they do not fail the run.
@@ -327,14 +329,28 @@ def _delete_file(spark: SparkSession, path: str) -> bool:
     return bool(fs.delete(jpath, False))
 
 
-def _touch(spark: SparkSession, path: str) -> None:
-    """Set ``path``'s modification time to now (its content is left alone: readers never see it half written)."""
+def _overwrite(spark: SparkSession, path: str, payload: str) -> None:
+    """Write ``path`` whole, replacing any file there (a new file: its modification time is now)."""
     local = _local_path(path)
     if local is not None:
-        os.utime(local)
+        tmp = f"{local}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "w") as out:
+            out.write(payload)
+        os.replace(tmp, local)  # readers see the old file or the new one, never half of it
         return
     fs, jpath = hadoop_fs(spark, path)
-    fs.setTimes(jpath, int(dt.datetime.now(dt.UTC).timestamp() * 1000), -1)
+    out = fs.create(jpath, True)
+    out.write(bytearray(payload.encode()))
+    out.close()
+
+
+def _file_safe(holder: str) -> str:
+    # the holder is host:hex, and HDFS refuses ':' in a file name
+    return re.sub(r"[^A-Za-z0-9._-]", "_", holder)
+
+
+def _beat_path(lock_path: str, holder: str) -> str:
+    return f"{lock_path}.beat-{_file_safe(holder)}"
 
 
 def _modified_at(spark: SparkSession, path: str) -> dt.datetime | None:
@@ -356,8 +372,9 @@ def _modified_at(spark: SparkSession, path: str) -> dt.datetime | None:
 class DateLock:
     """The lock of one run date (the file ``run_lock/<D>.json``); use as a context manager.
 
-    While held, a daemon thread touches the file every ``heartbeat_seconds``; a lock whose last
-    touch is older than ``stale_hours`` is from a run that died and is taken over."""
+    While held, a daemon thread rewrites the holder's heartbeat file every ``heartbeat_seconds``
+    (:meth:`beat`); a lock whose newest file is older than ``stale_hours`` is from a run that died
+    and is taken over."""
 
     def __init__(self, spark: SparkSession, warehouse: str, run_date: dt.date, stale_hours: float,
                  heartbeat_seconds: float = 30.0):
@@ -384,16 +401,16 @@ class DateLock:
             return
         held = self.current()
         if held is not None and held["beat_at"] < now - dt.timedelta(hours=self.stale_hours):
-            # Not touched for run.lock_stale_hours: its run died. Take it over. Of the runs that saw this
-            # same stale lock, only the one that creates its takeover marker may delete it: a
+            # Not refreshed for run.lock_stale_hours: its run died. Take it over. Of the runs that saw
+            # this same stale lock, only the one that creates its takeover marker may delete it: a
             # check-then-delete let a slow contender delete the lock another had just taken over. A
-            # holder that is alive after all has touched it since, so the lock differs from ``held``.
-            # the holder is host:hex, and HDFS refuses ':' in a file name
-            marker = f"{self.path}.takeover-{re.sub(r'[^A-Za-z0-9._-]', '_', held['holder'])}"
+            # holder that is alive after all has beaten since, so the lock differs from ``held``.
+            marker = f"{self.path}.takeover-{_file_safe(held['holder'])}"
             if _create_exclusive(self.spark, marker, payload):
                 try:
                     if self.current() == held:
                         _delete_file(self.spark, self.path)
+                        _delete_file(self.spark, _beat_path(self.path, held["holder"]))
                     if _create_exclusive(self.spark, self.path, payload):
                         return
                 finally:
@@ -424,20 +441,27 @@ class DateLock:
                 held = self.current()
                 if held is None or held["holder"] != self.holder:
                     return  # released, or taken over while this process could not beat
-                _touch(self.spark, self.path)
+                self.beat()
             except Exception as exc:  # a file system hiccup: the next beat tries again
                 log.warning("run lock %s: heartbeat failed: %s", self.path, exc)
 
+    def beat(self) -> None:
+        """Rewrite this holder's heartbeat file (the lock file itself is never rewritten: a holder that
+        lost the lock must not write over the new holder's)."""
+        _overwrite(self.spark, _beat_path(self.path, self.holder),
+                   dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat())
+
     def current(self) -> dict | None:
-        """The lock's holder, host, ``acquired_at`` and ``beat_at`` (its last touch; naive UTC datetimes);
-        None when free."""
+        """The lock's holder, host, ``acquired_at`` and ``beat_at`` (when the lock or its holder's
+        heartbeat file was last written; naive UTC datetimes); None when free."""
         text = _read_file(self.spark, self.path)
-        beat_at = _modified_at(self.spark, self.path)
-        if not text or beat_at is None:
+        created = _modified_at(self.spark, self.path)
+        if not text or created is None:
             return None
         held = json.loads(text)
         held["acquired_at"] = dt.datetime.fromisoformat(held["acquired_at"])
-        held["beat_at"] = beat_at
+        beat = _modified_at(self.spark, _beat_path(self.path, held["holder"]))
+        held["beat_at"] = max(created, beat) if beat is not None else created
         return held
 
     def release(self) -> None:
@@ -448,6 +472,7 @@ class DateLock:
         held = self.current()
         if held is not None and held["holder"] == self.holder:
             _delete_file(self.spark, self.path)
+        _delete_file(self.spark, _beat_path(self.path, self.holder))
 
     def __enter__(self) -> DateLock:
         self.acquire()
@@ -459,7 +484,11 @@ class DateLock:
 
 def break_lock(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
     """Remove D's lock whoever holds it (for a run that was killed). Returns whether there was one."""
-    return _delete_file(spark, _lock_path(warehouse, run_date))
+    path = _lock_path(warehouse, run_date)
+    text = _read_file(spark, path)
+    if text:
+        _delete_file(spark, _beat_path(path, json.loads(text)["holder"]))
+    return _delete_file(spark, path)
 
 
 # ---------------------------------------------------------------- the run
