@@ -359,19 +359,48 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
         )
     state = A.read_window_state(spark, warehouse, RUN, spec)
     summed = A.window_sums(read_table(spark, warehouse, t.ACTIVITY_DAILY), RUN, windows)
-    floats = [A.IET_SUM, A.IET_SUMSQ, A.SESSION_SECONDS]
-    exact = [c for c in A.state_columns(windows) if c not in floats]
+    floats = [A.SESSION_SECONDS]
+    exact = [c for c in A.state_columns(windows) if c not in floats]  # the inter-event-time sums too
     keys = [t.ACCOUNT_ID, "_window"]
     assert sorted(map(tuple, state.select(*keys, *exact).collect())) == sorted(
         map(tuple, summed.select(*keys, *exact).collect())
     )
-    # Float sums: added and subtracted day by day, equal to rounding (relative).
+    # Session seconds: doubles added and subtracted day by day, equal to rounding (relative).
     rolled_f = state.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
     summed_f = summed.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
     pd.testing.assert_frame_equal(rolled_f, summed_f, check_exact=False, rtol=1e-9, atol=1e-6)
     # Only the last few days of state are kept (the old layout's day is gone).
     days_kept = read_table(spark, warehouse, t.ACTIVITY_WINDOW).select(t.RUN_DATE).distinct().count()
     assert days_kept == 5
+
+
+def test_a_long_gap_leaving_the_window_leaves_no_residue_in_the_rolled_sums(spark, warehouse):
+    """A burst of millisecond gaps a week after an account's previous event: while the 6-day gap is in
+    the 7d window its square (2.7e11 s^2) dwarfs theirs (1.4e-5 s^2); when its day leaves, the rolled
+    sums must hold exactly the burst's (as doubles they held the gap's rounding residue instead)."""
+    before = _midnight(RUN - dt.timedelta(days=7)) + pd.Timedelta(hours=12)
+    burst = _midnight(RUN - dt.timedelta(days=1)) + pd.Timedelta(hours=11, minutes=59, seconds=59.5)
+    rows = [(21, before)] + [(21, burst + pd.Timedelta(seconds=s)) for s in (0, 0.001, 0.003, 0.006)]
+    rows += [(22, _midnight(RUN - dt.timedelta(days=b)) + pd.Timedelta(hours=9)) for b in range(8)]
+    ev = pd.DataFrame(rows, columns=[t.ACCOUNT_ID, t.EVENT_TS])
+    ev[t.EVENT_TYPE], ev[t.IP_HASH], ev[t.DEVICE_ID] = "post", "ip0", "d0"
+    ev[t.EVENT_DATE] = ev[t.EVENT_TS].dt.date
+    write_table(spark.createDataFrame(ev[list(EVENTS_SCHEMA.fieldNames())], EVENTS_SCHEMA), warehouse, t.EVENTS,
+                partition_by=[t.EVENT_DATE])
+    write_table(spark.createDataFrame([(a, None, None, None, None, None, None) for a in (21, 22)], ACCOUNTS_SCHEMA),
+                warehouse, t.ACCOUNTS)
+    windows = (1, 7)
+    A.build_activity_daily(spark, warehouse, RUN - dt.timedelta(days=7), RUN)
+    A.activity_features(spark, warehouse, RUN - dt.timedelta(days=1), windows)  # holds the gap
+    spec = A.window_spec(windows, GAP)
+    assert A.read_window_state(spark, warehouse, RUN - dt.timedelta(days=1), spec) is not None  # so D rolls
+    got = A.activity_features(spark, warehouse, RUN, windows).toPandas().sort_values(t.ACCOUNT_ID)
+    want = _reference(ev, RUN, windows)
+    iets = np.array([0.001, 0.002, 0.003])
+    assert want[A.windowed(A.BURSTINESS, 7)].iloc[0] == pytest.approx(
+        (iets.std() - iets.mean()) / (iets.std() + iets.mean()), rel=1e-6)  # about -0.42
+    pd.testing.assert_frame_equal(got.reset_index(drop=True).astype("float64"), want.astype("float64"),
+                                  check_exact=False, rtol=1e-9, atol=1e-9)
 
 
 def test_a_day_built_late_drops_the_states_that_lack_it(spark, warehouse, raw):

@@ -146,6 +146,15 @@ PARTIAL_COLUMNS = (t.ACCOUNT_ID, t.DAY, DOW, N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_
 
 # The additive window sums carried from day to day in ``activity_window`` (per account x window),
 # before their histograms are packed into long columns (see :func:`state_columns`).
+# The inter-event-time sums are kept there as fixed point in two longs: whole seconds, and the
+# rest in units of 2^-52 (even a year-long window's ~730 terms stay below 2^63). A sum of doubles
+# that absorbed a long gap's square (10^11-10^13 s^2) rounded away the later small ones, and
+# subtracting the gap when its day left the window left a rounding residue for them (a burst after
+# weeks of silence: burstiness -1 instead of -0.42). Each double term becomes the same two longs
+# when added and when removed, and long sums are exact, so the roll equals the sum of the window's
+# terms. (Decimal(38,18) sums, tried first, aggregate through BigDecimal.)
+EXACT_SUMS = (IET_SUM, IET_SUMSQ)
+_FRAC_SCALE = float(1 << 52)
 STATE_VALUES = (N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_LOCAL, LOCAL_DAYS, IET_HIST, IET_COUNT, IET_SUM, IET_SUMSQ,
                 EVENT_TYPE_COUNTS, _DOW_HIST, SESSION_COUNT, SESSION_SECONDS)
 _DAY_SECONDS = 86_400
@@ -185,6 +194,25 @@ _LANE_BITS = 31
 _LANE_MASK = (1 << _LANE_BITS) - 1
 
 
+def exact_sum_columns(name: str) -> list[str]:
+    """The two long state columns of exact sum ``name``: ``[f"{name}_whole", f"{name}_frac"]``."""
+    return [f"{name}_whole", f"{name}_frac"]
+
+
+def _exact_terms(name: str, term: Column, sign: int) -> dict[str, Column]:
+    """A double term of exact sum ``name`` as its two longs (negated to remove it)."""
+    whole = F.floor(term)
+    frac = F.round((term - whole) * _FRAC_SCALE).cast("long")  # x - floor(x) is exact in doubles
+    cols = [whole, frac] if sign > 0 else [-whole, -frac]
+    return dict(zip(exact_sum_columns(name), cols, strict=True))
+
+
+def exact_total(name: str) -> Column:
+    """The double value of exact sum ``name`` from its two state columns."""
+    whole, frac = (F.col(c) for c in exact_sum_columns(name))
+    return whole.cast("double") + frac.cast("double") / _FRAC_SCALE
+
+
 def packed_column(hist: str, j: int) -> str:
     """State column ``j`` of histogram ``hist``, holding bins ``2j`` and ``2j + 1``:
     ``packed_column("iet_hist", 0) == "iet_hist_p0"``."""
@@ -220,7 +248,8 @@ def state_columns(windows: Sequence[int] = DEFAULT_WINDOWS) -> list[str]:
     row, plain Parquet columns, and 49 sums instead of 99 for windows up to 28 days."""
     sizes = _state_hist_sizes(windows)
     return [b for c in STATE_VALUES
-            for b in (_packed_columns(c, sizes[c]) if c in sizes else [c])]
+            for b in (_packed_columns(c, sizes[c]) if c in sizes else exact_sum_columns(c) if c in EXACT_SUMS
+                      else [c])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,7 +559,7 @@ def read_window_state(spark: SparkSession, warehouse: str, run_date: dt.date, sp
     if not delta_io.table_exists(spark, warehouse, t.ACTIVITY_WINDOW):
         return None
     state = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW)
-    if not _has_packed_layout(state):
+    if not _has_current_layout(state):
         return None
     state = state.where(F.col(t.RUN_DATE) == F.lit(run_date))
     if state.where(F.col(WINDOW_SPEC) == F.lit(spec)).limit(1).count() == 0:
@@ -538,9 +567,10 @@ def read_window_state(spark: SparkSession, warehouse: str, run_date: dt.date, sp
     return state.withColumnRenamed(WINDOW_DAYS, _W)
 
 
-def _has_packed_layout(state: DataFrame) -> bool:
-    # Tables written before the packed layout hold histograms as arrays.
-    return packed_column(HOUR_HIST_UTC, 0) in state.columns
+def _has_current_layout(state: DataFrame) -> bool:
+    # Tables written before the packed layout hold histograms as arrays, and those written before
+    # the exact sums hold them as doubles (with the rounding residue of every gap that left).
+    return {packed_column(HOUR_HIST_UTC, 0), *exact_sum_columns(IET_SUMSQ)} <= set(state.columns)
 
 
 def build_activity_window(
@@ -577,7 +607,7 @@ def build_activity_window(
         # Another layout or column set (windows widened or narrowed): its days can never be rolled
         # and replaceWhere cannot change a schema, so the table is replaced whole.
         existing = delta_io.read_table(spark, warehouse, t.ACTIVITY_WINDOW)
-        if not _has_packed_layout(existing) or set(existing.columns) != set(out.columns):
+        if not _has_current_layout(existing) or set(existing.columns) != set(out.columns):
             keep = None
     with delta_io.commit_metadata(spark, step="activity_window", run_date=run_date.isoformat()):
         delta_io.write_table(out, warehouse, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE], replace_where=keep)
@@ -693,8 +723,8 @@ def _gap_rows(gaps: DataFrame, session_gap_seconds: int, sign: int, windows: Seq
     values = _packed_values(IET_HIST, [F.when(gbin == b, one).otherwise(zero) for b in range(state_iet_bins(windows))])
     values |= {
         IET_COUNT: one,
-        IET_SUM: g * sign,
-        IET_SUMSQ: g * g * sign,
+        **_exact_terms(IET_SUM, g, sign),
+        **_exact_terms(IET_SUMSQ, g * g, sign),
         SESSION_COUNT: F.when(short, -one).otherwise(zero),
         SESSION_SECONDS: F.when(short, g * sign).otherwise(0.0),
     }
@@ -719,8 +749,8 @@ def _partial_rows(partials: DataFrame, sign: int, windows: Sequence[int]) -> Dat
         # Days without a known offset have no local histogram: count the days that have one.
         LOCAL_DAYS: signed(F.col(HOUR_HIST_LOCAL).isNotNull().cast("int")),
         IET_COUNT: signed(F.col(IET_COUNT)),
-        IET_SUM: F.col(IET_SUM) * sign,
-        IET_SUMSQ: F.col(IET_SUMSQ) * sign,
+        **_exact_terms(IET_SUM, F.col(IET_SUM), sign),
+        **_exact_terms(IET_SUMSQ, F.col(IET_SUMSQ), sign),
         SESSION_COUNT: signed(F.col(SESSION_COUNT)),
         SESSION_SECONDS: F.col(SESSION_SECONDS) * sign,
     }
@@ -743,9 +773,9 @@ def roll_window_sums(
     """:func:`window_sums` for ``run_date`` from the state of the day before (``previous``, the
     same windows and session gap) and three kinds of partials: the new day's, the one leaving each
     window (day D-w) and the thin first/last event times of the days in between (for the
-    stitched gaps that enter or leave a window). Equal to :func:`window_sums` (counts exactly,
-    float sums to rounding); it reads O(accounts) rows instead of O(accounts x days). A 1-day
-    window is not rolled: it is the new day's partial."""
+    stitched gaps that enter or leave a window). Equal to :func:`window_sums` (counts and the
+    inter-event-time sums exactly, session seconds to rounding); it reads O(accounts) rows instead
+    of O(accounts x days). A 1-day window is not rolled: it is the new day's partial."""
     ws = _check_windows(windows)
     require_columns(activity_daily, PARTIAL_COLUMNS, "activity window roll (activity_daily)")
     require_columns(previous, (t.ACCOUNT_ID, _W, *state_columns(ws)), "activity window roll (previous state)")
@@ -838,7 +868,8 @@ def window_extremes(
 def features_from_state(state: DataFrame, extremes: DataFrame, windows: Sequence[int] = DEFAULT_WINDOWS) -> DataFrame:
     """Window features (one row per account, :func:`feature_columns`) from the window sums and extremes."""
     ws = _check_windows(windows)
-    combined = state.join(extremes, [t.ACCOUNT_ID, _W])
+    combined = state.join(extremes, [t.ACCOUNT_ID, _W]).withColumns(
+        {name: exact_total(name) for name in EXACT_SUMS})
     hists = {
         name: unpack_bins([F.col(c) for c in _packed_columns(name, size)], size)
         for name, size in _state_hist_sizes(ws).items()
