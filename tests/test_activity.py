@@ -8,7 +8,12 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
-from chispa import assert_approx_column_equality, assert_approx_df_equality, assert_column_equality
+from chispa import (
+    assert_approx_column_equality,
+    assert_approx_df_equality,
+    assert_column_equality,
+    assert_df_equality,
+)
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from scipy.stats import entropy
@@ -222,8 +227,8 @@ def _reference(ev: pd.DataFrame, run_date: dt.date, windows) -> pd.DataFrame:
                 f[A.DOW_ENTROPY] = entropy(np.bincount(dows, minlength=7), base=2)
                 types = x[t.EVENT_TYPE].value_counts().reindex(list(t.EVENT_TYPES), fill_value=0)
                 f[A.EVENT_TYPE_ENTROPY] = entropy(types.to_numpy(), base=2)
-                f[A.DISTINCT_IPS] = x[t.IP_HASH].nunique()
-                f[A.DISTINCT_DEVICES] = x[t.DEVICE_ID].nunique()
+                f[A.DISTINCT_IPS] = x[t.IP_HASH].nunique() or np.nan  # none known: missing, not 0
+                f[A.DISTINCT_DEVICES] = x[t.DEVICE_ID].nunique() or np.nan
                 # sessions: explicit session ids, each session's length = last - first
                 sid = np.concatenate([[0], np.cumsum(iet > GAP)])
                 # seconds from the first event: epoch seconds as floats lose ~1e-7 s
@@ -401,6 +406,21 @@ def test_a_long_gap_leaving_the_window_leaves_no_residue_in_the_rolled_sums(spar
         (iets.std() - iets.mean()) / (iets.std() + iets.mean()), rel=1e-6)  # about -0.42
     pd.testing.assert_frame_equal(got.reset_index(drop=True).astype("float64"), want.astype("float64"),
                                   check_exact=False, rtol=1e-9, atol=1e-9)
+
+
+def test_a_window_whose_events_all_lack_an_ip_has_no_distinct_ip_count(spark):
+    """Unknown is null, never a silent 0: account 31's events carry no IP and no device."""
+    noon = dt.datetime(RUN.year, RUN.month, RUN.day, 12)
+    rows = [(31, noon, "post", None, None, RUN), (31, noon + dt.timedelta(minutes=1), "like", None, None, RUN),
+            (32, noon, "post", "ip1", None, RUN), (32, noon, "like", "ip2", "d1", RUN)]
+    events = spark.createDataFrame(rows, EVENTS_SCHEMA)
+    accounts = spark.createDataFrame([(a, None, None, None, None, None, None) for a in (31, 32)], ACCOUNTS_SCHEMA)
+    got = A.window_features(A.daily_partials_range(events, accounts, RUN, RUN), RUN, (1,))
+    want = spark.createDataFrame(
+        [(31, True, None, None), (32, True, 2, 1)],
+        "account_id long, has_activity_1d boolean, distinct_ips_1d long, distinct_devices_1d long",
+    )
+    assert_df_equality(got.select(*want.columns), want, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_day_built_late_drops_the_states_that_lack_it(spark, warehouse, raw):

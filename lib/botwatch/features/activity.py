@@ -29,7 +29,8 @@ Definitions (times are UTC unless "local"):
   country's whole-hour offset (``tables.COUNTRY_UTC_OFFSET``); both are null when no day of the
   window has a known offset (days without one are left out of the local histogram).
 - ``distinct_ips`` / ``distinct_devices``: HyperLogLog estimates (lgConfigK 12, relative standard
-  error about 1.6%); null IPs/devices are not counted.
+  error about 1.6%); null IPs/devices are not counted, and a window whose events all lack one gets
+  null (unknown), not 0.
 - Every feature of a window without events is NULL, and ``has_activity_{w}d`` is false.
 
 Usage::
@@ -634,6 +635,13 @@ def _in_window(day: Column, run_date: dt.date) -> Column:
     return F.datediff(F.lit(run_date), day) < F.col(_W)
 
 
+def _known_distinct(sketch: str) -> Column:
+    """The sketch's distinct-count estimate; null when no event of the window had a value (missing,
+    not 0: a sketch of one or more values never estimates 0)."""
+    estimate = F.hll_sketch_estimate(sketch)
+    return F.when(estimate > 0, estimate)
+
+
 def _features(sums: DataFrame, hists: dict[str, list[Column]]) -> DataFrame:
     """Feature columns (unsuffixed) from one row of window sums per (account, window); ``hists``
     gives each histogram's bins (a null local histogram: no day with a known offset)."""
@@ -651,8 +659,8 @@ def _features(sums: DataFrame, hists: dict[str, list[Column]]) -> DataFrame:
         bins_share(local, HOURS, NIGHT_HOURS).alias(NIGHT_SHARE),
         entropy_bits(hists[_DOW_HIST], DAYS_OF_WEEK).alias(DOW_ENTROPY),
         entropy_bits(hists[EVENT_TYPE_COUNTS], len(t.EVENT_TYPES)).alias(EVENT_TYPE_ENTROPY),
-        F.hll_sketch_estimate(IP_SKETCH).alias(DISTINCT_IPS),
-        F.hll_sketch_estimate(DEVICE_SKETCH).alias(DISTINCT_DEVICES),
+        _known_distinct(IP_SKETCH).alias(DISTINCT_IPS),
+        _known_distinct(DEVICE_SKETCH).alias(DISTINCT_DEVICES),
         F.col(SESSION_COUNT),
         F.try_divide(F.col(SESSION_SECONDS), F.col(SESSION_COUNT)).alias(MEAN_SESSION_SECONDS),
     )
