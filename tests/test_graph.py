@@ -123,6 +123,20 @@ def test_hub_estimate_within_documented_error(spark):
             assert r["triangles"] == want[v], v
 
 
+def test_hub_estimates_do_not_depend_on_salt_buckets(spark):
+    """``salt_buckets`` only spreads a hub's rows over tasks (a speed knob: changing it reruns nothing), so
+    the neighbour pairs sampled for a hub, and its estimate, must be the same for any number of buckets."""
+    g, hubs = _hub_graph(7)
+    edges = spark.createDataFrame(_messy_directed(g, random.Random(1), 0), EDGE_COLS)
+    runs = [
+        {r["account_id"]: (r["triangles"], r["triangles_stderr"])
+         for r in triangle_counts(edges, hub_degree_cap=5, hub_sample_pairs=200, seed=3, salt_buckets=b).collect()}
+        for b in (1, 3, 32)
+    ]
+    assert all(runs[0][hub][1] > 0 for hub in hubs)  # sampled, not every pair
+    assert runs[0] == runs[1] == runs[2]
+
+
 # ---------------------------------------------------------------- graph_features
 
 D = dt.date(2024, 5, 10)

@@ -246,11 +246,14 @@ def _triangles(
         F.col(t.ACCOUNT_ID).alias("_h"), F.col(DEGREE).alias("_d"),
         (F.col(DEGREE).cast("double") * (F.col(DEGREE) - 1) / 2.0).alias("_pairs"),
     )
+    # Positions follow (hash, id) order; buckets are ranges of the hash, so the order, and the pairs
+    # sampled by position, do not depend on salt_buckets (a speed knob).
+    order = F.xxhash64(F.lit(seed), F.col(_A), F.col(_B))
+    bucket = F.least(F.floor((order.cast("double") / 2.0**64 + 0.5) * salt_buckets), F.lit(salt_buckets - 1))
     nbrs = half.join(F.broadcast(hub_ids.select(F.col(t.ACCOUNT_ID).alias(_A))), _A, "left_semi").select(
-        F.col(_A).alias("_h"), F.col(_B).alias("_x"),
-        F.pmod(F.xxhash64(F.lit(seed), F.col(_A), F.col(_B)), F.lit(salt_buckets)).cast("int").alias("_bucket"),
+        F.col(_A).alias("_h"), F.col(_B).alias("_x"), order.alias("_order"), bucket.cast("int").alias("_bucket"),
     )
-    in_bucket = F.row_number().over(Window.partitionBy("_h", "_bucket").orderBy("_x")) - 1
+    in_bucket = F.row_number().over(Window.partitionBy("_h", "_bucket").orderBy("_order", "_x")) - 1
     nbrs = nbrs.withColumn("_rn", in_bucket)
     bucket_sizes = nbrs.groupBy("_h", "_bucket").agg(F.count(F.lit(1)).alias("_n"))
     before = Window.partitionBy("_h").orderBy("_bucket").rowsBetween(Window.unboundedPreceding, -1)
