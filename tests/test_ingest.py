@@ -461,19 +461,28 @@ def test_other_formats_validate_like_the_reference(spark, tmp_path):
     check_counts(references(paths), result)
 
 
-def test_ingest_without_labels_and_a_failed_write(spark, tmp_path, monkeypatch):
-    from botwatch import ingest
-    from botwatch.validate import check_schemas
-
+def _small_inputs(tmp_path, accounts, edges=None):
+    """Parquet files: ``accounts`` (pandas) of accounts 1 and 2, an event of each, ``edges`` (default 1 -> 2)."""
     files = {
-        t.ACCOUNTS: pd.DataFrame([_account(1), _account(2)]),
+        t.ACCOUNTS: accounts,
         t.EVENTS: pd.DataFrame({t.ACCOUNT_ID: [1, 2], t.EVENT_TS: [datetime(2024, 6, 29, 8)] * 2,
                                 t.EVENT_TYPE: ["post", "like"], t.IP_HASH: ["a", "b"], t.DEVICE_ID: ["c", "d"]}),
-        t.EDGES: pd.DataFrame({t.SRC: [1, 2], t.DST: [2, 2], t.CREATED_AT: [datetime(2024, 6, 1)] * 2}),
+        t.EDGES: edges if edges is not None else pd.DataFrame(
+            {t.SRC: [1], t.DST: [2], t.CREATED_AT: [datetime(2024, 6, 1)]}),
     }
     paths = {table: str(tmp_path / f"{table}.parquet") for table in files}
     for table, pdf in files.items():
         pdf.to_parquet(paths[table])
+    return paths
+
+
+def test_ingest_without_labels_and_a_failed_write(spark, tmp_path, monkeypatch):
+    from botwatch import ingest
+    from botwatch.validate import check_schemas
+
+    # Two edges: 1 -> 2 and a self-follow.
+    edges = pd.DataFrame({t.SRC: [1, 2], t.DST: [2, 2], t.CREATED_AT: [datetime(2024, 6, 1)] * 2})
+    paths = _small_inputs(tmp_path, pd.DataFrame([_account(1), _account(2)]), edges)
     wh = str(tmp_path / "wh")
     # A write that fails after validation: the bad row (a self-follow) is already in quarantine.
     real_write = ingest.write_table
@@ -493,6 +502,44 @@ def test_ingest_without_labels_and_a_failed_write(spark, tmp_path, monkeypatch):
     ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None)
     frames = check_schemas(spark, wh)
     assert frames[t.LABELS].count() == 0 and frames[t.EDGES].count() == 1
+
+
+def test_kept_columns_that_delta_cannot_name_are_renamed(spark, tmp_path):
+    """Delta refuses spaces and ,;{}()= in column names: a platform's numeric ``Followers Count`` is kept as
+    ``Followers_Count`` (never clashing with another column), said so, instead of failing the load."""
+    accounts = pd.DataFrame([_account(1), _account(2)]).assign(
+        **{"Followers Count": [5, 7], "karma(30d)": [0.5, 1.5], "a b": [1, 2], "a_b": [3, 4]})
+    paths = _small_inputs(tmp_path, accounts)
+    notes: list[str] = []
+    wh = str(tmp_path / "wh")
+    ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=notes.append)
+    got = read_table(spark, wh, t.ACCOUNTS)
+    assert {"Followers_Count", "karma_30d_", "a_b", "a_b_"} <= set(got.columns)
+    rows = {r[t.ACCOUNT_ID]: (r["Followers_Count"], r["karma_30d_"], r["a_b_"], r["a_b"]) for r in got.collect()}
+    assert rows == {1: (5, 0.5, 1, 3), 2: (7, 1.5, 2, 4)}
+    assert any("'Followers Count': 'Followers_Count'" in n and "'a b': 'a_b_'" in n for n in notes), notes
+
+
+def test_a_csv_folder_whose_files_disagree_on_the_header_is_refused(spark, tmp_path):
+    """Spark reads a folder of CSV files by the first file's header, by position: a file with its columns in
+    another order would load IPs as devices. It is refused, naming the file, before anything is written."""
+    accounts = pd.DataFrame([_account(1), _account(2)])
+    paths = _small_inputs(tmp_path, accounts)
+    folder = tmp_path / "events_csv"
+    folder.mkdir()
+    events = pd.read_parquet(paths[t.EVENTS])
+    events.iloc[:1].to_csv(folder / "part-0.csv", index=False)
+    swapped = [t.ACCOUNT_ID, t.EVENT_TS, t.EVENT_TYPE, t.DEVICE_ID, t.IP_HASH]
+    events.iloc[1:][swapped].to_csv(folder / "part-1.csv", index=False)
+    wh = tmp_path / "wh"
+    with pytest.raises(IngestInputError, match=r"part-1.csv: its CSV header .* differs from .*part-0.csv"):
+        ingest_files(spark, str(wh), **{**paths, t.EVENTS: str(folder)}, labels=None, run_date=RUN)
+    assert not wh.exists()
+    # The same order in every file loads.
+    events.iloc[1:].to_csv(folder / "part-1.csv", index=False)
+    result = ingest_files(spark, str(wh), **{**paths, t.EVENTS: str(folder)}, labels=None, run_date=RUN,
+                          echo=lambda _: None)
+    assert result[t.EVENTS]["rows_loaded"] == 2
 
 
 def test_first_reason_wins_and_bad_column_type_is_an_error(spark):

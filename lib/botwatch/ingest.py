@@ -45,6 +45,7 @@ import csv
 import gzip
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -111,6 +112,8 @@ CSV = "csv"
 PARQUET = "parquet"
 # The raw text of a CSV line whose field count differs from its header (Spark's corrupt-record column).
 _CORRUPT = "_corrupt_record"
+# Characters Delta refuses in a column name (without column mapping).
+_DELTA_BAD_NAME = re.compile(r"[ ,;{}()\n\t=]")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
@@ -166,6 +169,21 @@ def split_extra_columns(schema: T.StructType, table: str) -> tuple[list[str], li
         keep = table == t.ACCOUNTS and isinstance(field.dataType, (T.NumericType, T.BooleanType))
         (kept if keep else dropped).append(field.name)
     return kept, dropped
+
+
+def storable_names(columns: Sequence[str], kept: Sequence[str]) -> dict[str, str]:
+    """New names for the kept extra columns Delta cannot store (without column mapping it refuses
+    spaces and ,;{}()= in names): those characters become ``_``, never clashing with another column."""
+    taken = set(columns)
+    renamed = {}
+    for name in kept:
+        if _DELTA_BAD_NAME.search(name):
+            new = _DELTA_BAD_NAME.sub("_", name)
+            while new in taken:
+                new += "_"
+            taken.add(new)
+            renamed[name] = new
+    return renamed
 
 
 def _try_cast(raw: Column, source: T.DataType, target: T.DataType) -> Column:
@@ -437,16 +455,23 @@ def _local_columns(path: str, fmt: str) -> list[str]:
 
     files = _data_files(path, CSV_SUFFIXES if fmt == CSV else PARQUET_SUFFIXES) if os.path.isdir(path) else [path]
     columns: list[str] = []
+    first_header: list[str] | None = None
     for file in files:
         if fmt == CSV:
             gz = file.lower().endswith(".gz")
             with gzip.open(file, "rt", newline="") if gz else open(file, newline="") as handle:
                 names = next(csv.reader(handle), [])
+            # Spark reads every file of a folder by the first one's header, by position (an empty file: no rows).
+            first_header = names if first_header is None and names else first_header
+            if names and names != first_header:
+                raise IngestInputError(
+                    f"{file}: its CSV header {names} differs from {files[0]}'s {first_header}; Spark would read its "
+                    "values into the first file's columns by position. Write every file with the same header")
         else:
             names = pq.read_schema(file).names
         # Hive-style folders (key=value) are columns too.
-        names += [part.split("=", 1)[0] for part in os.path.relpath(file, path).split(os.sep)[:-1] if "=" in part]
-        columns += [n for n in names if n not in columns]
+        hive = [part.split("=", 1)[0] for part in os.path.relpath(file, path).split(os.sep)[:-1] if "=" in part]
+        columns += [n for n in [*names, *hive] if n not in columns]
     return columns
 
 
@@ -473,6 +498,8 @@ def resolve_input(table: str, path: str) -> tuple[str, str]:
     fmt = _file_format(table, local)
     try:
         columns = _local_columns(local, fmt)
+    except IngestInputError:
+        raise
     except (OSError, ValueError) as exc:  # pyarrow's errors are ValueError / OSError subclasses
         raise IngestInputError(f"{table} file {path} cannot be read as {fmt}: {exc}") from exc
     _require(columns, table, f"{table} file {path}")
@@ -570,13 +597,18 @@ def open_inputs(
     nanos = {table: _parquet_nanos_columns(p) if fmt == PARQUET else [] for table, (p, fmt) in inputs.items()}
     with session_conf(spark, {_NANOS_AS_LONG: "true" if any(nanos.values()) else None}):
         raw = {table: read_input(spark, table, p, fmt, nanos[table]) for table, (p, fmt) in inputs.items()}
-        for table, df in raw.items():
-            _, dropped = split_extra_columns(df.schema, table)
+        for table, df in list(raw.items()):
+            kept, dropped = split_extra_columns(df.schema, table)
             if dropped:
                 echo(
                     f"note: {table} file {inputs[table][0]}: dropping column(s) {dropped} "
                     "(only accounts keep extra columns, and only numeric or boolean ones)"
                 )
+            renamed = storable_names(df.columns, kept)
+            if renamed:
+                raw[table] = df.withColumnsRenamed(renamed)
+                echo(f"note: {table} file {inputs[table][0]}: kept column(s) renamed {renamed} (Delta column names "
+                     "cannot hold spaces or any of ,;{}()=)")
         yield raw
 
 
