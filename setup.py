@@ -30,7 +30,6 @@ install_requires = [
     "pyyaml>=6",
     "typer>=0.12",
     "rich>=13",  # the backfill progress bar (botwatch.nightly)
-    "fsspec>=2023.1",  # model artifacts and reports on any file system
     "matplotlib>=3.8",
 ]
 

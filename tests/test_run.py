@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pandas as pd
 import pytest
@@ -19,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from tests.helpers import DAG_WAIT_TIMEOUT_S, canonical_rows, copy_warehouse
 
-from botwatch import nightly, registry, steps
+from botwatch import files, nightly, registry, steps
 from botwatch import tables as t
 from botwatch.delta_io import TableMissingError, read_table, table_exists, write_table
 from botwatch.ingest import write_quarantine
@@ -107,6 +108,25 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
     assert sorted(zip(after[t.STEP], after[t.REASON], strict=True)) == sorted(
         [("ingest", "null_key")] + [("validate", r) for s, r in zip(q[t.STEP], q[t.REASON], strict=True)
                                     if s == "validate"])
+
+
+def test_validate_checks_labels_that_land_after_the_day_they_are_dated(spark, warehouse):
+    """A verdict dated an earlier day often lands after that day's run: validate checks every label up to D
+    (the table is small), so a late ``label=2`` never reaches training. D's counts and bad share stay D's."""
+    labels = [
+        (2, 0, "appeal", ts(dt.date(2025, 12, 1))),
+        (1, 2, "investigator", ts(D - dt.timedelta(days=3))),  # late, not 0/1
+        (42, 1, "user_report", ts(D - dt.timedelta(days=2))),  # late, unknown account
+        (1, 1, "investigator", ts(D + dt.timedelta(days=1))),  # dated after D: D+1's run checks it
+    ]
+    write_inputs(spark, warehouse, labels=labels)
+    got = validate_inputs(spark, warehouse, D)
+    assert got["counts"]["labels"] == 0 and got["quarantined"]["labels"] == 2
+    q = read_table(spark, warehouse, t.QUARANTINE).where(F.col(t.TABLE) == t.LABELS).toPandas()
+    assert sorted(q[t.REASON]) == ["label_not_binary", "unknown_account"] and set(q[t.RUN_DATE]) == {D}
+    kept = read_table(spark, warehouse, t.LABELS).collect()
+    assert sorted((r[t.ACCOUNT_ID], r[t.SOURCE]) for r in kept) == [(1, "investigator"), (2, "appeal")]
+    assert validate_inputs(spark, warehouse, D)["quarantined"]["labels"] == 0
 
 
 def test_validate_keeps_a_producers_extra_columns_when_it_rewrites_the_days_events(spark, warehouse):
@@ -701,7 +721,7 @@ def test_a_killed_runs_lock_expires_and_a_live_runs_never_does(spark, warehouse)
 def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
     """Warehouses on HDFS or ADLS take the lock through Hadoop's FileSystem (create without overwrite);
     here Hadoop's local file system stands in for them."""
-    monkeypatch.setattr(nightly, "_local_path", lambda path: None)
+    monkeypatch.setattr(files, "local_path", lambda path: None)
     uri = f"file://{warehouse}"
     first = nightly.DateLock(spark, uri, D, stale_hours=12)
     first.acquire()
@@ -716,6 +736,27 @@ def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
     assert nightly.DateLock(spark, uri, D, stale_hours=12).current() is None
     assert not nightly.break_lock(spark, uri, D)
     assert os.listdir(os.path.join(warehouse, t.RUN_LOCK)) == []  # no heartbeat file left behind
+
+
+def test_model_artifacts_reach_any_file_system_spark_reaches(spark, tmp_path):
+    """Model artifacts, ``cascade.json`` and reports go through Spark's Hadoop file systems when the
+    warehouse is not on a local disk: through fsspec, ``s3a://`` failed without s3fs and ``abfss://`` was
+    unknown. Hadoop's viewfs mounted on a local folder stands in for them (fsspec knows no viewfs either)."""
+    from botwatch.cascade import choice_for, record_choice, stored_choices
+
+    root = tmp_path / "store"
+    mount = f"bw{uuid.uuid4().hex[:8]}"  # Hadoop caches a file system per scheme and authority
+    spark._jsc.hadoopConfiguration().set(f"fs.viewfs.mounttable.{mount}.link./wh", f"file://{root}")
+    directory = f"viewfs://{mount}/wh/models/stage1_xgb/3"
+    registry.write_artifact(directory, "model.json", b"\x00raw")
+    registry.write_artifact(directory, "features.json", {"features": ["a"]})
+    assert registry.read_artifact(directory, "model.json", binary=True) == b"\x00raw"
+    assert registry.read_artifact(directory, "features.json") == {"features": ["a"]}
+    assert (root / "models" / "stage1_xgb" / "3" / "model.json").read_bytes() == b"\x00raw"
+    assert stored_choices(directory) is None  # FileNotFoundError when absent, as on a local disk
+    record_choice(directory, {"heavy_version": 2, "chosen_on": D, "threshold": 0.4})
+    assert choice_for(stored_choices(directory), 2, D)["threshold"] == 0.4
+    assert files.exists(f"{directory}/cascade.json", spark) and not files.exists(f"{directory}/nope", spark)
 
 
 def test_the_heartbeat_needs_no_file_system_that_sets_modification_times(spark, warehouse, monkeypatch):

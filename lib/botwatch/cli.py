@@ -272,14 +272,16 @@ def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: Set
 @app.command()
 def report(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
     """Print the path of the run report (HTML) the monitor step wrote for the date."""
-    import fsspec
-
+    from botwatch import files
     from botwatch.config import warehouse_path
     from botwatch.monitoring.run import report_path
+    from botwatch.spark import get_spark
 
-    path = report_path(warehouse_path(build_conf(conf, warehouse, set_)), parse_date(date))
-    fs, _, (local,) = fsspec.get_fs_token_paths(path)
-    if not fs.exists(local):
+    cfg = build_conf(conf, warehouse, set_)
+    path = report_path(warehouse_path(cfg), parse_date(date))
+    # A report on HDFS or an object store is looked up through Spark's file systems (a session).
+    spark = None if files.local_path(path) is not None else get_spark(cfg, app_name="report")
+    if not files.exists(path, spark):
         fail(f"no report for {date} at {path}: run `botwatch run --date {date}` (its monitor step writes it)", code=1)
     typer.echo(path)
 

@@ -47,6 +47,7 @@ from pyspark.sql import Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from botwatch import files
 from botwatch import tables as t
 from botwatch.config import Config, warehouse_path
 from botwatch.delta_io import commit_metadata, hadoop_fs, read_table, table_exists, write_table
@@ -263,13 +264,6 @@ def _lock_path(warehouse: str, run_date: dt.date) -> str:
     return f"{t.table_path(warehouse, t.RUN_LOCK)}/{run_date.isoformat()}.json"
 
 
-def _local_path(path: str) -> str | None:
-    """The OS path of a local warehouse path (no scheme, or ``file:``); None for HDFS, ADLS, ..."""
-    if path.startswith("file:"):  # file:/x and file:///x
-        return "/" + path[len("file:"):].lstrip("/")
-    return None if "://" in path else path
-
-
 def _jvm(spark: SparkSession) -> Any:
     """The driver's py4j gateway (typed optional by pyspark; always there on a classic session)."""
     return spark._jvm
@@ -277,7 +271,7 @@ def _jvm(spark: SparkSession) -> Any:
 
 def _create_exclusive(spark: SparkSession, path: str, payload: str) -> bool:
     """Create ``path`` holding ``payload`` if no file is there; whether this call created it."""
-    local = _local_path(path)
+    local = files.local_path(path)
     if local is not None:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         try:
@@ -300,25 +294,14 @@ def _create_exclusive(spark: SparkSession, path: str, payload: str) -> bool:
 
 
 def _read_file(spark: SparkSession, path: str) -> str | None:
-    local = _local_path(path)
-    if local is not None:
-        try:
-            with open(local) as src:
-                return src.read()
-        except FileNotFoundError:
-            return None
-    fs, jpath = hadoop_fs(spark, path)
-    if not fs.exists(jpath):
-        return None
-    stream = fs.open(jpath)
     try:
-        return _jvm(spark).org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-    finally:
-        stream.close()
+        return files.read_bytes(path, spark).decode()
+    except FileNotFoundError:
+        return None
 
 
 def _delete_file(spark: SparkSession, path: str) -> bool:
-    local = _local_path(path)
+    local = files.local_path(path)
     if local is not None:
         try:
             os.remove(local)
@@ -329,19 +312,6 @@ def _delete_file(spark: SparkSession, path: str) -> bool:
     return bool(fs.delete(jpath, False))
 
 
-def _overwrite(spark: SparkSession, path: str, payload: str) -> None:
-    """Write ``path`` whole, replacing any file there (a new file: its modification time is now)."""
-    local = _local_path(path)
-    if local is not None:
-        tmp = f"{local}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "w") as out:
-            out.write(payload)
-        os.replace(tmp, local)  # readers see the old file or the new one, never half of it
-        return
-    fs, jpath = hadoop_fs(spark, path)
-    out = fs.create(jpath, True)
-    out.write(bytearray(payload.encode()))
-    out.close()
 
 
 def _file_safe(holder: str) -> str:
@@ -355,7 +325,7 @@ def _beat_path(lock_path: str, holder: str) -> str:
 
 def _modified_at(spark: SparkSession, path: str) -> dt.datetime | None:
     """``path``'s modification time (naive UTC), or None when there is no such file."""
-    local = _local_path(path)
+    local = files.local_path(path)
     if local is not None:
         try:
             seconds = os.stat(local).st_mtime
@@ -448,8 +418,8 @@ class DateLock:
     def beat(self) -> None:
         """Rewrite this holder's heartbeat file (the lock file itself is never rewritten: a holder that
         lost the lock must not write over the new holder's)."""
-        _overwrite(self.spark, _beat_path(self.path, self.holder),
-                   dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat())
+        files.write_bytes(_beat_path(self.path, self.holder),
+                          dt.datetime.now(dt.UTC).replace(tzinfo=None).isoformat().encode(), self.spark)
 
     def current(self) -> dict | None:
         """The lock's holder, host, ``acquired_at`` and ``beat_at`` (when the lock or its holder's

@@ -14,12 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-import fsspec
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from botwatch import __version__
+from botwatch import __version__, files
 from botwatch import tables as t
 from botwatch.delta_io import read_table, table_exists, write_table
 from botwatch.tables import table_path
@@ -82,18 +81,17 @@ def artifact_dir(warehouse: str, model_name: str, version: int) -> str:
 
 
 def write_artifact(directory: str, name: str, data: bytes | str | dict) -> str:
+    """Write one file of a model's artifacts (a dict as JSON) on the warehouse's file system (:mod:`botwatch.files`)."""
     path = f"{directory}/{name}"
     payload = json.dumps(data, indent=2, sort_keys=True, default=str) if isinstance(data, dict) else data
-    mode = "wb" if isinstance(payload, bytes) else "w"
-    with fsspec.open(path, mode, auto_mkdir=True) as fh:
-        fh.write(payload)
+    files.write_bytes(path, payload if isinstance(payload, bytes) else payload.encode())
     return path
 
 
 def read_artifact(directory: str, name: str, binary: bool = False):
-    with fsspec.open(f"{directory}/{name}", "rb" if binary else "r") as fh:
-        data = fh.read()
-    return data if binary or not name.endswith(".json") else json.loads(data)
+    """One artifact file: bytes, text, or parsed JSON for ``*.json``; FileNotFoundError when absent."""
+    data = files.read_bytes(f"{directory}/{name}")
+    return data if binary else json.loads(data) if name.endswith(".json") else data.decode()
 
 
 def records(spark: SparkSession, warehouse: str, model_name: str | None = None) -> list[dict]:

@@ -5,10 +5,11 @@ Fatal problems stop the run with a named error that says what to do: an input ta
 (:class:`~botwatch.schemas.SchemaMismatchError`), ``accounts`` not one row per account
 (:class:`AccountGrainError`), or no events on D (:class:`NoEventsError`).
 
-Row problems do not stop the run: D's new rows (events of D, edges created on D, labels made on D)
-go through the same checks as ``botwatch ingest`` (:func:`botwatch.ingest.tag_rows`), plus one:
-an event in partition D whose ``event_ts`` falls on another UTC day (``event_date_mismatch``); a bad row is
-moved out of its input table and into ``quarantine`` with its reason and ``step`` ``validate``.
+Row problems do not stop the run: D's new rows (events of D, edges created on D, labels made on D,
+and labels dated earlier that landed late) go through the same checks as ``botwatch ingest``
+(:func:`botwatch.ingest.tag_rows`), plus one: an event in partition D whose ``event_ts`` falls on
+another UTC day (``event_date_mismatch``); a bad row is moved out of its input table and into
+``quarantine`` with its reason and ``step`` ``validate``.
 Quarantine rows are added with an insert-only MERGE keyed on the whole row, never with
 ``replaceWhere``: ingest's rows for D (same table names, same run_date) stay, and rerunning D adds
 nothing twice. A later ``botwatch ingest`` for the same date replaces only ingest's rows.
@@ -65,6 +66,14 @@ def _rows_of_day(table: str, run_date: dt.date) -> Column:
     if table == t.ACCOUNTS:
         return F.to_date(F.col(t.CREATED_AT)) == day
     raise ValueError(f"no day filter for table {table!r}")
+
+
+def _rows_to_check(table: str, run_date: dt.date) -> Column:
+    """The rows validate checks for D: D's new rows; for labels, every label up to D too (a verdict dated
+    an earlier day often lands later, after that day's run; the table is small), and any undated one."""
+    if table == t.LABELS:
+        return F.col(t.LABELED_AT).isNull() | (F.to_date(F.col(t.LABELED_AT)) <= F.lit(run_date))
+    return _rows_of_day(table, run_date)
 
 
 def check_schemas(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
@@ -135,13 +144,17 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     quarantined = {}
     # Every table is checked before any row moves. Events first: a day without events stops the run.
     for table in (t.EVENTS, t.EDGES, t.LABELS):
-        day_rows = frames[table].where(_rows_of_day(table, run_date))
+        checked = frames[table].where(_rows_to_check(table, run_date))
         # A producer's own extra columns ride along: rewriting D's events from contract columns
         # alone nulled them in every good row, and the quarantined rows' JSON left them out.
-        extras = [c for c in day_rows.columns if c not in INPUT_SCHEMAS[table].fieldNames()]
-        tagged = tag_rows(day_rows.select(*contract_columns(table), *extras), table, run_date, known_accounts=known,
+        extras = [c for c in checked.columns if c not in INPUT_SCHEMAS[table].fieldNames()]
+        tagged = tag_rows(checked.select(*contract_columns(table), *extras), table, run_date, known_accounts=known,
                           event_date=run_date if table == t.EVENTS else None, keep_extras=extras)
-        reasons = {r[0]: r[1] for r in tagged.groupBy(_REASON).count().collect()}
+        # Counts and the bad share are of D's rows; earlier rows' bad ones (late labels) are moved too.
+        of_day = F.coalesce(_rows_of_day(table, run_date), F.lit(False)) if table == t.LABELS else F.lit(True)
+        found = tagged.groupBy(_REASON, of_day.alias("of_day")).count().collect()
+        reasons = {r[0]: r[2] for r in found if r[1]}
+        late_bad = sum(r[2] for r in found if not r[1] and r[0] is not None)
         counts[table] = sum(reasons.values())
         if table == t.EVENTS and counts[table] == 0:
             raise NoEventsError(
@@ -150,11 +163,11 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
                 "with the full history: ingest replaces the input tables), then rerun the date."
             )
         bad = {k: v for k, v in reasons.items() if k is not None}
-        quarantined[table] = sum(bad.values())
-        if counts[table] >= bad_share_min_rows and quarantined[table] > max_bad_share * counts[table]:
+        quarantined[table] = sum(bad.values()) + late_bad
+        if counts[table] >= bad_share_min_rows and sum(bad.values()) > max_bad_share * counts[table]:
             top = max(bad, key=lambda k: bad[k])
             raise TooManyBadRowsError(
-                f"{quarantined[table]} of the {counts[table]} {table} rows of {run_date} are bad ({bad[top]} "
+                f"{sum(bad.values())} of the {counts[table]} {table} rows of {run_date} are bad ({bad[top]} "
                 f"{top}), more than validate.max_bad_share ({max_bad_share}); nothing was moved. An upstream load is "
                 "likely incomplete (unknown_account: the accounts export has not landed); fix it and rerun the "
                 "date, or raise validate.max_bad_share if this is real"

@@ -16,12 +16,12 @@ import io
 import math
 from collections.abc import Callable
 
-import fsspec
 import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from botwatch import files
 from botwatch import tables as t
 from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import fpr_by_segment, pr_curve
@@ -240,6 +240,5 @@ def write_report(
         "prevalence": lambda: plot_prevalence(spark, warehouse, run_date),
     }
     sections = [_section(name, makers[name]) for name in PLOTS]
-    with fsspec.open(path, "w", auto_mkdir=True) as fh:
-        fh.write(render(run_date, sections, metrics, notes, alerts))
+    files.write_bytes(path, render(run_date, sections, metrics, notes, alerts).encode(), spark)
     return path

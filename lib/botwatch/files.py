@@ -1,0 +1,83 @@
+"""Small files the pipeline keeps beside its Delta tables (model artifacts, run reports, the run lock),
+read and written on the driver: local paths with Python's own IO, every other URI (HDFS, S3A, ABFS, GCS)
+through Spark's Hadoop ``FileSystem``, so they reach whatever store the tables are on, with the session's
+own credentials and settings. (fsspec, used before, needed a package per store and credentials of its
+own: ``s3a://`` failed without s3fs, and it knows no ``abfss://``.)
+
+Usage::
+
+    write_bytes(f"{warehouse}/models/stage1_xgb/3/model.json", raw)
+    raw = read_bytes(f"{warehouse}/models/stage1_xgb/3/model.json")  # FileNotFoundError when absent
+"""
+from __future__ import annotations
+
+import os
+import uuid
+
+from pyspark.sql import SparkSession
+
+from botwatch.delta_io import hadoop_fs
+
+
+class NoSparkSessionError(RuntimeError):
+    """A file on a Hadoop file system was read or written in a process with no SparkSession."""
+
+
+def local_path(path: str) -> str | None:
+    """The OS path of a local path (no scheme, or ``file:``); None for HDFS, S3A, ABFS, ..."""
+    if path.startswith("file:"):  # file:/x and file:///x
+        return "/" + path[len("file:"):].lstrip("/")
+    return None if "://" in path else path
+
+
+def _session(spark: SparkSession | None, path: str) -> SparkSession:
+    session = spark or SparkSession.getActiveSession()
+    if session is None:
+        raise NoSparkSessionError(
+            f"{path} is not on a local disk: it is reached through Spark's Hadoop file systems, and this process "
+            "has no SparkSession; build one first (botwatch.spark.get_spark)")
+    return session
+
+
+def read_bytes(path: str, spark: SparkSession | None = None) -> bytes:
+    """The file's bytes; FileNotFoundError when there is none."""
+    local = local_path(path)
+    if local is not None:
+        with open(local, "rb") as src:
+            return src.read()
+    session = _session(spark, path)
+    fs, jpath = hadoop_fs(session, path)
+    if not fs.exists(jpath):
+        raise FileNotFoundError(path)
+    stream = fs.open(jpath)
+    try:
+        return bytes(session._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))  # type: ignore[union-attr]
+    finally:
+        stream.close()
+
+
+def write_bytes(path: str, data: bytes, spark: SparkSession | None = None) -> None:
+    """Write the file whole, replacing any there (folders made as needed); a new file, so its
+    modification time is now on any file system."""
+    local = local_path(path)
+    if local is not None:
+        os.makedirs(os.path.dirname(local) or ".", exist_ok=True)
+        tmp = f"{local}.{uuid.uuid4().hex[:8]}.tmp"
+        with open(tmp, "wb") as out:
+            out.write(data)
+        os.replace(tmp, local)  # readers see the old file or the new one, never half of it
+        return
+    fs, jpath = hadoop_fs(_session(spark, path), path)
+    out = fs.create(jpath, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+
+
+def exists(path: str, spark: SparkSession | None = None) -> bool:
+    local = local_path(path)
+    if local is not None:
+        return os.path.exists(local)
+    fs, jpath = hadoop_fs(_session(spark, path), path)
+    return bool(fs.exists(jpath))
