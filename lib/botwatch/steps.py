@@ -37,18 +37,22 @@ def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 
     warehouse = warehouse_path(conf)
     params = TrainParams.from_conf(conf.section("train"))
-    retrain, why = refresh_decision(spark, warehouse, run_date, params)
-    if not retrain:
-        return {"trained": False, "promoted": False, "reason": why}
     cascade: dict = {}
-    if conf["cascade.enabled"]:
-        # Heavy model, stage 1 as its student, then the flag threshold (botwatch.training_heavy).
-        from botwatch.training_heavy import train_cascade
-
-        result, cascade = train_cascade(spark, warehouse, run_date, params, conf.section("heavy"),
-                                        conf.section("cascade"))
-    else:
+    if not conf["cascade.enabled"]:
+        retrain, why = refresh_decision(spark, warehouse, run_date, params)
+        if not retrain:
+            return {"trained": False, "promoted": False, "reason": why}
         result = train_stage1(spark, warehouse, run_date, params)
+    else:
+        # Heavy model, stage 1 as its student, then the flag threshold (botwatch.training_heavy).
+        from botwatch import training_heavy as th
+
+        retrain, why = th.cascade_refresh_decision(spark, warehouse, run_date, params)
+        if not retrain:
+            return {"trained": False, "promoted": False, "reason": why,
+                    **th.calibrate_if_missing(spark, warehouse, run_date, conf.section("cascade"))}
+        result, cascade = th.train_cascade(spark, warehouse, run_date, params, conf.section("heavy"),
+                                           conf.section("cascade"))
     return {
         **cascade,
         "trained": True,

@@ -31,7 +31,7 @@ from pyspark.sql import functions as F
 
 from botwatch import registry
 from botwatch import tables as t
-from botwatch.cascade import choose_flag_threshold, record_choice
+from botwatch.cascade import choice_for, choose_flag_threshold, record_choice, stored_choices
 from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import pr_auc, recall_at_precision
 from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
@@ -54,6 +54,7 @@ from botwatch.training import (
     TrainResult,
     operating_point,
     prepare_training,
+    refresh_decision,
     train_stage1,
 )
 
@@ -153,7 +154,7 @@ class HeavyTrainResult:
 
 
 def _save_artifacts(model, directory: str) -> None:
-    # Save locally, then copy through fsspec: the warehouse may be an object store.
+    # Save locally, then copy to the warehouse (botwatch.files: it may be an object store).
     with tempfile.TemporaryDirectory() as tmp:
         model.save(tmp)
         registry.write_artifact(directory, STATE_FILE, (Path(tmp) / STATE_FILE).read_bytes())
@@ -345,6 +346,62 @@ def calibrate_flag_threshold(
             "recall_lost": info["recall_lost"], "flagged_share": choice.flagged_share}
 
 
+def flag_threshold_missing(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
+    """Whether D's champions (a heavy one and a stage-1 one) have no flag threshold chosen for them on
+    or before D: a training that promoted one and stopped before choosing it."""
+    heavy = _heavy_champion_record(spark, warehouse, run_date)
+    stage1 = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=run_date) if heavy is not None else None
+    if heavy is None or stage1 is None:
+        return False
+    return choice_for(stored_choices(stage1["artifact_path"]), int(heavy[t.VERSION]), run_date) is None
+
+
+def calibrate_if_missing(spark: SparkSession, warehouse: str, run_date: dt.date, cascade_section: dict) -> dict:
+    """On a night that trains nothing: choose the flag threshold when D's champions have none
+    (:func:`flag_threshold_missing`); ``{}`` when they have one."""
+    if not flag_threshold_missing(spark, warehouse, run_date):
+        return {}
+    chosen = calibrate_flag_threshold(spark, warehouse, run_date, CascadeParams.from_conf(cascade_section),
+                                      InferenceSettings.from_conf(cascade_section))
+    return {**chosen, "recalibrated": "no flag threshold had been chosen for the champions of D"}
+
+
+def cascade_refresh_decision(
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams
+) -> tuple[bool, str]:
+    """:func:`~botwatch.training.refresh_decision`, plus: retrain when there is no heavy champion
+    (stage 2 is off until one is promoted), unless the heavy model was already trained on D."""
+    retrain, why = refresh_decision(spark, warehouse, run_date, params)
+    if retrain or _heavy_champion_record(spark, warehouse, run_date) is not None:
+        return retrain, why
+    done = _heavy_trained_on(spark, warehouse, run_date, params)
+    if done is not None:
+        return False, f"{why}; no heavy champion, and the heavy model of {run_date} was refused ({done['reason']})"
+    return True, "no heavy champion yet: stage 2 is off until one is promoted"
+
+
+def _heavy_champion_record(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict | None:
+    # The registry row only: heavy_champion would also read the model's files.
+    return registry.champion(spark, warehouse, HEAVY_MODEL, as_of=run_date)
+
+
+def _heavy_trained_on(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> dict | None:
+    """The heavy training of D that finished (``registry.trained_on``); None with
+    ``train.max_champion_age_days=0``, which retrains whatever ran before."""
+    if params.max_champion_age_days <= 0:
+        return None
+    return registry.trained_on(spark, warehouse, HEAVY_MODEL, run_date)
+
+
+def _finished_heavy(record: dict) -> HeavyTrainResult:
+    """The heavy training of D that finished before, as its result (its scores are not kept)."""
+    return HeavyTrainResult(
+        version=int(record[t.VERSION]), promoted=record[t.STAGE] != registry.CHALLENGER,
+        reason=f"already trained on {record[t.RUN_DATE]}: {record['reason']}",
+        metrics=dict(record.get("metrics") or {}), threshold=record.get("threshold"),
+    )
+
+
 # ---------------------------------------------------------------- the whole cascade
 
 
@@ -358,7 +415,11 @@ def train_cascade(
     settings = InferenceSettings.from_conf(cascade_section)
     ctx = prepare_training(spark, warehouse, run_date, params)
     try:
-        heavy = train_heavy_stage(spark, warehouse, run_date, params, heavy_section, ctx)
+        done = _heavy_trained_on(spark, warehouse, run_date, params)
+        # A rerun after stage 1 or the threshold failed: the heavy model of D is not trained again (a
+        # copy could replace D's promoted one at a tie: new versions, new scores, a dropped cache).
+        heavy = (_finished_heavy(done) if done is not None
+                 else train_heavy_stage(spark, warehouse, run_date, params, heavy_section, ctx))
         summary: dict = {
             "heavy_version": heavy.version, "heavy_promoted": heavy.promoted, "heavy_reason": heavy.reason,
             "heavy_golden_pr_auc": heavy.metrics.get("golden_pr_auc"),
@@ -380,6 +441,7 @@ def train_cascade(
 
 
 __all__ = [
-    "CascadeParams", "HeavyTrainResult", "calibrate_flag_threshold", "family_metrics", "inputs_for",
-    "teacher_targets", "train_cascade", "train_heavy_stage", "DISTILL_TARGET", "TEACHER_SCORE",
+    "CascadeParams", "HeavyTrainResult", "calibrate_flag_threshold", "calibrate_if_missing", "cascade_refresh_decision",
+    "family_metrics", "flag_threshold_missing", "inputs_for", "teacher_targets", "train_cascade", "train_heavy_stage",
+    "DISTILL_TARGET", "TEACHER_SCORE",
 ]
