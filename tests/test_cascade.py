@@ -552,9 +552,9 @@ def test_cascade_scores_flags_within_budget_and_reruns_identically(spark, cascad
     assert s2["n_stage2"] == reached.sum() and s2["n_embedding_cache_hits"] == 0
     heavy = registry.champion(spark, warehouse, "stage2_heavy")
     assert after.loc[reached, t.MODEL_VERSION].str.endswith(f"+stage2_heavy:{heavy[t.VERSION]}").all()
-    if heavy["threshold"] is not None:
-        acted = after.loc[reached, t.DECISION] == "action"
-        assert (acted == (after.loc[reached, t.SCORE] >= heavy["threshold"])).all()
+    assert heavy["threshold"] is not None  # decided at it (a heavy model without one: the test below)
+    acted = after.loc[reached, t.DECISION] == "action"
+    assert (acted == (after.loc[reached, t.SCORE] >= heavy["threshold"])).all()
 
     again = steps.score_stage2_step(spark, cconf, day)  # rerun: same table, encodings from the cache
     rerun = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE) == F.lit(day)).toPandas()
@@ -644,3 +644,62 @@ def test_a_rerun_of_an_earlier_date_never_learns_from_a_later_heavy_champion(spa
     monkeypatch.undo()
     assert calibrate_flag_threshold(spark, warehouse, earlier, cparams, settings) == {
         "flag_threshold": None, "note": "no heavy champion: stage 2 is off"}
+
+
+def test_a_rerun_after_the_heavy_model_was_trained_on_d_does_not_train_it_again(spark, cascade, monkeypatch):
+    """A train step that failed after the heavy model of D was decided (in stage 1, or choosing the threshold)
+    is rerun: the heavy model is not trained again (a copy could replace D's promoted one at a tie), stage 1
+    learns from D's heavy champion and the threshold is chosen. ``max_champion_age_days=0`` retrains it."""
+    cconf, day, summary, _, teacher, _ = cascade
+    warehouse = warehouse_path(cconf)
+    heavy_trained: list = []
+    teachers: list = []
+    calibrated: list = []
+    monkeypatch.setattr(training_heavy, "prepare_training", lambda *a, **k: mock.Mock())
+    monkeypatch.setattr(training_heavy, "train_heavy_stage", lambda *a, **k: heavy_trained.append(a[2]) or
+                        HeavyTrainResult(version=99, promoted=False, reason="stub", metrics={}, threshold=None))
+    monkeypatch.setattr(training_heavy, "train_stage1", lambda *a, teacher_version=None, **k: teachers.append(
+        teacher_version) or "stage 1's result")
+    monkeypatch.setattr(training_heavy, "calibrate_flag_threshold", lambda s, w, d, *a: calibrated.append(d) or {})
+    params = TrainParams.from_conf(cconf.section("train"))
+    heavy, cascade_section = cconf.section("heavy"), cconf.section("cascade")
+
+    _, out = train_cascade(spark, warehouse, day, params, heavy, cascade_section)
+    assert heavy_trained == []
+    assert out["heavy_version"] == summary["heavy_version"] and out["heavy_promoted"] is True
+    assert out["heavy_reason"].startswith(f"already trained on {day}")
+    assert teachers == [teacher.model_version] and calibrated == [day]
+
+    train_cascade(spark, warehouse, day, dataclasses.replace(params, max_champion_age_days=0), heavy, cascade_section)
+    assert heavy_trained == [day]
+
+
+def test_a_night_that_trains_nothing_chooses_a_missing_flag_threshold(spark, cascade, monkeypatch):
+    """A training that promoted a model and stopped before choosing the flag threshold left the champions
+    without one: the next train step, which retrains nothing, chooses it; with one there it does nothing."""
+    cconf, day, *_ = cascade
+    calibrated: list = []
+    monkeypatch.setattr(training_heavy, "calibrate_flag_threshold",
+                        lambda s, w, d, *a: calibrated.append(d) or {"flag_threshold": 0.5})
+    kept = steps.train_step(spark, cconf, day)
+    assert kept["trained"] is False and calibrated == [] and "recalibrated" not in kept
+    monkeypatch.setattr(training_heavy, "stored_choices", lambda path: None)  # cascade.json never written
+    again = steps.train_step(spark, cconf, day)
+    assert again["trained"] is False and calibrated == [day]
+    assert again["flag_threshold"] == 0.5 and again["recalibrated"]
+
+
+def test_no_heavy_champion_retrains_unless_the_heavy_model_of_d_was_refused(spark, cascade, monkeypatch):
+    """The refresh policy's "no champion" holds for the heavy model too (stage 2 is off without one): the
+    night after a refused heavy challenger retrains although stage 1's champion is fresh; a rerun of the
+    date whose heavy challenger was refused does not."""
+    cconf, day, *_ = cascade
+    warehouse = warehouse_path(cconf)
+    params = TrainParams.from_conf(cconf.section("train"))
+    next_day = day + dt.timedelta(days=1)
+    assert training_heavy.cascade_refresh_decision(spark, warehouse, next_day, params)[0] is False
+    monkeypatch.setattr(training_heavy, "_heavy_champion_record", lambda *a, **k: None)
+    assert training_heavy.cascade_refresh_decision(spark, warehouse, next_day, params) == (
+        True, "no heavy champion yet: stage 2 is off until one is promoted")
+    retrain, why = training_heavy.cascade_refresh_decision(spark, warehouse, day, params)
+    assert retrain is False and "no heavy champion, and the heavy model of" in why
