@@ -74,7 +74,6 @@ class TrainParams:
     canary_reg_param: float = 0.01
     n_bootstrap: int = 200
     seed: int = 0
-    new_account_days: int = 30
     prevalence: float | str | None = PREVALENCE_AUTO
     prevalence_fallback: float = 0.03
     prevalence_max_rse: float = 0.3
