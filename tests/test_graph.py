@@ -147,7 +147,7 @@ ACTIVITY_COLS = ["n_events_7d", "hour_entropy_7d"]
 
 def _scenario():
     rnd = random.Random(42)
-    accounts = list(range(60)) + [100, 101, 102, 103, 200, 201, 202, 203]
+    accounts = list(range(60)) + [100, 101, 102, 103, 104, 105, 200, 201, 202, 203]
     edges = []
     for _ in range(400):
         a, b = rnd.randrange(60), rnd.choice(list(range(60)) + [500, 501, 502])  # some ends outside accounts
@@ -164,6 +164,7 @@ def _scenario():
         (103, 5, END_D),  # created the moment D ends: not yet
         (7, 103, END_D + dt.timedelta(days=1)),
         (6, 8, END_D - dt.timedelta(seconds=1)),  # last second of D: counts
+        (104, 105, END_D - dt.timedelta(seconds=1)),  # ... between accounts with no other edge
         (200, 201, MIDNIGHT_D - dt.timedelta(days=40)),
         (202, 203, None),
     ]
@@ -272,9 +273,11 @@ def test_graph_features_match_pandas_and_networkx(spark, scenario_result):
 
 def test_edges_after_run_date_are_ignored(scenario_result):
     got, _ = scenario_result
-    rows = {r["account_id"]: r for r in got.where("account_id in (103, 6, 8)").collect()}
+    rows = {r["account_id"]: r for r in got.where("account_id in (103, 104, 105)").collect()}
     assert rows[103]["in_degree"] == 0 and rows[103]["out_degree"] == 0 and not rows[103]["has_graph"]
-    assert rows[6]["out_degree"] >= 1 and rows[8]["in_degree"] >= 1  # the last second of D counts
+    # The last second of D counts: 104 -> 105 is each one's only edge.
+    assert (rows[104]["out_degree"], rows[104]["in_degree"], rows[105]["in_degree"]) == (1, 0, 1)
+    assert rows[104]["has_graph"] and rows[105]["has_graph"]
 
 
 def test_later_label_never_reaches_bot_neighbor_share(scenario_result):

@@ -68,6 +68,17 @@ def test_psi_matches_numpy_histograms(drifted):
         counts = np.bincount(fine, minlength=len(spec["edges"]) + 1).tolist() + [int(np.isnan(ref).sum())]
         assert spec["counts"] == counts, name
         assert got.loc[name, "psi"] == pytest.approx(_psi_numpy(ref, cur, spec["edges"], spec["psi_bin"]), rel=1e-9)
+    # The PSI bins of a continuous feature are the reference's deciles: each holds a tenth of it, and the PSI
+    # is close to one over numpy's own deciles.
+    for name in ("x_shift", "x_scale", "x_same"):
+        spec, ref, cur = profile["features"][name], ref_pdf[name].to_numpy(), cur_pdf[name].to_numpy()
+        coarse = np.asarray(spec["psi_bin"])[np.searchsorted(spec["edges"], ref, side="right")]
+        np.testing.assert_allclose(np.bincount(coarse, minlength=10) / ref.size, 0.1, atol=0.01, err_msg=name)
+        deciles = np.quantile(ref, np.arange(1, 10) / 10)
+        p = np.bincount(np.searchsorted(deciles, cur, side="right"), minlength=10) / cur.size
+        q = np.bincount(np.searchsorted(deciles, ref, side="right"), minlength=10) / ref.size
+        p, q = np.maximum(p, PSI_EPSILON), np.maximum(q, PSI_EPSILON)
+        assert got.loc[name, "psi"] == pytest.approx(np.sum((p - q) * np.log(p / q)), rel=0.05, abs=0.005), name
 
 
 def test_binned_ks_brackets_scipy(drifted):
@@ -139,7 +150,9 @@ def test_review_queue_respects_budget_and_reasons(queue):
     n_holdout = int((pdf["holdout"] & ~pdf["account_id"].isin(strat_ids)).sum())
     assert counts["stratified"] == 100 + max(0, 40 - int(pdf["holdout"].sum()))
     assert counts["exploration"] == min(40, n_holdout)
-    assert counts["uncertain"] == 200 - counts["exploration"] - counts["stratified"]  # takes the holdout's shortfall
+    # its 30 % share, plus what exploration was meant to draw but stratified took first (holdout accounts)
+    shortfall = min(40, int(pdf["holdout"].sum())) - counts["exploration"]
+    assert counts["uncertain"] == min(60, int(((pdf["score"] - 0.8).abs() <= 0.05).sum())) + shortfall
     merged = got.merge(pdf, on="account_id", suffixes=("", "_in"))
     assert merged.loc[merged.reason == "exploration", "holdout"].all()
     unc = merged[merged.reason == "uncertain"]
@@ -182,6 +195,9 @@ def test_review_queue_strata_and_probabilities(queue):
         assert part["sampling_probability"].to_numpy() == pytest.approx(len(part) / part["stratum_size"].to_numpy())
     pool = pdf[pdf.holdout & ~pdf.account_id.isin(strat.account_id)]
     assert got.loc[got.reason == "exploration", "stratum_size"].iloc[0] == len(pool)
+    earlier = got.loc[got.reason != "uncertain", "account_id"]  # drawn as stratified or exploration
+    band = pdf[((pdf.score - 0.8).abs() <= 0.05) & ~pdf.account_id.isin(earlier)]
+    assert set(got.loc[got.reason == "uncertain", "stratum_size"]) == {len(band)}
 
 
 def test_uncertain_band_lies_around_each_rows_deciding_model(spark, tmp_path):
@@ -254,33 +270,42 @@ def test_prevalence_interval_covers_the_truth_and_saves_variance():
     assert np.var(est) < 0.5 * np.var(srs)  # the strata save at least half the variance
 
 
+def _horvitz_thompson(sizes, n_h, y_h) -> tuple[float, float]:
+    """The stratified estimate written out: the sum over sampled accounts of y_i / pi_i, divided by N, and
+    its standard error with each stratum's share shrunk as (y + 0.5) / (n + 1)."""
+    sizes, n_h, y_h = (np.asarray(v, dtype=float) for v in (sizes, n_h, y_h))
+    estimate = float(np.sum(sizes * y_h / n_h) / sizes.sum())
+    w, p = sizes / sizes.sum(), (y_h + 0.5) / (n_h + 1)
+    return estimate, float(np.sqrt(np.sum(w**2 * (1 - n_h / sizes) * p * (1 - p) / (n_h - 1))))
+
+
 def test_stratified_estimate_is_horvitz_thompson():
     from botwatch.monitoring.prevalence import stratified_estimate
 
     sizes, n_h, y_h = [1000, 200, 50], [20, 10, 5], [1, 4, 5]
-    # HT: sum over sampled accounts of y_i / pi_i, divided by N
-    ht = sum(y * N / n for N, n, y in zip(sizes, n_h, y_h, strict=True)) / sum(sizes)
     got = stratified_estimate(sizes, n_h, y_h)
-    assert got["estimate"] == pytest.approx(ht)
-    W = np.array(sizes) / 1250
-    p = (np.array(y_h) + 0.5) / (np.array(n_h) + 1)
-    var = np.sum(W**2 * (1 - np.array(n_h) / sizes) * p * (1 - p) * np.array(n_h) / (np.array(n_h) - 1) / n_h)
-    assert got["se"] == pytest.approx(np.sqrt(var))
+    assert (got["estimate"], got["se"]) == pytest.approx(_horvitz_thompson(sizes, n_h, y_h))
     assert np.isnan(stratified_estimate([10, 5], [3, 0], [1, 0])["estimate"])  # an unlabelled stratum
 
 
 def test_prevalence_from_the_queue_in_spark(spark, queue):
-    from botwatch.monitoring.prevalence import stratified_estimate, stratified_prevalence
+    from botwatch.monitoring.prevalence import stratified_prevalence
 
     pdf, got, _, _ = queue
-    # simulated investigators: truth labels for the sampled accounts (tests only)
+    # simulated investigators: truth labels for the sampled accounts (tests only); in each stratum of 3 or
+    # more, one account is not labelled yet (null): it counts in neither n_h nor y_h
     strat = got[got.reason == "stratified"].merge(pdf[["account_id", "bot"]], on="account_id")
-    cols = ["account_id", "stratum", "stratum_size", "label"]
-    labelled = spark.createDataFrame(strat.rename(columns={"bot": "label"})[cols])
+    strat = strat.sort_values("account_id").reset_index(drop=True)
+    first = strat.groupby("stratum").cumcount() == 0
+    pending = first & (strat.groupby("stratum")["account_id"].transform("size") >= 3)
+    assert pending.any()
+    strat["label"] = strat["bot"].astype(object).where(~pending, None)
+    labelled = spark.createDataFrame(strat[["account_id", "stratum", "stratum_size", "label"]],
+                                     "account_id long, stratum string, stratum_size long, label int")
     est = stratified_prevalence(labelled)
-    groups = strat.groupby("stratum").agg(N=("stratum_size", "max"), n=("bot", "size"), y=("bot", "sum"))
-    ref = stratified_estimate(groups["N"], groups["n"], groups["y"])
-    assert est["estimate"] == pytest.approx(ref["estimate"]) and est["se"] == pytest.approx(ref["se"])
+    done = strat[~pending]
+    groups = done.groupby("stratum").agg(N=("stratum_size", "max"), n=("bot", "size"), y=("bot", "sum"))
+    assert (est["estimate"], est["se"]) == pytest.approx(_horvitz_thompson(groups["N"], groups["n"], groups["y"]))
     assert est["low"] <= pdf["bot"].mean() <= est["high"]
 
 
