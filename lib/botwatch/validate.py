@@ -163,11 +163,12 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
                 "with the full history: ingest replaces the input tables), then rerun the date."
             )
         bad = {k: v for k, v in reasons.items() if k is not None}
-        quarantined[table] = sum(bad.values()) + late_bad
-        if counts[table] >= bad_share_min_rows and sum(bad.values()) > max_bad_share * counts[table]:
+        bad_of_day = sum(bad.values())
+        quarantined[table] = bad_of_day + late_bad
+        if counts[table] >= bad_share_min_rows and bad_of_day > max_bad_share * counts[table]:
             top = max(bad, key=lambda k: bad[k])
             raise TooManyBadRowsError(
-                f"{sum(bad.values())} of the {counts[table]} {table} rows of {run_date} are bad ({bad[top]} "
+                f"{bad_of_day} of the {counts[table]} {table} rows of {run_date} are bad ({bad[top]} "
                 f"{top}), more than validate.max_bad_share ({max_bad_share}); nothing was moved. An upstream load is "
                 "likely incomplete (unknown_account: the accounts export has not landed); fix it and rerun the "
                 "date, or raise validate.max_bad_share if this is real"
