@@ -241,11 +241,16 @@ def test_auto_leaves_out_columns_named_like_a_label_and_a_list_takes_them():
     schema = T.StructType([*ACCOUNTS_SCHEMA.fields, *[T.StructField(n, typ) for n, typ in [
         ("is_bot", T.IntegerType()), ("isBot", T.BooleanType()), ("label_score", T.DoubleType()),
         ("banned", T.BooleanType()), ("suspension_count", T.LongType()), ("bot_probability", T.DoubleType()),
+        ("user_reports", T.LongType()), ("appealsWon", T.LongType()), ("investigator_verdict", T.StringType()),
+        ("is_spam", T.BooleanType()), ("suspensions", T.LongType()), ("BOTScore", T.DoubleType()),
         ("robot_clicks", T.DoubleType()), ("botany_posts", T.LongType()), ("about", T.DoubleType()),
+        ("status_updates", T.LongType()),
     ]]])
     sel = A.select_attributes(schema, "auto")
-    leaky = ["is_bot", "isBot", "label_score", "banned", "suspension_count", "bot_probability"]
-    assert sorted(sel.columns) == ["about", "botany_posts", "robot_clicks"]  # "bot" only as a whole word
+    leaky = ["is_bot", "isBot", "label_score", "banned", "suspension_count", "bot_probability",
+             "user_reports", "appealsWon", "investigator_verdict", "is_spam", "suspensions", "BOTScore"]
+    # "bot" only as a whole word
+    assert sorted(sel.columns) == ["about", "botany_posts", "robot_clicks", "status_updates"]
     assert sorted(sel.skipped) == sorted(leaky)
     assert all("looks like a label" in sel.skipped[n] and "features.account_attributes" in sel.skipped[n]
                for n in leaky)

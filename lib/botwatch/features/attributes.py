@@ -104,11 +104,14 @@ OVERLAP_MAX = f"{t.NBR_PREFIX}all_overlap_max"
 OVERLAP_MAX_SHARE = f"{t.NBR_PREFIX}all_overlap_max_share"
 OVERLAP_COLUMNS = (OVERLAP_SHARED, OVERLAP_MAX, OVERLAP_MAX_SHARE)
 DEFAULT_PERCENTILE_SAMPLE = 2_000
-# Words of a column name (split at non-letters and camelCase) that mark a label or a moderation
-# outcome; ``auto`` leaves such a column out (a label as a feature leaks the answer into training).
+# Words of a column name (split at non-letters and camelCase; a plural's "s" dropped) that mark a
+# label, a label source or a moderation outcome; ``auto`` leaves such a column out (a label as a
+# feature leaks the answer into training).
 LEAKY_WORDS = frozenset({
-    "label", "labels", "labeled", "labelled", "bot", "bots", "isbot", "truth", "family",
-    "suspended", "suspension", "banned", "ban", "removed", "takedown", "moderated",
+    "label", "labeled", "labelled", "bot", "isbot", "truth", "family",
+    "suspended", "suspension", "banned", "ban", "removed", "takedown", "moderated", "moderation",
+    "report", "reported", "appeal", "appealed", "investigator", "investigation", "verdict",
+    "spam", "spammer", "fraud", "fraudulent", "fake", "flagged", "abuse", "abusive",
 })
 PERCENTILE_SEED = 17  # seeds the hash that samples a hub's neighbours for its percentiles
 
@@ -159,12 +162,14 @@ def _feature_name(column: str) -> str:
 
 
 def _name_words(column: str) -> set[str]:
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", column)
-    return {w for w in re.split(r"[^0-9a-z]+", spaced.lower()) if w}
+    spaced = re.sub(r"([a-z0-9])([A-Z])|([A-Z])([A-Z][a-z])", r"\1\3 \2\4", column)  # isBot, BOTScore
+    words = {w for w in re.split(r"[^0-9a-z]+", spaced.lower()) if w}
+    return words | {w[:-1] for w in words if len(w) > 3 and w.endswith("s")}
 
 
 def looks_like_a_label(column: str) -> bool:
-    """A word of the name (``is_bot``, ``isBot``, ``label_source``, ``suspended_at`` ...) is in :data:`LEAKY_WORDS`."""
+    """A word of the name (``is_bot``, ``isBot``, ``label_source``, ``suspended_at``, ``user_reports`` ...)
+    is in :data:`LEAKY_WORDS`."""
     return bool(_name_words(column) & LEAKY_WORDS)
 
 
