@@ -615,6 +615,23 @@ def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):
     assert not nightly.break_lock(spark, warehouse, D)
 
 
+@pytest.mark.parametrize("text", ["", '{"run_date": "2024-0'])
+def test_a_lock_file_its_run_died_writing_expires_like_any_other(spark, warehouse, text):
+    """A driver killed between creating the lock file and writing it leaves it empty (or cut short):
+    it is held while fresh and taken over once stale, not locked for good."""
+    path = files.local_path(nightly._lock_path(warehouse, D))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as out:
+        out.write(text)
+    with pytest.raises(nightly.RunLockedError, match="unreadable-lock-file"):
+        nightly.DateLock(spark, warehouse, D, stale_hours=12).acquire()
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(path, (two_days_ago, two_days_ago))
+    with nightly.DateLock(spark, warehouse, D, stale_hours=12) as lock:
+        assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == lock.holder
+    assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current() is None
+
+
 def test_two_runs_taking_over_one_stale_lock_never_both_hold_it(spark, warehouse, monkeypatch):
     """B sees the dead run's lock, and is about to delete it when A takes it over; B then deletes the
     lock file. Only one of them may end up holding the date."""

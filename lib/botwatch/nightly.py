@@ -426,10 +426,15 @@ class DateLock:
         heartbeat file was last written; naive UTC datetimes); None when free."""
         text = _read_file(self.spark, self.path)
         created = _modified_at(self.spark, self.path)
-        if not text or created is None:
+        if text is None or created is None:
             return None
-        held = json.loads(text)
-        held["acquired_at"] = dt.datetime.fromisoformat(held["acquired_at"])
+        try:
+            held = json.loads(text)
+            held["acquired_at"] = dt.datetime.fromisoformat(held["acquired_at"])
+        except (ValueError, KeyError, TypeError):
+            # Empty or cut short: its run died between creating and writing it (or is doing so now).
+            # Held since the file's time, so it expires like any other lock.
+            held = {"holder": "unreadable-lock-file", "acquired_at": created}
         beat = _modified_at(self.spark, _beat_path(self.path, held["holder"]))
         held["beat_at"] = max(created, beat) if beat is not None else created
         return held
