@@ -4,6 +4,7 @@ CPU with a warning while other errors still raise."""
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pandas as pd
@@ -150,6 +151,8 @@ def test_each_task_uses_the_gpu_spark_gave_it(artifact, monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", unusable)  # the first CUDA call can fail too
     with pytest.warns(UserWarning, match="CUDA failed .*invalid device ordinal"):
         _score([_rows(4, 7)], artifact, W.InferenceSettings(batch_size=4, device="cuda", quantize_cpu=False))
+    monkeypatch.setitem(sys.modules, "pyspark", None)  # a GPU host without Spark (bench/gpu_inference.py)
+    assert W.task_gpu() is None
 
 
 def test_runtime_errors_on_the_cpu_raise(artifact, monkeypatch):

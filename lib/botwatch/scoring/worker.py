@@ -110,8 +110,12 @@ def resolved_device(settings: InferenceSettings) -> str:
 
 def task_gpu() -> int | None:
     """The GPU Spark gave this task (``spark.task.resource.gpu.amount``), or None (not in a task, or
-    no GPU resource). Without it every task on a multi-GPU executor would use GPU 0."""
-    from pyspark import TaskContext
+    no GPU resource, or no pyspark: a GPU host that runs this module alone). Without it every task on a
+    multi-GPU executor would use GPU 0."""
+    try:
+        from pyspark import TaskContext
+    except ImportError:
+        return None
 
     ctx = TaskContext.get()
     gpu = ctx.resources().get("gpu") if ctx is not None else None
