@@ -3,6 +3,8 @@ policy, the review queue's budget and probabilities, prevalence coverage, and th
 headless Chromium."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -499,6 +501,17 @@ def test_monitor_metrics_against_pandas(spark, monitored):
     sizes = _table(spark, wh, "review_queue").groupby("run_date").size()
     # the budget is a cap: band accounts already drawn by the strata are not drawn twice
     assert sizes[DAY] == params.review_budget and 0.9 * params.review_budget <= sizes.max() <= params.review_budget
+
+
+def test_flagged_rate_alerts_on_a_jump_from_flagging_nobody():
+    from botwatch.monitoring.run import _outside, flagged_rate_ratio
+
+    assert _outside(flagged_rate_ratio(0.4, 0.0), 10.0)  # a new champion flags 40% where nobody was
+    assert _outside(flagged_rate_ratio(0.0, 0.04), 10.0)  # and the other way round
+    assert not _outside(flagged_rate_ratio(0.0, 0.0), 2.0)
+    assert not _outside(flagged_rate_ratio(0.05, 0.04), 2.0) and _outside(flagged_rate_ratio(0.09, 0.04), 2.0)
+    assert math.isnan(flagged_rate_ratio(0.04, math.nan))  # no trailing days: no alert either way
+    assert not _outside(flagged_rate_ratio(0.04, math.nan), 2.0)
 
 
 def test_monitor_rerun_replaces_its_partitions(spark, monitored):

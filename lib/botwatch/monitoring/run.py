@@ -307,7 +307,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     )
     rate = funnel["flagged"] / funnel["accounts"]
     trailing = float(daily["rate"].mean()) if len(daily) else math.nan
-    ratio = rate / trailing if trailing and not math.isnan(trailing) and trailing > 0 else math.nan
+    ratio = flagged_rate_ratio(rate, trailing)
     metrics.update(flagged_rate=rate, flagged_rate_trailing=trailing, flagged_rate_ratio=ratio,
                    flagged_rate_trailing_days=float(len(daily)))
     drift_rows.append(("flagged_rate_ratio", ratio, None))
@@ -376,6 +376,16 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
             "accepted, raise monitoring.psi_hard / monitoring.flagged_ratio_hard."
         )
     return summary
+
+
+def flagged_rate_ratio(rate: float, trailing: float) -> float:
+    """D's flagged rate over the trailing mean; NaN without trailing days. From a trailing rate of 0 it
+    is inf (1 when D flags none either), so a jump from flagging nobody alerts as a drop to 0 does."""
+    if math.isnan(trailing):
+        return math.nan
+    if trailing == 0:
+        return math.inf if rate > 0 else 1.0
+    return rate / trailing
 
 
 def _outside(ratio: float, limit: float) -> bool:
