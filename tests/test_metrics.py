@@ -268,6 +268,9 @@ def test_rows_of_weight_zero_count_as_absent():
     assert (got["n"], got["n_positive"]) == (kept.sum(), y[kept].sum())
     assert got.keys() == want.keys() and "fpr_segment_country_NZ" not in got
     assert all(got[k] == want[k] or (math.isnan(got[k]) and math.isnan(want[k])) for k in got)
+    # bootstrap_ci on its own too: weight-0 rows are not drawn into the resamples
+    assert bootstrap_ci(pr_auc, y, s, n=50, seed=3, sample_weight=w) == bootstrap_ci(
+        pr_auc, y[kept], s[kept], n=50, seed=3, sample_weight=w[kept])
     assert got["roc_auc"] == pytest.approx(skm.roc_auc_score(y[kept], s[kept], sample_weight=w[kept]))
     with pytest.raises(MetricInputError, match="segments\\['country'\\] has shape"):
         evaluate(y, s, 0.5, sample_weight=w, segments={"country": country[:10]})

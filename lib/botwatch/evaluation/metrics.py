@@ -351,11 +351,14 @@ def bootstrap_ci(
 
     ``stratify`` resamples bots and humans separately, keeping their counts (as pROC does), so
     no resample of a scarce-label golden set lacks positives. Resamples where the metric is
-    ``nan`` are left out; ``(nan, nan)`` if all are. ``metric_fn`` is called as
+    ``nan`` are left out; ``(nan, nan)`` if all are. Rows of weight 0 are left out before resampling,
+    as in :func:`evaluate`. ``metric_fn`` is called as
     ``metric_fn(y, s)`` or, with weights, ``metric_fn(y, s, sample_weight=w)``; bind a
     threshold with ``functools.partial(precision_at, threshold=t)``.
     """
     y, s, w = _check(y_true, y_score, sample_weight)
+    kept = w > 0
+    y, s, w = y[kept], s[kept], w[kept]  # weight-0 rows carry nothing, and must not be drawn
 
     def one(yb: np.ndarray, sb: np.ndarray, wb: np.ndarray | None) -> dict[str, float]:
         return {"m": metric_fn(yb, sb) if wb is None else metric_fn(yb, sb, sample_weight=wb)}
