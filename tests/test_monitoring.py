@@ -514,6 +514,19 @@ def test_flagged_rate_alerts_on_a_jump_from_flagging_nobody():
     assert not _outside(flagged_rate_ratio(0.04, math.nan), 2.0)
 
 
+def test_scores_of_an_unknown_version_are_read_with_the_champion_as_of_their_date(spark, tmp_path):
+    from botwatch import registry
+    from botwatch.monitoring.run import _model_record
+
+    wh = str(tmp_path)
+    for version, stage, days in ((1, "retired", -10), (2, "champion", 5)):
+        trained = DAY + dt.timedelta(days=days)
+        registry.upsert(spark, wh, registry.ModelRecord("stage1_xgb", version, stage, trained, threshold=0.1 * version))
+    assert _model_record(spark, wh, ["stage1_xgb:2"], DAY)["version"] == 2  # the version that scored D
+    assert _model_record(spark, wh, ["handmade"], DAY)["version"] == 1  # not the later champion
+    assert _model_record(spark, wh, ["handmade"], DAY + dt.timedelta(days=6))["version"] == 2
+
+
 def test_monitor_rerun_replaces_its_partitions(spark, monitored):
     from botwatch.monitoring.run import monitor
 

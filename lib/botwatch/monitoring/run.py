@@ -104,15 +104,15 @@ def model_versions(scores_d: DataFrame) -> list[str]:
     return [r[0] for r in scores_d.select(t.MODEL_VERSION).distinct().collect() if r[0]]
 
 
-def _model_record(spark: SparkSession, warehouse: str, versions: list[str]) -> dict | None:
+def _model_record(spark: SparkSession, warehouse: str, versions: list[str], run_date: dt.date) -> dict | None:
     """The registry record of the stage-1 model that scored D (``versions``: :func:`model_versions`), else the
-    champion."""
+    champion as of D (a backfill of an old date never takes a later model's threshold and reference)."""
     found = [int(m.group(1)) for v in versions if (m := re.search(rf"{STAGE1_MODEL}:(\d+)", v))]
     records = registry.records(spark, warehouse, STAGE1_MODEL)
     for rec in records:
         if found and rec[t.VERSION] == max(found):
             return rec
-    return registry.champion(spark, warehouse, STAGE1_MODEL)
+    return registry.champion(spark, warehouse, STAGE1_MODEL, as_of=run_date)
 
 
 def decision_thresholds(
@@ -262,7 +262,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
             f"no scores for {run_date} in {warehouse}/scores: run `botwatch score --date {run_date}` first"
         )
     versions = model_versions(scores_d)
-    record = _model_record(spark, warehouse, versions)
+    record = _model_record(spark, warehouse, versions, run_date)
     threshold = record.get("threshold") if record else None
     metrics: dict[str, float] = {f"n_{k}": float(v) for k, v in funnel.items()}
     drift_rows: list[tuple] = []
