@@ -188,6 +188,17 @@ def test_validate_stops_before_moving_a_day_that_is_mostly_bad(spark, warehouse)
     assert validate_inputs(spark, warehouse, D, max_bad_share=0.5, bad_share_min_rows=51)["quarantined"]["events"] == 30
     assert read_table(spark, warehouse, t.EVENTS).count() == 20
 
+    # Labels dated before D are checked each night too: a source renamed across the table (or accounts gone
+    # from the export) would move the label history out. The same stop holds for them.
+    labels = [(1, 1, "report", ts(D - dt.timedelta(days=1 + k % 30), 8)) for k in range(60)]
+    labels += [(2, 0, "appeal", ts(D - dt.timedelta(days=40), 8)), (1, 1, "investigator", ts(D, 9))]
+    write_table(spark.createDataFrame(labels, INPUT_SCHEMAS[t.LABELS]), warehouse, t.LABELS, mode="overwrite")
+    late = r"60 of the 61 labels rows dated before 2026-01-12 are bad \(60 unknown_label_source\)"
+    with pytest.raises(TooManyBadRowsError, match=late):
+        validate_inputs(spark, warehouse, D, max_bad_share=0.5, bad_share_min_rows=50)
+    assert read_table(spark, warehouse, t.LABELS).count() == 62
+    assert validate_inputs(spark, warehouse, D, max_bad_share=0.5, bad_share_min_rows=62)["quarantined"]["labels"] == 60
+
 
 def test_validate_stops_when_accounts_is_not_one_row_per_account(spark, warehouse):
     # An accounts export appended instead of merged: account 2 again with a changed flag, 3 twice over.

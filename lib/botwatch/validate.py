@@ -128,8 +128,8 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     """The validate step for D: schemas, D has events, per-table counts for D, bad rows of D
     moved to ``quarantine``. Returns ``{"counts": {table: rows of D}, "quarantined": {table: n}}``.
 
-    A table with at least ``bad_share_min_rows`` rows of D of which more than ``max_bad_share``
-    are bad stops the run (:class:`TooManyBadRowsError`) before anything is moved: that is a broken
+    A table with at least ``bad_share_min_rows`` rows of D (or labels dated before D) of which more
+    than ``max_bad_share`` are bad stops the run (:class:`TooManyBadRowsError`) before anything is moved: that is a broken
     upstream load (accounts not landed yet: every event an ``unknown_account``), and moving the
     whole day to quarantine would score D without its activity."""
     frames = check_schemas(spark, warehouse)
@@ -154,7 +154,8 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         of_day = F.coalesce(_rows_of_day(table, run_date), F.lit(False)) if table == t.LABELS else F.lit(True)
         found = tagged.groupBy(_REASON, of_day.alias("of_day")).count().collect()
         reasons = {r[0]: r[2] for r in found if r[1]}
-        late_bad = sum(r[2] for r in found if not r[1] and r[0] is not None)
+        late = {r[0]: r[2] for r in found if not r[1]}
+        late_bad = {k: v for k, v in late.items() if k is not None}
         counts[table] = sum(reasons.values())
         if table == t.EVENTS and counts[table] == 0:
             raise NoEventsError(
@@ -163,21 +164,30 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
                 "with the full history: ingest replaces the input tables), then rerun the date."
             )
         bad = {k: v for k, v in reasons.items() if k is not None}
-        bad_of_day = sum(bad.values())
-        quarantined[table] = bad_of_day + late_bad
-        if counts[table] >= bad_share_min_rows and bad_of_day > max_bad_share * counts[table]:
-            top = max(bad, key=lambda k: bad[k])
-            raise TooManyBadRowsError(
-                f"{bad_of_day} of the {counts[table]} {table} rows of {run_date} are bad ({bad[top]} "
-                f"{top}), more than validate.max_bad_share ({max_bad_share}); nothing was moved. An upstream load is "
-                "likely incomplete (unknown_account: the accounts export has not landed); fix it and rerun the "
-                "date, or raise validate.max_bad_share if this is real"
-            )
+        quarantined[table] = sum(bad.values()) + sum(late_bad.values())
+        # The same stop for the earlier rows (labels): a renamed source or an accounts export that lost
+        # accounts would otherwise move the label history out night after night.
+        for rows, bad_rows, which in ((counts[table], bad, f"rows of {run_date}"),
+                                      (sum(late.values()), late_bad, f"rows dated before {run_date}")):
+            _stop_if_mostly_bad(table, which, rows, bad_rows, max_bad_share, bad_share_min_rows)
         tagged_by_table[table] = tagged
     for table, tagged in tagged_by_table.items():
         if quarantined[table]:  # rare: only then are the tagged rows worth caching for the three reads below
             _move_bad_rows(spark, warehouse, table, run_date, tagged.cache())
     return {"counts": counts, "quarantined": quarantined}
+
+
+def _stop_if_mostly_bad(table: str, which: str, rows: int, bad: dict[str, int], max_bad_share: float,
+                        min_rows: int) -> None:
+    n_bad = sum(bad.values())
+    if rows >= min_rows and n_bad > max_bad_share * rows:
+        top = max(bad, key=lambda k: bad[k])
+        raise TooManyBadRowsError(
+            f"{n_bad} of the {rows} {table} {which} are bad ({bad[top]} {top}), more than "
+            f"validate.max_bad_share ({max_bad_share}); nothing was moved. An upstream load is likely incomplete "
+            "(unknown_account: the accounts export has not landed) or changed (unknown_label_source: a renamed "
+            "source); fix it and rerun the date, or raise validate.max_bad_share if this is real"
+        )
 
 
 def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, extra_copies: int) -> None:
