@@ -38,7 +38,7 @@ from botwatch.ingest import (
     quarantine_rows,
     tag_rows,
 )
-from botwatch.schemas import INPUT_SCHEMAS, require_columns
+from botwatch.schemas import INPUT_SCHEMAS, named_col, require_columns
 
 
 class NoEventsError(RuntimeError):
@@ -148,7 +148,7 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         # A producer's own extra columns ride along: rewriting D's events from contract columns
         # alone nulled them in every good row, and the quarantined rows' JSON left them out.
         extras = [c for c in checked.columns if c not in INPUT_SCHEMAS[table].fieldNames()]
-        tagged = tag_rows(checked.select(*contract_columns(table), *extras), table, run_date, known_accounts=known,
+        tagged = tag_rows(checked.select(*contract_columns(table), *map(named_col, extras)), table, run_date, known_accounts=known,
                           event_date=run_date if table == t.EVENTS else None, keep_extras=extras)
         # Counts and the bad share are of D's rows; earlier rows' bad ones (late labels) are moved too.
         of_day = F.coalesce(_rows_of_day(table, run_date), F.lit(False)) if table == t.LABELS else F.lit(True)
