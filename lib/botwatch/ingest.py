@@ -117,6 +117,7 @@ _DELTA_BAD_NAME = re.compile(r"[ ,;{}()\n\t=]")
 CSV_SUFFIXES = (".csv", ".csv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 _NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
+_CSV_PRUNING = "spark.sql.csv.parser.columnPruning.enabled"
 
 # Internal column names; the prefix keeps them apart from users' columns.
 _P = "__bw_"
@@ -530,11 +531,13 @@ def _numeric_csv_extras(df: DataFrame) -> DataFrame:
     extras = _extra_names(df.columns, t.ACCOUNTS)
     if not extras:
         return df
+    # A malformed line's values sit in the wrong columns (it is quarantined): it does not decide a type.
+    well_formed = F.col(_CORRUPT).isNull() if _CORRUPT in df.columns else F.lit(True)
     aggs = []
     for i, c in enumerate(extras):
-        present = named_col(c).isNotNull()
+        present = named_col(c).isNotNull() & well_formed
         aggs += [
-            F.count(named_col(c)).alias(f"n{i}"),
+            F.count(F.when(present, 1)).alias(f"n{i}"),
             F.count(F.when(present & named_col(c).try_cast("double").isNull(), 1)).alias(f"d{i}"),
             F.count(F.when(present & named_col(c).try_cast("boolean").isNull(), 1)).alias(f"b{i}"),
         ]
@@ -595,7 +598,10 @@ def open_inputs(
     """
     inputs = {table: resolve_input(table, path) for table, path in paths.items() if path is not None}
     nanos = {table: _parquet_nanos_columns(p) if fmt == PARQUET else [] for table, (p, fmt) in inputs.items()}
-    with session_conf(spark, {_NANOS_AS_LONG: "true" if any(nanos.values()) else None}):
+    # Spark's CSV parser, reading only a query's columns, misses a line's wrong field count: its
+    # _corrupt_record is then null, and its shifted values pass as good ones.
+    whole_lines = "false" if any(fmt == CSV for _, fmt in inputs.values()) else None
+    with session_conf(spark, {_NANOS_AS_LONG: "true" if any(nanos.values()) else None, _CSV_PRUNING: whole_lines}):
         raw = {table: read_input(spark, table, p, fmt, nanos[table]) for table, (p, fmt) in inputs.items()}
         for table, df in list(raw.items()):
             kept, dropped = split_extra_columns(df.schema, table)
