@@ -129,8 +129,8 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     moved to ``quarantine``. Returns ``{"counts": {table: rows of D}, "quarantined": {table: n}}``.
 
     A table with at least ``bad_share_min_rows`` rows of D (or labels dated before D) of which more
-    than ``max_bad_share`` are bad stops the run (:class:`TooManyBadRowsError`) before anything is moved: that is a broken
-    upstream load (accounts not landed yet: every event an ``unknown_account``), and moving the
+    than ``max_bad_share`` are bad stops the run (:class:`TooManyBadRowsError`) before anything is
+    moved: that is a broken upstream load (accounts not landed yet: every event an ``unknown_account``), and moving the
     whole day to quarantine would score D without its activity."""
     frames = check_schemas(spark, warehouse)
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
@@ -148,8 +148,9 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         # A producer's own extra columns ride along: rewriting D's events from contract columns
         # alone nulled them in every good row, and the quarantined rows' JSON left them out.
         extras = [c for c in checked.columns if c not in INPUT_SCHEMAS[table].fieldNames()]
-        tagged = tag_rows(checked.select(*contract_columns(table), *map(named_col, extras)), table, run_date, known_accounts=known,
-                          event_date=run_date if table == t.EVENTS else None, keep_extras=extras)
+        tagged = tag_rows(checked.select(*contract_columns(table), *map(named_col, extras)), table, run_date,
+                          known_accounts=known, event_date=run_date if table == t.EVENTS else None,
+                          keep_extras=extras)
         # Counts and the bad share are of D's rows; earlier rows' bad ones (late labels) are moved too.
         of_day = F.coalesce(_rows_of_day(table, run_date), F.lit(False)) if table == t.LABELS else F.lit(True)
         found = tagged.groupBy(_REASON, of_day.alias("of_day")).count().collect()
