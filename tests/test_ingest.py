@@ -441,6 +441,8 @@ def test_other_formats_validate_like_the_reference(spark, tmp_path):
     through the same readers, against the reference; CSV extras are typed from their text."""
     fmts = {t.ACCOUNTS: "csv", t.EVENTS: "parquet_dir", t.EDGES: "csv", t.LABELS: "parquet"}
     paths = {table: write_input(tmp_path, table, fmt) for table, fmt in fmts.items()}
+    for k, part in enumerate(sorted(Path(paths[t.EVENTS]).iterdir())):
+        part.rename(part.with_name(f"{k:06d}_0"))  # Hive's names: a Parquet folder's files need no suffix
     # An optional contract column may be absent: it loads as nulls.
     pd.read_csv(paths[t.ACCOUNTS], dtype=str).drop(columns=[t.SIGNUP_DEVICE_ID]).to_csv(paths[t.ACCOUNTS], index=False)
     with open(paths[t.ACCOUNTS], "a") as fh:
@@ -597,6 +599,11 @@ def test_missing_file_or_column_raises_naming_it(spark, tmp_path):
     pd.read_parquet(paths[t.EVENTS]).drop(columns=[t.EVENT_TYPE]).to_parquet(no_type)
     with pytest.raises(IngestInputError, match=r"events_no_type.parquet: missing required column\(s\) \['event_type"):
         ingest_files(spark, warehouse, **{**paths, t.EVENTS: str(no_type)}, labels=None, run_date=RUN)
+    empty = tmp_path / "events_dir"
+    (empty / "_delta_log").mkdir(parents=True)
+    (empty / "_SUCCESS").touch()
+    with pytest.raises(IngestInputError, match=r"events folder .*events_dir holds no data files"):
+        ingest_files(spark, warehouse, **{**paths, t.EVENTS: str(empty)}, labels=None, run_date=RUN)
     # Inputs are all checked before anything is written.
     assert not Path(warehouse).exists()
 

@@ -424,13 +424,15 @@ def _local(path: str) -> str:
     return urlparse(path).path if path.startswith("file:") else os.path.abspath(path)
 
 
-def _data_files(folder: str, suffixes: tuple[str, ...]) -> list[str]:
-    """Data files under a local folder, skipping the _SUCCESS / .crc files Spark skips too."""
+def _data_files(folder: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """Data files under a local folder (those ending in ``suffixes``; None: any), skipping the
+    _SUCCESS / .crc files Spark skips too. A Parquet folder's files are all of them, as Spark reads
+    them: Hive and Impala name theirs ``000000_0`` or ``*.parq``."""
     found = []
     for root, dirs, names in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith(("_", ".")))
         found += [os.path.join(root, n) for n in sorted(names)
-                  if n.lower().endswith(suffixes) and not n.startswith(("_", "."))]
+                  if (suffixes is None or n.lower().endswith(suffixes)) and not n.startswith(("_", "."))]
     return found
 
 
@@ -441,6 +443,9 @@ def _file_format(table: str, path: str) -> str:
     if lower.endswith(PARQUET_SUFFIXES):
         return PARQUET
     if _is_local(path) and os.path.isdir(path):
+        if not _data_files(path):
+            raise IngestInputError(f"{table} folder {path} holds no data files (files named _* or .* are skipped, "
+                                   "as Spark skips them); point it at the folder that holds the table's files")
         has_csv = bool(_data_files(path, CSV_SUFFIXES))
         return CSV if has_csv and not _data_files(path, PARQUET_SUFFIXES) else PARQUET
     if not _is_local(path):
@@ -454,7 +459,7 @@ def _local_columns(path: str, fmt: str) -> list[str]:
     """Column names of a local input from its CSV header or Parquet footers, without Spark."""
     import pyarrow.parquet as pq
 
-    files = _data_files(path, CSV_SUFFIXES if fmt == CSV else PARQUET_SUFFIXES) if os.path.isdir(path) else [path]
+    files = _data_files(path, CSV_SUFFIXES if fmt == CSV else None) if os.path.isdir(path) else [path]
     columns: list[str] = []
     first_header: list[str] | None = None
     for file in files:
@@ -516,7 +521,7 @@ def _parquet_nanos_columns(path: str) -> list[str]:
 
     if not _is_local(path):
         return []
-    files = _data_files(path, PARQUET_SUFFIXES) if os.path.isdir(path) else [path]
+    files = _data_files(path) if os.path.isdir(path) else [path]
     nanos: list[str] = []
     for file in files:
         for field in pq.read_schema(file):
