@@ -12,9 +12,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
+from botwatch.features.build import labels_kept
 from botwatch.labels import (
     LABEL_PRECEDENCE,
     LabelConfigError,
+    dropped_sources,
     golden_mask,
     labels_without_features,
     point_in_time_join,
@@ -98,8 +100,15 @@ def test_excluded_source_and_weights_checks(labels):
         resolve_labels(labels, {**WEIGHTS, "botwatch": 1.0})
     with pytest.raises(LabelConfigError, match="lacks a weight"):
         resolve_labels(labels, {k: v for k, v in WEIGHTS.items() if k != "appeal"})
-    with pytest.raises(LabelConfigError, match="> 0"):
-        resolve_labels(labels, {**WEIGHTS, "propagated": 0.0})
+    with pytest.raises(LabelConfigError, match=">= 0"):
+        resolve_labels(labels, {**WEIGHTS, "propagated": -1.0})
+    # Weight 0 in conf leaves a source out, as exclude_sources does (conf cannot reach that argument).
+    assert_df_equality(resolve_labels(labels, {**WEIGHTS, "propagated": 0}),
+                       resolve_labels(labels, WEIGHTS, exclude_sources=("botwatch", "propagated")),
+                       ignore_row_order=True)
+    assert dropped_sources({**WEIGHTS, "propagated": 0}) == ["propagated"] and dropped_sources(WEIGHTS) == []
+    kept = labels_kept(labels, ["propagated"])
+    assert kept.count() == labels.where(F.col(t.SOURCE) != "propagated").count() < labels.count()
     with pytest.raises(SchemaMismatchError, match="labeled_at"):
         resolve_labels(labels.drop(t.LABELED_AT), WEIGHTS)
 

@@ -56,12 +56,19 @@ def _check_weights(source_weights: Mapping[str, float], used: Sequence[str]) -> 
     missing = [s for s in used if s not in source_weights]
     if missing:
         raise LabelConfigError(f"train.label_weights lacks a weight for {missing}; add one per source")
-    bad = {s: w for s, w in source_weights.items() if not (isinstance(w, (int, float)) and w > 0)}
+    bad = {s: w for s, w in source_weights.items()
+           if isinstance(w, bool) or not (isinstance(w, (int, float)) and w >= 0)}
     if bad:
         raise LabelConfigError(
-            f"train.label_weights must be > 0, got {bad}; to drop a source pass it in exclude_sources"
+            f"train.label_weights must be numbers >= 0, got {bad}; to leave a source out set its weight to 0"
         )
     return {s: float(source_weights[s]) for s in used}
+
+
+def dropped_sources(source_weights: Mapping[str, float]) -> list[str]:
+    """The sources conf leaves out (weight 0): a source found unreliable is dropped without a code change,
+    from training and from the labels features read (``bot_neighbor_share``)."""
+    return sorted(s for s, w in source_weights.items() if w == 0 and not isinstance(w, bool))
 
 
 def resolve_labels(
@@ -73,7 +80,7 @@ def resolve_labels(
 ) -> DataFrame:
     """One label per account: ``(account_id, as_of_date, label, weight, source)``.
 
-    Only sources in :data:`LABEL_PRECEDENCE` count (minus ``exclude_sources``); every other
+    Only sources in :data:`LABEL_PRECEDENCE` count (minus ``exclude_sources`` and those of weight 0); every other
     source, botwatch's own decisions above all, is ignored. With ``as_of`` only labels
     observed before that date (``to_date(labeled_at) < as_of``, UTC) are considered; the
     nightly run for date D passes D + 1 day. Conflicts go to the higher-ranked source
@@ -82,6 +89,8 @@ def resolve_labels(
     label was observed and ``weight`` its source's weight.
     """
     require_columns(labels, {f.name: f.dataType for f in LABELS_SCHEMA.fields}, "resolve_labels(labels)")
+    _check_weights(source_weights, ())
+    exclude_sources = (*exclude_sources, *dropped_sources(source_weights))
     used = [s for s in LABEL_PRECEDENCE if s not in set(exclude_sources)]
     weights = _check_weights(source_weights, used)
     weight = F.create_map(*[x for s, w in weights.items() for x in (F.lit(s), F.lit(w))])[F.col(t.SOURCE)]

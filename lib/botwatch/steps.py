@@ -25,9 +25,11 @@ def activity_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 
 def features_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     from botwatch.features.build import build_features
+    from botwatch.labels import dropped_sources
 
     report: dict = {}
-    n = build_features(spark, warehouse_path(conf), run_date, conf.section("features"), report=report)
+    n = build_features(spark, warehouse_path(conf), run_date, conf.section("features"), report=report,
+                       dropped_label_sources=dropped_sources(conf["train.label_weights"]))
     return {"accounts": n, **report}
 
 

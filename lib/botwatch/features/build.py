@@ -127,14 +127,22 @@ def neighbour_activity(activity_feats: DataFrame, graph_params: Mapping[str, Any
     return activity_feats.select(t.ACCOUNT_ID, *cols) if cols else None
 
 
+def labels_kept(labels: DataFrame, dropped_sources: Sequence[str]) -> DataFrame:
+    """``labels`` without the rows of ``dropped_sources``."""
+    return labels.where(~F.col(t.SOURCE).isin(*dropped_sources)) if dropped_sources else labels
+
+
 def build_features(
-    spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, report: dict | None = None
+    spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, report: dict | None = None,
+    dropped_label_sources: Sequence[str] = (),
 ) -> int:
     """The features step for ``run_date``: ``activity_daily`` partitions as needed, then the
     ``features`` partition ``run_date`` (replaced whole: rerunning D never duplicates).
 
     ``params`` is conf's ``features`` section. Returns the number of accounts written; ``report``
     (when given) receives the account attributes carried and skipped (for the step summary).
+    ``dropped_label_sources``: label sources training leaves out (weight 0), left out of
+    ``bot_neighbor_share`` too.
     """
     require_utc(spark)
     windows = tuple(params.get("windows", activity.DEFAULT_WINDOWS))
@@ -151,18 +159,20 @@ def build_features(
     # The activity features and the graph as of D feed several parts of the plan: each is computed
     # once into scratch files (deleted after the step), so every part's plan starts at a scan.
     with scratch_frames(spark, warehouse, f"features-{run_date.isoformat()}") as materialize:
-        return _write_features(spark, warehouse, run_date, params, windows, materialize, report)
+        return _write_features(spark, warehouse, run_date, params, windows, materialize, report,
+                               dropped_label_sources)
 
 
 def _write_features(
     spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, windows: Sequence[int],
-    materialize: Materialize, report: dict | None,
+    materialize: Materialize, report: dict | None, dropped_label_sources: Sequence[str] = (),
 ) -> int:
     graph_params = params.get("graph", {}) or {}
     hubs = hub_settings(graph_params)
     accounts = accounts_as_of(read_table(spark, warehouse, t.ACCOUNTS), run_date)
     act = materialize("activity", activity.activity_features(spark, warehouse, run_date, windows))
-    labels = read_table(spark, warehouse, t.LABELS) if table_exists(spark, warehouse, t.LABELS) else None
+    labels = (labels_kept(read_table(spark, warehouse, t.LABELS), dropped_label_sources)
+              if table_exists(spark, warehouse, t.LABELS) else None)
     context = graph.graph_context(
         read_table(spark, warehouse, t.EDGES), run_date, hubs["hub_degree_cap"], materialize=materialize
     )
