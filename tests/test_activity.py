@@ -118,6 +118,17 @@ def test_packed_bins_sum_like_the_bins(spark):
         assert got_by_group[g] == [int(v) for v in totals]
 
 
+def test_the_features_step_checks_its_windows_before_it_reads_or_writes(spark, tmp_path):
+    from botwatch import steps
+    from botwatch.features.build import build_features
+
+    for windows in ([], [0, 7], 28):
+        with pytest.raises(A.WindowSpecError, match="features.windows"):
+            build_features(spark, str(tmp_path), dt.date(2024, 5, 28), {"windows": windows})
+    assert list(tmp_path.iterdir()) == []
+    assert issubclass(A.WindowSpecError, steps.EXPECTED_ERRORS)  # the CLI prints the message, no traceback
+
+
 def test_bad_windows_and_inputs_are_named(spark):
     with pytest.raises(A.WindowSpecError, match="features.windows"):
         A.feature_columns([])

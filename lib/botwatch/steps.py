@@ -151,6 +151,9 @@ def run_order(names: Sequence[str]) -> list[str]:
 def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.config import ConfigError
     from botwatch.delta_io import TableMissingError
+    from botwatch.features.activity import WindowSpecError
+    from botwatch.features.attributes import AttributeConfigError
+    from botwatch.labels import LabelConfigError
     from botwatch.monitoring.run import DriftHardAlert, NothingToMonitorError
     from botwatch.registry import NoChampionError
     from botwatch.schemas import SchemaMismatchError
@@ -158,7 +161,8 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.validate import AccountGrainError, NoEventsError, TooManyBadRowsError
 
     return (ConfigError, TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
-            TooManyBadRowsError, AccountGrainError, DriftHardAlert, NothingToMonitorError)
+            TooManyBadRowsError, AccountGrainError, DriftHardAlert, NothingToMonitorError, WindowSpecError,
+            AttributeConfigError, LabelConfigError)
 
 
 # Failures a user can act on: the CLI prints their message instead of a traceback.

@@ -172,13 +172,13 @@ def windowed(name: str, days: int) -> str:
 
 def feature_columns(windows: Sequence[int] = DEFAULT_WINDOWS) -> list[str]:
     """The output columns of :func:`window_features`, after ``account_id``, in order."""
-    return [windowed(n, w) for w in _check_windows(windows) for n in (HAS_ACTIVITY, *FEATURE_NAMES)]
+    return [windowed(n, w) for w in check_windows(windows) for n in (HAS_ACTIVITY, *FEATURE_NAMES)]
 
 
 def state_iet_bins(windows: Sequence[int] = DEFAULT_WINDOWS) -> int:
     """IET bins the window state keeps: an IET inside a window of w days is shorter than w days, so
     the bins past floor(log2(w days in seconds)) stay empty (28 days: bins 0..21 of 32)."""
-    return min(IET_BINS, (max(_check_windows(windows)) * _DAY_SECONDS).bit_length())
+    return min(IET_BINS, (max(check_windows(windows)) * _DAY_SECONDS).bit_length())
 
 
 def _state_hist_sizes(windows: Sequence[int]) -> dict[str, int]:
@@ -342,8 +342,10 @@ def utc_offset_hours(country: Column) -> Column:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_windows(windows: Sequence[int]) -> tuple[int, ...]:
-    ok = bool(windows) and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in windows)
+def check_windows(windows: Sequence[int]) -> tuple[int, ...]:
+    """``windows`` sorted, once each; :class:`WindowSpecError` unless positive whole days."""
+    ok = (isinstance(windows, (list, tuple)) and bool(windows)
+          and all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in windows))
     if not ok:
         raise WindowSpecError(
             f"feature windows must be a non-empty list of positive whole days (e.g. [1, 7, 28]), got {windows!r}; "
@@ -544,7 +546,7 @@ def activity_features(
     the day before's state when there is one with the same windows and session gap (reading
     O(accounts) partial rows), else summed from the window's partials. Maxima and HLL unions come
     from a thin projection of the window's partials."""
-    ws = _check_windows(windows)
+    ws = check_windows(windows)
     daily = read_activity_window(spark, warehouse, run_date, ws[-1] + 1)
     state = build_activity_window(spark, warehouse, run_date, ws, session_gap_seconds, daily=daily)
     return features_from_state(state, window_extremes(daily, run_date, ws), ws)
@@ -552,7 +554,7 @@ def activity_features(
 
 def window_spec(windows: Sequence[int], session_gap_seconds: int) -> str:
     """What an ``activity_window`` state was built with; a state with another spec is not rolled."""
-    return f"windows={','.join(map(str, _check_windows(windows)))};gap={session_gap_seconds}"
+    return f"windows={','.join(map(str, check_windows(windows)))};gap={session_gap_seconds}"
 
 
 def read_window_state(spark: SparkSession, warehouse: str, run_date: dt.date, spec: str) -> DataFrame | None:
@@ -588,7 +590,7 @@ def build_activity_window(
     Rolled from ``run_date - 1``'s state when it exists with the same spec, else summed from
     partials. Partitions older than ``keep_days`` are deleted: only the day before is ever read.
     :func:`build_activity_daily` deletes the states a rewritten partial day would make wrong."""
-    ws = _check_windows(windows)
+    ws = check_windows(windows)
     spec = window_spec(ws, session_gap_seconds)
     if daily is None:
         daily = read_activity_window(spark, warehouse, run_date, ws[-1] + 1)
@@ -687,7 +689,7 @@ def window_sums(
     (account, window ``_W``) with :func:`state_columns` -- summed histograms and counts, with
     inter-event times and sessions stitched across midnight. This is the ``activity_window`` state
     that :func:`roll_window_sums` carries from one run date to the next."""
-    ws = _check_windows(windows)
+    ws = check_windows(windows)
     require_columns(activity_daily, PARTIAL_COLUMNS, "activity window features (activity_daily)")
     start = run_date - dt.timedelta(days=ws[-1] - 1)
     daily = activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date)))
@@ -784,7 +786,7 @@ def roll_window_sums(
     stitched gaps that enter or leave a window). Equal to :func:`window_sums` (counts and the
     inter-event-time sums exactly, session seconds to rounding); it reads O(accounts) rows instead
     of O(accounts x days). A 1-day window is not rolled: it is the new day's partial."""
-    ws = _check_windows(windows)
+    ws = check_windows(windows)
     require_columns(activity_daily, PARTIAL_COLUMNS, "activity window roll (activity_daily)")
     require_columns(previous, (t.ACCOUNT_ID, _W, *state_columns(ws)), "activity window roll (previous state)")
     day = F.col(t.DAY)
@@ -860,7 +862,7 @@ def window_extremes(
 ) -> DataFrame:
     """The parts of a window that cannot be rolled forward (maxima and HLL unions), from a thin
     projection of the window's partials: one row per (account, window)."""
-    ws = _check_windows(windows)
+    ws = check_windows(windows)
     start = run_date - dt.timedelta(days=ws[-1] - 1)
     thin = activity_daily.where(F.col(t.DAY).between(F.lit(start), F.lit(run_date))).select(
         t.ACCOUNT_ID, t.DAY, MAX_EVENTS_PER_MINUTE, MAX_EVENTS_PER_HOUR, IP_SKETCH, DEVICE_SKETCH
@@ -875,7 +877,7 @@ def window_extremes(
 
 def features_from_state(state: DataFrame, extremes: DataFrame, windows: Sequence[int] = DEFAULT_WINDOWS) -> DataFrame:
     """Window features (one row per account, :func:`feature_columns`) from the window sums and extremes."""
-    ws = _check_windows(windows)
+    ws = check_windows(windows)
     combined = state.join(extremes, [t.ACCOUNT_ID, _W]).withColumns(
         {name: exact_total(name) for name in EXACT_SUMS})
     hists = {
@@ -914,7 +916,7 @@ def activity_features_from_scratch(
     """The same features as :func:`window_features`, computed directly from the raw events of the
     largest window (one ordered pass per account, no partials, no stitching). The reference for
     the incremental path in tests, and the benchmarks' full recompute."""
-    ws = _check_windows(windows)
+    ws = check_windows(windows)
     require_columns(events, EVENT_COLUMNS, "activity features from scratch (events)")
     require_columns(accounts, ACCOUNT_COLUMNS, "activity features from scratch (accounts)")
     start = run_date - dt.timedelta(days=ws[-1] - 1)

@@ -145,7 +145,9 @@ def build_features(
     ``bot_neighbor_share`` too.
     """
     require_utc(spark)
-    windows = tuple(params.get("windows", activity.DEFAULT_WINDOWS))
+    wanted = params.get("windows", activity.DEFAULT_WINDOWS)
+    activity.check_windows(wanted)  # before anything is written
+    windows = tuple(wanted)
     days = partial_days_to_build(spark, warehouse, run_date, windows)
     # Contiguous runs of days become one job each (a first run builds the whole window at once).
     if days:
