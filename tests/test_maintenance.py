@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from urllib.parse import urlparse
 
 from chispa import assert_df_equality
 
@@ -64,3 +65,26 @@ def test_maintenance_zorders_the_dates_since_the_last_vacuums_old_files_and_chan
 def test_vacuum_lists_with_a_few_tasks_per_core_unless_configured(spark):
     assert listing_parallelism(spark, None) == 4 * spark.sparkContext.defaultParallelism
     assert listing_parallelism(spark, 32) == 32
+
+
+def test_the_default_schedule_also_cleans_the_tables_the_run_rewrites_internally(spark, tmp_path):
+    """The rolled window state drops a day each night and stage 2 MERGEs into the embedding cache:
+    both leave unreferenced files that only VACUUM deletes, so conf's default list names them."""
+    from botwatch.config import load_config
+
+    wh = str(tmp_path / "wh")
+    for day in (OTHER, D):
+        state = spark.createDataFrame([(i, day, 1.0) for i in range(20)],
+                                      f"{t.ACCOUNT_ID} long, {t.RUN_DATE} date, x double")
+        write_table(state, wh, t.ACTIVITY_WINDOW, partition_by=[t.RUN_DATE],
+                    replace_where=f"{t.RUN_DATE} >= '{OTHER}'")  # drops OTHER's state, as the roll drops old days
+        cache = spark.createDataFrame([(i, float(day.day)) for i in range(20)], f"{t.ACCOUNT_ID} long, e double")
+        write_table(cache, wh, t.EMBEDDING_CACHE, mode="overwrite")
+    params = {**load_config().section("maintenance"), "vacuum_retention_hours": 0}
+    done = maintain(spark, wh, D, params)
+    for tb in (t.ACTIVITY_WINDOW, t.EMBEDDING_CACHE):
+        assert tb in done["vacuumed"]
+        live = read_table(spark, wh, tb)
+        # only the files of the table as it is now are left
+        assert set((Path(wh) / tb).rglob("*.parquet")) == {Path(urlparse(f).path) for f in live.inputFiles()}
+        assert live.count() == 20
