@@ -272,6 +272,37 @@ def test_prevalence_interval_covers_the_truth_and_saves_variance():
     assert np.var(est) < 0.5 * np.var(srs)  # the strata save at least half the variance
 
 
+def test_sampled_precision_and_recall_estimate_the_populations_where_the_arrived_labels_do_not():
+    """Actions at score >= 0.4; labels of a pool 60 % bots (what investigators pick) against the stratified
+    sample weighted by its inclusion probabilities, each against the population's own precision and recall."""
+    from botwatch.monitoring.prevalence import stratified_ratio
+    from botwatch.monitoring.review import neyman_allocation
+
+    n, budget, errors, naive_errors = 20_000, 400, [], []
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        bot = (rng.random(n) < 0.03).astype(int)
+        score = np.where(bot == 1, rng.beta(2, 2, n), rng.beta(1, 12, n))  # classes overlap: neither figure is 1
+        act = score >= 0.4
+        truth = (bot[act].mean(), act[bot == 1].mean())
+        rng = np.random.default_rng(20_000 + seed)
+        h = np.searchsorted(EDGES, score, side="right") - 1
+        sizes = np.bincount(h, minlength=len(EDGES))
+        alloc = neyman_allocation(sizes, [0.5] * len(EDGES), budget, minimum=2)
+        picked = [rng.choice(np.flatnonzero(h == k), alloc[k], replace=False) for k in range(len(EDGES))]
+        both = [int((bot[p] & act[p]).sum()) for p in picked]
+        got = (stratified_ratio(sizes, alloc, both, [int(act[p].sum()) for p in picked]),
+               stratified_ratio(sizes, alloc, both, [int(bot[p].sum()) for p in picked]))
+        errors.append(np.subtract(got, truth))
+        pool = np.concatenate([rng.choice(np.flatnonzero(bot == 1), 240), rng.choice(np.flatnonzero(bot == 0), 160)])
+        naive_errors.append(bot[pool][act[pool]].mean() - truth[0])
+    errors = np.asarray(errors)
+    assert np.all(np.abs(errors.mean(axis=0)) < 0.02)  # a ratio estimator: unbiased up to O(1/n)
+    assert np.mean(naive_errors) > 0.05  # the labels that happen to arrive overstate precision
+    assert np.isnan(stratified_ratio([10, 5], [3, 0], [1, 0], [2, 0]))  # a stratum without labels
+    assert np.isnan(stratified_ratio([10, 5], [3, 2], [0, 0], [0, 0]))  # nothing actioned in the sample
+
+
 def _horvitz_thompson(sizes, n_h, y_h) -> tuple[float, float]:
     """The stratified estimate written out: the sum over sampled accounts of y_i / pi_i, divided by N, and
     its standard error with each stratum's share shrunk as (y + 0.5) / (n + 1)."""
@@ -498,7 +529,15 @@ def test_monitor_metrics_against_pandas(spark, monitored):
     # prevalence from D-1's labelled stratified sample covers the truth
     bot, _, _ = _accounts()
     assert metrics[(DAY, "prevalence_low")] <= bot.mean() <= metrics[(DAY, "prevalence_high")]
-    sizes = _table(spark, wh, "review_queue").groupby("run_date").size()
+    # the same sample's precision and recall of D-1's actions: each labelled pick weighted by 1 / its probability
+    queue = _table(spark, wh, "review_queue")
+    picks = queue[(queue.run_date == DAY - dt.timedelta(days=1)) & (queue.reason == "stratified")].merge(
+        d1[["account_id", "decision", "label"]], on="account_id")
+    w, y, a = 1 / picks.sampling_probability, picks.label == 1, picks.decision == "action"
+    assert metrics[(DAY, "sampled_precision")] == pytest.approx((w * y * a).sum() / (w * a).sum())
+    assert metrics[(DAY, "sampled_recall")] == pytest.approx((w * y * a).sum() / (w * y).sum())
+    assert metrics[(DAY, "sampled_n_actioned")] == a.sum()
+    sizes = queue.groupby("run_date").size()
     # the budget is a cap: band accounts already drawn by the strata are not drawn twice
     assert sizes[DAY] == params.review_budget and 0.9 * params.review_budget <= sizes.max() <= params.review_budget
 

@@ -62,6 +62,24 @@ def stratified_estimate(sizes: Sequence[int], labelled: Sequence[int], bots: Seq
     }
 
 
+def stratified_ratio(sizes: Sequence[int], labelled: Sequence[int], numerators: Sequence[int],
+                     denominators: Sequence[int]) -> float:
+    """The stratified ratio estimate ``sum_h (N_h / n_h) a_h / sum_h (N_h / n_h) b_h`` of a population
+    ratio (precision: ``a_h`` labelled bots actioned, ``b_h`` labelled accounts actioned; recall:
+    ``b_h`` labelled bots), each labelled account weighted by the inverse of its chance to be in the
+    sample. NaN when a non-empty stratum has no label or the denominator is 0. Unlike a share of the
+    labels that happened to arrive (appeals come from restricted humans, investigators pick
+    suspects), it estimates the population's figure."""
+    N_h, n_h = np.asarray(sizes, dtype=float), np.asarray(labelled, dtype=float)
+    a_h, b_h = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    keep = N_h > 0
+    if not keep.any() or (n_h[keep] == 0).any():
+        return math.nan
+    w = N_h[keep] / n_h[keep]
+    den = float(np.sum(w * b_h[keep]))
+    return float(np.sum(w * a_h[keep])) / den if den > 0 else math.nan
+
+
 def srs_standard_error(p: float, n: int, N: float) -> float:
     """Standard error of a simple random sample's share at true share ``p`` (without replacement)."""
     if n <= 1:

@@ -30,7 +30,7 @@ from botwatch.monitoring.drift import (
     reference_profile,
     training_reference,
 )
-from botwatch.monitoring.prevalence import stratified_estimate
+from botwatch.monitoring.prevalence import stratified_estimate, stratified_ratio
 from botwatch.monitoring.review import STRATUM, STRATUM_SIZE, review_queue
 from botwatch.schemas import require_columns
 
@@ -206,10 +206,16 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
         .groupBy(t.ACCOUNT_ID)
         .agg(F.max_by(t.LABEL, t.LABELED_AT).alias(t.LABEL))
     )
+    decisions = read_table(spark, warehouse, t.SCORES).select(t.ACCOUNT_ID, t.RUN_DATE, t.DECISION)
+    action = F.col(t.DECISION) == "action"
+    bot = F.col(t.LABEL) == 1
     rows = _pandas(
         queue.join(labels, t.ACCOUNT_ID, "left")
+        .join(decisions, [t.ACCOUNT_ID, t.RUN_DATE], "left")
         .groupBy(t.RUN_DATE, STRATUM)
-        .agg(F.max(STRATUM_SIZE).alias("N"), F.count(t.LABEL).alias("n"), F.sum(F.col(t.LABEL).cast("long")).alias("y"))
+        .agg(F.max(STRATUM_SIZE).alias("N"), F.count(t.LABEL).alias("n"), F.sum(F.col(t.LABEL).cast("long")).alias("y"),
+             F.count(F.when(F.col(t.LABEL).isNotNull() & action, 1)).alias("acted"),
+             F.count(F.when(bot & action, 1)).alias("bots_acted"))
     )
     # A stratum the allocation gave no sample (a budget below the number of strata) has no queue row:
     # its accounts would silently drop out of the estimate. Such a day is left out.
@@ -222,7 +228,11 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
             continue
         est = stratified_estimate(g["N"], g["n"], g["y"].fillna(0))
         if not math.isnan(est["estimate"]):
-            return {**est, "queue_age_days": float((run_date - day).days)}
+            # The same sample's estimate of the population's precision and recall of D-day actions.
+            sampled = {"sampled_precision": stratified_ratio(g["N"], g["n"], g["bots_acted"], g["acted"]),
+                       "sampled_recall": stratified_ratio(g["N"], g["n"], g["bots_acted"], g["y"].fillna(0)),
+                       "sampled_n_actioned": float(g["acted"].sum())}
+            return {**est, "queue_age_days": float((run_date - day).days), **sampled}
     return {"n": float(rows["n"].sum()) if len(rows) else 0.0}
 
 
@@ -336,6 +346,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     for k in ("estimate", "low", "high", "se", "srs_se", "design_effect", "n", "queue_age_days"):
         if k in prev:
             metrics[f"prevalence_{k}" if k != "estimate" else "prevalence"] = float(prev[k])
+    metrics.update({k: v for k, v in prev.items() if k.startswith("sampled_")})
 
     # 7. alerts
     ratio_soft = _outside(ratio, params.flagged_ratio_soft)
