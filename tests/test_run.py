@@ -479,6 +479,10 @@ def test_conf_fingerprint_is_stable_across_processes_and_ignores_speed_knobs(con
     # Every conf key the real steps name exists (a typo would fail every run), and so does every speed
     # knob (a typo there would silently make that knob rerun steps).
     assert isinstance(nightly.run_conf_fingerprint(conf), int)
+    # A label source dropped from training (weight 0) is dropped from bot_neighbor_share too: features reruns.
+    features_keys = nightly.STEP_IO["features"].conf
+    assert nightly.conf_fingerprint(conf.with_overrides(["train.label_weights.propagated=0"]), features_keys) != \
+        nightly.conf_fingerprint(conf, features_keys)
     assert [key for key in sorted(nightly.SPEED_ONLY_KEYS) if key not in conf] == []
     assert "cascade.no_such_knob" not in conf and "cascade.budget" in conf  # dotted lookups, as above
 

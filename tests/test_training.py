@@ -16,7 +16,7 @@ from sklearn.metrics import average_precision_score, precision_score
 
 from botwatch import registry, steps, training
 from botwatch import tables as t
-from botwatch.config import warehouse_path
+from botwatch.config import ConfigError, warehouse_path
 from botwatch.delta_io import read_table, write_table
 from botwatch.models.stage1 import PlattCalibration, as_model_input, predict_margin
 from botwatch.monitoring.run import METRICS_SCHEMA
@@ -74,6 +74,22 @@ def test_training_waits_without_validation_labels(spark, monkeypatch):
     monkeypatch.setattr(training, "training_rows", lambda *_: (lopsided, lopsided, empty))
     with pytest.raises(NotEnoughLabelsError, match="60 training rows with 58 bots and 2 humans"):
         prepare_training(spark, "/nonexistent", dt.date(2026, 3, 10), TrainParams(label_weights={"investigator": 1.0}))
+
+
+def test_a_misnamed_canary_feature_stops_training_instead_of_weakening_the_gate(spark, monkeypatch):
+    schema = f"{t.ACCOUNT_ID} long, {t.LABEL} int, {t.WEIGHT} double, n_events_7d double"
+    rows = spark.createDataFrame([(i, int(i % 4 == 0), 1.0, float(i)) for i in range(60)], schema)
+    monkeypatch.setattr(training, "training_rows", lambda *_: (rows, rows, rows))
+    for names, match in ((["n_events_7d", "n_events_7dd"], r"lacks: \['n_events_7dd'\]; fix or drop"),
+                         ([], "canary_features is empty")):
+        with pytest.raises(ConfigError, match=match):
+            prepare_training(spark, "/nonexistent", dt.date(2026, 3, 10),
+                             TrainParams(label_weights={"investigator": 1.0}, canary_features=names))
+    for bad in (0.0, 1.0, "often", None):
+        with pytest.raises(ConfigError, match="train.prevalence_fallback must be"):
+            TrainParams(label_weights={}, prevalence_fallback=bad)
+    with pytest.raises(ConfigError, match="train.prevalence_max_rse must be"):
+        TrainParams(label_weights={}, prevalence_max_rse=0)
 
 
 @pytest.mark.parametrize("n", [2, 3, 5])

@@ -108,7 +108,7 @@ STEP_IO: dict[str, StepIO] = {
     "activity": StepIO((t.ACCOUNTS, t.EVENTS), (t.ACTIVITY_DAILY,), (t.ACTIVITY_DAILY, t.DAY)),
     "features": StepIO(
         (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS, t.ACTIVITY_DAILY), (t.ACTIVITY_DAILY, t.FEATURES),
-        (t.FEATURES, t.RUN_DATE), conf=("features",),
+        (t.FEATURES, t.RUN_DATE), conf=("features", "train.label_weights"),  # weight 0 drops a source there too
     ),
     "train": StepIO((t.FEATURES, t.LABELS, t.MODEL_REGISTRY), (t.MODEL_REGISTRY,), conf=("train", "heavy", "cascade")),
     "score_stage1": StepIO((t.FEATURES, t.MODEL_REGISTRY), (t.SCORES,), (t.SCORES, t.RUN_DATE),

@@ -19,7 +19,7 @@ import datetime as dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -59,6 +59,10 @@ class NotEnoughLabelsError(RuntimeError):
     ``train.min_train_rows`` / ``train.min_positives``."""
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 @dataclass
 class TrainParams:
     label_weights: dict[str, float]
@@ -91,6 +95,12 @@ class TrainParams:
             raise ConfigError(
                 f"train.prevalence must be '{PREVALENCE_AUTO}', a bot share between 0 and 1, or null, got {p!r}"
             )
+        # Checked here, not when auto first falls back to it after a model has trained.
+        if not _is_number(self.prevalence_fallback) or not 0.0 < float(self.prevalence_fallback) < 1.0:
+            raise ConfigError(f"train.prevalence_fallback must be a bot share between 0 and 1 (exclusive), "
+                              f"got {self.prevalence_fallback!r}")
+        if not _is_number(self.prevalence_max_rse) or float(self.prevalence_max_rse) <= 0.0:
+            raise ConfigError(f"train.prevalence_max_rse must be a number > 0, got {self.prevalence_max_rse!r}")
 
     @classmethod
     def from_conf(cls, section: dict) -> TrainParams:
@@ -320,9 +330,17 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
         for rows in (train, valid, golden):
             rows.unpersist()
         raise NotEnoughLabelsError(short)
+    missing = [c for c in params.canary_features if c not in train.columns]
+    if missing or not params.canary_features:
+        for rows in (train, valid, golden):
+            rows.unpersist()
+        raise ConfigError(
+            f"train.canary_features names columns the features table lacks: {missing}; fix or drop those names "
+            "(a dropped name would quietly weaken the canary every challenger must beat)" if missing else
+            "train.canary_features is empty; list a few plain features: the promotion gate needs the canary's baseline"
+        )
     prevalence, source = population_prevalence(spark, warehouse, run_date, params)
-    ctx = TrainingContext(train, valid, golden, n_train, n_pos, prevalence, source,
-                          [c for c in params.canary_features if c in train.columns])
+    ctx = TrainingContext(train, valid, golden, n_train, n_pos, prevalence, source, list(params.canary_features))
     ctx.canary = fit_canary(train, ctx.canary_cols, params.canary_reg_param)
     scored = canary_scores(ctx.canary, golden, ctx.canary_cols).select(t.ACCOUNT_ID, t.LABEL, "canary_score")
     pdf = cast(pd.DataFrame, scored.toPandas())
