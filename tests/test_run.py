@@ -646,6 +646,9 @@ def test_a_lock_file_its_run_died_writing_expires_like_any_other(spark, warehous
     with nightly.DateLock(spark, warehouse, D, stale_hours=12) as lock:
         assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == lock.holder
     assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current() is None
+    with open(path, "w") as out:
+        out.write(text)
+    assert nightly.break_lock(spark, warehouse, D) and not os.path.exists(path)  # `botwatch unlock` frees it too
 
 
 def test_two_runs_taking_over_one_stale_lock_never_both_hold_it(spark, warehouse, monkeypatch):

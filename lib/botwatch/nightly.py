@@ -460,9 +460,12 @@ class DateLock:
 def break_lock(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
     """Remove D's lock whoever holds it (for a run that was killed). Returns whether there was one."""
     path = _lock_path(warehouse, run_date)
-    text = _read_file(spark, path)
-    if text:
-        _delete_file(spark, _beat_path(path, json.loads(text)["holder"]))
+    try:
+        holder = json.loads(_read_file(spark, path) or "null")["holder"]
+    except (ValueError, KeyError, TypeError):  # free, or a cut-short file: no heartbeat file to name
+        holder = None
+    if holder:
+        _delete_file(spark, _beat_path(path, holder))
     return _delete_file(spark, path)
 
 
