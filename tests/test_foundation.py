@@ -2,6 +2,7 @@
 triangle counts against networkx, the session's settings, and configuration errors."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -140,8 +141,21 @@ def test_unknown_key_names_key_and_file(tmp_path):
 
 def test_wrong_type_names_key(tmp_path):
     path = _write(tmp_path, "spark:\n  shuffle_partitions: many\n")
-    with pytest.raises(ConfigError, match=r"'spark\.shuffle_partitions' must be a integer"):
+    with pytest.raises(ConfigError, match=r"'spark\.shuffle_partitions' must be an integer"):
         load_config(path)
+    # Null for a number or a flag fails here, not mid-run with a TypeError.
+    for setting, want in (("train.min_train_rows=null", "an integer"), ("run.lock_stale_hours=null", "a number")):
+        with pytest.raises(ConfigError, match=rf"'{re.escape(setting.split('=')[0])}' must be {want}, got null"):
+            load_config(None, [setting])
+    # A section whose entries are all commented out changes nothing (it was a null section, then a KeyError).
+    commented = _write(tmp_path, "train:\n  # seed: 3\nspark:\n  extra_conf:\n")
+    assert load_config(commented).section("train")["seed"] == load_config(None).section("train")["seed"]
+    # --set text that is not YAML: as typed for a string or a Spark setting, else a ConfigError.
+    conf = load_config(None, ["spark.extra_conf.spark.executor.extraClassPath={{PWD}}/x.jar", "train.golden_salt=*v2"])
+    assert conf["spark.extra_conf"]["spark.executor.extraClassPath"] == "{{PWD}}/x.jar"
+    assert conf["train.golden_salt"] == "*v2"
+    with pytest.raises(ConfigError, match=r"--set train.seed=\[1: '\[1' is not a YAML value"):
+        load_config(None, ["train.seed=[1"])
 
 
 def test_missing_required_value(tmp_path):

@@ -31,6 +31,8 @@ DEFAULT_CONF = "conf/local.yaml"
 REQUIRED_KEYS = ("warehouse", "spark.master")
 # Knobs whose value may take several types (null always allowed): train.prevalence is "auto" or a number.
 MIXED_KEYS: dict[str, tuple[type, ...]] = {"train.prevalence": (str, int, float)}
+# Number knobs whose null means something (else null is refused for a number, a boolean or a section).
+NULLABLE_KEYS = frozenset({"simulate.drift.detection_wave_fraction"})
 
 
 class ConfigError(ValueError):
@@ -99,7 +101,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _type_ok(declared: Any, value: Any, dotted: str = "") -> bool:
-    if declared is None or value is None:
+    if value is None:
+        # A string may be unset (warehouse, new_family); a number, flag or section would fail mid-run.
+        return declared is None or isinstance(declared, str) or dotted in MIXED_KEYS or dotted in NULLABLE_KEYS
+    if declared is None:
         return True
     if dotted in MIXED_KEYS:
         return isinstance(value, MIXED_KEYS[dotted]) and not isinstance(value, bool)
@@ -119,9 +124,14 @@ def _type_ok(declared: Any, value: Any, dotted: str = "") -> bool:
 def _type_name(value: Any, dotted: str = "") -> str:
     if dotted in MIXED_KEYS:
         return " or ".join(_type_name(k()) for k in MIXED_KEYS[dotted])
-    return {bool: "boolean", int: "integer", float: "number", str: "string", dict: "mapping", list: "list"}.get(
+    return {bool: "boolean", int: "integer", float: "number", str: "string", dict: "mapping", list: "list",
+            type(None): "null"}.get(
         type(value), type(value).__name__
     )
+
+
+def _article(name: str) -> str:
+    return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
 def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = "") -> None:
@@ -130,6 +140,8 @@ def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = ""
         if key not in base:
             raise ConfigError(f"{where}: unknown key '{dotted}' (not declared in conf/{BASE_NAME})")
         declared = base[key]
+        if isinstance(declared, dict) and value is None:
+            continue  # a section whose entries are all commented out: nothing to change (not a null section)
         if isinstance(declared, dict) and declared and isinstance(value, dict):
             _merge(target[key], declared, value, where, dotted + ".")
             continue
@@ -138,7 +150,8 @@ def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = ""
             continue
         if not _type_ok(declared, value, dotted):
             raise ConfigError(
-                f"{where}: key '{dotted}' must be a {_type_name(declared, dotted)}, got {_type_name(value)} {value!r}"
+                f"{where}: key '{dotted}' must be {_article(_type_name(declared, dotted))}, got {_type_name(value)} "
+                f"{value!r}"
             )
         target[key] = float(value) if isinstance(declared, float) and value is not None else value
 
@@ -147,7 +160,6 @@ def _apply_set(data: dict, base: dict, item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value")
     key, raw = item.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
     parts = key.strip().split(".")
     declared: Any = base
     free_form = False
@@ -158,18 +170,22 @@ def _apply_set(data: dict, base: dict, item: str) -> None:
             parts = [*parts[:i + 1], ".".join(parts[i + 1:])]
             declared, free_form = None, True
             break
+    # A string knob, and a free-form mapping's entry (Spark settings are text), take the text as
+    # typed: YAML would read 022 as octal 18, cut '/data/bw #2' at its comment and refuse {{PWD}}/x.jar
+    # or *v2. Null stays null, and a quoted YAML string loses its quotes.
+    text = (isinstance(declared, str) and key not in MIXED_KEYS) or free_form
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        if not text:
+            raise ConfigError(f"--set {item}: {raw!r} is not a YAML value ({str(exc).splitlines()[0]})") from exc
+        value = raw
+    quoted = isinstance(value, str) and raw.strip()[:1] in ("'", '"')
     overlay: dict[str, Any] = {}
     node = overlay
     for part in parts[:-1]:
         node = node.setdefault(part, {})
-    node[parts[-1]] = value
-    # A string knob, and a free-form mapping's entry (Spark settings are text), take the text as
-    # typed: YAML would read 022 as octal 18 and cut '/data/bw #2' at its comment. Null stays null,
-    # and a quoted YAML string loses its quotes.
-    text = (isinstance(declared, str) and key not in MIXED_KEYS) or free_form
-    quoted = isinstance(value, str) and raw.strip()[:1] in ("'", '"')
-    if text and value is not None and not quoted:
-        node[parts[-1]] = raw
+    node[parts[-1]] = raw if text and value is not None and not quoted else value
     _merge(data, base, overlay, f"--set {item}")
 
 
