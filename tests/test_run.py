@@ -599,6 +599,25 @@ def test_step_commands_go_through_the_runner_and_its_date_lock(spark, test_conf)
     assert out.exit_code == 1 and "score for 2026-01-12 is waiting (score_stage1: " in out.output, out.output
 
 
+def test_a_failed_backfill_says_how_to_resume(fake_pipeline, monkeypatch):
+    from typer.testing import CliRunner
+
+    from botwatch.cli import app
+    from botwatch.config import ConfigError
+
+    conf, _, _ = fake_pipeline
+
+    def broken(spark_, conf_, run_date):
+        raise ConfigError("injected: fix train.seed")
+
+    monkeypatch.setitem(steps.STEPS, "a", broken)
+    for flags, advice in (([], "rerun the same backfill: finished dates are skipped"),
+                          (["--force"], "rerun from the failed date (--start): with --force the same backfill")):
+        out = CliRunner().invoke(app, ["backfill", "--start", D.isoformat(), "--end", D.isoformat(),
+                                       "--warehouse", conf["warehouse"], *flags])
+        assert out.exit_code == 1 and "injected: fix train.seed" in out.output and advice in out.output, out.output
+
+
 def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):
     outcomes: list[str] = []
     barrier = threading.Barrier(3)

@@ -167,7 +167,9 @@ def backfill(
         fail(str(exc), code=3)
     except nightly.StepFailedError as exc:
         if isinstance(exc.__cause__, steps.EXPECTED_ERRORS):
-            fail(f"{exc}. Fix it and rerun the same backfill: finished dates are skipped.", code=1)
+            again = ("rerun from the failed date (--start): with --force the same backfill would recompute the "
+                     "dates it finished" if force else "rerun the same backfill: finished dates are skipped")
+            fail(f"{exc}. Fix it and {again}.", code=1)
         raise
     for day, what in outcome.items():
         typer.echo(f"{day}: {what}")
