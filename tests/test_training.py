@@ -203,6 +203,17 @@ def test_a_promotion_never_replaces_a_champion_it_was_not_compared_with(spark, t
     assert stages()[2] == (registry.CHAMPION, "rolled back by hand") and stages()[6][0] == registry.CHALLENGER
     assert stages()[5] == (registry.RETIRED, "replaced by version 2")
 
+    # A promotion that keeps losing leaves the gate pass pending, which does not count as D's finished
+    # training: the rerun the error asks for trains again instead of skipping to "already trained on D".
+    def update_always_losing(self, *args, **kwargs):
+        raise ConcurrentAppendException("injected")
+
+    monkeypatch.setattr(DeltaTable, "update", update_always_losing)
+    with pytest.raises(registry.RegistryConflictError, match="promoting version 8 of 'm'.*rerun the training"):
+        registry.register(spark, wh, record(8), passed, compared_with=registry.champion(spark, wh, "m"))
+    assert stages()[8] == (registry.CHALLENGER, registry.PROMOTION_PENDING)
+    assert registry.trained_on(spark, wh, "m", day)[t.VERSION] == 5  # the latest decided one, not 8
+
     # Recording a version is retried the same way; a registry that keeps losing says what to do.
     calls = []
 

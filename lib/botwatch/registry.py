@@ -27,6 +27,8 @@ CHAMPION, CHALLENGER, RETIRED = t.MODEL_STAGES
 T_ = TypeVar("T_")
 PLACEHOLDER_REASON = "registering: artifacts being written (a failed run leaves this)"
 LOST_RACE = "rerun the training to compare against it"  # ends the refusal of a gate pass another run beat
+# A gate pass recorded before its promotion; the promotion's commit replaces it with the gate's reason.
+PROMOTION_PENDING = "passed the gate; promotion not committed (a failed run leaves this)"
 
 REGISTRY_SCHEMA = T.StructType(
     [
@@ -189,10 +191,11 @@ def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.dat
 
 def trained_on(spark: SparkSession, warehouse: str, model_name: str, run_date: dt.date) -> dict | None:
     """The latest version of ``model_name`` whose training on ``run_date`` finished and was decided
-    (promoted or refused), else None. A placeholder of a training that failed, and a refusal only
-    because another run promoted first, do not count: those trainings are to be run again."""
+    (promoted or refused), else None. A placeholder of a training that failed, a gate pass whose
+    promotion never committed, and a refusal only because another run promoted first do not count:
+    those trainings are to be run again."""
     done = [r for r in records(spark, warehouse, model_name)
-            if r[t.RUN_DATE] == run_date and r["reason"] != PLACEHOLDER_REASON
+            if r[t.RUN_DATE] == run_date and r["reason"] not in (PLACEHOLDER_REASON, PROMOTION_PENDING)
             and not (r["reason"] or "").endswith(LOST_RACE)]
     return done[-1] if done else None
 
@@ -324,7 +327,7 @@ def register(spark: SparkSession, warehouse: str, record: ModelRecord, decision:
     and the champion is still ``compared_with`` (the champion's record the gate read, or None).
     Returns the decision that took effect: a pass becomes a refusal, with its reason recorded, when
     another run promoted a model meanwhile (rerun the training to compare against that one)."""
-    record = replace(record, reason=decision.reason)
+    record = replace(record, reason=decision.reason if not decision.promote else PROMOTION_PENDING)
     upsert(spark, warehouse, record)
     if not decision.promote:
         return decision
