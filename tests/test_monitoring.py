@@ -354,7 +354,8 @@ def test_prevalence_is_not_estimated_from_a_queue_that_skipped_a_stratum(spark, 
     wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
     ids = np.arange(200, dtype="int64")
     pdf = pd.DataFrame({"account_id": ids, "score": np.where(ids < 180, 0.001, 0.95),
-                        "model_version": "stage1_xgb:1", "holdout": False})
+                        "decision": np.where(ids < 180, "none", "action"), "model_version": "stage1_xgb:1",
+                        "holdout": False})
     scores = spark.createDataFrame(pdf).withColumn("run_date", F.lit(day))
     write_table(scores, wh, "scores", partition_by=["run_date"])
     params = MonitorParams()
@@ -370,7 +371,9 @@ def test_prevalence_is_not_estimated_from_a_queue_that_skipped_a_stratum(spark, 
         return _prevalence_history(spark, wh, day, params)
 
     assert "estimate" not in estimate_with_budget(1)
-    assert estimate_with_budget(4)["estimate"] == pytest.approx(0.1)  # both strata sampled: 20 bots of 200
+    both = estimate_with_budget(4)
+    assert both["estimate"] == pytest.approx(0.1)  # both strata sampled: 20 bots of 200
+    assert (both["sampled_precision"], both["sampled_recall"]) == (1.0, 1.0)  # the actions are the bots
 
 
 # ---- the monitor step end to end, on hand-built tables -------------------------------------

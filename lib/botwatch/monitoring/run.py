@@ -206,7 +206,8 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
         .groupBy(t.ACCOUNT_ID)
         .agg(F.max_by(t.LABEL, t.LABELED_AT).alias(t.LABEL))
     )
-    decisions = read_table(spark, warehouse, t.SCORES).select(t.ACCOUNT_ID, t.RUN_DATE, t.DECISION)
+    scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date)))
+    decisions = scores.select(t.ACCOUNT_ID, t.RUN_DATE, t.DECISION)
     action = F.col(t.DECISION) == "action"
     bot = F.col(t.LABEL) == 1
     rows = _pandas(
@@ -219,9 +220,7 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     )
     # A stratum the allocation gave no sample (a budget below the number of strata) has no queue row:
     # its accounts would silently drop out of the estimate. Such a day is left out.
-    scored = {r[t.RUN_DATE]: r["n"] for r in read_table(spark, warehouse, t.SCORES).where(
-        F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date))).groupBy(t.RUN_DATE).agg(
-        F.count(t.SCORE).alias("n")).collect()}
+    scored = {r[t.RUN_DATE]: r["n"] for r in scores.groupBy(t.RUN_DATE).agg(F.count(t.SCORE).alias("n")).collect()}
     for day in sorted(rows[t.RUN_DATE].unique(), reverse=True) if len(rows) else []:
         g = rows[rows[t.RUN_DATE] == day]
         if g["N"].sum() < scored.get(day, 0):
