@@ -90,8 +90,7 @@ class TrainParams:
                 p = self.prevalence = float(p)  # a quoted number ("0.05"), as files held it before
             except ValueError:
                 pass
-        number = isinstance(p, (int, float)) and not isinstance(p, bool)
-        if not (p is None or p == PREVALENCE_AUTO or (number and 0.0 < float(p) < 1.0)):
+        if not (p is None or p == PREVALENCE_AUTO or (_is_number(p) and 0.0 < float(p) < 1.0)):
             raise ConfigError(
                 f"train.prevalence must be '{PREVALENCE_AUTO}', a bot share between 0 and 1, or null, got {p!r}"
             )
@@ -326,19 +325,18 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
         short = (f"{n_valid} labelled validation rows in the {params.valid_days} days up to {run_date}: need at "
                  f"least {params.xgb.num_workers} (one per XGBoost worker, train.xgb.num_workers) to stop early and "
                  "pick the threshold; wait for labels or widen train.valid_days")
-    if short:
-        for rows in (train, valid, golden):
-            rows.unpersist()
-        raise NotEnoughLabelsError(short)
     missing = [c for c in params.canary_features if c not in train.columns]
-    if missing or not params.canary_features:
-        for rows in (train, valid, golden):
-            rows.unpersist()
-        raise ConfigError(
+    problem: Exception | None = NotEnoughLabelsError(short) if short else None
+    if problem is None and (missing or not params.canary_features):
+        problem = ConfigError(
             f"train.canary_features names columns the features table lacks: {missing}; fix or drop those names "
             "(a dropped name would quietly weaken the canary every challenger must beat)" if missing else
             "train.canary_features is empty; list a few plain features: the promotion gate needs the canary's baseline"
         )
+    if problem is not None:
+        for rows in (train, valid, golden):
+            rows.unpersist()
+        raise problem
     prevalence, source = population_prevalence(spark, warehouse, run_date, params)
     ctx = TrainingContext(train, valid, golden, n_train, n_pos, prevalence, source, list(params.canary_features))
     ctx.canary = fit_canary(train, ctx.canary_cols, params.canary_reg_param)
