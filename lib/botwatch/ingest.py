@@ -443,11 +443,12 @@ def _file_format(table: str, path: str) -> str:
     if lower.endswith(PARQUET_SUFFIXES):
         return PARQUET
     if _is_local(path) and os.path.isdir(path):
-        if not _data_files(path):
+        names = [f.lower() for f in _data_files(path)]  # one walk of the folder
+        if not names:
             raise IngestInputError(f"{table} folder {path} holds no data files (files named _* or .* are skipped, "
                                    "as Spark skips them); point it at the folder that holds the table's files")
-        has_csv = bool(_data_files(path, CSV_SUFFIXES))
-        return CSV if has_csv and not _data_files(path, PARQUET_SUFFIXES) else PARQUET
+        has_csv = any(f.endswith(CSV_SUFFIXES) for f in names)
+        return CSV if has_csv and not any(f.endswith(PARQUET_SUFFIXES) for f in names) else PARQUET
     if not _is_local(path):
         return PARQUET  # an object-store folder, as Spark writes them
     raise IngestInputError(

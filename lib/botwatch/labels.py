@@ -89,8 +89,7 @@ def resolve_labels(
     label was observed and ``weight`` its source's weight.
     """
     require_columns(labels, {f.name: f.dataType for f in LABELS_SCHEMA.fields}, "resolve_labels(labels)")
-    _check_weights(source_weights, ())
-    exclude_sources = (*exclude_sources, *dropped_sources(source_weights))
+    exclude_sources = (*exclude_sources, *dropped_sources(source_weights))  # bad weights: refused just below
     used = [s for s in LABEL_PRECEDENCE if s not in set(exclude_sources)]
     weights = _check_weights(source_weights, used)
     weight = F.create_map(*[x for s, w in weights.items() for x in (F.lit(s), F.lit(w))])[F.col(t.SOURCE)]

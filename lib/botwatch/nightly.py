@@ -314,6 +314,17 @@ def _delete_file(spark: SparkSession, path: str) -> bool:
 
 
 
+def _parsed_lock(text: str) -> dict | None:
+    """A lock file's JSON with ``acquired_at`` as a datetime; None when it is empty or cut short."""
+    try:
+        held = json.loads(text)
+        held["acquired_at"] = dt.datetime.fromisoformat(held["acquired_at"])
+        held["holder"]  # noqa: B018 - a file without a holder is as unreadable
+    except (ValueError, KeyError, TypeError):
+        return None
+    return held
+
+
 def _file_safe(holder: str) -> str:
     # the holder is host:hex, and HDFS refuses ':' in a file name
     return re.sub(r"[^A-Za-z0-9._-]", "_", holder)
@@ -428,13 +439,9 @@ class DateLock:
         created = _modified_at(self.spark, self.path)
         if text is None or created is None:
             return None
-        try:
-            held = json.loads(text)
-            held["acquired_at"] = dt.datetime.fromisoformat(held["acquired_at"])
-        except (ValueError, KeyError, TypeError):
-            # Empty or cut short: its run died between creating and writing it (or is doing so now).
-            # Held since the file's time, so it expires like any other lock.
-            held = {"holder": "unreadable-lock-file", "acquired_at": created}
+        # Empty or cut short: its run died between creating and writing it (or is doing so now).
+        # Held since the file's time, so it expires like any other lock.
+        held = _parsed_lock(text) or {"holder": "unreadable-lock-file", "acquired_at": created}
         beat = _modified_at(self.spark, _beat_path(self.path, held["holder"]))
         held["beat_at"] = max(created, beat) if beat is not None else created
         return held
@@ -460,12 +467,9 @@ class DateLock:
 def break_lock(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
     """Remove D's lock whoever holds it (for a run that was killed). Returns whether there was one."""
     path = _lock_path(warehouse, run_date)
-    try:
-        holder = json.loads(_read_file(spark, path) or "null")["holder"]
-    except (ValueError, KeyError, TypeError):  # free, or a cut-short file: no heartbeat file to name
-        holder = None
-    if holder:
-        _delete_file(spark, _beat_path(path, holder))
+    held = _parsed_lock(_read_file(spark, path) or "")  # None: free, or a cut-short file with no holder to name
+    if held is not None:
+        _delete_file(spark, _beat_path(path, held["holder"]))
     return _delete_file(spark, path)
 
 
