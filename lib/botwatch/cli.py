@@ -6,13 +6,12 @@ Commands only parse, load conf, build the session and call one library function.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated, Any
 
 import typer
 
-from botwatch.config import DEFAULT_CONF, Config, ConfigError, load_config
+from botwatch.config import DEFAULT_CONF, Config, ConfigError, load_config, typed_path
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="botwatch: nightly bot-detection scoring on Spark.")
 
@@ -36,8 +35,7 @@ def fail(message: str, code: int = 2) -> None:
 def build_conf(conf: str, warehouse: str | None, overrides: list[str] | None) -> Config:
     sets = list(overrides or [])
     if warehouse:
-        # A --warehouse typed in a shell means a path from the current directory.
-        sets.append(f"warehouse={warehouse if '://' in warehouse else os.path.abspath(warehouse)}")
+        sets.append(f"warehouse={typed_path(warehouse)}")
     try:
         return load_config(conf, sets)
     except ConfigError as exc:

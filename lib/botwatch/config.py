@@ -18,6 +18,7 @@ Usage::
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -220,11 +221,26 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return Config(data, sources)
 
 
+# A scheme of two or more letters (file:, hdfs:, s3a:, abfss:): one letter would be a Windows drive.
+_URI_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")
+
+
+def is_uri(value: str) -> bool:
+    """Whether ``value`` names a location by URI (``s3a://b/wh``, and ``file:/x`` as Spark prints them)."""
+    return bool(_URI_SCHEME.match(value))
+
+
 def resolve_path(value: str, root: Path = PROJECT_ROOT) -> str:
-    """A local relative path is taken from the project root; URIs (s3a://, abfss://) pass through."""
-    if "://" in value or value.startswith("/"):
+    """A local relative path is taken from ``root`` (the project root), ``~`` is the home folder; URIs
+    (``s3a://``, ``abfss://``, ``file:/``) pass through."""
+    if is_uri(value):
         return value
-    return str((root / value).resolve())
+    return str((root / Path(value).expanduser()).resolve())
+
+
+def typed_path(value: str) -> str:
+    """A path typed in a shell (``--warehouse``): relative to the current directory; URIs pass through."""
+    return resolve_path(value, Path.cwd())
 
 
 def warehouse_path(conf: Config) -> str:

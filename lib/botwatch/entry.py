@@ -5,10 +5,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 
-from botwatch.config import DEFAULT_CONF, Config, ConfigError, load_config
+from botwatch.config import DEFAULT_CONF, Config, ConfigError, load_config, typed_path
 
 
 def job_parser(description: str, with_date: bool = True) -> argparse.ArgumentParser:
@@ -25,7 +24,7 @@ def job_conf(args: argparse.Namespace) -> Config:
     """Load conf for a job; configuration errors exit 2 with the message."""
     overrides = list(args.overrides)
     if args.warehouse:
-        overrides.append(f"warehouse={args.warehouse if '://' in args.warehouse else os.path.abspath(args.warehouse)}")
+        overrides.append(f"warehouse={typed_path(args.warehouse)}")
     try:
         return load_config(args.conf, overrides)
     except ConfigError as exc:

@@ -68,11 +68,17 @@ def launched_by_spark_submit() -> bool:
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
 
 
+def worker_python() -> str:
+    """The Python the workers run: ``PYSPARK_PYTHON`` where the operator set it (a packed environment on a
+    cluster, ``./environment/bin/python``), else this process's own."""
+    return os.environ.get("PYSPARK_PYTHON") or sys.executable
+
+
 def session_settings(conf: Config) -> dict[str, str]:
     """Every Spark setting the factory applies, as strings (also used by spark-submit in the DAG)."""
     spark_conf = conf.section("spark")
     warehouse = resolve_path(conf["warehouse"])
-    checkpoint = spark_conf.get("checkpoint_dir") or f"{warehouse}/_checkpoints"
+    checkpoint = resolve_path(spark_conf.get("checkpoint_dir") or f"{warehouse}/_checkpoints")
     # Under spark-submit its --jars are the session's (get_spark keeps them): no local jars needed.
     jars = [] if launched_by_spark_submit() else find_jars(jars_dir(conf))
     settings: dict[str, Any] = {
@@ -89,7 +95,7 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.sql.warehouse.dir": f"{warehouse}/_spark_sql",
         "spark.ui.enabled": spark_conf["ui_enabled"],
         "spark.checkpoint.dir": checkpoint,
-        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.python": worker_python(),
         "spark.pyspark.driver.python": sys.executable,
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.ui.showConsoleProgress": "false",
@@ -149,7 +155,7 @@ def get_spark(conf: Config, app_name: str | None = None):
     if str(conf["spark.master"]).startswith("local"):
         # Bind to loopback in local mode: sandboxes and laptops often lack a routable hostname.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ["PYSPARK_PYTHON"] = sys.executable
+    os.environ.setdefault("PYSPARK_PYTHON", worker_python())
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     settings = session_settings(conf)
     settings["spark.app.name"] = application_name(conf, app_name)
