@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import duckdb
 import networkx as nx
@@ -236,6 +237,27 @@ def test_conf_and_session_settings_without_a_project_checkout(tmp_path, monkeypa
         spark_factory.session_settings(conf)
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "1")
     assert "spark.jars" not in spark_factory.session_settings(conf)
+    # Spark's packed-environment recipe: the workers run the archive's Python, not the driver's path.
+    monkeypatch.setenv("PYSPARK_PYTHON", "./environment/bin/python")
+    settings = spark_factory.session_settings(conf)
+    assert settings["spark.pyspark.python"] == "./environment/bin/python"
+    assert settings["spark.checkpoint.dir"] == "s3a://b/wh/_checkpoints"
+
+
+def test_paths_uris_pass_through_relative_paths_are_made_absolute(tmp_path, monkeypatch):
+    import botwatch.spark as spark_factory
+    from botwatch.config import resolve_path, typed_path
+
+    # Spark and Delta print locations as file:/x (DESCRIBE DETAIL): pasted back, they must stay URIs.
+    for uri in ("file:/tmp/wh", "hdfs:/wh", "hdfs://nn:8020/wh", "s3a://b/wh", "abfss://c@a.dfs.core.windows.net/w"):
+        assert resolve_path(uri) == uri and typed_path(uri) == uri
+    assert resolve_path("~/wh") == str(Path.home() / "wh")
+    assert resolve_path("data/wh") == str(PROJECT_ROOT / "data" / "wh")
+    monkeypatch.chdir(tmp_path)
+    assert typed_path("wh") == str(tmp_path.resolve() / "wh")
+    # A relative checkpoint folder is the project's, like the warehouse: not wherever Airflow's task runs.
+    conf = load_config(None, ["warehouse=/w", "spark.checkpoint_dir=scratch/ckpt"])
+    assert spark_factory.session_settings(conf)["spark.checkpoint.dir"] == str(PROJECT_ROOT / "scratch" / "ckpt")
 
 
 def test_the_declared_numpy_has_what_the_code_calls():
@@ -254,3 +276,25 @@ def test_shipped_conf_files_load():
     for name in ("local.yaml", "cluster.yaml"):
         conf = load_config(PROJECT_ROOT / "conf" / name)
         assert conf["spark.master"]
+
+
+def test_doctor_fails_on_a_missing_package_and_checks_delta_where_the_steps_write(spark, warehouse, monkeypatch):
+    import importlib.metadata as md
+
+    import botwatch.doctor as doctor
+
+    assert doctor.check_packages() == f"{len(doctor.PACKAGES)} installed"
+    real_version = md.version
+
+    def without_xgboost(dist):
+        if dist == "xgboost":
+            raise md.PackageNotFoundError(dist)
+        return real_version(dist)
+
+    monkeypatch.setattr(doctor.md, "version", without_xgboost)
+    with pytest.raises(RuntimeError, match="not installed: xgboost"):
+        doctor.check_packages()
+    assert doctor.versions()["XGBoost"] == "not installed"
+    # The live Delta check runs against the configured warehouse, through the SQL extension, and cleans up.
+    assert "SQL under" in doctor.check_delta(spark, warehouse)
+    assert not list((Path(warehouse) / "_doctor").glob("delta_check-*"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 import importlib.metadata as md
 import platform
 import subprocess
-import tempfile
+import uuid
 from collections.abc import Callable
 
-from botwatch.config import Config
+from botwatch.config import Config, warehouse_path
 from botwatch.spark import has_graphframes_jar, jars_dir
 
 PACKAGES = {
@@ -28,13 +28,21 @@ def _java_version() -> str:
     return (out.stderr or out.stdout).splitlines()[0] if (out.stderr or out.stdout) else "unknown"
 
 
+def versions_of(dists: list[str]) -> dict[str, str | None]:
+    found: dict[str, str | None] = {}
+    for dist in dists:
+        try:
+            found[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            found[dist] = None
+    return found
+
+
 def versions() -> dict[str, str]:
     found = {"Python": platform.python_version(), "Java": _java_version()}
+    installed = versions_of(list(PACKAGES.values()))
     for label, dist in PACKAGES.items():
-        try:
-            found[label] = md.version(dist)
-        except md.PackageNotFoundError:
-            found[label] = "not installed"
+        found[label] = installed[dist] or "not installed"
     return found
 
 
@@ -49,16 +57,33 @@ def cuda_status() -> str:
         return f"unknown ({exc})"
 
 
-def check_delta(spark) -> str:
-    with tempfile.TemporaryDirectory(prefix="botwatch-doctor-") as tmp:
-        path = f"{tmp}/delta_check"
+def check_packages() -> str:
+    """Raise naming every package of :data:`PACKAGES` that is not installed (the steps import them)."""
+    missing = [dist for dist in PACKAGES.values() if versions_of([dist])[dist] is None]
+    if missing:
+        raise RuntimeError(f"not installed: {', '.join(missing)}; run `make setup` (pip install -e .)")
+    return f"{len(PACKAGES)} installed"
+
+
+def check_delta(spark, warehouse: str) -> str:
+    """Write, overwrite, time-travel and DESCRIBE HISTORY (Delta's SQL extension) a table under the
+    configured warehouse, where the steps write, then delete it."""
+    from botwatch.delta_io import delete_path
+
+    path = f"{warehouse}/_doctor/delta_check-{uuid.uuid4().hex[:12]}"
+    try:
         spark.range(5).write.format("delta").mode("overwrite").save(path)
         spark.range(7).write.format("delta").mode("overwrite").save(path)
         now = spark.read.format("delta").load(path).count()
         then = spark.read.format("delta").option("versionAsOf", 0).load(path).count()
         if (now, then) != (7, 5):
             raise RuntimeError(f"read back {now} rows (want 7) and {then} at version 0 (want 5)")
-    return "write, overwrite and time travel ok"
+        versions = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").count()
+        if versions != 2:
+            raise RuntimeError(f"DESCRIBE HISTORY lists {versions} versions, want 2")
+    finally:
+        delete_path(spark, path)
+    return f"write, overwrite, time travel and SQL under {warehouse} ok"
 
 
 def check_graphframes(spark, conf: Config) -> str:
@@ -100,9 +125,10 @@ def run_doctor(conf: Config, echo: Callable[[str], None] = print) -> bool:
         spark_box["spark"] = get_spark(conf, app_name="doctor")
         return f"SparkSession {spark_box['spark'].version} on {conf['spark.master']}"
 
+    report("packages", check_packages)
     report("spark session", start)
     if "spark" in spark_box:
         spark = spark_box["spark"]
-        report("delta", lambda: check_delta(spark))
+        report("delta", lambda: check_delta(spark, warehouse_path(conf)))
         report("graphframes", lambda: check_graphframes(spark, conf))
     return ok
