@@ -88,3 +88,34 @@ def test_the_default_schedule_also_cleans_the_tables_the_run_rewrites_internally
         # only the files of the table as it is now are left
         assert set((Path(wh) / tb).rglob("*.parquet")) == {Path(urlparse(f).path) for f in live.inputFiles()}
         assert live.count() == 20
+
+
+def test_tables_the_inputs_replace_are_vacuumed_and_event_partitions_optimized_by_date(spark, tmp_path):
+    """Ingest replaces accounts whole and validate rewrites a day of events: without VACUUM every night
+    would leave another copy on disk. Events are partitioned by event_date: OPTIMIZE must touch only the
+    recent days, not rewrite the largest table whole."""
+    from botwatch.config import load_config
+
+    wh = str(tmp_path / "wh")
+    for day in (PREVIOUS, D, D):  # D written twice: a rerun of validate
+        events = spark.createDataFrame([(i, day) for i in range(30)], f"{t.ACCOUNT_ID} long, {t.EVENT_DATE} date")
+        write_table(events.repartition(3), wh, t.EVENTS, partition_by=[t.EVENT_DATE],
+                    replace_where=f"{t.EVENT_DATE} = '{day}'")
+        accounts = spark.createDataFrame([(i, day.day) for i in range(30)], f"{t.ACCOUNT_ID} long, n int")
+        write_table(accounts, wh, t.ACCOUNTS, mode="overwrite")
+    previous_files = sorted((Path(wh) / t.EVENTS / f"{t.EVENT_DATE}={PREVIOUS}").glob("*.parquet"))
+    defaults = {**load_config().section("maintenance"), "vacuum_retention_hours": 0}
+    assert set(defaults["vacuum_only_tables"]) >= {t.EVENTS, t.ACCOUNTS, t.EDGES, t.LABELS, t.RUN_LOG}
+    assert maintain(spark, wh, D, defaults) == {"optimized": [], "vacuumed": [t.EVENTS, t.ACCOUNTS]}
+    for tb in (t.EVENTS, t.ACCOUNTS):
+        live = read_table(spark, wh, tb)
+        assert set((Path(wh) / tb).rglob("*.parquet")) == {Path(urlparse(f).path) for f in live.inputFiles()}
+    assert read_table(spark, wh, t.ACCOUNTS).count() == 30 and read_table(spark, wh, t.EVENTS).count() == 60
+
+    done = maintain(spark, wh, D, {**defaults, "tables": [t.EVENTS]})
+    assert done["optimized"] == [t.EVENTS] and done["vacuumed"].count(t.EVENTS) == 1
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(wh, t.EVENTS)}`").collect()
+    predicate = next(h for h in history if h["operation"] == "OPTIMIZE")["operationParameters"]["predicate"]
+    assert t.EVENT_DATE in predicate and D.isoformat() in predicate
+    assert sorted((Path(wh) / t.EVENTS / f"{t.EVENT_DATE}={PREVIOUS}").glob("*.parquet")) == previous_files
+    assert len(list((Path(wh) / t.EVENTS / f"{t.EVENT_DATE}={D}").glob("*.parquet"))) == 1

@@ -2,7 +2,7 @@
 (compacts small files and clusters lookups by account) and VACUUM with the retention of conf
 ``maintenance``.
 
-OPTIMIZE of a date-partitioned table touches the partitions of the dates since the last maintenance
+OPTIMIZE of a date-partitioned table (``run_date``, ``day``, ``event_date``) touches the partitions of the dates since the last maintenance
 date, D-k+1 ... D for ``optimize_every_days`` k (published, so final; the schedule's windows tile the
 calendar, so every date is compacted once); ``scores_latest`` is compacted whole. VACUUM deletes
 files older than the retention, so Delta time travel reaches back only that far; it lists files
@@ -24,6 +24,7 @@ from botwatch.spark import session_conf
 DELTA_MIN_RETENTION_HOURS = 168  # Delta refuses a shorter VACUUM retention unless its check is off
 RETENTION_CHECK_KEY = "spark.databricks.delta.retentionDurationCheck.enabled"
 LISTING_PARALLELISM_KEY = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+DATE_PARTITIONS = (t.RUN_DATE, t.DAY, t.EVENT_DATE)  # OPTIMIZE touches only recent partitions of these
 
 
 def scheduled(run_date: dt.date, every_days: int) -> bool:
@@ -43,7 +44,7 @@ def optimize(spark: SparkSession, warehouse: str, table: str, run_date: dt.date,
     part = _partition_column(spark, path)
     first = run_date - dt.timedelta(days=days - 1)
     where = f" WHERE {part} BETWEEN '{first.isoformat()}' AND '{run_date.isoformat()}'" if part in (
-        t.RUN_DATE, t.DAY) else ""
+        DATE_PARTITIONS) else ""
     spark.sql(f"OPTIMIZE delta.`{path}`{where} ZORDER BY ({t.ACCOUNT_ID})")
 
 
@@ -66,16 +67,19 @@ def vacuum(spark: SparkSession, warehouse: str, table: str, retention_hours: flo
 
 
 def maintain(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict) -> dict:
-    """OPTIMIZE and VACUUM ``params['tables']`` when D is on their schedule; returns what ran."""
+    """OPTIMIZE and VACUUM ``params['tables']``, and VACUUM ``params['vacuum_only_tables']``, when D is on
+    their schedule; returns what ran."""
     done: dict[str, list[str]] = {"optimized": [], "vacuumed": []}
     tables = [tb for tb in params["tables"] if table_exists(spark, warehouse, tb)]
+    vacuum_only = [tb for tb in params.get("vacuum_only_tables") or []
+                   if tb not in tables and table_exists(spark, warehouse, tb)]
     with commit_metadata(spark, step="maintenance", run_date=run_date.isoformat()):
         if scheduled(run_date, params["optimize_every_days"]):
             for table in tables:
                 optimize(spark, warehouse, table, run_date, days=params["optimize_every_days"])
                 done["optimized"].append(table)
         if scheduled(run_date, params["vacuum_every_days"]):
-            for table in tables:
+            for table in tables + vacuum_only:
                 vacuum(spark, warehouse, table, params["vacuum_retention_hours"],
                        params.get("vacuum_listing_parallelism"))
                 done["vacuumed"].append(table)
