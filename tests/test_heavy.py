@@ -606,3 +606,21 @@ def test_heavy_learns_the_scripted_order_from_sequences_alone(scripted_inputs):
     assert ordered > 0.9
     # Shuffled sequences keep counts and timing; what the model still finds there is not the order.
     assert ordered > control + 0.2
+
+
+def test_a_column_that_never_varied_in_training_cannot_move_the_score(data):
+    """f1 always missing, f2 always 3.0 and no neighbours in training: the weights reading them (and f2's
+    missing indicator) never learned, so values they take at scoring must leave the score where training
+    left it."""
+    train, valid = data
+    flat = train.assign(f1=np.nan, f2=3.0, nbr_count=0.0)
+    model = H.train_heavy(flat, valid.assign(f1=np.nan, f2=3.0, nbr_count=0.0), TAB, NBR,
+                          config=dataclasses.replace(SMALL, epochs=2))
+    as_trained = model.predict(valid.assign(f1=np.nan, f2=3.0, nbr_count=0.0))
+    for changed in (valid.assign(f1=500.0, f2=500.0, nbr_count=4.0), valid.assign(f2=np.nan)):
+        np.testing.assert_array_equal(model.predict(changed), as_trained)
+    # nbr_f1 varied in training: it still counts.
+    assert not np.array_equal(model.predict(valid.assign(nbr_f1=50.0)), as_trained)
+    loaded = H.Standardizer.from_dict(json.loads(json.dumps(model.standardizer.to_dict())))
+    np.testing.assert_array_equal(loaded.transform(np.array([[500.0, 500.0, 1.0, 4.0]])),
+                                  model.standardizer.transform(np.array([[500.0, 500.0, 1.0, 4.0]])))

@@ -148,11 +148,20 @@ def resolve_device(name: str) -> torch.device:
 
 @dataclass
 class Standardizer:
-    """Per-column mean and standard deviation of the training rows; NaN (missing) passes through."""
+    """Per-column mean and standard deviation of the training rows; NaN (missing) passes through.
+
+    What never varied in training is held at what training saw: the network's weights for it never got
+    a gradient, so a value it takes later would move the score at random. ``frozen``: the column had one
+    value where present (scaled to 0 always); ``always_missing``: it was always missing (NaN always);
+    ``never_missing``: it was always present (a missing value becomes the mean, 0).
+    """
 
     columns: list[str]
     means: np.ndarray
     stds: np.ndarray
+    frozen: np.ndarray | None = None
+    always_missing: np.ndarray | None = None
+    never_missing: np.ndarray | None = None
 
     @classmethod
     def fit(cls, values: np.ndarray, columns: Sequence[str]) -> Standardizer:
@@ -162,21 +171,39 @@ class Standardizer:
             warnings.simplefilter("ignore", RuntimeWarning)  # all-missing columns
             means = np.nanmean(finite, axis=0) if len(values) else np.zeros(len(columns))
             stds = np.nanstd(finite, axis=0) if len(values) else np.ones(len(columns))
-        means = np.where(np.isfinite(means), means, 0.0)
-        stds = np.where(np.isfinite(stds) & (stds > 1e-12), stds, 1.0)
-        return cls(list(columns), means, stds)
+        always_missing = ~np.isfinite(means)
+        never_missing = ~np.isnan(finite).any(axis=0) & (len(values) > 0)
+        frozen = ~(np.isfinite(stds) & (stds > 1e-12))
+        means = np.where(always_missing, 0.0, means)
+        stds = np.where(frozen, 1.0, stds)
+        return cls(list(columns), means, stds, frozen, always_missing, never_missing)
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         values = np.asarray(values, dtype=np.float64)
-        scaled = (np.where(np.isfinite(values), values, np.nan) - self.means) / self.stds
-        return np.clip(scaled, -CLIP_STD, CLIP_STD)  # NaN stays NaN
+        finite = np.where(np.isfinite(values), values, np.nan)
+        scaled = np.clip((finite - self.means) / self.stds, -CLIP_STD, CLIP_STD)  # NaN stays NaN
+        if self.frozen is not None:
+            scaled = np.where(self.frozen & ~np.isnan(scaled), 0.0, scaled)
+        if self.never_missing is not None:
+            scaled = np.where(self.never_missing & np.isnan(scaled), 0.0, scaled)
+        if self.always_missing is not None:
+            scaled = np.where(self.always_missing, np.nan, scaled)
+        return scaled
 
     def to_dict(self) -> dict[str, Any]:
-        return {"columns": self.columns, "means": self.means.tolist(), "stds": self.stds.tolist()}
+        flags = {k: v.tolist() for k, v in self._flags().items() if v is not None}
+        return {"columns": self.columns, "means": self.means.tolist(), "stds": self.stds.tolist(), **flags}
+
+    def _flags(self) -> dict[str, np.ndarray | None]:
+        return {"frozen": self.frozen, "always_missing": self.always_missing, "never_missing": self.never_missing}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Standardizer:
-        return cls(list(data["columns"]), np.asarray(data["means"], np.float64), np.asarray(data["stds"], np.float64))
+        # Artifacts saved before the flags existed scale every column (what they were trained with).
+        flags = [np.asarray(data[k], bool) if k in data else None for k in ("frozen", "always_missing",
+                                                                              "never_missing")]
+        return cls(list(data["columns"]), np.asarray(data["means"], np.float64),
+                   np.asarray(data["stds"], np.float64), *flags)
 
 
 # ---------------------------------------------------------------- tensors
