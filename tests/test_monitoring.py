@@ -111,6 +111,15 @@ def test_feature_gone_missing_gives_a_huge_psi(spark, drifted):
     assert got.loc["x_shift", "psi"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_no_rows_today_gives_no_psi_rather_than_a_huge_one(spark, drifted):
+    # Every share would sit at the epsilon floor: PSI ~7 per feature would read as drift of every feature.
+    ref_pdf, _, profile, _ = drifted
+    empty = spark.createDataFrame(ref_pdf).limit(0)
+    got = drift_statistics(empty, profile).toPandas().set_index("feature")
+    assert sorted(got.index) == sorted(profile["features"])
+    assert got["psi"].isna().all() and got["missing_share"].isna().all()
+
+
 # ---- review queue ----------------------------------------------------------------------------
 
 EDGES = [0.0, 0.01, 0.05, 0.2, 0.5, 0.8]
@@ -176,6 +185,25 @@ def test_review_queue_stays_within_a_budget_its_rounded_shares_overshoot(spark):
                        shares={"uncertain": 0.5, "exploration": 0.5}, uncertain_band=0.05, strata_edges=EDGES,
                        min_per_stratum=2, salt="t").toPandas()
     assert len(got) == 3 and got["account_id"].is_unique
+
+
+def test_review_queue_without_holdout_on_another_date_and_with_bad_edges(spark, queue):
+    import datetime as dt
+
+    from botwatch.monitoring.review import ReviewConfigError, review_queue
+
+    pdf, got, _, kwargs = queue
+    scores = spark.createDataFrame(pdf.drop(columns=["holdout"]))
+    other_day = review_queue(scores, dt.date(2026, 2, 2), **kwargs).toPandas()
+    assert len(other_day) == 200 and "exploration" not in set(other_day["reason"])
+    # Another night draws other accounts from the big low-score stratum (2 of ~19,000 drawn each night).
+    low = EDGES[1]
+    first = set(got.loc[(got.reason == "stratified") & (got.score < low), "account_id"])
+    second = set(other_day.loc[(other_day.reason == "stratified") & (other_day.score < low), "account_id"])
+    assert first and second and not first & second
+    for edges in ([], [0.1, 0.5]):
+        with pytest.raises(ReviewConfigError, match="strata_edges"):
+            review_queue(scores, dt.date(2026, 2, 2), **{**kwargs, "strata_edges": edges})
 
 
 def test_review_queue_strata_and_probabilities(queue):
@@ -802,3 +830,15 @@ def test_simulated_drift_raises_psi_on_the_drifted_features_only_and_retrains(sp
     # The champion is a day old, so only the alert can make the next run retrain.
     retrain, reason = refresh_decision(spark, wh, after + dt.timedelta(days=1), TrainParams(label_weights={}))
     assert retrain and "drift" in reason
+
+
+def test_drift_heat_map_shows_the_configured_number_of_days(spark, tmp_path, monkeypatch):
+    from botwatch.delta_io import write_table
+    from botwatch.monitoring import report
+
+    wh = str(tmp_path / "wh")
+    rows = [(DAY - dt.timedelta(days=k), "x", "psi", 0.1 * k) for k in range(20)]
+    write_table(spark.createDataFrame(rows, "run_date date, feature string, name string, value double"), wh, "drift")
+    monkeypatch.setattr(report, "_png", lambda fig: [tick.get_text() for tick in fig.axes[0].get_xticklabels()])
+    shown = report.plot_drift_heatmap(spark, wh, DAY, days=14, top=5)
+    assert shown == [str(DAY - dt.timedelta(days=k))[5:] for k in range(13, -1, -1)]

@@ -199,7 +199,7 @@ def drift_statistics(df: DataFrame, profile: dict) -> DataFrame:
     psi = (
         coarse.withColumn("term", (p - q) * F.log(p / q))
         .groupBy(FEATURE)
-        .agg(F.sum("term").alias("psi"))
+        .agg(F.when(F.sum("n") > 0, F.sum("term")).alias("psi"))  # no rows today: undefined, not drift
     )
 
     # KS on the CDFs of present values at the edges, with the within-bin upper bound.

@@ -96,7 +96,7 @@ def plot_drift_heatmap(spark: SparkSession, warehouse: str, run_date: dt.date, d
         raise MissingInput("No drift table yet.")
     rows: pd.DataFrame = (
         read_table(spark, warehouse, t.DRIFT)
-        .where((F.col(t.NAME) == "psi") & F.col(t.RUN_DATE).between(F.lit(run_date - dt.timedelta(days=days)),
+        .where((F.col(t.NAME) == "psi") & F.col(t.RUN_DATE).between(F.lit(run_date - dt.timedelta(days=days - 1)),
                                                                       F.lit(run_date)))
         .select(t.RUN_DATE, "feature", t.VALUE)
         .toPandas()

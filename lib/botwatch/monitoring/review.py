@@ -100,7 +100,7 @@ def neyman_allocation(sizes: Sequence[int], spreads: Sequence[float], n: int, mi
 
 def _draw(pool: DataFrame, n: int, u: str, by: str | None = None, sizes: Mapping[int, int] | None = None) -> DataFrame:
     """The ``n`` (or ``sizes[stratum]``) rows of ``pool`` with the smallest ``u``: a simple random
-    sample without replacement. Pre-filters on ``u`` so the window sorts only a margin over n."""
+    sample without replacement. The window sorts each stratum whole (one task per stratum)."""
     if by is None:
         key = F.lit(0)
         sizes = {0: n}
@@ -137,9 +137,15 @@ def review_queue(
             f"monitoring.review_budget must be >= 0; got {dict(shares)} and {budget}"
         )
     edges = sorted(float(e) for e in strata_edges)
+    if not edges or edges[0] > 0:
+        raise ReviewConfigError(
+            f"monitoring.strata_edges must list the strata's lower edges starting at 0 (scores below the first "
+            f"edge would be drawn under its label); got {list(strata_edges)}")
     labels = stratum_labels(edges)
+    # Scores written without the exploration holdout (an older run, a hand-built table): nothing to explore.
+    holdout = F.col("holdout") if "holdout" in scores.columns else F.lit(None)
     base = scores.select(
-        t.ACCOUNT_ID, t.SCORE, t.MODEL_VERSION, F.coalesce(F.col("holdout"), F.lit(False)).alias("holdout")
+        t.ACCOUNT_ID, t.SCORE, t.MODEL_VERSION, F.coalesce(holdout, F.lit(False)).alias("holdout")
     ).where(F.col(t.SCORE).isNotNull())
     base = base.withColumn("_h", stratum_index(F.col(t.SCORE), edges))
     for reason in t.REVIEW_REASONS:
