@@ -542,6 +542,26 @@ def test_bad_parameters_raise_named_errors(params):
     with pytest.raises(SimulationParamsError, match="attributes.missing_rate"):
         check_params(accounts=100, days=5, seed=1, start_date=START, params=bad_rate)
 
+    def nested(section, **knobs):
+        return {**params, section: {**params[section], **knobs}}
+
+    # Values that used to crash mid-check (ZeroDivisionError, int('x')) or silently give other data.
+    for changed, named in ((nested("cyborg", auto_period_min=0), "auto_period_min"),
+                           (nested("cyborg", auto_period_min=-10), "auto_period_min"),
+                           (nested("cyborg", auto_hours=30), "auto_hours"),
+                           (nested("scheduled", periods_min=[15, "x"]), "wrong kind"),
+                           (nested("humans", weekend_factor=-2.5), "weekend_factor"),
+                           (nested("labels", user_report_extra_mean=-1.0), "user_report_extra_mean"),
+                           (nested("labels", appeal_delay_days=-3.0), "appeal_delay_days"),
+                           ({**params, "signup_growth": 0.0}, "signup_growth"),
+                           ({**params, "prevalence": 0.5, "family_shares": {f: float(f == "botnet") for f in
+                                                                           params["family_shares"]}}, "botnet")):
+        with pytest.raises(SimulationParamsError, match=named):
+            check_params(accounts=100, days=5, seed=1, start_date=START, params=changed)
+    # A datetime is refused: its day would depend on the process's time zone.
+    with pytest.raises(SimulationParamsError, match="datetime.date"):
+        check_params(accounts=100, days=5, seed=1, start_date=dt.datetime(2026, 1, 5), params=params)
+
 
 def test_cli_bad_arguments_exit_2_before_spark(warehouse):
     args = ["simulate", "--accounts", "5", "--days", "2", "--seed", "3", "--warehouse", warehouse]
@@ -550,6 +570,9 @@ def test_cli_bad_arguments_exit_2_before_spark(warehouse):
     bad = CliRunner().invoke(app, ["simulate", "--accounts", "50", "--days", "2", "--seed", "3",
                                    "--start-date", "2026-13-01", "--warehouse", warehouse])
     assert bad.exit_code == 2 and "--start-date" in bad.output
+    bad = CliRunner().invoke(app, ["simulate", "--accounts", "50", "--days", "2", "--seed", "3", "--warehouse",
+                                   warehouse, "--set", "simulate.cyborg.auto_period_min=0"])
+    assert bad.exit_code == 2 and "auto_period_min" in bad.output
 
 
 def test_job_is_import_safe_and_rejects_bad_arguments(capsys):

@@ -131,10 +131,12 @@ class Plan:
     def botnet_mean_members(self) -> float:
         return (int(self.p("botnet.group_min")) + int(self.p("botnet.group_max"))) / 2.0
 
-    def botnet_block_prob(self, new: bool) -> float:
-        """Probability that a block of ``group_max`` consecutive ids is a botnet group."""
+    def botnet_block_prob(self, new: bool, capped: bool = True) -> float:
+        """Probability that a block of ``group_max`` consecutive ids is a botnet group (the plan's check
+        refuses parameters that need more than 1)."""
         target = self.prevalence(new) * self.family_shares()["botnet"]
-        return min(1.0, target * int(self.p("botnet.group_max")) / self.botnet_mean_members())
+        wanted = target * int(self.p("botnet.group_max")) / self.botnet_mean_members()
+        return min(1.0, wanted) if capped else wanted
 
     def other_family_probs(self, new: bool) -> list[tuple[str, float]]:
         """Per-account probabilities of the non-botnet bot families, among accounts outside botnets."""
@@ -178,8 +180,9 @@ def make_plan(accounts: int, days: int, seed: int, start_date: dt.date, params: 
         raise SimulationParamsError(f"--accounts must be at most {MAX_ACCOUNTS:,}, got {accounts}")
     if int(days) < 1:
         raise SimulationParamsError(f"--days must be at least 1, got {days}")
-    if not isinstance(start_date, dt.date):
-        raise SimulationParamsError(f"start_date must be a datetime.date, got {start_date!r}")
+    if not isinstance(start_date, dt.date) or isinstance(start_date, dt.datetime):
+        # A datetime's day would depend on the process's time zone once Spark turns it into a date.
+        raise SimulationParamsError(f"start_date must be a datetime.date (a day, UTC), got {start_date!r}")
     if not isinstance(params, dict):
         raise SimulationParamsError("params must be the `simulate` conf section as a dict")
     _require_knobs(params)
@@ -215,7 +218,14 @@ def make_plan(accounts: int, days: int, seed: int, start_date: dt.date, params: 
         new_family=new_family,
         switch_day=_fraction_day(probe, "drift.new_family_fraction", days) if new_family else None,
     )
-    _validate(plan)
+    try:
+        _validate(plan)
+    except (TypeError, ValueError, ZeroDivisionError) as err:
+        if isinstance(err, SimulationParamsError):
+            raise
+        # A list knob holding a non-number (`--set 'simulate.scheduled.periods_min=[15, x]'`).
+        raise SimulationParamsError(f"simulate parameters hold a value of the wrong kind: {err}; compare with "
+                                    "conf/base.yaml's `simulate` section") from err
     return plan
 
 
@@ -268,8 +278,19 @@ def _validate(plan: Plan) -> None:
         raise SimulationParamsError(
             f"simulate parameter 'scheduled.periods_min' must list minutes that divide a day (1440), got {periods}"
         )
-    if 1440 % int(plan.p("cyborg.auto_period_min")):
-        raise SimulationParamsError("simulate parameter 'cyborg.auto_period_min' must divide a day (1440 minutes)")
+    auto_period = int(plan.p("cyborg.auto_period_min"))
+    if auto_period <= 0 or 1440 % auto_period:
+        raise SimulationParamsError(
+            f"simulate parameter 'cyborg.auto_period_min' must be minutes that divide a day (1440), got {auto_period}")
+    if not 1 <= int(plan.p("cyborg.auto_hours")) <= 24:
+        raise SimulationParamsError(
+            f"simulate parameter 'cyborg.auto_hours' must be 1 to 24 hours, got {plan.p('cyborg.auto_hours')}")
+    for new in (False, True):
+        if plan.botnet_block_prob(new, capped=False) > 1.0:
+            raise SimulationParamsError(
+                "simulate parameters ask for more botnet members than there are accounts"
+                f"{' among new sign-ups (prevalence x drift.new_signup_bot_multiplier)' if new else ''}: lower "
+                "prevalence or family_shares.botnet, or raise botnet.group_min toward botnet.group_max")
     gmin, gmax = int(plan.p("botnet.group_min")), int(plan.p("botnet.group_max"))
     if not 2 <= gmin <= gmax:
         raise SimulationParamsError(
@@ -289,8 +310,11 @@ def _validate(plan: Plan) -> None:
         _check_prob(plan, key)
     for key in ("humans.events_per_session", "humans.gap_median_s", "mimic.gap_s", "botnet.burst_gap_s",
                 "follow_spam.gap_s", "graph.community_size", "history_years", "humans.session_tail_alpha",
-                "drift.human_activity_after_wave"):
+                "drift.human_activity_after_wave", "humans.weekend_factor", "signup_growth"):
         _check_positive(plan, key)
+    for key in ("labels.user_report_extra_mean", "labels.appeal_delay_days"):
+        if not plan.f(key) >= 0:
+            raise SimulationParamsError(f"simulate parameter '{key}' must be 0 or more, got {plan.p(key)}")
     if plan.f("humans.session_tail_alpha") <= 1.0:
         raise SimulationParamsError("simulate parameter 'humans.session_tail_alpha' must be above 1 (finite mean)")
     if int(plan.p("mimic.sessions_min")) > int(plan.p("mimic.sessions_max")) or int(plan.p("mimic.sessions_min")) < 1:
