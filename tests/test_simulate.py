@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from scipy.stats import entropy
 from typer.testing import CliRunner
@@ -713,3 +714,19 @@ def test_human_timed_botnets_burst_in_the_human_day_the_others_around_the_clock(
     bots = scripted["ev"][scripted["ev"][t.FAMILY] == "botnet"]
     per_minute = bots.groupby(bots[t.EVENT_TS].dt.floor("min"))[t.ACCOUNT_ID].nunique()
     assert per_minute.max() >= 5
+
+
+def test_cyborg_phases_that_start_the_evening_before_spill_into_the_first_day(spark, params):
+    """Every cyborg automates every day here, so the early hours of each UTC day hold the same phases'
+    ends: the first day's must not lack those started the evening before it."""
+    shares = {f: float(f == "cyborg") for f in params["family_shares"]}
+    cyborgs = {**params, "prevalence": 0.3, "family_shares": shares,
+               "cyborg": {**params["cyborg"], "auto_day_share": 1.0}}
+    events = simulate_platform(spark, accounts=400, days=3, seed=3, start_date=START, params=cyborgs)[t.EVENTS]
+    api = events.where(F.col(t.DEVICE_ID).startswith("api-")).select(t.ACCOUNT_ID, t.EVENT_TS).toPandas()
+    ts = api[t.EVENT_TS]  # naive UTC: the session's time zone
+    day = (ts - pd.Timestamp(START)).dt.days
+    early = ts.dt.hour < 5  # phases run 6 h from their start hour: those from 19:00 on end in these hours
+    per_day = [int((early & (day == d)).sum()) for d in range(3)]
+    assert per_day[1] > 100
+    assert abs(per_day[0] - per_day[1]) <= 0.05 * per_day[1], per_day

@@ -227,7 +227,9 @@ def slot_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
     df = profile_df.filter(fam.isin("scheduled", "cyborg")).select(
         t.ACCOUNT_ID, t.FAMILY, acc.DC_IP, t.SIGNUP_IP_HASH, acc.ACTIVE_FROM_S
     )
-    df = df.select("*", F.explode(F.sequence(F.lit(0).cast("long"), F.lit(plan.days - 1).cast("long"))).alias(_D))
+    # Cyborgs from day -1: a phase that starts late the evening before spills into day 0, as on every other day.
+    first_day = F.when(F.col(t.FAMILY) == F.lit("cyborg"), F.lit(-1)).otherwise(F.lit(0)).cast("long")
+    df = df.select("*", F.explode(F.sequence(first_day, F.lit(plan.days - 1).cast("long"))).alias(_D))
     df = df.filter(_day_end(plan, d) > F.col(acc.ACTIVE_FROM_S))
     df = df.filter(scheduled | (uniform(sid, "auto_day", aid, d) < F.lit(plan.f("cyborg.auto_day_share"))))
 
