@@ -19,15 +19,15 @@ import datetime as dt
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from botwatch import nightly, registry
+from botwatch import files, nightly, registry
 from botwatch import tables as t
 from botwatch.config import Config, warehouse_path
 from botwatch.delta_io import read_table, table_exists
+from botwatch.monitoring.run import report_path
 from botwatch.simulate import write_platform
 from botwatch.training import STAGE1_MODEL
 
@@ -48,11 +48,6 @@ def demo_conf(conf: Config) -> Config:
         f"train.n_bootstrap={conf['demo.n_bootstrap']}",
         f"train.prevalence_fallback={conf['demo.prevalence']}",
     ])
-
-
-def report_path(warehouse: str, run_date: dt.date) -> str:
-    """Where the monitor step writes the run report of D."""
-    return f"{warehouse.rstrip('/')}/reports/{run_date.isoformat()}.html"
 
 
 def run_demo(spark: SparkSession, conf: Config, echo: Callable[[str], None] = print) -> dict:
@@ -94,7 +89,7 @@ def run_demo(spark: SparkSession, conf: Config, echo: Callable[[str], None] = pr
         if table_exists(spark, warehouse, table):
             echo(f"  {table:16s} {t.table_path(warehouse, table)}")
     report = report_path(warehouse, last)
-    echo(f"Report of {last}: {report}" if Path(report).exists() else f"Report of {last}: none written (monitor: "
+    echo(f"Report of {last}: {report}" if files.exists(report, spark) else f"Report of {last}: none written (monitor: "
          f"{statuses[last].get('monitor')})")
 
     headline = headline_metrics(spark, warehouse, last)
