@@ -685,6 +685,12 @@ def test_report_operating_point_is_where_past_actions_put_it(monkeypatch):
     want = (recall_score(label, action), precision_score(label, action))
     assert (marker.get_xdata()[0], marker.get_ydata()[0]) == pytest.approx(want, abs=1e-12)
     assert want != pytest.approx((np.mean(score[label == 1] >= 0.5), np.mean(label[score >= 0.5])), abs=1e-3)
+    # The stratified sample's population estimate is marked beside it, told apart in the legend.
+    figures.clear()
+    report.plot_pr_curve(pairs, {**_past_metrics(pairs), "sampled_recall": 0.4, "sampled_precision": 0.9})
+    (weighted,) = [line for line in figures[0].axes[0].lines if line.get_marker() == "D"]
+    assert (weighted.get_xdata()[0], weighted.get_ydata()[0]) == (0.4, 0.9)
+    assert "weighted to all accounts" in weighted.get_label()
     # No past actions: no point to mark.
     figures.clear()
     none = pairs.assign(decision="none")
@@ -842,3 +848,21 @@ def test_drift_heat_map_shows_the_configured_number_of_days(spark, tmp_path, mon
     monkeypatch.setattr(report, "_png", lambda fig: [tick.get_text() for tick in fig.axes[0].get_xticklabels()])
     shown = report.plot_drift_heatmap(spark, wh, DAY, days=14, top=5)
     assert shown == [str(DAY - dt.timedelta(days=k))[5:] for k in range(13, -1, -1)]
+
+
+def test_prevalence_is_plotted_once_on_the_date_of_the_queue_it_came_from(spark, tmp_path, monkeypatch):
+    from botwatch.delta_io import write_table
+    from botwatch.monitoring import report
+
+    wh = str(tmp_path / "wh")
+    # D-2's queue got its labels: the runs of D-1, D and D+1 all report its estimate.
+    rows = [(DAY + dt.timedelta(days=k), name, value) for k in (-1, 0, 1)
+            for name, value in (("prevalence", 0.05), ("prevalence_low", 0.04), ("prevalence_high", 0.06),
+                                ("prevalence_queue_age_days", float(k + 2)))]
+    rows.append((DAY + dt.timedelta(days=2), "prevalence", 0.07))  # a newer queue, same-day labels
+    write_table(spark.createDataFrame(rows, "run_date date, name string, value double"), wh, "metrics")
+    monkeypatch.setattr(report, "_png", lambda fig: [
+        (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].lines])
+    ((x, y),) = report.plot_prevalence(spark, wh, DAY + dt.timedelta(days=2))
+    assert [pd.Timestamp(v).date() for v in x] == [DAY - dt.timedelta(days=2), DAY + dt.timedelta(days=2)]
+    assert y == [0.05, 0.07]

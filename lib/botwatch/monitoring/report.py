@@ -53,8 +53,9 @@ def _figure(width: float = 6.4, height: float = 3.6):
 
 def plot_pr_curve(pairs: pd.DataFrame, metrics: dict) -> str:
     """The PR curve of past scores, and the operating point where their ``action`` decisions put it
-    (``past_recall`` / ``past_precision`` of ``metrics``). The decisions, not one threshold on the
-    scores: stage 2 decided its flagged accounts at its own threshold, and past champions at theirs."""
+    (``past_recall`` / ``past_precision`` of ``metrics``; and ``sampled_*``, the stratified review sample's
+    population estimate, when there is one). The decisions, not one threshold on the scores: stage 2
+    decided its flagged accounts at its own threshold, and past champions at theirs."""
     if len(pairs) == 0 or pairs["label"].nunique() < 2:
         raise MissingInput("No labels with both classes have arrived for past decisions yet: no PR curve.")
     y = pairs["label"].astype(int).to_numpy()
@@ -64,7 +65,12 @@ def plot_pr_curve(pairs: pd.DataFrame, metrics: dict) -> str:
     ax.step(recall, precision, where="post", label=f"past decisions ({len(y)} labels)")
     r, p = metrics.get("past_recall", math.nan), metrics.get("past_precision", math.nan)
     if not (math.isnan(r) or math.isnan(p)):
-        ax.plot([r], [p], "o", color="crimson", label=f"operating point (past actions: precision {p:.3f})")
+        # Labels arrive mostly for actioned accounts (appeals) and queue picks: a biased sample.
+        ax.plot([r], [p], "o", color="crimson", label=f"past actions, labels arrived: precision {p:.3f}")
+    r, p = metrics.get("sampled_recall", math.nan), metrics.get("sampled_precision", math.nan)
+    if not (math.isnan(r) or math.isnan(p)):
+        ax.plot([r], [p], "D", color="navy",
+                label=f"past actions, stratified sample weighted to all accounts: precision {p:.3f}")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Precision-recall")
     ax.legend(loc="lower left")
     return _png(fig)
@@ -151,7 +157,7 @@ def plot_fpr_segments(pairs: pd.DataFrame) -> str:
 
 
 def plot_prevalence(spark: SparkSession, warehouse: str, run_date: dt.date) -> str:
-    names = ("prevalence", "prevalence_low", "prevalence_high")
+    names = ("prevalence", "prevalence_low", "prevalence_high", "prevalence_queue_age_days")
     rows: pd.DataFrame = (
         read_table(spark, warehouse, t.METRICS)
         .where(F.col(t.NAME).isin(*names) & (F.col(t.RUN_DATE) <= F.lit(run_date)))
@@ -161,9 +167,14 @@ def plot_prevalence(spark: SparkSession, warehouse: str, run_date: dt.date) -> s
     if not len(rows) or rows[t.VALUE].notna().sum() == 0:
         raise MissingInput("No prevalence estimate yet: the review queue's stratified samples have no labels in "
                            "every stratum.")
-    grid = rows.pivot_table(index=t.RUN_DATE, columns=t.NAME, values=t.VALUE).sort_index()
+    grid = rows.pivot_table(index=t.RUN_DATE, columns=t.NAME, values=t.VALUE).dropna(subset=["prevalence"])
+    # An estimate is of the queue it came from, up to label_lookback_days old: plotted on that queue's
+    # date, once, not again on every later night that reuses it.
+    age = grid["prevalence_queue_age_days"].fillna(0) if "prevalence_queue_age_days" in grid else 0
+    grid.index = pd.to_datetime(grid.index) - pd.to_timedelta(age, unit="D")
+    grid = grid[~grid.index.duplicated(keep="last")].sort_index()
     fig, ax = _figure()
-    x = pd.to_datetime(grid.index)
+    x = grid.index
     ax.plot(x, grid["prevalence"], "o-", label="stratified estimate")
     if {"prevalence_low", "prevalence_high"} <= set(grid.columns):
         ax.fill_between(x, grid["prevalence_low"], grid["prevalence_high"], alpha=0.3, label="95 % interval")
