@@ -624,3 +624,32 @@ def test_a_column_that_never_varied_in_training_cannot_move_the_score(data):
     loaded = H.Standardizer.from_dict(json.loads(json.dumps(model.standardizer.to_dict())))
     np.testing.assert_array_equal(loaded.transform(np.array([[500.0, 500.0, 1.0, 4.0]])),
                                   model.standardizer.transform(np.array([[500.0, 500.0, 1.0, 4.0]])))
+
+
+def test_calibration_puts_stage2_on_the_population_scale_and_travels_with_the_model(trained, data, tmp_path):
+    """The network learnt the labelled rows' bot share (35 %); stage 2's score replaces stage 1's (calibrated
+    to the population's share) for the accounts it scores, so it is calibrated the same way."""
+    from botwatch.training import validation_weights
+    from botwatch.training_heavy import calibrate_heavy
+
+    _, valid = data
+    prevalence = 0.02
+    weights = validation_weights(valid, prevalence)
+    y = valid[t.LABEL].to_numpy()
+    assert abs(np.average(y, weights=weights) - prevalence) < 1e-9  # the reweighted rows' bot share
+    raw = trained.predict(valid)
+    assert np.average(raw, weights=weights) > prevalence + 0.02  # uncalibrated: above it
+    model = calibrate_heavy(trained, valid, prevalence)
+    got = model.predict(valid)
+    assert abs(np.average(got, weights=weights) - prevalence) < 0.002
+    assert trained.calibration == (1.0, 0.0) and np.array_equal(trained.predict(valid), raw)
+    # A monotone map: the ranking (and so every decision at a matching threshold) is unchanged.
+    assert np.array_equal(np.argsort(got, kind="stable"), np.argsort(raw, kind="stable"))
+    a, b = model.calibration
+    np.testing.assert_allclose(got, 1 / (1 + np.exp(-(a * np.log(raw / (1 - raw)) + b))), rtol=1e-12)
+    # The Spark path scores from encodings; the saved model and its int8 copy keep the calibration.
+    np.testing.assert_allclose(model.predict_from_encodings(model.encode_sequences(valid), valid), got, atol=1e-6)
+    loaded = H.load_heavy(model.save(tmp_path / "calibrated"), device="cpu")
+    assert loaded.calibration == model.calibration and np.array_equal(loaded.predict(valid), got)
+    assert model.quantize_dynamic().calibration == model.calibration
+    np.testing.assert_array_equal(model.calibrated(np.array([0.0, 1.0])), [0.0, 1.0])

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -35,7 +35,7 @@ from botwatch.cascade import choice_for, choose_flag_threshold, record_choice, s
 from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import pr_auc, recall_at_precision
 from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
-from botwatch.models.stage1 import feature_columns
+from botwatch.models.stage1 import PlattCalibration, feature_columns
 from botwatch.scoring.stage2 import (
     HEAVY_MODEL,
     META_FILE,
@@ -56,11 +56,16 @@ from botwatch.training import (
     prepare_training,
     refresh_decision,
     train_stage1,
+    validation_weights,
 )
+
+if TYPE_CHECKING:
+    from botwatch.models.heavy import TrainedHeavy
 
 TEACHER_SCORE = "teacher_score"
 DISTILL_TARGET = "distill_target"
 HUMAN = t.FAMILIES[0]
+LOGIT_CLIP = 40.0  # |logit| the calibration is fitted on: a probability of exactly 0 or 1 is +-inf
 
 
 @dataclass(frozen=True)
@@ -185,6 +190,7 @@ def train_heavy_stage(
         label_col=t.LABEL, weight_col=t.WEIGHT, config=cfg,
     )
     valid_pdf, golden_pdf = _with_truth(spark, warehouse, valid_pdf), _with_truth(spark, warehouse, golden_pdf)
+    model = calibrate_heavy(model, valid_pdf, ctx.prevalence)
     valid_score = model.predict(valid_pdf) if len(valid_pdf) else np.array([])
     golden_score = model.predict(golden_pdf) if len(golden_pdf) else np.array([])
     threshold, evaluated = operating_point(valid_pdf, valid_score, golden_pdf, golden_score, ctx, params)
@@ -228,6 +234,19 @@ def train_heavy_stage(
         own_scores = pd.concat([train_pdf[keys].assign(**{TEACHER_SCORE: model.predict(train_pdf)}),
                                 valid_pdf[keys].assign(**{TEACHER_SCORE: valid_score})], ignore_index=True)
     return HeavyTrainResult(version, decision.promote, decision.reason, metrics, threshold, own_scores)
+
+
+def calibrate_heavy(model: TrainedHeavy, valid_pdf: pd.DataFrame, prevalence: float | None) -> TrainedHeavy:
+    """``model`` with a Platt calibration fitted, as stage 1's, on validation rows reweighted to the
+    population's bot share: the network learnt the labelled rows' bot share, and ``score`` takes stage 2's
+    value for the accounts it scores, so both stages must read as the same probability."""
+    from botwatch.models.heavy import probability_logits
+
+    if not len(valid_pdf):
+        return model
+    margin = np.clip(probability_logits(model.predict(valid_pdf)), -LOGIT_CLIP, LOGIT_CLIP)
+    fitted = PlattCalibration.fit(margin, valid_pdf[t.LABEL].to_numpy(), validation_weights(valid_pdf, prevalence))
+    return dataclasses.replace(model, calibration=(fitted.a, fitted.b))
 
 
 def champion_golden_inputs(

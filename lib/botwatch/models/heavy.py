@@ -172,7 +172,7 @@ class Standardizer:
             means = np.nanmean(finite, axis=0) if len(values) else np.zeros(len(columns))
             stds = np.nanstd(finite, axis=0) if len(values) else np.ones(len(columns))
         always_missing = ~np.isfinite(means)
-        never_missing = ~np.isnan(finite).any(axis=0) & (len(values) > 0)
+        never_missing = np.asarray(~np.isnan(finite).any(axis=0) & (len(values) > 0))
         frozen = ~(np.isfinite(stds) & (stds > 1e-12))
         means = np.where(always_missing, 0.0, means)
         stds = np.where(frozen, 1.0, stds)
@@ -460,6 +460,13 @@ def probabilities(logits: torch.Tensor) -> np.ndarray:
     return torch.sigmoid(logits.double()).cpu().numpy()
 
 
+def probability_logits(p: np.ndarray) -> np.ndarray:
+    """log(p / (1 - p)) in float64: +-inf at exactly 1 and 0, which the sigmoid maps back."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return np.log(p) - np.log1p(-p)
+
+
 @dataclass
 class TrainedHeavy:
     """A trained heavy model with everything needed to score new rows."""
@@ -473,6 +480,9 @@ class TrainedHeavy:
     best_epoch: int = 0
     quantized: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # Platt (a, b) on the logit of the network's probability: training sets it on validation rows
+    # reweighted to the population's bot share, so stage 2's score reads on stage 1's scale.
+    calibration: tuple[float, float] = (1.0, 0.0)
 
     @property
     def input_columns(self) -> list[str]:
@@ -511,7 +521,15 @@ class TrainedHeavy:
         with torch.inference_mode():
             for batch in self._batched(pdf, batch_size):
                 out.append(probabilities(self.model(batch)))
-        return np.concatenate(out)
+        return self.calibrated(np.concatenate(out))
+
+    def calibrated(self, p: np.ndarray) -> np.ndarray:
+        """``sigmoid(a * logit(p) + b)`` for this model's calibration (the identity leaves ``p`` as it is)."""
+        a, b = self.calibration
+        if (a, b) == (1.0, 0.0):
+            return p
+        with np.errstate(over="ignore"):  # exp overflows to inf for the surest humans: score 0
+            return 1.0 / (1.0 + np.exp(-(a * probability_logits(p) + b)))
 
     def encode_sequences(self, pdf: pd.DataFrame, batch_size: int | None = None) -> np.ndarray:
         """The sequence encoder's output, shape (rows, ``config.encoding_size``), for an embedding cache."""
@@ -542,7 +560,7 @@ class TrainedHeavy:
                 d = dense[part].to(self.device)
                 logits = self.model.head(enc[part].to(self.device), d[:, :n_tab], d[:, n_tab:])
                 out.append(probabilities(logits))
-        return np.concatenate(out)
+        return self.calibrated(np.concatenate(out))
 
     def quantize_dynamic(self) -> TrainedHeavy:
         """A CPU copy with int8 dynamic quantisation of the Linear layers and the GRU (this model is unchanged)."""
@@ -570,6 +588,7 @@ class TrainedHeavy:
             "dt_buckets": t.DT_BUCKETS,
             "history": self.history,
             "best_epoch": self.best_epoch,
+            "calibration": list(self.calibration),
             "torch_version": torch.__version__,
         }
 
@@ -583,6 +602,10 @@ class TrainedHeavy:
         torch.save(state, folder / STATE_FILE)
         (folder / META_FILE).write_text(json.dumps(self.metadata(), indent=2, sort_keys=True))
         return folder
+
+
+def _pair(values: Sequence[float]) -> tuple[float, float]:
+    return float(values[0]), float(values[1])
 
 
 def load_heavy(path: str | Path, device: str | None = None) -> TrainedHeavy:
@@ -617,6 +640,7 @@ def load_heavy(path: str | Path, device: str | None = None) -> TrainedHeavy:
         config=config,
         history=list(meta.get("history", [])),
         best_epoch=int(meta.get("best_epoch", 0)),
+        calibration=_pair(meta.get("calibration", (1.0, 0.0))),  # saved before calibration: none
     )
     return trained.to(config.device)
 
