@@ -473,3 +473,19 @@ def test_refresh_policy_reuses_a_fresh_champion_and_retrains_when_old_or_drifted
     assert refresh_decision(spark, warehouse, raced, params)[0] is True
     skipped = steps.train_step(spark, rconf, old)
     assert skipped["trained"] is False and "already trained on" in skipped["reason"]
+
+
+def test_the_canary_takes_nan_as_missing(spark):
+    """A NaN feature value (an attribute file's NaN) is missing to the canary, as null is; Spark ML's
+    VectorAssembler would otherwise stop the train step with "Encountered NaN"."""
+    from botwatch.models.canary import canary_scores, fit_canary
+
+    rows = [(float(i % 2), 1.0, float("nan") if i % 7 == 0 else None if i % 5 == 0 else float(i % 2) + i / 100)
+            for i in range(60)]
+    df = spark.createDataFrame([(i, *r) for i, r in enumerate(rows)],
+                               "account_id long, label double, weight double, followers double")
+    got = canary_scores(fit_canary(df, ["followers"]), df, ["followers"]).toPandas().set_index("account_id")
+    assert got["canary_score"].notna().all() and np.isfinite(got["canary_score"]).all()
+    # Row 7's NaN and row 5's null are the same input to it: missing.
+    assert got.loc[7, "canary_score"] == pytest.approx(got.loc[5, "canary_score"], abs=1e-12)
+    assert got.loc[7, "canary_score"] != pytest.approx(got.loc[3, "canary_score"], abs=1e-6)

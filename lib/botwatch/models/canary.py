@@ -18,11 +18,13 @@ CANARY_SCALED = "_canary_z"
 
 
 def canary_inputs(df: DataFrame, cols: Sequence[str]) -> DataFrame:
-    # A plain baseline: missing values become 0 beside an explicit missing indicator.
+    # A plain baseline: missing values (null or NaN: Spark ML's assembler refuses NaN) become 0 beside an
+    # explicit missing indicator.
     out = df
     for c in cols:
-        out = out.withColumn(f"_canary_{c}", F.coalesce(F.col(c).cast("double"), F.lit(0.0)))
-        out = out.withColumn(f"_canary_{c}_missing", F.col(c).isNull().cast("double"))
+        value = F.nanvl(F.col(c).cast("double"), F.lit(None).cast("double"))
+        out = out.withColumn(f"_canary_{c}", F.coalesce(value, F.lit(0.0)))
+        out = out.withColumn(f"_canary_{c}_missing", value.isNull().cast("double"))
     return out
 
 
