@@ -449,7 +449,7 @@ def test_other_formats_validate_like_the_reference(spark, tmp_path):
         # malformed_row: a stray comma in the signup IP shifts text into followers and is_premium, which
         # must still be typed from the good rows
         fh.write("111,2021-01-01 00:00:00,US,true,0.5,ip,x,1110,0.5,false,hello\n")
-    result = {}
+    result, values = {}, {}
     with open_inputs(spark, paths, echo=lambda _: None) as raw:
         known = None
         for table in (t.ACCOUNTS, t.EVENTS, t.EDGES, t.LABELS):
@@ -464,7 +464,18 @@ def test_other_formats_validate_like_the_reference(spark, tmp_path):
             loaded = good.count()
             result[table] = {"rows_in": raw[table].count(), "rows_loaded": loaded,
                              "rows_quarantined": sum(reasons.values()), "reasons": reasons}
-    check_counts(references(paths), result)
+            cols = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
+            # Spark's timestamps come naive, in the session's time zone (UTC); the reference's carry UTC.
+            values[table] = Counter(
+                tuple(v.tz_localize("UTC") if isinstance(v, pd.Timestamp) else _norm(v) for v in row)
+                for row in good.select(*cols).toPandas().itertuples(index=False))
+    refs = references(paths)
+    check_counts(refs, result)
+    # The values, not only the counts: timestamps, booleans and ids as the reference parsed them.
+    for table, (reasons, parsed) in refs.items():
+        cols = [f.name for f in INPUT_SCHEMAS[table].fields if f.name != t.EVENT_DATE]
+        want = Counter(tuple(p[c] for c in cols) for r, p in zip(reasons, parsed, strict=True) if r is None)
+        assert values[table] == want, (table, sorted(values[table], key=str)[:2], sorted(want, key=str)[:2])
 
 
 def _small_inputs(tmp_path, accounts, edges=None):
