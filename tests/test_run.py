@@ -821,11 +821,12 @@ def test_the_heartbeat_needs_no_file_system_that_sets_modification_times(spark, 
     lock file's time left a live run's lock stale after run.lock_stale_hours, and another run took it
     over. Setting a file's time does nothing here either; only new files' times move."""
     monkeypatch.setattr(nightly.os, "utime", lambda *a, **k: None)
-    stale_hours = 1.5 / 3600
+    # 20 heartbeats to a stale time: a beat delayed by a busy machine (2 cores, Spark running) stays fresh.
+    stale_hours = 4 / 3600
     live = nightly.DateLock(spark, warehouse, D, stale_hours=stale_hours, heartbeat_seconds=0.2)
     live.acquire()
     try:
-        time.sleep(3)  # twice the stale time: only the heartbeat keeps the lock fresh
+        time.sleep(8)  # twice the stale time: only the heartbeat keeps the lock fresh
         with pytest.raises(nightly.RunLockedError, match="last refreshed"):
             nightly.DateLock(spark, warehouse, D, stale_hours=stale_hours).acquire()
         assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == live.holder
