@@ -16,11 +16,13 @@ default: this file's parent's parent), ``BOTWATCH_CONF`` (conf file, default ``c
 (spark-submit ``--driver-memory``, default 4g), ``BOTWATCH_DRIVER_JAVA_OPTIONS`` (the driver JVM's
 ``spark.driver.extraJavaOptions``, default ``-XX:-DontCompileHugeMethods`` as conf's ``spark.java_options``,
 which a job reads only after spark-submit started its JVM), ``BOTWATCH_RETRIES`` (default 2),
-``BOTWATCH_SETS`` (extra ``key=value`` conf overrides, separated by ``;``).
+``BOTWATCH_SETS`` (extra ``key=value`` conf overrides, separated by ``;``; passed as typed, braces included).
+A relative ``BOTWATCH_WAREHOUSE`` is taken from ``BOTWATCH_HOME``.
 """
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +33,9 @@ from airflow.sdk import DAG, CronDataIntervalTimetable
 HOME = Path(os.environ.get("BOTWATCH_HOME", Path(__file__).resolve().parents[1]))
 CONF = os.environ.get("BOTWATCH_CONF", str(HOME / "conf" / "local.yaml"))
 WAREHOUSE = os.environ.get("BOTWATCH_WAREHOUSE", "")
+if WAREHOUSE and not re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", WAREHOUSE):
+    # A relative path is the project's, as in conf: not wherever the Airflow worker runs the task.
+    WAREHOUSE = str(HOME / Path(WAREHOUSE).expanduser())
 JARS_DIR = Path(os.environ.get("BOTWATCH_JARS", HOME / "jvm" / "jars"))
 SETS = [s for s in os.environ.get("BOTWATCH_SETS", "").split(";") if s.strip()]
 START_DATE = pendulum.parse(os.environ.get("BOTWATCH_START_DATE", "2026-01-05"), tz="UTC")
@@ -40,6 +45,9 @@ DRIVER_MEMORY = os.environ.get("BOTWATCH_DRIVER_MEMORY", "4g")
 # "-XX:TieredStopAtLevel=1" where every job is short (tiny data): JIT with C1 only, less CPU.
 DRIVER_JAVA_OPTIONS = os.environ.get("BOTWATCH_DRIVER_JAVA_OPTIONS", "-XX:-DontCompileHugeMethods")
 RETRIES = int(os.environ.get("BOTWATCH_RETRIES", "2"))
+# Longer than conf run.lock_stale_hours (0.15 h = 9 min): a retry after a killed attempt finds its lock
+# expired instead of exiting 3 (held) and spending a retry.
+RETRY_DELAY = timedelta(minutes=10)
 
 # (task id = job file, pool), in the pipeline's order (botwatch.steps.RUN_ORDER).
 STEPS = (
@@ -61,12 +69,17 @@ def _jars() -> str | None:
     return ",".join(jars) or None
 
 
+def _literal(value: str) -> str:
+    # application_args is templated: a value's own braces ({{PWD}} in a class path) must reach the job as typed.
+    return "{% raw %}" + value + "{% endraw %}" if "{" in value else value
+
+
 def _args() -> list[str]:
-    args = ["--date", "{{ ds }}", "--conf", CONF]
+    args = ["--date", "{{ ds }}", "--conf", _literal(CONF)]
     if WAREHOUSE:
-        args += ["--warehouse", WAREHOUSE]
+        args += ["--warehouse", _literal(WAREHOUSE)]
     for item in SETS:
-        args += ["--set", item.strip()]
+        args += ["--set", _literal(item.strip())]
     return args
 
 
@@ -80,8 +93,11 @@ with DAG(
     catchup=True,
     max_active_runs=1,
     default_args={
+        # A step of D runs only once the same step of D-1 succeeded: the features step rolls D-1's window
+        # state forward and D-1's validated events, so a failed night stops the chain until it is fixed.
+        "depends_on_past": True,
         "retries": RETRIES,
-        "retry_delay": timedelta(minutes=5),
+        "retry_delay": RETRY_DELAY,
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(hours=1),
     },

@@ -8,7 +8,6 @@ the test's own folder (never the user's ~/airflow).
 """
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 
@@ -20,15 +19,19 @@ from botwatch import nightly
 from botwatch import tables as t
 from botwatch.delta_io import read_table
 
+# Conf overrides as an operator types them: braces (a Spark class path) and a space reach the job as typed.
+SETS = ["spark.extra_conf.spark.executor.extraClassPath={{PWD}}/x.jar", "train.golden_salt=golden v2"]
 EXPECTED_ORDER = ["validate", "activity", "features", "train", "score_stage1", "score_stage2", "publish", "monitor"]
 
 
 INSPECT = r"""
 import json
+import sys
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder="airflow_dags")
 dag = bag.dags.get("botwatch_nightly")
-out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dag_ids)}
+out = {"import_errors": {k: str(v) for k, v in bag.import_errors.items()}, "dag_ids": sorted(bag.dag_ids),
+       "heavy_imports": sorted(m for m in ("pyspark", "torch", "xgboost", "botwatch", "pandas") if m in sys.modules)}
 if dag is not None:
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import TimeRestriction
@@ -48,6 +51,7 @@ if dag is not None:
             task.task_id: {
                 "upstream": sorted(task.upstream_task_ids), "downstream": sorted(task.downstream_task_ids),
                 "pool": task.pool, "retries": task.retries, "backoff": task.retry_exponential_backoff,
+                "retry_delay_s": task.retry_delay.total_seconds(), "depends_on_past": task.depends_on_past,
                 "type": type(task).__name__, "conn_id": task._conn_id, "application": task.application,
                 "conf": task.conf,
             }
@@ -74,14 +78,18 @@ def airflow_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def inspected(airflow_home) -> dict:
-    """The DAG as a fresh Airflow parses it (one interpreter for the structure and template tests)."""
-    return run_py(INSPECT, airflow_env(airflow_home, warehouse="/tmp/bw-warehouse"), timeout=300)
+    """The DAG as a fresh Airflow parses it (one interpreter for the structure and template tests), with
+    a relative warehouse and conf overrides that hold braces and spaces."""
+    env = airflow_env(airflow_home, warehouse="/tmp/bw-warehouse", sets=";".join(SETS))
+    env["BOTWATCH_WAREHOUSE"] = "bw-warehouse"
+    return run_py(INSPECT, env, timeout=300)
 
 
 def test_dagbag_loads_and_graph_is_as_designed(inspected):
     got = inspected
     assert got["import_errors"] == {}
     assert got["dag_ids"] == ["botwatch_nightly"]
+    assert got["heavy_imports"] == []  # parsing the DAG file stays cheap for the scheduler
     # Daily, and the run for day D starts once D has ended: {{ ds }} is a finished day, never the one just begun.
     assert got["runs"] == [
         {"logical_date": "2026-01-05T00:00:00+00:00", "run_after": "2026-01-06T00:00:00+00:00"},
@@ -102,6 +110,9 @@ def test_dagbag_loads_and_graph_is_as_designed(inspected):
         assert task["conn_id"] == "spark_default"
         assert task["application"] == str(ROOT / "jobs" / f"{task_id}.py")
         assert task["retries"] == 2 and task["backoff"] is True
+        # A retry comes after a killed attempt's lock has expired (run.lock_stale_hours, 9 min).
+        assert task["retry_delay_s"] > 0.15 * 3600
+        assert task["depends_on_past"] is True  # a failed night stops the next one's step
         assert task["pool"] == ("gpu" if task_id == "score_stage2" else "default_pool")
         assert task["conf"] == {"spark.driver.extraJavaOptions": JAVA_OPTIONS}
     # Every job file the DAG names exists and goes through the nightly runner.
@@ -114,7 +125,8 @@ def test_templates_render_to_the_logical_date(inspected):
     for ds in ("2026-01-12", "2026-02-01"):
         args = got["rendered"][ds]["args"]
         assert args[args.index("--date") + 1] == ds
-        assert args[args.index("--warehouse") + 1] == "/tmp/bw-warehouse"
+        assert args[args.index("--warehouse") + 1] == str(ROOT / "bw-warehouse")  # the project's, not the cwd's
+        assert [args[i + 1] for i, a in enumerate(args) if a == "--set"] == SETS
         assert got["rendered"][ds]["name"] == f"botwatch-score_stage2-{ds}"
 
 
@@ -140,4 +152,4 @@ def test_dag_test_runs_the_whole_dag(spark, dag_run):
     history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(warehouse, t.SCORES)}`").collect()
     meta = [json.loads(h["userMetadata"]) for h in history if h["userMetadata"]]
     assert {"run_date": run_date.isoformat(), "step": "score_stage1"} in meta
-    assert isinstance(dt.date.fromisoformat(meta[0]["run_date"]), dt.date)
+    assert meta[0]["run_date"] == run_date.isoformat()  # the newest commit is this run's
