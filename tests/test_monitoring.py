@@ -111,6 +111,15 @@ def test_feature_gone_missing_gives_a_huge_psi(spark, drifted):
     assert got.loc["x_shift", "psi"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_profiled_feature_gone_from_the_table_is_all_missing_not_skipped(spark, drifted):
+    ref_pdf, _, profile, _ = drifted
+    got = drift_statistics(spark.createDataFrame(ref_pdf.drop(columns=["x_same"])), profile).toPandas()
+    got = got.set_index("feature")
+    assert sorted(got.index) == sorted(profile["features"])
+    assert got.loc["x_same", "psi"] > 5.0 and got.loc["x_same", "missing_share"] == 1.0
+    assert got.loc["x_shift", "psi"] == pytest.approx(0.0, abs=1e-12)
+
+
 def test_no_rows_today_gives_no_psi_rather_than_a_huge_one(spark, drifted):
     # Every share would sit at the epsilon floor: PSI ~7 per feature would read as drift of every feature.
     ref_pdf, _, profile, _ = drifted

@@ -179,12 +179,14 @@ def _reference_frame(spark: SparkSession, profile: dict) -> DataFrame:
 
 
 def drift_statistics(df: DataFrame, profile: dict) -> DataFrame:
-    """Per profiled feature present in ``df``: ``psi``, ``ks`` (binned lower bound), ``ks_upper``,
-    ``missing_share`` and ``reference_missing_share`` of ``df`` against the profile."""
+    """Per profiled feature: ``psi``, ``ks`` (binned lower bound), ``ks_upper``, ``missing_share`` and
+    ``reference_missing_share`` of ``df`` against the profile. A profiled feature ``df`` lacks (renamed or
+    dropped upstream) counts as missing on every row: its PSI is huge, not silently absent."""
     spark = df.sparkSession
-    specs = {c: s for c, s in profile["features"].items() if c in df.columns}
+    specs = dict(profile["features"])
     if not specs:
         return spark.createDataFrame([], STATS_SCHEMA)
+    df = df.withColumns({c: F.lit(None).cast("double") for c in specs if c not in df.columns})
     current = binned_counts(df, {c: s["edges"] for c, s in specs.items()})
     ref = _reference_frame(spark, {"features": specs})
     joined = ref.join(current, [FEATURE, BIN], "left").withColumn("n", F.coalesce(F.col("n"), F.lit(0)))
