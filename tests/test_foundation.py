@@ -258,6 +258,10 @@ def test_paths_uris_pass_through_relative_paths_are_made_absolute(tmp_path, monk
     # A relative checkpoint folder is the project's, like the warehouse: not wherever Airflow's task runs.
     conf = load_config(None, ["warehouse=/w", "spark.checkpoint_dir=scratch/ckpt"])
     assert spark_factory.session_settings(conf)["spark.checkpoint.dir"] == str(PROJECT_ROOT / "scratch" / "ckpt")
+    # An operator's SQL extension joins Delta's instead of replacing it.
+    own = conf.with_overrides(["spark.extra_conf.spark.sql.extensions=com.example.MyExtension"])
+    assert spark_factory.session_settings(own)["spark.sql.extensions"] == \
+        "io.delta.sql.DeltaSparkSessionExtension,com.example.MyExtension"
 
 
 def test_the_declared_numpy_has_what_the_code_calls():

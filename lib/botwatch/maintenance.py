@@ -2,13 +2,14 @@
 (compacts small files and clusters lookups by account) and VACUUM with the retention of conf
 ``maintenance``.
 
-OPTIMIZE of a date-partitioned table (``run_date``, ``day``, ``event_date``) touches the partitions of the dates since the last maintenance
-date, D-k+1 ... D for ``optimize_every_days`` k (published, so final; the schedule's windows tile the
-calendar, so every date is compacted once); ``scores_latest`` is compacted whole. VACUUM deletes
-files older than the retention, so Delta time travel reaches back only that far; it lists files
-with a few tasks per core (:func:`listing_parallelism`), not Spark's default 10,000. Both are Delta
-commits that change no data: the run's skip logic ignores them
-(:data:`botwatch.nightly.MAINTENANCE_OPERATIONS`).
+OPTIMIZE of a date-partitioned table (``run_date``, ``day``, ``event_date``) touches the partitions of
+the dates since the last maintenance date, D-k+1 ... D for ``optimize_every_days`` k (published, so
+final; the schedule's windows tile the calendar, so every date is compacted once); ``scores_latest``
+is compacted whole. VACUUM deletes files older than the retention, so Delta time travel reaches back
+only that far; it lists files with a few tasks per core (:func:`listing_parallelism`), not Spark's
+default 10,000. The tables of ``vacuum_only_tables`` (the inputs ingest and validate replace) are
+vacuumed, not compacted. Both are Delta commits that change no data: the run's skip logic ignores
+them (:data:`botwatch.nightly.MAINTENANCE_OPERATIONS`).
 """
 from __future__ import annotations
 

@@ -43,6 +43,9 @@ def require_utc(spark) -> None:
             "build the session with botwatch.spark.get_spark")
 
 
+DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+
+
 def jars_dir(conf: Config) -> Path:
     return Path(resolve_path(conf["spark.jars_dir"]))
 
@@ -88,7 +91,7 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.executor.memory": spark_conf["executor_memory"],
         "spark.sql.shuffle.partitions": spark_conf["shuffle_partitions"],
         "spark.jars": ",".join(str(j) for j in jars),
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.extensions": DELTA_EXTENSION,
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.adaptive.enabled": "true",
         TIME_ZONE_KEY: "UTC",
@@ -107,6 +110,9 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.python.sql.dataFrameDebugging.enabled": spark_conf["python_call_sites"],
     }
     settings.update(spark_conf.get("extra_conf") or {})
+    # An operator's own SQL extension is added to Delta's, not put in its place (Delta's SQL would fail).
+    extensions = [e.strip() for e in str(settings["spark.sql.extensions"]).split(",") if e.strip()]
+    settings["spark.sql.extensions"] = ",".join(dict.fromkeys([DELTA_EXTENSION, *extensions]))
     if str(settings[TIME_ZONE_KEY]) not in UTC_NAMES:
         raise ConfigError(f"spark.extra_conf sets {TIME_ZONE_KEY} to {settings[TIME_ZONE_KEY]!r}: botwatch's "
                           "days are UTC days (event partitions, label and edge cut-offs); remove that entry")
