@@ -59,7 +59,7 @@ def cuda_status() -> str:
 
 def check_packages() -> str:
     """Raise naming every package of :data:`PACKAGES` that is not installed (the steps import them)."""
-    missing = [dist for dist in PACKAGES.values() if versions_of([dist])[dist] is None]
+    missing = [dist for dist, version in versions_of(list(PACKAGES.values())).items() if version is None]
     if missing:
         raise RuntimeError(f"not installed: {', '.join(missing)}; run `make setup` (pip install -e .)")
     return f"{len(PACKAGES)} installed"
