@@ -875,3 +875,28 @@ def test_prevalence_is_plotted_once_on_the_date_of_the_queue_it_came_from(spark,
     ((x, y),) = report.plot_prevalence(spark, wh, DAY + dt.timedelta(days=2))
     assert [pd.Timestamp(v).date() for v in x] == [DAY - dt.timedelta(days=2), DAY + dt.timedelta(days=2)]
     assert y == [0.05, 0.07]
+
+
+def test_a_stratums_draw_sorts_only_rows_under_the_cutoff_and_stays_exact(spark, monkeypatch):
+    """The n smallest hash numbers of each stratum (pandas' nsmallest as the reference), whether the
+    cut-off lets enough rows through or leaves a stratum short and it is drawn again without it."""
+    from pyspark.sql import functions as F
+
+    from botwatch.monitoring import review
+
+    n_rows = 5000
+    pdf = pd.DataFrame({"account_id": np.arange(n_rows, dtype="int64"), "h": np.arange(n_rows) % 3 == 0})
+    pool = spark.createDataFrame(pdf).withColumn("h", F.col("h").cast("int")).withColumn(
+        "u", review.hash_uniform(F.col("account_id"), dt.date(2026, 2, 1), "t")).cache()
+    ref = pool.toPandas()
+    sizes, totals = {0: 7, 1: 3}, ref.groupby("h").size().to_dict()
+    want = sorted(ref[ref.h == 0].nsmallest(7, "u").account_id.tolist() + ref[ref.h == 1].nsmallest(3, "u")
+                  .account_id.tolist())
+    assert review.draw_cutoff(7, totals[0]) < 0.02  # most of the stratum never reaches the sort
+    got = review._draw(pool, 0, "u", by="h", sizes=sizes, totals=totals).toPandas()
+    assert sorted(got.account_id) == want
+    monkeypatch.setattr(review, "draw_cutoff", lambda n, size: 1e-6)  # every stratum left short
+    again = review._draw(pool, 0, "u", by="h", sizes=sizes, totals=totals).toPandas()
+    assert sorted(again.account_id) == want
+    single = review._draw(pool, 4, "u", totals={0: n_rows}).toPandas()
+    assert sorted(single.account_id) == sorted(ref.nsmallest(4, "u").account_id)

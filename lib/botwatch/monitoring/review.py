@@ -98,9 +98,19 @@ def neyman_allocation(sizes: Sequence[int], spreads: Sequence[float], n: int, mi
     return alloc
 
 
-def _draw(pool: DataFrame, n: int, u: str, by: str | None = None, sizes: Mapping[int, int] | None = None) -> DataFrame:
+def draw_cutoff(n: int, size: int) -> float:
+    """A bound on ``u`` under which a stratum's ``n`` smallest of ``size`` uniform numbers lie but for
+    odds of about 1e-9: the expected count under it is ``n`` plus 6 standard deviations and 20."""
+    return 1.0 if size <= 0 else min(1.0, (n + 6.0 * math.sqrt(n) + 20.0) / size)
+
+
+def _draw(pool: DataFrame, n: int, u: str, by: str | None = None, sizes: Mapping[int, int] | None = None,
+          totals: Mapping[int, int] | None = None) -> DataFrame:
     """The ``n`` (or ``sizes[stratum]``) rows of ``pool`` with the smallest ``u``: a simple random
-    sample without replacement. The window sorts each stratum whole (one task per stratum)."""
+    sample without replacement. ``totals``: the rows of each stratum (of the pool). Only rows under
+    :func:`draw_cutoff` reach the window's sort, so each stratum's one task sorts a margin over its
+    sample, not the stratum (95M low scores on a full account table); a stratum left short by the
+    cut-off (odds ~1e-9) is drawn again without it, so the draw is exact either way."""
     if by is None:
         key = F.lit(0)
         sizes = {0: n}
@@ -112,7 +122,20 @@ def _draw(pool: DataFrame, n: int, u: str, by: str | None = None, sizes: Mapping
     pool = pool.withColumn("_key", key).where(F.col("_key").isin(list(counts)))
     ordered = Window.partitionBy("_key").orderBy(u, t.ACCOUNT_ID)
     want = F.element_at(F.create_map(*[x for k, v in counts.items() for x in (F.lit(k), F.lit(v))]), F.col("_key"))
-    return pool.withColumn("_rank", F.row_number().over(ordered)).where(F.col("_rank") <= want).drop("_rank", "_key")
+
+    def ranked(cutoffs: Mapping[int, float]) -> DataFrame:
+        bound = F.element_at(F.create_map(*[x for k, c in cutoffs.items() for x in (F.lit(k), F.lit(c))]),
+                             F.col("_key"))
+        return (pool.where(F.col(u) < bound).withColumn("_rank", F.row_number().over(ordered))
+                .where(F.col("_rank") <= want).drop("_rank"))
+
+    cutoffs = {k: draw_cutoff(v, (totals or {}).get(k, 0)) for k, v in counts.items()}
+    drawn = ranked(cutoffs)
+    got = {r["_key"]: r["count"] for r in drawn.groupBy("_key").count().collect()}
+    short = {k for k, v in counts.items() if got.get(k, 0) < v and cutoffs[k] < 1.0}
+    if short:
+        drawn = ranked({k: 1.0 if k in short else c for k, c in cutoffs.items()})
+    return drawn.drop("_key")
 
 
 def review_queue(
@@ -172,7 +195,7 @@ def review_queue(
                for r in stats}
     alloc = dict(zip(order, neyman_allocation([sizes[h] for h in order], [spreads[h] for h in order],
                                               n_strat, min_per_stratum), strict=True))
-    strat = _draw(base, 0, f"_u_{STRATIFIED}", by="_h", sizes=alloc)
+    strat = _draw(base, 0, f"_u_{STRATIFIED}", by="_h", sizes=alloc, totals=sizes)
     label_map = F.element_at(F.array(*[F.lit(s) for s in labels]), F.col("_h") + 1)
     size_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(sizes[h]))])
     alloc_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(alloc[h]))])
@@ -195,7 +218,7 @@ def review_queue(
         # Holdout accounts already in the stratified sample leave budget: the next part takes it.
         n = min(wanted + shortfall, pool_size)
         shortfall = wanted + shortfall - n
-        drawn = _draw(pool, n, f"_u_{reason}").select(
+        drawn = _draw(pool, n, f"_u_{reason}", totals={0: pool_size}).select(
             t.ACCOUNT_ID, F.lit(reason).alias(t.REASON),
             F.lit(n / pool_size if pool_size else 0.0).alias(SAMPLING_PROBABILITY),
             F.lit(name).alias(STRATUM), F.lit(pool_size).cast("long").alias(STRATUM_SIZE),
