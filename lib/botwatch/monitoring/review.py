@@ -100,7 +100,8 @@ def neyman_allocation(sizes: Sequence[int], spreads: Sequence[float], n: int, mi
 
 def draw_cutoff(n: int, size: int) -> float:
     """A bound on ``u`` under which a stratum's ``n`` smallest of ``size`` uniform numbers lie but for
-    odds under 1e-6 (5 to 6 standard deviations): the expected count under it is ``n + 6 sqrt(n) + 20``."""
+    odds under 1e-9 (2e-12 at n = 1, 2e-10 at n = 1,000, of 10^6): the expected count under it is
+    ``n + 6 sqrt(n) + 20``."""
     return 1.0 if size <= 0 else min(1.0, (n + 6.0 * math.sqrt(n) + 20.0) / size)
 
 
@@ -110,7 +111,7 @@ def _draw(pool: DataFrame, n: int, u: str, by: str | None = None, sizes: Mapping
     sample without replacement. ``totals``: the rows of each stratum (of the pool). Only rows under
     :func:`draw_cutoff` reach the window's sort, so each stratum's one task sorts a margin over its
     sample, not the stratum (95M low scores on a full account table); a stratum left short by the
-    cut-off (odds under 1e-6) is drawn again without it, so the draw is exact either way."""
+    cut-off (odds under 1e-9) is drawn again without it, so the draw is exact either way."""
     if by is None:
         key = F.lit(0)
         sizes = {0: n}
