@@ -639,7 +639,7 @@ def test_calibration_puts_stage2_on_the_population_scale_and_travels_with_the_mo
     assert abs(np.average(y, weights=weights) - prevalence) < 1e-9  # the reweighted rows' bot share
     raw = trained.predict(valid)
     assert np.average(raw, weights=weights) > prevalence + 0.02  # uncalibrated: above it
-    model = calibrate_heavy(trained, valid, prevalence)
+    model = calibrate_heavy(trained, raw, valid, prevalence)
     got = model.predict(valid)
     assert abs(np.average(got, weights=weights) - prevalence) < 0.002
     assert trained.calibration == (1.0, 0.0) and np.array_equal(trained.predict(valid), raw)

@@ -190,8 +190,9 @@ def train_heavy_stage(
         label_col=t.LABEL, weight_col=t.WEIGHT, config=cfg,
     )
     valid_pdf, golden_pdf = _with_truth(spark, warehouse, valid_pdf), _with_truth(spark, warehouse, golden_pdf)
-    model = calibrate_heavy(model, valid_pdf, ctx.prevalence)
-    valid_score = model.predict(valid_pdf) if len(valid_pdf) else np.array([])
+    raw_valid = model.predict(valid_pdf) if len(valid_pdf) else np.array([])
+    model = calibrate_heavy(model, raw_valid, valid_pdf, ctx.prevalence)
+    valid_score = model.calibrated(raw_valid)
     golden_score = model.predict(golden_pdf) if len(golden_pdf) else np.array([])
     threshold, evaluated = operating_point(valid_pdf, valid_score, golden_pdf, golden_score, ctx, params)
     metrics = {"n_train": float(len(train_pdf)), "n_train_positive": float(ctx.n_train_positive),
@@ -236,15 +237,18 @@ def train_heavy_stage(
     return HeavyTrainResult(version, decision.promote, decision.reason, metrics, threshold, own_scores)
 
 
-def calibrate_heavy(model: TrainedHeavy, valid_pdf: pd.DataFrame, prevalence: float | None) -> TrainedHeavy:
+def calibrate_heavy(
+    model: TrainedHeavy, raw_valid: np.ndarray, valid_pdf: pd.DataFrame, prevalence: float | None
+) -> TrainedHeavy:
     """``model`` with a Platt calibration fitted, as stage 1's, on validation rows reweighted to the
     population's bot share: the network learnt the labelled rows' bot share, and ``score`` takes stage 2's
-    value for the accounts it scores, so both stages must read as the same probability."""
+    value for the accounts it scores, so both stages must read as the same probability. ``raw_valid``:
+    the uncalibrated model's scores of ``valid_pdf`` (computed once by the caller, which needs them too)."""
     from botwatch.models.heavy import probability_logits
 
     if not len(valid_pdf):
         return model
-    margin = np.clip(probability_logits(model.predict(valid_pdf)), -LOGIT_CLIP, LOGIT_CLIP)
+    margin = np.clip(probability_logits(raw_valid), -LOGIT_CLIP, LOGIT_CLIP)
     fitted = PlattCalibration.fit(margin, valid_pdf[t.LABEL].to_numpy(), validation_weights(valid_pdf, prevalence))
     return dataclasses.replace(model, calibration=(fitted.a, fitted.b))
 

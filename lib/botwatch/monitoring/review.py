@@ -127,8 +127,9 @@ def _draw(pool: DataFrame, n: int, u: str, by: str | None = None, sizes: Mapping
     def ranked(cutoffs: Mapping[int, float]) -> DataFrame:
         bound = F.element_at(F.create_map(*[x for k, c in cutoffs.items() for x in (F.lit(k), F.lit(c))]),
                              F.col("_key"))
+        # Materialised once: the check below counts it and the caller reads it (no second pass over the pool).
         return (pool.where(F.col(u) < bound).withColumn("_rank", F.row_number().over(ordered))
-                .where(F.col("_rank") <= want).drop("_rank"))
+                .where(F.col("_rank") <= want).drop("_rank").localCheckpoint())
 
     cutoffs = {k: draw_cutoff(v, (totals or {}).get(k, 0)) for k, v in counts.items()}
     drawn = ranked(cutoffs)
