@@ -235,7 +235,8 @@ def resolve_path(value: str, root: Path = PROJECT_ROOT) -> str:
     (``s3a://``, ``abfss://``, ``file:/``) pass through."""
     if is_uri(value):
         return value
-    return str((root / Path(value).expanduser()).resolve())
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (root / path).resolve())  # an absolute path as given
 
 
 def typed_path(value: str) -> str:

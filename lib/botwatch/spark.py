@@ -161,7 +161,7 @@ def get_spark(conf: Config, app_name: str | None = None):
     if str(conf["spark.master"]).startswith("local"):
         # Bind to loopback in local mode: sandboxes and laptops often lack a routable hostname.
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    os.environ.setdefault("PYSPARK_PYTHON", worker_python())
+    os.environ["PYSPARK_PYTHON"] = worker_python()
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
     settings = session_settings(conf)
     settings["spark.app.name"] = application_name(conf, app_name)
