@@ -136,6 +136,7 @@ def test_validate_keeps_a_producers_extra_columns_when_it_rewrites_the_days_even
                            T.StructField("client.build", T.IntegerType())])
     events = [(1, ts(D, 9), "post", "ip1", "dev1", D, "ua-a", 7),
               (1, ts(D, 9), "post", "ip1", "dev1", D, "ua-a", 7),  # duplicate: D's partition is rewritten
+              (1, ts(D, 9), "post", "ip1", "dev1", D, "ua-a", 8),  # another event: only an extra differs
               (2, ts(D, 12), "like", "ip3", "dev3", D, "ua-b", None)]
     spark.createDataFrame(events, schema).write.format("delta").mode("overwrite").option(
         "overwriteSchema", "true").partitionBy(t.EVENT_DATE).save(t.table_path(warehouse, t.EVENTS))
@@ -144,7 +145,7 @@ def test_validate_keeps_a_producers_extra_columns_when_it_rewrites_the_days_even
     got = read_table(spark, warehouse, t.EVENTS)
     assert got.columns == schema.fieldNames()
     assert sorted(map(tuple, got.select(t.ACCOUNT_ID, "user_agent", "`client.build`").collect())) == [
-        (1, "ua-a", 7), (2, "ua-b", None)]
+        (1, "ua-a", 7), (1, "ua-a", 8), (2, "ua-b", None)]
     moved = json.loads(read_table(spark, warehouse, t.QUARANTINE).first()[t.ROW_JSON])
     assert moved["user_agent"] == "ua-a" and moved["client.build"] == 7
 

@@ -263,11 +263,11 @@ def _first_reason(checks: Sequence[tuple[str, Column]]) -> Column:
     return expr if expr is not None else F.lit(None).cast(T.StringType())
 
 
-def _mark_duplicates(rows: DataFrame, keys: Sequence[str], reason: str) -> DataFrame:
+def _mark_duplicates(rows: DataFrame, keys: Sequence[Column], reason: str) -> DataFrame:
     """Among rows that passed every other check, keep one per ``keys`` (the smallest row JSON, so
     reruns keep the same one) and give the others ``reason``."""
     ok = F.col(_REASON).isNull()
-    window = Window.partitionBy(ok, *[F.col(k) for k in keys]).orderBy(F.col(_JSON))
+    window = Window.partitionBy(ok, *keys).orderBy(F.col(_JSON))
     return rows.withColumn(
         _REASON, F.when(ok & (F.row_number().over(window) > 1), F.lit(reason)).otherwise(F.col(_REASON))
     )
@@ -365,9 +365,12 @@ def tag_rows(
 
     tagged = rows.withColumn(_REASON, _first_reason(checks))
     if table == t.EVENTS:
-        tagged = _mark_duplicates(tagged, [f.name for f in fields], DUPLICATE_EVENT)
+        # A duplicate is the same event in every column it carries: two likes in one second that
+        # differ only in a producer's extra column (a target id) are two events.
+        extra_key = [F.to_json(F.struct(*[named_col(c) for c in kept]))] if kept else []
+        tagged = _mark_duplicates(tagged, [F.col(f.name) for f in fields] + extra_key, DUPLICATE_EVENT)
     if table == t.ACCOUNTS:
-        tagged = _mark_duplicates(tagged, [t.ACCOUNT_ID], DUPLICATE_ACCOUNT)
+        tagged = _mark_duplicates(tagged, [F.col(t.ACCOUNT_ID)], DUPLICATE_ACCOUNT)
 
     return tagged
 
