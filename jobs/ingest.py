@@ -10,7 +10,7 @@ import sys
 
 from botwatch.config import resolve_path
 from botwatch.entry import job_conf, job_parser
-from botwatch.ingest import IngestInputError, format_report, ingest_files, resolve_input
+from botwatch.ingest import IngestInputError, format_report, ingest_files, bad_share_limits, resolve_input
 from botwatch.spark import get_spark
 
 
@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
             edges=args.edges,
             labels=args.labels,
             run_date=args.date or dt.datetime.now(dt.UTC).date(),
+            **bad_share_limits(conf),
         )
     except IngestInputError as exc:
         print(f"ingest: {exc}", file=sys.stderr)

@@ -39,7 +39,10 @@ from botwatch.ingest import (
     UNKNOWN_ACCOUNT,
     UNKNOWN_EVENT_TYPE,
     UNKNOWN_LABEL_SOURCE,
+    ROWS_LOADED,
+    ROWS_QUARANTINED,
     IngestInputError,
+    MostlyBadInputError,
     ingest_files,
     open_inputs,
     validate_table,
@@ -519,6 +522,35 @@ def test_ingest_without_labels_and_a_failed_write(spark, tmp_path, monkeypatch):
     ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None)
     frames = check_schemas(spark, wh)
     assert frames[t.LABELS].count() == 0 and frames[t.EDGES].count() == 1
+
+
+def test_a_mostly_bad_input_or_a_non_utc_session_writes_nothing(spark, tmp_path):
+    """Ingest replaces the tables whole: an empty accounts file, or accounts whose ids match none of the
+    events (every event an ``unknown_account``), would have emptied events, edges and labels. Refused
+    before any write, like validate's bad-share stop; so is a session whose days are not UTC days."""
+    from botwatch.spark import TIME_ZONE_KEY, SessionTimeZoneError, session_conf
+
+    wh = str(tmp_path / "wh")
+    paths = _small_inputs(tmp_path, pd.DataFrame([_account(1), _account(2)]))
+    empty = pd.DataFrame([_account(1)]).iloc[:0]
+    empty.to_parquet(paths[t.ACCOUNTS])
+    with pytest.raises(MostlyBadInputError, match=r"accounts \(.*accounts.parquet\) has no good rows"):
+        ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None)
+    # 120 events of accounts 101..220, none in the accounts file (ids 1 and 2).
+    pd.DataFrame([_account(1), _account(2)]).to_parquet(paths[t.ACCOUNTS])
+    pd.DataFrame({t.ACCOUNT_ID: range(101, 221), t.EVENT_TS: [datetime(2024, 6, 29, 8)] * 120,
+                  t.EVENT_TYPE: ["post"] * 120, t.IP_HASH: ["a"] * 120, t.DEVICE_ID: ["c"] * 120}
+                 ).to_parquet(paths[t.EVENTS])
+    with pytest.raises(MostlyBadInputError, match=r"events .* has 120 bad rows of 120 \(over 50%\): unknown_account 120"):
+        ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None)
+    assert not Path(wh).exists()
+    # Under the minimum row count a share is no basis: 120 bad of 120 loads with a higher minimum.
+    got = ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=121)
+    assert got[t.EVENTS][ROWS_QUARANTINED] == 120 and got[t.EVENTS][ROWS_LOADED] == 0
+    wh2 = str(tmp_path / "wh2")
+    with session_conf(spark, {TIME_ZONE_KEY: "America/New_York"}), pytest.raises(SessionTimeZoneError):
+        ingest_files(spark, wh2, **paths, labels=None, run_date=RUN, echo=lambda _: None)
+    assert not Path(wh2).exists()
 
 
 def test_kept_columns_that_delta_cannot_name_are_renamed(spark, tmp_path):

@@ -150,6 +150,19 @@ def test_validate_keeps_a_producers_extra_columns_when_it_rewrites_the_days_even
     assert moved["user_agent"] == "ua-a" and moved["client.build"] == 7
 
 
+def test_validate_refuses_a_session_outside_utc(spark, warehouse):
+    """Partition D and the day cuts are UTC days: in another zone, D's early-hour events would read as
+    ``event_date_mismatch`` and move out of ``events``."""
+    from botwatch.spark import TIME_ZONE_KEY, SessionTimeZoneError, session_conf
+
+    write_inputs(spark, warehouse)
+    before = read_table(spark, warehouse, t.EVENTS).count()
+    with session_conf(spark, {TIME_ZONE_KEY: "America/New_York"}), pytest.raises(SessionTimeZoneError):
+        validate_inputs(spark, warehouse, D)
+    assert read_table(spark, warehouse, t.EVENTS).count() == before
+    assert not table_exists(spark, warehouse, t.QUARANTINE)
+
+
 def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse):
     """A table of the four older columns: ingest adds ``step`` (old rows null) and replaces the old
     rows of its slice (they count as its own); validate's MERGE adds its rows beside them, except

@@ -204,7 +204,7 @@ def ingest(
     import datetime as dt
 
     from botwatch.config import resolve_path
-    from botwatch.ingest import IngestInputError, format_report, ingest_files, resolve_input
+    from botwatch.ingest import IngestInputError, format_report, ingest_files, bad_share_limits, resolve_input
     from botwatch.spark import get_spark
 
     cfg = build_conf(conf, warehouse, set_)
@@ -218,7 +218,7 @@ def ingest(
         spark = get_spark(cfg, app_name=f"ingest-{run_date}")
         result = ingest_files(
             spark, root, accounts=accounts, events=events, edges=edges, labels=labels, run_date=run_date,
-            echo=typer.echo,
+            echo=typer.echo, **bad_share_limits(cfg),
         )
     except IngestInputError as exc:
         fail(str(exc))

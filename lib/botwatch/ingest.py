@@ -61,7 +61,7 @@ from pyspark.sql import types as T
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS, named_col
-from botwatch.spark import session_conf
+from botwatch.spark import require_utc, session_conf
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,11 @@ _REASON = f"{_P}reason"
 
 class IngestInputError(ValueError):
     """An input file is missing or unreadable, or lacks a required column; the message names it."""
+
+
+class MostlyBadInputError(IngestInputError):
+    """Most of an input file's rows are bad (an empty or broken accounts export makes every event,
+    edge and label an ``unknown_account``): nothing was written, since ingest replaces the tables."""
 
 
 class IngestCountMismatch(RuntimeError):
@@ -657,6 +662,8 @@ def ingest_files(
     labels: str | None,
     run_date: date,
     echo: Callable[[str], None] = print,
+    max_bad_share: float = 0.5,
+    bad_share_min_rows: int = 100,
 ) -> dict[str, dict]:
     """Load users' Parquet/CSV files as the validated input tables; return counts per table.
 
@@ -669,8 +676,12 @@ def ingest_files(
 
     Returns ``{table: {"rows_in", "rows_loaded", "rows_quarantined", "reasons": {reason: n}}}``;
     rows in are counted on the input itself, and rows_in != loaded + quarantined raises
-    :class:`IngestCountMismatch`.
+    :class:`IngestCountMismatch`. An accounts file without good rows, or a file of at least
+    ``bad_share_min_rows`` rows of which more than ``max_bad_share`` are bad (validate's rule), raises
+    :class:`MostlyBadInputError` before anything is written. The session must be in UTC (days are
+    UTC days).
     """
+    require_utc(spark)
     given = {t.ACCOUNTS: accounts, t.EVENTS: events, t.EDGES: edges, t.LABELS: labels}
     # Every input is read and checked before anything is written.
     with open_inputs(spark, given, echo) as raw, commit_metadata(spark, run_date=run_date.isoformat(), step="ingest"):
@@ -687,6 +698,7 @@ def ingest_files(
                     StorageLevel.MEMORY_AND_DISK
                 )
                 result[table] = _count(table, raw[table], tagged[table])
+                _refuse_mostly_bad(table, given[table], result[table], max_bad_share, bad_share_min_rows)
                 if table == t.ACCOUNTS:
                     known = good_rows(tagged[table], table).select(t.ACCOUNT_ID)
             # Quarantine before the inputs: if a write fails, no bad row is in neither place.
@@ -723,6 +735,29 @@ def _count(table: str, raw: DataFrame, tagged: DataFrame) -> dict:
         ROWS_QUARANTINED: quarantined,
         REASON_COUNTS: {r: by_reason[r] for r in REASONS if r in by_reason},
     }
+
+
+def bad_share_limits(conf) -> dict:
+    """``max_bad_share`` and ``bad_share_min_rows`` from the conf's ``validate`` section, for ingest and validate."""
+    section = conf.section("validate")
+    return {"max_bad_share": float(section["max_bad_share"]), "bad_share_min_rows": int(section["bad_share_min_rows"])}
+
+
+def _refuse_mostly_bad(table: str, path: str | None, counts: dict, max_bad_share: float, min_rows: int) -> None:
+    rows_in, bad = counts[ROWS_IN], counts[ROWS_QUARANTINED]
+    if table == t.ACCOUNTS and counts[ROWS_LOADED] == 0:
+        problem = "has no good rows"
+    elif rows_in >= min_rows and bad > max_bad_share * rows_in:
+        problem = f"has {bad} bad rows of {rows_in} (over {max_bad_share:.0%})"
+    else:
+        return
+    top = sorted(counts[REASON_COUNTS].items(), key=lambda kv: -kv[1])[:3]
+    reasons = ", ".join(f"{r} {n}" for r, n in top) or "no rows"
+    raise MostlyBadInputError(
+        f"{table} ({path}) {problem}: {reasons}. Nothing was written (ingest replaces the tables whole). "
+        "Check the file (an unknown_account majority means the accounts export is incomplete or its ids "
+        "do not match), then ingest again"
+    )
 
 
 def format_report(result: dict[str, dict]) -> str:

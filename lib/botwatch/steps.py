@@ -70,11 +70,10 @@ def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
 
 def validate_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     """Check the input tables for D before anything reads them; D's bad rows move to ``quarantine``."""
+    from botwatch.ingest import bad_share_limits
     from botwatch.validate import validate_inputs
 
-    section = conf.section("validate")
-    return validate_inputs(spark, warehouse_path(conf), run_date, max_bad_share=float(section["max_bad_share"]),
-                           bad_share_min_rows=int(section["bad_share_min_rows"]))
+    return validate_inputs(spark, warehouse_path(conf), run_date, **bad_share_limits(conf))
 
 
 def score_stage1_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:

@@ -39,6 +39,7 @@ from botwatch.ingest import (
     tag_rows,
 )
 from botwatch.schemas import INPUT_SCHEMAS, named_col, require_columns
+from botwatch.spark import require_utc
 
 
 class NoEventsError(RuntimeError):
@@ -132,6 +133,7 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     than ``max_bad_share`` are bad stops the run (:class:`TooManyBadRowsError`) before anything is
     moved: that is a broken upstream load (accounts not landed yet: every event an ``unknown_account``), and moving the
     whole day to quarantine would score D without its activity."""
+    require_utc(spark)  # D's partition and the day cuts are UTC days
     frames = check_schemas(spark, warehouse)
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
     new_accounts = F.when(_rows_of_day(t.ACCOUNTS, run_date), 1)
