@@ -721,6 +721,43 @@ def test_two_runs_taking_over_one_stale_lock_never_both_hold_it(spark, warehouse
     assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == next(iter(won.values()))
 
 
+def test_a_lock_released_during_an_attempt_or_a_dead_contenders_marker_does_not_block(spark, warehouse,
+                                                                                       monkeypatch):
+    """A holder that releases between a contender's failed create and its read of the lock: the
+    contender tries again instead of exiting 3 on a free date. A contender killed inside a takeover
+    leaves its marker: once older than the lock's expiry (and ``MARKER_EXPIRY``) it no longer blocks."""
+    lock_path = nightly._lock_path(warehouse, D)
+    create = nightly._create_exclusive
+    refused: list[str] = []
+
+    def released_meanwhile(spark_, path, payload):
+        if path == lock_path and not refused:
+            refused.append(path)  # the holder still had it here, and releases before the read
+            return False
+        return create(spark_, path, payload)
+
+    monkeypatch.setattr(nightly, "_create_exclusive", released_meanwhile)
+    with nightly.DateLock(spark, warehouse, D, stale_hours=12) as lock:
+        assert refused and nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == lock.holder
+    monkeypatch.undo()
+
+    dead = nightly.DateLock(spark, warehouse, D, stale_hours=12)
+    dead.acquire()
+    dead._stop.set()  # its run died: no more beats
+    marker = files.local_path(f"{lock_path}.takeover-{nightly._file_safe(dead.holder)}")
+    with open(marker, "w") as out:
+        out.write("{}")
+    with pytest.raises(nightly.RunLockedError):  # a fresh marker: a takeover in progress
+        nightly.DateLock(spark, warehouse, D, stale_hours=0).acquire()
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(marker, (two_days_ago, two_days_ago))
+    taker = nightly.DateLock(spark, warehouse, D, stale_hours=0)
+    taker.acquire()
+    assert nightly.DateLock(spark, warehouse, D, stale_hours=12).current()["holder"] == taker.holder
+    assert not os.path.exists(marker)
+    taker.release()
+
+
 def test_a_takeover_creates_only_file_names_hdfs_accepts(spark, warehouse, monkeypatch):
     """HDFS refuses ':' in a path component (DFSUtil.isValidName), and a holder is ``host:hex``:
     the takeover marker names the dead holder without it."""

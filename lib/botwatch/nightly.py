@@ -350,6 +350,10 @@ def _modified_at(spark: SparkSession, path: str) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
 
 
+# A takeover marker at least this old (and older than the lock's expiry) is a dead contender's.
+MARKER_EXPIRY = dt.timedelta(minutes=10)
+
+
 class DateLock:
     """The lock of one run date (the file ``run_lock/<D>.json``); use as a context manager.
 
@@ -375,13 +379,20 @@ class DateLock:
 
     def _take(self) -> None:
         """Create the lock file, or take over a stale one; else raise :class:`RunLockedError`."""
-        now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
-        payload = json.dumps({t.RUN_DATE: self.run_date.isoformat(), "holder": self.holder,
-                              "host": socket.gethostname(), "acquired_at": now.isoformat()})
-        if _create_exclusive(self.spark, self.path, payload):
-            return
-        held = self.current()
-        if held is not None and held["beat_at"] < now - dt.timedelta(hours=self.stale_hours):
+        # A few tries: the holder may release between a failed create and the read of its lock, and
+        # a contender that died mid-takeover leaves a marker that must expire.
+        for _ in range(3):
+            now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            payload = json.dumps({t.RUN_DATE: self.run_date.isoformat(), "holder": self.holder,
+                                  "host": socket.gethostname(), "acquired_at": now.isoformat()})
+            if _create_exclusive(self.spark, self.path, payload):
+                return
+            held = self.current()
+            if held is None:
+                continue  # released meanwhile: try again
+            stale_before = now - dt.timedelta(hours=self.stale_hours)
+            if held["beat_at"] >= stale_before:
+                break
             # Not refreshed for run.lock_stale_hours: its run died. Take it over. Of the runs that saw
             # this same stale lock, only the one that creates its takeover marker may delete it: a
             # check-then-delete let a slow contender delete the lock another had just taken over. A
@@ -396,7 +407,15 @@ class DateLock:
                         return
                 finally:
                     _delete_file(self.spark, marker)
-            held = self.current()
+            else:
+                # A takeover takes seconds: a marker older than the lock's expiry (and MARKER_EXPIRY)
+                # is a contender's that was killed inside it, and would block the date for good.
+                made = _modified_at(self.spark, marker)
+                if made is not None and made < min(stale_before, now - MARKER_EXPIRY):
+                    _delete_file(self.spark, marker)
+                    continue
+            break
+        held = self.current()
         raise RunLockedError(
             f"another run for {self.run_date} is in progress (lock held by {held and held['holder']} since "
             f"{held and held['acquired_at']} UTC, last refreshed {held and held['beat_at']} UTC). Wait for it "
@@ -410,10 +429,10 @@ class DateLock:
         if held is None or held["holder"] != self.holder:
             raise RunLockLostError(
                 f"the lock of {self.run_date} is no longer this run's ({self.holder}): "
-                f"{'it was removed' if held is None else 'taken over by ' + held['holder']}, as it went unrefreshed "
-                f"for run.lock_stale_hours={self.stale_hours} (a long pause of this process, or a file system that "
-                "hung). This run stops before writing more; the other run redoes what it needs. Check that run, "
-                f"then rerun {self.run_date} if it did not finish."
+                f"{'it was removed (`botwatch unlock`, or' if held is None else 'taken over by ' + held['holder'] + ' ('}"
+                f"a takeover after it went unrefreshed for run.lock_stale_hours={self.stale_hours}: a long pause of "
+                "this process, or a file system that hung). This run stops before writing more; the other run, if "
+                f"any, redoes what it needs. Check that run, then rerun {self.run_date} if it did not finish."
             )
 
     def _beat_until_released(self) -> None:
