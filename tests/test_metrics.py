@@ -92,6 +92,18 @@ def test_operating_threshold_is_lowest_reaching_target(seed, weighted, target):
             assert skm.precision_score(y, s >= lower.max(), sample_weight=w) < target
 
 
+def test_a_precision_equal_to_the_target_reaches_it_despite_rounding():
+    """Weighted sums put the precision at 0.9 an ulp under 0.8 (0.7999999999999999); in exact
+    arithmetic (fractions) it is 0.8, so 0.9 is the operating threshold and recall is 1."""
+    from fractions import Fraction
+
+    y, s, w = np.array([1, 1, 0, 0, 0]), np.array([.9, .9, .9, .9, .1]), np.array([.1, .7, .1, .1, 1])
+    exact = Fraction(1, 10) + Fraction(7, 10)
+    assert exact / (exact + Fraction(1, 10) + Fraction(1, 10)) == Fraction(4, 5)
+    assert operating_threshold(y, s, 0.8, w) == 0.9
+    assert recall_at_precision(y, s, 0.8, w) == 1.0
+
+
 def test_threshold_meets_target_on_a_separable_tail():
     rng = np.random.default_rng(3)
     y = np.r_[np.ones(50), np.zeros(950)].astype(int)

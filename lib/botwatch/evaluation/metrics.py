@@ -131,8 +131,10 @@ def _curve_auc(tps: np.ndarray, fps: np.ndarray) -> float:
 
 
 def _curve_pick(tps: np.ndarray, fps: np.ndarray, target_precision: float) -> int | None:
-    """Index of the lowest threshold reaching the target (tps + fps > 0: zero weights are dropped)."""
-    ok = np.flatnonzero(tps / (tps + fps) >= target_precision)
+    """Index of the lowest threshold reaching the target (tps + fps > 0: zero weights are dropped).
+    A precision the target equals exactly can come out an ulp under it from weighted sums: a relative
+    slack of 1e-12 keeps it."""
+    ok = np.flatnonzero(tps / (tps + fps) >= target_precision * (1 - 1e-12))
     return int(ok[-1]) if ok.size else None
 
 
