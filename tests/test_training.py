@@ -293,6 +293,21 @@ def test_model_inputs_are_doubles_with_nan_for_missing(spark):
     pd.testing.assert_frame_equal(got.toPandas(), want)
 
 
+def test_evaluation_rows_and_their_bootstrap_do_not_depend_on_sparks_row_order(spark, tmp_path):
+    """The bootstrap draws rows by position: the same rows in another partition order gave other
+    intervals for a seeded run. Collected rows come in account order."""
+    rng = np.random.default_rng(4)
+    n = 300
+    pdf = pd.DataFrame({t.ACCOUNT_ID: np.arange(n), t.LABEL: rng.integers(0, 2, n), "f": rng.normal(size=n)})
+    pdf[t.WEIGHT] = 1.0
+    df = spark.createDataFrame(pdf)
+    wh = str(tmp_path)
+    forward = training._collect(df.orderBy(t.ACCOUNT_ID), ["f"], spark, wh)
+    backward = training._collect(df.orderBy(F.desc(t.ACCOUNT_ID)).repartition(3), ["f"], spark, wh)
+    pd.testing.assert_frame_equal(forward, backward)
+    assert forward[t.ACCOUNT_ID].tolist() == list(range(n))
+
+
 def test_calibrated_scores_are_computed_in_double_precision():
     # XGBoost's margins are float32; a float32 sigmoid rounds 2.5 * 8 + 0.5 and 2.5 * 10 + 0.5 both to exactly
     # 1.0, ties that lower PR-AUC and blur the threshold choice.

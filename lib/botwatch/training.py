@@ -244,7 +244,9 @@ def _collect(df: DataFrame, cols: list[str], spark: SparkSession, warehouse: str
         ids = spark.createDataFrame(pdf[[t.ACCOUNT_ID]])
         fam = cast(pd.DataFrame, read_table(spark, warehouse, t.TRUTH).join(ids, t.ACCOUNT_ID).toPandas())
         pdf = pdf.merge(fam, on=t.ACCOUNT_ID, how="left")
-    return pdf
+    # In account order: the bootstrap draws rows by position, so Spark's row order (partitions, AQE)
+    # would change the intervals of a seeded run (the heavy stage's rows are sorted the same way).
+    return pdf.sort_values(t.ACCOUNT_ID, kind="stable").reset_index(drop=True)
 
 
 def _evaluate(pdf: pd.DataFrame, score: np.ndarray, threshold: float | None, params: TrainParams, prefix: str):
