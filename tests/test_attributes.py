@@ -245,12 +245,23 @@ def test_auto_leaves_out_columns_named_like_a_label_and_a_list_takes_them():
         ("is_spam", T.BooleanType()), ("suspensions", T.LongType()), ("BOTScore", T.DoubleType()),
         ("robot_clicks", T.DoubleType()), ("botany_posts", T.LongType()), ("about", T.DoubleType()),
         ("status_updates", T.LongType()),
+        # moderation outcomes (botwatch's own `actioned` among them), joined and digit-suffixed names
+        ("is_restricted", T.BooleanType()), ("was_actioned", T.BooleanType()), ("strikes", T.LongType()),
+        ("enforcement_actions", T.LongType()), ("isspam", T.BooleanType()), ("shadowbanned", T.BooleanType()),
+        ("unbanned", T.BooleanType()), ("botscore", T.DoubleType()), ("BOTscore", T.DoubleType()),
+        ("bot7d", T.DoubleType()), ("reports7d", T.LongType()),
+        # ... and names that only contain such letters
+        ("island_count", T.LongType()), ("unlocked_achievements", T.LongType()), ("posts30d", T.LongType()),
+        ("account_status", T.LongType()),
     ]]])
     sel = A.select_attributes(schema, "auto")
     leaky = ["is_bot", "isBot", "label_score", "banned", "suspension_count", "bot_probability",
-             "user_reports", "appealsWon", "investigator_verdict", "is_spam", "suspensions", "BOTScore"]
+             "user_reports", "appealsWon", "investigator_verdict", "is_spam", "suspensions", "BOTScore",
+             "is_restricted", "was_actioned", "strikes", "enforcement_actions", "isspam", "shadowbanned",
+             "unbanned", "botscore", "BOTscore", "bot7d", "reports7d"]
     # "bot" only as a whole word
-    assert sorted(sel.columns) == ["about", "botany_posts", "robot_clicks", "status_updates"]
+    assert sorted(sel.columns) == ["about", "account_status", "botany_posts", "island_count", "posts30d",
+                                   "robot_clicks", "status_updates", "unlocked_achievements"]
     assert sorted(sel.skipped) == sorted(leaky)
     assert all("looks like a label" in sel.skipped[n] and "features.account_attributes" in sel.skipped[n]
                for n in leaky)

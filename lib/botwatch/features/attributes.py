@@ -112,7 +112,12 @@ LEAKY_WORDS = frozenset({
     "suspended", "suspension", "banned", "ban", "removed", "takedown", "moderated", "moderation",
     "report", "reported", "appeal", "appealed", "investigator", "investigation", "verdict",
     "spam", "spammer", "fraud", "fraudulent", "fake", "flagged", "abuse", "abusive",
+    "suspend", "restricted", "restriction", "actioned", "blocked", "deleted", "locked", "disabled",
+    "terminated", "strike", "violation", "enforcement", "scam", "scammer", "unbanned", "unsuspended",
 })
+# Joined names: ``isspam``, ``shadowbanned``, ``botscore`` are a leaky word with one of these.
+_JOINED_PREFIXES = ("is", "was", "has", "shadow")
+_JOINED_SUFFIXES = ("score", "prob", "flag", "count", "status")
 PERCENTILE_SEED = 17  # seeds the hash that samples a hub's neighbours for its percentiles
 
 # internal columns
@@ -163,7 +168,10 @@ def _feature_name(column: str) -> str:
 
 def _name_words(column: str) -> set[str]:
     spaced = re.sub(r"([a-z0-9])([A-Z])|([A-Z])([A-Z][a-z])", r"\1\3 \2\4", column)  # isBot, BOTScore
-    words = {w for w in re.split(r"[^0-9a-z]+", spaced.lower()) if w}
+    # Digits separate words too (bot7d, reports30d); the unsplit name's words catch BOTscore.
+    words = {w for text in (spaced, column) for w in re.split(r"[^a-z]+", text.lower()) if w}
+    words |= {w[len(p):] for w in words for p in _JOINED_PREFIXES if w.startswith(p) and len(w) > len(p) + 2}
+    words |= {w[:-len(x)] for w in words for x in _JOINED_SUFFIXES if w.endswith(x) and len(w) > len(x) + 2}
     return words | {w[:-1] for w in words if len(w) > 3 and w.endswith("s")}
 
 
