@@ -45,6 +45,7 @@ from botwatch.ingest import (
     MostlyBadInputError,
     ingest_files,
     open_inputs,
+    resolve_input,
     validate_table,
 )
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA
@@ -551,6 +552,20 @@ def test_a_mostly_bad_input_or_a_non_utc_session_writes_nothing(spark, tmp_path)
     with session_conf(spark, {TIME_ZONE_KEY: "America/New_York"}), pytest.raises(SessionTimeZoneError):
         ingest_files(spark, wh2, **paths, labels=None, run_date=RUN, echo=lambda _: None)
     assert not Path(wh2).exists()
+
+
+def test_file_uris_stay_uris_for_spark(spark, tmp_path):
+    """``file:///x`` is a local file even where the cluster's default file system is HDFS: Spark gets the
+    URI (a bare ``/x`` would be read from HDFS), and its footers are still checked locally (pandas'
+    nanosecond timestamps)."""
+    paths = _small_inputs(tmp_path, pd.DataFrame([_account(1), _account(2)]))
+    uris = {table: Path(path).as_uri() for table, path in paths.items()}
+    assert resolve_input(t.EVENTS, uris[t.EVENTS]) == (uris[t.EVENTS], "parquet")
+    assert resolve_input(t.EVENTS, paths[t.EVENTS]) == (paths[t.EVENTS], "parquet")
+    wh = str(tmp_path / "wh")
+    got = ingest_files(spark, wh, **uris, labels=None, run_date=RUN, echo=lambda _: None)
+    assert {table: c[ROWS_LOADED] for table, c in got.items()} == {t.ACCOUNTS: 2, t.EVENTS: 2, t.EDGES: 1}
+    assert read_table(spark, wh, t.EVENTS).agg(F.min(t.EVENT_TS)).first()[0] == datetime(2024, 6, 29, 8)
 
 
 def test_kept_columns_that_delta_cannot_name_are_renamed(spark, tmp_path):

@@ -50,6 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from functools import reduce
+from pathlib import Path
 from urllib.parse import urlparse
 
 from pyspark import StorageLevel
@@ -518,7 +519,8 @@ def resolve_input(table: str, path: str) -> tuple[str, str]:
     except (OSError, ValueError) as exc:  # pyarrow's errors are ValueError / OSError subclasses
         raise IngestInputError(f"{table} file {path} cannot be read as {fmt}: {exc}") from exc
     _require(columns, table, f"{table} file {path}")
-    return local, fmt
+    # An explicit file: stays a URI for Spark: a bare path is read from the cluster's default file system.
+    return (Path(local).as_uri() if path.startswith("file:") else local), fmt
 
 
 def _parquet_nanos_columns(path: str) -> list[str]:
@@ -530,6 +532,7 @@ def _parquet_nanos_columns(path: str) -> list[str]:
 
     if not _is_local(path):
         return []
+    path = _local(path)
     files = _data_files(path) if os.path.isdir(path) else [path]
     nanos: list[str] = []
     for file in files:
