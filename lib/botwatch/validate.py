@@ -203,8 +203,9 @@ def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, ext
         problems.append(f"{extra_copies} extra row(s) of repeated ids (first ids: {examples})")
     raise AccountGrainError(
         f"{t.table_path(warehouse, t.ACCOUNTS)} is not one row per account: {' and '.join(problems)}. Nothing was "
-        "moved. An accounts export was likely appended instead of merged: keep one row per account_id (MERGE on "
-        "account_id, or `botwatch ingest`, which quarantines duplicates), then rerun the date"
+        "moved. An accounts export was likely appended instead of merged: keep one row per account_id, the newest "
+        "(MERGE the export on account_id), then rerun the date. `botwatch ingest` keeps one copy of each id too, "
+        "but the one whose row text sorts first, not the newest: give it one row per account as well"
     )
 
 
