@@ -954,6 +954,13 @@ def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(sp
     assert read_table(spark, wh, t.SCORES).where(F.col(t.RUN_DATE) == day).count() == n > 0
     assert read_table(spark, wh, t.SCORES_LATEST).count() == n
     assert statuses(nightly.run_steps(spark, conf, day, echo=lambda _: None)) == {s: "skipped" for s in steps.RUN_ORDER}
+    # A lost report is a reason to rerun monitor (as `botwatch report` advises), and only monitor.
+    from botwatch.monitoring.run import report_path
+
+    os.remove(report_path(wh, day))
+    logged = nightly.log_rows(spark, wh, day)
+    assert nightly.rerun_reason(spark, wh, conf, "monitor", day, logged["monitor"]) == "its report for the date is missing"
+    assert nightly.rerun_reason(spark, wh, conf, "publish", day, logged["publish"]) is None
 
     real = steps.STEPS["score_stage1"]
 
@@ -968,7 +975,7 @@ def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(sp
     resumed = statuses(nightly.run_steps(spark, conf, day, echo=lambda _: None))
     assert resumed == {"validate": "skipped", "activity": "skipped", "features": "skipped", "train": "skipped",
                        "score_stage1": "ok", "score_stage2": "ok", "publish": "ok", "monitor": "ok"}
-    assert checksums(spark, wh) == sums
+    assert checksums(spark, wh) == sums and os.path.exists(report_path(wh, day))
     for table, keys in KEYS.items():
         df = read_table(spark, wh, table)
         assert df.count() == df.select(*keys).distinct().count(), table

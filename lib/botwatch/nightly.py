@@ -527,6 +527,11 @@ def rerun_reason(spark: SparkSession, warehouse: str, conf: Config, step: str, r
         return f"its conf changed ({', '.join(io.conf)})"
     if io.output is not None and not output_present(spark, warehouse, io.output, run_date):
         return f"its output for the date is missing from {io.output[0]}"
+    if step == "monitor":
+        from botwatch.monitoring.run import report_path
+
+        if not files.exists(report_path(warehouse, run_date), spark):
+            return "its report for the date is missing"
     for table in io.inputs:
         if data_changed_since(spark, warehouse, table, recorded[table]):
             return f"input {table} changed since its version {recorded[table]}"
