@@ -281,6 +281,30 @@ def test_champion_as_of_a_date_is_the_one_promoted_by_then(spark, tmp_path):
     assert {day: r and r[t.VERSION] for day, r in got.items()} == {3: None, 4: 1, 8: 1, 13: 1}
 
 
+def test_a_date_before_the_first_champion_trains_nothing_and_says_why_it_is_not_scored(spark, conf, tmp_path):
+    """Backfilling history older than the first champion: a model trained on such a date is always
+    refused by the gate, so the train step trains nothing (it trained the whole cascade each time),
+    and scoring says the date cannot be scored instead of advising to train."""
+    from botwatch.scoring.stage1 import load_champion
+
+    wh, d = str(tmp_path / "wh"), dt.date(2026, 1, 1)
+    registry.upsert(spark, wh, registry.ModelRecord(STAGE1_MODEL, 1, registry.CHAMPION, d + dt.timedelta(days=10),
+                                                    artifact_path="-"))
+    params = TrainParams.from_conf(conf.section("train"))
+    retrain, why = refresh_decision(spark, wh, d + dt.timedelta(days=3), params)
+    assert not retrain and "the first champion (version 1, trained on 2026-01-11) was trained after 2026-01-04" in why
+    assert refresh_decision(spark, wh, d + dt.timedelta(days=11), params)[0] is False  # a fresh champion
+    with pytest.raises(registry.NoChampionError, match=r"trained after it.*this date is not scored"):
+        load_champion(spark, wh, as_of=d + dt.timedelta(days=3))
+    # The cascade's policy too: without a heavy champion it retrains, but not for an earlier date.
+    from botwatch.training_heavy import cascade_refresh_decision
+
+    retrain, why = cascade_refresh_decision(spark, wh, d + dt.timedelta(days=3), params)
+    assert not retrain and "the stage1_xgb champion (version 1, trained on 2026-01-11) was trained after" in why
+    assert cascade_refresh_decision(spark, wh, d + dt.timedelta(days=11), params) == (
+        True, "no heavy champion yet: stage 2 is off until one is promoted")
+
+
 def test_model_inputs_are_doubles_with_nan_for_missing(spark):
     """Ints, longs, floats and booleans become doubles; nulls become NaN (XGBoost's missing); names
     that need quoting keep their name."""

@@ -150,6 +150,12 @@ def refresh_decision(spark: SparkSession, warehouse: str, run_date: dt.date, par
     the same rows give the same models, and a tie at the gate would replace D's promoted heavy model
     with a copy (new versions, new scores for D). ``train.max_champion_age_days=0`` still retrains."""
     champion = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=run_date)
+    if champion is None:
+        newer = registry.newer_champion(registry.champion(spark, warehouse, STAGE1_MODEL), run_date)
+        if newer is not None:
+            # The gate would refuse whatever D trains (the heavy model's too): nothing to train for.
+            return False, (f"the first champion ({newer}) was trained after {run_date}; the gate never replaces it "
+                           "with a model trained on an earlier date, so nothing is trained and the date is not scored")
     drift_alert = drift_alert_before(spark, warehouse, run_date)
     retrain, why = needs_training(champion, run_date, params.max_champion_age_days, drift_alert)
     if retrain and params.max_champion_age_days > 0:

@@ -397,6 +397,12 @@ def cascade_refresh_decision(
     retrain, why = refresh_decision(spark, warehouse, run_date, params)
     if retrain or _heavy_champion_record(spark, warehouse, run_date) is not None:
         return retrain, why
+    # A date before the current heavy champion's (its gate would refuse D's model) or stage 1's (a
+    # rerun of an earlier date: the first heavy champion must not come from older rows) trains none.
+    for model in (HEAVY_MODEL, STAGE1_MODEL):
+        newer = registry.newer_champion(registry.champion(spark, warehouse, model), run_date)
+        if newer is not None:
+            return False, f"{why}; the {model} champion ({newer}) was trained after {run_date}"
     done = _heavy_trained_on(spark, warehouse, run_date, params)
     if done is not None:
         return False, f"{why}; no heavy champion, and the heavy model of {run_date} was refused ({done['reason']})"

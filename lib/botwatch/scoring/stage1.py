@@ -30,6 +30,13 @@ def load_champion(
     champ = registry.champion(spark, warehouse, model_name, as_of=as_of)
     if champ is None:
         when = f" as of {as_of}" if as_of else ""
+        newer = registry.newer_champion(registry.champion(spark, warehouse, model_name), as_of) if as_of else None
+        if newer is not None:
+            raise registry.NoChampionError(
+                f"no champion '{model_name}'{when} in {warehouse}/model_registry: the first ({newer}) was trained "
+                "after it, on labels observed later, so this date is not scored (training it again cannot help: "
+                "the gate never replaces a champion with a model trained on an earlier date)"
+            )
         raise registry.NoChampionError(
             f"no champion '{model_name}'{when} in {warehouse}/model_registry: train one first with "
             "`botwatch train --date D` (it needs labels and features from earlier days)"
