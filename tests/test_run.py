@@ -387,6 +387,19 @@ def statuses(results: dict) -> dict:
     return {k: v["status"] for k, v in results.items()}
 
 
+def test_a_change_is_seen_when_a_commit_lands_while_the_history_is_read(spark, warehouse, monkeypatch):
+    """The latest version is read, then the history: a commit between the two (here an OPTIMIZE) must not
+    push the data change just after the logged version out of the commits looked at."""
+    df = spark.createDataFrame([(1,)], "x int")
+    write_table(df, warehouse, t.FEATURES)  # version 0: what the step read
+    write_table(df.union(df), warehouse, t.FEATURES)  # version 1: a data change
+    spark.sql(f"OPTIMIZE delta.`{t.table_path(warehouse, t.FEATURES)}`")  # version 2, landing meanwhile
+    assert nightly.table_version(spark, warehouse, t.FEATURES) == 2
+    assert not nightly.data_changed_since(spark, warehouse, t.FEATURES, 2)
+    monkeypatch.setattr(nightly, "table_version", lambda *a: 1)  # read before version 2 landed
+    assert nightly.data_changed_since(spark, warehouse, t.FEATURES, 0)
+
+
 def test_skip_logic_reruns_exactly_what_changed(spark, fake_pipeline):
     conf, calls, fail = fake_pipeline
     wh = conf["warehouse"]

@@ -199,7 +199,9 @@ def data_changed_since(spark: SparkSession, warehouse: str, table: str, version:
         return True  # created, or recreated, since
     from delta.tables import DeltaTable
 
-    history = DeltaTable.forPath(spark, t.table_path(warehouse, table)).history(current - version)
+    # A few commits more than asked: one that lands after ``current`` was read would push the oldest
+    # wanted one out of the newest ``current - version``.
+    history = DeltaTable.forPath(spark, t.table_path(warehouse, table)).history(current - version + 16)
     changes = history.where((F.col("version") > version) & ~F.col("operation").isin(*MAINTENANCE_OPERATIONS))
     return changes.limit(1).count() > 0
 
