@@ -227,6 +227,29 @@ def test_a_promotion_never_replaces_a_champion_it_was_not_compared_with(spark, t
     assert len(calls) == 3 and 7 not in stages()
 
 
+def test_a_promotion_committed_while_the_champion_is_read_is_seen(spark, tmp_path, monkeypatch):
+    """Run B reads the registry (v1 champion); run A's promotion of v3 commits before B's update starts.
+    Delta sees no conflict (B's update reads the newer snapshot), so B would retire v3 for a model only
+    ever compared with v1: B reads again instead, and refuses."""
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
+    for version, stage in ((1, registry.CHAMPION), (2, registry.CHALLENGER), (3, registry.CHALLENGER)):
+        registry.upsert(spark, wh, registry.ModelRecord("m", version, stage, day, artifact_path=f"a{version}"))
+    real_records, raced = registry.records, []
+
+    def records_then_a_promotion(*args, **kwargs):
+        rows = real_records(*args, **kwargs)
+        if not raced:
+            raced.append(True)
+            assert registry.promote(spark, wh, "m", 3, "run A", expected_champion=1)
+        return rows  # what B read: v1 still the champion
+
+    monkeypatch.setattr(registry, "records", records_then_a_promotion)
+    assert registry.promote(spark, wh, "m", 2, "run B", expected_champion=1) is False
+    monkeypatch.undo()
+    assert {r[t.VERSION]: r[t.STAGE] for r in registry.records(spark, wh, "m")} == {
+        1: registry.RETIRED, 2: registry.CHALLENGER, 3: registry.CHAMPION}
+
+
 def test_reserved_versions_are_never_shared(spark, tmp_path, monkeypatch):
     wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
 

@@ -41,6 +41,23 @@ def read_table(spark: SparkSession, warehouse: str, table: str, version: int | N
     return reader.load(path)
 
 
+def table_version(spark: SparkSession, warehouse: str, table: str) -> int:
+    """The table's latest Delta version; -1 when the table does not exist."""
+    if not table_exists(spark, warehouse, table):
+        return -1
+    path = table_path(warehouse, table)
+    try:
+        # Delta's own log handle: reads the last commit's number without running a Spark job.
+        delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(  # type: ignore[union-attr]
+            spark._jsparkSession, path)
+        defaults = (getattr(delta_log, "update$default$2")(), getattr(delta_log, "update$default$3")())
+        return int(delta_log.update(False, *defaults).version())
+    except Exception:  # an internal API: fall back to the public (slower) history
+        from delta.tables import DeltaTable
+
+        return int(DeltaTable.forPath(spark, path).history(1).first()["version"])  # type: ignore[index]
+
+
 @contextmanager
 def commit_metadata(spark: SparkSession, **fields: str):
     """Attach ``fields`` (e.g. run_date, step) as Delta userMetadata to commits in this block."""

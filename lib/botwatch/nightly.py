@@ -41,16 +41,16 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from pyspark.sql import Row, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import files
 from botwatch import tables as t
 from botwatch.config import Config, warehouse_path
-from botwatch.delta_io import commit_metadata, hadoop_fs, read_table, table_exists, write_table
+from botwatch.delta_io import commit_metadata, hadoop_fs, read_table, table_exists, table_version, write_table
 
 log = logging.getLogger(__name__)
 
@@ -172,22 +172,6 @@ def run_conf_fingerprint(conf: Config) -> int:
 
 
 # ---------------------------------------------------------------- table versions
-
-
-def table_version(spark: SparkSession, warehouse: str, table: str) -> int:
-    """The table's latest Delta version; -1 when the table does not exist."""
-    if not table_exists(spark, warehouse, table):
-        return -1
-    path = t.table_path(warehouse, table)
-    try:
-        # Delta's own log handle: reads the last commit's number without running a Spark job.
-        delta_log = _jvm(spark).org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
-        defaults = (getattr(delta_log, "update$default$2")(), getattr(delta_log, "update$default$3")())
-        return int(delta_log.update(False, *defaults).version())
-    except Exception:  # an internal API: fall back to the public (slower) history
-        from delta.tables import DeltaTable
-
-        return cast(Row, DeltaTable.forPath(spark, path).history(1).first())["version"]
 
 
 def data_changed_since(spark: SparkSession, warehouse: str, table: str, version: int) -> bool:
@@ -429,9 +413,9 @@ class DateLock:
         """Raise :class:`RunLockLostError` unless this lock still holds its date."""
         held = self.current()
         if held is None or held["holder"] != self.holder:
+            how = "it was removed (`botwatch unlock`, or" if held is None else f"taken over by {held['holder']} ("
             raise RunLockLostError(
-                f"the lock of {self.run_date} is no longer this run's ({self.holder}): "
-                f"{'it was removed (`botwatch unlock`, or' if held is None else 'taken over by ' + held['holder'] + ' ('}"
+                f"the lock of {self.run_date} is no longer this run's ({self.holder}): {how}"
                 f"a takeover after it went unrefreshed for run.lock_stale_hours={self.stale_hours}: a long pause of "
                 "this process, or a file system that hung). This run stops before writing more; the other run, if "
                 f"any, redoes what it needs. Check that run, then rerun {self.run_date} if it did not finish."

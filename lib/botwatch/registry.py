@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 
 from botwatch import __version__, files
 from botwatch import tables as t
-from botwatch.delta_io import read_table, table_exists, write_table
+from botwatch.delta_io import read_table, table_exists, table_version, write_table
 from botwatch.tables import table_path
 
 CHAMPION, CHALLENGER, RETIRED = t.MODEL_STAGES
@@ -109,6 +109,10 @@ def next_version(spark: SparkSession, warehouse: str, model_name: str) -> int:
     return max((r[t.VERSION] for r in records(spark, warehouse, model_name)), default=0) + 1
 
 
+class RegistryMovedError(Exception):
+    """The registry got a commit between reading it and committing a decision based on it (retried)."""
+
+
 class RegistryConflictError(RuntimeError):
     """Other runs kept winning the registry commits this run tried (reserving a version, recording or
     promoting one); rerun the training."""
@@ -144,7 +148,7 @@ def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_da
         try:
             if _insert_new(spark, warehouse, placeholder):
                 return version
-        except commit_conflicts():
+        except (*commit_conflicts(), RegistryMovedError):
             pass  # another run committed first: read the versions again
     raise RegistryConflictError(
         f"could not reserve a version of '{model_name}' in {attempts} attempts: other runs kept taking them; "
@@ -206,7 +210,7 @@ def _retried(commit: Callable[[], T_], what: str, attempts: int) -> T_:
     for attempt in range(attempts):
         try:
             return commit()
-        except commit_conflicts():
+        except (*commit_conflicts(), RegistryMovedError):
             if attempt == attempts - 1:
                 raise RegistryConflictError(
                     f"{what}: other runs kept committing to model_registry ({attempts} attempts); rerun the training"
@@ -301,6 +305,7 @@ def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, 
     from delta.tables import DeltaTable
 
     def attempt() -> bool:
+        read_at = table_version(spark, warehouse, t.MODEL_REGISTRY)
         found = records(spark, warehouse, model_name)
         if not any(r[t.VERSION] == version for r in found):
             # The update would retire the champion and crown nobody.
@@ -308,6 +313,10 @@ def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, 
         current = next((r[t.VERSION] for r in reversed(found) if r[t.STAGE] == CHAMPION), None)
         if expected_champion is not ANY_CHAMPION and current not in (expected_champion, version):
             return False
+        if table_version(spark, warehouse, t.MODEL_REGISTRY) != read_at:
+            # Another run committed while the champion was read: the update would start from its
+            # snapshot, without a conflict, and retire a champion this model was never compared with.
+            raise RegistryMovedError
         new = F.col(t.VERSION) == version
         DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY)).update(
             (F.col(t.MODEL_NAME) == model_name) & (new | (F.col(t.STAGE) == CHAMPION)),
