@@ -10,7 +10,7 @@ import sys
 
 from botwatch.config import resolve_path
 from botwatch.entry import job_conf, job_parser
-from botwatch.ingest import IngestInputError, format_report, ingest_files, bad_share_limits, resolve_input
+from botwatch.ingest import IngestInputError, bad_share_limits, format_report, ingest_files, resolve_input
 from botwatch.spark import get_spark
 
 

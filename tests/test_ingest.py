@@ -33,14 +33,14 @@ from botwatch.ingest import (
     MALFORMED_ROW,
     NULL_KEY,
     REASONS,
+    ROWS_LOADED,
+    ROWS_QUARANTINED,
     SELF_FOLLOW,
     TIMESTAMP_BEFORE_2000,
     TIMESTAMP_IN_FUTURE,
     UNKNOWN_ACCOUNT,
     UNKNOWN_EVENT_TYPE,
     UNKNOWN_LABEL_SOURCE,
-    ROWS_LOADED,
-    ROWS_QUARANTINED,
     IngestInputError,
     MostlyBadInputError,
     ingest_files,
@@ -542,7 +542,8 @@ def test_a_mostly_bad_input_or_a_non_utc_session_writes_nothing(spark, tmp_path)
     pd.DataFrame({t.ACCOUNT_ID: range(101, 221), t.EVENT_TS: [datetime(2024, 6, 29, 8)] * 120,
                   t.EVENT_TYPE: ["post"] * 120, t.IP_HASH: ["a"] * 120, t.DEVICE_ID: ["c"] * 120}
                  ).to_parquet(paths[t.EVENTS])
-    with pytest.raises(MostlyBadInputError, match=r"events .* has 120 bad rows of 120 \(over 50%\): unknown_account 120"):
+    with pytest.raises(MostlyBadInputError,
+                       match=r"events .* has 120 bad rows of 120 \(over 50%\): unknown_account 120"):
         ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None)
     assert not Path(wh).exists()
     # Under the minimum row count a share is no basis: 120 bad of 120 loads with a higher minimum.

@@ -972,7 +972,8 @@ def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(sp
 
     os.remove(report_path(wh, day))
     logged = nightly.log_rows(spark, wh, day)
-    assert nightly.rerun_reason(spark, wh, conf, "monitor", day, logged["monitor"]) == "its report for the date is missing"
+    missing = nightly.rerun_reason(spark, wh, conf, "monitor", day, logged["monitor"])
+    assert missing == "its report for the date is missing"
     assert nightly.rerun_reason(spark, wh, conf, "publish", day, logged["publish"]) is None
 
     real = steps.STEPS["score_stage1"]

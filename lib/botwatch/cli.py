@@ -204,7 +204,7 @@ def ingest(
     import datetime as dt
 
     from botwatch.config import resolve_path
-    from botwatch.ingest import IngestInputError, format_report, ingest_files, bad_share_limits, resolve_input
+    from botwatch.ingest import IngestInputError, bad_share_limits, format_report, ingest_files, resolve_input
     from botwatch.spark import get_spark
 
     cfg = build_conf(conf, warehouse, set_)

@@ -148,7 +148,7 @@ def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_da
         try:
             if _insert_new(spark, warehouse, placeholder):
                 return version
-        except (*commit_conflicts(), RegistryMovedError):
+        except (RegistryMovedError, *commit_conflicts()):  # type: ignore[misc]
             pass  # another run committed first: read the versions again
     raise RegistryConflictError(
         f"could not reserve a version of '{model_name}' in {attempts} attempts: other runs kept taking them; "
@@ -210,7 +210,7 @@ def _retried(commit: Callable[[], T_], what: str, attempts: int) -> T_:
     for attempt in range(attempts):
         try:
             return commit()
-        except (*commit_conflicts(), RegistryMovedError):
+        except (RegistryMovedError, *commit_conflicts()):  # type: ignore[misc]
             if attempt == attempts - 1:
                 raise RegistryConflictError(
                     f"{what}: other runs kept committing to model_registry ({attempts} attempts); rerun the training"
