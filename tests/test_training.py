@@ -328,6 +328,36 @@ def test_a_date_before_the_first_champion_trains_nothing_and_says_why_it_is_not_
         True, "no heavy champion yet: stage 2 is off until one is promoted")
 
 
+def test_golden_figures_are_also_given_at_the_populations_bot_share(conf):
+    """Golden labels are 60 % bots, the population 3 %: precision and PR-AUC at the labels' share
+    flatter the model. The ``golden_population_*`` figures reweight bots and humans to 3 %, checked
+    against scikit-learn with the class weights computed here."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(7)
+    params = dataclasses.replace(TrainParams.from_conf(conf.section("train")), n_bootstrap=20)
+
+    def rows(n_bot, n_human):
+        y = np.r_[np.ones(n_bot), np.zeros(n_human)].astype(int)
+        return pd.DataFrame({t.ACCOUNT_ID: np.arange(len(y)), t.LABEL: y}), expit(rng.normal(size=len(y)) + 3.2 * y - 1)
+
+    (valid, sv), (golden, sg) = rows(3000, 2000), rows(3000, 2000)
+    ctx = SimpleNamespace(prevalence=0.03, canary_metrics={})
+    threshold, got = training.operating_point(valid, sv, golden, sg, ctx, params)
+    y = golden[t.LABEL].to_numpy()
+    w = np.where(y == 1, 0.03 / y.mean(), 0.97 / (1 - y.mean()))
+    assert got["golden_population_precision_at_threshold"] == pytest.approx(
+        precision_score(y, sg >= threshold, sample_weight=w), abs=1e-12)
+    assert got["golden_population_pr_auc"] == pytest.approx(average_precision_score(y, sg, sample_weight=w), abs=1e-9)
+    # ... far below the figures at the labels' share
+    assert got["golden_precision_at_threshold"] - got["golden_population_precision_at_threshold"] > 0.03
+    assert got["golden_pr_auc"] - got["golden_population_pr_auc"] > 0.05
+    assert 0 < got["golden_population_recall_at_target_precision"] < got["golden_recall_at_target_precision"]
+    ctx.prevalence = None  # no population share known: no such figures
+    assert not any("population_" in k for k in training.operating_point(valid, sv, golden, sg, ctx, params)[1]
+                   if k.startswith("golden_"))
+
+
 def test_model_inputs_are_doubles_with_nan_for_missing(spark):
     """Ints, longs, floats and booleans become doubles; nulls become NaN (XGBoost's missing); names
     that need quoting keep their name."""

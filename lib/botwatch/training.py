@@ -31,7 +31,14 @@ from botwatch import registry
 from botwatch import tables as t
 from botwatch.config import ConfigError
 from botwatch.delta_io import read_table, table_exists
-from botwatch.evaluation.metrics import evaluate, operating_threshold, precision_at, prior_shift_weights
+from botwatch.evaluation.metrics import (
+    evaluate,
+    operating_threshold,
+    pr_auc,
+    precision_at,
+    prior_shift_weights,
+    recall_at_precision,
+)
 from botwatch.labels import point_in_time_join, resolve_labels, split_golden, time_split
 from botwatch.models.canary import canary_scores, fit_canary
 from botwatch.models.stage1 import (
@@ -278,8 +285,6 @@ def champion_golden_pr_auc(spark, warehouse: str, champion: dict | None, golden_
     calibrated as it scores (like the challenger's): saturated scores tie for both or neither."""
     if champion is None or len(golden_pdf) == 0 or golden_pdf[t.LABEL].nunique() < 2:
         return None
-    from botwatch.evaluation.metrics import pr_auc
-
     art = champion["artifact_path"]
     raw = registry.read_artifact(art, "model.json", binary=True)
     cols = registry.read_artifact(art, "features.json")["features"]
@@ -368,8 +373,26 @@ def operating_point(
                "valid_population_precision": population_precision}
     metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
     metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
+    metrics.update(_population_metrics(golden_pdf, golden_score, threshold, ctx.prevalence, params, "golden_"))
     metrics.update(ctx.canary_metrics)
     return threshold, metrics
+
+
+def _population_metrics(pdf: pd.DataFrame, score: np.ndarray, threshold: float | None, prevalence: float | None,
+                        params: TrainParams, prefix: str) -> dict[str, float]:
+    """The headline figures with the rows reweighted to the population's bot share: the labelled
+    rows' own share is far higher (investigators pick suspects), which flatters precision and
+    PR-AUC (``{prefix}population_*``; none without a prevalence)."""
+    if prevalence is None or len(pdf) == 0 or pdf[t.LABEL].nunique() < 2:
+        return {}
+    y = pdf[t.LABEL].to_numpy()
+    w = validation_weights(pdf, prevalence)
+    nan = math.nan
+    return {
+        f"{prefix}population_pr_auc": pr_auc(y, score, w),
+        f"{prefix}population_precision_at_threshold": nan if threshold is None else precision_at(y, score, threshold, w),
+        f"{prefix}population_recall_at_target_precision": recall_at_precision(y, score, params.target_precision, w),
+    }
 
 
 def train_stage1(
