@@ -387,10 +387,10 @@ def _population_metrics(pdf: pd.DataFrame, score: np.ndarray, threshold: float |
         return {}
     y = pdf[t.LABEL].to_numpy()
     w = validation_weights(pdf, prevalence)
-    nan = math.nan
+    precision = math.nan if threshold is None else precision_at(y, score, threshold, w)
     return {
         f"{prefix}population_pr_auc": pr_auc(y, score, w),
-        f"{prefix}population_precision_at_threshold": nan if threshold is None else precision_at(y, score, threshold, w),
+        f"{prefix}population_precision_at_threshold": precision,
         f"{prefix}population_recall_at_target_precision": recall_at_precision(y, score, params.target_precision, w),
     }
 
