@@ -202,6 +202,18 @@ def test_validate_stops_before_moving_a_day_that_is_mostly_bad(spark, warehouse)
     # Too few rows to judge by a share, or a share that is allowed: the bad rows move as usual.
     assert validate_inputs(spark, warehouse, D, max_bad_share=0.5, bad_share_min_rows=51)["quarantined"]["events"] == 30
     assert read_table(spark, warehouse, t.EVENTS).count() == 20
+    # A day whose events are all bad, however few, stops too: moving them all would score D without activity.
+    all_bad = [(500 + m, ts(D, 10, m), "post", "ip", "dev", D) for m in range(3)]
+    write_inputs(spark, warehouse, events=all_bad)
+    with pytest.raises(NoEventsError, match=r"none of the 3 events of 2026-01-12 is good \(3 unknown_account\); "
+                                            r"nothing was moved"):
+        validate_inputs(spark, warehouse, D)
+    assert read_table(spark, warehouse, t.EVENTS).count() == 3
+    # A day emptied by an earlier validate (the 20 good events deleted upstream since) says where they went.
+    write_inputs(spark, warehouse, events=[(1, ts(D, 9), "post", "ip", "dev", D + dt.timedelta(days=1))])
+    with pytest.raises(NoEventsError, match="An earlier validate of the date moved 30 of its events to quarantine"):
+        validate_inputs(spark, warehouse, D)
+    write_inputs(spark, warehouse, events=events[:20])
 
     # Labels dated before D are checked each night too: a source renamed across the table (or accounts gone
     # from the export) would move the label history out. The same stop holds for them.

@@ -163,8 +163,16 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         if table == t.EVENTS and counts[table] == 0:
             raise NoEventsError(
                 f"no events for {run_date} in {t.table_path(warehouse, t.EVENTS)} (partition "
-                f"{t.EVENT_DATE}={run_date}). Load that day's events first (the upstream export, or `botwatch ingest` "
-                "with the full history: ingest replaces the input tables), then rerun the date."
+                f"{t.EVENT_DATE}={run_date}). {_moved_before(spark, warehouse, run_date)}Load that day's events first "
+                "(the upstream export, or `botwatch ingest` with the full history: ingest replaces the input "
+                "tables), then rerun the date."
+            )
+        if table == t.EVENTS and not reasons.get(None):
+            # However few: moving them all would score D as a day without activity.
+            raise NoEventsError(
+                f"none of the {counts[table]} events of {run_date} is good "
+                f"({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))}); nothing was moved. Fix the day's "
+                "events upstream (or with `botwatch ingest`), then rerun the date."
             )
         bad = {k: v for k, v in reasons.items() if k is not None}
         quarantined[table] = sum(bad.values()) + sum(late_bad.values())
@@ -191,6 +199,17 @@ def _stop_if_mostly_bad(table: str, which: str, rows: int, bad: dict[str, int], 
             "(unknown_account: the accounts export has not landed) or changed (unknown_label_source: a renamed "
             "source); fix it and rerun the date, or raise validate.max_bad_share if this is real"
         )
+
+
+def _moved_before(spark: SparkSession, warehouse: str, run_date: dt.date) -> str:
+    """What an earlier validate of D moved out of events, for :class:`NoEventsError`'s message."""
+    if not table_exists(spark, warehouse, t.QUARANTINE):
+        return ""
+    quarantine = read_table(spark, warehouse, t.QUARANTINE)
+    by_validate = F.col(t.STEP) == VALIDATE_STEP if t.STEP in quarantine.columns else F.lit(True)
+    moved = quarantine.where((F.col(t.TABLE) == t.EVENTS) & (F.col(t.RUN_DATE) == F.lit(run_date))
+                             & by_validate).count()
+    return f"An earlier validate of the date moved {moved} of its events to quarantine. " if moved else ""
 
 
 def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, extra_copies: int) -> None:
