@@ -413,10 +413,11 @@ class DateLock:
         """Raise :class:`RunLockLostError` unless this lock still holds its date."""
         held = self.current()
         if held is None or held["holder"] != self.holder:
-            how = "it was removed (`botwatch unlock`, or" if held is None else f"taken over by {held['holder']} ("
+            how = "it was removed (`botwatch unlock`, or a takeover after" if held is None else \
+                f"taken over by {held['holder']} (after"
             raise RunLockLostError(
-                f"the lock of {self.run_date} is no longer this run's ({self.holder}): {how}"
-                f"a takeover after it went unrefreshed for run.lock_stale_hours={self.stale_hours}: a long pause of "
+                f"the lock of {self.run_date} is no longer this run's ({self.holder}): {how} "
+                f"it went unrefreshed for run.lock_stale_hours={self.stale_hours}: a long pause of "
                 "this process, or a file system that hung). This run stops before writing more; the other run, if "
                 f"any, redoes what it needs. Check that run, then rerun {self.run_date} if it did not finish."
             )

@@ -148,7 +148,7 @@ def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_da
         try:
             if _insert_new(spark, warehouse, placeholder):
                 return version
-        except (RegistryMovedError, *commit_conflicts()):  # type: ignore[misc]
+        except commit_conflicts():
             pass  # another run committed first: read the versions again
     raise RegistryConflictError(
         f"could not reserve a version of '{model_name}' in {attempts} attempts: other runs kept taking them; "
