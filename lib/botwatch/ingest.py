@@ -746,11 +746,16 @@ def bad_share_limits(conf) -> dict:
     return {"max_bad_share": float(section["max_bad_share"]), "bad_share_min_rows": int(section["bad_share_min_rows"])}
 
 
+def mostly_bad(rows: int, bad: int, max_bad_share: float, min_rows: int) -> bool:
+    """Ingest's and validate's stop: at least ``min_rows`` rows, more than ``max_bad_share`` of them bad."""
+    return rows >= min_rows and bad > max_bad_share * rows
+
+
 def _refuse_mostly_bad(table: str, path: str | None, counts: dict, max_bad_share: float, min_rows: int) -> None:
     rows_in, bad = counts[ROWS_IN], counts[ROWS_QUARANTINED]
     if table == t.ACCOUNTS and counts[ROWS_LOADED] == 0:
         problem = "has no good rows"
-    elif rows_in >= min_rows and bad > max_bad_share * rows_in:
+    elif mostly_bad(rows_in, bad, max_bad_share, min_rows):
         problem = f"has {bad} bad rows of {rows_in} (over {max_bad_share:.0%})"
     else:
         return

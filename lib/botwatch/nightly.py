@@ -90,12 +90,20 @@ SPEED_ONLY_KEYS = frozenset({
 class StepIO:
     """The tables a step reads (its skip key) and writes; ``output`` is (table, date column) of
     its output for D, checked before a skip (None: the run log row is the output); ``conf`` the
-    conf sections or dotted keys its output depends on (also its skip key)."""
+    conf sections or dotted keys its output depends on (also its skip key); ``output_file`` (what
+    it is, and its path from the warehouse and D) a file it writes for D, also checked before a skip."""
 
     inputs: tuple[str, ...]
     writes: tuple[str, ...]
     output: tuple[str, str] | None = None
     conf: tuple[str, ...] = ()
+    output_file: tuple[str, Callable[[str, dt.date], str]] | None = None
+
+
+def _report_path(warehouse: str, run_date: dt.date) -> str:
+    from botwatch.monitoring.run import report_path  # pandas and the monitoring code: only when asked
+
+    return report_path(warehouse, run_date)
 
 
 # Scoring reads the golden set's definition from train (botwatch.steps._scoring_params).
@@ -119,7 +127,7 @@ STEP_IO: dict[str, StepIO] = {
     ),
     "publish": StepIO((t.SCORES,), (t.SCORES_LATEST,)),
     "monitor": StepIO((t.SCORES, t.FEATURES, t.LABELS, t.MODEL_REGISTRY), (t.METRICS, t.DRIFT, t.REVIEW_QUEUE),
-                      conf=("monitoring",)),
+                      conf=("monitoring",), output_file=("report", _report_path)),
 }
 
 # A step waits when the step it needs is waiting (nothing was scored: nothing to publish or monitor).
@@ -514,11 +522,8 @@ def rerun_reason(spark: SparkSession, warehouse: str, conf: Config, step: str, r
         return f"its conf changed ({', '.join(io.conf)})"
     if io.output is not None and not output_present(spark, warehouse, io.output, run_date):
         return f"its output for the date is missing from {io.output[0]}"
-    if step == "monitor":
-        from botwatch.monitoring.run import report_path
-
-        if not files.exists(report_path(warehouse, run_date), spark):
-            return "its report for the date is missing"
+    if io.output_file is not None and not files.exists(io.output_file[1](warehouse, run_date), spark):
+        return f"its {io.output_file[0]} for the date is missing"
     for table in io.inputs:
         if data_changed_since(spark, warehouse, table, recorded[table]):
             return f"input {table} changed since its version {recorded[table]}"

@@ -35,6 +35,7 @@ from botwatch.ingest import (
     add_quarantine_step_column,
     contract_columns,
     good_rows,
+    mostly_bad,
     quarantine_rows,
     tag_rows,
 )
@@ -191,7 +192,7 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
 def _stop_if_mostly_bad(table: str, which: str, rows: int, bad: dict[str, int], max_bad_share: float,
                         min_rows: int) -> None:
     n_bad = sum(bad.values())
-    if rows >= min_rows and n_bad > max_bad_share * rows:
+    if mostly_bad(rows, n_bad, max_bad_share, min_rows):
         top = max(bad, key=lambda k: bad[k])
         raise TooManyBadRowsError(
             f"{n_bad} of the {rows} {table} {which} are bad ({bad[top]} {top}), more than "
