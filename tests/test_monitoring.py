@@ -3,6 +3,7 @@ policy, the review queue's budget and probabilities, prevalence coverage, and th
 headless Chromium."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -379,38 +380,75 @@ def test_prevalence_from_the_queue_in_spark(spark, queue):
     assert est["low"] <= pdf["bot"].mean() <= est["high"]
 
 
-def test_prevalence_is_not_estimated_from_a_queue_that_skipped_a_stratum(spark, tmp_path):
-    """200 scored accounts in two strata; a review budget of 1 samples only the larger one. Its labels
-    alone would estimate the whole population's prevalence from 180 of the 200 accounts: no estimate."""
+def _two_strata_queue(spark, wh: str, day: dt.date, budget: int) -> np.ndarray:
+    """200 scored accounts on ``day``, 20 bots (ids 180..199, scored 0.95 and actioned) and 180
+    humans (0.001); D's review queue with ``budget``; returns the stratified sample's ids."""
     from pyspark.sql import functions as F
 
     from botwatch.delta_io import write_table
     from botwatch.monitoring.review import review_queue
-    from botwatch.monitoring.run import MonitorParams, _prevalence_history
+    from botwatch.monitoring.run import MonitorParams
 
-    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
     ids = np.arange(200, dtype="int64")
     pdf = pd.DataFrame({"account_id": ids, "score": np.where(ids < 180, 0.001, 0.95),
                         "decision": np.where(ids < 180, "none", "action"), "model_version": "stage1_xgb:1",
                         "holdout": False})
     scores = spark.createDataFrame(pdf).withColumn("run_date", F.lit(day))
     write_table(scores, wh, "scores", partition_by=["run_date"])
+    queue = review_queue(scores, day, threshold=None, budget=budget, shares={"stratified": 1.0},
+                         uncertain_band=0.05, strata_edges=MonitorParams().strata_edges, min_per_stratum=2, salt="t")
+    write_table(queue, wh, "review_queue", partition_by=["run_date"])
+    return queue.select("account_id").toPandas()["account_id"].to_numpy()
+
+
+def _write_labels(spark, wh: str, ids, labeled_at, source: str = "investigator") -> None:
+    from botwatch.delta_io import write_table
+
+    ids = np.asarray(ids, dtype="int64")
+    labels = pd.DataFrame({"account_id": ids, "label": (ids >= 180).astype("int32"), "source": source,
+                           "labeled_at": pd.Timestamp(labeled_at)})
+    write_table(spark.createDataFrame(labels), wh, "labels")
+
+
+def test_prevalence_is_not_estimated_from_a_queue_that_skipped_a_stratum(spark, tmp_path):
+    """200 scored accounts in two strata; a review budget of 1 samples only the larger one. Its labels
+    alone would estimate the whole population's prevalence from 180 of the 200 accounts: no estimate."""
+    from botwatch.monitoring.run import MonitorParams, _prevalence_history
+
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
     params = MonitorParams()
 
     def estimate_with_budget(budget: int) -> dict:
-        queue = review_queue(scores, day, threshold=None, budget=budget, shares={"stratified": 1.0},
-                             uncertain_band=0.05, strata_edges=params.strata_edges, min_per_stratum=2, salt="t")
-        write_table(queue, wh, "review_queue", partition_by=["run_date"])
-        sampled = queue.select("account_id").toPandas()["account_id"].to_numpy()
-        labels = pd.DataFrame({"account_id": sampled, "label": (sampled >= 180).astype("int32"),
-                               "source": "investigator", "labeled_at": pd.Timestamp(day) + pd.Timedelta(hours=12)})
-        write_table(spark.createDataFrame(labels), wh, "labels")
+        _write_labels(spark, wh, _two_strata_queue(spark, wh, day, budget), pd.Timestamp(day) + pd.Timedelta(hours=12))
         return _prevalence_history(spark, wh, day, params)
 
     assert "estimate" not in estimate_with_budget(1)
     both = estimate_with_budget(4)
     assert both["estimate"] == pytest.approx(0.1)  # both strata sampled: 20 bots of 200
     assert (both["sampled_precision"], both["sampled_recall"]) == (1.0, 1.0)  # the actions are the bots
+
+
+def test_prevalence_counts_only_the_queues_answers(spark, tmp_path):
+    """Labels that predate the queue, and appeals, are not answers to it: with only those, no estimate
+    (before, they made one: an earlier verdict or an appeal is there because of what the account is)."""
+    from botwatch.monitoring.run import MonitorParams, _prevalence_history
+
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
+    sampled = _two_strata_queue(spark, wh, day, 4)
+    params = MonitorParams()
+    humans, bots = sampled[sampled < 180], sampled[sampled >= 180]
+    assert len(humans) and len(bots)
+    _write_labels(spark, wh, humans, pd.Timestamp(day) - pd.Timedelta(days=10))  # earlier verdicts
+    _write_labels(spark, wh, bots, pd.Timestamp(day) - pd.Timedelta(days=3))
+    assert "estimate" not in _prevalence_history(spark, wh, day, params)
+    _write_labels(spark, wh, sampled, pd.Timestamp(day) + pd.Timedelta(hours=6), source="appeal")
+    assert "estimate" not in _prevalence_history(spark, wh, day, params)
+    # The queue's answers, on its own date: counted (the same labels as a source the conf names, too).
+    _write_labels(spark, wh, sampled, pd.Timestamp(day) + pd.Timedelta(hours=12))
+    assert _prevalence_history(spark, wh, day, params)["estimate"] == pytest.approx(0.1)
+    _write_labels(spark, wh, sampled, pd.Timestamp(day) + pd.Timedelta(hours=6), source="appeal")
+    with_appeals = dataclasses.replace(params, review_label_sources=["investigator", "appeal"])
+    assert _prevalence_history(spark, wh, day, with_appeals)["estimate"] == pytest.approx(0.1)
 
 
 # ---- the monitor step end to end, on hand-built tables -------------------------------------

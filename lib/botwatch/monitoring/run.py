@@ -71,6 +71,7 @@ class MonitorParams:
     score_reference_days: int = 7
     label_lookback_days: int = 28
     label_sources: list[str] = field(default_factory=lambda: ["investigator", "appeal"])
+    review_label_sources: list[str] = field(default_factory=lambda: ["investigator"])
     review_budget: int = 200
     review_shares: dict[str, float] = field(
         default_factory=lambda: {"uncertain": 0.3, "stratified": 0.5, "exploration": 0.2}
@@ -193,17 +194,26 @@ def _past_decisions(spark: SparkSession, warehouse: str, scores: DataFrame, run_
 
 def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, params: MonitorParams) -> dict:
     """The estimate from the latest review queue (within the lookback) whose stratified sample
-    has a label in every stratum; labels observed up to the end of D."""
+    has a label in every stratum; labels observed up to the end of D.
+
+    Only answers to the queue count: labels of ``review_label_sources`` observed on or after the
+    queue's date. An earlier label, or an appeal (only wrongly actioned humans appeal), is there
+    because of what the account is, so within a stratum the labelled accounts would not be a
+    random sample of the drawn ones (two appeals, 0, would make a stratum of 90 % bots read 0)."""
     if not (table_exists(spark, warehouse, t.REVIEW_QUEUE) and table_exists(spark, warehouse, t.LABELS)):
         return {}
     start = run_date - dt.timedelta(days=params.label_lookback_days)
     queue = read_table(spark, warehouse, t.REVIEW_QUEUE).where(
         (F.col(t.REASON) == "stratified") & F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date))
-    )
-    labels = (
-        read_table(spark, warehouse, t.LABELS)
-        .where(F.col(t.SOURCE).isin(*params.label_sources) & (F.to_date(t.LABELED_AT) <= F.lit(run_date)))
-        .groupBy(t.ACCOUNT_ID)
+    ).select(t.ACCOUNT_ID, t.RUN_DATE, STRATUM, STRATUM_SIZE)
+    label_day = F.to_date(t.LABELED_AT)
+    labels = read_table(spark, warehouse, t.LABELS).where(
+        F.col(t.SOURCE).isin(*params.review_label_sources) & label_day.between(F.lit(start), F.lit(run_date))
+    ).select(F.col(t.ACCOUNT_ID).alias("_labelled"), label_day.alias("_label_day"), t.LABEL, t.LABELED_AT)
+    answered = (
+        queue.join(labels, (F.col("_labelled") == F.col(t.ACCOUNT_ID)) & (F.col("_label_day") >= F.col(t.RUN_DATE)),
+                   "left")
+        .groupBy(t.ACCOUNT_ID, t.RUN_DATE, STRATUM, STRATUM_SIZE)
         .agg(F.max_by(t.LABEL, t.LABELED_AT).alias(t.LABEL))
     )
     scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date)))
@@ -211,8 +221,7 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     action = F.col(t.DECISION) == "action"
     bot = F.col(t.LABEL) == 1
     rows = _pandas(
-        queue.join(labels, t.ACCOUNT_ID, "left")
-        .join(decisions, [t.ACCOUNT_ID, t.RUN_DATE], "left")
+        answered.join(decisions, [t.ACCOUNT_ID, t.RUN_DATE], "left")
         .groupBy(t.RUN_DATE, STRATUM)
         .agg(F.max(STRATUM_SIZE).alias("N"), F.count(t.LABEL).alias("n"), F.sum(F.col(t.LABEL).cast("long")).alias("y"),
              F.count(F.when(F.col(t.LABEL).isNotNull() & action, 1)).alias("acted"),
