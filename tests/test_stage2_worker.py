@@ -174,3 +174,27 @@ def test_loading_leaves_no_temporary_files(artifact, tmp_path, monkeypatch):
     model = artifact.load("cpu", quantize=False)
     assert model is artifact.load("cpu", quantize=False)  # cached per process
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reused_worker_loads_the_model_again_on_its_next_tasks_gpu(artifact, monkeypatch):
+    """Python workers are reused across tasks; a task on GPU 1 after one on GPU 0 must not get the
+    model cached on GPU 0 (its first layer would fail on GPU 1's inputs and the task fall back to the CPU)."""
+    import botwatch.models.heavy as heavy
+
+    monkeypatch.setattr(W, "_MODELS", {})
+    current = [0]
+    loads: list[int] = []
+
+    def load_heavy(folder, device="cpu"):
+        loads.append(current[0])
+        return object()
+
+    monkeypatch.setattr(heavy, "load_heavy", load_heavy)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    on_gpu0 = artifact.load("cuda")
+    assert artifact.load("cuda") is on_gpu0 and loads == [0]  # cached per GPU
+    current[0] = 1  # the next task: torch.cuda.set_device(1)
+    on_gpu1 = artifact.load("cuda")
+    assert on_gpu1 is not on_gpu0 and loads == [0, 1]
+    current[0] = 0
+    assert artifact.load("cuda") is on_gpu0

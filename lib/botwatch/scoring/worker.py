@@ -81,8 +81,16 @@ class HeavyArtifact:
                    state=(folder / STATE_FILE).read_bytes(), threshold=threshold)
 
     def load(self, device: str = "cpu", quantize: bool = False):
-        """The model in this process (cached per process by path, device and precision)."""
-        key = (self.path, hashlib.sha1(self.state).hexdigest(), device, quantize)
+        """The model in this process (cached per process by path, device and precision). ``cuda`` is
+        the current CUDA device (the task's GPU, :func:`task_gpu`); a reused worker's next task may
+        have another, and a model cached on the first one would fail there."""
+        if device == "cuda":
+            import torch
+
+            device_key = f"cuda:{torch.cuda.current_device()}"
+        else:
+            device_key = device
+        key = (self.path, hashlib.sha1(self.state).hexdigest(), device_key, quantize)
         if key not in _MODELS:
             from botwatch.models.heavy import load_heavy
 
