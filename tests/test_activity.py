@@ -468,6 +468,36 @@ def test_a_day_built_late_drops_the_states_that_lack_it(spark, warehouse, raw):
     assert A.read_window_state(spark, warehouse, RUN, spec) is not None
 
 
+def test_events_that_land_after_their_day_was_built_rebuild_its_partial(spark, warehouse, raw):
+    """Half of day X's events land after X's partial was built (and the next nights' states rolled
+    without them); a later export rewrites every file of the events table. The next features step
+    rebuilds X's partial (its day has more events than it was built from), and only X's: D's windows
+    equal the reference from all the raw events. Before, X's partial stayed stale for 28 nights."""
+    from botwatch.features.build import build_partials, partial_days_to_build
+
+    ev, events, accounts = raw
+    windows = (1, 3, 7)
+    late = RUN - dt.timedelta(days=2)
+    held_back = (F.col(t.EVENT_DATE) == F.lit(late)) & (F.xxhash64(t.ACCOUNT_ID, t.EVENT_TS) % 2 == 0)
+    write_table(events.where(~held_back), warehouse, t.EVENTS, partition_by=[t.EVENT_DATE])
+    write_table(accounts, warehouse, t.ACCOUNTS)
+    assert build_partials(spark, warehouse, RUN - dt.timedelta(days=1), windows) == [
+        RUN - dt.timedelta(days=k) for k in range(7, 0, -1)]
+    A.activity_features(spark, warehouse, RUN - dt.timedelta(days=1), windows).count()  # its state lacks them
+    assert partial_days_to_build(spark, warehouse, RUN - dt.timedelta(days=1), windows) == []
+    on_late_day = F.col(t.EVENT_DATE) == F.lit(late)
+    assert events.where(held_back).count() > 5 and events.where(~held_back & on_late_day).count() > 5
+    write_table(events.repartition(3), warehouse, t.EVENTS, partition_by=[t.EVENT_DATE])  # the held-back events land
+    assert partial_days_to_build(spark, warehouse, RUN, windows) == [late, RUN]
+    assert build_partials(spark, warehouse, RUN, windows) == [late, RUN]
+    got = A.activity_features(spark, warehouse, RUN, windows).toPandas().sort_values(t.ACCOUNT_ID)
+    want = _reference(ev, RUN, windows)
+    pd.testing.assert_frame_equal(
+        got.reset_index(drop=True).astype("float64"), want.astype("float64"), check_exact=False, rtol=1e-9, atol=1e-9
+    )
+    assert partial_days_to_build(spark, warehouse, RUN, windows) == []
+
+
 @pytest.mark.parametrize("days", [1, 7, 28, 400, 50_000])
 def test_window_state_keeps_every_iet_bin_its_windows_can_fill(spark, days):
     """The state drops IET bins no IET inside the window can reach; the longest possible IET (just

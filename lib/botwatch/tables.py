@@ -60,6 +60,7 @@ ROW_JSON = "row_json"
 STEP = "step"  # quarantine: the step that put the row there (ingest or validate)
 
 DAY = "day"
+SOURCE_EVENTS = "source_events"  # activity_daily: rows its day had in `events` when the partial was built
 
 MODEL_NAME = "model_name"
 VERSION = "version"

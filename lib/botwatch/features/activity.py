@@ -496,6 +496,12 @@ def build_activity_daily(
     events = delta_io.read_table(spark, warehouse, t.EVENTS)
     accounts = delta_io.read_table(spark, warehouse, t.ACCOUNTS)
     partials = daily_partials_range(events, accounts, first_day, last_day, session_gap_seconds)
+    # What each day was built from: a later change to its number of events (late ones, a corrected
+    # export, a new simulated platform) makes the partial stale (see :func:`events_per_day`).
+    built_from = events_per_day(events, first_day, last_day)
+    pairs = [F.lit(x) for day, n in built_from.items() for x in (day, n)]
+    known = F.try_element_at(F.create_map(*pairs), F.col(t.DAY)) if pairs else F.lit(None)
+    partials = partials.withColumn(t.SOURCE_EVENTS, F.coalesce(known, F.lit(0)).cast("long"))
     drop_window_states_from(spark, warehouse, first_day)
     with delta_io.commit_metadata(spark, step="activity_daily", run_date=str(last_day)):
         delta_io.write_table(
@@ -504,7 +510,18 @@ def build_activity_daily(
             t.ACTIVITY_DAILY,
             partition_by=[t.DAY],
             replace_where=f"{t.DAY} >= '{first_day.isoformat()}' AND {t.DAY} <= '{last_day.isoformat()}'",
+            merge_schema=True,  # tables built before source_events was kept gain it
         )
+
+
+def events_per_day(events: DataFrame, first_day: dt.date, last_day: dt.date) -> dict[dt.date, int]:
+    """``{event_date: rows}`` of ``events`` in ``first_day .. last_day`` (days without rows left out).
+    A count of a partitioned Parquet table reads the files' footers, not their rows. Compared with
+    what a partial recorded (``source_events``), it finds days whose events came or went after the
+    partial was built, whatever the files' layout (a full-export ingest rewrites every file)."""
+    rows = (events.where(F.col(t.EVENT_DATE).between(F.lit(first_day), F.lit(last_day)))
+            .groupBy(t.EVENT_DATE).count().collect())
+    return {r[0]: int(r[1]) for r in rows}
 
 
 def drop_window_states_from(spark: SparkSession, warehouse: str, day: dt.date) -> None:

@@ -83,18 +83,57 @@ def window_days(run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
     return [run_date - dt.timedelta(days=i) for i in range(max(windows))]
 
 
+def stale_partial_days(spark: SparkSession, warehouse: str, days: Sequence[dt.date]) -> list[dt.date]:
+    """Days whose ``activity_daily`` partial was built from another number of events than the day
+    has now (:func:`activity.events_per_day`): late events for an already built day, a corrected
+    export, a new simulated platform. A partial built before ``source_events`` was kept is trusted;
+    a correction that keeps a day's row count is not seen (rerun that date)."""
+    if not (table_exists(spark, warehouse, t.ACTIVITY_DAILY) and table_exists(spark, warehouse, t.EVENTS)):
+        return []
+    daily = read_table(spark, warehouse, t.ACTIVITY_DAILY)
+    if t.SOURCE_EVENTS not in daily.columns:
+        return []
+    first, last = min(days), max(days)
+    recorded = {
+        r[0]: r[1]
+        for r in daily.where(F.col(t.DAY).between(F.lit(first), F.lit(last)) & F.col(t.SOURCE_EVENTS).isNotNull())
+        .select(t.DAY, t.SOURCE_EVENTS).distinct().collect()
+    }
+    if not recorded:
+        return []
+    current = activity.events_per_day(read_table(spark, warehouse, t.EVENTS), first, last)
+    return sorted(d for d, built_from in recorded.items() if current.get(d, 0) != built_from)
+
+
 def partial_days_to_build(
     spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]
 ) -> list[dt.date]:
-    """The window's days without an ``activity_daily`` partial: D unless the activity step already
-    built it (the nightly run does, and reruns it when D's events change), and any earlier day that
-    has events but no partial (a first run, or a gap). Steady state reads no events here."""
+    """The window's days whose ``activity_daily`` partial is missing or stale: D unless the activity
+    step already built it (the nightly run does, and reruns it when D's events change), any earlier
+    day that has events but no partial (a first run, or a gap), and any day whose events changed
+    since its partial was built (:func:`stale_partial_days`). Steady state counts the window's events
+    here (Parquet footers), it does not read them."""
     days = window_days(run_date, windows)
+    stale = set(stale_partial_days(spark, warehouse, days))
     missing = set(missing_partial_days(spark, warehouse, days))
-    if missing == {run_date}:
-        return [run_date]
+    if missing <= {run_date}:
+        return sorted(missing | stale)
     with_events = _days_present(spark, warehouse, t.EVENTS, t.EVENT_DATE, days)
-    return sorted((missing & with_events) | (missing & {run_date}))
+    return sorted((missing & with_events) | (missing & {run_date}) | stale)
+
+
+def build_partials(spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
+    """Build the window's missing or stale ``activity_daily`` partials (:func:`partial_days_to_build`),
+    each run of consecutive days in one job (a first run builds the whole window at once); returns the days."""
+    days = partial_days_to_build(spark, warehouse, run_date, windows)
+    if days:
+        start = prev = days[0]
+        for day in [*days[1:], None]:
+            if day is None or (day - prev).days > 1:
+                activity.build_activity_daily(spark, warehouse, start, prev)
+                start = day or start
+            prev = day or prev
+    return days
 
 
 class HubSettings(TypedDict):
@@ -148,15 +187,9 @@ def build_features(
     wanted = params.get("windows", activity.DEFAULT_WINDOWS)
     activity.check_windows(wanted)  # before anything is written
     windows = tuple(wanted)
-    days = partial_days_to_build(spark, warehouse, run_date, windows)
-    # Contiguous runs of days become one job each (a first run builds the whole window at once).
-    if days:
-        start = prev = days[0]
-        for day in [*days[1:], None]:
-            if day is None or (day - prev).days > 1:
-                activity.build_activity_daily(spark, warehouse, start, prev)
-                start = day or start
-            prev = day or prev
+    built = build_partials(spark, warehouse, run_date, windows)
+    if report is not None and built and built != [run_date]:
+        report["activity_partials_built"] = [d.isoformat() for d in built]
 
     # The activity features and the graph as of D feed several parts of the plan: each is computed
     # once into scratch files (deleted after the step), so every part's plan starts at a scan.
