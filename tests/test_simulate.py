@@ -477,7 +477,7 @@ def _sorted(frame: pd.DataFrame, name: str) -> pd.DataFrame:
     return out
 
 
-def test_cli_rerun_with_another_partitioning_writes_identical_tables(spark, sim, tmp_path):
+def test_cli_rerun_with_another_partitioning_writes_identical_tables(spark, params, sim, tmp_path):
     """`botwatch simulate` with the module's arguments, 9 generator partitions instead of 2 and 7 shuffle
     partitions instead of 4, rewrites exactly the module's tables."""
     warehouse = str(tmp_path / "rerun")
@@ -500,6 +500,30 @@ def test_cli_rerun_with_another_partitioning_writes_identical_tables(spark, sim,
         assert f"{name}: {len(again)} rows" in result.output
         pd.testing.assert_frame_equal(_sorted(again, name), _sorted(sim[name], name), obj=name)
     assert DeltaTable(f"{warehouse}/{t.EVENTS}").metadata().partition_columns == [t.EVENT_DATE]
+
+    # Once nightly runs have derived tables from it, only the same platform may be simulated there again:
+    # another one would be scored by the old one's models, on its activity partials and finished dates.
+    from botwatch.delta_io import delete_path, write_table
+    from botwatch.simulate.platform import WarehouseInUseError, _platform_meta, refuse_other_platform
+
+    write_table(spark.createDataFrame([(1,)], "x int"), warehouse, t.RUN_LOG)
+    same = {**params, "accounts_per_partition": 223}  # a speed knob: the same platform
+    refuse_other_platform(spark, warehouse, _platform_meta(SEED, ACCOUNTS, DAYS, START, same))
+    versions = {n: DeltaTable(f"{warehouse}/{n}").version() for n in TABLES}
+    try:
+        refused = CliRunner().invoke(app, [*args[:6], str(SEED + 1), *args[7:]])
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
+    assert refused.exit_code == 2, refused.output
+    assert f"holds run_log built from the platform simulated with seed {SEED}" in refused.output
+    assert f"delete {warehouse} first" in refused.output
+    other_conf = _platform_meta(SEED, ACCOUNTS, DAYS, START, {**params, "prevalence": 0.2})
+    with pytest.raises(WarehouseInUseError, match="with another simulate conf"):
+        refuse_other_platform(spark, warehouse, other_conf)
+    assert {n: DeltaTable(f"{warehouse}/{n}").version() for n in TABLES} == versions  # nothing written
+    delete_path(spark, f"{warehouse}/{t.TRUTH}")  # inputs that were not simulated (ingested)
+    with pytest.raises(WarehouseInUseError, match="not simulated"):
+        refuse_other_platform(spark, warehouse, _platform_meta(SEED, ACCOUNTS, DAYS, START, params))
 
 
 def test_lazy_tables_equal_written_ones_and_another_seed_differs(spark, params, sim):

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 from typing import Any
 
 from pyspark import StorageLevel
@@ -10,13 +12,13 @@ from pyspark.sql import types as T
 
 from botwatch import schemas
 from botwatch import tables as t
-from botwatch.delta_io import commit_metadata, read_table, write_table
+from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
 from botwatch.simulate import attributes
 from botwatch.simulate.accounts import accounts_table, profile, truth_table
 from botwatch.simulate.events import events_table
 from botwatch.simulate.graph import edges_table
 from botwatch.simulate.labels import labels_table
-from botwatch.simulate.plan import make_plan
+from botwatch.simulate.plan import SimulationParamsError, make_plan
 from botwatch.tables import table_path
 
 TABLE_SCHEMAS: dict[str, T.StructType] = {
@@ -27,6 +29,51 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
     t.TRUTH: schemas.TRUTH_SCHEMA,
 }
 PARTITION_BY = {t.EVENTS: (t.EVENT_DATE,)}
+# Tables the nightly run derives from the inputs: a new platform under them would be mixed with them.
+DERIVED_TABLES = (t.ACTIVITY_DAILY, t.FEATURES, t.MODEL_REGISTRY, t.SCORES, t.RUN_LOG)
+SPEED_ONLY_PARAMS = frozenset({"accounts_per_partition"})  # change how fast, never the values
+
+
+class WarehouseInUseError(SimulationParamsError):
+    """The warehouse holds runs on another platform: simulate into a new warehouse, or delete it first."""
+
+
+def _platform_meta(seed: int, accounts: int, days: int, start_date: dt.date, params: dict[str, Any]) -> dict[str, str]:
+    """What identifies a simulated platform (kept in the commit metadata of the tables it writes)."""
+    values = {k: v for k, v in params.items() if k not in SPEED_ONLY_PARAMS}
+    digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"step": "simulate", "seed": str(seed), "accounts": str(accounts), "days": str(days),
+            "start_date": start_date.isoformat(), "params": digest}
+
+
+def _describe(meta: dict[str, str]) -> str:
+    return (f"the platform simulated with seed {meta.get('seed')}, {meta.get('accounts')} accounts x "
+            f"{meta.get('days')} days from {meta.get('start_date')}")
+
+
+def refuse_other_platform(spark: SparkSession, warehouse: str, meta: dict[str, str]) -> None:
+    """Raise :class:`WarehouseInUseError` when ``warehouse`` holds tables the nightly run derived
+    from other inputs than the platform ``meta`` describes: its activity partials, features,
+    models and run log would be reused for the new platform (a champion trained on D is "fresh",
+    a finished date is skipped). The same platform again (a rerun of ``make demo``) is fine."""
+    derived = [name for name in DERIVED_TABLES if table_exists(spark, warehouse, name)]
+    if not derived:
+        return
+    previous = None
+    if table_exists(spark, warehouse, t.TRUTH):
+        from delta.tables import DeltaTable
+
+        last = DeltaTable.forPath(spark, table_path(warehouse, t.TRUTH)).history(1).first()
+        previous = json.loads(last["userMetadata"]) if last is not None and last["userMetadata"] else None
+    # Tables written before the conf digest was kept: compare what they have.
+    if previous is not None and all(meta.get(k) == v for k, v in previous.items()):
+        return
+    came_from = _describe(previous) if previous else "inputs that were not simulated (botwatch ingest?)"
+    raise WarehouseInUseError(
+        f"{warehouse} holds {', '.join(derived)} built from {came_from}; simulating {_describe(meta)}"
+        f"{' with another simulate conf' if previous and _describe(previous) == _describe(meta) else ''} there "
+        "would mix the two (the old platform's activity partials, models and finished dates reused). Simulate "
+        f"into a new warehouse (--warehouse, or --set warehouse=...) or delete {warehouse} first.")
 
 
 def conform(df: DataFrame, schema: T.StructType) -> DataFrame:
@@ -92,10 +139,13 @@ def write_platform(
 ) -> dict[str, int]:
     """Simulate and write every table to ``<warehouse>/<table>`` (full overwrite); return row counts.
 
-    Rerunning with the same arguments rewrites the same tables. ``labels`` are built from the
+    Rerunning with the same arguments rewrites the same tables. A warehouse whose nightly runs were
+    on another platform is refused (:func:`refuse_other_platform`). ``labels`` are built from the
     ``edges`` just written rather than regenerating the graph.
     """
     plan = make_plan(accounts, days, seed, start_date, params)
+    meta = _platform_meta(seed, accounts, days, start_date, params)
+    refuse_other_platform(spark, warehouse, meta)
     # Every table starts from the profile: compute it once (generated code per query stays small too).
     prof = profile(spark, plan).persist(StorageLevel.MEMORY_AND_DISK)
     # Accounts come after the edges: their attributes depend on who follows whom.
@@ -105,8 +155,6 @@ def write_platform(
         t.EDGES: edges_table(plan, prof),
     }
     counts: dict[str, int] = {}
-    meta = {"step": "simulate", "seed": str(seed), "accounts": str(accounts), "days": str(days),
-            "start_date": start_date.isoformat()}
     with commit_metadata(spark, **meta):
         for table, df in built.items():
             write_table(conform(df, TABLE_SCHEMAS[table]), warehouse, table, partition_by=PARTITION_BY.get(table, ()))
