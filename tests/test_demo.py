@@ -45,3 +45,23 @@ def test_demo_simulates_runs_every_day_and_scores_its_last_day(spark, conf, tmp_
     assert any(report in line for line in lines)
     with open(report) as fh:
         assert "<img" in fh.read()
+
+
+def test_the_users_sets_win_over_the_demos_own(monkeypatch, tmp_path):
+    """`botwatch demo --set simulate.prevalence=0.2` simulates 20 % bots (the demo's 0.08 replaced it)."""
+    from typer.testing import CliRunner
+
+    import botwatch.demo
+    import botwatch.spark
+    from botwatch.cli import app
+
+    seen = []
+    monkeypatch.setattr(botwatch.spark, "get_spark", lambda *a, **k: None)
+    monkeypatch.setattr(botwatch.demo, "run_demo", lambda spark, cfg, echo=print: seen.append(cfg))
+    result = CliRunner().invoke(app, ["demo", "--warehouse", str(tmp_path), "--set", "simulate.prevalence=0.2",
+                                      "--set", "demo.min_train_rows=7"])
+    assert result.exit_code == 0, result.output
+    (cfg,) = seen
+    assert cfg["simulate.prevalence"] == 0.2
+    assert cfg["train.min_train_rows"] == 7  # the demo's knob, set by the user, still reaches train
+    assert cfg["simulate.labels.investigator_per_week_per_100k"] == cfg["demo.investigator_per_week_per_100k"]

@@ -265,7 +265,7 @@ def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: Set
     from botwatch.spark import get_spark
 
     # A small platform has few labels: the demo section sets its own investigator rate and minimums.
-    cfg = demo_conf(build_conf(conf, warehouse, set_))
+    cfg = demo_conf(build_conf(conf, warehouse, set_), set_ or [])
     run_demo(get_spark(cfg, app_name="demo"), cfg, echo=typer.echo)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
@@ -36,10 +36,11 @@ EARLY_STEPS = ("validate",)
 HISTORY_STEPS = (*EARLY_STEPS, "features")
 
 
-def demo_conf(conf: Config) -> Config:
+def demo_conf(conf: Config, user_sets: Sequence[str] = ()) -> Config:
     """``conf`` with the demo's bot share (simulated, and assumed by the threshold until the monitor
     estimates it), label rate and training minimums (a small platform has few bots and labels; its
-    golden set must hold both classes for a model to be promoted)."""
+    golden set must hold both classes for a model to be promoted), then ``user_sets`` (the command
+    line's ``--set``: what the user asked for wins over the demo's choices)."""
     return conf.with_overrides([
         f"simulate.prevalence={conf['demo.prevalence']}",
         f"simulate.labels.investigator_per_week_per_100k={conf['demo.investigator_per_week_per_100k']}",
@@ -47,6 +48,7 @@ def demo_conf(conf: Config) -> Config:
         f"train.valid_days={conf['demo.valid_days']}",
         f"train.n_bootstrap={conf['demo.n_bootstrap']}",
         f"train.prevalence_fallback={conf['demo.prevalence']}",
+        *user_sets,
     ])
 
 
