@@ -648,9 +648,19 @@ def test_monitor_rerun_replaces_its_partitions(spark, monitored):
     from botwatch.monitoring.run import monitor
 
     wh, params, _, _ = monitored
-    before = {n: len(_table(spark, wh, n)) for n in ("metrics", "drift", "review_queue")}
+
+    def contents() -> dict[str, pd.DataFrame]:
+        out = {}
+        for name in ("metrics", "drift", "review_queue"):
+            df = _table(spark, wh, name)
+            out[name] = df.sort_values(list(df.columns)).reset_index(drop=True)
+        return out
+
+    before = contents()
     monitor(spark, wh, DAY, params)
-    assert {n: len(_table(spark, wh, n)) for n in before} == before
+    after = contents()
+    for name, df in before.items():
+        pd.testing.assert_frame_equal(after[name], df, obj=name)  # the same rows and values, not just as many
 
 
 def test_hard_drift_fails_loudly_after_writing(spark, monitored, tmp_path):
@@ -668,6 +678,8 @@ def test_hard_drift_fails_loudly_after_writing(spark, monitored, tmp_path):
         monitor(spark, wh2, later, params)
     # The command it suggests retrains on that date even with a champion trained there (a plain run keeps it).
     assert f"botwatch run --date {later} --set train.max_champion_age_days=0" in str(raised.value)
+    # ... for a real shift; broken inputs are fixed and the date rerun (retraining on them would hide them).
+    assert f"are broken, fix them and rerun the date (`botwatch run --date {later}`" in str(raised.value)
     fresh = {"run_date": later, "version": "7"}
     assert needs_training(fresh, later, 0, drift_alert=False)[0]
     assert not needs_training(fresh, later, 7, drift_alert=True)[0]

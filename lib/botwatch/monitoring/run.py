@@ -389,10 +389,12 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
                   f"flagged rate {ratio:.2f}x the trailing mean" if ratio_hard else ""]
         raise DriftHardAlert(
             f"hard drift alert for {run_date}: {'; '.join(c for c in causes if c)}. The drift and metrics tables "
-            f"and the report {path} are written: check the inputs of {run_date}, then retrain and rescore it "
-            f"(`botwatch run --date {run_date} --set train.max_champion_age_days=0`: a plain `botwatch train` keeps "
-            "a fresh champion, as D's own alert only reaches the next date's run) or, if the shift is real and "
-            "accepted, raise monitoring.psi_hard / monitoring.flagged_ratio_hard."
+            f"and the report {path} are written. If the inputs of {run_date} are broken, fix them and rerun the "
+            f"date (`botwatch run --date {run_date}`: the steps whose inputs changed run again). If the shift is "
+            f"real, retrain and rescore it (`botwatch run --date {run_date} --set train.max_champion_age_days=0`: a "
+            "plain run keeps a fresh champion, as D's own alert only reaches the next date's run; the new model's "
+            "drift reference is then D's own features, so retraining on broken inputs would hide them), or accept "
+            "it by raising monitoring.psi_hard / monitoring.flagged_ratio_hard."
         )
     return summary
 
