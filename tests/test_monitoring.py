@@ -620,6 +620,21 @@ def test_monitor_metrics_against_pandas(spark, monitored):
     assert sizes[DAY] == params.review_budget and 0.9 * params.review_budget <= sizes.max() <= params.review_budget
 
 
+@pytest.mark.parametrize("bad, says", [
+    ({"flagged_ratio_soft": 0.5}, "flagged_ratio_soft (0.5) must be above 1"),
+    ({"flagged_ratio_soft": 12.0}, "at most monitoring.flagged_ratio_hard (10.0)"),
+    ({"psi_soft": 3.0}, "psi_soft (3.0) must be above 0 and at most monitoring.psi_hard (2.0)"),
+    ({"psi_soft": 0}, "psi_soft (0) must be above 0"),
+    ({"trailing_days": 0}, "trailing_days must be at least 1"),
+])
+def test_monitor_thresholds_that_would_alert_every_night_are_refused(bad, says):
+    from botwatch.config import ConfigError
+    from botwatch.monitoring.run import MonitorParams
+
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        MonitorParams.from_conf(bad)
+
+
 def test_flagged_rate_alerts_on_a_jump_from_flagging_nobody():
     from botwatch.monitoring.run import _outside, flagged_rate_ratio
 

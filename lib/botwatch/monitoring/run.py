@@ -83,6 +83,24 @@ class MonitorParams:
     heatmap_days: int = 14
     heatmap_features: int = 30
 
+    def __post_init__(self) -> None:
+        # Checked before the step writes anything: a ratio limit of 1 or less alerts (and retrains) every night.
+        problems = []
+        if not 0 < self.psi_soft <= self.psi_hard:
+            problems.append(f"monitoring.psi_soft ({self.psi_soft}) must be above 0 and at most monitoring.psi_hard "
+                            f"({self.psi_hard})")
+        if not 1 < self.flagged_ratio_soft <= self.flagged_ratio_hard:
+            problems.append(f"monitoring.flagged_ratio_soft ({self.flagged_ratio_soft}) must be above 1 and at most "
+                            f"monitoring.flagged_ratio_hard ({self.flagged_ratio_hard}): a rate this many times the "
+                            "usual, or at most its inverse, alerts")
+        for name in ("trailing_days", "score_reference_days", "label_lookback_days"):
+            if getattr(self, name) < 1:
+                problems.append(f"monitoring.{name} must be at least 1, got {getattr(self, name)}")
+        if problems:
+            from botwatch.config import ConfigError
+
+            raise ConfigError("; ".join(problems))
+
     @classmethod
     def from_conf(cls, section: dict) -> MonitorParams:
         return cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
