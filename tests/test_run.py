@@ -1062,7 +1062,7 @@ def test_notebooks_execute_on_the_runs_tables(spark, platform, full_run, tmp_pat
     first = day - dt.timedelta(days=1)
     run_notebook("backfill.ipynb", tmp_path / "backfill.out.ipynb",
                  {"start": first.isoformat(), "end": day.isoformat(), "conf": "conf/local.yaml", "warehouse": wh,
-                  "steps": ["validate", "activity"]}, tmp_path, capfd)
+                  "steps": "validate, activity"}, tmp_path, capfd)  # text, as papermill's -p passes it
     logged = nightly.log_rows(spark, wh, first)
     assert {s: logged[s]["status"] for s in ("validate", "activity")} == {"validate": "ok", "activity": "ok"}
 
