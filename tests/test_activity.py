@@ -380,16 +380,11 @@ def test_rolled_window_state_equals_partials_and_reference(spark, warehouse, raw
         )
     state = A.read_window_state(spark, warehouse, RUN, spec)
     summed = A.window_sums(read_table(spark, warehouse, t.ACTIVITY_DAILY), RUN, windows)
-    floats = [A.SESSION_SECONDS]
-    exact = [c for c in A.state_columns(windows) if c not in floats]  # the inter-event-time sums too
     keys = [t.ACCOUNT_ID, "_window"]
-    assert sorted(map(tuple, state.select(*keys, *exact).collect())) == sorted(
-        map(tuple, summed.select(*keys, *exact).collect())
+    # Every state column exactly (the inter-event-time and session-length sums are fixed point).
+    assert sorted(map(tuple, state.select(*keys, *A.state_columns(windows)).collect())) == sorted(
+        map(tuple, summed.select(*keys, *A.state_columns(windows)).collect())
     )
-    # Session seconds: doubles added and subtracted day by day, equal to rounding (relative).
-    rolled_f = state.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
-    summed_f = summed.select(*keys, *floats).toPandas().sort_values(keys).reset_index(drop=True)
-    pd.testing.assert_frame_equal(rolled_f, summed_f, check_exact=False, rtol=1e-9, atol=1e-6)
     # Only the last few days of state are kept (the old layout's day is gone).
     days_kept = read_table(spark, warehouse, t.ACTIVITY_WINDOW).select(t.RUN_DATE).distinct().count()
     assert days_kept == 5
@@ -422,6 +417,32 @@ def test_a_long_gap_leaving_the_window_leaves_no_residue_in_the_rolled_sums(spar
         (iets.std() - iets.mean()) / (iets.std() + iets.mean()), rel=1e-6)  # about -0.42
     pd.testing.assert_frame_equal(got.reset_index(drop=True).astype("float64"), want.astype("float64"),
                                   check_exact=False, rtol=1e-9, atol=1e-9)
+
+
+def test_short_sessions_leaving_the_window_leave_no_session_seconds(spark, warehouse):
+    """Sessions of 0.1 s (day D-8) and 0.2 s (D-7) in the 7d window of D-2, then single events on D-1
+    and D: once both days have left, the window's sessions last 0 s. Rolled as doubles, 0.1 + 0.2 - 0.1
+    - 0.2 left 2.8e-17 s (mean_session_seconds_7d not 0, and it can go negative)."""
+    noon = {b: _midnight(RUN - dt.timedelta(days=b)) + pd.Timedelta(hours=12) for b in range(9)}
+    rows = [(23, noon[8]), (23, noon[8] + pd.Timedelta(seconds=0.1)), (23, noon[7]),
+            (23, noon[7] + pd.Timedelta(seconds=0.2)), (23, noon[1]), (23, noon[0])]
+    ev = pd.DataFrame(rows, columns=[t.ACCOUNT_ID, t.EVENT_TS])
+    ev[t.EVENT_TYPE], ev[t.IP_HASH], ev[t.DEVICE_ID] = "post", "ip0", "d0"
+    ev[t.EVENT_DATE] = ev[t.EVENT_TS].dt.date
+    write_table(spark.createDataFrame(ev[list(EVENTS_SCHEMA.fieldNames())], EVENTS_SCHEMA), warehouse, t.EVENTS,
+                partition_by=[t.EVENT_DATE])
+    write_table(spark.createDataFrame([(23, None, None, None, None, None, None)], ACCOUNTS_SCHEMA),
+                warehouse, t.ACCOUNTS)
+    windows = (1, 7)
+    A.build_activity_daily(spark, warehouse, RUN - dt.timedelta(days=8), RUN)
+    for back in (2, 1):  # D-2 sums both sessions from the partials; D-1 and D roll them out one by one
+        A.activity_features(spark, warehouse, RUN - dt.timedelta(days=back), windows).count()
+    assert A.read_window_state(spark, warehouse, RUN - dt.timedelta(days=1), A.window_spec(windows, GAP)) is not None
+    got = A.activity_features(spark, warehouse, RUN, windows).toPandas()
+    want = _reference(ev, RUN, windows)
+    assert want[A.windowed(A.MEAN_SESSION_SECONDS, 7)].tolist() == [0.0]
+    assert got[A.windowed(A.SESSION_COUNT, 7)].tolist() == [2]
+    assert got[A.windowed(A.MEAN_SESSION_SECONDS, 7)].tolist() == [0.0]  # exactly
 
 
 def test_a_window_whose_events_all_lack_an_ip_has_no_distinct_ip_count(spark):

@@ -147,14 +147,14 @@ PARTIAL_COLUMNS = (t.ACCOUNT_ID, t.DAY, DOW, N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_
 
 # The additive window sums carried from day to day in ``activity_window`` (per account x window),
 # before their histograms are packed into long columns (see :func:`state_columns`).
-# The inter-event-time sums are kept there as fixed point in two longs: whole seconds, and the
+# The inter-event-time and session-length sums are kept there as fixed point in two longs: whole seconds, and the
 # rest in units of 2^-52 (even a year-long window's ~730 terms stay below 2^63). A sum of doubles
 # that absorbed a long gap's square (10^11-10^13 s^2) rounded away the later small ones, and
 # subtracting the gap when its day left the window left a rounding residue for them (a burst after
 # weeks of silence: burstiness -1 instead of -0.42). Each double term becomes the same two longs
 # when added and when removed, and long sums are exact, so the roll equals the sum of the window's
 # terms. (Decimal(38,18) sums, tried first, aggregate through BigDecimal.)
-EXACT_SUMS = (IET_SUM, IET_SUMSQ)
+EXACT_SUMS = (IET_SUM, IET_SUMSQ, SESSION_SECONDS)
 _FRAC_SCALE = float(1 << 52)
 STATE_VALUES = (N_EVENTS, HOUR_HIST_UTC, HOUR_HIST_LOCAL, LOCAL_DAYS, IET_HIST, IET_COUNT, IET_SUM, IET_SUMSQ,
                 EVENT_TYPE_COUNTS, _DOW_HIST, SESSION_COUNT, SESSION_SECONDS)
@@ -590,7 +590,8 @@ def read_window_state(spark: SparkSession, warehouse: str, run_date: dt.date, sp
 def _has_current_layout(state: DataFrame) -> bool:
     # Tables written before the packed layout hold histograms as arrays, and those written before
     # the exact sums hold them as doubles (with the rounding residue of every gap that left).
-    return {packed_column(HOUR_HIST_UTC, 0), *exact_sum_columns(IET_SUMSQ)} <= set(state.columns)
+    return {packed_column(HOUR_HIST_UTC, 0), *(c for name in EXACT_SUMS for c in exact_sum_columns(name))} <= set(
+        state.columns)
 
 
 def build_activity_window(
@@ -753,7 +754,7 @@ def _gap_rows(gaps: DataFrame, session_gap_seconds: int, sign: int, windows: Seq
         **_exact_terms(IET_SUM, g, sign),
         **_exact_terms(IET_SUMSQ, g * g, sign),
         SESSION_COUNT: F.when(short, -one).otherwise(zero),
-        SESSION_SECONDS: F.when(short, g * sign).otherwise(0.0),
+        **_exact_terms(SESSION_SECONDS, F.when(short, g).otherwise(0.0), sign),
     }
     return gaps.select(*_state_row(values, windows))
 
@@ -779,7 +780,7 @@ def _partial_rows(partials: DataFrame, sign: int, windows: Sequence[int]) -> Dat
         **_exact_terms(IET_SUM, F.col(IET_SUM), sign),
         **_exact_terms(IET_SUMSQ, F.col(IET_SUMSQ), sign),
         SESSION_COUNT: signed(F.col(SESSION_COUNT)),
-        SESSION_SECONDS: F.col(SESSION_SECONDS) * sign,
+        **_exact_terms(SESSION_SECONDS, F.col(SESSION_SECONDS), sign),
     }
     return partials.select(*_state_row(values, windows))
 
@@ -801,7 +802,7 @@ def roll_window_sums(
     same windows and session gap) and three kinds of partials: the new day's, the one leaving each
     window (day D-w) and the thin first/last event times of the days in between (for the
     stitched gaps that enter or leave a window). Equal to :func:`window_sums` (counts and the
-    inter-event-time sums exactly, session seconds to rounding); it reads O(accounts) rows instead
+    inter-event-time and session-length sums exactly); it reads O(accounts) rows instead
     of O(accounts x days). A 1-day window is not rolled: it is the new day's partial."""
     ws = check_windows(windows)
     require_columns(activity_daily, PARTIAL_COLUMNS, "activity window roll (activity_daily)")
