@@ -703,6 +703,44 @@ def test_hard_drift_fails_loudly_after_writing(spark, monitored, tmp_path):
     assert (tmp_path / "wh" / "reports" / f"{later}.html").exists()
 
 
+@pytest.mark.parametrize("extra_flagged, hard", [(13, False), (2, True)])
+def test_a_new_champions_scores_are_not_drift_but_a_tenfold_flagged_rate_still_fails(
+        spark, monitored, tmp_path, extra_flagged, hard):
+    """D+1 is scored by stage1_xgb:2, which flags more accounts than v1 did on the days before: v2's
+    score shift is not compared with v1's days (it set the alert, so the next night retrained, and
+    again while the reference days held v1's scores). A new model flagging 10x as many still fails."""
+    from tests.helpers import copy_warehouse
+
+    from botwatch.monitoring.run import DriftHardAlert, monitor
+
+    wh, params, _, _ = monitored
+    wh2 = copy_warehouse(wh, tmp_path / "wh")
+    later = DAY + dt.timedelta(days=1)
+    _write(spark, _features(later, 0.0, 4), wh2, "features")
+    new = _scores(later, 200).assign(model_version="stage1_xgb:2")
+    more = (new.account_id % extra_flagged == 0) & (new.score < 0.5)
+    new.loc[more, ["score", "stage1_score"]] = 0.6
+    new.loc[more, "stage2_reached"] = True
+    _write(spark, new, wh2, "scores")
+    old = _table(spark, wh2, "scores")
+    old = old[old.run_date != later]
+    old_rate = (old.decision.isin(["action", "review"]) | old.stage2_reached).groupby(old.run_date).mean().mean()
+    new_rate = (new.decision.isin(["action", "review"]) | new.stage2_reached).mean()
+    if hard:
+        assert new_rate / old_rate >= params.flagged_ratio_hard
+        with pytest.raises(DriftHardAlert, match="of the model before"):
+            monitor(spark, wh2, later, params)
+        return
+    assert params.flagged_ratio_soft <= new_rate / old_rate < params.flagged_ratio_hard  # an alert, compared with v1
+    result = monitor(spark, wh2, later, params)
+    assert not result["drift_alert"]
+    metrics = _table(spark, wh2, "metrics").set_index(["run_date", "name"])["value"]
+    assert metrics[(later, "drift_alert")] == 0.0
+    assert metrics[(later, "flagged_rate_ratio_new_model")] == pytest.approx(new_rate / old_rate)
+    assert math.isnan(result["score_psi"]) and pd.isna(metrics[(later, "flagged_rate_ratio")])
+    assert metrics[(later, "flagged_rate_trailing_days")] == 0.0
+
+
 # ---- the report in headless Chromium ---------------------------------------------------------
 
 PROBE = """<script>window.addEventListener('load', () => {

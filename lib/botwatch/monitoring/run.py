@@ -262,6 +262,26 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     return {"n": float(rows["n"].sum()) if len(rows) else 0.0}
 
 
+def _stage1_versions(versions) -> frozenset[str]:
+    """The stage-1 model(s) among ``model_version`` values (``stage1_xgb:N`` of ``stage1_xgb:N+stage2_heavy:M``);
+    the values themselves when none is a stage-1 one (hand-made scores)."""
+    parts = {p for v in versions if v for p in str(v).split("+") if p.startswith(f"{STAGE1_MODEL}:")}
+    return frozenset(parts or {str(v) for v in versions if v})
+
+
+def _days_by_model(scores: DataFrame, versions: list[str], start: dt.date, run_date: dt.date,
+                   ) -> tuple[list[dt.date], dict[dt.date, str]]:
+    """The days from ``start`` to the day before D scored by D's stage-1 model (``versions``: D's
+    :func:`model_versions`), and the others with the model that scored them."""
+    rows = (scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date - dt.timedelta(days=1))))
+            .groupBy(t.RUN_DATE).agg(F.collect_set(t.MODEL_VERSION).alias("versions")).collect())
+    want = _stage1_versions(versions)
+    same = sorted(r[t.RUN_DATE] for r in rows if _stage1_versions(r["versions"]) == want)
+    other = {r[t.RUN_DATE]: ", ".join(sorted(_stage1_versions(r["versions"]))) for r in rows
+             if _stage1_versions(r["versions"]) != want}
+    return same, other
+
+
 def _score_histograms(scores: DataFrame, run_date: dt.date, days: int, bins: int = 50) -> pd.DataFrame:
     """Share of accounts per score bin on D and over the ``days`` before it (Spark, binned)."""
     start = run_date - dt.timedelta(days=days)
@@ -321,11 +341,20 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     over_hard = feature_stats[feature_stats["psi"] >= params.psi_hard][FEATURE].tolist() if len(feature_stats) else []
     metrics.update(max_feature_psi=max_psi, n_features_psi_over_soft=float(len(over_soft)))
 
-    # 2. score distribution against the previous days' scores
+    # 2. score distribution against the previous days' scores, of the model that scored D: across a
+    # change of champion the shift is the new model's, not drift, and as drift it would alert, retrain
+    # the next night, and alert again while the reference days still held the old model's scores.
     ref_start = run_date - dt.timedelta(days=params.score_reference_days)
-    ref_scores = scores.where(F.col(t.RUN_DATE).between(F.lit(ref_start), F.lit(run_date - dt.timedelta(days=1))))
+    trail_start = run_date - dt.timedelta(days=params.trailing_days)
+    same_model, other_model = _days_by_model(scores, versions, min(ref_start, trail_start), run_date)
+    if other_model:
+        notes.append(f"{len(other_model)} of the days before {run_date} were scored by another model "
+                     f"({', '.join(sorted(set(other_model.values())))}): left out of the score shift and flagged-rate "
+                     "references")
+    ref_days = [d for d in same_model if d >= ref_start]
+    ref_scores = scores.where(F.col(t.RUN_DATE).isin(ref_days))
     score_psi = math.nan
-    if ref_scores.limit(1).count():
+    if ref_days and ref_scores.limit(1).count():
         sprof = reference_profile(ref_scores, [t.SCORE])
         s = drift_statistics(scores_d, sprof).first()
         if s is not None:
@@ -334,19 +363,24 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
                            ("score_ks_upper", _f(s["ks_upper"]), t.SCORE)]
     metrics["score_psi"] = score_psi
 
-    # 3. flagged rate against the trailing days
-    trail_start = run_date - dt.timedelta(days=params.trailing_days)
+    # 3. flagged rate against the trailing days of the same model (a new champion's rate against the
+    # old one's counts only towards the hard alert: a model flagging 10x as many needs a look)
     daily = _pandas(
         scores.where(F.col(t.RUN_DATE).between(F.lit(trail_start), F.lit(run_date - dt.timedelta(days=1))))
         .groupBy(t.RUN_DATE)
         .agg(F.avg(flagged(scores).cast("double")).alias("rate"))
     )
     rate = funnel["flagged"] / funnel["accounts"]
-    trailing = float(daily["rate"].mean()) if len(daily) else math.nan
+    same = daily[pd.to_datetime(daily[t.RUN_DATE]).dt.date.isin(set(same_model))] if len(daily) else daily
+    trailing = float(same["rate"].mean()) if len(same) else math.nan
     ratio = flagged_rate_ratio(rate, trailing)
     metrics.update(flagged_rate=rate, flagged_rate_trailing=trailing, flagged_rate_ratio=ratio,
-                   flagged_rate_trailing_days=float(len(daily)))
+                   flagged_rate_trailing_days=float(len(same)))
     drift_rows.append(("flagged_rate_ratio", ratio, None))
+    ratio_new_model = math.nan
+    if not len(same) and len(daily):
+        ratio_new_model = flagged_rate_ratio(rate, float(daily["rate"].mean()))
+        metrics["flagged_rate_ratio_new_model"] = ratio_new_model
 
     # 4. precision and recall of past decisions as labels arrive
     pairs = _past_decisions(spark, warehouse, scores, run_date, params)
@@ -376,7 +410,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
 
     # 7. alerts
     ratio_soft = _outside(ratio, params.flagged_ratio_soft)
-    ratio_hard = _outside(ratio, params.flagged_ratio_hard)
+    ratio_hard = _outside(ratio, params.flagged_ratio_hard) or _outside(ratio_new_model, params.flagged_ratio_hard)
     soft = bool(over_soft) or (not math.isnan(score_psi) and score_psi >= params.psi_soft) or ratio_soft
     hard = bool(over_hard) or (not math.isnan(score_psi) and score_psi >= params.psi_hard) or ratio_hard
     metrics[DRIFT_ALERT] = 1.0 if soft or hard else 0.0
@@ -404,7 +438,9 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     if hard:
         causes = [f"features {over_hard} with PSI >= {params.psi_hard}" if over_hard else "",
                   f"score PSI {score_psi:.3f}" if not math.isnan(score_psi) and score_psi >= params.psi_hard else "",
-                  f"flagged rate {ratio:.2f}x the trailing mean" if ratio_hard else ""]
+                  (f"flagged rate {ratio:.2f}x the trailing mean" if not math.isnan(ratio) else
+                   f"flagged rate {ratio_new_model:.2f}x the trailing mean of the model before (a new model)")
+                  if ratio_hard else ""]
         raise DriftHardAlert(
             f"hard drift alert for {run_date}: {'; '.join(c for c in causes if c)}. The drift and metrics tables "
             f"and the report {path} are written. If the inputs of {run_date} are broken, fix them and rerun the "
