@@ -88,6 +88,40 @@ def test_days_are_utc_days_or_the_steps_refuse_to_run(spark, warehouse):
     require_utc(spark)
 
 
+def test_run_log_and_registry_times_are_utc_instants_on_a_driver_outside_utc(spark, warehouse, monkeypatch):
+    """A driver host in New York: the run log's and registry's times, read in the UTC session, are the
+    UTC times the run took (naive datetimes were stored as New York time: 5 hours late), also after
+    the run rewrites D's log rows it read back."""
+    import datetime as dt
+    import time
+
+    from pyspark.sql import functions as F
+
+    from botwatch import nightly, registry
+    from botwatch.delta_io import read_table
+
+    day = dt.date(2026, 3, 10)
+    noon = dt.datetime(2026, 3, 10, 12, 0, 0)  # naive UTC, as the run takes it
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        rows = {"validate": nightly.log_row(day, "validate", "ok", {}, {}, "r1", noon)}
+        nightly.write_log(spark, warehouse, day, rows)
+        rows = nightly.log_rows(spark, warehouse, day)  # read back, then rewritten with the next step's row
+        rows["activity"] = nightly.log_row(day, "activity", "ok", {}, {}, "r1", noon + dt.timedelta(hours=1))
+        nightly.write_log(spark, warehouse, day, rows)
+        registry.upsert(spark, warehouse, registry.ModelRecord("stage1_xgb", 1, "champion", day))
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    shown = F.date_format("started_at", "yyyy-MM-dd HH:mm")
+    logged = read_table(spark, warehouse, "run_log").select("step", shown.alias("at")).collect()
+    log = {r["step"]: r["at"] for r in logged}
+    assert log == {"validate": "2026-03-10 12:00", "activity": "2026-03-10 13:00"}
+    created = read_table(spark, warehouse, "model_registry").select(F.date_format("created_at", "yyyy-MM-dd HH:mm"))
+    assert created.first()[0] == "2026-03-10 00:00"
+
+
 def test_session_conf_sets_for_the_block_and_puts_back_what_was_there(spark):
     set_before, unset_before, left_alone = (
         "spark.sql.files.maxRecordsPerFile", "spark.sql.broadcastTimeout", "spark.sql.ansi.enabled")

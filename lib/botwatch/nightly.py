@@ -220,11 +220,15 @@ def log_rows(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict[str
 
 def log_row(run_date: dt.date, step: str, status: str, versions: dict[str, int], summary: dict, run_id: str,
             started: dt.datetime) -> dict:
-    """One run-log row (``RUN_LOG_SCHEMA``) for a step that just finished."""
+    """One run-log row (``RUN_LOG_SCHEMA``) for a step that just finished. ``started`` is naive UTC.
+
+    Its times are timezone-aware: PySpark stores a naive datetime as the driver host's local time,
+    so on a host outside UTC the table (read in UTC) showed them shifted by its offset."""
     return {
         t.RUN_DATE: run_date, "step": step, "status": status, "input_versions": versions,
-        "summary": json.dumps(summary, default=str, sort_keys=True), "run_id": run_id, "started_at": started,
-        "finished_at": dt.datetime.now(dt.UTC).replace(tzinfo=None),
+        "summary": json.dumps(summary, default=str, sort_keys=True), "run_id": run_id,
+        "started_at": started.replace(tzinfo=dt.UTC) if started.tzinfo is None else started,
+        "finished_at": dt.datetime.now(dt.UTC),
     }
 
 

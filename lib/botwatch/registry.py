@@ -71,7 +71,8 @@ class ModelRecord:
         # NaN metrics are stored as null-free numbers: Delta maps keep doubles, NaN included.
         return (
             self.model_name, self.version, self.stage, self.run_date,
-            self.created_at or dt.datetime.combine(self.run_date, dt.time()),
+            # Aware (UTC): PySpark would store a naive datetime as the driver host's local time.
+            self.created_at or dt.datetime.combine(self.run_date, dt.time(), tzinfo=dt.UTC),
             {k: float(v) for k, v in self.metrics.items()}, self.artifact_path,
             None if self.threshold is None else float(self.threshold),
             self.train_start, self.train_end, self.code_version, self.reason,
