@@ -59,50 +59,8 @@ def assemble_features(
     return out.withColumn("has_graph", F.coalesce(F.col("has_graph"), F.lit(False)))
 
 
-def missing_partial_days(spark: SparkSession, warehouse: str, days: Sequence[dt.date]) -> list[dt.date]:
-    """Days of the window that have no ``activity_daily`` partition yet."""
-    if not table_exists(spark, warehouse, t.ACTIVITY_DAILY):
-        return list(days)
-    have = _days_present(spark, warehouse, t.ACTIVITY_DAILY, t.DAY, days)
-    return [d for d in days if d not in have]
-
-
-def _days_present(spark: SparkSession, warehouse: str, table: str, day_col: str, days: Sequence[dt.date]) -> set:
-    """The values of the date partition column ``day_col`` of ``table`` within ``days``' range."""
-    rows = (
-        read_table(spark, warehouse, table)
-        .where(F.col(day_col).between(F.lit(min(days)), F.lit(max(days))))
-        .select(day_col)
-        .distinct()
-        .collect()
-    )
-    return {r[0] for r in rows}
-
-
 def window_days(run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
     return [run_date - dt.timedelta(days=i) for i in range(max(windows))]
-
-
-def stale_partial_days(spark: SparkSession, warehouse: str, days: Sequence[dt.date]) -> list[dt.date]:
-    """Days whose ``activity_daily`` partial was built from another number of events than the day
-    has now (:func:`activity.events_per_day`): late events for an already built day, a corrected
-    export, a new simulated platform. A partial built before ``source_events`` was kept is trusted;
-    a correction that keeps a day's row count is not seen (rerun that date)."""
-    if not (table_exists(spark, warehouse, t.ACTIVITY_DAILY) and table_exists(spark, warehouse, t.EVENTS)):
-        return []
-    daily = read_table(spark, warehouse, t.ACTIVITY_DAILY)
-    if t.SOURCE_EVENTS not in daily.columns:
-        return []
-    first, last = min(days), max(days)
-    recorded = {
-        r[0]: r[1]
-        for r in daily.where(F.col(t.DAY).between(F.lit(first), F.lit(last)) & F.col(t.SOURCE_EVENTS).isNotNull())
-        .select(t.DAY, t.SOURCE_EVENTS).distinct().collect()
-    }
-    if not recorded:
-        return []
-    current = activity.events_per_day(read_table(spark, warehouse, t.EVENTS), first, last)
-    return sorted(d for d, built_from in recorded.items() if current.get(d, 0) != built_from)
 
 
 def partial_days_to_build(
@@ -110,16 +68,28 @@ def partial_days_to_build(
 ) -> list[dt.date]:
     """The window's days whose ``activity_daily`` partial is missing or stale: D unless the activity
     step already built it (the nightly run does, and reruns it when D's events change), any earlier
-    day that has events but no partial (a first run, or a gap), and any day whose events changed
-    since its partial was built (:func:`stale_partial_days`). Steady state counts the window's events
-    here (Parquet footers), it does not read them."""
+    day that has events but no partial (a first run, or a gap), and any day whose number of events
+    differs from the one its partial was built from (``source_events``: late events for a built day,
+    a corrected export, a new simulated platform). A partial built before ``source_events`` was kept
+    is trusted; a correction that keeps a day's row count is not seen (rerun that date).
+
+    Two small Spark jobs: the partials' (day, source_events) pairs, and a count of the window's
+    events per day (:func:`activity.events_per_day`: Parquet footers, not rows)."""
     days = window_days(run_date, windows)
-    stale = set(stale_partial_days(spark, warehouse, days))
-    missing = set(missing_partial_days(spark, warehouse, days))
-    if missing <= {run_date}:
-        return sorted(missing | stale)
-    with_events = _days_present(spark, warehouse, t.EVENTS, t.EVENT_DATE, days)
-    return sorted((missing & with_events) | (missing & {run_date}) | stale)
+    first, last = min(days), max(days)
+    built: dict[dt.date, int | None] = {}
+    if table_exists(spark, warehouse, t.ACTIVITY_DAILY):
+        daily = read_table(spark, warehouse, t.ACTIVITY_DAILY).where(F.col(t.DAY).between(F.lit(first), F.lit(last)))
+        recorded = F.col(t.SOURCE_EVENTS) if t.SOURCE_EVENTS in daily.columns else F.lit(None).cast("long")
+        built = {r[0]: r[1] for r in daily.select(t.DAY, recorded).distinct().collect()}
+    missing = [d for d in days if d not in built]
+    if not any(n is not None for n in built.values()) and set(missing) <= {run_date}:
+        return sorted(missing)  # nothing recorded to compare with, and nothing else to find
+    if not table_exists(spark, warehouse, t.EVENTS):
+        return sorted(d for d in missing if d == run_date)
+    now = activity.events_per_day(read_table(spark, warehouse, t.EVENTS), first, last)
+    stale = [d for d, n in built.items() if n is not None and now.get(d, 0) != n]
+    return sorted({d for d in missing if d == run_date or now.get(d, 0) > 0} | set(stale))
 
 
 def build_partials(spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
