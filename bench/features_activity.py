@@ -309,6 +309,18 @@ def main() -> None:
             reruns.append(round(again["seconds"], 1))
         if reruns:
             report("nightly_spark_rerun_s", reruns)
+        # What the features step checks first (build.partial_days_to_build): missing partials, and stale
+        # ones (a count of the window's events per day, from Parquet footers, against what each partial
+        # recorded). Three times: the first pays its JVM warm-up.
+        from botwatch.features.build import partial_days_to_build
+
+        checks = []
+        for _ in range(3):
+            with timed() as check:
+                to_build = partial_days_to_build(spark, wh, run, windows)
+            checks.append(round(check["seconds"], 2))
+        report("partial_days_to_build_s", checks)
+        report("partial_days_to_build", [d.isoformat() for d in to_build])
         n_partials = read_table(spark, wh, t.ACTIVITY_DAILY).count()
         report("partial_rows", n_partials)
 
