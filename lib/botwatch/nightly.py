@@ -82,7 +82,7 @@ RAN_BECAUSE = "ran_because"
 # Knobs that change how fast a step runs, not what it writes: a change to them reruns nothing.
 SPEED_ONLY_KEYS = frozenset({
     "features.graph.salt_buckets", "heavy.device", "heavy.num_threads", "cascade.batch_size", "cascade.device",
-    "cascade.torch_threads", "cascade.partitions", "cascade.embedding_cache",
+    "cascade.torch_threads", "cascade.partitions", "cascade.embedding_cache", "simulate.accounts_per_partition",
 })
 
 
@@ -160,7 +160,15 @@ def _waiting_errors() -> tuple[type[Exception], ...]:
 def conf_fingerprint(conf: Config, keys: Sequence[str]) -> int:
     """A 64-bit fingerprint of the conf values under ``keys`` (sections or dotted keys), leaving out
     :data:`SPEED_ONLY_KEYS`; stored in the run log, so it must not change between Python processes."""
-    values = {key: _without_speed_only(key, conf[key]) for key in keys}
+    return _fingerprint({key: _without_speed_only(key, conf[key]) for key in keys})
+
+
+def section_fingerprint(section: str, values: dict[str, Any]) -> int:
+    """:func:`conf_fingerprint` of one conf section given as its values (e.g. the simulator's ``params``)."""
+    return _fingerprint({section: _without_speed_only(section, values)})
+
+
+def _fingerprint(values: dict[str, Any]) -> int:
     digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
 

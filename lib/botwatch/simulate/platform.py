@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from typing import Any
 
@@ -31,7 +30,6 @@ TABLE_SCHEMAS: dict[str, T.StructType] = {
 PARTITION_BY = {t.EVENTS: (t.EVENT_DATE,)}
 # Tables the nightly run derives from the inputs: a new platform under them would be mixed with them.
 DERIVED_TABLES = (t.ACTIVITY_DAILY, t.FEATURES, t.MODEL_REGISTRY, t.SCORES, t.RUN_LOG)
-SPEED_ONLY_PARAMS = frozenset({"accounts_per_partition"})  # change how fast, never the values
 
 
 class WarehouseInUseError(SimulationParamsError):
@@ -40,10 +38,10 @@ class WarehouseInUseError(SimulationParamsError):
 
 def _platform_meta(seed: int, accounts: int, days: int, start_date: dt.date, params: dict[str, Any]) -> dict[str, str]:
     """What identifies a simulated platform (kept in the commit metadata of the tables it writes)."""
-    values = {k: v for k, v in params.items() if k not in SPEED_ONLY_PARAMS}
-    digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    from botwatch.nightly import section_fingerprint  # leaves out speed-only knobs (accounts_per_partition)
+
     return {"step": "simulate", "seed": str(seed), "accounts": str(accounts), "days": str(days),
-            "start_date": start_date.isoformat(), "params": digest}
+            "start_date": start_date.isoformat(), "params": str(section_fingerprint("simulate", params))}
 
 
 def _describe(meta: dict[str, str]) -> str:
