@@ -270,16 +270,18 @@ def _stage1_versions(versions) -> frozenset[str]:
 
 
 def _days_by_model(scores: DataFrame, versions: list[str], start: dt.date, run_date: dt.date,
-                   ) -> tuple[list[dt.date], dict[dt.date, str]]:
+                   ) -> tuple[list[dt.date], dict[dt.date, str], dict[dt.date, float]]:
     """The days from ``start`` to the day before D scored by D's stage-1 model (``versions``: D's
-    :func:`model_versions`), and the others with the model that scored them."""
+    :func:`model_versions`), the others with the model that scored them, and every day's flagged rate
+    (one pass over those days' scores)."""
     rows = (scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date - dt.timedelta(days=1))))
-            .groupBy(t.RUN_DATE).agg(F.collect_set(t.MODEL_VERSION).alias("versions")).collect())
+            .groupBy(t.RUN_DATE).agg(F.collect_set(t.MODEL_VERSION).alias("versions"),
+                                     F.avg(flagged(scores).cast("double")).alias("rate")).collect())
     want = _stage1_versions(versions)
     same = sorted(r[t.RUN_DATE] for r in rows if _stage1_versions(r["versions"]) == want)
     other = {r[t.RUN_DATE]: ", ".join(sorted(_stage1_versions(r["versions"]))) for r in rows
              if _stage1_versions(r["versions"]) != want}
-    return same, other
+    return same, other, {r[t.RUN_DATE]: float(r["rate"]) for r in rows}
 
 
 def _score_histograms(scores: DataFrame, run_date: dt.date, days: int, bins: int = 50) -> pd.DataFrame:
@@ -346,7 +348,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     # the next night, and alert again while the reference days still held the old model's scores.
     ref_start = run_date - dt.timedelta(days=params.score_reference_days)
     trail_start = run_date - dt.timedelta(days=params.trailing_days)
-    same_model, other_model = _days_by_model(scores, versions, min(ref_start, trail_start), run_date)
+    same_model, other_model, rates = _days_by_model(scores, versions, min(ref_start, trail_start), run_date)
     if other_model:
         notes.append(f"{len(other_model)} of the days before {run_date} were scored by another model "
                      f"({', '.join(sorted(set(other_model.values())))}): left out of the score shift and flagged-rate "
@@ -365,21 +367,17 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
 
     # 3. flagged rate against the trailing days of the same model (a new champion's rate against the
     # old one's counts only towards the hard alert: a model flagging 10x as many needs a look)
-    daily = _pandas(
-        scores.where(F.col(t.RUN_DATE).between(F.lit(trail_start), F.lit(run_date - dt.timedelta(days=1))))
-        .groupBy(t.RUN_DATE)
-        .agg(F.avg(flagged(scores).cast("double")).alias("rate"))
-    )
     rate = funnel["flagged"] / funnel["accounts"]
-    same = daily[pd.to_datetime(daily[t.RUN_DATE]).dt.date.isin(set(same_model))] if len(daily) else daily
-    trailing = float(same["rate"].mean()) if len(same) else math.nan
+    daily = [r for d, r in rates.items() if d >= trail_start]
+    same = [r for d, r in rates.items() if d >= trail_start and d in same_model]
+    trailing = sum(same) / len(same) if same else math.nan
     ratio = flagged_rate_ratio(rate, trailing)
     metrics.update(flagged_rate=rate, flagged_rate_trailing=trailing, flagged_rate_ratio=ratio,
                    flagged_rate_trailing_days=float(len(same)))
     drift_rows.append(("flagged_rate_ratio", ratio, None))
     ratio_new_model = math.nan
-    if not len(same) and len(daily):
-        ratio_new_model = flagged_rate_ratio(rate, float(daily["rate"].mean()))
+    if not same and daily:
+        ratio_new_model = flagged_rate_ratio(rate, sum(daily) / len(daily))
         metrics["flagged_rate_ratio_new_model"] = ratio_new_model
 
     # 4. precision and recall of past decisions as labels arrive
