@@ -42,7 +42,8 @@ START_DATE = pendulum.parse(os.environ.get("BOTWATCH_START_DATE", "2026-01-05"),
 # spark-submit's --driver-memory: the driver JVM starts before the job reads its conf.
 DRIVER_MEMORY = os.environ.get("BOTWATCH_DRIVER_MEMORY", "4g")
 # Default: let the JIT compile Spark's huge generated methods (see conf/base.yaml). E.g.
-# "-XX:TieredStopAtLevel=1" where every job is short (tiny data): JIT with C1 only, less CPU.
+# "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m" where every job is short (tiny data): JIT with
+# C1 only, less CPU (C1 only alone shrinks the code cache to 48 MB, which a job can fill and then fail).
 DRIVER_JAVA_OPTIONS = os.environ.get("BOTWATCH_DRIVER_JAVA_OPTIONS", "-XX:-DontCompileHugeMethods")
 RETRIES = int(os.environ.get("BOTWATCH_RETRIES", "2"))
 # Longer than conf run.lock_stale_hours (0.15 h = 9 min): a retry after a killed attempt finds its lock

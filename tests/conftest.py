@@ -30,10 +30,36 @@ def conf(session_warehouse):
 
 
 @pytest.fixture(scope="session")
-def spark(conf):
+def spark(conf, request):
     session = get_spark(conf, app_name="tests")
     yield session
+    request.config.stash[_JVM_MEMORY] = jvm_memory_pools(session)
     session.stop()
+
+
+_JVM_MEMORY = pytest.StashKey[str]()
+
+
+def jvm_memory_pools(session) -> str:
+    """The session JVM's code cache and heap: used, peak and maximum MB of each pool. A full code
+    cache stops the JIT and can fail a task (VirtualMachineError); this shows how near the suite came."""
+    lines = []
+    for pool in session._jvm.java.lang.management.ManagementFactory.getMemoryPoolMXBeans():
+        name = str(pool.getName())
+        if "Code" not in name and str(pool.getType().toString()) != "Heap memory":
+            continue
+        used, peak = pool.getUsage(), pool.getPeakUsage()
+        top = used.getMax() if used.getMax() >= 0 else used.getCommitted()
+        lines.append(f"  {name}: {used.getUsed() / 2**20:.1f} MB used, peak {peak.getUsed() / 2**20:.1f} MB "
+                     f"of {top / 2**20:.1f} MB")
+    return "\n".join(lines)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    pools = config.stash.get(_JVM_MEMORY, "")
+    if pools:
+        terminalreporter.write_line("JVM memory pools of the test session's Spark driver at its end:")
+        terminalreporter.write_line(pools)
 
 
 @pytest.fixture(autouse=True)

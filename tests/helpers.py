@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
-# Each DAG task is a short job on tiny data: C1-only JIT costs a cold JVM about a third less CPU.
-JAVA_OPTIONS = "-XX:TieredStopAtLevel=1"
+# Each DAG task is a short job on tiny data: C1-only JIT costs a cold JVM about a third less CPU. C1 only
+# also shrinks the code cache to 48 MB, which the features and publish jobs fill; the JVM then stops
+# compiling and, needing room for an adapter or a method-handle stub, throws VirtualMachineError (a task
+# failed that way, once in a few runs): the tiered default's 240 MB.
+JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 # dag.test() of the whole DAG shares 2 cores with the rest of the suite: alone it took about 15 minutes
 # here (session 22), beside the suite about 25, in CI past the old 25-minute limit. The limit only catches a hang.
 DAG_TEST_TIMEOUT_S = 3600
@@ -114,20 +118,45 @@ def airflow_env(home: Path, warehouse: str = "", sets: str = "") -> dict[str, st
     return env
 
 
-def run_py(code: str, env: dict[str, str], timeout: int, args: tuple[str, ...] = ()) -> dict:
-    """Run ``code`` in a fresh interpreter (``args`` as its ``sys.argv[1:]``); its last stdout line is JSON."""
+def run_py(code: str, env: dict[str, str], timeout: int, args: tuple[str, ...] = (), log: Path | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter (``args`` as its ``sys.argv[1:]``); its last stdout line is JSON.
+    ``log``: where to keep its whole stdout and stderr."""
     proc = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
+    if log is not None:
+        log.write_text(f"{proc.stdout}\n--- stderr\n{proc.stderr}")
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-8000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def failed_task_output(log: Path, states: dict, lines: int = 30) -> str:
+    """What a ``dag.test()`` run printed for its failed tasks, so that a failed task's error reaches
+    the test report: each one's last ``lines`` lines that name an error, then its last ``lines``
+    lines (400 characters of each); "" when every task succeeded."""
+    text = log.read_text().splitlines()
+    out = []
+    for task, state in states["tis"].items():
+        if state == "success":
+            continue
+        starts = [i for i, line in enumerate(text) if f"[DAG TEST] starting task_id={task} " in line]
+        if not starts:
+            out.append(f"--- {task}: {state} (never started)")
+            continue
+        ends = [i for i, line in enumerate(text) if "[DAG TEST] starting task_id=" in line and i > starts[-1]]
+        section = [line[:400] for line in text[starts[-1]:ends[0] if ends else len(text)]]
+        errors = [line for line in section if re.search(r"Error|Exception|Traceback|failed", line)]
+        out += [f"--- {task}: {state}", *errors[-lines:], "--- its last lines", *section[-lines:]]
+    return "\n".join(out)
 
 
 def airflow_dag_test(home: Path, warehouse: str, sets: list[str], run_date) -> dict:
     """``dag.test()`` of ``botwatch_nightly`` for ``run_date`` on a real Airflow (SQLite metadata
     database migrated in ``home``, the ``gpu`` pool created): every task a spark-submit of its job.
-    Returns ``{"state": ..., "tis": {task_id: state}}``."""
+    Returns ``{"state": ..., "tis": {task_id: state}, "failed_output": what failed tasks printed}``."""
     env = airflow_env(home, warehouse=warehouse, sets=";".join(sets))
     subprocess.run([str(VENV_BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=600)
     subprocess.run([str(VENV_BIN / "airflow"), "pools", "set", "gpu", "1", "stage-2 inference"], env=env, check=True,
                    capture_output=True, timeout=300)
-    return run_py(DAG_TEST, env, timeout=DAG_TEST_TIMEOUT_S, args=(run_date.isoformat(),))
+    log = home / "dag_test.log"
+    states = run_py(DAG_TEST, env, timeout=DAG_TEST_TIMEOUT_S, args=(run_date.isoformat(),), log=log)
+    return {**states, "failed_output": failed_task_output(log, states)}

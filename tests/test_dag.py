@@ -137,8 +137,8 @@ def test_dag_test_runs_the_whole_dag(spark, dag_run):
     job, on the shared platform's last date; afterwards the run log and the tables hold the run."""
     conf, run_date, got = dag_run
     warehouse = conf["warehouse"]
+    assert got["tis"] == {s: "success" for s in EXPECTED_ORDER}, got["failed_output"]
     assert got["state"] == "success", got
-    assert got["tis"] == {s: "success" for s in EXPECTED_ORDER}
 
     logged = nightly.log_rows(spark, warehouse, run_date)
     assert {s: logged[s]["status"] for s in EXPECTED_ORDER} == {s: "ok" for s in EXPECTED_ORDER}

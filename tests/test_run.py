@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from tests.helpers import DAG_WAIT_TIMEOUT_S, canonical_rows, copy_warehouse
+from tests.helpers import DAG_WAIT_TIMEOUT_S, JAVA_OPTIONS, canonical_rows, copy_warehouse
 
 from botwatch import files, nightly, registry, steps
 from botwatch import tables as t
@@ -942,17 +942,19 @@ def checksums(spark, warehouse: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def full_run(spark, dag_run, tmp_path_factory):
     """One uninterrupted run of the platform's last feature date, as Airflow ran it (``dag_run``:
-    every step a spark-submit), in a private copy; (conf, date, checksums, {step: run-log row})."""
-    conf, day, _ = dag_run
+    every step a spark-submit), in a private copy; (conf, date, checksums, {step: run-log row}, what its
+    failed tasks printed)."""
+    conf, day, states = dag_run
     wh = copy_warehouse(conf["warehouse"], tmp_path_factory.mktemp("full") / "wh")
     logged = nightly.log_rows(spark, wh, day)
-    return conf.with_overrides([f"warehouse={wh}"]), day, checksums(spark, wh), logged
+    # A failed task shows in the run log as a missing step; what it printed says why.
+    return conf.with_overrides([f"warehouse={wh}"]), day, checksums(spark, wh), logged, states["failed_output"]
 
 
 @pytest.mark.timeout(DAG_WAIT_TIMEOUT_S)  # the first of this file's tests to wait for the whole run
 def test_an_earlier_date_is_never_scored_with_a_model_trained_after_it(spark, full_run):
     # The run trained and promoted the first champion on its date; an earlier date had none.
-    conf, day, _, _ = full_run
+    conf, day, _, _, _ = full_run
     wh = conf["warehouse"]
     champ = registry.champion(spark, wh, "stage1_xgb")
     assert champ is not None and champ[t.RUN_DATE] == day
@@ -971,10 +973,10 @@ def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(sp
     partition), then resumes, leaves every table as the uninterrupted run did, keys unique. (One
     forced rerun serves both the rerun and the failure-then-rerun checks: each step runs exactly
     once more.)"""
-    conf, day, sums, results = full_run
+    conf, day, sums, results, failed_output = full_run
     wh = conf["warehouse"]
     # Every step ok, and the date finished although each step ran as its own task ("_run").
-    assert statuses(results) == {s: "ok" for s in (*steps.RUN_ORDER, nightly.RUN_STEP)}
+    assert statuses(results) == {s: "ok" for s in (*steps.RUN_ORDER, nightly.RUN_STEP)}, failed_output
     n = read_table(spark, wh, t.FEATURES).where(F.col(t.RUN_DATE) == day).count()
     assert read_table(spark, wh, t.SCORES).where(F.col(t.RUN_DATE) == day).count() == n > 0
     assert read_table(spark, wh, t.SCORES_LATEST).count() == n
@@ -995,8 +997,10 @@ def test_full_run_then_a_rerun_and_a_failed_then_resumed_rerun_change_nothing(sp
         raise RuntimeError("injected crash")
 
     monkeypatch.setitem(steps.STEPS, "score_stage1", crash_after_writing)
-    with pytest.raises(nightly.StepFailedError, match="score_stage1"):
+    with pytest.raises(nightly.StepFailedError) as failed:
         nightly.run_steps(spark, conf, day, force=True, echo=lambda _: None)
+    # The cause first: a longer message is cut in CI's excerpt.
+    assert "'score_stage1'" in str(failed.value), f"{failed.value.__cause__!r:.600} in {failed.value}"
     monkeypatch.setitem(steps.STEPS, "score_stage1", real)
     resumed = statuses(nightly.run_steps(spark, conf, day, echo=lambda _: None))
     assert resumed == {"validate": "skipped", "activity": "skipped", "features": "skipped", "train": "skipped",
@@ -1035,7 +1039,7 @@ def run_notebook(name: str, out, parameters: dict, crash_dir, capfd) -> None:
     import papermill as pm
 
     repo = Path(__file__).resolve().parents[1]
-    java_options = f"-XX:TieredStopAtLevel=1 -XX:ErrorFile={crash_dir}/hs_err_%p.log"
+    java_options = f"{JAVA_OPTIONS} -XX:ErrorFile={crash_dir}/hs_err_%p.log"
     sets = [*NOTEBOOK_SETS, "spark.extra_conf=" + json.dumps({"spark.driver.extraJavaOptions": java_options})]
     for attempt in (1, 2):
         try:
@@ -1053,7 +1057,7 @@ def run_notebook(name: str, out, parameters: dict, crash_dir, capfd) -> None:
 
 def test_notebooks_execute_on_the_runs_tables(spark, platform, full_run, tmp_path, capfd):
     pconf, dates = platform
-    conf, day, _, _ = full_run
+    conf, day, _, _, _ = full_run
     wh = copy_warehouse(conf["warehouse"], tmp_path / "wh")
     wconf = conf.with_overrides([f"warehouse={wh}"])
     # An earlier scored date, so labels arrive after scoring (PR curve) and scores_latest has history.
