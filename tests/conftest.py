@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
-from tests.helpers import PLATFORM_FEATURE_DATES, PLATFORM_SETTINGS, write_test_platform
+from tests.helpers import PLATFORM_FEATURE_DATES, PLATFORM_SETTINGS, restore_session_conf, write_test_platform
 
 from botwatch.config import load_config
 from botwatch.spark import get_spark
@@ -48,10 +48,12 @@ def jvm_memory_pools(session) -> str:
         name = str(pool.getName())
         if "Code" not in name and str(pool.getType().toString()) != "Heap memory":
             continue
-        used, peak = pool.getUsage(), pool.getPeakUsage()
+        used, peak, after_gc = pool.getUsage(), pool.getPeakUsage(), pool.getCollectionUsage()
         top = used.getMax() if used.getMax() >= 0 else used.getCommitted()
+        # After the last collection: what was live, not garbage waiting for one.
+        live = f", {after_gc.getUsed() / 2**20:.1f} MB after the last GC" if after_gc is not None else ""
         lines.append(f"  {name}: {used.getUsed() / 2**20:.1f} MB used, peak {peak.getUsed() / 2**20:.1f} MB "
-                     f"of {top / 2**20:.1f} MB")
+                     f"of {top / 2**20:.1f} MB{live}")
     return "\n".join(lines)
 
 
@@ -66,21 +68,16 @@ def pytest_terminal_summary(terminalreporter, config):
 def _session_conf_restored():
     """A test that runs a command in process (CliRunner, a job's ``main``) reuses this session through
     ``get_spark``, which applies the command's conf to it (conf/local.yaml: 8 shuffle partitions, not
-    4). Later tests would then partition, and sum floats, differently from the rest of the session:
-    the session's SQL settings are put back after every test."""
+    4; its own warehouse's checkpoint dir). Later tests would then partition, and sum floats,
+    differently from the rest of the session, and write their scratch frames under that test's
+    warehouse: the session's settings are put back after every test."""
     from pyspark.sql import SparkSession
 
     session = SparkSession.getActiveSession()
     before = dict(session.conf.getAll) if session is not None else None
     yield
-    if session is None or before is None:
-        return
-    for key, value in dict(session.conf.getAll).items():
-        if before.get(key) != value:
-            try:
-                session.conf.set(key, before[key]) if key in before else session.conf.unset(key)
-            except Exception:  # noqa: BLE001 - a static setting cannot change: nothing to put back
-                pass
+    if session is not None and before is not None:
+        restore_session_conf(session, before)
 
 
 @pytest.fixture

@@ -160,3 +160,19 @@ def airflow_dag_test(home: Path, warehouse: str, sets: list[str], run_date) -> d
     log = home / "dag_test.log"
     states = run_py(DAG_TEST, env, timeout=DAG_TEST_TIMEOUT_S, args=(run_date.isoformat(),), log=log)
     return {**states, "failed_output": failed_task_output(log, states)}
+
+
+def restore_session_conf(session, before: dict[str, str]) -> None:
+    """Put ``session``'s conf back to ``before``. ``getOrCreate`` sets even the settings that
+    ``conf.set`` refuses (``spark.checkpoint.dir``): those go back the way it set them, through the
+    session state, and the checkpoint dir of the context with them."""
+    for key, value in dict(session.conf.getAll).items():
+        if before.get(key) == value:
+            continue
+        if session.conf.isModifiable(key):
+            session.conf.set(key, before[key]) if key in before else session.conf.unset(key)
+            continue
+        state = session._jsparkSession.sessionState().conf()
+        state.setConfString(key, before[key]) if key in before else state.unsetConf(key)
+        if key == "spark.checkpoint.dir" and key in before:
+            session.sparkContext.setCheckpointDir(before[key])
