@@ -102,6 +102,7 @@ def test_run_log_and_registry_times_are_utc_instants_on_a_driver_outside_utc(spa
 
     day = dt.date(2026, 3, 10)
     noon = dt.datetime(2026, 3, 10, 12, 0, 0)  # naive UTC, as the run takes it
+    zone = time.tzname
     monkeypatch.setenv("TZ", "America/New_York")
     time.tzset()
     try:
@@ -112,8 +113,9 @@ def test_run_log_and_registry_times_are_utc_instants_on_a_driver_outside_utc(spa
         nightly.write_log(spark, warehouse, day, rows)
         registry.upsert(spark, warehouse, registry.ModelRecord("stage1_xgb", 1, "champion", day))
     finally:
-        monkeypatch.delenv("TZ")
+        monkeypatch.undo()  # TZ as it was (set or not), then applied: deleting it left the host's zone
         time.tzset()
+    assert time.tzname == zone  # later tests run in the zone the session started in
     shown = F.date_format("started_at", "yyyy-MM-dd HH:mm")
     logged = read_table(spark, warehouse, "run_log").select("step", shown.alias("at")).collect()
     log = {r["step"]: r["at"] for r in logged}
