@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 # Each DAG task is a short job on tiny data: C1-only JIT costs a cold JVM about a third less CPU. C1 only
 # also shrinks the code cache to 48 MB, which the features and publish jobs fill; the JVM then stops
-# compiling and, needing room for an adapter or a method-handle stub, throws VirtualMachineError (a task
-# failed that way, once in a few runs): the tiered default's 240 MB.
+# compiling and, needing room for an adapter or a method-handle stub, can throw VirtualMachineError. A
+# publish task failed once beside a full code cache (its output was not kept then): the tiered default's 240 MB.
 JAVA_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m"
 # dag.test() of the whole DAG shares 2 cores with the rest of the suite: alone it took about 15 minutes
 # here (session 22), beside the suite about 25, in CI past the old 25-minute limit. The limit only catches a hang.
