@@ -12,9 +12,10 @@ import networkx as nx
 import pytest
 from chispa import assert_df_equality
 from deltalake import DeltaTable
+from tests.helpers import restore_session_conf
 
 from botwatch.config import PROJECT_ROOT, ConfigError, load_config
-from botwatch.spark import MissingJarsError, application_name, delta_loaded, find_jars, session_conf
+from botwatch.spark import MissingJarsError, application_name, delta_loaded, find_jars, get_spark, session_conf
 
 
 def test_delta_overwrite_and_time_travel(spark, warehouse):
@@ -145,10 +146,6 @@ def test_session_conf_sets_for_the_block_and_puts_back_what_was_there(spark):
 def test_a_command_run_in_process_leaves_no_checkpoint_dir_behind(spark, tmp_path):
     # get_spark with a command's conf (its own warehouse) sets even what conf.set refuses; the
     # fixture that restores the session after every test must put that back too.
-    from tests.helpers import restore_session_conf
-
-    from botwatch.spark import get_spark
-
     before = dict(spark.conf.getAll)
     other = str(tmp_path / "other")
     get_spark(load_config("conf/local.yaml", [f"warehouse={other}", "spark.log_level=ERROR"]))
@@ -157,6 +154,7 @@ def test_a_command_run_in_process_leaves_no_checkpoint_dir_behind(spark, tmp_pat
     assert dict(spark.conf.getAll) == before
     context_dir = spark.sparkContext._jsc.sc().getCheckpointDir().get().removeprefix("file:")
     assert context_dir.startswith(before["spark.checkpoint.dir"] + "/")
+
 
 def test_python_workers_use_project_interpreter(spark):
     # Workers must run the venv's python (xgboost.spark needs pandas there).
