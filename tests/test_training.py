@@ -547,7 +547,8 @@ def test_refresh_policy_reuses_a_fresh_champion_and_retrains_when_old_or_drifted
     )
     write_table(alerts, warehouse, t.METRICS, partition_by=[t.RUN_DATE])
     assert refresh_decision(spark, warehouse, run_date, params)[0] is False
-    assert refresh_decision(spark, warehouse, next_day, params) == (True, "drift alert set by the previous run")
+    assert refresh_decision(spark, warehouse, next_day, params) == (
+        True, f"drift alert set by the monitored run of {run_date}")
     assert refresh_decision(spark, warehouse, next_day + dt.timedelta(days=1), params)[0] is True
 
     # A rerun of a date whose training finished (here refused) trains nothing new; max age 0 still

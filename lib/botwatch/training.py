@@ -125,29 +125,34 @@ class TrainResult:
     threshold: float | None
 
 
-def needs_training(champion: dict | None, run_date: dt.date, max_age_days: int, drift_alert: bool) -> tuple[bool, str]:
-    """The refresh policy: retrain when there is no champion, it is too old, or drift was flagged
-    (unless the champion was trained on D itself, after the alert: a rerun of D trains nothing new)."""
+def needs_training(
+    champion: dict | None, run_date: dt.date, max_age_days: int, drift_alert_on: dt.date | None
+) -> tuple[bool, str]:
+    """The refresh policy: retrain when there is no champion, it is too old, or the latest monitored
+    run before D (on ``drift_alert_on``) flagged drift and the champion was trained on that day or
+    before. A champion trained after the alert answered it: a rerun of D, or the nights after while
+    the monitor stays stuck on a hard alert, train nothing new for it."""
     if champion is None:
         return True, "no champion yet"
     age = (run_date - champion[t.RUN_DATE]).days
-    if drift_alert and age > 0:
-        return True, "drift alert set by the previous run"
+    if drift_alert_on is not None and champion[t.RUN_DATE] <= drift_alert_on:
+        return True, f"drift alert set by the monitored run of {drift_alert_on}"
     if age >= max_age_days:
         return True, f"champion is {age} days old (max {max_age_days})"
     return False, f"champion version {champion[t.VERSION]} is {age} days old; reused"
 
 
-def drift_alert_before(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
-    """Whether the latest monitored run before D set a drift alert (``metrics`` row ``drift_alert`` > 0)."""
+def drift_alert_before(spark: SparkSession, warehouse: str, run_date: dt.date) -> dt.date | None:
+    """The date of the latest monitored run before D when it set a drift alert (``metrics`` row
+    ``drift_alert`` > 0); None when it did not, or nothing before D was monitored."""
     if not table_exists(spark, warehouse, t.METRICS):
-        return False
+        return None
     before = read_table(spark, warehouse, t.METRICS).where(F.col(t.RUN_DATE) < F.lit(run_date))
     latest = cast(Row, before.agg(F.max(t.RUN_DATE)).first())[0]  # a global aggregate: one row
     if latest is None:
-        return False
+        return None
     alert = before.where((F.col(t.RUN_DATE) == F.lit(latest)) & (F.col(t.NAME) == F.lit(DRIFT_ALERT)))
-    return alert.where(F.col(t.VALUE) > 0).limit(1).count() > 0
+    return latest if alert.where(F.col(t.VALUE) > 0).limit(1).count() > 0 else None
 
 
 def refresh_decision(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> tuple[bool, str]:
@@ -163,8 +168,8 @@ def refresh_decision(spark: SparkSession, warehouse: str, run_date: dt.date, par
             # The gate would refuse whatever D trains (the heavy model's too): nothing to train for.
             return False, (f"the first champion ({newer}) was trained after {run_date}; the gate never replaces it "
                            "with a model trained on an earlier date, so nothing is trained and the date is not scored")
-    drift_alert = drift_alert_before(spark, warehouse, run_date)
-    retrain, why = needs_training(champion, run_date, params.max_champion_age_days, drift_alert)
+    drift_alert_on = drift_alert_before(spark, warehouse, run_date)
+    retrain, why = needs_training(champion, run_date, params.max_champion_age_days, drift_alert_on)
     if retrain and params.max_champion_age_days > 0:
         done = registry.trained_on(spark, warehouse, STAGE1_MODEL, run_date)
         if done is not None:
