@@ -451,6 +451,35 @@ def test_prevalence_counts_only_the_queues_answers(spark, tmp_path):
     assert _prevalence_history(spark, wh, day, with_appeals)["estimate"] == pytest.approx(0.1)
 
 
+
+@pytest.mark.parametrize("appeal_first", [False, True])
+def test_a_tie_between_opposite_labels_goes_to_the_human_as_in_training(spark, tmp_path, appeal_first):
+    """A verdict and an appeal with one ``labeled_at``: the monitor pairs the decision with 0, as
+    winning_labels does for training, whichever row the table holds first (``max_by`` on
+    ``labeled_at`` alone kept the row it read first), and so does the prevalence estimate."""
+    from botwatch.delta_io import write_table
+    from botwatch.labels import winning_labels
+    from botwatch.monitoring.run import MonitorParams, _past_decisions, _prevalence_history
+    from botwatch.schemas import LABELS_SCHEMA
+
+    wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
+    at = dt.datetime(2026, 3, 10, 9)
+    rows = [(1, 1, "investigator", at), (1, 0, "appeal", at)]
+    labels = spark.createDataFrame(rows[::-1] if appeal_first else rows, LABELS_SCHEMA).coalesce(1)
+    write_table(labels, wh, "labels")
+    assert [r.label for r in winning_labels(labels).collect()] == [0]
+    yesterday = day - dt.timedelta(days=1)
+    scores = spark.createDataFrame([(1, yesterday, 0.9, "action")], "account_id long, run_date date, score double, "
+                                   "decision string")
+    write_table(scores.select("account_id", "run_date"), wh, "features", partition_by=["run_date"])
+    params = MonitorParams()
+    assert _past_decisions(spark, wh, scores, day, params)["label"].tolist() == [0]
+    # The same tie among a queue's answers: the stratum of one reads 0 bots, not 1.
+    sampled = _two_strata_queue(spark, wh, day, 4)
+    tied = [(int(a), lab, "investigator", at) for a in sampled for lab in (1, 0)]
+    write_table(spark.createDataFrame(tied, LABELS_SCHEMA).coalesce(1), wh, "labels", mode="overwrite")
+    assert _prevalence_history(spark, wh, day, params)["estimate"] == pytest.approx(0.0)
+
 # ---- the monitor step end to end, on hand-built tables -------------------------------------
 
 import datetime as dt  # noqa: E402
@@ -590,6 +619,22 @@ def test_the_alert_makes_the_next_run_retrain(spark, monitored):
         False, "champion version 2 is 0 days old; reused")
 
 
+def test_a_stale_alert_retrains_once_while_the_monitor_is_stuck(spark, monitored):
+    """A hard alert fails monitor(D) and, with depends_on_past, every later monitor: the alert of D
+    stays the latest. The model trained on D+1 answered it; D+3 does not retrain for it again."""
+    from botwatch.monitoring.run import drift_alert_before
+    from botwatch.training import needs_training
+
+    wh, _, _, _ = monitored
+    stuck = DAY + dt.timedelta(days=3)
+    assert drift_alert_before(spark, wh, stuck) == DAY
+    answered = {"run_date": DAY + dt.timedelta(days=1), "version": 2}
+    assert needs_training(answered, stuck, 7, drift_alert_before(spark, wh, stuck)) == (
+        False, "champion version 2 is 2 days old; reused")
+    unanswered = {"run_date": DAY, "version": 1}
+    assert needs_training(unanswered, stuck, 7, DAY) == (True, f"drift alert set by the monitored run of {DAY}")
+
+
 def test_monitor_metrics_against_pandas(spark, monitored):
     wh, params, _, _ = monitored
     metrics = _table(spark, wh, "metrics").set_index(["run_date", "name"])["value"]
@@ -696,8 +741,8 @@ def test_hard_drift_fails_loudly_after_writing(spark, monitored, tmp_path):
     # ... for a real shift; broken inputs are fixed and the date rerun (retraining on them would hide them).
     assert f"are broken, fix them and rerun the date (`botwatch run --date {later}`" in str(raised.value)
     fresh = {"run_date": later, "version": "7"}
-    assert needs_training(fresh, later, 0, drift_alert=False)[0]
-    assert not needs_training(fresh, later, 7, drift_alert=True)[0]
+    assert needs_training(fresh, later, 0, drift_alert_on=None)[0]
+    assert not needs_training(fresh, later, 7, drift_alert_on=later - dt.timedelta(days=1))[0]
     metrics = _table(spark, wh2, "metrics").set_index(["run_date", "name"])["value"]
     assert metrics[(later, "drift_hard_alert")] == 1.0
     assert (tmp_path / "wh" / "reports" / f"{later}.html").exists()

@@ -172,6 +172,12 @@ def _pandas(df: DataFrame) -> pd.DataFrame:
     return cast(pd.DataFrame, df.toPandas())
 
 
+def _latest_then_human() -> Column:
+    """The order picking an account's label: the latest ``labeled_at``, an exact tie to 0 (human) as in
+    :func:`botwatch.labels.winning_labels` (``max_by`` alone keeps whichever tied row it reads first)."""
+    return F.struct(F.col(t.LABELED_AT), (-F.col(t.LABEL)).alias("_human_first"))
+
+
 def _past_decisions(spark: SparkSession, warehouse: str, scores: DataFrame, run_date: dt.date,
                     params: MonitorParams) -> pd.DataFrame:
     """Labels that arrived up to D, each paired with the latest decision made *before* it was
@@ -186,7 +192,7 @@ def _past_decisions(spark: SparkSession, warehouse: str, scores: DataFrame, run_
         .withColumn("label_date", F.to_date(t.LABELED_AT))
         .where(F.col("label_date").between(F.lit(start), F.lit(run_date)))
         .groupBy(t.ACCOUNT_ID)
-        .agg(F.max_by(F.struct(t.LABEL, "label_date"), t.LABELED_AT).alias("l"))
+        .agg(F.max_by(F.struct(t.LABEL, "label_date"), _latest_then_human()).alias("l"))
         .select(t.ACCOUNT_ID, F.col("l.label").alias(t.LABEL), F.col("l.label_date").alias("label_date"))
     )
     past = scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date))).select(
@@ -232,7 +238,7 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
         queue.join(labels, (F.col("_labelled") == F.col(t.ACCOUNT_ID)) & (F.col("_label_day") >= F.col(t.RUN_DATE)),
                    "left")
         .groupBy(t.ACCOUNT_ID, t.RUN_DATE, STRATUM, STRATUM_SIZE)
-        .agg(F.max_by(t.LABEL, t.LABELED_AT).alias(t.LABEL))
+        .agg(F.max_by(t.LABEL, _latest_then_human()).alias(t.LABEL))
     )
     scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date)))
     decisions = scores.select(t.ACCOUNT_ID, t.RUN_DATE, t.DECISION)
