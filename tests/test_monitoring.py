@@ -451,7 +451,6 @@ def test_prevalence_counts_only_the_queues_answers(spark, tmp_path):
     assert _prevalence_history(spark, wh, day, with_appeals)["estimate"] == pytest.approx(0.1)
 
 
-
 @pytest.mark.parametrize("appeal_first", [False, True])
 def test_a_tie_between_opposite_labels_goes_to_the_human_as_in_training(spark, tmp_path, appeal_first):
     """A verdict and an appeal with one ``labeled_at``: the monitor pairs the decision with 0, as
@@ -474,11 +473,12 @@ def test_a_tie_between_opposite_labels_goes_to_the_human_as_in_training(spark, t
     write_table(scores.select("account_id", "run_date"), wh, "features", partition_by=["run_date"])
     params = MonitorParams()
     assert _past_decisions(spark, wh, scores, day, params)["label"].tolist() == [0]
-    # The same tie among a queue's answers: the stratum of one reads 0 bots, not 1.
+    # The same tie in every answer to a queue: each reads 0 (human), so the estimate is 0 bots.
     sampled = _two_strata_queue(spark, wh, day, 4)
     tied = [(int(a), lab, "investigator", at) for a in sampled for lab in (1, 0)]
     write_table(spark.createDataFrame(tied, LABELS_SCHEMA).coalesce(1), wh, "labels", mode="overwrite")
     assert _prevalence_history(spark, wh, day, params)["estimate"] == pytest.approx(0.0)
+
 
 # ---- the monitor step end to end, on hand-built tables -------------------------------------
 
