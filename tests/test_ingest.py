@@ -94,6 +94,10 @@ def accounts_rows(fmt):
             _account(108, verified="maybe"),
             _account(109, profile_completeness="high"),
             _account(110, created_at="2024-13-45 10:00:00"),
+            # pandas writes a boolean column with gaps as 1.0/0.0: good; 2.0 is not a boolean
+            _account(111, verified="1.0"),
+            _account(112, verified="0.0"),
+            _account(113, verified="2.0"),
         ]
     return rows
 
@@ -250,7 +254,10 @@ def _parse(v, typ):
         if isinstance(typ, T.DoubleType):
             return float(v)
         if isinstance(typ, T.BooleanType):
-            return v if isinstance(v, (bool, np.bool_)) else BOOL_WORDS.get(str(v).strip().lower(), BAD)
+            if isinstance(v, (bool, np.bool_)):
+                return v
+            word = BOOL_WORDS.get(str(v).strip().lower())
+            return word if word is not None else {0.0: False, 1.0: True}.get(float(v), BAD)
         if isinstance(typ, T.TimestampType):
             ts = pd.Timestamp(v)
             return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")

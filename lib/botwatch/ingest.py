@@ -194,10 +194,12 @@ def storable_names(columns: Sequence[str], kept: Sequence[str]) -> dict[str, str
 
 
 def _try_cast(raw: Column, source: T.DataType, target: T.DataType) -> Column:
-    """Cast, null where the value does not fit. Text ids go through a decimal: pandas writes an
-    integer column with gaps as "1.0", which a plain cast to bigint would reject."""
-    if isinstance(source, T.StringType) and isinstance(target, T.IntegralType):
+    """Cast, null where the value does not fit. Text numbers go through a decimal: pandas writes an
+    integer or boolean column with gaps as "1.0", which a plain cast to bigint or boolean would reject."""
+    if isinstance(source, T.StringType) and isinstance(target, (T.IntegralType, T.BooleanType)):
         exact = raw.try_cast(T.DecimalType(38, 18))
+        if isinstance(target, T.BooleanType):  # Spark's words (true, yes, t, 1...) first
+            return F.coalesce(raw.try_cast(target), F.when(exact.isin(0, 1), exact != 0))
         return F.when(exact == F.floor(exact), exact.try_cast(target))
     return raw.try_cast(target)
 
