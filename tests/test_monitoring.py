@@ -419,8 +419,8 @@ def test_prevalence_is_not_estimated_from_a_queue_that_skipped_a_stratum(spark, 
     params = MonitorParams()
 
     def estimate_with_budget(budget: int) -> dict:
-        _write_labels(spark, wh, _two_strata_queue(spark, wh, day, budget), pd.Timestamp(day) + pd.Timedelta(hours=12))
-        return _prevalence_history(spark, wh, day, params)
+        _write_labels(spark, wh, _two_strata_queue(spark, wh, day, budget), pd.Timestamp(day) + pd.Timedelta(hours=36))
+        return _prevalence_history(spark, wh, day + dt.timedelta(days=1), params)
 
     assert "estimate" not in estimate_with_budget(1)
     both = estimate_with_budget(4)
@@ -430,25 +430,28 @@ def test_prevalence_is_not_estimated_from_a_queue_that_skipped_a_stratum(spark, 
 
 def test_prevalence_counts_only_the_queues_answers(spark, tmp_path):
     """Labels that predate the queue, and appeals, are not answers to it: with only those, no estimate
-    (before, they made one: an earlier verdict or an appeal is there because of what the account is)."""
+    (before, they made one: an earlier verdict or an appeal is there because of what the account is).
+    The queue of D is written after D ends, so a label of D itself predates it too."""
     from botwatch.monitoring.run import MonitorParams, _prevalence_history
 
     wh, day = str(tmp_path / "wh"), dt.date(2026, 3, 10)
     sampled = _two_strata_queue(spark, wh, day, 4)
-    params = MonitorParams()
+    params, nxt = MonitorParams(), day + dt.timedelta(days=1)
     humans, bots = sampled[sampled < 180], sampled[sampled >= 180]
     assert len(humans) and len(bots)
     _write_labels(spark, wh, humans, pd.Timestamp(day) - pd.Timedelta(days=10))  # earlier verdicts
     _write_labels(spark, wh, bots, pd.Timestamp(day) - pd.Timedelta(days=3))
-    assert "estimate" not in _prevalence_history(spark, wh, day, params)
-    _write_labels(spark, wh, sampled, pd.Timestamp(day) + pd.Timedelta(hours=6), source="appeal")
-    assert "estimate" not in _prevalence_history(spark, wh, day, params)
-    # The queue's answers, on its own date: counted (the same labels as a source the conf names, too).
-    _write_labels(spark, wh, sampled, pd.Timestamp(day) + pd.Timedelta(hours=12))
-    assert _prevalence_history(spark, wh, day, params)["estimate"] == pytest.approx(0.1)
-    _write_labels(spark, wh, sampled, pd.Timestamp(day) + pd.Timedelta(hours=6), source="appeal")
+    assert "estimate" not in _prevalence_history(spark, wh, nxt, params)
+    _write_labels(spark, wh, sampled, pd.Timestamp(day) + pd.Timedelta(hours=12))  # verdicts of D itself
+    assert "estimate" not in _prevalence_history(spark, wh, nxt, params)
+    _write_labels(spark, wh, sampled, pd.Timestamp(nxt) + pd.Timedelta(hours=6), source="appeal")
+    assert "estimate" not in _prevalence_history(spark, wh, nxt, params)
+    # The queue's answers, the day after its date: counted (the same labels as a source the conf names, too).
+    _write_labels(spark, wh, sampled, pd.Timestamp(nxt) + pd.Timedelta(hours=12))
+    assert _prevalence_history(spark, wh, nxt, params)["estimate"] == pytest.approx(0.1)
+    _write_labels(spark, wh, sampled, pd.Timestamp(nxt) + pd.Timedelta(hours=6), source="appeal")
     with_appeals = dataclasses.replace(params, review_label_sources=["investigator", "appeal"])
-    assert _prevalence_history(spark, wh, day, with_appeals)["estimate"] == pytest.approx(0.1)
+    assert _prevalence_history(spark, wh, nxt, with_appeals)["estimate"] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("appeal_first", [False, True])
@@ -473,8 +476,8 @@ def test_a_tie_between_opposite_labels_goes_to_the_human_as_in_training(spark, t
     write_table(scores.select("account_id", "run_date"), wh, "features", partition_by=["run_date"])
     params = MonitorParams()
     assert _past_decisions(spark, wh, scores, day, params)["label"].tolist() == [0]
-    # The same tie in every answer to a queue: each reads 0 (human), so the estimate is 0 bots.
-    sampled = _two_strata_queue(spark, wh, day, 4)
+    # The same tie in every answer to a queue (yesterday's): each reads 0 (human), so the estimate is 0 bots.
+    sampled = _two_strata_queue(spark, wh, yesterday, 4)
     tied = [(int(a), lab, "investigator", at) for a in sampled for lab in (1, 0)]
     write_table(spark.createDataFrame(tied, LABELS_SCHEMA).coalesce(1), wh, "labels", mode="overwrite")
     assert _prevalence_history(spark, wh, day, params)["estimate"] == pytest.approx(0.0)
@@ -1016,12 +1019,14 @@ def test_prevalence_is_plotted_once_on_the_date_of_the_queue_it_came_from(spark,
     rows = [(DAY + dt.timedelta(days=k), name, value) for k in (-1, 0, 1)
             for name, value in (("prevalence", 0.05), ("prevalence_low", 0.04), ("prevalence_high", 0.06),
                                 ("prevalence_queue_age_days", float(k + 2)))]
-    rows.append((DAY + dt.timedelta(days=2), "prevalence", 0.07))  # a newer queue, same-day labels
+    # A newer queue, D+1's, answered the next day.
+    rows += [(DAY + dt.timedelta(days=2), name, value) for name, value in (("prevalence", 0.07),
+                                                                          ("prevalence_queue_age_days", 1.0))]
     write_table(spark.createDataFrame(rows, "run_date date, name string, value double"), wh, "metrics")
     monkeypatch.setattr(report, "_png", lambda fig: [
         (list(line.get_xdata()), list(line.get_ydata())) for line in fig.axes[0].lines])
     ((x, y),) = report.plot_prevalence(spark, wh, DAY + dt.timedelta(days=2))
-    assert [pd.Timestamp(v).date() for v in x] == [DAY - dt.timedelta(days=2), DAY + dt.timedelta(days=2)]
+    assert [pd.Timestamp(v).date() for v in x] == [DAY - dt.timedelta(days=2), DAY + dt.timedelta(days=1)]
     assert y == [0.05, 0.07]
 
 

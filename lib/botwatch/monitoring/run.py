@@ -220,10 +220,11 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     """The estimate from the latest review queue (within the lookback) whose stratified sample
     has a label in every stratum; labels observed up to the end of D.
 
-    Only answers to the queue count: labels of ``review_label_sources`` observed on or after the
-    queue's date. An earlier label, or an appeal (only wrongly actioned humans appeal), is there
-    because of what the account is, so within a stratum the labelled accounts would not be a
-    random sample of the drawn ones (two appeals, 0, would make a stratum of 90 % bots read 0)."""
+    Only answers to the queue count: labels of ``review_label_sources`` observed after the queue's
+    date (the queue of D is written once D has ended). An earlier label, or an appeal (only wrongly
+    actioned humans appeal), is there because of what the account is, so within a stratum the
+    labelled accounts would not be a random sample of the drawn ones (two appeals, 0, would make a
+    stratum of 90 % bots read 0)."""
     if not (table_exists(spark, warehouse, t.REVIEW_QUEUE) and table_exists(spark, warehouse, t.LABELS)):
         return {}
     start = run_date - dt.timedelta(days=params.label_lookback_days)
@@ -235,7 +236,7 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
         F.col(t.SOURCE).isin(*params.review_label_sources) & label_day.between(F.lit(start), F.lit(run_date))
     ).select(F.col(t.ACCOUNT_ID).alias("_labelled"), label_day.alias("_label_day"), t.LABEL, t.LABELED_AT)
     answered = (
-        queue.join(labels, (F.col("_labelled") == F.col(t.ACCOUNT_ID)) & (F.col("_label_day") >= F.col(t.RUN_DATE)),
+        queue.join(labels, (F.col("_labelled") == F.col(t.ACCOUNT_ID)) & (F.col("_label_day") > F.col(t.RUN_DATE)),
                    "left")
         .groupBy(t.ACCOUNT_ID, t.RUN_DATE, STRATUM, STRATUM_SIZE)
         .agg(F.max_by(t.LABEL, _latest_then_human()).alias(t.LABEL))
