@@ -27,7 +27,7 @@ from botwatch.models import heavy as H
 from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint, heavy_inputs
 from botwatch.models.sequences import gather_sequences, gather_sequences_at
 from botwatch.schemas import EVENTS_SCHEMA
-from botwatch.scoring.cascade import StaleStage1ScoresError, cap_to_budget
+from botwatch.scoring.cascade import MissingFeaturesError, StaleStage1ScoresError, cap_to_budget
 from botwatch.scoring.decisions import with_decisions
 from botwatch.scoring.stage2 import (
     ENCODING,
@@ -590,7 +590,7 @@ def test_heavy_champion_without_threshold_leaves_decisions_to_stage_1(spark, cas
     assert (reached[t.DECISION] != "none").any()  # stage 1 acts on or reviews some of the flagged accounts
 
 
-def test_stage_2_refuses_stage_1_scores_that_are_missing_or_another_champions(spark, cascade, tmp_path):
+def test_scoring_refuses_missing_features_and_stale_or_missing_stage_1_scores(spark, cascade, tmp_path):
     # Stage 2 decides the accounts it does not see with the stage-1 champion's threshold: scores written by
     # another stage-1 model (train promoted one since), or none at all, must stop it, not publish nothing.
     cconf, day, _, _, _, _ = cascade
@@ -608,6 +608,13 @@ def test_stage_2_refuses_stage_1_scores_that_are_missing_or_another_champions(sp
         steps.score_stage2_step(spark, conf, day)
     steps.score_stage1_step(spark, conf, day)
     assert steps.score_stage2_step(spark, conf, day)["n_stage2"] > 0
+    # Stage 1 on a date without features stops, and leaves that date's scores as they were.
+    DeltaTable.forPath(spark, t.table_path(warehouse, t.FEATURES)).delete(F.col(t.RUN_DATE) == F.lit(day))
+    before = scores.toDF().where(F.col(t.RUN_DATE) == F.lit(day)).count()
+    with pytest.raises(MissingFeaturesError, match=f"features has no partition {day}: build it first "
+                                                   f"\\(`botwatch features --date {day}`\\)"):
+        steps.score_stage1_step(spark, conf, day)
+    assert before > 0 and scores.toDF().where(F.col(t.RUN_DATE) == F.lit(day)).count() == before
 
 
 def test_a_rerun_of_an_earlier_date_never_learns_from_a_later_heavy_champion(spark, cascade, monkeypatch):
