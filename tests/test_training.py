@@ -115,6 +115,24 @@ def test_every_xgboost_worker_gets_validation_rows(spark, seed):
     assert booster.num_boosted_rounds() >= 1
 
 
+@pytest.mark.parametrize(("n", "seed"), [(2, 0), (16, 0), (16, 1)])
+def test_every_xgboost_worker_gets_training_rows(spark, n, seed):
+    """n + 4 training rows for n workers: each worker gets training and validation rows, every row
+    once. Dealt at random (``floor(rand * n)``), 20 rows missed some of 16 workers nearly always
+    (xgboost.spark then fails on that worker); too few rows for the workers is a named error."""
+    from botwatch.models.stage1 import _WORKER, VALIDATION_FLAG, TooFewTrainingRowsError, deal_to_workers
+
+    schema = f"{t.ACCOUNT_ID} long, {t.LABEL} int, {t.WEIGHT} double, x double"
+    rows = [(i, i % 2, 1.0, float(i % 5)) for i in range(2 * n + 4)]
+    train, valid = spark.createDataFrame(rows[:n + 4], schema), spark.createDataFrame(rows[n + 4:], schema)
+    dealt = deal_to_workers(train, valid, n, seed).toPandas()
+    assert sorted(dealt[t.ACCOUNT_ID]) == list(range(2 * n + 4))
+    for is_valid in (False, True):
+        assert set(dealt.loc[dealt[VALIDATION_FLAG] == is_valid, _WORKER]) == set(range(n))
+    with pytest.raises(TooFewTrainingRowsError, match=f"{n + 4} distinct training rows for {n + 5} XGBoost workers"):
+        deal_to_workers(train, valid, n + 5, seed)
+
+
 def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():
     gate = registry.promotion_decision
     day = dt.date(2026, 3, 10)

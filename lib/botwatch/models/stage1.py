@@ -83,15 +83,11 @@ def fit_booster(
 
     # xgboost.spark fails (KeyError 'values') on an Arrow batch holding no validation rows, or
     # none but validation rows, and a shuffle hands each worker the train rows first. So: rows
-    # spread over exactly num_workers partitions (xgboost then keeps them), the validation rows
-    # dealt round-robin (at random, a few of them could all land on one worker), put in a random
-    # order inside each, and each partition handed over as one Arrow batch.
+    # spread over exactly num_workers partitions (xgboost then keeps them), each worker dealt
+    # training and validation rows (see deal_to_workers), put in a random order inside each, and
+    # each partition handed over as one Arrow batch.
     n = params.num_workers
-    order = Window.orderBy("_u")  # validation rows only: labels of valid_days, one small sort
-    dealt = valid.withColumn("_u", F.rand(params.seed)).withColumn(_WORKER, F.row_number().over(order) % n)
-    data = train.withColumn(VALIDATION_FLAG, F.lit(False)).withColumn(
-        _WORKER, F.floor(F.rand(params.seed) * n).cast("int")
-    ).unionByName(dealt.drop("_u").withColumn(VALIDATION_FLAG, F.lit(True)))
+    data = deal_to_workers(train, valid, n, params.seed)
     keys = F.array(*[F.lit(k) for k in partition_keys(train.sparkSession, n)])
     data = data.select(
         *as_model_input(cols),
@@ -136,6 +132,34 @@ def fit_booster(
                  "spark.sql.execution.arrow.maxBytesPerBatch": str(2**31 - 2)}
     with session_conf(spark, one_batch):
         return estimator.fit(data).get_booster()
+
+
+class TooFewTrainingRowsError(ValueError):
+    """Fewer distinct training rows than XGBoost workers: a worker would get none."""
+
+
+def deal_to_workers(train: DataFrame, valid: DataFrame, n: int, seed: int) -> DataFrame:
+    """``train`` and ``valid`` in one frame with ``VALIDATION_FLAG`` and ``_WORKER`` (0..n-1), every
+    worker holding both kinds of rows.
+
+    Validation rows (labels of valid_days: few) are dealt round-robin in a random order (one small
+    sort). Training rows go by a seeded hash of the row; the n smallest hashes (one top-n, no sort
+    of the table) are dealt one to each worker first: at random, with many workers and few labels,
+    a worker got none and xgboost.spark failed on it."""
+    hashed = F.xxhash64(F.lit(seed), *[c for c, kind in train.dtypes if not kind.startswith("map")])
+    rows = train.withColumn(_WORKER, hashed)
+    first = [r[0] for r in rows.select(_WORKER).distinct().orderBy(_WORKER).limit(n).collect()]
+    if len(first) < n:
+        raise TooFewTrainingRowsError(
+            f"{len(first)} distinct training rows for {n} XGBoost workers: each needs one; lower "
+            "train.xgb.num_workers or train on more labels")
+    rank = F.array_position(F.array(*[F.lit(h) for h in first]), F.col(_WORKER))  # 1-based, 0: not one of them
+    rows = rows.withColumn(
+        _WORKER, F.when(rank > 0, rank - 1).otherwise(F.pmod(F.col(_WORKER), F.lit(n))).cast("int"))
+    order = Window.orderBy("_u")
+    dealt = valid.withColumn("_u", F.rand(seed)).withColumn(_WORKER, (F.row_number().over(order) % n).cast("int"))
+    return rows.withColumn(VALIDATION_FLAG, F.lit(False)).unionByName(
+        dealt.drop("_u").withColumn(VALIDATION_FLAG, F.lit(True)))
 
 
 def partition_keys(spark: SparkSession, n: int) -> list[int]:
