@@ -104,12 +104,13 @@ class MissingFeaturesError(LookupError):
 
 def score_stage1_and_flag(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict) -> dict:
     """Stage 1 on every account of D with decisions from its threshold and the stage-2 flag."""
+    # The champions of D, not the newest: a rerun of an old date scores as that night did.
+    # First, so that a step without a champion yet waits rather than fails.
+    model = load_champion(spark, warehouse, as_of=run_date)
     features = features_for(spark, warehouse, run_date)
     if not features.take(1):  # else D's scores would be overwritten with nothing and logged as done
         raise MissingFeaturesError(
             f"features has no partition {run_date}: build it first (`botwatch features --date {run_date}`)")
-    # The champions of D, not the newest: a rerun of an old date scores as that night did.
-    model = load_champion(spark, warehouse, as_of=run_date)
     scored = score_stage1(features, model, params.get("reason_codes", 3))
     scored = scored.select(t.ACCOUNT_ID, t.RUN_DATE, t.STAGE1_SCORE, "reason_codes").cache()
     heavy = heavy_champion(spark, warehouse, as_of=run_date)
