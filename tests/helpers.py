@@ -176,3 +176,24 @@ def restore_session_conf(session, before: dict[str, str]) -> None:
         state.setConfString(key, before[key]) if key in before else state.unsetConf(key)
         if key == "spark.checkpoint.dir" and key in before:
             session.sparkContext.setCheckpointDir(before[key])
+
+
+def merges_losing(monkeypatch, times: int) -> list[int]:
+    """Delta MERGEs whose first ``times`` commits lose to another writer's (``ConcurrentAppendException``,
+    as when a backfill of another date commits first); returns the list of attempts, appended to by each."""
+    from delta.exceptions import ConcurrentAppendException
+    from delta.tables import DeltaMergeBuilder
+
+    # The unpatched method, also when an earlier call of this test patched it.
+    real_execute = getattr(DeltaMergeBuilder.execute, "__wrapped__", DeltaMergeBuilder.execute)
+    attempts: list[int] = []
+
+    def execute(self):
+        attempts.append(1)
+        if len(attempts) <= times:
+            raise ConcurrentAppendException("injected: another writer committed first")
+        return real_execute(self)
+
+    execute.__wrapped__ = real_execute  # type: ignore[attr-defined]
+    monkeypatch.setattr(DeltaMergeBuilder, "execute", execute)
+    return attempts

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from delta.tables import DeltaTable
-from helpers import CASCADE_TRAIN_SETTINGS, copy_warehouse
+from helpers import CASCADE_TRAIN_SETTINGS, copy_warehouse, merges_losing
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -316,7 +316,7 @@ def test_spark_scores_equal_in_process_torch_and_quantised_stay_close(spark, hea
     assert diff.max() > 0  # it did run the int8 model
 
 
-def test_embedding_cache_reused_when_unchanged_refreshed_when_changed(spark, heavy, warehouse):
+def test_embedding_cache_reused_when_unchanged_refreshed_when_changed(spark, heavy, warehouse, monkeypatch):
     model, artifact, rows = heavy
     rows = rows.head(40).copy()
     cfg = InferenceSettings(device="cpu", quantize_cpu=False, batch_size=16, partitions=2)
@@ -362,7 +362,10 @@ def test_embedding_cache_reused_when_unchanged_refreshed_when_changed(spark, hea
     for col, extra in ((t.SEQ_EVENT_TYPE, 1), (t.SEQ_DT_BUCKET, 3), (t.SEQ_HOUR_SIN, 0.0), (t.SEQ_HOUR_COS, 1.0)):
         changed.at[i, col] = list(changed.at[i, col] or []) + [extra]
     day3 = dt.date(2026, 1, 12)
+    # ... and its MERGE, beaten by another writer's commit once (a backfill's stage 2), is retried.
+    attempts = merges_losing(monkeypatch, 1)
     fourth = run(changed, day3)
+    assert len(attempts) == 2
     assert not fourth.loc[1, FROM_CACHE] and fourth.drop(index=1)[FROM_CACHE].all()
     want1 = model.predict(changed[changed[t.ACCOUNT_ID] == 1])[0]
     assert fourth.loc[1, t.STAGE2_SCORE] == pytest.approx(want1, abs=1e-6)

@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
-from tests.helpers import DAG_WAIT_TIMEOUT_S, JAVA_OPTIONS, canonical_rows, copy_warehouse
+from tests.helpers import DAG_WAIT_TIMEOUT_S, JAVA_OPTIONS, canonical_rows, copy_warehouse, merges_losing
 
 from botwatch import files, nightly, registry, steps
 from botwatch import tables as t
-from botwatch.delta_io import TableMissingError, read_table, table_exists, write_table
+from botwatch.delta_io import CommitConflictError, TableMissingError, read_table, table_exists, write_table
 from botwatch.ingest import write_quarantine
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, SchemaMismatchError
 from botwatch.scoring.latest import publish_latest
@@ -163,7 +163,7 @@ def test_validate_refuses_a_session_outside_utc(spark, warehouse):
     assert not table_exists(spark, warehouse, t.QUARANTINE)
 
 
-def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse):
+def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse, monkeypatch):
     """A table of the four older columns: ingest adds ``step`` (old rows null) and replaces the old
     rows of its slice (they count as its own); validate's MERGE adds its rows beside them, except
     those an old row already holds."""
@@ -184,9 +184,11 @@ def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse):
     validate_rows = spark.createDataFrame([("labels", "label_not_binary", D, "{}", "validate"),
                                            ("events", "bad_type", D, "{}", "validate")],  # as an old row: not added
                                           QUARANTINE_SCHEMA)
+    # Every date's validate adds to this one table: a MERGE that another's commit beats is retried.
+    attempts = merges_losing(monkeypatch, 1)
     add_quarantine_rows(spark, warehouse, validate_rows)
     got = read_table(spark, warehouse, t.QUARANTINE)
-    assert sorted(map(tuple, got.select(t.REASON, t.STEP).collect()), key=str) == sorted(
+    assert len(attempts) == 2 and sorted(map(tuple, got.select(t.REASON, t.STEP).collect()), key=str) == sorted(
         [("bad_type", None), ("self_follow", None), ("label_not_binary", "validate")], key=str)
 
 
@@ -278,12 +280,18 @@ SCORES_SCHEMA = T.StructType([
 ])
 
 
-def _publish_two_days(spark, warehouse, decision: str) -> tuple[dt.date, dt.date, list[tuple]]:
-    """Scores of accounts 1-5 on D and of 2, 4, 6 on the next day, both published in order."""
+def _two_days_of_scores(spark, warehouse, decision: str) -> tuple[dt.date, dt.date, list[tuple]]:
+    """Scores of accounts 1-5 on D and of 2, 4, 6 on the next day, in ``scores``."""
     d1, d2 = D, D + dt.timedelta(days=1)
     rows = [(a, d1, a / 10, None, a / 10, "none", "v1") for a in range(1, 6)]
     rows += [(a, d2, a / 20, 0.5, a / 20 + 0.01, decision, "v2") for a in (2, 4, 6)]
     write_table(spark.createDataFrame(rows, SCORES_SCHEMA), warehouse, t.SCORES, partition_by=[t.RUN_DATE])
+    return d1, d2, rows
+
+
+def _publish_two_days(spark, warehouse, decision: str) -> tuple[dt.date, dt.date, list[tuple]]:
+    """:func:`_two_days_of_scores`, both published in order."""
+    d1, d2, rows = _two_days_of_scores(spark, warehouse, decision)
     publish_latest(spark, warehouse, d1)
     publish_latest(spark, warehouse, d2)
     return d1, d2, rows
@@ -309,6 +317,26 @@ def test_scores_latest_keeps_each_accounts_newest_score(spark, warehouse):
     history = spark.sql(f"DESCRIBE HISTORY delta.`{t.table_path(warehouse, t.SCORES_LATEST)}`").collect()
     merges = sorted((h for h in history if h["operation"] == "MERGE"), key=lambda h: h["version"])
     assert [int(h["operationMetrics"]["numSourceRows"]) for h in merges] == [3, 5, 3]
+
+
+def test_a_publish_whose_merge_loses_to_another_commit_is_retried(spark, warehouse, monkeypatch):
+    """A backfill publishing another date can commit to scores_latest first: Delta fails the MERGE,
+    which reads the table again and retries; one that keeps losing says to rerun the step."""
+    d1, d2, rows = _two_days_of_scores(spark, warehouse, "review")
+    publish_latest(spark, warehouse, d1)
+    attempts = merges_losing(monkeypatch, 5)
+    with pytest.raises(CommitConflictError, match=f"publishing the scores of {d2}: other runs kept committing to "
+                                                  "scores_latest \\(5 attempts\\); rerun the publish step"):
+        publish_latest(spark, warehouse, d2)
+    latest = read_table(spark, warehouse, t.SCORES_LATEST)
+    assert len(attempts) == 5 and latest.where(F.col(t.RUN_DATE) == d2).count() == 0
+    attempts = merges_losing(monkeypatch, 1)
+    assert publish_latest(spark, warehouse, d2) == {"published": 3}
+    latest, ref = _latest_and_newest_per_account(spark, warehouse, rows)
+    assert len(attempts) == 2
+    cols = list(SCORES_SCHEMA.names)
+    pd.testing.assert_frame_equal(latest[cols].reset_index(drop=True), ref[cols].reset_index(drop=True),
+                                  check_dtype=False)
 
 
 def test_a_rerun_that_no_longer_scores_an_account_takes_back_its_latest_row(spark, warehouse):

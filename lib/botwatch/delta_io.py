@@ -11,15 +11,53 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from pyspark.sql import DataFrame, SparkSession
 
 from botwatch.tables import table_path
 
+T_ = TypeVar("T_")
+
 
 class TableMissingError(FileNotFoundError):
     """A Delta table the step needs does not exist yet."""
+
+
+class CommitConflictError(RuntimeError):
+    """Other writers kept committing to a table before this run's commit could; rerun the step."""
+
+
+def commit_conflicts() -> tuple[type[Exception], ...]:
+    """Delta's exceptions for a commit that lost to another writer's (they share no Python base class)."""
+    from delta.exceptions import (
+        ConcurrentAppendException,
+        ConcurrentDeleteDeleteException,
+        ConcurrentDeleteReadException,
+        ConcurrentTransactionException,
+        ConcurrentWriteException,
+        MetadataChangedException,
+        ProtocolChangedException,
+    )
+
+    return (ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
+            ConcurrentTransactionException, ConcurrentWriteException, MetadataChangedException,
+            ProtocolChangedException)
+
+
+def retried_commit(commit: Callable[[], T_], what: str, table: str, advice: str, attempts: int = 5, *,
+                   also: tuple[type[Exception], ...] = (),
+                   error: type[CommitConflictError] = CommitConflictError) -> T_:
+    """``commit()``, again while another writer's commit to ``table`` beats it (or it raises one of
+    ``also``); ``error`` after ``attempts``. Every caller's commit is safe to repeat: it reads the
+    table afresh each time."""
+    for attempt in range(attempts):
+        try:
+            return commit()
+        except (*also, *commit_conflicts()):  # type: ignore[misc]
+            if attempt == attempts - 1:
+                raise error(f"{what}: other runs kept committing to {table} ({attempts} attempts); {advice}") from None
+    raise AssertionError("unreachable")
 
 
 def table_exists(spark: SparkSession, warehouse: str, table: str) -> bool:

@@ -20,7 +20,15 @@ from pyspark.sql import types as T
 
 from botwatch import __version__, files
 from botwatch import tables as t
-from botwatch.delta_io import read_table, table_exists, table_version, write_table
+from botwatch.delta_io import (
+    CommitConflictError,
+    commit_conflicts,
+    read_table,
+    retried_commit,
+    table_exists,
+    table_version,
+    write_table,
+)
 from botwatch.tables import table_path
 
 CHAMPION, CHALLENGER, RETIRED = t.MODEL_STAGES
@@ -114,26 +122,9 @@ class RegistryMovedError(Exception):
     """The registry got a commit between reading it and committing a decision based on it (retried)."""
 
 
-class RegistryConflictError(RuntimeError):
+class RegistryConflictError(CommitConflictError):
     """Other runs kept winning the registry commits this run tried (reserving a version, recording or
     promoting one); rerun the training."""
-
-
-def commit_conflicts() -> tuple[type[Exception], ...]:
-    """Delta's exceptions for a commit that lost to another writer's (they share no Python base class)."""
-    from delta.exceptions import (
-        ConcurrentAppendException,
-        ConcurrentDeleteDeleteException,
-        ConcurrentDeleteReadException,
-        ConcurrentTransactionException,
-        ConcurrentWriteException,
-        MetadataChangedException,
-        ProtocolChangedException,
-    )
-
-    return (ConcurrentAppendException, ConcurrentDeleteDeleteException, ConcurrentDeleteReadException,
-            ConcurrentTransactionException, ConcurrentWriteException, MetadataChangedException,
-            ProtocolChangedException)
 
 
 def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_date: dt.date,
@@ -206,17 +197,8 @@ def trained_on(spark: SparkSession, warehouse: str, model_name: str, run_date: d
 
 
 def _retried(commit: Callable[[], T_], what: str, attempts: int) -> T_:
-    """``commit()``, again while another writer's commit beats it (every caller's commit is safe to
-    repeat: it reads the table afresh each time)."""
-    for attempt in range(attempts):
-        try:
-            return commit()
-        except (RegistryMovedError, *commit_conflicts()):  # type: ignore[misc]
-            if attempt == attempts - 1:
-                raise RegistryConflictError(
-                    f"{what}: other runs kept committing to model_registry ({attempts} attempts); rerun the training"
-                ) from None
-    raise AssertionError("unreachable")
+    return retried_commit(commit, what, t.MODEL_REGISTRY, "rerun the training", attempts,
+                          also=(RegistryMovedError,), error=RegistryConflictError)
 
 
 def upsert(spark: SparkSession, warehouse: str, record: ModelRecord, attempts: int = 5) -> None:

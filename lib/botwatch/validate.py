@@ -28,7 +28,7 @@ from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from botwatch import tables as t
-from botwatch.delta_io import read_table, table_exists, write_table
+from botwatch.delta_io import read_table, retried_commit, table_exists, write_table
 from botwatch.ingest import (
     _REASON,
     VALIDATE_STEP,
@@ -101,11 +101,16 @@ def add_quarantine_rows(spark: SparkSession, warehouse: str, rows: DataFrame) ->
     from delta.tables import DeltaTable
 
     add_quarantine_step_column(spark, warehouse)
-    target = DeltaTable.forPath(spark, t.table_path(warehouse, t.QUARANTINE))
     key = " AND ".join(f"q.`{c}` <=> n.`{c}`" for c in (t.TABLE, t.REASON, t.RUN_DATE, t.ROW_JSON))
     # A row written before the step column existed (null) may be this step's own: not added twice.
     key += f" AND (q.`{t.STEP}` IS NULL OR q.`{t.STEP}` = n.`{t.STEP}`)"
-    target.alias("q").merge(rows.alias("n"), key).whenNotMatchedInsertAll().execute()
+
+    def commit() -> None:
+        target = DeltaTable.forPath(spark, t.table_path(warehouse, t.QUARANTINE))
+        target.alias("q").merge(rows.alias("n"), key).whenNotMatchedInsertAll().execute()
+
+    # The table is shared by every date's validate and ingest: another's commit may come first.
+    retried_commit(commit, "adding quarantined rows", t.QUARANTINE, "rerun the step")
 
 
 def _remove_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, good: DataFrame,

@@ -23,7 +23,7 @@ from pyspark.sql import types as T
 
 from botwatch import registry
 from botwatch import tables as t
-from botwatch.delta_io import read_table, table_exists, write_table
+from botwatch.delta_io import read_table, retried_commit, table_exists, write_table
 from botwatch.models.heavy_inputs import FINGERPRINT, heavy_inputs
 from botwatch.scoring.worker import (  # noqa: F401  (re-exported: stage 2's public names)
     CACHED_ENCODING,
@@ -145,11 +145,14 @@ def update_embedding_cache(
         return
     from delta.tables import DeltaTable
 
-    target = DeltaTable.forPath(spark, table_path(warehouse, t.EMBEDDING_CACHE))
-    (
-        target.alias("c")
-        .merge(fresh.alias("n"), f"c.{t.ACCOUNT_ID} = n.{t.ACCOUNT_ID}")
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    def commit() -> None:
+        (
+            DeltaTable.forPath(spark, table_path(warehouse, t.EMBEDDING_CACHE)).alias("c")
+            .merge(fresh.alias("n"), f"c.{t.ACCOUNT_ID} = n.{t.ACCOUNT_ID}")
+            .whenMatchedUpdateAll()
+            .whenNotMatchedInsertAll()
+            .execute()
+        )
+
+    # Another date's stage 2 (a backfill) may commit first: the MERGE reads the table again and retries.
+    retried_commit(commit, f"caching the encodings of {run_date}", t.EMBEDDING_CACHE, "rerun the score_stage2 step")
