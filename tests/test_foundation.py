@@ -14,6 +14,7 @@ from chispa import assert_df_equality
 from deltalake import DeltaTable
 from tests.helpers import restore_session_conf
 
+from botwatch import files
 from botwatch.config import PROJECT_ROOT, ConfigError, load_config
 from botwatch.spark import MissingJarsError, application_name, delta_loaded, find_jars, get_spark, session_conf
 
@@ -302,6 +303,12 @@ def test_paths_uris_pass_through_relative_paths_are_made_absolute(tmp_path, monk
     for uri in ("file:/tmp/wh", "hdfs:/wh", "hdfs://nn:8020/wh", "s3a://b/wh", "abfss://c@a.dfs.core.windows.net/w"):
         assert resolve_path(uri) == uri and typed_path(uri) == uri
     assert resolve_path("~/wh") == str(Path.home() / "wh")
+    # Model artifacts, the run lock and reports go where the tables are: only these are on the driver's disk.
+    for uri in ("hdfs:/wh/x", "dbfs:/mnt/wh/x", "hdfs://nn:8020/wh/x", "s3a://b/wh/x"):
+        assert files.local_path(uri) is None, uri
+    for path, local in (("file:/tmp/wh/x", "/tmp/wh/x"), ("file:///tmp/wh/x", "/tmp/wh/x"), ("/tmp/wh/x", "/tmp/wh/x"),
+                        ("wh/x", "wh/x")):
+        assert files.local_path(path) == local, path
     assert resolve_path("data/wh") == str(PROJECT_ROOT / "data" / "wh")
     monkeypatch.chdir(tmp_path)
     assert typed_path("wh") == str(tmp_path.resolve() / "wh")

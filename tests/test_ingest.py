@@ -570,6 +570,9 @@ def test_file_uris_stay_uris_for_spark(spark, tmp_path):
     uris = {table: Path(path).as_uri() for table, path in paths.items()}
     assert resolve_input(t.EVENTS, uris[t.EVENTS]) == (uris[t.EVENTS], "parquet")
     assert resolve_input(t.EVENTS, paths[t.EVENTS]) == (paths[t.EVENTS], "parquet")
+    # Any other scheme is the cluster's, "//" or not (HDFS prints hdfs:/x): passed on, not looked for locally.
+    for uri in ("hdfs:/data/events", "dbfs:/mnt/data/events", "s3a://b/data/events"):
+        assert resolve_input(t.EVENTS, uri) == (uri, "parquet")
     wh = str(tmp_path / "wh")
     got = ingest_files(spark, wh, **uris, labels=None, run_date=RUN, echo=lambda _: None)
     assert {table: c[ROWS_LOADED] for table, c in got.items()} == {t.ACCOUNTS: 2, t.EVENTS: 2, t.EDGES: 1}

@@ -16,6 +16,7 @@ import uuid
 
 from pyspark.sql import SparkSession
 
+from botwatch.config import is_uri
 from botwatch.delta_io import hadoop_fs
 
 
@@ -27,7 +28,8 @@ def local_path(path: str) -> str | None:
     """The OS path of a local path (no scheme, or ``file:``); None for HDFS, S3A, ABFS, ..."""
     if path.startswith("file:"):  # file:/x and file:///x
         return "/" + path[len("file:"):].lstrip("/")
-    return None if "://" in path else path
+    # Any other scheme, with or without "//": hdfs:/wh and dbfs:/mnt are not on the driver's disk.
+    return None if is_uri(path) else path
 
 
 def _session(spark: SparkSession | None, path: str) -> SparkSession:

@@ -61,6 +61,7 @@ from pyspark.sql import types as T
 
 from botwatch import tables as t
 from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
+from botwatch.files import local_path
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS, named_col
 from botwatch.spark import require_utc, session_conf
 
@@ -427,7 +428,7 @@ def validate_table(
 
 
 def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file:")
+    return local_path(path) is not None
 
 
 def _local(path: str) -> str:

@@ -80,7 +80,7 @@ class HeavyConfig:
     head_hidden: int = 64
     dropout: float = 0.1
     # Per training row, the tabular and neighbour branches are dropped together with this probability
-    # (their encodings zeroed, the kept ones scaled by 1 / (1 - p)): the head must also score from the
+    # (their encodings zeroed, the kept ones not rescaled; see forward): the head must also score from the
     # sequence alone, so the slower-learning GRU is not starved by the dense features' quick fit.
     dense_dropout: float = 0.5
     lr: float = 5e-3
