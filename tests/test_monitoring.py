@@ -197,6 +197,30 @@ def test_review_queue_stays_within_a_budget_its_rounded_shares_overshoot(spark):
     assert len(got) == 3 and got["account_id"].is_unique
 
 
+def test_review_queue_fills_its_budget_when_the_stratified_sample_takes_the_band(spark):
+    """3 band accounts among 1,000 low scores: the stratified sample (top stratum: at least 2 of its 3) draws
+    before the uncertain part, which finds at most one left. The stratified part takes the rest of the budget,
+    still a stratified sample: 20 rows, not 18."""
+    import datetime as dt
+
+    from botwatch.monitoring.review import review_queue
+
+    rows = [(i, 0.001) for i in range(1000)] + [(1000, 0.80), (1001, 0.81), (1002, 0.82)]
+    pdf = pd.DataFrame(rows, columns=["account_id", "score"]).assign(model_version="stage1_xgb:1", holdout=False)
+    got = review_queue(spark.createDataFrame(pdf), dt.date(2026, 2, 1), threshold=0.8, budget=20,
+                       shares={"uncertain": 0.5, "stratified": 0.5}, uncertain_band=0.05,
+                       strata_edges=[0, 0.01, 0.05, 0.2, 0.5, 0.8], min_per_stratum=2, salt="t").toPandas()
+    assert len(got) == 20 and got["account_id"].is_unique
+    strat = got[got.reason == "stratified"]
+    sizes = pdf.groupby(pdf.score >= 0.8).size()
+    drawn = strat.groupby(strat.score >= 0.8).size()
+    top = (strat.score >= 0.8).to_numpy()
+    np.testing.assert_allclose(strat["sampling_probability"], (drawn / sizes).reindex(top).to_numpy())
+    left = pdf[(pdf.score >= 0.75) & ~pdf.account_id.isin(strat.account_id)]
+    uncertain = got[got.reason == "uncertain"]
+    assert len(uncertain) == len(left) and set(uncertain["stratum_size"]) <= {len(left)}
+
+
 def test_review_queue_without_holdout_on_another_date_and_with_bad_edges(spark, queue):
     import datetime as dt
 

@@ -9,7 +9,7 @@ Three parts, drawn in this order from the ``scores`` partition of D:
   non-empty bucket. Within a bucket it is a simple random sample without replacement, so the
   inclusion probability is exactly ``n_h / N_h``: the labels give an unbiased prevalence
   estimate (:mod:`botwatch.monitoring.prevalence`). It takes whatever budget the other two
-  parts leave.
+  parts leave, and what they cannot draw because it took their accounts first (drawn again, bigger).
 * ``exploration`` — accounts of the exploration holdout (``scores.holdout``: would-be actions
   withheld), drawn from those not already in the stratified sample;
 * ``uncertain`` — accounts within ``uncertain_band`` of the operating threshold, drawn from
@@ -190,11 +190,32 @@ def review_queue(
     n_explore = min(round(budget * shares.get(EXPLORATION, 0.0) / total_share), n_holdout)
     # Rounded shares can add up to more than the budget (0.5 + 0.5 of 3 -> 2 + 2): the later ones get what is left.
     n_uncertain = min(round(budget * shares.get(UNCERTAIN, 0.0) / total_share), n_band, budget - n_explore)
-    n_strat = min(budget - n_explore - n_uncertain, total)
 
-    order = sorted(sizes)
     spreads = {r["_h"]: math.sqrt(min(max(r["p"], 1e-3), 1 - 1e-3) * (1 - min(max(r["p"], 1e-3), 1 - 1e-3)))
                for r in stats}
+    # Holdout or band accounts the stratified sample takes first leave the later parts short of their pools'
+    # counts above: the stratified part takes what they leave and is drawn again, bigger (a stratified sample
+    # still), until the queue fills its budget or holds every account. Never over the budget: a redraw that
+    # would be (its allocation need not grow in every stratum) gives way to the one before it.
+    wanted, n_fixed = [n_explore, n_uncertain], budget - n_explore - n_uncertain
+    best, shortfall = _parts(base, min(n_fixed, total), wanted, sizes, spreads, labels, min_per_stratum)
+    extra = 0
+    while shortfall > extra and n_fixed + extra < total:  # the shortfall grows each round: 1-2 rounds
+        extra = shortfall
+        n_strat = min(n_fixed + extra, total)
+        out, shortfall = _parts(base, n_strat, wanted, sizes, spreads, labels, min_per_stratum)
+        if n_strat + n_explore + n_uncertain - shortfall > budget:
+            break
+        best = out
+    base.unpersist()
+    return best.withColumn(t.RUN_DATE, F.lit(run_date)).select(*QUEUE_COLUMNS)
+
+
+def _parts(base: DataFrame, n_strat: int, wanted: Sequence[int], sizes: Mapping[int, int],
+           spreads: Mapping[int, float], labels: Sequence[str], min_per_stratum: int) -> tuple[DataFrame, int]:
+    """The queue's three parts drawn in order, with ``n_strat`` stratified and ``wanted`` exploration and
+    uncertain rows; and how many of those the later parts could not draw (their pools minus earlier parts)."""
+    order = sorted(sizes)
     alloc = dict(zip(order, neyman_allocation([sizes[h] for h in order], [spreads[h] for h in order],
                                               n_strat, min_per_stratum), strict=True))
     strat = _draw(base, 0, f"_u_{STRATIFIED}", by="_h", sizes=alloc, totals=sizes)
@@ -211,15 +232,15 @@ def review_queue(
     parts = [strat]
     taken = strat.select(t.ACCOUNT_ID)
     shortfall = 0
-    for reason, wanted, pool_filter, name in (
-        (EXPLORATION, n_explore, F.col("holdout"), "exploration_holdout"),
-        (UNCERTAIN, n_uncertain, F.col("_band"), "uncertain_band"),
+    for reason, asked, pool_filter, name in (
+        (EXPLORATION, wanted[0], F.col("holdout"), "exploration_holdout"),
+        (UNCERTAIN, wanted[1], F.col("_band"), "uncertain_band"),
     ):
         pool = base.where(pool_filter).join(F.broadcast(taken), t.ACCOUNT_ID, "left_anti").cache()
         pool_size = pool.count()
         # Holdout accounts already in the stratified sample leave budget: the next part takes it.
-        n = min(wanted + shortfall, pool_size)
-        shortfall = wanted + shortfall - n
+        n = min(asked + shortfall, pool_size)
+        shortfall = asked + shortfall - n
         drawn = _draw(pool, n, f"_u_{reason}", totals={0: pool_size}).select(
             t.ACCOUNT_ID, F.lit(reason).alias(t.REASON),
             F.lit(n / pool_size if pool_size else 0.0).alias(SAMPLING_PROBABILITY),
@@ -234,5 +255,5 @@ def review_queue(
         out = out.unionByName(p)
     out = out.localCheckpoint()
     strat.unpersist()
-    base.unpersist()
-    return out.withColumn(t.RUN_DATE, F.lit(run_date)).select(*QUEUE_COLUMNS)
+    return out, shortfall
+
