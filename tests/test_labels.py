@@ -132,7 +132,8 @@ def test_resolution_matches_pandas_on_random_rows(spark):
     ref = pdf[pdf[t.SOURCE].isin(LABEL_PRECEDENCE) & (pdf[t.LABELED_AT].dt.date < as_of)].copy()
     # investigator and appeal share the top rank (written out here, not read from the module)
     ref["rank"] = ref[t.SOURCE].map({"investigator": 0, "appeal": 0, "user_report": 1, "propagated": 2})
-    ref = ref.sort_values(["rank", t.LABELED_AT, t.LABEL], ascending=[True, False, True])
+    ref["order"] = ref[t.SOURCE].map({"investigator": 0, "appeal": 1, "user_report": 2, "propagated": 3})
+    ref = ref.sort_values(["rank", t.LABELED_AT, t.LABEL, "order"], ascending=[True, False, True, True])
     ref = ref.groupby(t.ACCOUNT_ID, as_index=False).first()
     ref[t.AS_OF_DATE] = ref[t.LABELED_AT].dt.date
     ref[t.WEIGHT] = ref[t.SOURCE].map(WEIGHTS)
@@ -142,6 +143,16 @@ def test_resolution_matches_pandas_on_random_rows(spark):
         ref[cols].sort_values(t.ACCOUNT_ID).reset_index(drop=True),
         check_dtype=False,
     )
+
+
+def test_a_tie_between_sources_of_one_rank_goes_to_the_investigator_whatever_the_rows_order(spark):
+    """An appeal and an investigator's verdict of the same label at the same instant: the winner's source
+    decides its weight and whether the account is in the golden set, so it may not follow the rows' order."""
+    at = dt.datetime(2024, 5, 3, 9, tzinfo=UTC)
+    rows = [(1, 1, "appeal", at), (1, 1, "investigator", at)]
+    for ordered in (rows, rows[::-1]):
+        got = resolve_labels(spark.createDataFrame(ordered, LABELS_SCHEMA).coalesce(1), WEIGHTS).collect()
+        assert [(r[t.SOURCE], r[t.WEIGHT]) for r in got] == [("investigator", WEIGHTS["investigator"])], ordered
 
 
 FEATURES_SCHEMA = T.StructType(

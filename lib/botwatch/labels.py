@@ -85,7 +85,8 @@ def resolve_labels(
     observed before that date (``to_date(labeled_at) < as_of``, UTC) are considered; the
     nightly run for date D passes D + 1 day. Conflicts go to the higher-ranked source
     (:data:`LABEL_RANK`), then to the latest ``labeled_at``; an exact tie between opposite labels goes to 0 (human),
-    the cautious reading for a precision-first system. ``as_of_date`` is the day the winning
+    the cautious reading for a precision-first system, and one between sources of a rank to the first in
+    :data:`LABEL_PRECEDENCE` (investigator before appeal). ``as_of_date`` is the day the winning
     label was observed and ``weight`` its source's weight.
     """
     require_columns(labels, {f.name: f.dataType for f in LABELS_SCHEMA.fields}, "resolve_labels(labels)")
@@ -117,8 +118,11 @@ def winning_labels(
     if as_of is not None:
         rows = rows.where(F.to_date(t.LABELED_AT) < F.lit(as_of).cast("date"))
     rank = F.create_map(*[F.lit(x) for kv in LABEL_RANK.items() for x in kv])[F.col(t.SOURCE)]
+    # Last, the source in precedence order: an investigator's verdict and an appeal of the same label at the
+    # same instant would otherwise win by the rows' order, and the winner's source decides weight and golden set.
+    order = F.create_map(*[F.lit(x) for i, s in enumerate(LABEL_PRECEDENCE) for x in (s, i)])[F.col(t.SOURCE)]
     best_first = Window.partitionBy(t.ACCOUNT_ID).orderBy(
-        rank.asc(), F.col(t.LABELED_AT).desc(), F.col(t.LABEL).asc()
+        rank.asc(), F.col(t.LABELED_AT).desc(), F.col(t.LABEL).asc(), order.asc()
     )
     return rows.withColumn("_rank", F.row_number().over(best_first)).where(F.col("_rank") == 1).drop("_rank")
 
