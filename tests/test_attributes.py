@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
@@ -297,6 +298,21 @@ def test_attribute_values_keep_nulls_and_the_run_reports_every_problem(spark):
     none, summary = A.run_attribute_features(edges, df.select(t.ACCOUNT_ID, t.CREATED_AT), None, D,
                                              {"neighbor_aggregates": False})
     assert none is None and summary["attributes"] == []
+
+
+def test_a_neighbour_without_activity_lacks_an_activity_flag_rather_than_missing_it(spark):
+    """3 follows 1 (active), 2 (not) and 4 (no activity row at all): its neighbours' share with the flag is 1/3
+    of 3, as the graph features' followee mean has it, not 1/2 of the 2 with a row."""
+    accounts = spark.createDataFrame([(i, None) for i in (1, 2, 3, 4)], "account_id long, created_at timestamp")
+    edges = spark.createDataFrame([(3, 1, None), (3, 2, None), (3, 4, None)],
+                                  "src long, dst long, created_at timestamp")
+    activity = spark.createDataFrame([(1, True), (2, False)], "account_id long, has_activity_7d boolean")
+    params = {"account_attributes": None, "neighbor_aggregates": True,
+              "neighbors": {"activity_columns": ["has_activity_7d"], "overlap": False}}
+    out, _ = A.run_attribute_features(edges, accounts, activity, D, params)
+    row = out.where(F.col(t.ACCOUNT_ID) == 3).first()
+    assert row[A.nbr_col("out", "count", "has_activity_7d")] == 3
+    assert row[A.nbr_col("out", "mean", "has_activity_7d")] == pytest.approx(1 / 3)
 
 
 # ---------------------------------------------------------------- on the simulated platform

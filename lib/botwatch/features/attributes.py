@@ -492,9 +492,12 @@ def run_attribute_features(
         log.warning(msg)
     values = attrs
     if act_cols and activity is not None:
-        values = attrs.join(
-            activity.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *act_cols), t.ACCOUNT_ID, "left"
-        )
+        act = activity.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *act_cols)
+        # An account without an activity row (no events in any window) lacks every flag, as in the graph
+        # features' followee means: False, not missing.
+        flags = {f.name: F.coalesce(F.col(f.name), F.lit(False))
+                 for f in act.schema.fields if isinstance(f.dataType, T.BooleanType)}
+        values = attrs.join(act, t.ACCOUNT_ID, "left").withColumns(flags)
     hub_cap = int(graph_params.get("hub_degree_cap", 1000))
     buckets = int(graph_params.get("salt_buckets", 32))
     out = attrs
