@@ -256,4 +256,3 @@ def _parts(base: DataFrame, n_strat: int, wanted: Sequence[int], sizes: Mapping[
     out = out.localCheckpoint()
     strat.unpersist()
     return out, shortfall
-
