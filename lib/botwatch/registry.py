@@ -22,7 +22,6 @@ from botwatch import __version__, files
 from botwatch import tables as t
 from botwatch.delta_io import (
     CommitConflictError,
-    commit_conflicts,
     read_table,
     retried_commit,
     table_exists,
@@ -134,18 +133,14 @@ def reserve_version(spark: SparkSession, warehouse: str, model_name: str, run_da
     :func:`next_version` and registering later let two trainings finishing together share a number:
     the second overwrote the first's artifacts and record, a champion's included. The insert is
     insert-only, and Delta fails one of two concurrent ones, so a taken number is retried with the next."""
-    for _ in range(attempts):
+    def attempt() -> int:
         version = next_version(spark, warehouse, model_name)
         placeholder = ModelRecord(model_name, version, CHALLENGER, run_date, reason=PLACEHOLDER_REASON)
-        try:
-            if _insert_new(spark, warehouse, placeholder):
-                return version
-        except commit_conflicts():
-            pass  # another run committed first: read the versions again
-    raise RegistryConflictError(
-        f"could not reserve a version of '{model_name}' in {attempts} attempts: other runs kept taking them; "
-        "rerun the training"
-    )
+        if not _insert_new(spark, warehouse, placeholder):
+            raise RegistryMovedError(f"version {version} of '{model_name}' was taken by another run")
+        return version
+
+    return _retried(attempt, f"reserving a version of '{model_name}'", attempts)
 
 
 def _insert_new(spark: SparkSession, warehouse: str, record: ModelRecord) -> bool:
