@@ -959,6 +959,33 @@ def test_reference_profile_of_an_all_missing_feature(spark):
     assert got.loc["empty", "psi"] > 5.0 and got.loc["x", "psi"] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_psi_and_ks_see_a_drifted_point_mass(spark):
+    # 2 % verified becoming 40 %, 92 % zeros becoming 60 %: each reference value is one repeated
+    # quantile, and it must not share its bin with the values above it.
+    rng = np.random.default_rng(3)
+    def frame(flag_share, zero_share):
+        return pd.DataFrame({
+            "verified": (rng.random(N) < flag_share).astype(float),
+            "zero_inflated": np.where(rng.random(N) < zero_share, 0.0, rng.lognormal(size=N)),
+        })
+    ref_pdf, cur_pdf = frame(0.02, 0.92), frame(0.40, 0.60)
+    profile = reference_profile(spark.createDataFrame(ref_pdf), list(ref_pdf.columns))
+    got = drift_statistics(spark.createDataFrame(cur_pdf), profile).toPandas().set_index("feature")
+    for name in ref_pdf.columns:
+        spec = profile["features"][name]
+        ref, cur = ref_pdf[name].to_numpy(), cur_pdf[name].to_numpy()
+        zero_bin, above_bin = (spec["psi_bin"][np.searchsorted(spec["edges"], v, side="right")] for v in (0.0, 1.0))
+        assert zero_bin != above_bin, name
+        assert got.loc[name, "psi"] == pytest.approx(_psi_numpy(ref, cur, spec["edges"], spec["psi_bin"]), rel=1e-9)
+        assert got.loc[name, "psi"] > 0.25, name
+        exact = stats.ks_2samp(cur, ref).statistic
+        assert got.loc[name, "ks"] - 1e-12 <= exact <= got.loc[name, "ks_upper"] + 1e-12, name
+        assert got.loc[name, "ks"] == pytest.approx(exact, abs=1e-12), name  # the mass's own bin: exact here
+    # the same reference again does not drift
+    same = drift_statistics(spark.createDataFrame(frame(0.02, 0.92)), profile).toPandas().set_index("feature")
+    assert (same["psi"] < 0.05).all()
+
+
 # ---- drift switched on in the simulator ---------------------------------------------------
 
 SIM_START = dt.date(2026, 4, 6)  # a Monday: the days compared below are both weekdays
