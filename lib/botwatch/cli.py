@@ -265,7 +265,10 @@ def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: Set
     from botwatch.spark import get_spark
 
     # A small platform has few labels: the demo section sets its own investigator rate and minimums.
-    cfg = demo_conf(build_conf(conf, warehouse, set_), set_ or [])
+    try:
+        cfg = demo_conf(build_conf(conf, warehouse, set_), set_ or [])
+    except ConfigError as exc:  # a demo.* value the knob it sets refuses
+        fail(str(exc))
     run_demo(get_spark(cfg, app_name="demo"), cfg, echo=typer.echo)
 
 

@@ -34,6 +34,8 @@ REQUIRED_KEYS = ("warehouse", "spark.master")
 MIXED_KEYS: dict[str, tuple[type, ...]] = {"train.prevalence": (str, int, float)}
 # Number knobs whose null means something (else null is refused for a number, a boolean or a section).
 NULLABLE_KEYS = frozenset({"simulate.drift.detection_wave_fraction"})
+# YAML 1.1 (PyYAML) reads 1e-4 and 5e-05 as strings: it wants a dot and a signed exponent.
+SCIENTIFIC_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -149,6 +151,9 @@ def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = ""
         if isinstance(declared, dict) and not declared and isinstance(value, dict):
             target[key] = {**(target.get(key) or {}), **value}  # free-form: add to what earlier layers set
             continue
+        takes_float = isinstance(declared, float) or float in MIXED_KEYS.get(dotted, ())
+        if takes_float and isinstance(value, str) and SCIENTIFIC_NUMBER.fullmatch(value.strip()):
+            value = float(value)
         if not _type_ok(declared, value, dotted):
             raise ConfigError(
                 f"{where}: key '{dotted}' must be {_article(_type_name(declared, dotted))}, got {_type_name(value)} "
