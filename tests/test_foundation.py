@@ -251,6 +251,21 @@ def test_mixed_type_knob_and_free_form_mapping(tmp_path):
     assert load_config(path, ["simulate.drift.new_family=null"])["simulate.drift.new_family"] is None
 
 
+def test_number_knobs_take_scientific_notation(tmp_path):
+    from botwatch.demo import demo_conf
+
+    # PyYAML reads 1e-4 as a string; Python prints 0.00005 as 5e-05 (the demo's own overrides).
+    assert load_config(None, ["heavy.weight_decay=1e-4"])["heavy.weight_decay"] == 1e-4
+    assert load_config(_write(tmp_path, "heavy:\n  lr: 5E-4\n"))["heavy.lr"] == 5e-4
+    assert load_config(None, ["train.prevalence=2.5e-3"])["train.prevalence"] == 0.0025
+    assert demo_conf(load_config(None, ["demo.prevalence=0.00005"]))["simulate.prevalence"] == 5e-05
+    # an integer knob still wants an integer, and text is still not a number
+    with pytest.raises(ConfigError, match="train.n_bootstrap"):
+        load_config(None, ["train.n_bootstrap=1e3"])
+    with pytest.raises(ConfigError, match="heavy.weight_decay"):
+        load_config(None, ["heavy.weight_decay=e-4"])
+
+
 def test_cli_bad_config_exits_2(tmp_path):
     path = _write(tmp_path, "spark:\n  nope: 1\n")
     out = subprocess.run(
@@ -315,10 +330,22 @@ def test_paths_uris_pass_through_relative_paths_are_made_absolute(tmp_path, monk
     # A relative checkpoint folder is the project's, like the warehouse: not wherever Airflow's task runs.
     conf = load_config(None, ["warehouse=/w", "spark.checkpoint_dir=scratch/ckpt"])
     assert spark_factory.session_settings(conf)["spark.checkpoint.dir"] == str(PROJECT_ROOT / "scratch" / "ckpt")
-    # An operator's SQL extension joins Delta's instead of replacing it.
-    own = conf.with_overrides(["spark.extra_conf.spark.sql.extensions=com.example.MyExtension"])
-    assert spark_factory.session_settings(own)["spark.sql.extensions"] == \
-        "io.delta.sql.DeltaSparkSessionExtension,com.example.MyExtension"
+    # An operator's SQL extension joins Delta's instead of replacing it; so do an operator's jars.
+    own = conf.with_overrides(["spark.extra_conf.spark.sql.extensions=com.example.MyExtension",
+                               "spark.extra_conf.spark.jars=/opt/jdbc/pg.jar"])
+    own_settings = spark_factory.session_settings(own)
+    assert own_settings["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension,com.example.MyExtension"
+    project_jars = spark_factory.session_settings(conf)["spark.jars"]
+    assert any("delta-spark_" in j for j in project_jars.split(","))
+    assert own_settings["spark.jars"] == f"{project_jars},/opt/jdbc/pg.jar"
+    # The checkpoint folder is a path as typed, like the warehouse: not YAML's octal, not cut at '#'.
+    for typed, resolved in (("/data/ck #2", "/data/ck #2"), ("022", str(PROJECT_ROOT / "022"))):
+        typed_conf = load_config(None, ["warehouse=/w", f"spark.checkpoint_dir={typed}"])
+        assert typed_conf["spark.checkpoint_dir"] == typed
+        assert spark_factory.session_settings(typed_conf)["spark.checkpoint.dir"] == resolved
+    for unset in ("", "null"):
+        unset_conf = load_config(None, ["warehouse=/w", f"spark.checkpoint_dir={unset}"])
+        assert spark_factory.session_settings(unset_conf)["spark.checkpoint.dir"] == "/w/_checkpoints"
 
 
 def test_the_declared_numpy_has_what_the_code_calls():

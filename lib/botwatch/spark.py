@@ -110,6 +110,9 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.python.sql.dataFrameDebugging.enabled": spark_conf["python_call_sites"],
     }
     settings.update(spark_conf.get("extra_conf") or {})
+    # An operator's jars (a JDBC driver, hadoop-aws) come after the project's: without Delta's the first read fails.
+    own_jars = [j.strip() for j in str(settings["spark.jars"]).split(",") if j.strip()]
+    settings["spark.jars"] = ",".join(dict.fromkeys([*(str(j) for j in jars), *own_jars]))
     # An operator's own SQL extension is added to Delta's, not put in its place (Delta's SQL would fail).
     extensions = [e.strip() for e in str(settings["spark.sql.extensions"]).split(",") if e.strip()]
     settings["spark.sql.extensions"] = ",".join(dict.fromkeys([DELTA_EXTENSION, *extensions]))
