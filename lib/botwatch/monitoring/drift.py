@@ -11,7 +11,8 @@ nor KS. Bins are left-closed: bin ``j`` holds ``e[j-1] <= x < e[j]``
 *missing* bin ``K + 1`` (missing is not 0).
 
 * **PSI** uses deciles: the fine bins are merged into the bins of the 1/10 .. 9/10 edges (a value
-  several deciles share keeps its own bin), plus the missing bin; ``PSI = sum (p - q) ln(p / q)`` with shares floored at :data:`PSI_EPSILON`.
+  several deciles share keeps its own bin), plus the missing bin; ``PSI = sum (p - q) ln(p / q)``
+  with shares floored at :data:`PSI_EPSILON`.
 * **KS** is read off the binned CDFs of the present (non-missing) values. Counts are exact, so
   the CDFs are exact just below each edge and ``ks = max_j |F(e_j-) - G(e_j-)|`` is a lower
   bound of the exact two-sample statistic; inside a bin both CDFs are monotone, which gives the
