@@ -579,6 +579,51 @@ def test_file_uris_stay_uris_for_spark(spark, tmp_path):
     assert read_table(spark, wh, t.EVENTS).agg(F.min(t.EVENT_TS)).first()[0] == datetime(2024, 6, 29, 8)
 
 
+def test_int96_timestamps_and_a_delta_table_folder_load(spark, tmp_path):
+    """Hive, Impala and Spark write Parquet timestamps as INT96, which pyarrow reports as nanoseconds: they are
+    Spark's to read, not nanoseconds to convert. A local folder that is a Delta table is read as Delta, its
+    current version: as Parquet it would also hold the rows an overwrite removed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from deltalake import write_deltalake
+
+    paths = _small_inputs(tmp_path, pd.DataFrame([_account(1), _account(2)]))
+    pq.write_table(pa.Table.from_pandas(pd.read_parquet(paths[t.ACCOUNTS]), preserve_index=False),
+                   paths[t.ACCOUNTS], use_deprecated_int96_timestamps=True)
+    assert pq.read_schema(paths[t.ACCOUNTS]).field(t.CREATED_AT).type == pa.timestamp("ns")  # what pyarrow says
+    events = tmp_path / "events_delta"
+    def event_table(ids, hour):
+        return pa.table({t.ACCOUNT_ID: pa.array(ids, pa.int64()),
+                         t.EVENT_TS: pa.array([datetime(2024, 6, 29, hour)] * len(ids), pa.timestamp("us", tz="UTC")),
+                         t.EVENT_TYPE: ["post"] * len(ids), t.IP_HASH: ["a"] * len(ids), t.DEVICE_ID: ["c"] * len(ids)})
+    write_deltalake(str(events), event_table([1, 1, 2], 7))
+    write_deltalake(str(events), event_table([1, 2], 8), mode="overwrite")  # version 1: two events at 08:00
+    assert resolve_input(t.EVENTS, str(events)) == (str(events), "delta")
+    wh = str(tmp_path / "wh")
+    got = ingest_files(spark, wh, **{**paths, t.EVENTS: str(events)}, labels=None, run_date=RUN, echo=lambda _: None)
+    assert {table: c[ROWS_LOADED] for table, c in got.items()} == {t.ACCOUNTS: 2, t.EVENTS: 2, t.EDGES: 1}
+    assert {r[t.ACCOUNT_ID]: r[t.CREATED_AT] for r in read_table(spark, wh, t.ACCOUNTS).collect()} == {
+        i: _account(i)[t.CREATED_AT] for i in (1, 2)}
+    assert [r[0] for r in read_table(spark, wh, t.EVENTS).select(t.EVENT_TS).distinct().collect()] == [
+        datetime(2024, 6, 29, 8)]
+
+
+def test_a_malformed_csv_line_beside_a_typed_extra_column_is_quarantined(spark, tmp_path):
+    """A stray comma shifts text into a numeric extra column: that line is quarantined (Spark's ANSI cast of
+    its text would have failed the whole load), the others load with the column typed."""
+    paths = _small_inputs(tmp_path, pd.DataFrame([_account(1), _account(2)]))
+    header = "account_id,created_at,country,verified,profile_completeness,signup_ip_hash,followers\n"
+    accounts = tmp_path / "accounts.csv"
+    accounts.write_text(header + "1,2021-01-01 00:00:00,US,true,0.5,ip1,10\n"
+                        "2,2021-01-01 00:00:00,US,true,0.5,ip,x,20\n")
+    wh = str(tmp_path / "wh")
+    got = ingest_files(spark, wh, **{**paths, t.ACCOUNTS: str(accounts)}, labels=None, run_date=RUN,
+                       echo=lambda _: None)
+    assert got[t.ACCOUNTS][ROWS_LOADED] == 1 and got[t.ACCOUNTS]["reasons"] == {MALFORMED_ROW: 1}
+    assert [tuple(r) for r in read_table(spark, wh, t.ACCOUNTS).select(t.ACCOUNT_ID, "followers").collect()] == [
+        (1, 10.0)]
+
+
 def test_kept_columns_that_delta_cannot_name_are_renamed(spark, tmp_path):
     """Delta refuses spaces and ,;{}()= in column names: a platform's numeric ``Followers Count`` is kept as
     ``Followers_Count`` (never clashing with another column), said so, instead of failing the load."""

@@ -112,6 +112,8 @@ REASON_COUNTS = "reasons"
 
 CSV = "csv"
 PARQUET = "parquet"
+DELTA = "delta"  # a local folder with a _delta_log: its current version
+DELTA_LOG = "_delta_log"
 # The raw text of a CSV line whose field count differs from its header (Spark's corrupt-record column).
 _CORRUPT = "_corrupt_record"
 # Characters Delta refuses in a column name (without column mapping).
@@ -448,12 +450,19 @@ def _data_files(folder: str, suffixes: tuple[str, ...] | None = None) -> list[st
     return found
 
 
+def _is_delta_table(folder: str) -> bool:
+    log = os.path.join(folder, DELTA_LOG)
+    return os.path.isdir(log) and any(n.endswith(".json") for n in os.listdir(log))
+
+
 def _file_format(table: str, path: str) -> str:
     lower = path.lower().rstrip("/")
     if lower.endswith(CSV_SUFFIXES):
         return CSV
     if lower.endswith(PARQUET_SUFFIXES):
         return PARQUET
+    if _is_local(path) and _is_delta_table(path):
+        return DELTA  # read as Parquet, its folder also holds the files later versions removed
     if _is_local(path) and os.path.isdir(path):
         names = [f.lower() for f in _data_files(path)]  # one walk of the folder
         if not names:
@@ -464,7 +473,7 @@ def _file_format(table: str, path: str) -> str:
     if not _is_local(path):
         return PARQUET  # an object-store folder, as Spark writes them
     raise IngestInputError(
-        f"{table} file {path}: unknown format; give a .parquet or .csv file or a folder of Parquet files"
+        f"{table} file {path}: unknown format; give a .parquet or .csv file, a folder of Parquet files or a Delta table"
     )
 
 
@@ -472,6 +481,14 @@ def _local_columns(path: str, fmt: str) -> list[str]:
     """Column names of a local input from its CSV header or Parquet footers, without Spark."""
     import pyarrow.parquet as pq
 
+    if fmt == DELTA:
+        from deltalake import DeltaTable
+        from deltalake.exceptions import DeltaError
+
+        try:
+            return [field.name for field in DeltaTable(path).schema().fields]
+        except DeltaError as exc:
+            raise IngestInputError(f"{path}: not a readable Delta table: {exc}") from exc
     files = _data_files(path, CSV_SUFFIXES if fmt == CSV else None) if os.path.isdir(path) else [path]
     columns: list[str] = []
     first_header: list[str] | None = None
@@ -539,7 +556,10 @@ def _parquet_nanos_columns(path: str) -> list[str]:
     files = _data_files(path) if os.path.isdir(path) else [path]
     nanos: list[str] = []
     for file in files:
-        for field in pq.read_schema(file):
+        # pyarrow reports Hive's and Spark's INT96 timestamps as ns too; Spark reads those itself.
+        with pq.ParquetFile(file, coerce_int96_timestamp_unit="us") as footer:
+            fields = list(footer.schema_arrow)
+        for field in fields:
             if pa.types.is_timestamp(field.type) and field.type.unit == "ns" and field.name not in nanos:
                 nanos.append(field.name)
     return nanos
@@ -566,9 +586,9 @@ def _numeric_csv_extras(df: DataFrame) -> DataFrame:
     typed = {}
     for i, c in enumerate(extras):
         if stats[f"n{i}"] and not stats[f"d{i}"]:
-            typed[c] = named_col(c).cast("double")
+            typed[c] = named_col(c).try_cast("double")  # a malformed line's text: null, not an ANSI error
         elif stats[f"n{i}"] and not stats[f"b{i}"]:
-            typed[c] = named_col(c).cast("boolean")
+            typed[c] = named_col(c).try_cast("boolean")
     return df.withColumns(typed) if typed else df
 
 
@@ -584,6 +604,8 @@ def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_colum
             schema = T.StructType([T.StructField(c, T.StringType()) for c in [*header, _CORRUPT]])
             df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")
                   .option("columnNameOfCorruptRecord", _CORRUPT).csv(path))
+        elif fmt == DELTA:
+            df = spark.read.format("delta").load(path)
         else:
             df = spark.read.parquet(path)
         df.schema  # noqa: B018 - surface read errors here, naming the file
