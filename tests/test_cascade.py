@@ -326,9 +326,9 @@ def test_embedding_cache_reused_when_unchanged_refreshed_when_changed(spark, hea
     def run(pdf, day):
         inputs = _frame(spark, pdf).withColumn(FINGERPRINT, fingerprint(encoder))
         inputs = with_cached_encodings(spark, warehouse, inputs, encoder)
-        scored = score_heavy(inputs, artifact, cfg, keep=(t.ACCOUNT_ID, FINGERPRINT)).cache()
+        scored = score_heavy(inputs, artifact, cfg, keep=(t.ACCOUNT_ID, FINGERPRINT), cached_encoder=encoder).cache()
         out = scored.toPandas().set_index(t.ACCOUNT_ID).sort_index()
-        update_embedding_cache(spark, warehouse, scored, encoder, day)
+        update_embedding_cache(spark, warehouse, scored, day)
         scored.unpersist()
         return out
 
@@ -338,7 +338,7 @@ def test_embedding_cache_reused_when_unchanged_refreshed_when_changed(spark, hea
     first = run(rows, day1)
     assert not first[FROM_CACHE].any()
     stored = cache()
-    assert len(stored) == len(rows) and (stored[t.RUN_DATE] == day1).all()
+    assert len(stored) == len(rows) and (stored[t.RUN_DATE] == day1).all() and (stored["encoder"] == encoder).all()
 
     second = run(rows, day2)  # unchanged inputs: every encoding comes from the cache
     assert second[FROM_CACHE].all()
@@ -553,6 +553,7 @@ def test_cascade_scores_flags_within_budget_and_reruns_identically(spark, cascad
     np.testing.assert_allclose(after[t.SCORE], np.where(reached, after[t.STAGE2_SCORE], after[t.STAGE1_SCORE]))
     assert not (after["golden"] & after["actioned"]).any()
     assert s2["n_stage2"] == reached.sum() and s2["n_embedding_cache_hits"] == 0
+    assert s2["worker_encoders"] == [s2["encoder"]]
     heavy = registry.champion(spark, warehouse, "stage2_heavy")
     assert after.loc[reached, t.MODEL_VERSION].str.endswith(f"+stage2_heavy:{heavy[t.VERSION]}").all()
     assert heavy["threshold"] is not None  # decided at it (a heavy model without one: the test below)

@@ -59,7 +59,8 @@ def test_worker_scores_equal_row_order_predictions(artifact):
     out = _score(batches, artifact)
     reference = np.concatenate([H.load_heavy(artifact.path, device="cpu").predict(b) for b in batches if len(b)])
     np.testing.assert_allclose(out[t.STAGE2_SCORE].to_numpy(), reference, atol=1e-6)
-    assert list(out.columns) == [t.ACCOUNT_ID, t.STAGE2_SCORE, W.ENCODING, W.FROM_CACHE]
+    assert list(out.columns) == [t.ACCOUNT_ID, t.STAGE2_SCORE, W.ENCODING, W.FROM_CACHE, W.ENCODER]
+    assert (out[W.ENCODER] == "stage2_heavy:5:fp32").all()
     assert len(out) == 18 and not out[W.FROM_CACHE].any()
     assert all(len(e) == CONFIG.seq_hidden for e in out[W.ENCODING])
 
@@ -128,6 +129,31 @@ def test_cuda_failure_falls_back_to_the_cpu_with_a_warning(artifact, monkeypatch
     with pytest.warns(UserWarning, match="CUDA failed .* scoring on the CPU"):
         out = _score(batches, artifact, W.InferenceSettings(batch_size=4, device="cuda", quantize_cpu=False))
     np.testing.assert_allclose(out[t.STAGE2_SCORE], expected[t.STAGE2_SCORE], atol=1e-6)
+
+
+def test_a_worker_at_another_precision_reports_it_and_ignores_the_cache(artifact, monkeypatch):
+    """With cascade.quantize_cpu the CPU fallback after a CUDA failure encodes in int8: those encodings are
+    reported as int8 (the cache stores them so), and the fp32 encodings the driver looked up are not fed to it."""
+    pdf = _rows(8, 9)
+    fp32 = _score([pdf], artifact)
+    cached = pdf.assign(**{W.CACHED_ENCODING: [None, *fp32[W.ENCODING].iloc[1:]]})
+    # on the CPU in fp32, as the driver expected: the cache is used
+    same = pd.concat(list(W.score_partitions([cached], artifact, CPU_FP32, [t.ACCOUNT_ID], "stage2_heavy:5:fp32")))
+    assert same[W.FROM_CACHE].tolist() == [False] + [True] * 7 and (same[W.ENCODER] == "stage2_heavy:5:fp32").all()
+    # the driver saw no GPU and expected int8: this fp32 worker does not take its encodings
+    other = pd.concat(list(W.score_partitions([cached], artifact, CPU_FP32, [t.ACCOUNT_ID], "stage2_heavy:5:int8")))
+    assert not other[W.FROM_CACHE].any()
+    settings = W.InferenceSettings(batch_size=4, device="cuda", quantize_cpu=True)
+    int8_scores, int8_encodings = W.score_batch(artifact.load("cpu", quantize=True), pdf, settings.batch_size)
+    _pretend_cuda(monkeypatch, artifact, "batch")
+    key = W.encoder_key(artifact, settings)
+    assert key == "stage2_heavy:5:fp32"  # the driver's: it sees CUDA
+    with pytest.warns(UserWarning, match="CUDA failed"):
+        out = pd.concat(list(W.score_partitions([cached], artifact, settings, [t.ACCOUNT_ID], key)))
+    assert (out[W.ENCODER] == "stage2_heavy:5:int8").all() and not out[W.FROM_CACHE].any()
+    np.testing.assert_allclose(np.stack(out[W.ENCODING]), np.stack(int8_encodings), atol=1e-6)
+    np.testing.assert_allclose(out[t.STAGE2_SCORE], int8_scores, atol=1e-6)
+    assert np.abs(np.stack(out[W.ENCODING]) - np.stack(fp32[W.ENCODING])).max() > 0  # not the cached fp32 ones
 
 
 def test_each_task_uses_the_gpu_spark_gave_it(artifact, monkeypatch):

@@ -27,6 +27,7 @@ from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint
 from botwatch.scoring.decisions import with_decisions
 from botwatch.scoring.stage1 import features_for, load_champion, score_stage1
 from botwatch.scoring.stage2 import (
+    ENCODER,
     FROM_CACHE,
     HeavyArtifact,
     InferenceSettings,
@@ -174,9 +175,11 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
     inputs = inputs.withColumn(FINGERPRINT, fingerprint(encoder))
     if settings.embedding_cache:
         inputs = with_cached_encodings(spark, warehouse, inputs, encoder)
-    stage2 = score_heavy(inputs, heavy, settings, keep=(t.ACCOUNT_ID, FINGERPRINT)).cache()
+    stage2 = score_heavy(inputs, heavy, settings, keep=(t.ACCOUNT_ID, FINGERPRINT), cached_encoder=encoder).cache()
     n_cached = stage2.where(F.col(FROM_CACHE)).count()
     n_scored = stage2.count()
+    # Where the workers' encoders differ from the driver's guess (a CUDA fallback, other hardware).
+    worker_encoders = sorted(r[0] for r in stage2.select(ENCODER).distinct().collect())
 
     stage1_threshold = stage1_champion.threshold
     joined = (
@@ -201,11 +204,12 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
     counts = {r[t.DECISION]: r["n"] for r in final.groupBy(t.DECISION).agg(F.count("*").alias("n")).collect()}
     _write(spark, warehouse, final, run_date, "score_stage2")
     if settings.embedding_cache:
-        update_embedding_cache(spark, warehouse, stage2, encoder, run_date)
+        update_embedding_cache(spark, warehouse, stage2, run_date)
     for df in (final, stage2, scores):
         df.unpersist()
     return {
         "stage2_model_version": heavy.version, "n_stage2": n_scored, "n_flagged": n_flagged,
         "n_embedding_cache_hits": n_cached, "device": resolved_device(settings), "encoder": encoder,
+        "worker_encoders": worker_encoders,
         **{f"n_{k}_final": v for k, v in counts.items()},
     }

@@ -27,6 +27,7 @@ from botwatch.delta_io import read_table, retried_commit, table_exists, write_ta
 from botwatch.models.heavy_inputs import FINGERPRINT, heavy_inputs
 from botwatch.scoring.worker import (  # noqa: F401  (re-exported: stage 2's public names)
     CACHED_ENCODING,
+    ENCODER,
     ENCODING,
     FROM_CACHE,
     HEAVY_MODEL,
@@ -39,8 +40,6 @@ from botwatch.scoring.worker import (  # noqa: F401  (re-exported: stage 2's pub
     score_partitions,
 )
 from botwatch.tables import table_path
-
-ENCODER = "encoder"  # model version and precision the cached encoding came from
 
 # embedding_cache columns: account_id, fingerprint, encoder, encoding (array<float>), run_date (the run that
 # wrote the encoding).
@@ -88,13 +87,15 @@ def heavy_champion(spark: SparkSession, warehouse: str, as_of: dt.date | None = 
 
 
 def score_heavy(
-    inputs: DataFrame, artifact: HeavyArtifact, settings: InferenceSettings, keep: tuple[str, ...] = (t.ACCOUNT_ID,)
+    inputs: DataFrame, artifact: HeavyArtifact, settings: InferenceSettings, keep: tuple[str, ...] = (t.ACCOUNT_ID,),
+    cached_encoder: str | None = None,
 ) -> DataFrame:
-    """``keep`` columns of ``inputs`` plus ``stage2_score``, ``encoding`` and ``from_cache``.
+    """``keep`` columns of ``inputs`` plus ``stage2_score``, ``encoding``, ``from_cache`` and ``encoder``
+    (the model version and precision each worker encoded at).
 
     ``inputs`` holds heavy inputs (:func:`botwatch.models.heavy_inputs.heavy_inputs`) and,
-    optionally, ``_cached_encoding`` (null: run the encoder). Rows are repartitioned to
-    ``settings.partitions`` (0: Spark's default parallelism) before scoring.
+    optionally, ``_cached_encoding`` (null: run the encoder), ``cached_encoder``'s encodings. Rows
+    are repartitioned to ``settings.partitions`` (0: Spark's default parallelism) before scoring.
     """
     spark = inputs.sparkSession
     parts = settings.partitions or spark.sparkContext.defaultParallelism
@@ -103,11 +104,12 @@ def score_heavy(
         T.StructField(t.STAGE2_SCORE, T.DoubleType()),
         T.StructField(ENCODING, T.ArrayType(T.FloatType())),
         T.StructField(FROM_CACHE, T.BooleanType()),
+        T.StructField(ENCODER, T.StringType()),
     ])
     art, cfg, keep_cols = artifact, settings, list(keep)
 
     def _run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        return score_partitions(batches, art, cfg, keep_cols)
+        return score_partitions(batches, art, cfg, keep_cols, cached_encoder)
 
     return inputs.repartition(parts, t.ACCOUNT_ID).mapInPandas(_run, schema)
 
@@ -128,15 +130,14 @@ def with_cached_encodings(spark: SparkSession, warehouse: str, inputs: DataFrame
     return joined.withColumn(CACHED_ENCODING, F.when(hit, F.col(CACHED_ENCODING))).drop("_cached_fp")
 
 
-def update_embedding_cache(
-    spark: SparkSession, warehouse: str, scored: DataFrame, encoder: str, run_date: dt.date
-) -> None:
-    """MERGE the freshly computed encodings (``from_cache`` false) into ``embedding_cache``,
-    keyed on account_id: new accounts are inserted, changed ones replaced, the rest untouched."""
+def update_embedding_cache(spark: SparkSession, warehouse: str, scored: DataFrame, run_date: dt.date) -> None:
+    """MERGE the freshly computed encodings (``from_cache`` false) into ``embedding_cache``, each
+    under the encoder its worker ran, keyed on account_id: new accounts are inserted, changed ones
+    replaced, the rest untouched."""
     fresh = scored.where(~F.col(FROM_CACHE)).select(
         F.col(t.ACCOUNT_ID).cast("long"),
         F.col(FINGERPRINT).cast("long"),
-        F.lit(encoder).alias(ENCODER),
+        F.col(ENCODER),
         F.col(ENCODING),
         F.lit(run_date).alias(t.RUN_DATE),
     )

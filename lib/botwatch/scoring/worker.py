@@ -24,6 +24,7 @@ HEAVY_MODEL = "stage2_heavy"
 ENCODING = "encoding"
 CACHED_ENCODING = "_cached_encoding"
 FROM_CACHE = "from_cache"
+ENCODER = "encoder"  # model version and precision an encoding came from (the embedding cache's column too)
 # A heavy-model artifact: torch state dict and metadata (botwatch.models.heavy writes them).
 STATE_FILE, META_FILE = "model.pt", "heavy.json"
 
@@ -130,10 +131,16 @@ def task_gpu() -> int | None:
     return int(gpu.addresses[0]) if gpu is not None and gpu.addresses else None
 
 
-def encoder_key(artifact: HeavyArtifact, settings: InferenceSettings) -> str:
-    """Identifies the encoder behind an encoding: model version and precision."""
-    quantized = resolved_device(settings) == "cpu" and settings.quantize_cpu
+def encoder_on(artifact: HeavyArtifact, settings: InferenceSettings, device: str) -> str:
+    """Identifies the encoder behind an encoding made on ``device``: model version and precision."""
+    quantized = device == "cpu" and settings.quantize_cpu
     return f"{artifact.model_version}:{'int8' if quantized else 'fp32'}"
+
+
+def encoder_key(artifact: HeavyArtifact, settings: InferenceSettings) -> str:
+    """The encoder as this process would run it (the driver's guess of its workers': a worker that
+    falls back from CUDA, or runs on other hardware, reports its own in the ``encoder`` column)."""
+    return encoder_on(artifact, settings, resolved_device(settings))
 
 
 def score_batch(model, pdf: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, list]:
@@ -154,13 +161,17 @@ def score_batch(model, pdf: pd.DataFrame, batch_size: int) -> tuple[np.ndarray, 
 
 
 def score_partitions(
-    batches: Iterable[pd.DataFrame], artifact: HeavyArtifact, settings: InferenceSettings, keep: list[str]
+    batches: Iterable[pd.DataFrame], artifact: HeavyArtifact, settings: InferenceSettings, keep: list[str],
+    cached_encoder: str | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """``keep`` columns of each batch plus ``stage2_score``, ``encoding`` and ``from_cache``.
+    """``keep`` columns of each batch plus ``stage2_score``, ``encoding``, ``from_cache`` and
+    ``encoder`` (the precision this worker encoded at).
 
     The body of stage 2's ``mapInPandas``. A ``RuntimeError`` on CUDA (initialisation, out of
     memory, a driver or kernel error), at load or on any batch, moves this worker to the CPU
-    with a warning; the failed batch is scored again there.
+    with a warning; the failed batch is scored again there. Cached encodings (``cached_encoder``'s)
+    are used only while this worker's own encoder is that one: int8 on the CPU after a CUDA failure
+    is not the fp32 the cache holds.
     """
     import torch
 
@@ -182,18 +193,25 @@ def score_partitions(
         if device != "cuda":
             raise
         device, model = on_cpu(err)
+    def usable(pdf: pd.DataFrame) -> pd.DataFrame:
+        other = cached_encoder is not None and encoder_on(artifact, settings, device) != cached_encoder
+        return pdf.assign(**{CACHED_ENCODING: None}) if other and CACHED_ENCODING in pdf else pdf
+
     for pdf in batches:
         if pdf.empty:
             continue
         try:
+            pdf = usable(pdf)
             scores, encodings = score_batch(model, pdf, settings.batch_size)
         except RuntimeError as err:
             if device != "cuda":
                 raise
             device, model = on_cpu(err)
+            pdf = usable(pdf)
             scores, encodings = score_batch(model, pdf, settings.batch_size)
         out = pdf[keep].copy()
         out[t.STAGE2_SCORE] = scores
         out[ENCODING] = encodings
         out[FROM_CACHE] = pdf[CACHED_ENCODING].notna() if CACHED_ENCODING in pdf else False
+        out[ENCODER] = encoder_on(artifact, settings, device)
         yield out
