@@ -347,3 +347,31 @@ def test_evaluate_without_threshold_picks_its_own_or_reports_nan():
                     n_bootstrap=20)
     assert math.isnan(none["threshold"]) and math.isnan(none["f1"]) and math.isnan(none["fpr_segment_c_a"])
     assert none["recall_at_target_precision"] == 0.0
+    # A model with no operating threshold (nan): nothing at a threshold, although these rows could pick one.
+    unused = evaluate(y, s, math.nan, target_precision=1.0, segments={"c": ["a", "b"] * 4}, n_bootstrap=20)
+    assert math.isnan(unused["threshold"]) and unused["threshold_at_target_precision"] == 0.8
+    assert all(math.isnan(unused[k]) for k in ("f1", "precision_at_threshold", "recall_at_threshold",
+                                               "precision_at_threshold_low", "fpr_segment_c_a"))
+
+
+def test_segment_values_whose_names_clash_are_kept_apart():
+    """Country is free text: "US" and "US " (a CSV's padding), or two scripts the names cannot spell,
+    would be one metric name; each keeps its own, with a digest of the value, checked against numpy."""
+    import hashlib
+
+    country = np.array(["US", "US ", "日本", "中国", "DE", None] * 20, dtype=object)
+    y = np.tile([0, 0, 0, 0, 1, 0], 20)
+    s = np.random.default_rng(4).random(y.size)
+    got = evaluate(y, s, 0.5, segments={"country": country}, n_bootstrap=5)
+    names = {k: v for k, v in got.items() if k.startswith("fpr_segment_country_")}
+    def digest(v):
+        return hashlib.sha1(repr(v).encode()).hexdigest()[:6]
+    want_names = {"US": f"US_{digest('US')}", "US ": f"US_{digest('US ')}", "日本": f"null_{digest('日本')}",
+                  "中国": f"null_{digest('中国')}", None: f"null_{digest(None)}", "DE": "DE"}
+    assert set(names) == {f"fpr_segment_country_{n}" for n in want_names.values()}
+    for value, name in want_names.items():
+        rows = np.array([c == value for c in country]) & (y == 0)
+        if not rows.any():  # DE rows are all bots here: no false positive rate
+            assert math.isnan(names[f"fpr_segment_country_{name}"])
+            continue
+        assert names[f"fpr_segment_country_{name}"] == pytest.approx(float((s[rows] >= 0.5).mean())), value

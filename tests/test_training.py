@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import threading
 
 import numpy as np
@@ -145,6 +146,10 @@ def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():
     assert gate(0.9, 0.5, None, 0.01, challenger_threshold=None, champion=None, run_date=day).promote
     assert gate(0.9, 0.5, 0.8, 0.01, challenger_threshold=None, champion={**acting, "threshold": None}).promote
     assert not gate(0.7, 0.5, 0.8, 0.01, challenger_threshold=0.7, champion=acting, run_date=day).promote  # worse
+    # A small golden set the canary separates perfectly: a perfect challenger is not worse, it passes.
+    assert gate(1.0, 1.0, None, 0.01, challenger_threshold=0.9).promote
+    tied = gate(0.8, 0.8, None, 0.01, challenger_threshold=0.9)
+    assert not tied.promote and "does not beat the canary" in tied.reason
 
 
 def test_promotion_swaps_champions_in_one_commit(spark, tmp_path):
@@ -371,9 +376,30 @@ def test_golden_figures_are_also_given_at_the_populations_bot_share(conf):
     assert got["golden_precision_at_threshold"] - got["golden_population_precision_at_threshold"] > 0.03
     assert got["golden_pr_auc"] - got["golden_population_pr_auc"] > 0.05
     assert 0 < got["golden_population_recall_at_target_precision"] < got["golden_recall_at_target_precision"]
+    # Validation scores that tell nobody apart reach the target precision nowhere: no threshold, the model
+    # actions nobody, and no figure at a threshold is reported (evaluate would pick one on the golden rows).
+    flat, _ = rows(300, 200)
+    none, got_none = training.operating_point(flat, np.full(len(flat), 0.5), golden, sg, ctx, params)
+    assert none is None
+    for prefix in ("valid_", "golden_"):
+        for name in ("threshold", "precision_at_threshold", "recall_at_threshold", "fpr_at_threshold", "f1"):
+            assert math.isnan(got_none[f"{prefix}{name}"]), prefix + name
+    assert math.isnan(got_none["golden_population_precision_at_threshold"])
+    assert got_none["golden_pr_auc"] == got["golden_pr_auc"]  # the ranking figures are the model's still
     ctx.prevalence = None  # no population share known: no such figures
     assert not any("population_" in k for k in training.operating_point(valid, sv, golden, sg, ctx, params)[1]
                    if k.startswith("golden_"))
+
+
+def test_the_canarys_golden_intervals_do_not_depend_on_row_order(conf):
+    params = dataclasses.replace(TrainParams.from_conf(conf.section("train")), n_bootstrap=50)
+    rng = np.random.default_rng(11)
+    y = (rng.random(200) < 0.4).astype(int)
+    pdf = pd.DataFrame({t.ACCOUNT_ID: np.arange(200), t.LABEL: y, "canary_score": expit(rng.normal(size=200) + y)})
+    got = training.canary_golden_metrics(pdf, params)
+    assert got == training.canary_golden_metrics(pdf.sample(frac=1.0, random_state=3), params)
+    assert got["canary_golden_pr_auc"] == pytest.approx(average_precision_score(y, pdf["canary_score"]), abs=1e-12)
+    assert got["canary_golden_pr_auc_low"] < got["canary_golden_pr_auc"] < got["canary_golden_pr_auc_high"]
 
 
 def test_model_inputs_are_doubles_with_nan_for_missing(spark):

@@ -232,10 +232,11 @@ def promotion_decision(
     run_date: dt.date | None = None,
 ) -> PromotionDecision:
     """The gate, on the golden set: never promote a model worse than the champion (beyond
-    ``tolerance``) or one that does not beat the canary. With the ``champion``'s registry record: a
-    model with no operating threshold (``challenger_threshold`` None: none reached the target precision
-    on validation, it would action nobody) never replaces a champion that has one, and a model trained
-    for ``run_date`` never replaces a champion trained after it (a rerun of an earlier date)."""
+    ``tolerance``) or one that does not beat the canary (both at PR-AUC 1.0 passes). With the
+    ``champion``'s registry record: a model with no operating threshold (``challenger_threshold``
+    None: none reached the target precision on validation, it would action nobody) never replaces a
+    champion that has one, and a model trained for ``run_date`` never replaces a champion trained
+    after it (a rerun of an earlier date)."""
     import math
 
     newer = newer_champion(champion, run_date) if run_date is not None else None
@@ -251,7 +252,8 @@ def promotion_decision(
             False, "challenger has no operating threshold (no threshold reached the target precision on validation: "
             "it would action nobody) and the champion has one"
         )
-    if not challenger_pr_auc > canary_pr_auc:
+    # Both perfect: the golden set cannot tell them apart, and "beat" could never be met.
+    if not (challenger_pr_auc > canary_pr_auc or challenger_pr_auc == canary_pr_auc == 1.0):
         return PromotionDecision(
             False, f"golden PR-AUC {challenger_pr_auc:.4f} does not beat the canary's {canary_pr_auc:.4f}"
         )

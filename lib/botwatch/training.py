@@ -359,9 +359,15 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
     ctx = TrainingContext(train, valid, golden, n_train, n_pos, prevalence, source, list(params.canary_features))
     ctx.canary = fit_canary(train, ctx.canary_cols, params.canary_reg_param)
     scored = canary_scores(ctx.canary, golden, ctx.canary_cols).select(t.ACCOUNT_ID, t.LABEL, "canary_score")
-    pdf = cast(pd.DataFrame, scored.toPandas())
-    ctx.canary_metrics = _evaluate(pdf, pdf["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_")
+    ctx.canary_metrics = canary_golden_metrics(cast(pd.DataFrame, scored.toPandas()), params)
     return ctx
+
+
+def canary_golden_metrics(scored: pd.DataFrame, params: TrainParams) -> dict[str, float]:
+    """The canary's figures on the golden rows (``account_id``, ``label``, ``canary_score``), taken
+    by account: the bootstrap draws rows by position, so Spark's row order would move the intervals."""
+    pdf = scored.sort_values(t.ACCOUNT_ID, ignore_index=True)
+    return _evaluate(pdf, pdf["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_")
 
 
 def operating_point(
@@ -376,8 +382,10 @@ def operating_point(
     )
     metrics = {"prevalence_used": math.nan if ctx.prevalence is None else ctx.prevalence,
                "valid_population_precision": population_precision}
-    metrics.update(_evaluate(valid_pdf, valid_score, threshold, params, "valid_"))
-    metrics.update(_evaluate(golden_pdf, golden_score, threshold, params, "golden_"))
+    # No threshold: the model actions nobody; evaluate's None would pick one on these rows.
+    at = math.nan if threshold is None else threshold
+    metrics.update(_evaluate(valid_pdf, valid_score, at, params, "valid_"))
+    metrics.update(_evaluate(golden_pdf, golden_score, at, params, "golden_"))
     metrics.update(_population_metrics(golden_pdf, golden_score, threshold, ctx.prevalence, params, "golden_"))
     metrics.update(ctx.canary_metrics)
     return threshold, metrics

@@ -27,9 +27,11 @@ Usage::
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -378,6 +380,16 @@ def _key(value: Any) -> str:
     return text or "null"
 
 
+def _names(prefix: str, values: Iterable[Any]) -> dict[Any, str]:
+    """``prefix`` + each value's metric name; values whose names clash ("US" and "US ", or two
+    scripts _key cannot spell: 日本, Россия) get a short digest of the value too."""
+    values = list(values)
+    keys = {v: _key(v) for v in values}
+    clashing = {k for k, n in Counter(keys.values()).items() if n > 1}
+    return {v: f"{prefix}{k}_{hashlib.sha1(repr(v).encode()).hexdigest()[:6]}" if k in clashing else f"{prefix}{k}"
+            for v, k in keys.items()}
+
+
 def _put(out: dict[str, float], key: str, value: float) -> None:
     if key in out:
         raise MetricInputError(f"two segment values both map to the metric name {key!r}; rename one")
@@ -401,15 +413,17 @@ def evaluate(
     table's rows and the registry's record).
 
     ``threshold`` is the operating threshold picked elsewhere (on validation); ``None`` picks
-    it on these same rows, which is optimistic: do that only on validation itself.
+    it on these same rows, which is optimistic: do that only on validation itself; ``nan``: the
+    model has none (it actions nobody), so no at-threshold figure either.
     Names: ``n``, ``n_positive``, ``prevalence``, ``pr_auc``, ``roc_auc``, ``threshold``,
     ``f1``, ``precision_at_threshold``, ``recall_at_threshold``, ``fpr_at_threshold``,
     ``threshold_at_target_precision`` (this data's own pick; ``nan`` if unreachable),
     ``recall_at_target_precision``; ``<name>_low`` / ``<name>_high`` bootstrap bounds for
     PR-AUC, ROC-AUC, precision and recall at the threshold and recall at the target
     precision; ``fpr_segment_<segment>_<value>`` for each ``segments`` entry (an array aligned
-    with the rows); ``recall_family_<family>`` when ``families`` (aligned truth families) is
-    given. Without a usable threshold the at-threshold metrics are ``nan``.
+    with the rows; values whose names would clash get ``_<digest>`` too); ``recall_family_<family>``
+    when ``families`` (aligned truth families) is given. Without a usable threshold the
+    at-threshold metrics are ``nan``.
     """
     _check_target(target_precision)
     y, s, w = _check(y_true, y_score, sample_weight)
@@ -422,7 +436,10 @@ def evaluate(
         families = None if families is None else _aligned(families, kept, "families")
     weights = None if sample_weight is None else w
     own_threshold = operating_threshold(y, s, target_precision, weights)
-    thr: float | None = own_threshold if threshold is None else float(threshold)
+    if threshold is None:
+        thr: float | None = own_threshold
+    else:
+        thr = None if math.isnan(float(threshold)) else float(threshold)
 
     out: dict[str, float] = {
         "n": float(y.size),
@@ -467,13 +484,15 @@ def evaluate(
             rates = dict.fromkeys(groups, math.nan)
         else:
             rates = fpr_by_segment(y, y_pred, seg_values, weights)
+        names = _names(f"fpr_segment_{_key(seg_name)}_", rates)
         for value, rate in rates.items():
-            _put(out, f"fpr_segment_{_key(seg_name)}_{_key(value)}", rate)
+            _put(out, names[value], rate)
     if families is not None:
         if y_pred is None:
             fams = {k: math.nan for k in _groups(families, y.size, "families") if k != HUMAN_FAMILY}
         else:
             fams = recall_by_family(families, y_pred, sample_weight=weights)
+        names = _names("recall_family_", fams)
         for family, rate in fams.items():
-            _put(out, f"recall_family_{_key(family)}", rate)
+            _put(out, names[family], rate)
     return out
