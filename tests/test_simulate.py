@@ -579,6 +579,12 @@ def test_bad_parameters_raise_named_errors(params):
                            (nested("labels", user_report_extra_mean=-1.0), "user_report_extra_mean"),
                            (nested("labels", appeal_delay_days=-3.0), "appeal_delay_days"),
                            ({**params, "signup_growth": 0.0}, "signup_growth"),
+                           # sums of 1, but a negative weight lowers every later cut-off of the draw
+                           ({**params, "country_weights": {"US": 1.0, "GB": -0.5, "JP": 0.5}}, "country_weights"),
+                           (nested("humans", event_type_weights={**params["humans"]["event_type_weights"],
+                                                                 "like": -0.1}), "event_type_weights"),
+                           (nested("labels", investigator_weights={**params["labels"]["investigator_weights"],
+                                                                   "mimic": -1.0}), "investigator_weights"),
                            ({**params, "prevalence": 0.5, "family_shares": {f: float(f == "botnet") for f in
                                                                            params["family_shares"]}}, "botnet")):
         with pytest.raises(SimulationParamsError, match=named):
@@ -738,6 +744,33 @@ def test_human_timed_botnets_burst_in_the_human_day_the_others_around_the_clock(
     bots = scripted["ev"][scripted["ev"][t.FAMILY] == "botnet"]
     per_minute = bots.groupby(bots[t.EVENT_TS].dt.floor("min"))[t.ACCOUNT_ID].nunique()
     assert per_minute.max() >= 5
+
+
+def test_human_sessions_of_the_evening_before_spill_into_the_first_day(spark, params):
+    """UTC+0 accounts whose sessions all start at 23:xx local: every event in UTC hour 0 is a session of the
+    evening before, on the first day as on the next."""
+    late = [0.0] * 23 + [1.0]
+    humans = {**params, "prevalence": 0.0, "country_weights": {"GB": 1.0},
+              "humans": {**params["humans"], "hour_weights_weekday": late, "hour_weights_weekend": late}}
+    events = simulate_platform(spark, accounts=1000, days=2, seed=1, start_date=START, params=humans)[t.EVENTS]
+    ts = events.select(t.EVENT_TS).toPandas()[t.EVENT_TS]
+    day = (ts - pd.Timestamp(START)).dt.days
+    per_day = [int(((ts.dt.hour == 0) & (day == d)).sum()) for d in range(2)]
+    assert per_day[1] > 100
+    assert per_day[0] > 0.5 * per_day[1], per_day
+
+
+def test_a_scheduled_bots_dominant_type_has_the_configured_share(spark, params):
+    shares = {f: float(f == "scheduled") for f in params["family_shares"]}
+    for dominant_share in (0.5, 0.9):
+        sched = {**params, "prevalence": 0.3, "family_shares": shares,
+                 "scheduled": {**params["scheduled"], "dominant_share": dominant_share, "periods_min": [15]}}
+        tables = simulate_platform(spark, accounts=200, days=3, seed=2, start_date=START, params=sched)
+        scheduled = tables[t.TRUTH].where(F.col(t.FAMILY) == "scheduled").select(t.ACCOUNT_ID)
+        pdf = tables[t.EVENTS].join(scheduled, t.ACCOUNT_ID, "left_semi").select(t.ACCOUNT_ID, t.EVENT_TYPE).toPandas()
+        bots = pdf.groupby(t.ACCOUNT_ID)[t.EVENT_TYPE].agg(lambda s: s.value_counts(normalize=True).iloc[0])
+        assert len(bots) > 30
+        assert abs(bots.mean() - dominant_share) < 0.03, (dominant_share, bots.mean())
 
 
 def test_cyborg_phases_that_start_the_evening_before_spill_into_the_first_day(spark, params):

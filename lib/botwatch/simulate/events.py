@@ -96,11 +96,11 @@ def session_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
         acc.DC_IP, t.SIGNUP_IP_HASH,
     )
     # Local days -1..days cover the whole UTC window for every time zone; the surplus is cut at the end.
+    # Day -1 stays even where it ends by the window's start (UTC+0, +1): its late sessions run past midnight.
     df = df.select("*", F.explode(F.sequence(F.lit(-1).cast("long"), F.lit(plan.days).cast("long"))).alias(_D))
     day_start = F.lit(float(plan.start_s)) + d * F.lit(DAY_S) - F.col(acc.UTC_OFFSET) * F.lit(3600)
     df = df.withColumn("day_start", day_start).filter(
         (F.col("day_start") + F.lit(DAY_S) > F.col(acc.ACTIVE_FROM_S))
-        & (F.col("day_start") + F.lit(DAY_S) > F.lit(plan.start_s))
         & (F.col("day_start") < F.lit(plan.end_s))
     )
     df = df.withColumn("_weekend", F.pmod(F.lit(plan.start_date.weekday()) + d, F.lit(7)) >= F.lit(5))
@@ -265,7 +265,10 @@ def slot_events(plan: Plan, profile_df: DataFrame) -> DataFrame:
         "_u_other", uniform(sid, "other_type", aid, d, k)
     )
     dominant = choose(F.col("_u_dominant"), [("post", 0.6), ("like", 0.25), ("comment", 0.15)])
-    other = choose(F.col("_u_other"), [(e, 1.0) for e in t.EVENT_TYPES])
+    # Any type but the dominant one, so dominant_share is the dominant type's share.
+    types = F.array(*[F.lit(e) for e in t.EVENT_TYPES])
+    pick = F.floor(F.col("_u_other") * F.lit(len(t.EVENT_TYPES) - 1)).cast("int") + F.lit(1)
+    other = F.element_at(types, pick + (pick >= F.array_position(types, dominant)).cast("int"))
     sched_type = F.when(uniform(sid, "is_dominant", aid, d, k) < F.lit(plan.f("scheduled.dominant_share")), dominant)
     event_type = F.when(scheduled, sched_type.otherwise(other)).otherwise(F.lit("post"))
     ip = F.when(scheduled, F.col(t.SIGNUP_IP_HASH)).otherwise(F.col(acc.DC_IP))

@@ -257,9 +257,10 @@ def _validate(plan: Plan) -> None:
         )
     countries = plan.p("country_weights")
     unknown = sorted(set(countries) - set(t.COUNTRY_UTC_OFFSET))
-    if unknown or not countries or sum(float(v) for v in countries.values()) <= 0:
+    if unknown or not countries or any(float(v) < 0 for v in countries.values()) or sum(
+            float(v) for v in countries.values()) <= 0:
         raise SimulationParamsError(
-            f"simulate parameter 'country_weights' needs positive weights for countries among "
+            f"simulate parameter 'country_weights' needs non-negative weights (a positive sum) for countries among "
             f"{sorted(t.COUNTRY_UTC_OFFSET)}; unknown: {unknown}"
         )
     for key in ("humans.hour_weights_weekday", "humans.hour_weights_weekend"):
@@ -269,10 +270,17 @@ def _validate(plan: Plan) -> None:
                 f"simulate parameter '{key}' must be 24 non-negative weights (local hours 0-23)"
             )
     types = plan.p("humans.event_type_weights")
-    if set(types) - set(t.EVENT_TYPES) or sum(float(v) for v in types.values()) <= 0:
+    if set(types) - set(t.EVENT_TYPES) or any(float(v) < 0 for v in types.values()) or sum(
+            float(v) for v in types.values()) <= 0:
         raise SimulationParamsError(
-            f"simulate parameter 'humans.event_type_weights' must weigh event types among {list(t.EVENT_TYPES)}"
+            f"simulate parameter 'humans.event_type_weights' must weigh event types among {list(t.EVENT_TYPES)} "
+            "(non-negative, a positive sum)"
         )
+    # A negative weight would lower every later cut-off of the cumulative draw (or a probability) silently.
+    investigated = {f: plan.f(f"labels.investigator_weights.{f}") for f in t.BOT_FAMILIES}
+    if any(w < 0 for w in investigated.values()):
+        raise SimulationParamsError(
+            f"simulate parameter 'labels.investigator_weights' must be non-negative: {investigated}")
     periods = [int(p) for p in plan.p("scheduled.periods_min")]
     if not periods or any(p <= 0 or 1440 % p for p in periods):
         raise SimulationParamsError(
