@@ -321,12 +321,18 @@ def test_a_shared_graph_must_match_the_run_and_its_scratch_files_go_when_the_ste
     edges = spark.createDataFrame([(1, 2, None), (2, 3, None)], "src long, dst long, created_at timestamp")
     accounts = spark.createDataFrame([(1,), (2,), (3,)], "account_id long")
     root = spark.conf.get("spark.checkpoint.dir")
-    # What a killed driver leaves: swept by the next run once a day old, not before.
-    stale, recent = (os.path.join(root, f"features-2024-05-{d}-{'ab' * 16}") for d in ("08", "09"))
-    for folder in (stale, recent):
+    # What a killed driver leaves: swept by the next run once a day old, not before. Another run's folder in
+    # use, whose own time says 1970 (S3A gives folders the time 0) but whose files are new, stays.
+    stale, recent, busy = (os.path.join(root, f"features-2024-05-{d}-{'ab' * 16}") for d in ("08", "09", "07"))
+    for folder in (stale, recent, busy):
         os.makedirs(os.path.join(folder, "pairs"))
     two_days_ago = time.time() - 48 * 3600
+    old_file = os.path.join(stale, "pairs", "part-0.parquet")
+    open(old_file, "wb").close()
+    os.utime(old_file, (two_days_ago, two_days_ago))
     os.utime(stale, (two_days_ago, two_days_ago))
+    open(os.path.join(busy, "pairs", "part-0.parquet"), "wb").close()
+    os.utime(busy, (0, 0))
     with pytest.raises(RuntimeError, match="boom"):
         with scratch_frames(spark, warehouse, "test-scratch") as materialize:
             context = graph_context(edges, D, 10, materialize=materialize)
@@ -340,8 +346,9 @@ def test_a_shared_graph_must_match_the_run_and_its_scratch_files_go_when_the_ste
                 graph_features(None, accounts, D, context=context)
             raise RuntimeError("boom")  # a failed step still deletes its scratch files
     assert not [p for p in os.listdir(root) if p.startswith("test-scratch-")]
-    assert not os.path.exists(stale) and os.path.isdir(recent)
+    assert not os.path.exists(stale) and os.path.isdir(recent) and os.path.isdir(busy)
     shutil.rmtree(recent)
+    shutil.rmtree(busy)
     with pytest.raises(ValueError, match="pass the edges or a GraphContext"):
         graph_features(None, accounts, D)
 

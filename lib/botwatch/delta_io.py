@@ -173,15 +173,24 @@ _SCRATCH_NAME = re.compile(r".+-[0-9a-f]{32}")  # <label>-<uuid hex>; Spark's ow
 
 
 def _delete_stale_scratch(spark: SparkSession, root: str) -> None:
-    """Delete scratch folders under ``root`` older than :data:`SCRATCH_MAX_AGE_HOURS`."""
+    """Delete scratch folders under ``root`` unchanged for :data:`SCRATCH_MAX_AGE_HOURS`: neither the
+    folder nor any file in it is newer. The files decide because object stores (S3A) give every
+    folder the time 0: by the folder's own time another run's folder in use would go."""
     fs, jpath = hadoop_fs(spark, root)
     if not fs.exists(jpath):
         return
     cutoff_ms = (time.time() - SCRATCH_MAX_AGE_HOURS * 3600) * 1000
     for status in fs.listStatus(jpath):
         path = status.getPath()
-        stale = status.getModificationTime() < cutoff_ms
-        if status.isDirectory() and stale and _SCRATCH_NAME.fullmatch(path.getName()):
+        if not (status.isDirectory() and _SCRATCH_NAME.fullmatch(path.getName())):
+            continue
+        if status.getModificationTime() >= cutoff_ms:
+            continue
+        files = fs.listFiles(path, True)
+        in_use = False
+        while files.hasNext() and not in_use:
+            in_use = files.next().getModificationTime() >= cutoff_ms
+        if not in_use:
             fs.delete(path, True)
 
 
