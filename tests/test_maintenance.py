@@ -119,3 +119,29 @@ def test_tables_the_inputs_replace_are_vacuumed_and_event_partitions_optimized_b
     assert t.EVENT_DATE in predicate and D.isoformat() in predicate
     assert sorted((Path(wh) / t.EVENTS / f"{t.EVENT_DATE}={PREVIOUS}").glob("*.parquet")) == previous_files
     assert len(list((Path(wh) / t.EVENTS / f"{t.EVENT_DATE}={D}").glob("*.parquet"))) == 1
+
+
+def test_an_optimize_that_loses_to_another_dates_commit_is_tried_again(spark, tmp_path, monkeypatch):
+    """A rerun of D-3 replacing files the OPTIMIZE of D compacts: Delta refuses the OPTIMIZE's commit. It
+    changes no data, so it runs again instead of failing D's publish after D was published."""
+    from delta.exceptions import ConcurrentDeleteReadException
+
+    wh = str(tmp_path / "wh")
+    _write_day(spark, wh, OTHER, 0.0)
+    _write_day(spark, wh, D, 0.0)
+    expected = spark.createDataFrame(read_table(spark, wh, t.SCORES).collect(), read_table(spark, wh, t.SCORES).schema)
+    real_sql, optimizes = spark.sql, []
+
+    def sql(statement, *args, **kwargs):
+        if statement.startswith("OPTIMIZE"):
+            optimizes.append(statement)
+            if len(optimizes) == 1:
+                raise ConcurrentDeleteReadException("injected: another writer removed a file this read")
+        return real_sql(statement, *args, **kwargs)
+
+    monkeypatch.setattr(spark, "sql", sql)
+    assert maintain(spark, wh, D, {**PARAMS, "vacuum_every_days": 0}) == {"optimized": [t.SCORES], "vacuumed": []}
+    assert len(optimizes) == 2
+    for day in (D, OTHER):  # compacted: one file each in the table now (the old ones await VACUUM)
+        assert len(read_table(spark, wh, t.SCORES).where(f"{t.RUN_DATE} = '{day}'").inputFiles()) == 1
+    assert_df_equality(read_table(spark, wh, t.SCORES), expected, ignore_row_order=True)

@@ -19,7 +19,7 @@ from typing import cast
 from pyspark.sql import Row, SparkSession
 
 from botwatch import tables as t
-from botwatch.delta_io import commit_metadata, table_exists
+from botwatch.delta_io import commit_metadata, retried_commit, table_exists
 from botwatch.spark import session_conf
 
 DELTA_MIN_RETENTION_HOURS = 168  # Delta refuses a shorter VACUUM retention unless its check is off
@@ -46,7 +46,11 @@ def optimize(spark: SparkSession, warehouse: str, table: str, run_date: dt.date,
     first = run_date - dt.timedelta(days=days - 1)
     where = f" WHERE {part} BETWEEN '{first.isoformat()}' AND '{run_date.isoformat()}'" if part in (
         DATE_PARTITIONS) else ""
-    spark.sql(f"OPTIMIZE delta.`{path}`{where} ZORDER BY ({t.ACCOUNT_ID})")
+    statement = f"OPTIMIZE delta.`{path}`{where} ZORDER BY ({t.ACCOUNT_ID})"
+    # Another date's run may rewrite files it compacts (a rerun's scores, the embedding cache's MERGE):
+    # it changes no data, so it is simply tried again on the table as it now is.
+    retried_commit(lambda: spark.sql(statement), f"compacting {table} on {run_date}", table,
+                   "rerun the publish step")
 
 
 def listing_parallelism(spark: SparkSession, configured: int | None) -> int:
