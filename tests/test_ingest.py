@@ -21,6 +21,7 @@ from deltalake import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from botwatch import ingest
 from botwatch import tables as t
 from botwatch.config import PROJECT_ROOT
 from botwatch.delta_io import read_table
@@ -505,7 +506,6 @@ def _small_inputs(tmp_path, accounts, edges=None):
 
 
 def test_ingest_without_labels_and_a_failed_write(spark, tmp_path, monkeypatch):
-    from botwatch import ingest
     from botwatch.validate import check_schemas
 
     # Two edges: 1 -> 2 and a self-follow.
@@ -579,7 +579,7 @@ def test_file_uris_stay_uris_for_spark(spark, tmp_path):
     assert read_table(spark, wh, t.EVENTS).agg(F.min(t.EVENT_TS)).first()[0] == datetime(2024, 6, 29, 8)
 
 
-def test_int96_timestamps_and_a_delta_table_folder_load(spark, tmp_path):
+def test_int96_timestamps_and_a_delta_table_folder_load(spark, tmp_path, monkeypatch):
     """Hive, Impala and Spark write Parquet timestamps as INT96, which pyarrow reports as nanoseconds: they are
     Spark's to read, not nanoseconds to convert. A local folder that is a Delta table is read as Delta, its
     current version: as Parquet it would also hold the rows an overwrite removed."""
@@ -606,6 +606,12 @@ def test_int96_timestamps_and_a_delta_table_folder_load(spark, tmp_path):
         i: _account(i)[t.CREATED_AT] for i in (1, 2)}
     assert [r[0] for r in read_table(spark, wh, t.EVENTS).select(t.EVENT_TS).distinct().collect()] == [
         datetime(2024, 6, 29, 8)]
+    # The same table on a cluster's file system (hdfs:, s3a:, dbfs:): found by Spark, not by a local look.
+    monkeypatch.setattr(ingest, "_is_local", lambda path: str(events) not in path)
+    assert resolve_input(t.EVENTS, str(events)) == (str(events), "parquet")
+    wh2 = str(tmp_path / "wh2")
+    got = ingest_files(spark, wh2, **{**paths, t.EVENTS: str(events)}, labels=None, run_date=RUN, echo=lambda _: None)
+    assert got[t.EVENTS][ROWS_LOADED] == 2 and read_table(spark, wh2, t.EVENTS).count() == 2
 
 
 def test_a_malformed_csv_line_beside_a_typed_extra_column_is_quarantined(spark, tmp_path):

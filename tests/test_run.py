@@ -129,6 +129,20 @@ def test_validate_checks_labels_that_land_after_the_day_they_are_dated(spark, wa
     assert validate_inputs(spark, warehouse, D)["quarantined"]["labels"] == 0
 
 
+def test_validate_checks_undated_edges(spark, warehouse):
+    """An edge without created_at is in every date's graph but of no day's rows: validate checks it every
+    night (a follow of an account that does not exist would count in its follower's degree)."""
+    edges = [(1, 2, ts(dt.date(2025, 7, 1))), (1, 999, None), (2, 1, None), (3, 1, ts(D, 5))]
+    write_inputs(spark, warehouse, edges=edges)
+    got = validate_inputs(spark, warehouse, D)
+    assert got["counts"]["edges"] == 1 and got["quarantined"]["edges"] == 1
+    q = read_table(spark, warehouse, t.QUARANTINE).where(F.col(t.TABLE) == t.EDGES).toPandas()
+    assert list(q[t.REASON]) == ["unknown_account"] and json.loads(q[t.ROW_JSON][0])[t.DST] == 999
+    assert sorted(map(tuple, read_table(spark, warehouse, t.EDGES).select(t.SRC, t.DST).collect())) == [
+        (1, 2), (2, 1), (3, 1)]
+    assert validate_inputs(spark, warehouse, D)["quarantined"]["edges"] == 0
+
+
 def test_validate_keeps_a_producers_extra_columns_when_it_rewrites_the_days_events(spark, warehouse):
     write_inputs(spark, warehouse)
     # A dot in a name is allowed in Delta; as a bare string Spark reads it as a struct's field.

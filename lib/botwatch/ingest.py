@@ -455,6 +455,14 @@ def _is_delta_table(folder: str) -> bool:
     return os.path.isdir(log) and any(n.endswith(".json") for n in os.listdir(log))
 
 
+def _is_remote_delta_table(spark: SparkSession, path: str) -> bool:
+    """A cluster folder (hdfs:, s3a:, dbfs:) that is a Delta table: read as Parquet, it would also hold the
+    files later versions removed."""
+    from delta.tables import DeltaTable
+
+    return DeltaTable.isDeltaTable(spark, path)
+
+
 def _file_format(table: str, path: str) -> str:
     lower = path.lower().rstrip("/")
     if lower.endswith(CSV_SUFFIXES):
@@ -604,7 +612,7 @@ def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_colum
             schema = T.StructType([T.StructField(c, T.StringType()) for c in [*header, _CORRUPT]])
             df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")
                   .option("columnNameOfCorruptRecord", _CORRUPT).csv(path))
-        elif fmt == DELTA:
+        elif fmt == DELTA or (not _is_local(path) and _is_remote_delta_table(spark, path)):
             df = spark.read.format("delta").load(path)
         else:
             df = spark.read.parquet(path)

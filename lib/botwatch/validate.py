@@ -70,11 +70,18 @@ def _rows_of_day(table: str, run_date: dt.date) -> Column:
     raise ValueError(f"no day filter for table {table!r}")
 
 
+# Tables whose earlier or undated rows validate checks too (their rows of D alone are counted).
+CHECKS_EARLIER_ROWS = (t.LABELS, t.EDGES)
+
+
 def _rows_to_check(table: str, run_date: dt.date) -> Column:
     """The rows validate checks for D: D's new rows; for labels, every label up to D too (a verdict dated
-    an earlier day often lands later, after that day's run; the table is small), and any undated one."""
+    an earlier day often lands later, after that day's run; the table is small), and any undated one;
+    for edges, any undated one (every date's graph holds it, and no day's rows would)."""
     if table == t.LABELS:
         return F.col(t.LABELED_AT).isNull() | (F.to_date(F.col(t.LABELED_AT)) <= F.lit(run_date))
+    if table == t.EDGES:
+        return F.col(t.CREATED_AT).isNull() | _rows_of_day(table, run_date)
     return _rows_of_day(table, run_date)
 
 
@@ -160,7 +167,8 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
                           known_accounts=known, event_date=run_date if table == t.EVENTS else None,
                           keep_extras=extras)
         # Counts and the bad share are of D's rows; earlier rows' bad ones (late labels) are moved too.
-        of_day = F.coalesce(_rows_of_day(table, run_date), F.lit(False)) if table == t.LABELS else F.lit(True)
+        of_day = F.coalesce(_rows_of_day(table, run_date), F.lit(False)) if table in CHECKS_EARLIER_ROWS else (
+            F.lit(True))
         found = tagged.groupBy(_REASON, of_day.alias("of_day")).count().collect()
         reasons = {r[0]: r[2] for r in found if r[1]}
         late = {r[0]: r[2] for r in found if not r[1]}
@@ -182,10 +190,11 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
             )
         bad = {k: v for k, v in reasons.items() if k is not None}
         quarantined[table] = sum(bad.values()) + sum(late_bad.values())
-        # The same stop for the earlier rows (labels): a renamed source or an accounts export that lost
-        # accounts would otherwise move the label history out night after night.
+        # The same stop for the earlier or undated rows (labels, edges): a renamed source or an accounts
+        # export that lost accounts would otherwise move the label history out night after night.
         for rows, bad_rows, which in ((counts[table], bad, f"rows of {run_date}"),
-                                      (sum(late.values()), late_bad, f"rows dated before {run_date}")):
+                                      (sum(late.values()), late_bad, "undated rows" if table == t.EDGES
+                                       else f"rows dated before {run_date} or undated")):
             _stop_if_mostly_bad(table, which, rows, bad_rows, max_bad_share, bad_share_min_rows)
         tagged_by_table[table] = tagged
     for table, tagged in tagged_by_table.items():
