@@ -414,6 +414,28 @@ def test_model_inputs_are_doubles_with_nan_for_missing(spark):
     pd.testing.assert_frame_equal(got.toPandas(), want)
 
 
+def test_infinite_or_huge_features_are_scored_as_missing(spark):
+    """An ingested inf (a producer's division by zero) or a double beyond float32: XGBoost refused the
+    whole scoring task ("Input data contains 'inf' or a value too large"). Such a value is missing."""
+    import xgboost as xgb
+
+    from botwatch.models.stage1 import booster_bytes, score_frame
+
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 2))
+    booster = xgb.train({"objective": "binary:logistic", "nthread": 1}, xgb.DMatrix(x, (x[:, 0] > 0.5) * 1.0), 5)
+    rows = [(1, float("nan"), 0.4), (2, float("inf"), 0.4), (3, 1e39, 0.4), (4, -float("inf"), 0.4), (5, 0.9, 0.4),
+            (6, 3.0e38, 0.4)]
+    df = spark.createDataFrame(rows, "account_id long, f0 double, f1 double")
+    inputs = df.select(*as_model_input(["f0", "f1"])).toPandas()
+    assert inputs["f0"].isna().tolist() == [True, True, True, True, False, False]
+    got = {r["account_id"]: r["stage1_score"] for r in score_frame(
+        df, booster_bytes(booster), ["f0", "f1"], PlattCalibration(), reason_codes=0).collect()}
+    want = booster.predict(xgb.DMatrix(np.array([[np.nan, 0.4], [0.9, 0.4], [3.0e38, 0.4]])))
+    assert got[1] == got[2] == got[3] == got[4] == pytest.approx(float(want[0]), abs=1e-6)
+    assert got[5] == pytest.approx(float(want[1]), abs=1e-6) and got[6] == pytest.approx(float(want[2]), abs=1e-6)
+
+
 def test_evaluation_rows_and_their_bootstrap_do_not_depend_on_sparks_row_order(spark, tmp_path):
     """The bootstrap draws rows by position: the same rows in another partition order gave other
     intervals for a seeded run. Collected rows come in account order."""

@@ -42,12 +42,19 @@ def feature_columns(df: DataFrame, exclude: Sequence[str] = ()) -> list[str]:
     return [f.name for f in df.schema.fields if isinstance(f.dataType, numeric) and f.name not in skip]
 
 
+# XGBoost reads features as float32 and refuses inf or anything beyond this (the whole scoring task fails).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def as_model_input(cols: Sequence[str]) -> list[Column]:
-    """Features as doubles with nulls turned into NaN (XGBoost's missing value).
+    """Features as doubles with nulls, infinities and values beyond float32 turned into NaN (XGBoost's
+    missing value; the heavy model counts inf as missing too): one account's inf attribute must not fail
+    the night's scoring.
 
     Written as SQL text: one Py4J call per column, where ``coalesce(col.cast, lit).alias`` takes
     about eight, and a run builds this for a few hundred features several times (BENCHMARKS.md)."""
-    return [F.expr(f"coalesce(cast({q} as double), cast('NaN' as double)) as {q}") for q in map(quoted, cols)]
+    return [F.expr(f"CASE WHEN abs(cast({q} as double)) <= {FLOAT32_MAX!r} THEN cast({q} as double) "
+                   f"ELSE cast('NaN' as double) END as {q}") for q in map(quoted, cols)]
 
 
 @dataclass
