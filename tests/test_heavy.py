@@ -484,6 +484,10 @@ def test_device_resolution():
             assert H.resolve_device("cuda").type == "cpu"
     with pytest.raises(ValueError, match="device"):
         H.HeavyConfig(device="tpu")
+    # 0 would clip every gradient to nothing (no learning, no error), a negative norm flips them
+    for norm in (0.0, -1.0):
+        with pytest.raises(ValueError, match="heavy.max_grad_norm must be > 0"):
+            H.HeavyConfig(max_grad_norm=norm)
 
 
 def test_dense_dropout_drops_both_dense_branches_per_row_in_training_only():
@@ -624,6 +628,18 @@ def test_a_column_that_never_varied_in_training_cannot_move_the_score(data):
     loaded = H.Standardizer.from_dict(json.loads(json.dumps(model.standardizer.to_dict())))
     np.testing.assert_array_equal(loaded.transform(np.array([[500.0, 500.0, 1.0, 4.0]])),
                                   model.standardizer.transform(np.array([[500.0, 500.0, 1.0, 4.0]])))
+
+
+def test_a_large_fractional_constant_is_frozen_too():
+    """700 copies of 123456.789 have a numpy std of ~1.5e-11 (the mean rounds): above an absolute 1e-12, the
+    column was standardised by it, the training value became -1 and any other value +-10."""
+    values = np.c_[np.full(700, 123456.789), np.full(700, 0.7), np.linspace(0.0, 1.0, 700)]
+    assert np.nanstd(values[:, 0]) > 1e-12  # what the absolute test saw
+    s = H.Standardizer.fit(values, ["big", "small", "varied"])
+    assert s.frozen.tolist() == [True, True, False]
+    got = s.transform(np.array([[123456.789, 0.7, 0.5], [123457.789, 9.0, 0.5]]))
+    np.testing.assert_array_equal(got[:, :2], 0.0)
+    np.testing.assert_allclose(got[:, 2], (0.5 - values[:, 2].mean()) / values[:, 2].std(), atol=1e-12)
 
 
 def test_calibration_puts_stage2_on_the_population_scale_and_travels_with_the_model(trained, data, tmp_path):

@@ -110,6 +110,9 @@ class HeavyConfig:
             raise ValueError(f"heavy.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.dense_dropout < 1.0:
             raise ValueError(f"heavy.dense_dropout must be in [0, 1), got {self.dense_dropout}")
+        if not self.max_grad_norm > 0:
+            # torch clips to 0 (no learning at all) or flips the gradients below it
+            raise ValueError(f"heavy.max_grad_norm must be > 0, got {self.max_grad_norm}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"heavy.lr must be > 0 and heavy.weight_decay >= 0, got {self.lr}, {self.weight_decay}")
 
@@ -171,9 +174,13 @@ class Standardizer:
             warnings.simplefilter("ignore", RuntimeWarning)  # all-missing columns
             means = np.nanmean(finite, axis=0) if len(values) else np.zeros(len(columns))
             stds = np.nanstd(finite, axis=0) if len(values) else np.ones(len(columns))
+            # One value where present: compared directly, since the mean of many copies of 123456.789
+            # rounds, and their std comes out ~1e-11, not 0 (the constant then scaled to -1, others to +-10).
+            varied = np.nanmax(finite, axis=0) > np.nanmin(finite, axis=0) if len(values) else np.ones(
+                len(columns), bool)
         always_missing = ~np.isfinite(means)
         never_missing = np.asarray(~np.isnan(finite).any(axis=0) & (len(values) > 0))
-        frozen = ~(np.isfinite(stds) & (stds > 1e-12))
+        frozen = ~(varied & np.isfinite(stds) & (stds > 1e-12 * np.maximum(1.0, np.abs(np.nan_to_num(means)))))
         means = np.where(always_missing, 0.0, means)
         stds = np.where(frozen, 1.0, stds)
         return cls(list(columns), means, stds, frozen, always_missing, never_missing)
