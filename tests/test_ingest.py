@@ -668,6 +668,22 @@ def test_a_csv_folder_whose_files_disagree_on_the_header_is_refused(spark, tmp_p
     assert result[t.EVENTS]["rows_loaded"] == 2
 
 
+def test_events_that_differ_only_in_a_dropped_extra_column_are_two_events(spark):
+    """A bot likes three posts in the same second from one device: the export's target_id tells the likes
+    apart. Ingest drops the column, but judges duplicates with it (as validate does with the columns it
+    keeps), so only the true copy is quarantined."""
+    ts = datetime(2024, 6, 29, 8)
+    rows = [(1, ts, "like", "i", "d", 7), (1, ts, "like", "i", "d", 8), (1, ts, "like", "i", "d", 9),
+            (1, ts, "like", "i", "d", 9), (1, ts, "like", "i", "d", None), (1, ts, "like", "i", "d", None)]
+    df = spark.createDataFrame(rows, "account_id long, event_ts timestamp, event_type string, ip_hash string, "
+                                     "device_id string, target_id long")
+    good, bad = validate_table(df, t.EVENTS, RUN)
+    assert good.count() == 4 and "target_id" not in good.columns
+    q = bad.toPandas()
+    assert list(q[t.REASON]) == [DUPLICATE_EVENT, DUPLICATE_EVENT]
+    assert sorted(str(json.loads(j)["target_id"]) for j in q[t.ROW_JSON]) == ["9", "None"]
+
+
 def test_first_reason_wins_and_bad_column_type_is_an_error(spark):
     schema = "account_id bigint, event_ts timestamp, event_type string, ip_hash string, device_id string"
     ts = datetime(2024, 6, 3, 12)

@@ -28,8 +28,9 @@ A bad row gets the FIRST reason of :data:`REASONS` that applies (only the checks
 
 Timestamps checked are every timestamp column of the contract (``created_at``, ``event_ts``,
 ``labeled_at``). Duplicates are judged on the cast contract columns, so ``"5"`` and ``"5.0"`` are
-the same id. ``row_json`` keeps every input column, dropped extras included, so nothing is lost.
-Inputs are read as found: CSV as text (cast explicitly here, never inferred), Parquet with its
+the same id, and for events on their extra columns too, dropped ones included (two likes in one
+second with different target ids are two events). ``row_json`` keeps every input column, dropped
+extras included, so nothing is lost. Inputs are read as found: CSV as text (cast explicitly here, never inferred), Parquet with its
 own types, including pandas' nanosecond timestamps.
 
 Usage::
@@ -334,12 +335,16 @@ def tag_rows(
         corrupt = named_col(_CORRUPT)
         row_json = F.when(corrupt.isNotNull(), F.to_json(F.struct(corrupt), options)).otherwise(row_json)
     malformed = f"{_P}malformed"
+    # Events: every extra column (those dropped too) tells two events apart; compared as one JSON value.
+    extras = [c for c in [*kept, *dropped] if c != _CORRUPT] if table == t.EVENTS else []
+    extras_json = f"{_P}extras"
     rows = df.select(
         row_json.alias(_JSON),
         (named_col(_CORRUPT).isNotNull() if _CORRUPT in df.columns else F.lit(False)).alias(malformed),
         *[raw[f.name].alias(f"{_P}raw_{f.name}") for f in fields],
         *[cast[f.name].alias(f.name) for f in fields],
         *[named_col(c) for c in kept],
+        *([F.to_json(F.struct(*map(named_col, extras)), options).alias(extras_json)] if extras else []),
     )
     raw_of = {f.name: F.col(f"{_P}raw_{f.name}") for f in fields}
 
@@ -378,7 +383,7 @@ def tag_rows(
     if table == t.EVENTS:
         # A duplicate is the same event in every column it carries: two likes in one second that
         # differ only in a producer's extra column (a target id) are two events.
-        extra_key = [F.to_json(F.struct(*[named_col(c) for c in kept]))] if kept else []
+        extra_key = [F.col(extras_json)] if extras else []
         tagged = _mark_duplicates(tagged, [F.col(f.name) for f in fields] + extra_key, DUPLICATE_EVENT)
     if table == t.ACCOUNTS:
         tagged = _mark_duplicates(tagged, [F.col(t.ACCOUNT_ID)], DUPLICATE_ACCOUNT)
