@@ -30,8 +30,8 @@ Timestamps checked are every timestamp column of the contract (``created_at``, `
 ``labeled_at``). Duplicates are judged on the cast contract columns, so ``"5"`` and ``"5.0"`` are
 the same id, and for events on their extra columns too, dropped ones included (two likes in one
 second with different target ids are two events). ``row_json`` keeps every input column, dropped
-extras included, so nothing is lost. Inputs are read as found: CSV as text (cast explicitly here, never inferred), Parquet with its
-own types, including pandas' nanosecond timestamps.
+extras included, so nothing is lost. Inputs are read as found: CSV as text (cast explicitly here,
+never inferred), Parquet with its own types, including pandas' nanosecond timestamps.
 
 Usage::
 
