@@ -124,11 +124,13 @@ def approx_quantiles(df: DataFrame, cols: Sequence[str], probs: Sequence[float],
 
 
 def _with_point_masses(values: Sequence[float]) -> list[float]:
-    """The distinct ``values``, plus the next double above each one that repeats: left-closed bins
-    then hold a repeated value (a point mass) alone."""
-    repeated = {float(v) for v, n in Counter(values).items() if n > 1}
-    above = {math.nextafter(v, math.inf) for v in repeated if math.isfinite(v)}
-    return sorted({float(v) for v in values} | {v for v in above if math.isfinite(v)})
+    """The distinct finite ``values``, plus the next double above each one that repeats: left-closed
+    bins then hold a repeated value (a point mass) alone. An infinite quantile (an ingested inf) is no
+    edge: +-inf fall in the outer bins, and Spark's Bucketizer refuses a split repeated at the ends."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    repeated = {v for v, n in Counter(finite).items() if n > 1}
+    above = {math.nextafter(v, math.inf) for v in repeated}
+    return sorted(set(finite) | {v for v in above if math.isfinite(v)})
 
 
 def fine_edges(quantiles: Sequence[float]) -> list[float]:

@@ -40,7 +40,8 @@ def stratified_estimate(sizes: Sequence[int], labelled: Sequence[int], bots: Seq
     """Stratified estimate from per-stratum population sizes ``N_h``, labelled sample sizes
     ``n_h`` and bot counts ``y_h``: ``estimate``, ``se``, ``low``, ``high`` (95 %, clipped to
     [0, 1]), ``n`` and ``srs_se`` — the standard error a simple random sample of the same size
-    would have at this prevalence — and ``design_effect`` (variance ratio stratified / SRS)."""
+    would have at this prevalence — and ``design_effect`` (variance ratio stratified / SRS, both
+    from the sample's own shares)."""
     N_h = np.asarray(sizes, dtype=float)
     n_h = np.asarray(labelled, dtype=float)
     y_h = np.asarray(bots, dtype=float)
@@ -56,9 +57,14 @@ def stratified_estimate(sizes: Sequence[int], labelled: Sequence[int], bots: Seq
     var = float(np.sum(W[keep] ** 2 * fpc * _shrunk_var(y_h[keep], n_h[keep]) / n_h[keep]))
     se = math.sqrt(var)
     srs_se = srs_standard_error(p, int(n), N)
+    # The design effect compares like with like: both variances from the sample's own shares (the
+    # shrinkage that keeps the interval honest pulls a big 0-of-57 stratum to 0.009, and would read
+    # as no saving at all).
+    p_h = y_h[keep] / n_h[keep]
+    plain_var = float(np.sum(W[keep] ** 2 * fpc * p_h * (1 - p_h) / np.maximum(n_h[keep] - 1.0, 1.0)))
     return {
         "estimate": p, "se": se, "low": max(0.0, p - Z95 * se), "high": min(1.0, p + Z95 * se), "n": float(n),
-        "srs_se": srs_se, "design_effect": var / srs_se**2 if srs_se > 0 else math.nan,
+        "srs_se": srs_se, "design_effect": plain_var / srs_se**2 if srs_se > 0 else math.nan,
     }
 
 
