@@ -489,14 +489,19 @@ def test_teacher_targets_blend_labels_with_in_process_heavy_scores(spark, cascad
     assert got[TEACHER_SCORE].notna().all()
     wl, wt = cconf["cascade.distill_label_weight"], cconf["cascade.distill_teacher_weight"]
     np.testing.assert_allclose(got[DISTILL_TARGET], (wl * got[t.LABEL] + wt * got[TEACHER_SCORE]) / (wl + wt))
-    # The teacher's scores equal the heavy model's in-process scores of the same inputs.
+    # The teacher's scores equal the heavy model's in-process scores of the same inputs, before the
+    # calibration to the population's bot share: on the labels' scale, which they are blended with.
     model = teacher.load("cpu")
+    assert model.calibration != (1.0, 0.0)
     inputs = artifact_inputs(spark, warehouse_path(cconf), valid.dropDuplicates([t.ACCOUNT_ID, t.RUN_DATE]),
                              teacher).toPandas()
-    want = inputs.assign(s=model.predict(inputs))[[t.ACCOUNT_ID, t.RUN_DATE, "s"]]
+    uncalibrated = dataclasses.replace(model, calibration=(1.0, 0.0))
+    want = inputs.assign(s=uncalibrated.predict(inputs))[[t.ACCOUNT_ID, t.RUN_DATE, "s"]]
     both = got.merge(want, on=[t.ACCOUNT_ID, t.RUN_DATE])
     assert len(both) == len(got)
     np.testing.assert_allclose(both[TEACHER_SCORE], both["s"], atol=1e-6)
+    # ... so they read like the labels: their mean is near the labelled rows' bot share, not the population's.
+    assert abs(got[TEACHER_SCORE].mean() - got[t.LABEL].mean()) < 0.25 < got[t.LABEL].mean()
     stage1 = registry.champion(spark, warehouse_path(cconf), "stage1_xgb")
     assert stage1["metrics"]["distilled"] == 1.0
 

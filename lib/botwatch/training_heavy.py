@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import functools
+import json
 import math
 import tempfile
 import warnings
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from botwatch import registry
@@ -230,10 +231,12 @@ def train_heavy_stage(
     ), decision, compared_with=champion)
     own_scores = None
     if decision.promote:
-        # Only a champion teaches stage 1: a refused challenger's training rows are not scored.
+        # Only a champion teaches stage 1: a refused challenger's training rows are not scored. Its
+        # scores before calibration: blended with labels, they must be on the labels' scale.
         keys = [t.ACCOUNT_ID, t.RUN_DATE]
-        own_scores = pd.concat([train_pdf[keys].assign(**{TEACHER_SCORE: model.predict(train_pdf)}),
-                                valid_pdf[keys].assign(**{TEACHER_SCORE: valid_score})], ignore_index=True)
+        uncalibrated = dataclasses.replace(model, calibration=(1.0, 0.0))
+        own_scores = pd.concat([train_pdf[keys].assign(**{TEACHER_SCORE: uncalibrated.predict(train_pdf)}),
+                                valid_pdf[keys].assign(**{TEACHER_SCORE: raw_valid})], ignore_index=True)
     return HeavyTrainResult(version, decision.promote, decision.reason, metrics, threshold, own_scores)
 
 
@@ -281,18 +284,21 @@ def teacher_targets(
     spark: SparkSession, warehouse: str, teacher: HeavyArtifact, params: CascadeParams, settings: InferenceSettings,
     known_scores: pd.DataFrame | None = None,
 ) -> Callable[[DataFrame], DataFrame]:
-    """A function adding ``teacher_score`` (the heavy champion's score) and ``distill_target``
-    (``(wl * label + wt * teacher_score) / (wl + wt)``) to training rows.
+    """A function adding ``teacher_score`` (the heavy champion's probability before its calibration to
+    the population's bot share: on the labels' scale, which it is blended with) and ``distill_target``
+    (``(wl * label + wt * teacher_score) / (wl + wt)``) to training rows. Calibrated, a teacher 90 % sure
+    a labelled human is a bot read 0.11, and its disagreements with the labels all but vanished.
 
-    ``known_scores`` (``account_id``, ``run_date``, ``teacher_score``): the teacher's scores of
-    these rows computed in process when it was just trained on them; rows it lacks are scored
-    through Spark as without it."""
+    ``known_scores`` (``account_id``, ``run_date``, ``teacher_score``): the teacher's uncalibrated
+    scores of these rows computed in process when it was just trained on them; rows it lacks are
+    scored through Spark as without it."""
     wl, wt = params.distill_label_weight, params.distill_teacher_weight
     if wl < 0 or wt < 0 or wl + wt <= 0:
         raise ValueError(f"cascade.distill_label_weight / distill_teacher_weight must be >= 0 with a positive sum, "
                          f"got {wl}, {wt}")
 
     key = [t.ACCOUNT_ID, t.RUN_DATE]
+    calibration = json.loads(teacher.meta_json).get("calibration") or (1.0, 0.0)
     known = None
     if known_scores is not None and len(known_scores):
         known = F.broadcast(spark.createDataFrame(
@@ -307,12 +313,24 @@ def teacher_targets(
             keys = keys.join(known, key, "left_anti")
         if not parts or not keys.isEmpty():
             scored = score_heavy(artifact_inputs(spark, warehouse, keys, teacher), teacher, settings, keep=tuple(key))
-            parts.append(scored.select(*key, F.col(t.STAGE2_SCORE).alias(TEACHER_SCORE)))
+            parts.append(scored.select(*key, uncalibrated_score(F.col(t.STAGE2_SCORE), calibration).alias(
+                TEACHER_SCORE)))
         out = rows.join(functools.reduce(DataFrame.unionByName, parts), key, "left")
         blended = (F.lit(wl) * F.col(t.LABEL).cast("double") + F.lit(wt) * F.col(TEACHER_SCORE)) / F.lit(wl + wt)
         return out.withColumn(DISTILL_TARGET, F.coalesce(blended, F.col(t.LABEL).cast("double"))).cache()
 
     return add
+
+
+def uncalibrated_score(score: Column, calibration: Sequence[float]) -> Column:
+    """The probability a heavy model's Platt ``calibration`` (a, b) mapped to ``score``: the inverse of
+    ``sigmoid(a * logit(p) + b)``, 0 and 1 kept."""
+    a, b = (float(v) for v in calibration)
+    if (a, b) == (1.0, 0.0) or a <= 0:
+        return score
+    logit = F.log(score) - F.log1p(-score)
+    raw = F.lit(1.0) / (F.lit(1.0) + F.exp(-(logit - F.lit(b)) / F.lit(a)))
+    return F.when(score <= 0, F.lit(0.0)).when(score >= 1, F.lit(1.0)).otherwise(raw)
 
 
 # ---------------------------------------------------------------- flag threshold
