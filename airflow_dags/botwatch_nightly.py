@@ -6,8 +6,10 @@ not a code change). The stage-2 (torch) task runs in the Airflow pool ``gpu``. N
 imported here: the DAG file only names paths and templates.
 
 Every job goes through ``botwatch.nightly`` (date lock, run log, skip when done and inputs are
-unchanged), so clearing a task reruns only what changed; ``catchup=True`` makes Airflow's own
-backfill (``airflow backfill create``) run the dates in order, one DAG run at a time.
+unchanged), so clearing a task reruns only what changed; ``catchup=True`` runs missed nights in
+order, one DAG run at a time. Airflow's own backfill ignores ``max_active_runs`` (its default is 10
+runs at once): run it with ``airflow backfill create ... --max-active-runs 1``, since each date's
+train reads the drift alert of the date before.
 
 Knobs (environment, so that parsing the file stays cheap): ``BOTWATCH_HOME`` (project folder;
 default: this file's parent's parent), ``BOTWATCH_CONF`` (conf file, default ``conf/local.yaml``),

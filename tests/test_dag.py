@@ -130,6 +130,19 @@ def test_templates_render_to_the_logical_date(inspected):
         assert got["rendered"][ds]["name"] == f"botwatch-score_stage2-{ds}"
 
 
+def test_the_documented_backfill_runs_one_date_at_a_time(tmp_path):
+    """Airflow 3's backfill ignores the DAG's max_active_runs (10 runs at once by default): D+1's train
+    would read the drift alert before D's monitor wrote it. The command given says --max-active-runs 1,
+    a flag the installed Airflow's `backfill create` has."""
+    code = ("import json\nfrom airflow.cli.cli_config import BACKFILL_COMMANDS\n"
+            "print(json.dumps({c.name: [f for a in c.args for f in a.flags] for c in BACKFILL_COMMANDS}))")
+    flags = run_py(code, airflow_env(tmp_path), timeout=300)
+    assert "--max-active-runs" in flags["create"]
+    readme = (ROOT / "README.md").read_text()
+    assert "airflow backfill create --dag-id botwatch_nightly --from-date D1 --to-date D2 --max-active-runs 1" in readme
+    assert "--max-active-runs 1" in (ROOT / "airflow_dags" / "botwatch_nightly.py").read_text()
+
+
 # Waits for the whole run (and, run alone, the platform); the default 900 s also counts fixtures' setup.
 @pytest.mark.timeout(DAG_WAIT_TIMEOUT_S)
 def test_dag_test_runs_the_whole_dag(spark, dag_run):
