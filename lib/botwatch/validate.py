@@ -194,7 +194,7 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         # export that lost accounts would otherwise move the label history out night after night.
         for rows, bad_rows, which in ((counts[table], bad, f"rows of {run_date}"),
                                       (sum(late.values()), late_bad, "undated rows" if table == t.EDGES
-                                       else f"rows dated before {run_date} or undated")):
+                                       else f"rows dated before {run_date}")):
             _stop_if_mostly_bad(table, which, rows, bad_rows, max_bad_share, bad_share_min_rows)
         tagged_by_table[table] = tagged
     for table, tagged in tagged_by_table.items():
