@@ -77,6 +77,12 @@ def worker_python() -> str:
     return os.environ.get("PYSPARK_PYTHON") or sys.executable
 
 
+def _after_ours(ours: list[str], setting: Any) -> str:
+    """A comma-separated setting holding ``ours`` first, then its own entries, each once."""
+    theirs = [v.strip() for v in str(setting).split(",") if v.strip()]
+    return ",".join(dict.fromkeys([*ours, *theirs]))
+
+
 def session_settings(conf: Config) -> dict[str, str]:
     """Every Spark setting the factory applies, as strings (also used by spark-submit in the DAG)."""
     spark_conf = conf.section("spark")
@@ -110,12 +116,10 @@ def session_settings(conf: Config) -> dict[str, str]:
         "spark.python.sql.dataFrameDebugging.enabled": spark_conf["python_call_sites"],
     }
     settings.update(spark_conf.get("extra_conf") or {})
-    # An operator's jars (a JDBC driver, hadoop-aws) come after the project's: without Delta's the first read fails.
-    own_jars = [j.strip() for j in str(settings["spark.jars"]).split(",") if j.strip()]
-    settings["spark.jars"] = ",".join(dict.fromkeys([*(str(j) for j in jars), *own_jars]))
-    # An operator's own SQL extension is added to Delta's, not put in its place (Delta's SQL would fail).
-    extensions = [e.strip() for e in str(settings["spark.sql.extensions"]).split(",") if e.strip()]
-    settings["spark.sql.extensions"] = ",".join(dict.fromkeys([DELTA_EXTENSION, *extensions]))
+    # An operator's jars (a JDBC driver, hadoop-aws) come after the project's, and an operator's SQL extension
+    # beside Delta's, never in their place: without Delta's jar or extension the first Delta read fails.
+    settings["spark.jars"] = _after_ours([str(j) for j in jars], settings["spark.jars"])
+    settings["spark.sql.extensions"] = _after_ours([DELTA_EXTENSION], settings["spark.sql.extensions"])
     if str(settings[TIME_ZONE_KEY]) not in UTC_NAMES:
         raise ConfigError(f"spark.extra_conf sets {TIME_ZONE_KEY} to {settings[TIME_ZONE_KEY]!r}: botwatch's "
                           "days are UTC days (event partitions, label and edge cut-offs); remove that entry")
