@@ -161,6 +161,12 @@ def _check_positive(plan: Plan, key: str) -> None:
         raise SimulationParamsError(f"simulate parameter '{key}' must be positive, got {plan.p(key)}")
 
 
+def _weights_ok(weights) -> bool:
+    """Weights of a draw: none negative, a positive sum (a negative one would shift every later cut-off)."""
+    values = [float(w) for w in weights]
+    return all(w >= 0 for w in values) and sum(values) > 0
+
+
 def _fraction_day(plan: Plan, key: str, days: int) -> int | None:
     value = plan.p(key)
     if value is None:
@@ -251,27 +257,25 @@ def _validate(plan: Plan) -> None:
     if not 0.0 <= prevalence <= 0.5:
         raise SimulationParamsError(f"simulate parameter 'prevalence' must be within [0, 0.5], got {prevalence}")
     shares = {f: plan.f(f"family_shares.{f}") for f in t.BOT_FAMILIES}
-    if any(s < 0 for s in shares.values()) or sum(shares.values()) <= 0:
+    if not _weights_ok(shares.values()):
         raise SimulationParamsError(
             f"simulate parameter 'family_shares' must be non-negative with a positive sum: {shares}"
         )
     countries = plan.p("country_weights")
     unknown = sorted(set(countries) - set(t.COUNTRY_UTC_OFFSET))
-    if unknown or not countries or any(float(v) < 0 for v in countries.values()) or sum(
-            float(v) for v in countries.values()) <= 0:
+    if unknown or not _weights_ok(countries.values()):
         raise SimulationParamsError(
             f"simulate parameter 'country_weights' needs non-negative weights (a positive sum) for countries among "
             f"{sorted(t.COUNTRY_UTC_OFFSET)}; unknown: {unknown}"
         )
     for key in ("humans.hour_weights_weekday", "humans.hour_weights_weekend"):
         weights = plan.p(key)
-        if len(weights) != 24 or any(float(w) < 0 for w in weights) or sum(float(w) for w in weights) <= 0:
+        if len(weights) != 24 or not _weights_ok(weights):
             raise SimulationParamsError(
                 f"simulate parameter '{key}' must be 24 non-negative weights (local hours 0-23)"
             )
     types = plan.p("humans.event_type_weights")
-    if set(types) - set(t.EVENT_TYPES) or any(float(v) < 0 for v in types.values()) or sum(
-            float(v) for v in types.values()) <= 0:
+    if set(types) - set(t.EVENT_TYPES) or not _weights_ok(types.values()):
         raise SimulationParamsError(
             f"simulate parameter 'humans.event_type_weights' must weigh event types among {list(t.EVENT_TYPES)} "
             "(non-negative, a positive sum)"
