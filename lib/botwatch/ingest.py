@@ -460,14 +460,6 @@ def _is_delta_table(folder: str) -> bool:
     return os.path.isdir(log) and any(n.endswith(".json") for n in os.listdir(log))
 
 
-def _is_remote_delta_table(spark: SparkSession, path: str) -> bool:
-    """A cluster folder (hdfs:, s3a:, dbfs:) that is a Delta table: read as Parquet, it would also hold the
-    files later versions removed."""
-    from delta.tables import DeltaTable
-
-    return DeltaTable.isDeltaTable(spark, path)
-
-
 def _file_format(table: str, path: str) -> str:
     lower = path.lower().rstrip("/")
     if lower.endswith(CSV_SUFFIXES):
@@ -608,6 +600,8 @@ def _numeric_csv_extras(df: DataFrame) -> DataFrame:
 def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_columns: Sequence[str] = ()) -> DataFrame:
     """Read one input as found (CSV: header, every column a string; Parquet: its own types), with
     nanosecond timestamp columns turned back into timestamps. Checks the required columns."""
+    from delta.tables import DeltaTable
+
     try:
         if fmt == CSV:
             # Every column as text (named as Spark names the header's), plus the raw line of any row
@@ -617,7 +611,9 @@ def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_colum
             schema = T.StructType([T.StructField(c, T.StringType()) for c in [*header, _CORRUPT]])
             df = (spark.read.schema(schema).option("header", True).option("mode", "PERMISSIVE")
                   .option("columnNameOfCorruptRecord", _CORRUPT).csv(path))
-        elif fmt == DELTA or (not _is_local(path) and _is_remote_delta_table(spark, path)):
+        # A cluster folder (hdfs:, s3a:, dbfs:) holding a Delta table: read as Parquet, it would also hold
+        # the files later versions removed.
+        elif fmt == DELTA or (not _is_local(path) and DeltaTable.isDeltaTable(spark, path)):
             df = spark.read.format("delta").load(path)
         else:
             df = spark.read.parquet(path)
