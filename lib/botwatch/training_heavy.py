@@ -324,7 +324,7 @@ def teacher_targets(
 
 def uncalibrated_score(score: Column, calibration: Sequence[float]) -> Column:
     """The probability a heavy model's Platt ``calibration`` (a, b) mapped to ``score``: the inverse of
-    ``sigmoid(a * logit(p) + b)``, 0 and 1 kept."""
+    ``sigmoid(a * logit(p) + b)`` (``TrainedHeavy.calibrated``), 0 and 1 kept."""
     a, b = (float(v) for v in calibration)
     if (a, b) == (1.0, 0.0) or a <= 0:
         return score

@@ -531,7 +531,8 @@ class TrainedHeavy:
         return self.calibrated(np.concatenate(out))
 
     def calibrated(self, p: np.ndarray) -> np.ndarray:
-        """``sigmoid(a * logit(p) + b)`` for this model's calibration (the identity leaves ``p`` as it is)."""
+        """``sigmoid(a * logit(p) + b)`` for this model's calibration (the identity leaves ``p`` as it is);
+        ``botwatch.training_heavy.uncalibrated_score`` is its inverse, as a Spark Column."""
         a, b = self.calibration
         if (a, b) == (1.0, 0.0):
             return p

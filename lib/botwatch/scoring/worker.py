@@ -193,6 +193,7 @@ def score_partitions(
         if device != "cuda":
             raise
         device, model = on_cpu(err)
+
     def usable(pdf: pd.DataFrame) -> pd.DataFrame:
         other = cached_encoder is not None and encoder_on(artifact, settings, device) != cached_encoder
         return pdf.assign(**{CACHED_ENCODING: None}) if other and CACHED_ENCODING in pdf else pdf
