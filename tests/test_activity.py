@@ -460,6 +460,19 @@ def test_a_window_whose_events_all_lack_an_ip_has_no_distinct_ip_count(spark):
     assert_df_equality(got.select(*want.columns), want, ignore_row_order=True, ignore_nullable=True)
 
 
+def test_the_accounts_table_is_not_forced_into_a_broadcast(spark, raw):
+    """A full account table (hundreds of millions of rows) must not be hinted into a broadcast: the
+    driver would collect it whole. With broadcasts off, neither activity path plans one."""
+    from botwatch.spark import session_conf
+
+    _, events, accounts = raw
+    with session_conf(spark, {"spark.sql.autoBroadcastJoinThreshold": "-1"}):
+        for df in (A.daily_partials_range(events, accounts, RUN, RUN),
+                   A.activity_features_from_scratch(events, accounts, RUN, (1, 7))):
+            plan = df._jdf.queryExecution().executedPlan().toString()
+            assert "Broadcast" not in plan, plan
+
+
 def test_a_day_built_late_drops_the_states_that_lack_it(spark, warehouse, raw):
     """Day X's events land after its run (a failed upstream load), so the state of the day before D was
     summed without X. Building X's partial deletes the states of X and later: night D sums its window

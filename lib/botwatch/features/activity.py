@@ -470,7 +470,8 @@ def daily_partials_range(
     )
     return (
         numeric.join(_sketches(ev, keys), keys)
-        .join(F.broadcast(_account_offsets(accounts)), t.ACCOUNT_ID, "left")
+        # No broadcast hint: the full account table may not fit the driver; Spark broadcasts it when small.
+        .join(_account_offsets(accounts), t.ACCOUNT_ID, "left")
         .withColumnRenamed(t.EVENT_DATE, t.DAY)
         .withColumn(DOW, F.weekday(F.col(t.DAY)))
         .withColumn(HOUR_HIST_LOCAL, rotate_hours(F.col(HOUR_HIST_UTC), F.col(UTC_OFFSET_HOURS)))
@@ -953,7 +954,7 @@ def activity_features_from_scratch(
     sketches = _sketches(_explode_windows(ev, t.EVENT_DATE, run_date, ws), [t.ACCOUNT_ID, _W])
     sums = (
         numeric.join(sketches, [t.ACCOUNT_ID, _W])
-        .join(F.broadcast(_account_offsets(accounts)), t.ACCOUNT_ID, "left")
+        .join(_account_offsets(accounts), t.ACCOUNT_ID, "left")
         .withColumn(HOUR_HIST_LOCAL, rotate_hours(F.col(HOUR_HIST_UTC), F.col(UTC_OFFSET_HOURS)))
     )
     sizes = {**_state_hist_sizes(ws), IET_HIST: IET_BINS}  # the events' own histograms are arrays
