@@ -400,6 +400,10 @@ def test_the_canarys_golden_intervals_do_not_depend_on_row_order(conf):
     assert got == training.canary_golden_metrics(pdf.sample(frac=1.0, random_state=3), params)
     assert got["canary_golden_pr_auc"] == pytest.approx(average_precision_score(y, pdf["canary_score"]), abs=1e-12)
     assert got["canary_golden_pr_auc_low"] < got["canary_golden_pr_auc"] < got["canary_golden_pr_auc_high"]
+    # No operating threshold was picked for the canary on validation: none is picked on the golden rows
+    # themselves either (its precision there would meet the target by construction).
+    for name in ("threshold", "precision_at_threshold", "recall_at_threshold", "fpr_at_threshold", "f1"):
+        assert math.isnan(got[f"canary_golden_{name}"]), name
 
 
 def test_model_inputs_are_doubles_with_nan_for_missing(spark):
@@ -634,13 +638,16 @@ def test_refresh_policy_reuses_a_fresh_champion_and_retrains_when_old_or_drifted
     assert skipped["trained"] is False and "already trained on" in skipped["reason"]
 
 
-def test_the_canary_takes_nan_as_missing(spark):
+def test_the_canary_takes_nan_and_inf_as_missing(spark):
     """A NaN feature value (an attribute file's NaN) is missing to the canary, as null is; Spark ML's
-    VectorAssembler would otherwise stop the train step with "Encountered NaN"."""
+    VectorAssembler would otherwise stop the train step with "Encountered NaN". An inf (a producer's
+    division by zero) is missing too, as to stage 1 and the heavy model: the scaler would learn an
+    infinite mean and score every account NaN."""
     from botwatch.models.canary import canary_scores, fit_canary
 
     rows = [(float(i % 2), 1.0, float("nan") if i % 7 == 0 else None if i % 5 == 0 else float(i % 2) + i / 100)
             for i in range(60)]
+    rows += [(1.0, 1.0, float("inf")), (0.0, 1.0, -float("inf"))]  # accounts 60 and 61
     df = spark.createDataFrame([(i, *r) for i, r in enumerate(rows)],
                                "account_id long, label double, weight double, followers double")
     got = canary_scores(fit_canary(df, ["followers"]), df, ["followers"]).toPandas().set_index("account_id")
@@ -648,3 +655,5 @@ def test_the_canary_takes_nan_as_missing(spark):
     # Row 7's NaN and row 5's null are the same input to it: missing.
     assert got.loc[7, "canary_score"] == pytest.approx(got.loc[5, "canary_score"], abs=1e-12)
     assert got.loc[7, "canary_score"] != pytest.approx(got.loc[3, "canary_score"], abs=1e-6)
+    for inf_row in (60, 61):
+        assert got.loc[inf_row, "canary_score"] == pytest.approx(got.loc[5, "canary_score"], abs=1e-12)

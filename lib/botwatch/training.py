@@ -365,9 +365,11 @@ def prepare_training(spark: SparkSession, warehouse: str, run_date: dt.date, par
 
 def canary_golden_metrics(scored: pd.DataFrame, params: TrainParams) -> dict[str, float]:
     """The canary's figures on the golden rows (``account_id``, ``label``, ``canary_score``), taken
-    by account: the bootstrap draws rows by position, so Spark's row order would move the intervals."""
+    by account: the bootstrap draws rows by position, so Spark's row order would move the intervals.
+    Its at-threshold figures are NaN: no threshold was picked for it on validation, and one picked
+    on the golden rows themselves would meet the target precision by construction."""
     pdf = scored.sort_values(t.ACCOUNT_ID, ignore_index=True)
-    return _evaluate(pdf, pdf["canary_score"].fillna(0).to_numpy(), None, params, "canary_golden_")
+    return _evaluate(pdf, pdf["canary_score"].fillna(0).to_numpy(), math.nan, params, "canary_golden_")
 
 
 def operating_point(

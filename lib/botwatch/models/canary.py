@@ -18,11 +18,13 @@ CANARY_SCALED = "_canary_z"
 
 
 def canary_inputs(df: DataFrame, cols: Sequence[str]) -> DataFrame:
-    # A plain baseline: missing values (null or NaN: Spark ML's assembler refuses NaN) become 0 beside an
-    # explicit missing indicator.
+    # A plain baseline: missing values (null, NaN: Spark ML's assembler refuses it, and +-inf: the scaler
+    # would learn an infinite mean, as stage 1 and the heavy model take it) become 0 beside an explicit
+    # missing indicator. NaN is above every number in Spark, so the bound drops it too.
     out = df
     for c in cols:
-        value = F.nanvl(F.col(c).cast("double"), F.lit(None).cast("double"))
+        x = F.col(c).cast("double")
+        value = F.when(F.abs(x) < F.lit(float("inf")), x)
         out = out.withColumn(f"_canary_{c}", F.coalesce(value, F.lit(0.0)))
         out = out.withColumn(f"_canary_{c}_missing", value.isNull().cast("double"))
     return out
