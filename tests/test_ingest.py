@@ -630,6 +630,26 @@ def test_a_malformed_csv_line_beside_a_typed_extra_column_is_quarantined(spark, 
         (1, 10.0)]
 
 
+def test_file_uris_with_a_space_and_an_excel_csv_with_a_byte_order_mark_load(spark, tmp_path):
+    """``file:///data/my exports/...``: the path found is the path read (it was sent back %-encoded, which
+    pyarrow and Spark then looked for literally). Excel's "CSV UTF-8" starts with a byte-order mark, which
+    Spark skips: the header check must too, or it finds no ``account_id``."""
+    folder = tmp_path / "my exports"
+    folder.mkdir()
+    paths = _small_inputs(folder, pd.DataFrame([_account(1), _account(2)]))
+    accounts = folder / "accounts.csv"
+    accounts.write_text("account_id,created_at,country,verified,profile_completeness,signup_ip_hash\n"
+                        "1,2021-01-01 00:00:00,US,true,0.5,ip1\n2,2021-01-01 00:00:00,JP,false,0.25,ip2\n",
+                        encoding="utf-8-sig")
+    uris = {table: "file://" + path for table, path in {**paths, t.ACCOUNTS: str(accounts)}.items()}
+    assert resolve_input(t.EVENTS, uris[t.EVENTS]) == (uris[t.EVENTS], "parquet")
+    wh = str(tmp_path / "wh")
+    got = ingest_files(spark, wh, **uris, labels=None, run_date=RUN, echo=lambda _: None)
+    assert {table: c[ROWS_LOADED] for table, c in got.items()} == {t.ACCOUNTS: 2, t.EVENTS: 2, t.EDGES: 1}
+    assert sorted(tuple(r) for r in read_table(spark, wh, t.ACCOUNTS).select(t.ACCOUNT_ID, t.COUNTRY).collect()) == [
+        (1, "US"), (2, "JP")]
+
+
 def test_kept_columns_that_delta_cannot_name_are_renamed(spark, tmp_path):
     """Delta refuses spaces and ,;{}()= in column names: a platform's numeric ``Followers Count`` is kept as
     ``Followers_Count`` (never clashing with another column), said so, instead of failing the load."""

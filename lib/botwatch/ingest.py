@@ -51,7 +51,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from functools import reduce
-from pathlib import Path
 from urllib.parse import urlparse
 
 from pyspark import StorageLevel
@@ -500,7 +499,9 @@ def _local_columns(path: str, fmt: str) -> list[str]:
     for file in files:
         if fmt == CSV:
             gz = file.lower().endswith(".gz")
-            with gzip.open(file, "rt", newline="") if gz else open(file, newline="") as handle:
+            # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which Spark's line reader skips.
+            with (gzip.open(file, "rt", newline="", encoding="utf-8-sig") if gz
+                  else open(file, newline="", encoding="utf-8-sig")) as handle:
                 names = next(csv.reader(handle), [])
             # Spark reads every file of a folder by the first one's header, by position (an empty file: no rows).
             first_header = names if first_header is None and names else first_header
@@ -545,7 +546,8 @@ def resolve_input(table: str, path: str) -> tuple[str, str]:
         raise IngestInputError(f"{table} file {path} cannot be read as {fmt}: {exc}") from exc
     _require(columns, table, f"{table} file {path}")
     # An explicit file: stays a URI for Spark: a bare path is read from the cluster's default file system.
-    return (Path(local).as_uri() if path.startswith("file:") else local), fmt
+    # Not %-encoded (as_uri): Hadoop's Path and pyarrow would look for a literal "my%20exports".
+    return (f"file://{local}" if path.startswith("file:") else local), fmt
 
 
 def _parquet_nanos_columns(path: str) -> list[str]:
