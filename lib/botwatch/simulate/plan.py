@@ -197,39 +197,40 @@ def make_plan(accounts: int, days: int, seed: int, start_date: dt.date, params: 
     start_s = int(dt.datetime(start_date.year, start_date.month, start_date.day, tzinfo=dt.UTC).timestamp())
     probe = Plan(accounts, days, seed, start_date, params, 0, 0, start_s, start_s, Permutation(1, 1, 0, 1),
                  Permutation(1, 1, 0, 1), None, None, None)
-    new_share = probe.f("new_signup_share")
-    if not 0.0 <= new_share < 1.0:
-        raise SimulationParamsError(f"simulate parameter 'new_signup_share' must be within [0, 1), got {new_share}")
-    n_new = int(round(accounts * new_share))
-    new_family = params.get("drift", {}).get("new_family") if isinstance(params.get("drift"), dict) else None
-    if isinstance(new_family, str) and new_family.strip().lower() in ("", "null", "none"):
-        new_family = None  # `--set simulate.drift.new_family=null` arrives as a string
-    if new_family is not None and new_family not in t.BOT_FAMILIES:
-        raise SimulationParamsError(
-            f"simulate parameter 'drift.new_family' must be one of {list(t.BOT_FAMILIES)} or null, got {new_family!r}"
-        )
-    plan = Plan(
-        accounts=accounts,
-        days=days,
-        seed=seed,
-        start_date=start_date,
-        params=params,
-        n_old=accounts - n_new,
-        n_new=n_new,
-        start_s=start_s,
-        end_s=start_s + days * DAY_S,
-        community=Permutation.draw(accounts, rng),
-        popularity=Permutation.draw(accounts, rng),
-        wave_day=_fraction_day(probe, "drift.detection_wave_fraction", days),
-        new_family=new_family,
-        switch_day=_fraction_day(probe, "drift.new_family_fraction", days) if new_family else None,
-    )
     try:
+        new_share = probe.f("new_signup_share")
+        if not 0.0 <= new_share < 1.0:
+            raise SimulationParamsError(f"simulate parameter 'new_signup_share' must be within [0, 1), got {new_share}")
+        n_new = int(round(accounts * new_share))
+        new_family = params.get("drift", {}).get("new_family") if isinstance(params.get("drift"), dict) else None
+        if isinstance(new_family, str) and new_family.strip().lower() in ("", "null", "none"):
+            new_family = None  # `--set simulate.drift.new_family=null` arrives as a string
+        if new_family is not None and new_family not in t.BOT_FAMILIES:
+            raise SimulationParamsError(
+                f"simulate parameter 'drift.new_family' must be one of {list(t.BOT_FAMILIES)} or null, "
+                f"got {new_family!r}")
+        plan = Plan(
+            accounts=accounts,
+            days=days,
+            seed=seed,
+            start_date=start_date,
+            params=params,
+            n_old=accounts - n_new,
+            n_new=n_new,
+            start_s=start_s,
+            end_s=start_s + days * DAY_S,
+            community=Permutation.draw(accounts, rng),
+            popularity=Permutation.draw(accounts, rng),
+            wave_day=_fraction_day(probe, "drift.detection_wave_fraction", days),
+            new_family=new_family,
+            switch_day=_fraction_day(probe, "drift.new_family_fraction", days) if new_family else None,
+        )
         _validate(plan)
-    except (TypeError, ValueError, ZeroDivisionError) as err:
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as err:
         if isinstance(err, SimulationParamsError):
             raise
-        # A list knob holding a non-number (`--set 'simulate.scheduled.periods_min=[15, x]'`).
+        # A knob holding a value of another kind (`--set 'simulate.scheduled.periods_min=[15, x]'`, a list of
+        # country weights, a text fraction from a notebook's params).
         raise SimulationParamsError(f"simulate parameters hold a value of the wrong kind: {err}; compare with "
                                     "conf/base.yaml's `simulate` section") from err
     return plan
@@ -322,9 +323,12 @@ def _validate(plan: Plan) -> None:
         _check_prob(plan, key)
     for key in ("humans.events_per_session", "humans.gap_median_s", "mimic.gap_s", "botnet.burst_gap_s",
                 "follow_spam.gap_s", "graph.community_size", "history_years", "humans.session_tail_alpha",
-                "drift.human_activity_after_wave", "humans.weekend_factor", "signup_growth"):
+                "drift.human_activity_after_wave", "humans.weekend_factor", "signup_growth",
+                "follow_spam.follows_per_session"):
         _check_positive(plan, key)
-    for key in ("labels.user_report_extra_mean", "labels.appeal_delay_days"):
+    # A negative one gave silently other data: no bot among new sign-ups, no botnet burst.
+    for key in ("labels.user_report_extra_mean", "labels.appeal_delay_days", "drift.new_signup_bot_multiplier",
+                "botnet.bursts_per_day"):
         if not plan.f(key) >= 0:
             raise SimulationParamsError(f"simulate parameter '{key}' must be 0 or more, got {plan.p(key)}")
     if plan.f("humans.session_tail_alpha") <= 1.0:
@@ -333,5 +337,6 @@ def _validate(plan: Plan) -> None:
         raise SimulationParamsError("simulate parameters need 1 <= mimic.sessions_min <= mimic.sessions_max")
     if int(plan.p("script.kits")) < 1 or int(plan.p("script.length")) < 2:
         raise SimulationParamsError("simulate parameters need script.kits >= 1 and script.length >= 2")
-    if int(plan.p("mimic.session_events_min")) > int(plan.p("mimic.session_events_max")):
-        raise SimulationParamsError("simulate parameters need mimic.session_events_min <= mimic.session_events_max")
+    if not 1 <= int(plan.p("mimic.session_events_min")) <= int(plan.p("mimic.session_events_max")):
+        raise SimulationParamsError("simulate parameters need 1 <= mimic.session_events_min <= "
+                                    "mimic.session_events_max")
