@@ -21,6 +21,7 @@ from botwatch.simulate.rng import lognormal_unit_mean, normal, stochastic_round,
 
 T_S = "t_s"
 _I = "i"
+_DST_ACTIVE_FROM = "dst_active_from_s"
 
 
 def _global_target(plan: Plan, u: Column) -> Column:
@@ -107,7 +108,9 @@ def ordinary_follows(plan: Plan, profile_df: DataFrame) -> DataFrame:
                            uniform(sid, "edge_period", aid, i), uniform(sid, "edge_time", aid, i),
                            F.col(acc.ACTIVE_FROM_S))
     return df.select(aid.alias(t.SRC), t.DST, t_s.alias(T_S), fam.alias("src_family"),
-                     F.col("dst_" + t.FAMILY).alias("dst_family"))
+                     F.col("dst_" + t.FAMILY).alias("dst_family"),
+                     acc.active_from_s(plan, F.col("dst_" + t.FAMILY), F.col("dst_" + acc.CREATED_S)).alias(
+                         _DST_ACTIVE_FROM))
 
 
 def botnet_follows(plan: Plan, profile_df: DataFrame) -> DataFrame:
@@ -138,9 +141,10 @@ def edges_table(plan: Plan, profile_df: DataFrame) -> DataFrame:
     src, dst = F.col(t.SRC), F.col(t.DST)
     back = uniform(sid, "followback", src, dst) < _followback_prob(plan, F.col("src_family"), dst, F.col("dst_family"))
     forward_row = F.struct(src.alias(t.SRC), dst.alias(t.DST), F.col(T_S).alias(T_S))
+    # Followed back once the followed account acts: the drift's new family is followed before it switches on.
     back_row = F.struct(
         dst.alias(t.SRC), src.alias(t.DST),
-        (F.col(T_S) + F.lit(600.0) + exponential_days(sid, src, dst)).alias(T_S),
+        (F.greatest(F.col(T_S), F.col(_DST_ACTIVE_FROM)) + F.lit(600.0) + exponential_days(sid, src, dst)).alias(T_S),
     )
     # A follow and its follow-back come out of one row: the follows are generated once.
     both = follows.select(
