@@ -294,6 +294,26 @@ def test_drift_mimics_widen_jitter_after_the_wave_and_a_family_switches_on(sim, 
             .query(f"{t.FAMILY} == @new_family")[t.CREATED_AT] >= switch).all()
 
 
+def test_a_new_family_that_is_followed_back_follows_nobody_before_it_switches_on(spark, params):
+    """Humans follow cyborgs back (the one human-like bot family): a cyborg of the drift's new family,
+    followed before it switches on, must not follow back before then either (its graph would show
+    reciprocal follows and no activity)."""
+    from botwatch.simulate import accounts as acc
+    from botwatch.simulate.graph import edges_table
+    from botwatch.simulate.plan import make_plan
+
+    drift = {**params["drift"], "new_family": "cyborg", "new_family_fraction": 0.5}
+    plan = make_plan(400, 6, SEED, START, {**params, "drift": drift})
+    profile = acc.profile(spark, plan)
+    edges = edges_table(plan, profile).join(
+        profile.select(F.col(t.ACCOUNT_ID).alias(t.SRC), t.FAMILY, acc.ACTIVE_FROM_S), t.SRC).toPandas()
+    newf = edges[edges[t.FAMILY] == "cyborg"]
+    switch = pd.Timestamp(START) + pd.Timedelta(days=3)
+    assert len(newf) > 0 and (newf[acc.ACTIVE_FROM_S] >= switch.timestamp()).any()
+    early = newf[newf[t.CREATED_AT] < pd.to_datetime(newf[acc.ACTIVE_FROM_S], unit="s").dt.floor("s")]
+    assert early.empty, early
+
+
 # ---------------------------------------------------------------- graph
 
 
@@ -586,7 +606,16 @@ def test_bad_parameters_raise_named_errors(params):
                            (nested("labels", investigator_weights={**params["labels"]["investigator_weights"],
                                                                    "mimic": -1.0}), "investigator_weights"),
                            ({**params, "prevalence": 0.5, "family_shares": {f: float(f == "botnet") for f in
-                                                                           params["family_shares"]}}, "botnet")):
+                                                                           params["family_shares"]}}, "botnet"),
+                           # no bot among new sign-ups, no botnet burst, empty sessions: other data, silently
+                           (nested("drift", new_signup_bot_multiplier=-1.0), "new_signup_bot_multiplier"),
+                           (nested("botnet", bursts_per_day=-4.0), "bursts_per_day"),
+                           (nested("follow_spam", follows_per_session=-1.0), "follows_per_session"),
+                           (nested("mimic", session_events_min=0), "session_events_min"),
+                           # a notebook's params of the wrong kind: named, not a bare ValueError/AttributeError
+                           (nested("drift", detection_wave_fraction="half"), "wrong kind"),
+                           ({**params, "new_signup_share": "some"}, "wrong kind"),
+                           ({**params, "country_weights": [1.0, 2.0]}, "country_weights")):
         with pytest.raises(SimulationParamsError, match=named):
             check_params(accounts=100, days=5, seed=1, start_date=START, params=changed)
     # A datetime is refused: its day would depend on the process's time zone.
