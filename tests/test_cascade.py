@@ -699,6 +699,14 @@ def test_a_night_that_trains_nothing_chooses_a_missing_flag_threshold(spark, cas
                         lambda s, w, d, *a: calibrated.append(d) or {"flag_threshold": 0.5})
     kept = steps.train_step(spark, cconf, day)
     assert kept["trained"] is False and calibrated == [] and "recalibrated" not in kept
+    # The operator raises the budget (as the binding-budget warning says) or the share kept: the stored
+    # choice was made for other knobs, so it is chosen again rather than flagging at the old budget for a week.
+    budget = cconf.section("cascade")["budget"]
+    for knob, value in (("budget", min(1.0, budget * 3)), ("keep_share", 0.5)):
+        raised = steps.train_step(spark, cconf.with_overrides([f"cascade.{knob}={value}"]), day)
+        assert raised["trained"] is False and calibrated == [day], knob
+        assert knob in raised["recalibrated"], raised["recalibrated"]
+        calibrated.clear()
     monkeypatch.setattr(training_heavy, "stored_choices", lambda path: None)  # cascade.json never written
     again = steps.train_step(spark, cconf, day)
     assert again["trained"] is False and calibrated == [day]

@@ -387,24 +387,36 @@ def calibrate_flag_threshold(
             "recall_lost": info["recall_lost"], "flagged_share": choice.flagged_share}
 
 
-def flag_threshold_missing(spark: SparkSession, warehouse: str, run_date: dt.date) -> bool:
-    """Whether D's champions (a heavy one and a stage-1 one) have no flag threshold chosen for them on
-    or before D: a training that promoted one and stopped before choosing it."""
+def flag_threshold_to_choose(spark: SparkSession, warehouse: str, run_date: dt.date,
+                             params: CascadeParams) -> str | None:
+    """Why D's champions (a heavy one and a stage-1 one) need their flag threshold chosen on a night that
+    trains nothing; None when the one chosen on or before D stands. Either none was chosen (a training that
+    promoted one and stopped before choosing it), or it was chosen for another ``cascade.budget`` or
+    ``keep_share`` (the operator raised the budget, as the binding-budget warning says: the stored
+    threshold would keep flagging at the old one until the next retrain)."""
     heavy = _heavy_champion_record(spark, warehouse, run_date)
     stage1 = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=run_date) if heavy is not None else None
     if heavy is None or stage1 is None:
-        return False
-    return choice_for(stored_choices(stage1["artifact_path"]), int(heavy[t.VERSION]), run_date) is None
+        return None
+    chosen = choice_for(stored_choices(stage1["artifact_path"]), int(heavy[t.VERSION]), run_date)
+    if chosen is None:
+        return "no flag threshold had been chosen for the champions of D"
+    # Choices written before the knobs were kept with them stand.
+    changed = [f"cascade.{knob} {chosen[knob]} -> {value}" for knob, value in
+               (("budget", params.budget), ("keep_share", params.keep_share))
+               if chosen.get(knob) is not None and not math.isclose(float(chosen[knob]), float(value))]
+    return f"the flag threshold was chosen for other knobs: {', '.join(changed)}" if changed else None
 
 
 def calibrate_if_missing(spark: SparkSession, warehouse: str, run_date: dt.date, cascade_section: dict) -> dict:
-    """On a night that trains nothing: choose the flag threshold when D's champions have none
-    (:func:`flag_threshold_missing`); ``{}`` when they have one."""
-    if not flag_threshold_missing(spark, warehouse, run_date):
+    """On a night that trains nothing: choose the flag threshold when D's champions need one
+    (:func:`flag_threshold_to_choose`); ``{}`` when the one they have stands."""
+    params = CascadeParams.from_conf(cascade_section)
+    why = flag_threshold_to_choose(spark, warehouse, run_date, params)
+    if why is None:
         return {}
-    chosen = calibrate_flag_threshold(spark, warehouse, run_date, CascadeParams.from_conf(cascade_section),
-                                      InferenceSettings.from_conf(cascade_section))
-    return {**chosen, "recalibrated": "no flag threshold had been chosen for the champions of D"}
+    chosen = calibrate_flag_threshold(spark, warehouse, run_date, params, InferenceSettings.from_conf(cascade_section))
+    return {**chosen, "recalibrated": why}
 
 
 def cascade_refresh_decision(
@@ -489,6 +501,6 @@ def train_cascade(
 
 __all__ = [
     "CascadeParams", "HeavyTrainResult", "calibrate_flag_threshold", "calibrate_if_missing", "cascade_refresh_decision",
-    "family_metrics", "flag_threshold_missing", "inputs_for", "teacher_targets", "train_cascade", "train_heavy_stage",
+    "family_metrics", "flag_threshold_to_choose", "inputs_for", "teacher_targets", "train_cascade", "train_heavy_stage",
     "DISTILL_TARGET", "TEACHER_SCORE",
 ]
