@@ -650,6 +650,28 @@ def test_file_uris_with_a_space_and_an_excel_csv_with_a_byte_order_mark_load(spa
         (1, "US"), (2, "JP")]
 
 
+def test_ingest_into_a_simulated_warehouse_removes_its_truth(spark, tmp_path):
+    """The simulated ground truth does not describe ingested inputs: left there, training gave the ingested
+    accounts its families, and a later simulate of the same platform took the warehouse (models, partials,
+    finished dates of the ingested data) for its own."""
+    from botwatch.delta_io import commit_metadata, table_exists, write_table
+    from botwatch.schemas import TRUTH_SCHEMA
+    from botwatch.simulate.platform import WarehouseInUseError, _platform_meta, refuse_other_platform
+
+    wh = str(tmp_path / "wh")
+    meta = _platform_meta(7, 2, 3, RUN, {})
+    with commit_metadata(spark, **meta):
+        write_table(spark.createDataFrame([(1, "human"), (2, "botnet")], TRUTH_SCHEMA), wh, t.TRUTH)
+    write_table(spark.createDataFrame([(RUN, "done")], "run_date date, status string"), wh, t.RUN_LOG)
+    refuse_other_platform(spark, wh, meta)  # the same platform again: fine
+    notes: list[str] = []
+    ingest_files(spark, wh, **_small_inputs(tmp_path, pd.DataFrame([_account(1), _account(2)])), labels=None,
+                 run_date=RUN, echo=notes.append)
+    assert not table_exists(spark, wh, t.TRUTH) and any("removed truth" in n for n in notes), notes
+    with pytest.raises(WarehouseInUseError, match="not simulated"):
+        refuse_other_platform(spark, wh, meta)
+
+
 def test_kept_columns_that_delta_cannot_name_are_renamed(spark, tmp_path):
     """Delta refuses spaces and ,;{}()= in column names: a platform's numeric ``Followers Count`` is kept as
     ``Followers_Count`` (never clashing with another column), said so, instead of failing the load."""

@@ -60,7 +60,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
-from botwatch.delta_io import commit_metadata, read_table, table_exists, write_table
+from botwatch.delta_io import commit_metadata, delete_path, read_table, table_exists, write_table
 from botwatch.files import local_path
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS, named_col
 from botwatch.spark import require_utc, session_conf
@@ -752,6 +752,11 @@ def ingest_files(
             if t.LABELS not in tagged and not table_exists(spark, warehouse, t.LABELS):
                 # No labels yet (a young platform): an empty table, so the run starts and training waits.
                 write_table(spark.createDataFrame([], INPUT_SCHEMAS[t.LABELS]), warehouse, t.LABELS)
+            if table_exists(spark, warehouse, t.TRUTH):
+                # A simulated platform's ground truth no longer describes these inputs: training would give
+                # their accounts its families, and a later simulate would take the warehouse for its own.
+                delete_path(spark, t.table_path(warehouse, t.TRUTH))
+                echo(f"removed {t.TRUTH}: the simulated platform's ground truth does not describe ingested inputs")
         finally:
             for df in tagged.values():
                 df.unpersist()
