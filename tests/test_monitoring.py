@@ -167,17 +167,20 @@ def test_review_queue_respects_budget_and_reasons(queue):
     pdf, got, again, _ = queue
     assert len(got) == 200 and got["account_id"].is_unique
     counts = got["reason"].value_counts().to_dict()
-    strat_ids = got.loc[got.reason == "stratified", "account_id"]
-    n_holdout = int((pdf["holdout"] & ~pdf["account_id"].isin(strat_ids)).sum())
-    assert counts["stratified"] == 100 + max(0, 40 - int(pdf["holdout"].sum()))
-    assert counts["exploration"] == min(40, n_holdout)
-    # its 30 % share, plus what exploration was meant to draw but stratified took first (holdout accounts)
-    shortfall = min(40, int(pdf["holdout"].sum())) - counts["exploration"]
-    assert counts["uncertain"] == min(60, int(((pdf["score"] - 0.8).abs() <= 0.05).sum())) + shortfall
+    band = (pdf["score"] - 0.8).abs() <= 0.05
+    # Sizes fixed by the pools' counts: exploration's 20 % share of the holdout, uncertain its 30 % of the
+    # band outside the holdout plus what exploration could not draw, stratified the rest.
+    assert counts["exploration"] == min(40, int(pdf["holdout"].sum()))
+    assert counts["uncertain"] == min(60 + 40 - counts["exploration"], int((band & ~pdf["holdout"]).sum()))
+    assert counts["stratified"] == 200 - counts["exploration"] - counts["uncertain"]
+    # Disjoint pools: holdout, band outside it, the rest.
     merged = got.merge(pdf, on="account_id", suffixes=("", "_in"))
+    merged["band"] = (merged["score"] - 0.8).abs() <= 0.05
     assert merged.loc[merged.reason == "exploration", "holdout"].all()
     unc = merged[merged.reason == "uncertain"]
-    assert ((unc["score"] - 0.8).abs() <= 0.05).all()
+    assert (unc["band"] & ~unc["holdout"]).all()
+    strat = merged[merged.reason == "stratified"]
+    assert not (strat["band"] | strat["holdout"]).any()
     # deterministic: a rerun of the date draws the same queue
     pd.testing.assert_frame_equal(got.sort_values("account_id").reset_index(drop=True),
                                   again.sort_values("account_id").reset_index(drop=True))
@@ -197,10 +200,9 @@ def test_review_queue_stays_within_a_budget_its_rounded_shares_overshoot(spark):
     assert len(got) == 3 and got["account_id"].is_unique
 
 
-def test_review_queue_fills_its_budget_when_the_stratified_sample_takes_the_band(spark):
-    """3 band accounts among 1,000 low scores: the stratified sample (top stratum: at least 2 of its 3) draws
-    before the uncertain part, which finds at most one left. The stratified part takes the rest of the budget,
-    still a stratified sample: 20 rows, not 18."""
+def test_review_queue_fills_its_budget_when_the_band_is_smaller_than_its_share(spark):
+    """3 band accounts among 1,000 low scores: the uncertain part draws all 3 of its 10, the stratified part
+    the other 17 from the accounts outside the band (a stratified sample of them): 20 rows."""
     import datetime as dt
 
     from botwatch.monitoring.review import review_queue
@@ -211,14 +213,37 @@ def test_review_queue_fills_its_budget_when_the_stratified_sample_takes_the_band
                        shares={"uncertain": 0.5, "stratified": 0.5}, uncertain_band=0.05,
                        strata_edges=[0, 0.01, 0.05, 0.2, 0.5, 0.8], min_per_stratum=2, salt="t").toPandas()
     assert len(got) == 20 and got["account_id"].is_unique
-    strat = got[got.reason == "stratified"]
-    sizes = pdf.groupby(pdf.score >= 0.8).size()
-    drawn = strat.groupby(strat.score >= 0.8).size()
-    top = (strat.score >= 0.8).to_numpy()
-    np.testing.assert_allclose(strat["sampling_probability"], (drawn / sizes).reindex(top).to_numpy())
-    left = pdf[(pdf.score >= 0.75) & ~pdf.account_id.isin(strat.account_id)]
     uncertain = got[got.reason == "uncertain"]
-    assert len(uncertain) == len(left) and set(uncertain["stratum_size"]) <= {len(left)}
+    assert sorted(uncertain["account_id"]) == [1000, 1001, 1002] and set(uncertain["stratum_size"]) == {3}
+    strat = got[got.reason == "stratified"]
+    assert len(strat) == 17 and (strat["score"] < 0.75).all()
+    np.testing.assert_allclose(strat["sampling_probability"], 17 / 1000)
+    assert set(strat["stratum_size"]) == {1000}
+
+
+def test_review_queue_sizes_do_not_depend_on_its_draw(spark):
+    """4 accounts, one of them held out (a bot), budget 2 split between exploration and the strata. The
+    stratified part once drew first and, when it took the holdout account, was drawn again bigger: the
+    holdout's inclusion probability was 1/4 and each other's 1/3, not the 1/4 and 1/2 recorded, and the
+    prevalence read 0.125 on average for a truth of 0.25. Now every salt draws the same sizes, and the
+    labelled queue's stratified estimate is the truth, whichever accounts were drawn."""
+    import datetime as dt
+
+    from botwatch.monitoring.prevalence import stratified_estimate
+    from botwatch.monitoring.review import review_queue
+
+    scores = spark.createDataFrame([(i, 0.9, "stage1_xgb:1", i == 0) for i in range(4)],
+                                   "account_id long, score double, model_version string, holdout boolean")
+    for salt in [f"s{k}" for k in range(8)]:
+        got = review_queue(scores, dt.date(2026, 2, 1), threshold=None, budget=2,
+                           shares={"exploration": 0.5, "stratified": 0.5}, uncertain_band=0.05, strata_edges=[0.0],
+                           min_per_stratum=1, salt=salt).toPandas().set_index("reason")
+        assert got.loc["exploration", "account_id"] == 0 and got.loc["exploration", "sampling_probability"] == 1.0
+        assert got.loc["stratified", "account_id"] in (1, 2, 3), salt
+        assert got.loc["stratified", "sampling_probability"] == pytest.approx(1 / 3)
+        assert got.loc["stratified", "stratum_size"] == 3
+        bot = (got["account_id"] == 0).astype(int)
+        assert stratified_estimate(got["stratum_size"], [1, 1], bot)["estimate"] == pytest.approx(0.25)
 
 
 def test_review_queue_without_holdout_on_another_date_and_with_bad_edges(spark, queue):
@@ -243,7 +268,8 @@ def test_review_queue_without_holdout_on_another_date_and_with_bad_edges(spark, 
 def test_review_queue_strata_and_probabilities(queue):
     pdf, got, _, _ = queue
     strat = got[got.reason == "stratified"]
-    bucket = np.searchsorted(EDGES, pdf["score"].to_numpy(), side="right") - 1
+    rest = pdf[~pdf.holdout & ((pdf.score - 0.8).abs() > 0.05)]  # outside the other parts' pools
+    bucket = np.searchsorted(EDGES, rest["score"].to_numpy(), side="right") - 1
     sizes = np.bincount(bucket, minlength=len(EDGES))
     drawn = np.searchsorted(EDGES, strat["score"].to_numpy(), side="right") - 1
     n_h = np.bincount(drawn, minlength=len(EDGES))
@@ -252,16 +278,15 @@ def test_review_queue_strata_and_probabilities(queue):
     np.testing.assert_allclose(strat["sampling_probability"].to_numpy(), (n_h / sizes)[drawn])
     np.testing.assert_allclose(strat["stratum_size"].to_numpy(), sizes[drawn])
     np.testing.assert_allclose(np.bincount(drawn, weights=1 / strat["sampling_probability"].to_numpy()), sizes)
-    assert (1 / strat["sampling_probability"]).sum() == pytest.approx(len(pdf))
-    # the other parts: probability = drawn / pool, the pool excluding earlier parts
+    # the other parts: probability = drawn / pool (the holdout; the band outside it)
     for reason in ("exploration", "uncertain"):
         part = got[got.reason == reason]
         assert part["sampling_probability"].to_numpy() == pytest.approx(len(part) / part["stratum_size"].to_numpy())
-    pool = pdf[pdf.holdout & ~pdf.account_id.isin(strat.account_id)]
-    assert got.loc[got.reason == "exploration", "stratum_size"].iloc[0] == len(pool)
-    earlier = got.loc[got.reason != "uncertain", "account_id"]  # drawn as stratified or exploration
-    band = pdf[((pdf.score - 0.8).abs() <= 0.05) & ~pdf.account_id.isin(earlier)]
-    assert set(got.loc[got.reason == "uncertain", "stratum_size"]) == {len(band)}
+    band = (pdf.score - 0.8).abs() <= 0.05
+    assert set(got.loc[got.reason == "exploration", "stratum_size"]) == {int(pdf.holdout.sum())}
+    assert set(got.loc[got.reason == "uncertain", "stratum_size"]) == {int((band & ~pdf.holdout).sum())}
+    # one design: the weights of all three parts add up to every scored account
+    assert (1 / got["sampling_probability"]).sum() == pytest.approx(len(pdf))
 
 
 def test_uncertain_band_lies_around_each_rows_deciding_model(spark, tmp_path):
@@ -393,7 +418,7 @@ def test_prevalence_from_the_queue_in_spark(spark, queue):
     pdf, got, _, _ = queue
     # simulated investigators: truth labels for the sampled accounts (tests only); in each stratum of 3 or
     # more, one account is not labelled yet (null): it counts in neither n_h nor y_h
-    strat = got[got.reason == "stratified"].merge(pdf[["account_id", "bot"]], on="account_id")
+    strat = got.merge(pdf[["account_id", "bot"]], on="account_id")  # every part is a stratum of the design
     strat = strat.sort_values("account_id").reset_index(drop=True)
     first = strat.groupby("stratum").cumcount() == 0
     pending = first & (strat.groupby("stratum")["account_id"].transform("size") >= 3)
@@ -685,7 +710,7 @@ def test_monitor_metrics_against_pandas(spark, monitored):
     assert metrics[(DAY, "prevalence_low")] <= bot.mean() <= metrics[(DAY, "prevalence_high")]
     # the same sample's precision and recall of D-1's actions: each labelled pick weighted by 1 / its probability
     queue = _table(spark, wh, "review_queue")
-    picks = queue[(queue.run_date == DAY - dt.timedelta(days=1)) & (queue.reason == "stratified")].merge(
+    picks = queue[queue.run_date == DAY - dt.timedelta(days=1)].merge(
         d1[["account_id", "decision", "label"]], on="account_id")
     w, y, a = 1 / picks.sampling_probability, picks.label == 1, picks.decision == "action"
     assert metrics[(DAY, "sampled_precision")] == pytest.approx((w * y * a).sum() / (w * a).sum())

@@ -1,6 +1,7 @@
 """Prevalence: the bot share of the whole account table, estimated without bias from the labels
-of the review queue's stratified sample, with a 95 % interval; and what a plain random sample
-of the same size would give (to show the variance the strata save).
+of the review queue (one stratified sample: its score buckets, exploration holdout and uncertain
+band are disjoint strata), with a 95 % interval; and what a plain random sample of the same size
+would give (to show the variance the strata save).
 
 Within each stratum the sample is a simple random sample without replacement (inclusion
 probability ``n_h / N_h``), so the stratified estimator ``p = sum_h W_h p_h`` with
@@ -13,7 +14,7 @@ label leaves the estimate undefined (``nan``), never silently 0.
 
 Usage (production: investigators' labels arriving for day q's queue)::
 
-    labelled = queue.where(reason == "stratified").join(labels, "account_id", "left")
+    labelled = queue.join(labels, "account_id", "left")  # every part of the queue is a stratum
     est = stratified_prevalence(labelled)     # {"estimate", "low", "high", "se", "srs_se", ...}
 """
 from __future__ import annotations

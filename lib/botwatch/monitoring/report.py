@@ -70,7 +70,7 @@ def plot_pr_curve(pairs: pd.DataFrame, metrics: dict) -> str:
     r, p = metrics.get("sampled_recall", math.nan), metrics.get("sampled_precision", math.nan)
     if not (math.isnan(r) or math.isnan(p)):
         ax.plot([r], [p], "D", color="navy",
-                label=f"past actions, stratified sample weighted to all accounts: precision {p:.3f}")
+                label=f"past actions, review sample weighted to all accounts: precision {p:.3f}")
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title="Precision-recall")
     ax.legend(loc="lower left")
     return _png(fig)

@@ -1,28 +1,31 @@
 """The investigators' nightly review queue: a fixed budget of accounts, each with the reason it
 was chosen and the probability it had of being chosen.
 
-Three parts, drawn in this order from the ``scores`` partition of D:
+Three parts, each a simple random sample without replacement of its own pool of D's ``scores``;
+the pools are disjoint and the parts' sizes are fixed by the pools' counts before any draw, so
+every inclusion probability is exactly ``n / N`` and the whole queue is one stratified sample
+(its strata: the score buckets, the holdout and the band), from which the labels give an unbiased
+prevalence estimate (:mod:`botwatch.monitoring.prevalence`):
 
-* ``stratified`` — a stratified random sample over score buckets (conf ``strata_edges``),
-  allocated across buckets by Neyman allocation (``n_h ∝ N_h sqrt(p_h (1 - p_h))``, with the
-  bucket's mean calibrated score as the guess for ``p_h``) and at least ``min_per_stratum`` per
-  non-empty bucket. Within a bucket it is a simple random sample without replacement, so the
-  inclusion probability is exactly ``n_h / N_h``: the labels give an unbiased prevalence
-  estimate (:mod:`botwatch.monitoring.prevalence`). It takes whatever budget the other two
-  parts leave, and what they cannot draw because it took their accounts first (drawn again, bigger).
 * ``exploration`` — accounts of the exploration holdout (``scores.holdout``: would-be actions
-  withheld), drawn from those not already in the stratified sample;
-* ``uncertain`` — accounts within ``uncertain_band`` of the operating threshold, drawn from
-  those in neither sample before.
+  withheld); stratum ``exploration_holdout``;
+* ``uncertain`` — accounts within ``uncertain_band`` of the operating threshold, outside the
+  holdout when exploration draws; stratum ``uncertain_band``. It also takes what exploration's
+  share could not draw (a holdout smaller than it);
+* ``stratified`` — the rest of the budget, over the other accounts, stratified by score bucket
+  (conf ``strata_edges``) and allocated across buckets by Neyman allocation
+  (``n_h ∝ N_h sqrt(p_h (1 - p_h))``, with the bucket's mean calibrated score as the guess for
+  ``p_h``), at least ``min_per_stratum`` per non-empty bucket. When those accounts are fewer than
+  its share, the budget left goes back to the other two parts, as far as their pools go.
 
-Every draw is deterministic: an account's random number is a hash of (salt, reason, date,
-account), so rerunning D gives the same queue. The probabilities of the last two parts are
-conditional on the account not being in an earlier part (their ``stratum_size`` is the pool
-they were drawn from).
+A part whose share draws nobody has no pool: its accounts stay with the later parts. Every draw
+is deterministic: an account's random number is a hash of (salt, reason, date, account), so
+rerunning D gives the same queue.
 """
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -177,82 +180,63 @@ def review_queue(
         base = base.withColumn(f"_u_{reason}", hash_uniform(F.col(t.ACCOUNT_ID), run_date, f"{salt}:{reason}"))
     thr = threshold if isinstance(threshold, Column) else F.lit(threshold).cast("double")
     in_band = F.coalesce(F.abs(F.col(t.SCORE) - thr) <= F.lit(uncertain_band), F.lit(False))
-    base = base.withColumn("_band", in_band).cache()
-    stats = base.groupBy("_h").agg(
-        F.count(F.lit(1)).alias("n"), F.avg(t.SCORE).alias("p"),
-        F.sum(F.col("holdout").cast("long")).alias("holdout"), F.sum(F.col("_band").cast("long")).alias("band"),
-    ).collect()
-    sizes = {r["_h"]: r["n"] for r in stats}
-    n_holdout = sum(r["holdout"] for r in stats)
-    n_band = sum(r["band"] for r in stats)
-    total = sum(sizes.values())
+    base = base.withColumn("_band", in_band)
+    counts = base.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("holdout").cast("long")).alias("holdout"),
+                      F.sum((F.col("_band") & ~F.col("holdout")).cast("long")).alias("band_only"),
+                      F.sum(F.col("_band").cast("long")).alias("band")).first()
     total_share = sum(shares.values()) or 1.0
-    n_explore = min(round(budget * shares.get(EXPLORATION, 0.0) / total_share), n_holdout)
-    # Rounded shares can add up to more than the budget (0.5 + 0.5 of 3 -> 2 + 2): the later ones get what is left.
-    n_uncertain = min(round(budget * shares.get(UNCERTAIN, 0.0) / total_share), n_band, budget - n_explore)
-
+    wanted = {r: round(budget * shares.get(r, 0.0) / total_share) for r in (EXPLORATION, UNCERTAIN)}
+    # Three disjoint pools, each part a simple random sample of its own pool, of a size the pools' counts fix
+    # before any draw: exploration from the holdout, uncertain from the band outside it, stratified from the
+    # rest. Every inclusion probability is then exactly n / N (one stratified design over all parts' strata);
+    # a part drawn again bigger when another had taken its accounts first was not (its size hung on its draw).
+    n_explore = min(wanted[EXPLORATION], counts["holdout"] or 0)
+    band_pool = (counts["band_only"] if n_explore else counts["band"]) or 0
+    # What exploration could not draw goes to the uncertain part; rounded shares over the budget: the later get less.
+    n_uncertain = min(wanted[UNCERTAIN] + wanted[EXPLORATION] - n_explore, band_pool, budget - n_explore)
+    in_explore = F.col("holdout") & F.lit(n_explore > 0)
+    in_uncertain = F.col("_band") & ~in_explore & F.lit(n_uncertain > 0)
+    base = base.withColumn("_pool", F.when(in_explore, F.lit(EXPLORATION)).when(in_uncertain, F.lit(UNCERTAIN))
+                           .otherwise(F.lit(STRATIFIED))).cache()
+    stats = base.where(F.col("_pool") == STRATIFIED).groupBy("_h").agg(
+        F.count(F.lit(1)).alias("n"), F.avg(t.SCORE).alias("p")).collect()
+    sizes = {r["_h"]: r["n"] for r in stats}
+    n_strat = min(budget - n_explore - n_uncertain, sum(sizes.values()))
+    # A rest too small for its share: the budget left goes back to the other parts, as far as their pools go.
+    left = budget - n_explore - n_uncertain - n_strat
+    if n_explore:
+        left -= (extra := min(left, counts["holdout"] - n_explore))
+        n_explore += extra
+    if n_uncertain:
+        n_uncertain += min(left, band_pool - n_uncertain)
     spreads = {r["_h"]: math.sqrt(min(max(r["p"], 1e-3), 1 - 1e-3) * (1 - min(max(r["p"], 1e-3), 1 - 1e-3)))
                for r in stats}
-    # Holdout or band accounts the stratified sample takes first leave the later parts short of their pools'
-    # counts above: the stratified part takes what they leave and is drawn again, bigger (a stratified sample
-    # still), until the queue fills its budget or holds every account. Never over the budget: a redraw that
-    # would be (its allocation need not grow in every stratum) gives way to the one before it.
-    wanted, n_fixed = [n_explore, n_uncertain], budget - n_explore - n_uncertain
-    best, shortfall = _parts(base, min(n_fixed, total), wanted, sizes, spreads, labels, min_per_stratum)
-    extra = 0
-    while shortfall > extra and n_fixed + extra < total:  # the shortfall grows each round: 1-2 rounds
-        extra = shortfall
-        n_strat = min(n_fixed + extra, total)
-        out, shortfall = _parts(base, n_strat, wanted, sizes, spreads, labels, min_per_stratum)
-        if n_strat + n_explore + n_uncertain - shortfall > budget:
-            break
-        best = out
-    base.unpersist()
-    return best.withColumn(t.RUN_DATE, F.lit(run_date)).select(*QUEUE_COLUMNS)
-
-
-def _parts(base: DataFrame, n_strat: int, wanted: Sequence[int], sizes: Mapping[int, int],
-           spreads: Mapping[int, float], labels: Sequence[str], min_per_stratum: int) -> tuple[DataFrame, int]:
-    """The queue's three parts drawn in order, with ``n_strat`` stratified and ``wanted`` exploration and
-    uncertain rows; and how many of those the later parts could not draw (their pools minus earlier parts)."""
     order = sorted(sizes)
     alloc = dict(zip(order, neyman_allocation([sizes[h] for h in order], [spreads[h] for h in order],
                                               n_strat, min_per_stratum), strict=True))
-    strat = _draw(base, 0, f"_u_{STRATIFIED}", by="_h", sizes=alloc, totals=sizes)
+    strat = _draw(base.where(F.col("_pool") == STRATIFIED), 0, f"_u_{STRATIFIED}", by="_h", sizes=alloc,
+                  totals=sizes)
     label_map = F.element_at(F.array(*[F.lit(s) for s in labels]), F.col("_h") + 1)
-    size_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(sizes[h]))])
-    alloc_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(alloc[h]))])
-    strat = strat.select(
+    size_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(sizes[h]))]) if order else None
+    alloc_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(alloc[h]))]) if order else None
+    parts = [strat.select(
         t.ACCOUNT_ID, F.lit(STRATIFIED).alias(t.REASON),
         (F.element_at(alloc_map, F.col("_h")) / F.element_at(size_map, F.col("_h"))).alias(SAMPLING_PROBABILITY),
         label_map.alias(STRATUM), F.element_at(size_map, F.col("_h")).cast("long").alias(STRATUM_SIZE),
         F.element_at(alloc_map, F.col("_h")).cast("int").alias(STRATUM_SAMPLE_SIZE), t.SCORE, t.MODEL_VERSION,
-    ).cache()
-
-    parts = [strat]
-    taken = strat.select(t.ACCOUNT_ID)
-    shortfall = 0
-    for reason, asked, pool_filter, name in (
-        (EXPLORATION, wanted[0], F.col("holdout"), "exploration_holdout"),
-        (UNCERTAIN, wanted[1], F.col("_band"), "uncertain_band"),
-    ):
-        pool = base.where(pool_filter).join(F.broadcast(taken), t.ACCOUNT_ID, "left_anti").cache()
-        pool_size = pool.count()
-        # Holdout accounts already in the stratified sample leave budget: the next part takes it.
-        n = min(asked + shortfall, pool_size)
-        shortfall = asked + shortfall - n
-        drawn = _draw(pool, n, f"_u_{reason}", totals={0: pool_size}).select(
-            t.ACCOUNT_ID, F.lit(reason).alias(t.REASON),
-            F.lit(n / pool_size if pool_size else 0.0).alias(SAMPLING_PROBABILITY),
-            F.lit(name).alias(STRATUM), F.lit(pool_size).cast("long").alias(STRATUM_SIZE),
-            F.lit(n).cast("int").alias(STRATUM_SAMPLE_SIZE), t.SCORE, t.MODEL_VERSION,
-        ).localCheckpoint()
-        pool.unpersist()
-        parts.append(drawn)
-        taken = taken.unionByName(drawn.select(t.ACCOUNT_ID))
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.unionByName(p)
+    )] if order else []
+    for reason, n, pool_size, name in ((EXPLORATION, n_explore, counts["holdout"], "exploration_holdout"),
+                                       (UNCERTAIN, n_uncertain, band_pool, "uncertain_band")):
+        if n:
+            parts.append(_draw(base.where(F.col("_pool") == reason), n, f"_u_{reason}", totals={0: pool_size}).select(
+                t.ACCOUNT_ID, F.lit(reason).alias(t.REASON), F.lit(n / pool_size).alias(SAMPLING_PROBABILITY),
+                F.lit(name).alias(STRATUM), F.lit(pool_size).cast("long").alias(STRATUM_SIZE),
+                F.lit(n).cast("int").alias(STRATUM_SAMPLE_SIZE), t.SCORE, t.MODEL_VERSION,
+            ))
+    out = functools.reduce(DataFrame.unionByName, parts) if parts else base.limit(0).select(
+        t.ACCOUNT_ID, F.lit(STRATIFIED).alias(t.REASON), F.lit(0.0).alias(SAMPLING_PROBABILITY),
+        F.lit("").alias(STRATUM), F.lit(0).cast("long").alias(STRATUM_SIZE), F.lit(0).alias(STRATUM_SAMPLE_SIZE),
+        t.SCORE, t.MODEL_VERSION)
     out = out.localCheckpoint()
-    strat.unpersist()
-    return out, shortfall
+    base.unpersist()
+    return out.withColumn(t.RUN_DATE, F.lit(run_date)).select(*QUEUE_COLUMNS)

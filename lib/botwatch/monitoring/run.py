@@ -31,7 +31,7 @@ from botwatch.monitoring.drift import (
     training_reference,
 )
 from botwatch.monitoring.prevalence import stratified_estimate, stratified_ratio
-from botwatch.monitoring.review import STRATUM, STRATUM_SIZE, review_queue
+from botwatch.monitoring.review import STRATIFIED, STRATUM, STRATUM_SIZE, review_queue
 from botwatch.schemas import require_columns
 
 # The alert and its reader live with the refresh policy that acts on them.
@@ -217,8 +217,9 @@ def _past_decisions(spark: SparkSession, warehouse: str, scores: DataFrame, run_
 
 
 def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, params: MonitorParams) -> dict:
-    """The estimate from the latest review queue (within the lookback) whose stratified sample
-    has a label in every stratum; labels observed up to the end of D.
+    """The estimate from the latest review queue (within the lookback) with a label in every stratum
+    (the score buckets of its stratified part, and its exploration and uncertain parts, each drawn
+    from its own pool); labels observed up to the end of D.
 
     Only answers to the queue count: labels of ``review_label_sources`` observed after the queue's
     date (the queue of D is written once D has ended). An earlier label, or an appeal (only wrongly
@@ -229,8 +230,8 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
         return {}
     start = run_date - dt.timedelta(days=params.label_lookback_days)
     queue = read_table(spark, warehouse, t.REVIEW_QUEUE).where(
-        (F.col(t.REASON) == "stratified") & F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date))
-    ).select(t.ACCOUNT_ID, t.RUN_DATE, STRATUM, STRATUM_SIZE)
+        F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date))
+    ).select(t.ACCOUNT_ID, t.RUN_DATE, t.REASON, STRATUM, STRATUM_SIZE)
     label_day = F.to_date(t.LABELED_AT)
     labels = read_table(spark, warehouse, t.LABELS).where(
         F.col(t.SOURCE).isin(*params.review_label_sources) & label_day.between(F.lit(start), F.lit(run_date))
@@ -238,7 +239,7 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     answered = (
         queue.join(labels, (F.col("_labelled") == F.col(t.ACCOUNT_ID)) & (F.col("_label_day") > F.col(t.RUN_DATE)),
                    "left")
-        .groupBy(t.ACCOUNT_ID, t.RUN_DATE, STRATUM, STRATUM_SIZE)
+        .groupBy(t.ACCOUNT_ID, t.RUN_DATE, t.REASON, STRATUM, STRATUM_SIZE)
         .agg(F.max_by(t.LABEL, _latest_then_human()).alias(t.LABEL))
     )
     scores = read_table(spark, warehouse, t.SCORES).where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date)))
@@ -247,7 +248,7 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     bot = F.col(t.LABEL) == 1
     rows = _pandas(
         answered.join(decisions, [t.ACCOUNT_ID, t.RUN_DATE], "left")
-        .groupBy(t.RUN_DATE, STRATUM)
+        .groupBy(t.RUN_DATE, t.REASON, STRATUM)
         .agg(F.max(STRATUM_SIZE).alias("N"), F.count(t.LABEL).alias("n"), F.sum(F.col(t.LABEL).cast("long")).alias("y"),
              F.count(F.when(F.col(t.LABEL).isNotNull() & action, 1)).alias("acted"),
              F.count(F.when(bot & action, 1)).alias("bots_acted"))
@@ -257,6 +258,10 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     scored = {r[t.RUN_DATE]: r["n"] for r in scores.groupBy(t.RUN_DATE).agg(F.count(t.SCORE).alias("n")).collect()}
     for day in sorted(rows[t.RUN_DATE].unique(), reverse=True) if len(rows) else []:
         g = rows[rows[t.RUN_DATE] == day]
+        # Every part is a stratum of one design; a queue written before the parts' pools were disjoint
+        # (its other parts drawn from what the stratified sample left) counts its stratified sample alone.
+        strat = g[g[t.REASON] == STRATIFIED]
+        g = strat if strat["N"].sum() >= scored.get(day, 0) else g
         if g["N"].sum() < scored.get(day, 0):
             continue
         est = stratified_estimate(g["N"], g["n"], g["y"].fillna(0))
