@@ -183,14 +183,15 @@ def review_queue(
     base = base.withColumn("_band", in_band)
     counts = base.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("holdout").cast("long")).alias("holdout"),
                       F.sum((F.col("_band") & ~F.col("holdout")).cast("long")).alias("band_only"),
-                      F.sum(F.col("_band").cast("long")).alias("band")).first()
+                      F.sum(F.col("_band").cast("long")).alias("band")).collect()[0]
     total_share = sum(shares.values()) or 1.0
     wanted = {r: round(budget * shares.get(r, 0.0) / total_share) for r in (EXPLORATION, UNCERTAIN)}
     # Three disjoint pools, each part a simple random sample of its own pool, of a size the pools' counts fix
     # before any draw: exploration from the holdout, uncertain from the band outside it, stratified from the
     # rest. Every inclusion probability is then exactly n / N (one stratified design over all parts' strata);
     # a part drawn again bigger when another had taken its accounts first was not (its size hung on its draw).
-    n_explore = min(wanted[EXPLORATION], counts["holdout"] or 0)
+    n_holdout = counts["holdout"] or 0
+    n_explore = min(wanted[EXPLORATION], n_holdout)
     band_pool = (counts["band_only"] if n_explore else counts["band"]) or 0
     # What exploration could not draw goes to the uncertain part; rounded shares over the budget: the later get less.
     n_uncertain = min(wanted[UNCERTAIN] + wanted[EXPLORATION] - n_explore, band_pool, budget - n_explore)
@@ -205,7 +206,7 @@ def review_queue(
     # A rest too small for its share: the budget left goes back to the other parts, as far as their pools go.
     left = budget - n_explore - n_uncertain - n_strat
     if n_explore:
-        left -= (extra := min(left, counts["holdout"] - n_explore))
+        left -= (extra := min(left, n_holdout - n_explore))
         n_explore += extra
     if n_uncertain:
         n_uncertain += min(left, band_pool - n_uncertain)
@@ -217,15 +218,15 @@ def review_queue(
     strat = _draw(base.where(F.col("_pool") == STRATIFIED), 0, f"_u_{STRATIFIED}", by="_h", sizes=alloc,
                   totals=sizes)
     label_map = F.element_at(F.array(*[F.lit(s) for s in labels]), F.col("_h") + 1)
-    size_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(sizes[h]))]) if order else None
-    alloc_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(alloc[h]))]) if order else None
+    size_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(sizes[h]))])
+    alloc_map = F.create_map(*[x for h in order for x in (F.lit(h), F.lit(alloc[h]))])
     parts = [strat.select(
         t.ACCOUNT_ID, F.lit(STRATIFIED).alias(t.REASON),
         (F.element_at(alloc_map, F.col("_h")) / F.element_at(size_map, F.col("_h"))).alias(SAMPLING_PROBABILITY),
         label_map.alias(STRATUM), F.element_at(size_map, F.col("_h")).cast("long").alias(STRATUM_SIZE),
         F.element_at(alloc_map, F.col("_h")).cast("int").alias(STRATUM_SAMPLE_SIZE), t.SCORE, t.MODEL_VERSION,
     )] if order else []
-    for reason, n, pool_size, name in ((EXPLORATION, n_explore, counts["holdout"], "exploration_holdout"),
+    for reason, n, pool_size, name in ((EXPLORATION, n_explore, n_holdout, "exploration_holdout"),
                                        (UNCERTAIN, n_uncertain, band_pool, "uncertain_band")):
         if n:
             parts.append(_draw(base.where(F.col("_pool") == reason), n, f"_u_{reason}", totals={0: pool_size}).select(
