@@ -251,6 +251,9 @@ def test_auto_leaves_out_columns_named_like_a_label_and_a_list_takes_them():
         ("enforcement_actions", T.LongType()), ("isspam", T.BooleanType()), ("shadowbanned", T.BooleanType()),
         ("unbanned", T.BooleanType()), ("botscore", T.DoubleType()), ("BOTscore", T.DoubleType()),
         ("bot7d", T.DoubleType()), ("reports7d", T.LongType()),
+        # joined and plural
+        ("botscores", T.DoubleType()), ("spamscores", T.DoubleType()), ("fraudflags", T.LongType()),
+        ("reportcounts", T.LongType()),
         # ... and names that only contain such letters
         ("island_count", T.LongType()), ("unlocked_achievements", T.LongType()), ("posts30d", T.LongType()),
         ("account_status", T.LongType()),
@@ -259,7 +262,8 @@ def test_auto_leaves_out_columns_named_like_a_label_and_a_list_takes_them():
     leaky = ["is_bot", "isBot", "label_score", "banned", "suspension_count", "bot_probability",
              "user_reports", "appealsWon", "investigator_verdict", "is_spam", "suspensions", "BOTScore",
              "is_restricted", "was_actioned", "strikes", "enforcement_actions", "isspam", "shadowbanned",
-             "unbanned", "botscore", "BOTscore", "bot7d", "reports7d"]
+             "unbanned", "botscore", "BOTscore", "bot7d", "reports7d", "botscores", "spamscores", "fraudflags",
+             "reportcounts"]
     # "bot" only as a whole word
     assert sorted(sel.columns) == ["about", "account_status", "botany_posts", "island_count", "posts30d",
                                    "robot_clicks", "status_updates", "unlocked_achievements"]
