@@ -313,6 +313,27 @@ def test_uncertain_band_lies_around_each_rows_deciding_model(spark, tmp_path):
     assert uncertain(0.8) == [1, 4]  # stage 1's threshold for every row: the heavy model's decisions misread
 
 
+def test_the_estimate_sums_over_one_designs_strata_and_skips_a_queue_missing_one():
+    """Today's queues: every part a stratum, their sizes adding up to the 1,000 scored accounts. A queue
+    written before the pools were disjoint: its stratified part alone (its other parts are also in its
+    buckets). Either kind missing a bucket is left out, even when its other parts' sizes make up the sum
+    (they would be counted twice and the unsampled bucket not at all)."""
+    from botwatch.monitoring.run import design_strata
+
+    def queue(reasons, sizes):
+        return pd.DataFrame({"reason": reasons, "N": sizes})
+
+    parts = ["stratified"] * 3 + ["exploration", "uncertain"]
+    new = queue(parts, [700, 200, 50, 10, 40])
+    assert design_strata(new, 1000) is new
+    old = queue(parts, [700, 250, 50, 12, 45])
+    assert design_strata(old, 1000)["N"].tolist() == [700, 250, 50]
+    assert design_strata(queue(parts, [700, 250, 20, 12, 45]), 1000) is None  # old, a bucket of 30 unsampled
+    assert design_strata(queue(parts, [700, 200, 20, 10, 40]), 1000) is None  # new, the same
+    only = queue(["stratified"] * 2, [800, 200])
+    assert design_strata(only, 1000) is only and design_strata(only.iloc[:1], 1000) is None
+
+
 def test_neyman_allocation_is_proportional_to_size_times_spread():
     from botwatch.monitoring.review import neyman_allocation
 

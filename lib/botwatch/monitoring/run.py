@@ -216,6 +216,18 @@ def _past_decisions(spark: SparkSession, warehouse: str, scores: DataFrame, run_
     return pdf[cols]
 
 
+def design_strata(queue_strata: pd.DataFrame, n_scored: int) -> pd.DataFrame | None:
+    """The strata (rows with ``reason``, ``N``) of one day's review queue that its estimate sums over, or None
+    when a stratum of the scored accounts went unsampled. Every part is a stratum when their sizes add up to
+    the scored accounts (disjoint pools); a queue written before the pools were disjoint (its other parts
+    drawn from what its stratified sample left, so also counted in its score buckets) counts its stratified
+    part alone."""
+    strat = queue_strata[queue_strata[t.REASON] == STRATIFIED]
+    if len(strat) == len(queue_strata) or queue_strata["N"].sum() == n_scored:
+        return queue_strata if queue_strata["N"].sum() >= n_scored else None
+    return strat if strat["N"].sum() >= n_scored else None
+
+
 def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, params: MonitorParams) -> dict:
     """The estimate from the latest review queue (within the lookback) with a label in every stratum
     (the score buckets of its stratified part, and its exploration and uncertain parts, each drawn
@@ -257,12 +269,8 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     # its accounts would silently drop out of the estimate. Such a day is left out.
     scored = {r[t.RUN_DATE]: r["n"] for r in scores.groupBy(t.RUN_DATE).agg(F.count(t.SCORE).alias("n")).collect()}
     for day in sorted(rows[t.RUN_DATE].unique(), reverse=True) if len(rows) else []:
-        g = rows[rows[t.RUN_DATE] == day]
-        # Every part is a stratum of one design; a queue written before the parts' pools were disjoint
-        # (its other parts drawn from what the stratified sample left) counts its stratified sample alone.
-        strat = g[g[t.REASON] == STRATIFIED]
-        g = strat if strat["N"].sum() >= scored.get(day, 0) else g
-        if g["N"].sum() < scored.get(day, 0):
+        g = design_strata(rows[rows[t.RUN_DATE] == day], scored.get(day, 0))
+        if g is None:
             continue
         est = stratified_estimate(g["N"], g["n"], g["y"].fillna(0))
         if not math.isnan(est["estimate"]):
