@@ -545,6 +545,18 @@ def test_a_conf_change_reruns_the_steps_that_read_it(spark, fake_pipeline, monke
     assert calls[9:] == []
 
 
+def test_a_heartbeat_that_would_let_the_lock_expire_is_refused(conf):
+    """A beat every 600 s against an expiry of 540 s (0.15 h): another run of the date would take a live
+    lock over; a beat of 0 would spin on the file system. Both refused, naming both knobs."""
+    from botwatch.config import ConfigError
+
+    assert nightly.lock_settings(conf) == (0.15, 30.0)
+    for heartbeat in (600, 181, 0, -5):
+        with pytest.raises(ConfigError, match="lock_heartbeat_seconds.*lock_stale_hours"):
+            nightly.lock_settings(conf.with_overrides([f"run.lock_heartbeat_seconds={heartbeat}"]))
+    assert nightly.lock_settings(conf.with_overrides(["run.lock_heartbeat_seconds=180"])) == (0.15, 180.0)
+
+
 def test_conf_fingerprint_is_stable_across_processes_and_ignores_speed_knobs(conf):
     keys = ["features", "cascade", "train.golden_salt"]
     here = nightly.conf_fingerprint(conf, keys)

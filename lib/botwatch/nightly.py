@@ -49,7 +49,7 @@ from pyspark.sql import types as T
 
 from botwatch import files
 from botwatch import tables as t
-from botwatch.config import Config, warehouse_path
+from botwatch.config import Config, ConfigError, warehouse_path
 from botwatch.delta_io import commit_metadata, hadoop_fs, read_table, table_exists, table_version, write_table
 
 log = logging.getLogger(__name__)
@@ -360,6 +360,19 @@ def _modified_at(spark: SparkSession, path: str) -> dt.datetime | None:
 MARKER_EXPIRY = dt.timedelta(minutes=10)
 
 
+def lock_settings(conf: Config) -> tuple[float, float]:
+    """``run.lock_stale_hours`` and ``run.lock_heartbeat_seconds``, checked against each other: a beat must land
+    well inside the expiry (the next run of the date would take a live lock over), and a beat of 0 would
+    loop on the file system without a pause."""
+    stale_hours, heartbeat = float(conf["run.lock_stale_hours"]), float(conf["run.lock_heartbeat_seconds"])
+    if not 0 < heartbeat <= stale_hours * 3600 / 3:
+        raise ConfigError(
+            f"run.lock_heartbeat_seconds={heartbeat:g} must be above 0 and at most a third of run.lock_stale_hours="
+            f"{stale_hours:g} ({stale_hours * 3600 / 3:g} s): a lock unrefreshed for run.lock_stale_hours is taken "
+            "over by the next run of its date")
+    return stale_hours, heartbeat
+
+
 class DateLock:
     """The lock of one run date (the file ``run_lock/<D>.json``); use as a context manager.
 
@@ -574,8 +587,7 @@ def run_steps(
     results: dict[str, dict] = {}
     started_run = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     run_key = {CONF_KEY: run_conf_fingerprint(conf)}  # the "_run" row's: the whole run's conf
-    with DateLock(spark, warehouse, run_date, float(conf["run.lock_stale_hours"]),
-                  float(conf["run.lock_heartbeat_seconds"])) as lock:
+    with DateLock(spark, warehouse, run_date, *lock_settings(conf)) as lock:
         logged = log_rows(spark, warehouse, run_date)
         for step in order:
             lock.check()  # a lock lost while the last step ran: stop before this one writes
