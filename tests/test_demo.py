@@ -47,6 +47,24 @@ def test_demo_simulates_runs_every_day_and_scores_its_last_day(spark, conf, tmp_
         assert "<img" in fh.read()
 
 
+def test_a_demo_into_another_platforms_warehouse_exits_2_with_the_message(monkeypatch, tmp_path):
+    """As `botwatch simulate` does (the README: refused, exit 2), not a traceback and exit 1."""
+    from typer.testing import CliRunner
+
+    import botwatch.demo
+    import botwatch.spark
+    from botwatch.cli import app
+    from botwatch.simulate.platform import WarehouseInUseError
+
+    def refused(spark, cfg, echo=print):
+        raise WarehouseInUseError("the warehouse holds another platform's tables")
+
+    monkeypatch.setattr(botwatch.spark, "get_spark", lambda *a, **k: None)
+    monkeypatch.setattr(botwatch.demo, "run_demo", refused)
+    result = CliRunner().invoke(app, ["demo", "--warehouse", str(tmp_path)])
+    assert result.exit_code == 2 and "another platform's tables" in result.output, result.output
+
+
 def test_the_users_sets_win_over_the_demos_own(monkeypatch, tmp_path):
     """`botwatch demo --set simulate.prevalence=0.2` simulates 20 % bots (the demo's 0.08 replaced it)."""
     from typer.testing import CliRunner

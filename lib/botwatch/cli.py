@@ -262,6 +262,7 @@ def simulate(
 def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: SetOpt = None) -> None:
     """Simulate a small platform, run the nightly run on every simulated day; print where tables and report are."""
     from botwatch.demo import demo_conf, run_demo
+    from botwatch.simulate import SimulationParamsError
     from botwatch.spark import get_spark
 
     # A small platform has few labels: the demo section sets its own investigator rate and minimums.
@@ -269,7 +270,10 @@ def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: Set
         cfg = demo_conf(build_conf(conf, warehouse, set_), set_ or [])
     except ConfigError as exc:  # a demo.* value the knob it sets refuses
         fail(str(exc))
-    run_demo(get_spark(cfg, app_name="demo"), cfg, echo=typer.echo)
+    try:
+        run_demo(get_spark(cfg, app_name="demo"), cfg, echo=typer.echo)
+    except SimulationParamsError as exc:  # a warehouse of another platform, or a platform the simulator refuses
+        fail(str(exc))
 
 
 @app.command()
