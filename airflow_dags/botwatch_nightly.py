@@ -73,7 +73,7 @@ def _jars() -> str | None:
 
 
 def _literal(value: str) -> str:
-    # application_args is templated: a value's own braces ({{PWD}} in a class path) must reach the job as typed.
+    # application_args and conf are templated: a value's own braces ({{PWD}} in a class path) reach the job as typed.
     return "{% raw %}" + value + "{% endraw %}" if "{" in value else value
 
 
@@ -115,7 +115,8 @@ with DAG(
             conn_id="spark_default",
             jars=_jars(),
             driver_memory=DRIVER_MEMORY,
-            conf={"spark.driver.extraJavaOptions": DRIVER_JAVA_OPTIONS} if DRIVER_JAVA_OPTIONS else None,
+            # conf is templated too: the options' own braces ({{PWD}} in a path) reach spark-submit as typed.
+            conf={"spark.driver.extraJavaOptions": _literal(DRIVER_JAVA_OPTIONS)} if DRIVER_JAVA_OPTIONS else None,
             name=f"botwatch-{step}-{{{{ ds }}}}",
             pool=pool or "default_pool",
             # The job's package must import on the driver: the project's lib/ on PYTHONPATH
