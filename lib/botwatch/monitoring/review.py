@@ -18,7 +18,7 @@ prevalence estimate (:mod:`botwatch.monitoring.prevalence`):
   ``p_h``), at least ``min_per_stratum`` per non-empty bucket. When those accounts are fewer than
   its share, the budget left goes back to the other two parts, as far as their pools go.
 
-A part whose share draws nobody has no pool: its accounts stay with the later parts. Every draw
+A part whose share draws nobody has no pool: its accounts stay in the other parts' pools. Every draw
 is deterministic: an account's random number is a hash of (salt, reason, date, account), so
 rerunning D gives the same queue.
 """
