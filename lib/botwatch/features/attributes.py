@@ -166,15 +166,19 @@ def _feature_name(column: str) -> str:
     return ATTR_PREFIX + re.sub(r"[^0-9A-Za-z_]", "_", column)
 
 
+def _singulars(words: set[str]) -> set[str]:
+    return {w[:-1] for w in words if len(w) > 3 and w.endswith("s")}
+
+
 def _name_words(column: str) -> set[str]:
     spaced = re.sub(r"([a-z0-9])([A-Z])|([A-Z])([A-Z][a-z])", r"\1\3 \2\4", column)  # isBot, BOTScore
     # Digits separate words too (bot7d, reports30d); the unsplit name's words catch BOTscore.
     words = {w for text in (spaced, column) for w in re.split(r"[^a-z]+", text.lower()) if w}
     # Plurals first, so a joined plural (botscores, fraudflags) loses its suffix below too.
-    words |= {w[:-1] for w in words if len(w) > 3 and w.endswith("s")}
+    words |= _singulars(words)
     words |= {w[len(p):] for w in words for p in _JOINED_PREFIXES if w.startswith(p) and len(w) > len(p) + 2}
     words |= {w[:-len(x)] for w in words for x in _JOINED_SUFFIXES if w.endswith(x) and len(w) > len(x) + 2}
-    return words | {w[:-1] for w in words if len(w) > 3 and w.endswith("s")}
+    return words | _singulars(words)  # and of what the joined parts left (botsflag -> bots -> bot)
 
 
 def looks_like_a_label(column: str) -> bool:
