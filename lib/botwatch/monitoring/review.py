@@ -181,7 +181,7 @@ def review_queue(
     thr = threshold if isinstance(threshold, Column) else F.lit(threshold).cast("double")
     in_band = F.coalesce(F.abs(F.col(t.SCORE) - thr) <= F.lit(uncertain_band), F.lit(False))
     base = base.withColumn("_band", in_band)
-    counts = base.agg(F.count(F.lit(1)).alias("n"), F.sum(F.col("holdout").cast("long")).alias("holdout"),
+    counts = base.agg(F.sum(F.col("holdout").cast("long")).alias("holdout"),
                       F.sum((F.col("_band") & ~F.col("holdout")).cast("long")).alias("band_only"),
                       F.sum(F.col("_band").cast("long")).alias("band")).collect()[0]
     total_share = sum(shares.values()) or 1.0
