@@ -52,7 +52,7 @@ def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
         retrain, why = th.cascade_refresh_decision(spark, warehouse, run_date, params)
         if not retrain:
             return {"trained": False, "promoted": False, "reason": why,
-                    **th.calibrate_if_missing(spark, warehouse, run_date, conf.section("cascade"))}
+                    **th.calibrate_if_needed(spark, warehouse, run_date, conf.section("cascade"))}
         result, cascade = th.train_cascade(spark, warehouse, run_date, params, conf.section("heavy"),
                                            conf.section("cascade"))
     return {

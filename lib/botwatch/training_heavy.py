@@ -408,7 +408,7 @@ def flag_threshold_to_choose(spark: SparkSession, warehouse: str, run_date: dt.d
     return f"the flag threshold was chosen for other knobs: {', '.join(changed)}" if changed else None
 
 
-def calibrate_if_missing(spark: SparkSession, warehouse: str, run_date: dt.date, cascade_section: dict) -> dict:
+def calibrate_if_needed(spark: SparkSession, warehouse: str, run_date: dt.date, cascade_section: dict) -> dict:
     """On a night that trains nothing: choose the flag threshold when D's champions need one
     (:func:`flag_threshold_to_choose`); ``{}`` when the one they have stands."""
     params = CascadeParams.from_conf(cascade_section)
@@ -500,7 +500,7 @@ def train_cascade(
 
 
 __all__ = [
-    "CascadeParams", "HeavyTrainResult", "calibrate_flag_threshold", "calibrate_if_missing", "cascade_refresh_decision",
+    "CascadeParams", "HeavyTrainResult", "calibrate_flag_threshold", "calibrate_if_needed", "cascade_refresh_decision",
     "family_metrics", "flag_threshold_to_choose", "inputs_for", "teacher_targets", "train_cascade", "train_heavy_stage",
     "DISTILL_TARGET", "TEACHER_SCORE",
 ]
