@@ -863,6 +863,35 @@ def test_a_new_champions_scores_are_not_drift_but_a_tenfold_flagged_rate_still_f
     assert metrics[(later, "flagged_rate_trailing_days")] == 0.0
 
 
+
+def test_a_heavy_model_switched_on_is_not_score_drift_and_keeps_stage_ones_flagged_rate(spark, monitored, tmp_path):
+    """D+1 is the first night of a heavy champion: stage1_xgb:1 flags as before, stage2_heavy:1 rescores
+    the flagged accounts. The score shift is the heavy model's, not drift (no reference day had it); the
+    flagged rate, stage 1's, is still compared with stage1_xgb:1's trailing days."""
+    from tests.helpers import copy_warehouse
+
+    from botwatch.monitoring.run import monitor
+
+    wh, params, _, _ = monitored
+    wh2 = copy_warehouse(wh, tmp_path / "wh")
+    later = DAY + dt.timedelta(days=1)
+    _write(spark, _features(later, 0.0, 4), wh2, "features")
+    new = _scores(later, 200)
+    reached = new.stage2_reached
+    new.loc[reached, "model_version"] = "stage1_xgb:1+stage2_heavy:1"
+    new.loc[reached, "score"] = 0.999  # the heavy model's own scale
+    _write(spark, new, wh2, "scores")
+    result = monitor(spark, wh2, later, params)
+    metrics = _table(spark, wh2, "metrics").set_index(["run_date", "name"])["value"]
+    assert math.isnan(result["score_psi"]) and not result["drift_alert"]
+    assert metrics[(later, "flagged_rate_trailing_days")] == 7.0
+    old = _table(spark, wh2, "scores")
+    old = old[(old.run_date < later) & (old.run_date >= later - dt.timedelta(days=params.trailing_days))]
+    old_rate = (old.decision.isin(["action", "review"]) | old.stage2_reached).groupby(old.run_date).mean().mean()
+    new_rate = (new.decision.isin(["action", "review"]) | new.stage2_reached).mean()
+    assert metrics[(later, "flagged_rate_ratio")] == pytest.approx(new_rate / old_rate)
+
+
 # ---- the report in headless Chromium ---------------------------------------------------------
 
 PROBE = """<script>window.addEventListener('load', () => {

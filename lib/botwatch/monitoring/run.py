@@ -282,26 +282,30 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     return {"n": float(rows["n"].sum()) if len(rows) else 0.0}
 
 
-def _stage1_versions(versions) -> frozenset[str]:
-    """The stage-1 model(s) among ``model_version`` values (``stage1_xgb:N`` of ``stage1_xgb:N+stage2_heavy:M``);
-    the values themselves when none is a stage-1 one (hand-made scores)."""
-    parts = {p for v in versions if v for p in str(v).split("+") if p.startswith(f"{STAGE1_MODEL}:")}
-    return frozenset(parts or {str(v) for v in versions if v})
+def _model_parts(versions, stage1_only: bool = False) -> frozenset[str]:
+    """The models among ``model_version`` values (``stage1_xgb:N`` and ``stage2_heavy:M`` of
+    ``stage1_xgb:N+stage2_heavy:M``), or only the stage-1 one(s); the values themselves when none is a
+    stage-1 one (hand-made scores)."""
+    parts = {p for v in versions if v for p in str(v).split("+")}
+    if not any(p.startswith(f"{STAGE1_MODEL}:") for p in parts):
+        return frozenset(str(v) for v in versions if v)
+    return frozenset(p for p in parts if p.startswith(f"{STAGE1_MODEL}:") or not stage1_only)
 
 
 def _days_by_model(scores: DataFrame, versions: list[str], start: dt.date, run_date: dt.date,
-                   ) -> tuple[list[dt.date], dict[dt.date, str], dict[dt.date, float]]:
-    """The days from ``start`` to the day before D scored by D's stage-1 model (``versions``: D's
-    :func:`model_versions`), the others with the model that scored them, and every day's flagged rate
-    (one pass over those days' scores)."""
+                   ) -> tuple[list[dt.date], list[dt.date], dict[dt.date, str], dict[dt.date, float]]:
+    """The days from ``start`` to the day before D scored by the same models as D (``versions``: D's
+    :func:`model_versions`), those flagged by D's stage-1 model (the heavy model only rescores the
+    flagged), the others with the models that scored them, and every day's flagged rate (one pass)."""
     rows = (scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date - dt.timedelta(days=1))))
             .groupBy(t.RUN_DATE).agg(F.collect_set(t.MODEL_VERSION).alias("versions"),
                                      F.avg(flagged(scores).cast("double")).alias("rate")).collect())
-    want = _stage1_versions(versions)
-    same = sorted(r[t.RUN_DATE] for r in rows if _stage1_versions(r["versions"]) == want)
-    other = {r[t.RUN_DATE]: ", ".join(sorted(_stage1_versions(r["versions"]))) for r in rows
-             if _stage1_versions(r["versions"]) != want}
-    return same, other, {r[t.RUN_DATE]: float(r["rate"]) for r in rows}
+    same_models = sorted(r[t.RUN_DATE] for r in rows if _model_parts(r["versions"]) == _model_parts(versions))
+    want = _model_parts(versions, stage1_only=True)
+    same_stage1 = sorted(r[t.RUN_DATE] for r in rows if _model_parts(r["versions"], stage1_only=True) == want)
+    other = {r[t.RUN_DATE]: ", ".join(sorted(_model_parts(r["versions"]))) for r in rows
+             if r[t.RUN_DATE] not in same_models}
+    return same_models, same_stage1, other, {r[t.RUN_DATE]: float(r["rate"]) for r in rows}
 
 
 def _score_histograms(scores: DataFrame, run_date: dt.date, days: int, bins: int = 50) -> pd.DataFrame:
@@ -363,17 +367,19 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     over_hard = feature_stats[feature_stats["psi"] >= params.psi_hard][FEATURE].tolist() if len(feature_stats) else []
     metrics.update(max_feature_psi=max_psi, n_features_psi_over_soft=float(len(over_soft)))
 
-    # 2. score distribution against the previous days' scores, of the model that scored D: across a
-    # change of champion the shift is the new model's, not drift, and as drift it would alert, retrain
-    # the next night, and alert again while the reference days still held the old model's scores.
+    # 2. score distribution against the previous days' scores, of the models that scored D (stage 1 and
+    # the heavy one): across a change of champion the shift is the new model's, not drift, and as drift
+    # it would alert, retrain the next night, and alert again while the reference days still held the
+    # old model's scores.
     ref_start = run_date - dt.timedelta(days=params.score_reference_days)
     trail_start = run_date - dt.timedelta(days=params.trailing_days)
-    same_model, other_model, rates = _days_by_model(scores, versions, min(ref_start, trail_start), run_date)
+    same_models, same_stage1, other_model, rates = _days_by_model(
+        scores, versions, min(ref_start, trail_start), run_date)
     if other_model:
-        notes.append(f"{len(other_model)} of the days before {run_date} were scored by another model "
-                     f"({', '.join(sorted(set(other_model.values())))}): left out of the score shift and flagged-rate "
-                     "references")
-    ref_days = [d for d in same_model if d >= ref_start]
+        notes.append(f"{len(other_model)} of the days before {run_date} were scored by other models "
+                     f"({'; '.join(sorted(set(other_model.values())))}): left out of the score shift reference, "
+                     "and of the flagged-rate one where their stage-1 model differs")
+    ref_days = [d for d in same_models if d >= ref_start]
     ref_scores = scores.where(F.col(t.RUN_DATE).isin(ref_days))
     score_psi = math.nan
     if ref_days and ref_scores.limit(1).count():
@@ -389,7 +395,7 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     # old one's counts only towards the hard alert: a model flagging 10x as many needs a look)
     rate = funnel["flagged"] / funnel["accounts"]
     daily = [r for d, r in rates.items() if d >= trail_start]
-    same = [r for d, r in rates.items() if d >= trail_start and d in same_model]
+    same = [r for d, r in rates.items() if d >= trail_start and d in same_stage1]
     trailing = sum(same) / len(same) if same else math.nan
     ratio = flagged_rate_ratio(rate, trailing)
     metrics.update(flagged_rate=rate, flagged_rate_trailing=trailing, flagged_rate_ratio=ratio,
