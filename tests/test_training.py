@@ -146,6 +146,10 @@ def test_gate_never_swaps_a_champion_that_can_act_for_one_that_cannot():
     assert gate(0.9, 0.5, None, 0.01, challenger_threshold=None, champion=None, run_date=day).promote
     assert gate(0.9, 0.5, 0.8, 0.01, challenger_threshold=None, champion={**acting, "threshold": None}).promote
     assert not gate(0.7, 0.5, 0.8, 0.01, challenger_threshold=0.7, champion=acting, run_date=day).promote  # worse
+    # Against a champion of another golden split: its PR-AUC is on the rows it never trained on, and so is ours.
+    worse = gate(0.9, 0.5, 0.8, 0.01, challenger_threshold=0.7, champion=acting, challenger_vs_champion=0.7)
+    assert not worse.promote and "never trained on" in worse.reason
+    assert gate(0.7, 0.5, 0.8, 0.01, challenger_threshold=0.7, champion=acting, challenger_vs_champion=0.8).promote
     # A small golden set the canary separates perfectly: a perfect challenger is not worse, it passes.
     assert gate(1.0, 1.0, None, 0.01, challenger_threshold=0.9).promote
     tied = gate(0.8, 0.8, None, 0.01, challenger_threshold=0.9)
@@ -521,6 +525,33 @@ def test_the_gate_scores_the_champion_calibrated_as_it_scores(spark, trained, tm
     assert (score == 1.0).sum() > 1 and want != pytest.approx(average_precision_score(gdf[t.LABEL], margin))
     got = training.champion_golden_pr_auc(spark, warehouse, {"artifact_path": steep}, gdf)
     assert got == pytest.approx(want)
+
+
+
+def test_after_a_new_golden_salt_the_champion_is_compared_only_on_rows_it_never_trained_on(spark, trained, tmp_path):
+    """``train.golden_salt`` changed: most of the new golden accounts were the champion's training rows.
+    Scored on them it would look better than it is; the gate compares both models on the new golden
+    rows that were golden under the champion's salt too (figures recomputed with scikit-learn)."""
+    tconf, run_date, first = trained
+    warehouse = copy_warehouse(warehouse_path(tconf), tmp_path / "wh")
+    old = TrainParams.from_conf(tconf.section("train"))
+    new = dataclasses.replace(old, golden_salt="golden-v2")
+    result = train_stage1(spark, warehouse, run_date, new)
+
+    old_train, _, old_golden = training_rows(spark, warehouse, run_date, old)
+    unseen_ids = {r[0] for r in old_golden.select(t.ACCOUNT_ID).collect()}
+    assert unseen_ids.isdisjoint(r[0] for r in old_train.select(t.ACCOUNT_ID).distinct().collect())
+    _, _, golden = training_rows(spark, warehouse, run_date, new)
+    for version, key in ((first.version, "champion_golden_pr_auc"), (result.version, "golden_pr_auc_vs_champion")):
+        raw, cols, cal, _ = _artifacts(spark, warehouse, version)
+        gdf = golden.select(t.ACCOUNT_ID, t.LABEL, *as_model_input(cols)).toPandas()
+        unseen = gdf[gdf[t.ACCOUNT_ID].isin(unseen_ids)]
+        assert 0 < len(unseen) < len(gdf) and unseen[t.LABEL].nunique() == 2
+        assert result.metrics["champion_golden_n"] == len(unseen)
+        want = average_precision_score(unseen[t.LABEL], cal.apply(predict_margin(raw, unseen[cols])))
+        assert result.metrics[key] == pytest.approx(want), key
+    meta = registry.read_artifact(_artifacts(spark, warehouse, result.version)[3]["artifact_path"], "meta.json")
+    assert (meta["golden_share"], meta["golden_salt"]) == (new.golden_share, "golden-v2")
 
 
 def test_prevalence_auto_takes_the_monitors_latest_estimate_before_the_run_date(spark, tmp_path):

@@ -230,13 +230,16 @@ def promotion_decision(
     challenger_threshold: float | None = None,
     champion: dict | None = None,
     run_date: dt.date | None = None,
+    challenger_vs_champion: float | None = None,
 ) -> PromotionDecision:
     """The gate, on the golden set: never promote a model worse than the champion (beyond
     ``tolerance``) or one that does not beat the canary (both at PR-AUC 1.0 passes). With the
     ``champion``'s registry record: a model with no operating threshold (``challenger_threshold``
     None: none reached the target precision on validation, it would action nobody) never replaces a
     champion that has one, and a model trained for ``run_date`` never replaces a champion trained
-    after it (a rerun of an earlier date)."""
+    after it (a rerun of an earlier date). ``challenger_vs_champion``: the challenger's PR-AUC on the
+    golden rows the champion was scored on, where those are fewer (a champion trained with another
+    golden split), compared with ``champion_pr_auc`` in place of ``challenger_pr_auc``."""
     import math
 
     newer = newer_champion(champion, run_date) if run_date is not None else None
@@ -257,13 +260,16 @@ def promotion_decision(
         return PromotionDecision(
             False, f"golden PR-AUC {challenger_pr_auc:.4f} does not beat the canary's {canary_pr_auc:.4f}"
         )
+    ours, rows = challenger_pr_auc, "golden PR-AUC"
+    if challenger_vs_champion is not None:
+        ours, rows = challenger_vs_champion, "PR-AUC on the golden rows the champion never trained on"
     if (
         champion_pr_auc is not None and not math.isnan(champion_pr_auc)
-        and challenger_pr_auc < champion_pr_auc - tolerance
+        and not ours >= champion_pr_auc - tolerance
     ):
         return PromotionDecision(
             False,
-            f"golden PR-AUC {challenger_pr_auc:.4f} is worse than the champion's {champion_pr_auc:.4f} "
+            f"{rows} {ours:.4f} is worse than the champion's {champion_pr_auc:.4f} "
             f"by more than the tolerance {tolerance}",
         )
     return PromotionDecision(True, "passed the gate: beats the canary and is not worse than the champion")

@@ -39,7 +39,7 @@ from botwatch.evaluation.metrics import (
     prior_shift_weights,
     recall_at_precision,
 )
-from botwatch.labels import point_in_time_join, resolve_labels, split_golden, time_split
+from botwatch.labels import golden_mask, point_in_time_join, resolve_labels, split_golden, time_split
 from botwatch.models.canary import canary_scores, fit_canary
 from botwatch.models.stage1 import (
     PlattCalibration,
@@ -285,6 +285,42 @@ def _evaluate(pdf: pd.DataFrame, score: np.ndarray, threshold: float | None, par
     return {f"{prefix}{k}": float(v) for k, v in got.items()}
 
 
+def golden_split(params: TrainParams) -> dict:
+    """The golden split a model is trained with, kept in its ``meta.json``: :func:`unseen_by_champion` reads it."""
+    return {"golden_share": params.golden_share, "golden_salt": params.golden_salt}
+
+
+def unseen_by_champion(champion: dict | None, golden: DataFrame, golden_pdf: pd.DataFrame,
+                       params: TrainParams) -> np.ndarray:
+    """Which of today's golden rows (``golden_pdf``, collected from ``golden``) the ``champion`` never
+    trained on. All of them when it was trained with today's golden split (or recorded none); after a
+    change of ``train.golden_salt`` or ``golden_share``, only those golden under its split too: the
+    others were its training rows, and in-sample they would flatter it at the gate."""
+    keep = np.ones(len(golden_pdf), dtype=bool)
+    if champion is None or not len(golden_pdf):
+        return keep
+    try:
+        meta = registry.read_artifact(champion["artifact_path"], "meta.json")
+    except FileNotFoundError:
+        return keep
+    share, salt = meta.get("golden_share"), meta.get("golden_salt")
+    if share is None or salt is None or (share, salt) == (params.golden_share, params.golden_salt):
+        return keep
+    ids = [r[0] for r in golden.where(golden_mask(t.ACCOUNT_ID, share, salt)).select(t.ACCOUNT_ID).distinct().collect()]
+    return golden_pdf[t.ACCOUNT_ID].isin(ids).to_numpy()
+
+
+def champion_comparison(golden_pdf: pd.DataFrame, golden_score: np.ndarray, keep: np.ndarray) -> dict[str, float]:
+    """Where the champion is compared on part of the golden set (:func:`unseen_by_champion`): the
+    number of those rows and the challenger's PR-AUC on them, the figure the gate compares."""
+    if keep.all():
+        return {}
+    y = golden_pdf[t.LABEL].to_numpy()[keep]
+    both = len(np.unique(y)) == 2
+    return {"champion_golden_n": float(keep.sum()),
+            "golden_pr_auc_vs_champion": pr_auc(y, golden_score[keep]) if both else math.nan}
+
+
 def champion_golden_pr_auc(spark, warehouse: str, champion: dict | None, golden_pdf: pd.DataFrame) -> float | None:
     """The champion re-scored on today's golden set, so both models face the same rows, and
     calibrated as it scores (like the challenger's): saturated scores tie for both or neither."""
@@ -454,9 +490,11 @@ def train_stage1(
                "distilled": float(teacher is not None), **evaluated}
 
     current = registry.champion(spark, warehouse, STAGE1_MODEL)
-    champ_pr = champion_golden_pr_auc(spark, warehouse, current, golden_pdf.copy())
+    keep = unseen_by_champion(current, golden, golden_pdf, params)
+    champ_pr = champion_golden_pr_auc(spark, warehouse, current, golden_pdf[keep].copy())
     if champ_pr is not None:
         metrics["champion_golden_pr_auc"] = champ_pr
+        metrics.update(champion_comparison(golden_pdf, golden_score, keep))
 
     version = registry.reserve_version(spark, warehouse, STAGE1_MODEL, run_date)
     directory = registry.artifact_dir(warehouse, STAGE1_MODEL, version)
@@ -469,7 +507,8 @@ def train_stage1(
         directory, "meta.json",
         {"threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
          "canary_features": ctx.canary_cols, "target_precision": params.target_precision,
-         "teacher": teacher_version, "prevalence": ctx.prevalence, "prevalence_source": ctx.prevalence_source},
+         "teacher": teacher_version, "prevalence": ctx.prevalence, "prevalence_source": ctx.prevalence_source,
+         **golden_split(params)},
     )
     cast(PipelineModel, ctx.canary).write().overwrite().save(f"{directory}/canary")  # fitted in prepare
 
@@ -479,6 +518,7 @@ def train_stage1(
         champ_pr,
         params.promotion_tolerance,
         challenger_threshold=threshold, champion=current, run_date=run_date,
+        challenger_vs_champion=metrics.get("golden_pr_auc_vs_champion"),
     )
     record = registry.ModelRecord(
         model_name=STAGE1_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date,

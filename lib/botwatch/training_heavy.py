@@ -53,10 +53,13 @@ from botwatch.training import (
     TrainingContext,
     TrainParams,
     TrainResult,
+    champion_comparison,
+    golden_split,
     operating_point,
     prepare_training,
     refresh_decision,
     train_stage1,
+    unseen_by_champion,
     validation_weights,
 )
 
@@ -206,12 +209,15 @@ def train_heavy_stage(
     champion = registry.champion(spark, warehouse, HEAVY_MODEL)
     current = HeavyArtifact.from_record(champion) if champion else None
     champ_pr = None
-    if current is not None and len(golden_pdf) and golden_pdf[t.LABEL].nunique() == 2:
+    keep = unseen_by_champion(champion, ctx.golden, golden_pdf, params)
+    if current is not None and len(golden_pdf) and golden_pdf[t.LABEL][keep].nunique() == 2:
         old = current.load("cpu")
-        champ_inputs = champion_golden_inputs(spark, warehouse, ctx.golden, golden_pdf, current,
+        unseen = golden_pdf[keep].reset_index(drop=True)
+        champ_inputs = champion_golden_inputs(spark, warehouse, ctx.golden, unseen, current,
                                               dataclasses.asdict(cfg), nbr_cols)
-        champ_pr = pr_auc(golden_pdf[t.LABEL].to_numpy(), old.predict(_fill(champ_inputs, old.input_columns)))
+        champ_pr = pr_auc(unseen[t.LABEL].to_numpy(), old.predict(_fill(champ_inputs, old.input_columns)))
         metrics["champion_golden_pr_auc"] = champ_pr
+        metrics.update(champion_comparison(golden_pdf, golden_score, keep))
 
     version = registry.reserve_version(spark, warehouse, HEAVY_MODEL, run_date)
     directory = registry.artifact_dir(warehouse, HEAVY_MODEL, version)
@@ -219,11 +225,12 @@ def train_heavy_stage(
     registry.write_artifact(directory, "meta.json", {
         "threshold": threshold, "train_end": run_date, "valid_days": params.valid_days, "metrics": metrics,
         "target_precision": params.target_precision, "tabular_cols": cols, "neighbor_cols": nbr_cols,
-        "prevalence": ctx.prevalence, "prevalence_source": ctx.prevalence_source,
+        "prevalence": ctx.prevalence, "prevalence_source": ctx.prevalence_source, **golden_split(params),
     })
     decision = registry.promotion_decision(
         metrics.get("golden_pr_auc", math.nan), metrics.get("canary_golden_pr_auc", math.nan), champ_pr,
         params.promotion_tolerance, challenger_threshold=threshold, champion=champion, run_date=run_date,
+        challenger_vs_champion=metrics.get("golden_pr_auc_vs_champion"),
     )
     decision = registry.register(spark, warehouse, registry.ModelRecord(
         model_name=HEAVY_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date, metrics=metrics,
