@@ -77,6 +77,11 @@ def test_days_are_utc_days_or_the_steps_refuse_to_run(spark, warehouse):
     from botwatch.spark import SessionTimeZoneError, require_utc, session_settings
     from botwatch.training import TrainParams, prepare_training
 
+    # A null entry sets nothing (an overlay dropping a base conf's entry): not the text "None".
+    dropped = load_config(None, ["warehouse=/w", "spark.extra_conf.spark.executor.instances=null",
+                                 "spark.extra_conf.spark.sql.session.timeZone=null"])
+    assert "spark.executor.instances" not in session_settings(dropped)
+    assert session_settings(dropped)["spark.sql.session.timeZone"] == "UTC"
     local = load_config(None, ["warehouse=/w", "spark.extra_conf.spark.sql.session.timeZone=Asia/Kolkata"])
     with pytest.raises(ConfigError, match="spark.sql.session.timeZone to 'Asia/Kolkata'.*remove that entry"):
         session_settings(local)

@@ -696,22 +696,43 @@ def test_step_commands_go_through_the_runner_and_its_date_lock(spark, test_conf)
 
 
 def test_a_failed_backfill_says_how_to_resume(fake_pipeline, monkeypatch):
+    """Every error whose message says what to do is printed with the way to resume, not as a traceback."""
     from typer.testing import CliRunner
 
     from botwatch.cli import app
     from botwatch.config import ConfigError
+    from botwatch.delta_io import CommitConflictError
+    from botwatch.scoring.cascade import MissingFeaturesError, StaleStage1ScoresError
 
     conf, _, _ = fake_pipeline
+    for error in (ConfigError, MissingFeaturesError, StaleStage1ScoresError, CommitConflictError):
 
-    def broken(spark_, conf_, run_date):
-        raise ConfigError("injected: fix train.seed")
+        def broken(spark_, conf_, run_date, error=error):
+            raise error(f"injected {error.__name__}: fix it")
 
-    monkeypatch.setitem(steps.STEPS, "a", broken)
-    for flags, advice in (([], "rerun the same backfill: finished dates are skipped"),
-                          (["--force"], "rerun from the failed date (--start): with --force the same backfill")):
-        out = CliRunner().invoke(app, ["backfill", "--start", D.isoformat(), "--end", D.isoformat(),
-                                       "--warehouse", conf["warehouse"], *flags])
-        assert out.exit_code == 1 and "injected: fix train.seed" in out.output and advice in out.output, out.output
+        monkeypatch.setitem(steps.STEPS, "a", broken)
+        for flags, advice in (([], "rerun the same backfill: finished dates are skipped"),
+                              (["--force"], "rerun from the failed date (--start): with --force the same backfill")):
+            out = CliRunner().invoke(app, ["backfill", "--start", D.isoformat(), "--end", D.isoformat(),
+                                           "--warehouse", conf["warehouse"], *flags])
+            assert out.exit_code == 1 and f"injected {error.__name__}" in out.output, out.output
+            assert advice in out.output and isinstance(out.exception, SystemExit), out.output
+
+
+def test_conf_problems_found_after_loading_exit_2_with_their_message(fake_pipeline):
+    """A time zone in spark.extra_conf (found building the session) and a heartbeat against the lock's
+    expiry (found by the runner): exit 2 and the message, as for any conf problem, not a traceback."""
+    from typer.testing import CliRunner
+
+    from botwatch.cli import app
+
+    conf, _, _ = fake_pipeline
+    day = D.isoformat()
+    for extra, says in (("spark.extra_conf.spark.sql.session.timeZone=Asia/Kolkata", "spark.sql.session.timeZone"),
+                        ("run.lock_heartbeat_seconds=0", "run.lock_heartbeat_seconds")):
+        for command in (["run", "--date", day], ["backfill", "--start", day, "--end", day]):
+            out = CliRunner().invoke(app, [*command, "--warehouse", conf["warehouse"], "--set", extra])
+            assert out.exit_code == 2 and says in out.output, (command, out.output)
 
 
 def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):

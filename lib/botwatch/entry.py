@@ -43,12 +43,15 @@ def run_date_step(step: str, description: str) -> None:
     parser.add_argument("--force", action="store_true", help="run even when done and the inputs are unchanged")
     args = parser.parse_args()
     conf = job_conf(args)
-    spark = get_spark(conf, app_name=f"{step}-{args.date}")
     try:
+        spark = get_spark(conf, app_name=f"{step}-{args.date}")
         results = nightly.run_steps(spark, conf, args.date, [step], force=args.force)
     except nightly.RunLockedError as exc:
         print(f"botwatch: {exc}", file=sys.stderr)
         sys.exit(3)
+    except ConfigError as exc:  # found building the session or by the runner, before any step: as job_conf's
+        print(f"botwatch: {exc}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(step_report(step, args.date, results), default=str))
 
 

@@ -115,7 +115,8 @@ def session_settings(conf: Config) -> dict[str, str]:
         # PySpark's DataFrame query context (static: read once per session).
         "spark.python.sql.dataFrameDebugging.enabled": spark_conf["python_call_sites"],
     }
-    settings.update(spark_conf.get("extra_conf") or {})
+    # A null entry sets nothing (an overlay's way to drop a base conf's entry): Spark's default, or ours.
+    settings.update({k: v for k, v in (spark_conf.get("extra_conf") or {}).items() if v is not None})
     # An operator's jars (a JDBC driver, hadoop-aws) come after the project's, and an operator's SQL extension
     # beside Delta's, never in their place: without Delta's jar or extension the first Delta read fails.
     settings["spark.jars"] = _after_ours([str(j) for j in jars], settings["spark.jars"])

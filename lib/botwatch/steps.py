@@ -149,19 +149,20 @@ def run_order(names: Sequence[str]) -> list[str]:
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.config import ConfigError
-    from botwatch.delta_io import TableMissingError
+    from botwatch.delta_io import CommitConflictError, TableMissingError
     from botwatch.features.activity import WindowSpecError
     from botwatch.features.attributes import AttributeConfigError
     from botwatch.labels import LabelConfigError
     from botwatch.monitoring.run import DriftHardAlert, NothingToMonitorError
     from botwatch.registry import NoChampionError
     from botwatch.schemas import SchemaMismatchError
+    from botwatch.scoring.cascade import MissingFeaturesError, StaleStage1ScoresError
     from botwatch.training import NotEnoughLabelsError
     from botwatch.validate import AccountGrainError, NoEventsError, TooManyBadRowsError
 
     return (ConfigError, TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
             TooManyBadRowsError, AccountGrainError, DriftHardAlert, NothingToMonitorError, WindowSpecError,
-            AttributeConfigError, LabelConfigError)
+            AttributeConfigError, LabelConfigError, MissingFeaturesError, StaleStage1ScoresError, CommitConflictError)
 
 
 # Failures a user can act on: the CLI prints their message instead of a traceback.
