@@ -699,13 +699,16 @@ def test_a_failed_backfill_says_how_to_resume(fake_pipeline, monkeypatch):
     """Every error whose message says what to do is printed with the way to resume, not as a traceback."""
     from typer.testing import CliRunner
 
+    from botwatch.cascade import CascadeConfigError
     from botwatch.cli import app
     from botwatch.config import ConfigError
     from botwatch.delta_io import CommitConflictError
+    from botwatch.monitoring.review import ReviewConfigError
     from botwatch.scoring.cascade import MissingFeaturesError, StaleStage1ScoresError
 
     conf, _, _ = fake_pipeline
-    for error in (ConfigError, MissingFeaturesError, StaleStage1ScoresError, CommitConflictError):
+    for error in (ConfigError, MissingFeaturesError, StaleStage1ScoresError, CommitConflictError, ReviewConfigError,
+                  CascadeConfigError):
 
         def broken(spark_, conf_, run_date, error=error):
             raise error(f"injected {error.__name__}: fix it")
@@ -719,20 +722,31 @@ def test_a_failed_backfill_says_how_to_resume(fake_pipeline, monkeypatch):
             assert advice in out.output and isinstance(out.exception, SystemExit), out.output
 
 
-def test_conf_problems_found_after_loading_exit_2_with_their_message(fake_pipeline):
-    """A time zone in spark.extra_conf (found building the session) and a heartbeat against the lock's
-    expiry (found by the runner): exit 2 and the message, as for any conf problem, not a traceback."""
+def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsys):
+    """A time zone in spark.extra_conf (else found only building the session) and a heartbeat against the
+    lock's expiry (else found by the runner, after the demo simulated its platform): exit 2 and the message,
+    as for any conf problem, from every command and job, before anything is written."""
+    import importlib.util
+
     from typer.testing import CliRunner
 
     from botwatch.cli import app
+    from botwatch.config import PROJECT_ROOT
 
-    conf, _, _ = fake_pipeline
-    day = D.isoformat()
+    spec = importlib.util.spec_from_file_location("simulate_job", PROJECT_ROOT / "jobs" / "simulate.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    wh, day = str(tmp_path / "wh"), D.isoformat()
     for extra, says in (("spark.extra_conf.spark.sql.session.timeZone=Asia/Kolkata", "spark.sql.session.timeZone"),
                         ("run.lock_heartbeat_seconds=0", "run.lock_heartbeat_seconds")):
-        for command in (["run", "--date", day], ["backfill", "--start", day, "--end", day]):
-            out = CliRunner().invoke(app, [*command, "--warehouse", conf["warehouse"], "--set", extra])
+        for command in (["run", "--date", day], ["backfill", "--start", day, "--end", day], ["demo"],
+                        ["simulate", "--accounts", "20", "--days", "1", "--seed", "1"]):
+            out = CliRunner().invoke(app, [*command, "--warehouse", wh, "--set", extra])
             assert out.exit_code == 2 and says in out.output, (command, out.output)
+        with pytest.raises(SystemExit) as exited:
+            job.main(["--accounts", "20", "--days", "1", "--seed", "1", "--warehouse", wh, "--set", extra])
+        assert exited.value.code == 2 and says in capsys.readouterr().err
+    assert not os.path.exists(wh)
 
 
 def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):

@@ -11,7 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from botwatch.config import DEFAULT_CONF, Config, ConfigError, load_config, typed_path
+from botwatch.config import DEFAULT_CONF, Config, ConfigError, typed_path
+from botwatch.entry import load_checked_config
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="botwatch: nightly bot-detection scoring on Spark.")
 
@@ -37,7 +38,7 @@ def build_conf(conf: str, warehouse: str | None, overrides: list[str] | None) ->
     if warehouse:
         sets.append(f"warehouse={typed_path(warehouse)}")
     try:
-        return load_config(conf, sets)
+        return load_checked_config(conf, sets)
     except ConfigError as exc:
         fail(str(exc))
         raise  # unreachable
@@ -50,18 +51,6 @@ def doctor(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: S
 
     ok = run_doctor(build_conf(conf, warehouse, set_), echo=typer.echo)
     raise typer.Exit(0 if ok else 1)
-
-
-def session(cfg: Config, app_name: str):
-    """The Spark session; a conf problem found only while building it (``spark.extra_conf`` setting a time
-    zone other than UTC) exits 2 with its message, like one found loading the conf."""
-    from botwatch.spark import get_spark
-
-    try:
-        return get_spark(cfg, app_name=app_name)
-    except ConfigError as exc:
-        fail(str(exc))
-        raise  # unreachable
 
 
 DateOpt = Annotated[str, typer.Option("--date", help="logical run date, YYYY-MM-DD")]
@@ -87,6 +76,7 @@ def _run_steps(date: str, names: list[str] | None, force: bool, conf: str, wareh
     """Steps for one date through the nightly runner (date lock, skip when done, run log), as
     ``botwatch run`` and the jobs run them; exit 3 when the date is locked, 1 on an expected failure."""
     from botwatch import nightly, steps
+    from botwatch.spark import get_spark
 
     cfg = build_conf(conf, warehouse, set_)
     run_date = parse_date(date)
@@ -95,13 +85,11 @@ def _run_steps(date: str, names: list[str] | None, force: bool, conf: str, wareh
     except ValueError as exc:
         fail(f"--step {names}: {exc}")
     label = names[0] if names and len(names) == 1 else "run"
-    spark = session(cfg, f"{label}-{run_date}")
+    spark = get_spark(cfg, app_name=f"{label}-{run_date}")
     try:
         return run_date, nightly.run_steps(spark, cfg, run_date, names or None, force=force, echo=typer.echo)
     except nightly.RunLockedError as exc:
         fail(str(exc), code=3)
-    except ConfigError as exc:  # checked by the runner itself (run.lock_*), before any step
-        fail(str(exc))
     except nightly.StepFailedError as exc:
         if isinstance(exc.__cause__, steps.EXPECTED_ERRORS):
             fail(str(exc), code=1)
@@ -165,18 +153,17 @@ def backfill(
 ) -> None:
     """`run` for every date from --start to --end, in order; dates already finished are skipped (resumable)."""
     from botwatch import nightly, steps
+    from botwatch.spark import get_spark
 
     cfg = build_conf(conf, warehouse, set_)
     first, last = parse_date(start, "--start"), parse_date(end, "--end")
     if last < first:
         fail(f"--end {last} is before --start {first}")
-    spark = session(cfg, f"backfill-{first}-{last}")
+    spark = get_spark(cfg, app_name=f"backfill-{first}-{last}")
     try:
         outcome = nightly.backfill(spark, cfg, first, last, force=force, echo=typer.echo)
     except nightly.RunLockedError as exc:
         fail(str(exc), code=3)
-    except ConfigError as exc:  # checked by the runner itself (run.lock_*), before any step
-        fail(str(exc))
     except nightly.StepFailedError as exc:
         if isinstance(exc.__cause__, steps.EXPECTED_ERRORS):
             again = ("rerun from the failed date (--start): with --force the same backfill would recompute the "
@@ -192,10 +179,11 @@ def unlock(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt 
     """Remove a date's run lock left by a run that was killed (check that no run for the date is alive)."""
     from botwatch import nightly
     from botwatch.config import warehouse_path
+    from botwatch.spark import get_spark
 
     cfg = build_conf(conf, warehouse, set_)
     run_date = parse_date(date)
-    held = nightly.break_lock(session(cfg, "unlock"), warehouse_path(cfg), run_date)
+    held = nightly.break_lock(get_spark(cfg, app_name="unlock"), warehouse_path(cfg), run_date)
     typer.echo(f"lock of {run_date} {'removed' if held else 'was not held'}")
 
 
@@ -218,6 +206,7 @@ def ingest(
 
     from botwatch.config import resolve_path
     from botwatch.ingest import IngestInputError, bad_share_limits, format_report, ingest_files, resolve_input
+    from botwatch.spark import get_spark
 
     cfg = build_conf(conf, warehouse, set_)
     run_date = parse_date(date) if date else dt.datetime.now(dt.UTC).date()
@@ -227,7 +216,7 @@ def ingest(
         for table, path in files.items():
             if path is not None:
                 resolve_input(table, path)  # a missing file or column fails before a JVM starts
-        spark = session(cfg, f"ingest-{run_date}")
+        spark = get_spark(cfg, app_name=f"ingest-{run_date}")
         result = ingest_files(
             spark, root, accounts=accounts, events=events, edges=edges, labels=labels, run_date=run_date,
             echo=typer.echo, **bad_share_limits(cfg),
@@ -253,6 +242,7 @@ def simulate(
     """Write a synthetic platform's input tables (accounts, events, edges, labels) and `truth`."""
     from botwatch.config import resolve_path
     from botwatch.simulate import SimulationParamsError, check_params, write_platform
+    from botwatch.spark import get_spark
 
     cfg = build_conf(conf, warehouse, set_)
     params = cfg.section("simulate")
@@ -260,7 +250,7 @@ def simulate(
     root = resolve_path(cfg["warehouse"])
     try:
         check_params(accounts=accounts, days=days, seed=seed, start_date=start, params=params)  # before a JVM starts
-        spark = session(cfg, "simulate")
+        spark = get_spark(cfg, app_name="simulate")
         counts = write_platform(spark, root, accounts=accounts, days=days, seed=seed, start_date=start, params=params)
     except SimulationParamsError as exc:
         fail(str(exc))
@@ -274,6 +264,7 @@ def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: Set
     """Simulate a small platform, run the nightly run on every simulated day; print where tables and report are."""
     from botwatch.demo import demo_conf, run_demo
     from botwatch.simulate import SimulationParamsError
+    from botwatch.spark import get_spark
 
     # A small platform has few labels: the demo section sets its own investigator rate and minimums.
     try:
@@ -281,7 +272,7 @@ def demo(conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt = None, set_: Set
     except ConfigError as exc:  # a demo.* value the knob it sets refuses
         fail(str(exc))
     try:
-        run_demo(session(cfg, "demo"), cfg, echo=typer.echo)
+        run_demo(get_spark(cfg, app_name="demo"), cfg, echo=typer.echo)
     except SimulationParamsError as exc:  # a warehouse of another platform, or a platform the simulator refuses
         fail(str(exc))
 
@@ -292,11 +283,12 @@ def report(date: DateOpt, conf: ConfOpt = DEFAULT_CONF, warehouse: WarehouseOpt 
     from botwatch import files
     from botwatch.config import warehouse_path
     from botwatch.monitoring.run import report_path
+    from botwatch.spark import get_spark
 
     cfg = build_conf(conf, warehouse, set_)
     path = report_path(warehouse_path(cfg), parse_date(date))
     # A report on HDFS or an object store is looked up through Spark's file systems (a session).
-    spark = None if files.local_path(path) is not None else session(cfg, "report")
+    spark = None if files.local_path(path) is not None else get_spark(cfg, app_name="report")
     if not files.exists(path, spark):
         fail(f"no report for {date} at {path}: run `botwatch run --date {date}` (its monitor step writes it)", code=1)
     typer.echo(path)

@@ -20,13 +20,25 @@ def job_parser(description: str, with_date: bool = True) -> argparse.ArgumentPar
     return parser
 
 
+def load_checked_config(conf: str, overrides: list[str]) -> Config:
+    """:func:`~botwatch.config.load_config`, plus the checks of knobs against each other that would
+    otherwise fail only later, after a session started or a platform was written (ConfigError)."""
+    from botwatch.nightly import lock_settings
+    from botwatch.spark import check_time_zone
+
+    cfg = load_config(conf, overrides)
+    lock_settings(cfg)
+    check_time_zone(cfg)
+    return cfg
+
+
 def job_conf(args: argparse.Namespace) -> Config:
     """Load conf for a job; configuration errors exit 2 with the message."""
     overrides = list(args.overrides)
     if args.warehouse:
         overrides.append(f"warehouse={typed_path(args.warehouse)}")
     try:
-        return load_config(args.conf, overrides)
+        return load_checked_config(args.conf, overrides)
     except ConfigError as exc:
         print(f"botwatch: {exc}", file=sys.stderr)
         sys.exit(2)
@@ -43,15 +55,12 @@ def run_date_step(step: str, description: str) -> None:
     parser.add_argument("--force", action="store_true", help="run even when done and the inputs are unchanged")
     args = parser.parse_args()
     conf = job_conf(args)
+    spark = get_spark(conf, app_name=f"{step}-{args.date}")
     try:
-        spark = get_spark(conf, app_name=f"{step}-{args.date}")
         results = nightly.run_steps(spark, conf, args.date, [step], force=args.force)
     except nightly.RunLockedError as exc:
         print(f"botwatch: {exc}", file=sys.stderr)
         sys.exit(3)
-    except ConfigError as exc:  # found building the session or by the runner, before any step: as job_conf's
-        print(f"botwatch: {exc}", file=sys.stderr)
-        sys.exit(2)
     print(json.dumps(step_report(step, args.date, results), default=str))
 
 

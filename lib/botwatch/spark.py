@@ -83,6 +83,14 @@ def _after_ours(ours: list[str], setting: Any) -> str:
     return ",".join(dict.fromkeys([*ours, *theirs]))
 
 
+def check_time_zone(conf: Config) -> None:
+    """Refuse (ConfigError) a ``spark.extra_conf`` time zone other than UTC: botwatch's days are UTC days."""
+    zone = (conf.section("spark").get("extra_conf") or {}).get(TIME_ZONE_KEY)
+    if zone is not None and str(zone) not in UTC_NAMES:
+        raise ConfigError(f"spark.extra_conf sets {TIME_ZONE_KEY} to {zone!r}: botwatch's days are UTC days "
+                          "(event partitions, label and edge cut-offs); remove that entry")
+
+
 def session_settings(conf: Config) -> dict[str, str]:
     """Every Spark setting the factory applies, as strings (also used by spark-submit in the DAG)."""
     spark_conf = conf.section("spark")
@@ -121,9 +129,7 @@ def session_settings(conf: Config) -> dict[str, str]:
     # beside Delta's, never in their place: without Delta's jar or extension the first Delta read fails.
     settings["spark.jars"] = _after_ours([str(j) for j in jars], settings["spark.jars"])
     settings["spark.sql.extensions"] = _after_ours([DELTA_EXTENSION], settings["spark.sql.extensions"])
-    if str(settings[TIME_ZONE_KEY]) not in UTC_NAMES:
-        raise ConfigError(f"spark.extra_conf sets {TIME_ZONE_KEY} to {settings[TIME_ZONE_KEY]!r}: botwatch's "
-                          "days are UTC days (event partitions, label and edge cut-offs); remove that entry")
+    check_time_zone(conf)
     return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in settings.items() if v != ""}
 
 

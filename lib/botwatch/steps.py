@@ -148,11 +148,13 @@ def run_order(names: Sequence[str]) -> list[str]:
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
+    from botwatch.cascade import CascadeConfigError
     from botwatch.config import ConfigError
     from botwatch.delta_io import CommitConflictError, TableMissingError
     from botwatch.features.activity import WindowSpecError
     from botwatch.features.attributes import AttributeConfigError
     from botwatch.labels import LabelConfigError
+    from botwatch.monitoring.review import ReviewConfigError
     from botwatch.monitoring.run import DriftHardAlert, NothingToMonitorError
     from botwatch.registry import NoChampionError
     from botwatch.schemas import SchemaMismatchError
@@ -162,7 +164,8 @@ def _expected_errors() -> tuple[type[Exception], ...]:
 
     return (ConfigError, TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
             TooManyBadRowsError, AccountGrainError, DriftHardAlert, NothingToMonitorError, WindowSpecError,
-            AttributeConfigError, LabelConfigError, MissingFeaturesError, StaleStage1ScoresError, CommitConflictError)
+            AttributeConfigError, LabelConfigError, MissingFeaturesError, StaleStage1ScoresError, CommitConflictError,
+            ReviewConfigError, CascadeConfigError)
 
 
 # Failures a user can act on: the CLI prints their message instead of a traceback.
