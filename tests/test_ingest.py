@@ -425,7 +425,9 @@ def test_loaded_tables_have_the_contract_schema(mixed, spark):
     for table in (t.EVENTS, t.EDGES, t.LABELS):
         # (Reading Delta makes every column nullable; the written schema says NOT NULL where the contract does.)
         got = read_table(spark, wh, table).schema
-        assert [(f.name, f.dataType) for f in got] == [(f.name, f.dataType) for f in INPUT_SCHEMAS[table]], table
+        # The events file has an extra column (client): kept as its hash, which tells such events apart.
+        extra = [(t.SOURCE_EXTRAS_HASH, T.LongType())] if table == t.EVENTS else []
+        assert [(f.name, f.dataType) for f in got] == [(f.name, f.dataType) for f in INPUT_SCHEMAS[table]] + extra
     events = read_table(spark, wh, t.EVENTS)
     assert events.where(F.col(t.EVENT_DATE) != F.to_date(t.EVENT_TS)).count() == 0
     # Partitioned by event_date (read from the Delta log without Spark).
@@ -553,9 +555,14 @@ def test_a_mostly_bad_input_or_a_non_utc_session_writes_nothing(spark, tmp_path)
                        match=r"events .* has 120 bad rows of 120 \(over 50%\): unknown_account 120"):
         ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None)
     assert not Path(wh).exists()
-    # Under the minimum row count a share is no basis: 120 bad of 120 loads with a higher minimum.
+    # Under the minimum row count a share is no basis: 119 bad of 120 loads with a higher minimum; 120 of 120
+    # does not (no event at all would be left to score).
+    with pytest.raises(MostlyBadInputError, match=r"events .* has no good rows: unknown_account 120"):
+        ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=121)
+    one_good = pd.read_parquet(paths[t.EVENTS]).assign(**{t.ACCOUNT_ID: [1, *range(102, 221)]})
+    one_good.to_parquet(paths[t.EVENTS])
     got = ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=121)
-    assert got[t.EVENTS][ROWS_QUARANTINED] == 120 and got[t.EVENTS][ROWS_LOADED] == 0
+    assert got[t.EVENTS][ROWS_QUARANTINED] == 119 and got[t.EVENTS][ROWS_LOADED] == 1
     wh2 = str(tmp_path / "wh2")
     with session_conf(spark, {TIME_ZONE_KEY: "America/New_York"}), pytest.raises(SessionTimeZoneError):
         ingest_files(spark, wh2, **paths, labels=None, run_date=RUN, echo=lambda _: None)
@@ -676,15 +683,17 @@ def test_kept_columns_that_delta_cannot_name_are_renamed(spark, tmp_path):
     """Delta refuses spaces and ,;{}()= in column names: a platform's numeric ``Followers Count`` is kept as
     ``Followers_Count`` (never clashing with another column), said so, instead of failing the load."""
     accounts = pd.DataFrame([_account(1), _account(2)]).assign(
-        **{"Followers Count": [5, 7], "karma(30d)": [0.5, 1.5], "a b": [1, 2], "a_b": [3, 4]})
+        **{"Followers Count": [5, 7], "karma(30d)": [0.5, 1.5], "a b": [1, 2], "a_b": [3, 4],
+           "Follower count": [8, 9], "follower_count": [10, 11]})  # Spark's names are case-insensitive
     paths = _small_inputs(tmp_path, accounts)
     notes: list[str] = []
     wh = str(tmp_path / "wh")
     ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=notes.append)
     got = read_table(spark, wh, t.ACCOUNTS)
-    assert {"Followers_Count", "karma_30d_", "a_b", "a_b_"} <= set(got.columns)
-    rows = {r[t.ACCOUNT_ID]: (r["Followers_Count"], r["karma_30d_"], r["a_b_"], r["a_b"]) for r in got.collect()}
-    assert rows == {1: (5, 0.5, 1, 3), 2: (7, 1.5, 2, 4)}
+    assert {"Followers_Count", "karma_30d_", "a_b", "a_b_", "Follower_count_", "follower_count"} <= set(got.columns)
+    rows = {r[t.ACCOUNT_ID]: (r["Followers_Count"], r["karma_30d_"], r["a_b_"], r["a_b"], r["Follower_count_"],
+                              r["follower_count"]) for r in got.collect()}
+    assert rows == {1: (5, 0.5, 1, 3, 8, 10), 2: (7, 1.5, 2, 4, 9, 11)}
     assert any("'Followers Count': 'Followers_Count'" in n and "'a b': 'a_b_'" in n for n in notes), notes
 
 
@@ -724,6 +733,90 @@ def test_events_that_differ_only_in_a_dropped_extra_column_are_two_events(spark)
     q = bad.toPandas()
     assert list(q[t.REASON]) == [DUPLICATE_EVENT, DUPLICATE_EVENT]
     assert sorted(str(json.loads(j)["target_id"]) for j in q[t.ROW_JSON]) == ["9", "None"]
+
+
+
+def test_ingested_events_told_apart_by_an_extra_column_stay_apart_through_validate(spark, tmp_path):
+    """Three likes in one second told apart by target_id load as three events, and the next night's
+    validate keeps them (it sees their ``source_extras_hash``; with contract columns alone they were
+    identical rows, two moved out as duplicates). The input's event_date is not part of an event: the
+    same like exported under two date partitions is one event."""
+    from botwatch.validate import validate_inputs
+
+    ts = datetime(2024, 6, 29, 8)
+    paths = _small_inputs(tmp_path, pd.DataFrame([_account(1), _account(2)]))
+    pd.DataFrame({t.ACCOUNT_ID: [1] * 4, t.EVENT_TS: [ts] * 4, t.EVENT_TYPE: ["like"] * 4,
+                  t.IP_HASH: ["i"] * 4, t.DEVICE_ID: ["d"] * 4, "target_id": [7, 8, 9, 9],
+                  t.EVENT_DATE: [ts.date()] * 3 + [ts.date() + timedelta(days=1)]}).to_parquet(paths[t.EVENTS])
+    wh = str(tmp_path / "wh")
+    notes: list[str] = []
+    got = ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=notes.append)
+    assert got[t.EVENTS][ROWS_LOADED] == 3 and got[t.EVENTS]["reasons"] == {DUPLICATE_EVENT: 1}
+    assert any("source_extras_hash" in n and "target_id" in n for n in notes), notes
+    events = read_table(spark, wh, t.EVENTS)
+    assert "target_id" not in events.columns and events.select(t.SOURCE_EXTRAS_HASH).distinct().count() == 3
+    assert any("['event_date']" in n and "derived from event_ts" in n for n in notes), notes
+    checked = validate_inputs(spark, wh, ts.date())
+    assert checked["quarantined"][t.EVENTS] == 0 and read_table(spark, wh, t.EVENTS).count() == 3
+    # The upstream's daily append delivers the same likes again, without the extra column: copies, moved out.
+    copies = read_table(spark, wh, t.EVENTS).drop(t.SOURCE_EXTRAS_HASH)
+    spark.createDataFrame(copies.toPandas(), copies.schema).write.format("delta").mode("append").save(
+        t.table_path(wh, t.EVENTS))
+    assert read_table(spark, wh, t.EVENTS).count() == 6
+    checked = validate_inputs(spark, wh, ts.date())
+    assert checked["quarantined"][t.EVENTS] == 3
+    assert read_table(spark, wh, t.EVENTS).where(F.col(t.SOURCE_EXTRAS_HASH).isNotNull()).count() == 3
+    assert read_table(spark, wh, t.EVENTS).count() == 3
+    # Without extra columns the table keeps the contract's columns only.
+    pd.DataFrame({t.ACCOUNT_ID: [1], t.EVENT_TS: [ts], t.EVENT_TYPE: ["like"], t.IP_HASH: ["i"],
+                  t.DEVICE_ID: ["d"]}).to_parquet(paths[t.EVENTS])
+    ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None)
+    assert t.SOURCE_EXTRAS_HASH not in read_table(spark, wh, t.EVENTS).columns
+
+
+def test_only_pandas_index_columns_are_taken_for_an_index():
+    """Parquet's __index_level_<n>__ anywhere; in a CSV the unnamed leading columns only (Spark's _c0, _c1..):
+    a Hive export's unnamed expression (_c5 after five named columns) is data."""
+    events = [t.ACCOUNT_ID, t.EVENT_TS, t.EVENT_TYPE, t.IP_HASH, t.DEVICE_ID]
+    assert ingest.pandas_index_columns([*events, "_c5"], csv=False) == []
+    assert ingest.pandas_index_columns([*events, "_c5"], csv=True) == []
+    assert ingest.pandas_index_columns(["_c0", "_c1", *events, "_c7"], csv=True) == ["_c0", "_c1"]
+    assert ingest.pandas_index_columns(["_c0", *events], csv=False) == []
+    assert ingest.pandas_index_columns([*events, "__index_level_0__"], csv=False) == ["__index_level_0__"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_pandas_index_written_with_the_rows_is_not_an_attribute(spark, tmp_path, fmt):
+    """A filtered or sorted frame's to_parquet writes ``__index_level_0__``; to_csv writes the index as an
+    unnamed first column (Spark's ``_c0``). A row position, not a platform attribute: dropped, said so."""
+    accounts = pd.DataFrame([_account(1), _account(2), _account(3)]).iloc[[2, 0, 1]]
+    paths = _small_inputs(tmp_path, accounts)
+    if fmt == "csv":
+        paths[t.ACCOUNTS] = str(tmp_path / "accounts.csv")
+        accounts.to_csv(paths[t.ACCOUNTS])
+    else:
+        accounts.to_parquet(paths[t.ACCOUNTS], index=True)
+    notes: list[str] = []
+    wh = str(tmp_path / "wh")
+    got = ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=notes.append)
+    columns = read_table(spark, wh, t.ACCOUNTS).columns
+    assert got[t.ACCOUNTS][ROWS_LOADED] == 3 and "followers" in columns
+    assert not {"__index_level_0__", "_c0"} & set(columns), columns
+    assert any("pandas' index" in n for n in notes), notes
+
+
+def test_an_empty_events_export_does_not_replace_the_events_history(spark, tmp_path):
+    """An upstream query that returned nothing (a header-only file) would have replaced every event:
+    nothing could be scored again. Refused like an empty accounts file, before any write."""
+    paths = _small_inputs(tmp_path, pd.DataFrame([_account(1), _account(2)]))
+    wh = str(tmp_path / "wh")
+    ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None)
+    before = read_table(spark, wh, t.EVENTS).count()
+    pd.read_parquet(paths[t.EVENTS]).iloc[:0].to_csv(tmp_path / "events.csv", index=False)
+    with pytest.raises(MostlyBadInputError, match=r"events \(.*events.csv\) has no good rows"):
+        ingest_files(spark, wh, **{**paths, t.EVENTS: str(tmp_path / "events.csv")}, labels=None, run_date=RUN,
+                     echo=lambda _: None)
+    assert before == 2 and read_table(spark, wh, t.EVENTS).count() == before
 
 
 def test_first_reason_wins_and_bad_column_type_is_an_error(spark):

@@ -29,9 +29,12 @@ A bad row gets the FIRST reason of :data:`REASONS` that applies (only the checks
 Timestamps checked are every timestamp column of the contract (``created_at``, ``event_ts``,
 ``labeled_at``). Duplicates are judged on the cast contract columns, so ``"5"`` and ``"5.0"`` are
 the same id, and for events on their extra columns too, dropped ones included (two likes in one
-second with different target ids are two events). ``row_json`` keeps every input column, dropped
-extras included, so nothing is lost. Inputs are read as found: CSV as text (cast explicitly here,
-never inferred), Parquet with its own types, including pandas' nanosecond timestamps.
+second with different target ids are two events; not on an input's own ``event_date``, derived
+from ``event_ts``). Events keep those columns only as their hash, ``source_extras_hash``, so that
+validate tells such events apart too. ``row_json`` keeps every input column, dropped extras
+included, so nothing is lost (but pandas' index, written with the rows, is dropped on reading).
+Inputs are read as found: CSV as text (cast explicitly here, never inferred), Parquet with its own
+types, including pandas' nanosecond timestamps.
 
 Usage::
 
@@ -123,6 +126,12 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 _NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
 _CSV_PRUNING = "spark.sql.csv.parser.columnPruning.enabled"
 
+# pandas' index, written as a column by ``DataFrame.to_parquet`` (a filtered or sorted frame) and by
+# ``to_csv`` (an empty header name, which Spark calls _c<position>): bookkeeping, not data.
+_PANDAS_INDEX = re.compile(r"__index_level_\d+__")
+# Rows as JSON (quarantine, the events' extras): every field written, timestamps to the microsecond.
+_JSON_OPTIONS = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
+
 # Internal column names; the prefix keeps them apart from users' columns.
 _P = "__bw_"
 _JSON = f"{_P}row_json"
@@ -184,16 +193,33 @@ def split_extra_columns(schema: T.StructType, table: str) -> tuple[list[str], li
 def storable_names(columns: Sequence[str], kept: Sequence[str]) -> dict[str, str]:
     """New names for the kept extra columns Delta cannot store (without column mapping it refuses
     spaces and ,;{}()= in names): those characters become ``_``, never clashing with another column."""
-    taken = set(columns)
+    taken = {c.lower() for c in columns}  # Spark and Delta compare names case-insensitively
     renamed = {}
     for name in kept:
         if _DELTA_BAD_NAME.search(name):
             new = _DELTA_BAD_NAME.sub("_", name)
-            while new in taken:
+            while new.lower() in taken:
                 new += "_"
-            taken.add(new)
+            taken.add(new.lower())
             renamed[name] = new
     return renamed
+
+
+def _events_extras(table: str, columns: Sequence[str]) -> list[str]:
+    """The extra ``columns`` of an events input that tell two events apart: not the CSV reader's corrupt-record
+    column, and not the input's own event_date (derived from event_ts, it only names an export's partition)."""
+    return [c for c in columns if c not in (_CORRUPT, t.EVENT_DATE)] if table == t.EVENTS else []
+
+
+def pandas_index_columns(columns: Sequence[str], csv: bool) -> list[str]:
+    """The columns that are pandas' index written out: ``__index_level_<n>__`` (Parquet), and in a CSV
+    the unnamed leading columns (``_c0``, ``_c1``.. as Spark names empty header cells; Hive's unnamed
+    expressions elsewhere keep their ``_c<n>``). A row position, not a platform attribute: as a feature
+    it would leak the export's sort order."""
+    leading = 0
+    while csv and leading < len(columns) and columns[leading] == f"_c{leading}":
+        leading += 1
+    return [c for i, c in enumerate(columns) if i < leading or _PANDAS_INDEX.fullmatch(c)]
 
 
 def _try_cast(raw: Column, source: T.DataType, target: T.DataType) -> Column:
@@ -327,7 +353,7 @@ def tag_rows(
                 f"be read as {f.dataType.simpleString()}; convert it in the input file"
             ) from exc
 
-    options = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
+    options = _JSON_OPTIONS
     row_json = F.to_json(F.struct(*[named_col(c) for c in df.columns if c != _CORRUPT]), options)
     if _CORRUPT in df.columns:
         # A malformed line's fields are not its columns: keep the line itself.
@@ -335,15 +361,19 @@ def tag_rows(
         row_json = F.when(corrupt.isNotNull(), F.to_json(F.struct(corrupt), options)).otherwise(row_json)
     malformed = f"{_P}malformed"
     # Events: every extra column (those dropped too) tells two events apart; compared as one JSON value.
-    extras = [c for c in [*kept, *dropped] if c != _CORRUPT] if table == t.EVENTS else []
-    extras_json = f"{_P}extras"
+    extras = _events_extras(table, [*kept, *dropped])
+    extras_json = F.to_json(F.struct(*map(named_col, extras)), options)
+    # Stored as its hash where the columns themselves are dropped (ingest): validate's duplicate check, which
+    # sees only stored columns, must tell such events apart too.
+    extras_hash = [F.xxhash64(extras_json).alias(t.SOURCE_EXTRAS_HASH)] if _events_extras(table, dropped) else []
     rows = df.select(
         row_json.alias(_JSON),
         (named_col(_CORRUPT).isNotNull() if _CORRUPT in df.columns else F.lit(False)).alias(malformed),
         *[raw[f.name].alias(f"{_P}raw_{f.name}") for f in fields],
         *[cast[f.name].alias(f.name) for f in fields],
         *[named_col(c) for c in kept],
-        *([F.to_json(F.struct(*map(named_col, extras)), options).alias(extras_json)] if extras else []),
+        *extras_hash,
+        *([extras_json.alias(f"{_P}extras")] if extras else []),
     )
     raw_of = {f.name: F.col(f"{_P}raw_{f.name}") for f in fields}
 
@@ -382,8 +412,16 @@ def tag_rows(
     if table == t.EVENTS:
         # A duplicate is the same event in every column it carries: two likes in one second that
         # differ only in a producer's extra column (a target id) are two events.
-        extra_key = [F.col(extras_json)] if extras else []
+        extra_key = [F.col(f"{_P}extras")] if extras else []
         tagged = _mark_duplicates(tagged, [F.col(f.name) for f in fields] + extra_key, DUPLICATE_EVENT)
+    if t.SOURCE_EXTRAS_HASH in kept:
+        # Validate: a copy appended without the producer's extra columns (null hash) is the same event as
+        # one ingested with them.
+        ok = F.col(_REASON).isNull()
+        hashed = F.max(F.col(t.SOURCE_EXTRAS_HASH).isNotNull()).over(
+            Window.partitionBy(ok, *[F.col(f.name) for f in fields]))
+        tagged = tagged.withColumn(_REASON, F.when(ok & F.col(t.SOURCE_EXTRAS_HASH).isNull() & hashed,
+                                                   F.lit(DUPLICATE_EVENT)).otherwise(F.col(_REASON)))
     if table == t.ACCOUNTS:
         tagged = _mark_duplicates(tagged, [F.col(t.ACCOUNT_ID)], DUPLICATE_ACCOUNT)
 
@@ -418,7 +456,8 @@ def validate_table(
 
     Good rows are cast to the contract schema (``INPUT_SCHEMAS[table]``, in its column order);
     events get ``event_date = to_date(event_ts)`` (the session is UTC); accounts keep their extra
-    numeric/boolean columns after the contract's. Quarantine rows have ``QUARANTINE_SCHEMA``:
+    numeric/boolean columns after the contract's, events with extra columns their hash
+    (``source_extras_hash``). Quarantine rows have ``QUARANTINE_SCHEMA``:
     ``table``, the first ``reason`` that applies (order of :data:`REASONS`), ``run_date``,
     ``row_json``, the original row as JSON (nulls included), and ``step`` ``ingest``. With
     ``known_accounts`` (a frame with ``account_id``), events, edges and labels of other accounts
@@ -657,12 +696,22 @@ def open_inputs(
     with session_conf(spark, {_NANOS_AS_LONG: "true" if any(nanos.values()) else None, _CSV_PRUNING: whole_lines}):
         raw = {table: read_input(spark, table, p, fmt, nanos[table]) for table, (p, fmt) in inputs.items()}
         for table, df in list(raw.items()):
+            index = pandas_index_columns(df.columns, csv=inputs[table][1] == CSV)
+            if index:
+                df = df.drop(*index)
+                echo(f"note: {table} file {inputs[table][0]}: dropping column(s) {index} (pandas' index, "
+                     "written with the rows: to_parquet/to_csv(index=False) leaves it out)")
+            raw[table] = df
             kept, dropped = split_extra_columns(df.schema, table)
-            if dropped:
-                echo(
-                    f"note: {table} file {inputs[table][0]}: dropping column(s) {dropped} "
-                    "(only accounts keep extra columns, and only numeric or boolean ones)"
-                )
+            hashed = _events_extras(table, dropped)
+            if hashed:
+                echo(f"note: {table} file {inputs[table][0]}: dropping column(s) {hashed} (kept only as their hash, "
+                     f"{t.SOURCE_EXTRAS_HASH}, which tells apart events that differ only there)")
+            if set(dropped) - set(hashed):
+                why = ("derived from event_ts" if table == t.EVENTS else
+                       "only accounts keep extra columns, and only numeric or boolean ones")
+                echo(f"note: {table} file {inputs[table][0]}: dropping column(s) "
+                     f"{[c for c in dropped if c not in hashed]} ({why})")
             renamed = storable_names(df.columns, kept)
             if renamed:
                 raw[table] = df.withColumnsRenamed(renamed)
@@ -715,7 +764,7 @@ def ingest_files(
 
     Returns ``{table: {"rows_in", "rows_loaded", "rows_quarantined", "reasons": {reason: n}}}``;
     rows in are counted on the input itself, and rows_in != loaded + quarantined raises
-    :class:`IngestCountMismatch`. An accounts file without good rows, or a file of at least
+    :class:`IngestCountMismatch`. An accounts or events file without good rows, or a file of at least
     ``bad_share_min_rows`` rows of which more than ``max_bad_share`` are bad (validate's rule), raises
     :class:`MostlyBadInputError` before anything is written. The session must be in UTC (days are
     UTC days).
@@ -794,10 +843,11 @@ def mostly_bad(rows: int, bad: int, max_bad_share: float, min_rows: int) -> bool
 
 def _refuse_mostly_bad(table: str, path: str | None, counts: dict, max_bad_share: float, min_rows: int) -> None:
     rows_in, bad = counts[ROWS_IN], counts[ROWS_QUARANTINED]
-    if table == t.ACCOUNTS and counts[ROWS_LOADED] == 0:
-        problem = "has no good rows"
-    elif mostly_bad(rows_in, bad, max_bad_share, min_rows):
+    if mostly_bad(rows_in, bad, max_bad_share, min_rows):
         problem = f"has {bad} bad rows of {rows_in} (over {max_bad_share:.0%})"
+    elif table in (t.ACCOUNTS, t.EVENTS) and counts[ROWS_LOADED] == 0:
+        # However few rows: no account or no event, nothing could be scored, and the table replaced is the history.
+        problem = "has no good rows"
     else:
         return
     top = sorted(counts[REASON_COUNTS].items(), key=lambda kv: -kv[1])[:3]

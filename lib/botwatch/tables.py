@@ -40,6 +40,9 @@ EVENT_TYPE = "event_type"
 EVENT_DATE = "event_date"
 IP_HASH = "ip_hash"
 DEVICE_ID = "device_id"
+# events: a hash of an ingested file's own extra columns (target ids, event ids), only where it had some:
+# events that differ only there are two events, and validate's duplicate check must see that too.
+SOURCE_EXTRAS_HASH = "source_extras_hash"
 
 SRC = "src"
 DST = "dst"
