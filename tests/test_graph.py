@@ -358,6 +358,9 @@ def test_without_activity_or_labels(spark):
     accounts = spark.createDataFrame([(1,), (2,), (3,)], "account_id long")
     got = graph_features(edges, accounts, D)
     assert not [c for c in got.columns if c.startswith(("followee_mean_", "follower_mean_"))]
+    # An activity table without a numeric column gives no means either (not Spark's "exprs should not be empty").
+    text_only = spark.createDataFrame([(1, "US")], "account_id long, country string")
+    assert graph_features(edges, accounts, D, activity=text_only).columns == got.columns
     rows = {r["account_id"]: r for r in got.collect()}
     assert rows[1]["reciprocity"] == 1.0 and rows[1]["clustering_coef"] == 0.0 and rows[1]["has_graph"]
     assert rows[1]["bot_neighbor_share"] is None  # no labels given: unknown, not 0

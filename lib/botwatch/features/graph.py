@@ -531,7 +531,7 @@ def graph_features(
         has_graph.alias(HAS_GRAPH),
     )
 
-    if activity is not None:
+    if activity is not None and cols:  # an activity table without a numeric column: no means, as without one
         act = activity.select(F.col(t.ACCOUNT_ID).cast("long").alias(t.ACCOUNT_ID), *cols)
         flags = {f.name for f in act.schema.fields if isinstance(f.dataType, T.BooleanType)}
 
