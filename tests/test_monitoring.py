@@ -864,32 +864,67 @@ def test_a_new_champions_scores_are_not_drift_but_a_tenfold_flagged_rate_still_f
 
 
 
-def test_a_heavy_model_switched_on_is_not_score_drift_and_keeps_stage_ones_flagged_rate(spark, monitored, tmp_path):
-    """D+1 is the first night of a heavy champion: stage1_xgb:1 flags as before, stage2_heavy:1 rescores
-    the flagged accounts. The score shift is the heavy model's, not drift (no reference day had it); the
-    flagged rate, stage 1's, is still compared with stage1_xgb:1's trailing days."""
+def test_a_heavy_model_switched_on_is_not_drift_in_scores_or_flagged_rate(spark, monitored, tmp_path):
+    """D+1 is the first night of a heavy champion: the same stage1_xgb:1 now sends its top 10 % to
+    stage 2 (none before: no heavy champion) and stage2_heavy:1 rescores them. Neither the score shift
+    nor the jump in flagged accounts is drift: both come from the new model, so no earlier day is a
+    reference, and only the new-model (hard) check compares the rates."""
     from tests.helpers import copy_warehouse
 
     from botwatch.monitoring.run import monitor
 
     wh, params, _, _ = monitored
     wh2 = copy_warehouse(wh, tmp_path / "wh")
+    old = _table(spark, wh2, "scores").assign(stage2_reached=False)
+    _write(spark, old, wh2, "scores", mode="overwrite")
     later = DAY + dt.timedelta(days=1)
     _write(spark, _features(later, 0.0, 4), wh2, "features")
     new = _scores(later, 200)
-    reached = new.stage2_reached
-    new.loc[reached, "model_version"] = "stage1_xgb:1+stage2_heavy:1"
-    new.loc[reached, "score"] = 0.999  # the heavy model's own scale
+    new["stage2_reached"] = new.score >= new.score.quantile(0.90)
+    new.loc[new.stage2_reached, "model_version"] = "stage1_xgb:1+stage2_heavy:1"
+    new.loc[new.stage2_reached, "score"] = 0.999  # the heavy model's own scale
     _write(spark, new, wh2, "scores")
     result = monitor(spark, wh2, later, params)
     metrics = _table(spark, wh2, "metrics").set_index(["run_date", "name"])["value"]
     assert math.isnan(result["score_psi"]) and not result["drift_alert"]
-    assert metrics[(later, "flagged_rate_trailing_days")] == 7.0
-    old = _table(spark, wh2, "scores")
-    old = old[(old.run_date < later) & (old.run_date >= later - dt.timedelta(days=params.trailing_days))]
-    old_rate = (old.decision.isin(["action", "review"]) | old.stage2_reached).groupby(old.run_date).mean().mean()
+    assert pd.isna(metrics[(later, "flagged_rate_ratio")]) and metrics[(later, "flagged_rate_trailing_days")] == 0.0
+    old = old[old.run_date >= later - dt.timedelta(days=params.trailing_days)]
+    old_rate = old.decision.isin(["action", "review"]).groupby(old.run_date).mean().mean()
     new_rate = (new.decision.isin(["action", "review"]) | new.stage2_reached).mean()
-    assert metrics[(later, "flagged_rate_ratio")] == pytest.approx(new_rate / old_rate)
+    assert params.flagged_ratio_soft <= new_rate / old_rate < params.flagged_ratio_hard  # an alert keyed by stage 1
+    assert metrics[(later, "flagged_rate_ratio_new_model")] == pytest.approx(new_rate / old_rate)
+
+
+
+def test_a_night_where_nobody_reached_stage_two_is_compared_with_its_own_models_days(spark, monitored, tmp_path):
+    """stage1_xgb:1 and stage2_heavy:1 scored every day; on D+1 broken inputs push every score under the flag
+    threshold, so no row names the heavy model. It is still the same cascade (its heavy champion as of D+1):
+    the collapse is drift against the trailing days, not "a new model"."""
+    from tests.helpers import copy_warehouse
+
+    from botwatch import registry
+    from botwatch.monitoring.run import DriftHardAlert, monitor
+
+    wh, params, _, _ = monitored
+    wh2 = copy_warehouse(wh, tmp_path / "wh")
+    registry.upsert(spark, wh2, registry.ModelRecord("stage2_heavy", 1, "champion", TRAIN_DAY, artifact_path="-",
+                                                     threshold=0.8, train_end=TRAIN_DAY))
+    old = _table(spark, wh2, "scores")
+    old["stage2_reached"] = old.score >= old.groupby("run_date").score.transform(lambda s: s.quantile(0.9))
+    old.loc[old.stage2_reached, "model_version"] = "stage1_xgb:1+stage2_heavy:1"
+    _write(spark, old, wh2, "scores", mode="overwrite")
+    later = DAY + dt.timedelta(days=1)
+    _write(spark, _features(later, 0.0, 4), wh2, "features")
+    new = _scores(later, 200).assign(stage2_reached=False, decision="none", actioned=False, holdout=False)
+    new[["score", "stage1_score"]] = new[["score", "stage1_score"]] * 0.1
+    _write(spark, new, wh2, "scores")
+    with pytest.raises(DriftHardAlert) as alert:
+        monitor(spark, wh2, later, params)
+    assert "flagged rate 0.00x the trailing mean." in str(alert.value)
+    assert "of the model before" not in str(alert.value)
+    metrics = _table(spark, wh2, "metrics").set_index(["run_date", "name"])["value"]
+    assert metrics[(later, "flagged_rate_trailing_days")] == 7.0 and metrics[(later, "flagged_rate_ratio")] == 0.0
+    assert metrics[(later, "score_psi")] > 0  # compared with the trailing days' scores (NaN without a reference)
 
 
 # ---- the report in headless Chromium ---------------------------------------------------------

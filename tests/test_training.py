@@ -554,6 +554,32 @@ def test_after_a_new_golden_salt_the_champion_is_compared_only_on_rows_it_never_
     assert (meta["golden_share"], meta["golden_salt"]) == (new.golden_share, "golden-v2")
 
 
+
+def test_rows_unseen_by_a_champion_of_another_golden_split(spark, tmp_path):
+    """Golden under the champion's split too, or every row where that leaves one class (no comparison
+    at all would let a worse challenger through)."""
+    from botwatch.labels import split_golden
+
+    rows = pd.DataFrame({t.ACCOUNT_ID: np.arange(400, dtype="int64"), t.LABEL: np.arange(400) % 2,
+                         t.SOURCE: "investigator"})
+    golden = spark.createDataFrame(rows)
+    params = TrainParams(label_weights={"investigator": 1.0}, golden_share=0.2, golden_salt="new")
+
+    def unseen(share, salt, y=rows):
+        art = str(tmp_path / f"{share}-{salt}")
+        registry.write_artifact(art, "meta.json", {"golden_share": share, "golden_salt": salt})
+        return training.unseen_by_champion({"artifact_path": art}, golden, y, params).tolist()
+
+    assert unseen(0.2, "new") == [True] * 400
+    assert training.unseen_by_champion({"artifact_path": str(tmp_path / "none")}, golden, rows, params).all()
+    _, old_golden = split_golden(golden, 0.3, "old")
+    want = set(old_golden.toPandas()[t.ACCOUNT_ID])
+    assert 0 < len(want) < 400 and unseen(0.3, "old") == [i in want for i in range(400)]
+    assert unseen(1e-6, "old") == [True] * 400  # none golden under the champion's split
+    humans_there = rows.assign(**{t.LABEL: [int(i not in want) for i in range(400)]})
+    assert unseen(0.3, "old", humans_there) == [True] * 400  # one class there
+
+
 def test_prevalence_auto_takes_the_monitors_latest_estimate_before_the_run_date(spark, tmp_path):
     """The newest estimate before D that is precise enough: standard error at most
     ``prevalence_max_rse`` of the estimate (a queue with few labels gives e.g. 0.915 in [0.15, 1])."""

@@ -172,7 +172,11 @@ def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.dat
     are retired; a model is promoted on its training run's date). A rerun of an old date then never
     scores with a model trained on labels observed after it, and a rollback (an older version
     promoted by hand) still takes effect."""
-    found = records(spark, warehouse, model_name)
+    return champion_among(records(spark, warehouse, model_name), as_of)
+
+
+def champion_among(found: list[dict], as_of: dt.date | None = None) -> dict | None:
+    """:func:`champion` among one model's ``found`` :func:`records` (read once for many dates)."""
     current = [r for r in found if r[t.STAGE] == CHAMPION]
     if as_of is None or (current and current[-1][t.RUN_DATE] <= as_of):
         return current[-1] if current else None

@@ -295,7 +295,9 @@ def unseen_by_champion(champion: dict | None, golden: DataFrame, golden_pdf: pd.
     """Which of today's golden rows (``golden_pdf``, collected from ``golden``) the ``champion`` never
     trained on. All of them when it was trained with today's golden split (or recorded none); after a
     change of ``train.golden_salt`` or ``golden_share``, only those golden under its split too: the
-    others were its training rows, and in-sample they would flatter it at the gate."""
+    others were its training rows, and in-sample they would flatter it at the gate. Where those lack a
+    class (too few), all of them again: in-sample, the champion can only make the gate stricter, while
+    no comparison at all would let a worse challenger through."""
     keep = np.ones(len(golden_pdf), dtype=bool)
     if champion is None or not len(golden_pdf):
         return keep
@@ -307,7 +309,8 @@ def unseen_by_champion(champion: dict | None, golden: DataFrame, golden_pdf: pd.
     if share is None or salt is None or (share, salt) == (params.golden_share, params.golden_salt):
         return keep
     ids = [r[0] for r in golden.where(golden_mask(t.ACCOUNT_ID, share, salt)).select(t.ACCOUNT_ID).distinct().collect()]
-    return golden_pdf[t.ACCOUNT_ID].isin(ids).to_numpy()
+    unseen = golden_pdf[t.ACCOUNT_ID].isin(ids).to_numpy()
+    return unseen if golden_pdf[t.LABEL][unseen].nunique() == 2 else keep
 
 
 def champion_comparison(golden_pdf: pd.DataFrame, golden_score: np.ndarray, keep: np.ndarray) -> dict[str, float]:

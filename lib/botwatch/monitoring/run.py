@@ -282,30 +282,39 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     return {"n": float(rows["n"].sum()) if len(rows) else 0.0}
 
 
-def _model_parts(versions, stage1_only: bool = False) -> frozenset[str]:
+def _model_parts(versions) -> frozenset[str]:
     """The models among ``model_version`` values (``stage1_xgb:N`` and ``stage2_heavy:M`` of
-    ``stage1_xgb:N+stage2_heavy:M``), or only the stage-1 one(s); the values themselves when none is a
-    stage-1 one (hand-made scores)."""
+    ``stage1_xgb:N+stage2_heavy:M``); the values themselves when none is a stage-1 one (hand-made scores)."""
     parts = {p for v in versions if v for p in str(v).split("+")}
     if not any(p.startswith(f"{STAGE1_MODEL}:") for p in parts):
         return frozenset(str(v) for v in versions if v)
-    return frozenset(p for p in parts if p.startswith(f"{STAGE1_MODEL}:") or not stage1_only)
+    return frozenset(parts)
 
 
-def _days_by_model(scores: DataFrame, versions: list[str], start: dt.date, run_date: dt.date,
-                   ) -> tuple[list[dt.date], list[dt.date], dict[dt.date, str], dict[dt.date, float]]:
+def _days_by_model(spark: SparkSession, warehouse: str, scores: DataFrame, versions: list[str], start: dt.date,
+                   run_date: dt.date) -> tuple[list[dt.date], dict[dt.date, str], dict[dt.date, float]]:
     """The days from ``start`` to the day before D scored by the same models as D (``versions``: D's
-    :func:`model_versions`), those flagged by D's stage-1 model (the heavy model only rescores the
-    flagged), the others with the models that scored them, and every day's flagged rate (one pass)."""
+    :func:`model_versions`), the others with the models that scored them, and every day's flagged rate
+    (one pass over those days' scores). The heavy model counts: its champion and flag threshold decide
+    which accounts are flagged, and it rescores them. A day where nobody reached stage 2 names no heavy
+    model in ``model_version``: its heavy champion as of that day (the registry's) stands in."""
     rows = (scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date - dt.timedelta(days=1))))
             .groupBy(t.RUN_DATE).agg(F.collect_set(t.MODEL_VERSION).alias("versions"),
                                      F.avg(flagged(scores).cast("double")).alias("rate")).collect())
-    same_models = sorted(r[t.RUN_DATE] for r in rows if _model_parts(r["versions"]) == _model_parts(versions))
-    want = _model_parts(versions, stage1_only=True)
-    same_stage1 = sorted(r[t.RUN_DATE] for r in rows if _model_parts(r["versions"], stage1_only=True) == want)
-    other = {r[t.RUN_DATE]: ", ".join(sorted(_model_parts(r["versions"]))) for r in rows
-             if r[t.RUN_DATE] not in same_models}
-    return same_models, same_stage1, other, {r[t.RUN_DATE]: float(r["rate"]) for r in rows}
+    heavy = registry.records(spark, warehouse, HEAVY_MODEL)
+
+    def models(day_versions, day: dt.date) -> frozenset[str]:
+        parts = _model_parts(day_versions)
+        champion = registry.champion_among(heavy, as_of=day)
+        if champion is None or any(p.startswith(f"{HEAVY_MODEL}:") for p in parts):
+            return parts
+        return parts | {f"{HEAVY_MODEL}:{champion[t.VERSION]}"}
+
+    want = models(versions, run_date)
+    by_day = {r[t.RUN_DATE]: models(r["versions"], r[t.RUN_DATE]) for r in rows}
+    same = sorted(d for d, m in by_day.items() if m == want)
+    other = {d: ", ".join(sorted(m)) for d, m in by_day.items() if m != want}
+    return same, other, {r[t.RUN_DATE]: float(r["rate"]) for r in rows}
 
 
 def _score_histograms(scores: DataFrame, run_date: dt.date, days: int, bins: int = 50) -> pd.DataFrame:
@@ -373,13 +382,13 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
     # old model's scores.
     ref_start = run_date - dt.timedelta(days=params.score_reference_days)
     trail_start = run_date - dt.timedelta(days=params.trailing_days)
-    same_models, same_stage1, other_model, rates = _days_by_model(
-        scores, versions, min(ref_start, trail_start), run_date)
+    same_model, other_model, rates = _days_by_model(spark, warehouse, scores, versions, min(ref_start, trail_start),
+                                                    run_date)
     if other_model:
         notes.append(f"{len(other_model)} of the days before {run_date} were scored by other models "
-                     f"({'; '.join(sorted(set(other_model.values())))}): left out of the score shift reference, "
-                     "and of the flagged-rate one where their stage-1 model differs")
-    ref_days = [d for d in same_models if d >= ref_start]
+                     f"({'; '.join(sorted(set(other_model.values())))}): left out of the score shift and "
+                     "flagged-rate references")
+    ref_days = [d for d in same_model if d >= ref_start]
     ref_scores = scores.where(F.col(t.RUN_DATE).isin(ref_days))
     score_psi = math.nan
     if ref_days and ref_scores.limit(1).count():
@@ -391,11 +400,12 @@ def monitor(spark: SparkSession, warehouse: str, run_date: dt.date, params: Moni
                            ("score_ks_upper", _f(s["ks_upper"]), t.SCORE)]
     metrics["score_psi"] = score_psi
 
-    # 3. flagged rate against the trailing days of the same model (a new champion's rate against the
-    # old one's counts only towards the hard alert: a model flagging 10x as many needs a look)
+    # 3. flagged rate against the trailing days of the same models (a new champion's rate, stage 1's or
+    # the heavy one's, against the old one's counts only towards the hard alert: a model flagging 10x as
+    # many needs a look)
     rate = funnel["flagged"] / funnel["accounts"]
     daily = [r for d, r in rates.items() if d >= trail_start]
-    same = [r for d, r in rates.items() if d >= trail_start and d in same_stage1]
+    same = [r for d, r in rates.items() if d >= trail_start and d in same_model]
     trailing = sum(same) / len(same) if same else math.nan
     ratio = flagged_rate_ratio(rate, trailing)
     metrics.update(flagged_rate=rate, flagged_rate_trailing=trailing, flagged_rate_ratio=ratio,
