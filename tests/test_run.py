@@ -961,6 +961,37 @@ def test_lock_through_hadoop_file_system(spark, warehouse, monkeypatch):
     assert os.listdir(os.path.join(warehouse, t.RUN_LOCK)) == []  # no heartbeat file left behind
 
 
+def test_a_lock_file_released_between_a_contenders_calls_reads_as_gone(spark, tmp_path, monkeypatch):
+    """On HDFS or S3A the holder may delete its lock between a contender's existence check and its read (or
+    its status call): that is "no file" (the contender tries again), not a Java FileNotFoundException."""
+    monkeypatch.setattr(files, "local_path", lambda path: None)
+    target = tmp_path / "lock.json"
+
+    class Releasing:  # Hadoop's file system, whose file goes just before each call
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            def call(*args):
+                if target.exists() and name in ("open", "getFileStatus"):
+                    target.unlink()
+                return getattr(self.fs, name)(*args)
+            return call
+
+    for module in (files, nightly):
+        real = module.hadoop_fs
+        monkeypatch.setattr(module, "hadoop_fs", lambda session, path, real=real: (
+            Releasing(real(session, path)[0]), real(session, path)[1]))
+    uri = f"file://{target}"
+    target.write_text("{}")
+    with pytest.raises(FileNotFoundError):
+        files.read_bytes(uri, spark)
+    target.write_text("{}")
+    assert nightly._read_file(spark, uri) is None
+    target.write_text("{}")
+    assert nightly._modified_at(spark, uri) is None
+
+
 def test_model_artifacts_reach_any_file_system_spark_reaches(spark, tmp_path):
     """Model artifacts, ``cascade.json`` and reports go through Spark's Hadoop file systems when the
     warehouse is not on a local disk: through fsspec, ``s3a://`` failed without s3fs and ``abfss://`` was

@@ -49,13 +49,22 @@ def read_bytes(path: str, spark: SparkSession | None = None) -> bytes:
             return src.read()
     session = _session(spark, path)
     fs, jpath = hadoop_fs(session, path)
-    if not fs.exists(jpath):
-        raise FileNotFoundError(path)
-    stream = fs.open(jpath)
     try:
-        return bytes(session._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))  # type: ignore[union-attr]
-    finally:
-        stream.close()
+        stream = fs.open(jpath)
+        try:
+            return bytes(session._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))  # type: ignore[union-attr]
+        finally:
+            stream.close()
+    except Exception as exc:
+        # py4j wraps Hadoop's FileNotFoundException; opened, the file may go before the read (S3A opens lazily).
+        if not_found(exc) or not fs.exists(jpath):
+            raise FileNotFoundError(path) from exc
+        raise
+
+
+def not_found(exc: Exception) -> bool:
+    """Whether a Hadoop call failed (through py4j) because its file is not there."""
+    return "java.io.FileNotFoundException" in str(exc)
 
 
 def write_bytes(path: str, data: bytes, spark: SparkSession | None = None) -> None:

@@ -350,9 +350,12 @@ def _modified_at(spark: SparkSession, path: str) -> dt.datetime | None:
             return None
     else:
         fs, jpath = hadoop_fs(spark, path)
-        if not fs.exists(jpath):
-            return None
-        seconds = fs.getFileStatus(jpath).getModificationTime() / 1000
+        try:
+            seconds = fs.getFileStatus(jpath).getModificationTime() / 1000
+        except Exception as exc:  # gone, also between a check and the call: the holder released
+            if files.not_found(exc):
+                return None
+            raise
     return dt.datetime.fromtimestamp(seconds, dt.UTC).replace(tzinfo=None)
 
 
