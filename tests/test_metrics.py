@@ -354,6 +354,16 @@ def test_evaluate_without_threshold_picks_its_own_or_reports_nan():
                                                "precision_at_threshold_low", "fpr_segment_c_a"))
 
 
+def test_pandas_na_is_a_missing_segment_and_family():
+    """pandas' nullable string columns mark missing as pd.NA: the segment None (``_null``), not "NA" (which
+    reads as Namibia), and a family array with NA does not raise. Checked against numpy by hand."""
+    y, s = np.array([1, 0, 0, 0]), np.array([0.9, 0.8, 0.3, 0.1])
+    got = evaluate(y, s, 0.5, segments={"c": pd.Series(["US", None, "US", None], dtype="string")}, n_bootstrap=3)
+    assert got["fpr_segment_c_null"] == 0.5 and got["fpr_segment_c_US"] == 0.0 and "fpr_segment_c_NA" not in got
+    fam = pd.array(["mimic", None, "human", None], dtype="string")
+    assert recall_by_family(fam, [1, 0, 1, 0]) == {"mimic": 1.0, None: 0.0}
+
+
 def test_segment_values_whose_names_clash_are_kept_apart():
     """Country is free text: "US" and "US " (a CSV's padding), or two scripts the names cannot spell,
     would be one metric name; each keeps its own, with a digest of the value, checked against numpy."""

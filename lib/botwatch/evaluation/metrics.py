@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from botwatch.tables import FAMILIES
 
@@ -254,11 +255,11 @@ def recall_at_precision(y_true: Any, y_score: Any, target_precision: float, samp
 
 
 def _groups(values: Any, n: int, name: str) -> dict[Any, np.ndarray]:
-    """Row indices per distinct value (None and NaN together as None), keys sorted by text."""
+    """Row indices per distinct value (None, NaN and pandas' NA together as None), keys sorted by text."""
     arr = np.asarray(values, dtype=object)
     if arr.shape != (n,):
         raise MetricInputError(f"{name} has shape {arr.shape}, want ({n},) aligned with the labels")
-    keys = [None if v is None or (isinstance(v, float) and math.isnan(v)) else v for v in arr.tolist()]
+    keys = [None if v is None or (pd.api.types.is_scalar(v) and pd.isna(v)) else v for v in arr.tolist()]
     out: dict[Any, list[int]] = {}
     for i, k in enumerate(keys):
         out.setdefault(k, []).append(i)
