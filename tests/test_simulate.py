@@ -529,6 +529,9 @@ def test_cli_rerun_with_another_partitioning_writes_identical_tables(spark, para
     write_table(spark.createDataFrame([(1,)], "x int"), warehouse, t.RUN_LOG)
     same = {**params, "accounts_per_partition": 223}  # a speed knob: the same platform
     refuse_other_platform(spark, warehouse, _platform_meta(SEED, ACCOUNTS, DAYS, START, same))
+    # The same start date given through the conf rather than --start-date: the same platform.
+    same = {**params, "start_date": (START + dt.timedelta(days=3)).isoformat()}
+    refuse_other_platform(spark, warehouse, _platform_meta(SEED, ACCOUNTS, DAYS, START, same))
     versions = {n: DeltaTable(f"{warehouse}/{n}").version() for n in TABLES}
     try:
         refused = CliRunner().invoke(app, [*args[:6], str(SEED + 1), *args[7:]])
@@ -594,6 +597,8 @@ def test_bad_parameters_raise_named_errors(params):
     for changed, named in ((nested("cyborg", auto_period_min=0), "auto_period_min"),
                            (nested("cyborg", auto_period_min=-10), "auto_period_min"),
                            (nested("cyborg", auto_hours=30), "auto_hours"),
+                           (nested("cyborg", auto_period_min=480), r"auto_period_min.*\(480\).*auto_hours"),
+                           (nested("cyborg", auto_period_min=240), r"auto_period_min.*\(240\).*auto_hours"),
                            (nested("scheduled", periods_min=[15, "x"]), "wrong kind"),
                            (nested("humans", weekend_factor=-2.5), "weekend_factor"),
                            (nested("labels", user_report_extra_mean=-1.0), "user_report_extra_mean"),

@@ -298,6 +298,11 @@ def _validate(plan: Plan) -> None:
     if not 1 <= int(plan.p("cyborg.auto_hours")) <= 24:
         raise SimulationParamsError(
             f"simulate parameter 'cyborg.auto_hours' must be 1 to 24 hours, got {plan.p('cyborg.auto_hours')}")
+    if int(plan.p("cyborg.auto_hours")) * 60 % auto_period:
+        # The phase holds auto_hours * 60 / period posts, cut to a whole number: 6 h at 480 min would be none.
+        raise SimulationParamsError(
+            f"simulate parameter 'cyborg.auto_period_min' ({auto_period}) must divide the automated phase, "
+            f"'cyborg.auto_hours' ({plan.p('cyborg.auto_hours')}) x 60 minutes")
     for new in (False, True):
         if plan.botnet_block_prob(new, capped=False) > 1.0:
             raise SimulationParamsError(

@@ -40,8 +40,10 @@ def _platform_meta(seed: int, accounts: int, days: int, start_date: dt.date, par
     """What identifies a simulated platform (kept in the commit metadata of the tables it writes)."""
     from botwatch.nightly import section_fingerprint  # leaves out speed-only knobs (accounts_per_partition)
 
+    # The conf's start_date is only the argument's default: the argument, recorded on its own, is what was used.
+    knobs = {k: v for k, v in params.items() if k != "start_date"}
     return {"step": "simulate", "seed": str(seed), "accounts": str(accounts), "days": str(days),
-            "start_date": start_date.isoformat(), "params": str(section_fingerprint("simulate", params))}
+            "start_date": start_date.isoformat(), "params": str(section_fingerprint("simulate", knobs))}
 
 
 def _describe(meta: dict[str, str]) -> str:
