@@ -129,8 +129,6 @@ _CSV_PRUNING = "spark.sql.csv.parser.columnPruning.enabled"
 # pandas' index, written as a column by ``DataFrame.to_parquet`` (a filtered or sorted frame) and by
 # ``to_csv`` (an empty header name, which Spark calls _c<position>): bookkeeping, not data.
 _PANDAS_INDEX = re.compile(r"__index_level_\d+__")
-# Rows as JSON (quarantine, the events' extras): every field written, timestamps to the microsecond.
-_JSON_OPTIONS = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
 
 # Internal column names; the prefix keeps them apart from users' columns.
 _P = "__bw_"
@@ -353,7 +351,7 @@ def tag_rows(
                 f"be read as {f.dataType.simpleString()}; convert it in the input file"
             ) from exc
 
-    options = _JSON_OPTIONS
+    options = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
     row_json = F.to_json(F.struct(*[named_col(c) for c in df.columns if c != _CORRUPT]), options)
     if _CORRUPT in df.columns:
         # A malformed line's fields are not its columns: keep the line itself.
@@ -707,11 +705,11 @@ def open_inputs(
             if hashed:
                 echo(f"note: {table} file {inputs[table][0]}: dropping column(s) {hashed} (kept only as their hash, "
                      f"{t.SOURCE_EXTRAS_HASH}, which tells apart events that differ only there)")
-            if set(dropped) - set(hashed):
+            rest = [c for c in dropped if c not in hashed]
+            if rest:
                 why = ("derived from event_ts" if table == t.EVENTS else
                        "only accounts keep extra columns, and only numeric or boolean ones")
-                echo(f"note: {table} file {inputs[table][0]}: dropping column(s) "
-                     f"{[c for c in dropped if c not in hashed]} ({why})")
+                echo(f"note: {table} file {inputs[table][0]}: dropping column(s) {rest} ({why})")
             renamed = storable_names(df.columns, kept)
             if renamed:
                 raw[table] = df.withColumnsRenamed(renamed)

@@ -314,14 +314,13 @@ def unseen_by_champion(champion: dict | None, golden: DataFrame, golden_pdf: pd.
 
 
 def champion_comparison(golden_pdf: pd.DataFrame, golden_score: np.ndarray, keep: np.ndarray) -> dict[str, float]:
-    """Where the champion is compared on part of the golden set (:func:`unseen_by_champion`): the
-    number of those rows and the challenger's PR-AUC on them, the figure the gate compares."""
+    """Where the champion is compared on part of the golden set (:func:`unseen_by_champion`, which keeps
+    a part only with both classes): the number of those rows and the challenger's PR-AUC on them, the
+    figure the gate compares."""
     if keep.all():
         return {}
-    y = golden_pdf[t.LABEL].to_numpy()[keep]
-    both = len(np.unique(y)) == 2
     return {"champion_golden_n": float(keep.sum()),
-            "golden_pr_auc_vs_champion": pr_auc(y, golden_score[keep]) if both else math.nan}
+            "golden_pr_auc_vs_champion": pr_auc(golden_pdf[t.LABEL].to_numpy()[keep], golden_score[keep])}
 
 
 def champion_golden_pr_auc(spark, warehouse: str, champion: dict | None, golden_pdf: pd.DataFrame) -> float | None:
