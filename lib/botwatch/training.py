@@ -290,14 +290,19 @@ def golden_split(params: TrainParams) -> dict:
     return {"golden_share": params.golden_share, "golden_salt": params.golden_salt}
 
 
+# Fewest rows of each class on which a champion of another golden split is compared alone.
+MIN_UNSEEN_PER_CLASS = 10
+
+
 def unseen_by_champion(champion: dict | None, golden: DataFrame, golden_pdf: pd.DataFrame,
                        params: TrainParams) -> np.ndarray:
     """Which of today's golden rows (``golden_pdf``, collected from ``golden``) the ``champion`` never
     trained on. All of them when it was trained with today's golden split (or recorded none); after a
     change of ``train.golden_salt`` or ``golden_share``, only those golden under its split too: the
-    others were its training rows, and in-sample they would flatter it at the gate. Where those lack a
-    class (too few), all of them again: in-sample, the champion can only make the gate stricter, while
-    no comparison at all would let a worse challenger through."""
+    others were its training rows, and in-sample they would flatter it at the gate. Where those hold
+    fewer than ``MIN_UNSEEN_PER_CLASS`` rows of either class, all of them again: a PR-AUC on one or two
+    positives is noise that would decide the gate alone, while in-sample the champion can only make
+    the gate stricter (and no comparison at all would let a worse challenger through)."""
     keep = np.ones(len(golden_pdf), dtype=bool)
     if champion is None or not len(golden_pdf):
         return keep
@@ -310,12 +315,13 @@ def unseen_by_champion(champion: dict | None, golden: DataFrame, golden_pdf: pd.
         return keep
     ids = [r[0] for r in golden.where(golden_mask(t.ACCOUNT_ID, share, salt)).select(t.ACCOUNT_ID).distinct().collect()]
     unseen = golden_pdf[t.ACCOUNT_ID].isin(ids).to_numpy()
-    return unseen if golden_pdf[t.LABEL][unseen].nunique() == 2 else keep
+    per_class = golden_pdf[t.LABEL][unseen].value_counts()
+    return unseen if len(per_class) == 2 and per_class.min() >= MIN_UNSEEN_PER_CLASS else keep
 
 
 def champion_comparison(golden_pdf: pd.DataFrame, golden_score: np.ndarray, keep: np.ndarray) -> dict[str, float]:
     """Where the champion is compared on part of the golden set (:func:`unseen_by_champion`, which keeps
-    a part only with both classes): the number of those rows and the challenger's PR-AUC on them, the
+    a part only with enough rows of both classes): the number of those rows and the challenger's PR-AUC on them, the
     figure the gate compares."""
     if keep.all():
         return {}
