@@ -249,6 +249,24 @@ def test_mixed_type_knob_and_free_form_mapping(tmp_path):
                               "spark.extra_conf.spark.hadoop.fs.permissions.umask-mode=022"])
     assert conf["spark.extra_conf"] == {"spark.a": "x", "spark.executor.instances": "20",
                                         "spark.hadoop.fs.permissions.umask-mode": "022"}
+    # From a file too: YAML read 077 as octal 63 and 3.10 as 3.1; a nested mapping set nothing, silently.
+    written = tmp_path / "typed.yaml"
+    written.write_text("spark:\n  extra_conf:\n    spark.hadoop.fs.permissions.umask-mode: 077\n"
+                       "    spark.executorEnv.PYVER: 3.10\n    spark.a: x\n    spark.b: true\n"
+                       "    spark.c: null\n")
+    assert load_config(written)["spark.extra_conf"] == {
+        "spark.hadoop.fs.permissions.umask-mode": "077", "spark.executorEnv.PYVER": "3.10", "spark.a": "x",
+        "spark.b": "true", "spark.c": None}
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("spark:\n  extra_conf:\n    spark:\n      executor:\n        instances: 20\n")
+    with pytest.raises(ConfigError, match=r"'spark\.extra_conf\.spark' must be one value, got a mapping"):
+        load_config(nested)
+    # A knob declared null with one type: a typo fails at load, not on a vacuum night mid-run.
+    assert load_config(path, ["maintenance.vacuum_listing_parallelism=8"])[
+        "maintenance.vacuum_listing_parallelism"] == 8
+    for bad in ("many", "1e3", "true"):
+        with pytest.raises(ConfigError, match="'maintenance.vacuum_listing_parallelism' must be an integer"):
+            load_config(path, [f"maintenance.vacuum_listing_parallelism={bad}"])
     # A string knob keeps the text as typed (YAML numbers, '#'), drops YAML quotes; null is null.
     assert load_config(path, ["spark.app_name=123"])["spark.app_name"] == "123"
     assert load_config(path, ["warehouse=/data/bw #2"])["warehouse"] == "/data/bw #2"

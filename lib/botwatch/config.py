@@ -4,8 +4,9 @@
 set keys that base declares, with a value of the same type (ints are accepted where a
 float is declared; a knob declared ``null`` takes any type, and those in :data:`MIXED_KEYS` the
 types listed there). A mapping declared empty (``spark.extra_conf: {}``) is free-form: overlays
-add to it, and ``--set spark.extra_conf.spark.executor.instances=20`` sets the one key
-``spark.executor.instances`` in it. Problems raise
+add to it, each entry one value, kept as written (Spark settings are text), and
+``--set spark.extra_conf.spark.executor.instances=20`` sets the one key ``spark.executor.instances`` in
+it. Problems raise
 :class:`ConfigError`, which the CLI turns into exit code 2 with a message naming the key
 and the file.
 
@@ -31,7 +32,8 @@ DEFAULT_CONF = "conf/local.yaml"
 # Keys that must hold a value after all overlays.
 REQUIRED_KEYS = ("warehouse", "spark.master")
 # Knobs whose value may take several types (null always allowed): train.prevalence is "auto" or a number.
-MIXED_KEYS: dict[str, tuple[type, ...]] = {"train.prevalence": (str, int, float)}
+MIXED_KEYS: dict[str, tuple[type, ...]] = {"train.prevalence": (str, int, float),
+                                           "maintenance.vacuum_listing_parallelism": (int,)}
 # Number knobs whose null means something (else null is refused for a number, a boolean or a section).
 NULLABLE_KEYS = frozenset({"simulate.drift.detection_wave_fraction"})
 # YAML 1.1 (PyYAML) reads 1e-4 and 5e-05 as strings: it wants a dot and a signed exponent.
@@ -107,10 +109,10 @@ def _type_ok(declared: Any, value: Any, dotted: str = "") -> bool:
     if value is None:
         # A string may be unset (warehouse, new_family); a number, flag or section would fail mid-run.
         return declared is None or isinstance(declared, str) or dotted in MIXED_KEYS or dotted in NULLABLE_KEYS
-    if declared is None:
-        return True
     if dotted in MIXED_KEYS:
         return isinstance(value, MIXED_KEYS[dotted]) and not isinstance(value, bool)
+    if declared is None:
+        return True
     if isinstance(declared, bool):
         return isinstance(value, bool)
     if isinstance(declared, float):
@@ -137,7 +139,28 @@ def _article(name: str) -> str:
     return f"{'an' if name[:1] in 'aeiou' else 'a'} {name}"
 
 
-def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = "") -> None:
+def _read_texts(path: Path) -> Any:
+    """The file's values as written (YAML's base loader types nothing): a free-form mapping's Spark
+    settings are text, and ``077`` or ``3.10`` must not reach Spark as 63 or 3.1."""
+    return yaml.load(path.read_text(), Loader=yaml.BaseLoader)
+
+
+def _free_form(value: dict, texts: Any, where: str, dotted: str) -> dict:
+    """A free-form mapping's entries, each one value, taken as written (``texts``) where YAML typed it."""
+    entries = {}
+    for key, entry in value.items():
+        if isinstance(entry, (dict, list)):
+            raise ConfigError(
+                f"{where}: '{dotted}.{key}' must be one value, got {_article(_type_name(entry))}: write each "
+                f"setting's whole dotted name as one key (e.g. 'spark.executor.instances: 20' under {dotted})")
+        text = texts.get(key) if isinstance(texts, dict) else None
+        entries[key] = text if entry is not None and not isinstance(entry, str) and isinstance(text, str) else entry
+    return entries
+
+
+def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = "", texts: Any = None) -> None:
+    """Overlay ``overlay`` on ``target`` after checking it against ``base``; ``texts``: the overlay's
+    values as written, where it came from a file (:func:`_read_texts`)."""
     for key, value in overlay.items():
         dotted = f"{prefix}{key}"
         if key not in base:
@@ -146,10 +169,13 @@ def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = ""
         if isinstance(declared, dict) and value is None:
             continue  # a section whose entries are all commented out: nothing to change (not a null section)
         if isinstance(declared, dict) and declared and isinstance(value, dict):
-            _merge(target[key], declared, value, where, dotted + ".")
+            _merge(target[key], declared, value, where, dotted + ".",
+                   texts.get(key) if isinstance(texts, dict) else None)
             continue
         if isinstance(declared, dict) and not declared and isinstance(value, dict):
-            target[key] = {**(target.get(key) or {}), **value}  # free-form: add to what earlier layers set
+            # Free-form: add to what earlier layers set.
+            own = texts.get(key) if isinstance(texts, dict) else None
+            target[key] = {**(target.get(key) or {}), **_free_form(value, own, where, dotted)}
             continue
         takes_float = isinstance(declared, float) or float in MIXED_KEYS.get(dotted, ())
         if takes_float and isinstance(value, str) and SCIENTIFIC_NUMBER.fullmatch(value.strip()):
@@ -216,7 +242,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = copy.deepcopy(base)
     sources = [str(base_path)]
     if env_path.resolve() != base_path.resolve():
-        _merge(data, base, _read_yaml(env_path), str(env_path))
+        _merge(data, base, _read_yaml(env_path), str(env_path), texts=_read_texts(env_path))
         sources.append(str(env_path))
     for item in overrides or []:
         _apply_set(data, base, item)
