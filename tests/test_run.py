@@ -1013,6 +1013,31 @@ def test_model_artifacts_reach_any_file_system_spark_reaches(spark, tmp_path):
     assert files.exists(f"{directory}/cascade.json", spark) and not files.exists(f"{directory}/nope", spark)
 
 
+def test_a_warehouse_path_with_no_scheme_is_where_hadoops_default_file_system_puts_it(spark, tmp_path):
+    """On a cluster whose ``fs.defaultFS`` is HDFS, ``/wh`` is a path there: the tables go there, so the
+    run lock and the model artifacts must too (on the driver's disk, two hosts each held "the" lock and
+    the next night's driver found no model). A viewfs default mounted on a local folder stands in."""
+    root = tmp_path / "store"
+    mount = f"bw{uuid.uuid4().hex[:8]}"
+    hadoop = spark._jsc.hadoopConfiguration()
+    before = hadoop.get("fs.defaultFS")
+    hadoop.set(f"fs.viewfs.mounttable.{mount}.link./wh", f"file://{root}")
+    hadoop.set("fs.defaultFS", f"viewfs://{mount}/")
+    try:
+        assert files.local_path("/wh/x") is None
+        lock = nightly.DateLock(spark, "/wh", D, stale_hours=12)
+        lock.acquire()
+        assert (root / t.RUN_LOCK / f"{D}.json").exists()
+        assert nightly.DateLock(spark, "/wh", D, stale_hours=12).current()["holder"] == lock.holder
+        lock.release()
+        registry.write_artifact("/wh/models/stage1_xgb/1", "features.json", {"features": ["a"]})
+        assert json.loads((root / "models" / "stage1_xgb" / "1" / "features.json").read_text()) == {
+            "features": ["a"]}
+    finally:
+        hadoop.set("fs.defaultFS", before)
+    assert files.local_path("/wh/x") == "/wh/x"
+
+
 def test_the_heartbeat_needs_no_file_system_that_sets_modification_times(spark, warehouse, monkeypatch):
     """Hadoop's default ``FileSystem.setTimes`` does nothing (object stores): a heartbeat that set the
     lock file's time left a live run's lock stale after run.lock_stale_hours, and another run took it

@@ -25,11 +25,25 @@ class NoSparkSessionError(RuntimeError):
 
 
 def local_path(path: str) -> str | None:
-    """The OS path of a local path (no scheme, or ``file:``); None for HDFS, S3A, ABFS, ..."""
+    """The OS path of a local path (``file:``, or no scheme where Hadoop's default file system is the
+    local one); None for HDFS, S3A, ABFS, ..."""
     if path.startswith("file:"):  # file:/x and file:///x
         return "/" + path[len("file:"):].lstrip("/")
     # Any other scheme, with or without "//": hdfs:/wh and dbfs:/mnt are not on the driver's disk.
-    return None if is_uri(path) else path
+    return None if is_uri(path) or not _default_fs_is_local() else path
+
+
+def _default_fs_is_local() -> bool:
+    """Whether Spark resolves a path with no scheme on the local disk. On a cluster whose
+    ``fs.defaultFS`` is HDFS (or DBFS), ``/data/wh`` is a path there: the tables go there, so the
+    artifacts, reports and the run lock beside them must too. With no Spark in this process, local."""
+    from pyspark import SparkContext
+
+    context = SparkContext._active_spark_context
+    if context is None:
+        return True
+    default = context._jsc.hadoopConfiguration().get("fs.defaultFS")  # type: ignore[union-attr]
+    return default is None or default.startswith("file:")
 
 
 def _session(spark: SparkSession | None, path: str) -> SparkSession:
