@@ -563,6 +563,12 @@ def test_a_mostly_bad_input_or_a_non_utc_session_writes_nothing(spark, tmp_path)
     one_good.to_parquet(paths[t.EVENTS])
     got = ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=121)
     assert got[t.EVENTS][ROWS_QUARANTINED] == 119 and got[t.EVENTS][ROWS_LOADED] == 1
+    # An export whose part files were copied three times is whole: two thirds are copies, none is missing.
+    whole = pd.DataFrame({t.ACCOUNT_ID: [1, 2] * 30, t.EVENT_TS: [datetime(2024, 6, 29, 8, m // 2) for m in range(60)],
+                          t.EVENT_TYPE: "post", t.IP_HASH: "a", t.DEVICE_ID: "c"})
+    pd.concat([whole] * 3).to_parquet(paths[t.EVENTS])
+    got = ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=60)
+    assert got[t.EVENTS][ROWS_QUARANTINED] == 120 and got[t.EVENTS][ROWS_LOADED] == 60
     wh2 = str(tmp_path / "wh2")
     with session_conf(spark, {TIME_ZONE_KEY: "America/New_York"}), pytest.raises(SessionTimeZoneError):
         ingest_files(spark, wh2, **paths, labels=None, run_date=RUN, echo=lambda _: None)

@@ -84,6 +84,8 @@ SELF_FOLLOW = "self_follow"
 LABEL_NOT_BINARY = "label_not_binary"
 UNKNOWN_LABEL_SOURCE = "unknown_label_source"
 EVENT_DATE_MISMATCH = "event_date_mismatch"  # validate only: an event filed under another UTC day
+# A row's extra copies: moved like bad rows, but nothing is missing (one copy stays).
+COPY_REASONS = (DUPLICATE_EVENT, DUPLICATE_ACCOUNT)
 REASONS = (
     MALFORMED_ROW,
     NULL_KEY,
@@ -834,14 +836,24 @@ def bad_share_limits(conf) -> dict:
     return {"max_bad_share": float(section["max_bad_share"]), "bad_share_min_rows": int(section["bad_share_min_rows"])}
 
 
-def mostly_bad(rows: int, bad: int, max_bad_share: float, min_rows: int) -> bool:
-    """Ingest's and validate's stop: at least ``min_rows`` rows, more than ``max_bad_share`` of them bad."""
-    return rows >= min_rows and bad > max_bad_share * rows
+def without_copies(rows: int, bad: dict[str, int]) -> tuple[int, int]:
+    """Rows and bad rows as the bad-share stop counts them: a duplicate's copies are neither. One copy of
+    each stays, so nothing is lost (a load replayed three times is still whole); counted, whether a night
+    ran hung on how often the load had been replayed."""
+    copies = sum(n for reason, n in bad.items() if reason in COPY_REASONS)
+    return rows - copies, sum(bad.values()) - copies
+
+
+def mostly_bad(rows: int, bad: dict[str, int], max_bad_share: float, min_rows: int) -> bool:
+    """Ingest's and validate's stop: at least ``min_rows`` rows, more than ``max_bad_share`` of them bad
+    (``bad``: counts by reason; duplicate copies are left out of both, :func:`without_copies`)."""
+    rows, n_bad = without_copies(rows, bad)
+    return rows >= min_rows and n_bad > max_bad_share * rows
 
 
 def _refuse_mostly_bad(table: str, path: str | None, counts: dict, max_bad_share: float, min_rows: int) -> None:
-    rows_in, bad = counts[ROWS_IN], counts[ROWS_QUARANTINED]
-    if mostly_bad(rows_in, bad, max_bad_share, min_rows):
+    rows_in, bad = without_copies(counts[ROWS_IN], counts[REASON_COUNTS])
+    if mostly_bad(counts[ROWS_IN], counts[REASON_COUNTS], max_bad_share, min_rows):
         problem = f"has {bad} bad rows of {rows_in} (over {max_bad_share:.0%})"
     elif table in (t.ACCOUNTS, t.EVENTS) and counts[ROWS_LOADED] == 0:
         # However few rows: no account or no event, nothing could be scored, and the table replaced is the history.

@@ -31,6 +31,7 @@ from botwatch import tables as t
 from botwatch.delta_io import read_table, retried_commit, table_exists, write_table
 from botwatch.ingest import (
     _REASON,
+    COPY_REASONS,
     VALIDATE_STEP,
     add_quarantine_step_column,
     contract_columns,
@@ -38,6 +39,7 @@ from botwatch.ingest import (
     mostly_bad,
     quarantine_rows,
     tag_rows,
+    without_copies,
 )
 from botwatch.schemas import INPUT_SCHEMAS, named_col, require_columns
 from botwatch.spark import require_utc
@@ -205,9 +207,9 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
 
 def _stop_if_mostly_bad(table: str, which: str, rows: int, bad: dict[str, int], max_bad_share: float,
                         min_rows: int) -> None:
-    n_bad = sum(bad.values())
-    if mostly_bad(rows, n_bad, max_bad_share, min_rows):
-        top = max(bad, key=lambda k: bad[k])
+    if mostly_bad(rows, bad, max_bad_share, min_rows):
+        rows, n_bad = without_copies(rows, bad)
+        top = max((k for k in bad if k not in COPY_REASONS), key=lambda k: bad[k])
         raise TooManyBadRowsError(
             f"{n_bad} of the {rows} {table} {which} are bad ({bad[top]} {top}), more than "
             f"validate.max_bad_share ({max_bad_share}); nothing was moved. An upstream load is likely incomplete "
