@@ -634,13 +634,19 @@ def test_a_malformed_csv_line_beside_a_typed_extra_column_is_quarantined(spark, 
     header = "account_id,created_at,country,verified,profile_completeness,signup_ip_hash,followers\n"
     accounts = tmp_path / "accounts.csv"
     accounts.write_text(header + "1,2021-01-01 00:00:00,US,true,0.5,ip1,10\n"
-                        "2,2021-01-01 00:00:00,US,true,0.5,ip,x,20\n")
+                        "2,2021-01-01 00:00:00,US,true,0.5,ip,x,20\n"
+                        ",2021-01-01 00:00:00,US,true,0.5,ip3,00030\n")
     wh = str(tmp_path / "wh")
     got = ingest_files(spark, wh, **{**paths, t.ACCOUNTS: str(accounts)}, labels=None, run_date=RUN,
                        echo=lambda _: None)
-    assert got[t.ACCOUNTS][ROWS_LOADED] == 1 and got[t.ACCOUNTS]["reasons"] == {MALFORMED_ROW: 1}
+    assert got[t.ACCOUNTS][ROWS_LOADED] == 1 and got[t.ACCOUNTS]["reasons"] == {MALFORMED_ROW: 1, NULL_KEY: 1}
     assert [tuple(r) for r in read_table(spark, wh, t.ACCOUNTS).select(t.ACCOUNT_ID, "followers").collect()] == [
         (1, 10.0)]
+    # A quarantined row's JSON is its text: the column typed for the loaded rows, 00030 read as 30.0, is not.
+    quarantined = read_table(spark, wh, t.QUARANTINE).where(F.col(t.REASON) == NULL_KEY).first()
+    assert json.loads(quarantined[t.ROW_JSON]) == {
+        t.ACCOUNT_ID: None, t.CREATED_AT: "2021-01-01 00:00:00", t.COUNTRY: "US", t.VERIFIED: "true",
+        t.PROFILE_COMPLETENESS: "0.5", t.SIGNUP_IP_HASH: "ip3", "followers": "00030"}
 
 
 def test_file_uris_with_a_space_and_an_excel_csv_with_a_byte_order_mark_load(spark, tmp_path):

@@ -135,6 +135,10 @@ _PANDAS_INDEX = re.compile(r"__index_level_\d+__")
 # Internal column names; the prefix keeps them apart from users' columns.
 _P = "__bw_"
 _JSON = f"{_P}row_json"
+# The input row as read, as JSON: kept where ingest retypes a column (CSV accounts' numeric extras), so a
+# quarantined row's JSON is still its text (00501, not 501.0).
+_ROW_TEXT = f"{_P}row_text"
+_JSON_OPTIONS = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
 _REASON = f"{_P}reason"
 
 
@@ -162,9 +166,15 @@ def contract_columns(table: str) -> list[str]:
 
 
 def _extra_names(columns: Sequence[str], table: str) -> list[str]:
-    """Input columns beyond the contract, leaving out the CSV reader's corrupt-record column."""
+    """Input columns beyond the contract, leaving out the CSV reader's corrupt-record column (and the
+    row's text, :data:`_ROW_TEXT`)."""
     contract = set(contract_columns(table))
-    return [c for c in columns if c not in contract and c != _CORRUPT]
+    return [c for c in columns if c not in contract and c not in (_CORRUPT, _ROW_TEXT)]
+
+
+def _row_json(df: DataFrame) -> Column:
+    """Each row of ``df`` as JSON, nulls included: its input columns, not the reader's own."""
+    return F.to_json(F.struct(*[named_col(c) for c in df.columns if c not in (_CORRUPT, _ROW_TEXT)]), _JSON_OPTIONS)
 
 
 def check_required_columns(df: DataFrame, table: str, source: str) -> None:
@@ -353,16 +363,15 @@ def tag_rows(
                 f"be read as {f.dataType.simpleString()}; convert it in the input file"
             ) from exc
 
-    options = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
-    row_json = F.to_json(F.struct(*[named_col(c) for c in df.columns if c != _CORRUPT]), options)
+    row_json = named_col(_ROW_TEXT) if _ROW_TEXT in df.columns else _row_json(df)
     if _CORRUPT in df.columns:
         # A malformed line's fields are not its columns: keep the line itself.
         corrupt = named_col(_CORRUPT)
-        row_json = F.when(corrupt.isNotNull(), F.to_json(F.struct(corrupt), options)).otherwise(row_json)
+        row_json = F.when(corrupt.isNotNull(), F.to_json(F.struct(corrupt), _JSON_OPTIONS)).otherwise(row_json)
     malformed = f"{_P}malformed"
     # Events: every extra column (those dropped too) tells two events apart; compared as one JSON value.
     extras = _events_extras(table, [*kept, *dropped])
-    extras_json = F.to_json(F.struct(*map(named_col, extras)), options)
+    extras_json = F.to_json(F.struct(*map(named_col, extras)), _JSON_OPTIONS)
     # Stored as its hash where the columns themselves are dropped (ingest): validate's duplicate check, which
     # sees only stored columns, must tell such events apart too.
     extras_hash = [F.xxhash64(extras_json).alias(t.SOURCE_EXTRAS_HASH)] if _events_extras(table, dropped) else []
@@ -613,7 +622,8 @@ def _parquet_nanos_columns(path: str) -> list[str]:
 
 def _numeric_csv_extras(df: DataFrame) -> DataFrame:
     """CSV has no types: an extra accounts column whose every value is a number (or a boolean)
-    becomes double (or boolean), so it is kept like a typed Parquet column."""
+    becomes double (or boolean), so it is kept like a typed Parquet column; the row's text stays in
+    :data:`_ROW_TEXT` for the quarantine's JSON."""
     extras = _extra_names(df.columns, t.ACCOUNTS)
     if not extras:
         return df
@@ -635,7 +645,7 @@ def _numeric_csv_extras(df: DataFrame) -> DataFrame:
             typed[c] = named_col(c).try_cast("double")  # a malformed line's text: null, not an ANSI error
         elif stats[f"n{i}"] and not stats[f"b{i}"]:
             typed[c] = named_col(c).try_cast("boolean")
-    return df.withColumns(typed) if typed else df
+    return df.withColumn(_ROW_TEXT, _row_json(df)).withColumns(typed) if typed else df
 
 
 def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_columns: Sequence[str] = ()) -> DataFrame:
@@ -668,8 +678,6 @@ def read_input(spark: SparkSession, table: str, path: str, fmt: str, nanos_colum
     if nanos:
         df = df.withColumns(nanos)
     check_required_columns(df, table, f"{table} file {path}")
-    if fmt == CSV and table == t.ACCOUNTS:
-        df = _numeric_csv_extras(df)
     return df
 
 
@@ -701,6 +709,8 @@ def open_inputs(
                 df = df.drop(*index)
                 echo(f"note: {table} file {inputs[table][0]}: dropping column(s) {index} (pandas' index, "
                      "written with the rows: to_parquet/to_csv(index=False) leaves it out)")
+            if inputs[table][1] == CSV and table == t.ACCOUNTS:
+                df = _numeric_csv_extras(df)
             raw[table] = df
             kept, dropped = split_extra_columns(df.schema, table)
             hashed = _events_extras(table, dropped)
