@@ -193,11 +193,19 @@ def test_review_queue_stays_within_a_budget_its_rounded_shares_overshoot(spark):
 
     scores = spark.createDataFrame([(i, 0.8 + (i % 5) / 100, "stage1_xgb:1", i % 2 == 0) for i in range(40)],
                                    "account_id long, score double, model_version string, holdout boolean")
-    # 3 x 0.5 rounds to 2 for both reasons: 4 rows asked of a budget of 3.
+    # Rounded alone, 3 x 0.5 gave 2 for both reasons: 4 rows asked of a budget of 3.
     got = review_queue(scores, dt.date(2026, 2, 1), threshold=0.8, budget=3,
                        shares={"uncertain": 0.5, "exploration": 0.5}, uncertain_band=0.05, strata_edges=EDGES,
                        min_per_stratum=2, salt="t").toPandas()
     assert len(got) == 3 and got["account_id"].is_unique
+    # 5 x 0.5 rounded alone gave 2 + 2 and a stratified row that no share asked for.
+    pools = spark.createDataFrame([(i, 0.8 if 10 <= i < 30 else 0.1, "stage1_xgb:1", i < 10) for i in range(60)],
+                                  "account_id long, score double, model_version string, holdout boolean")
+    for shares, want in (({"uncertain": 0.5, "exploration": 0.5}, {"uncertain": 3, "exploration": 2}),
+                         ({"uncertain": 0.9, "exploration": 0.1}, {"uncertain": 5})):
+        got = review_queue(pools, dt.date(2026, 2, 1), threshold=0.8, budget=5, shares=shares, uncertain_band=0.05,
+                           strata_edges=EDGES, min_per_stratum=2, salt="t").toPandas()
+        assert got["reason"].value_counts().to_dict() == want, shares
 
 
 def test_review_queue_fills_its_budget_when_the_band_is_smaller_than_its_share(spark):

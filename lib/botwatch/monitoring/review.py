@@ -143,6 +143,20 @@ def _draw(pool: DataFrame, n: int, u: str, by: str | None = None, sizes: Mapping
     return drawn.drop("_key")
 
 
+def apportion(budget: int, shares: Mapping[str, float]) -> dict[str, int]:
+    """``budget`` rows split by ``shares`` into whole numbers that sum to it (largest remainders, ties to
+    the earlier of ``tables.REVIEW_REASONS``): a part given no share gets no row, which rounding each part
+    alone did not promise (budget 5 at 0.5 and 0.5: 2 + 2 and one stratified row)."""
+    total = sum(shares.values())
+    if not total:
+        return dict.fromkeys(t.REVIEW_REASONS, 0)
+    exact = {r: budget * shares.get(r, 0.0) / total for r in t.REVIEW_REASONS}
+    rows = {r: math.floor(v) for r, v in exact.items()}
+    for r in sorted(exact, key=lambda r: rows[r] - exact[r])[:budget - sum(rows.values())]:
+        rows[r] += 1
+    return rows
+
+
 def review_queue(
     scores: DataFrame,
     run_date: dt.date,
@@ -184,8 +198,7 @@ def review_queue(
     counts = base.agg(F.sum(F.col("holdout").cast("long")).alias("holdout"),
                       F.sum((F.col("_band") & ~F.col("holdout")).cast("long")).alias("band_only"),
                       F.sum(F.col("_band").cast("long")).alias("band")).collect()[0]
-    total_share = sum(shares.values()) or 1.0
-    wanted = {r: round(budget * shares.get(r, 0.0) / total_share) for r in (EXPLORATION, UNCERTAIN)}
+    wanted = apportion(budget, shares)
     # Three disjoint pools, each part a simple random sample of its own pool, of a size the pools' counts fix
     # before any draw: exploration from the holdout, uncertain from the band outside it, stratified from the
     # rest. Every inclusion probability is then exactly n / N (one stratified design over all parts' strata);
