@@ -616,7 +616,22 @@ def test_scoring_refuses_missing_features_and_stale_or_missing_stage_1_scores(sp
     with pytest.raises(StaleStage1ScoresError, match="written not at all"):
         steps.score_stage2_step(spark, conf, day)
     steps.score_stage1_step(spark, conf, day)
-    assert steps.score_stage2_step(spark, conf, day)["n_stage2"] > 0
+    first = steps.score_stage2_step(spark, conf, day)
+    assert first["n_stage2"] > 0
+    # D's features rebuilt without a flagged account since stage 1 ran: a rerun of stage 2 leaves it stage 1's
+    # (it was decided at the heavy threshold on its stage-1 score, under the heavy model's name).
+    steps.score_stage1_step(spark, conf, day)
+    of_day = F.col(t.RUN_DATE) == F.lit(day)
+    columns = [t.ACCOUNT_ID, t.SCORE, t.STAGE2_SCORE, t.DECISION, t.MODEL_VERSION]
+    gone = scores.toDF().where(of_day & F.col("stage2_reached")).orderBy(t.ACCOUNT_ID).select(*columns).first()
+    DeltaTable.forPath(spark, t.table_path(warehouse, t.FEATURES)).delete(
+        of_day & (F.col(t.ACCOUNT_ID) == gone[t.ACCOUNT_ID]))
+    assert steps.score_stage2_step(spark, conf, day)["n_stage2"] == first["n_stage2"] - 1
+    row = of_day & (F.col(t.ACCOUNT_ID) == gone[t.ACCOUNT_ID])
+    assert scores.toDF().where(row).select(*columns).first() == gone
+    steps.score_stage2_step(spark, conf, day)  # a rerun of stage 2 alone reads the "+stage2_heavy:M" it wrote
+    assert scores.toDF().where(row).select(*columns).first() == gone
+    assert gone[t.STAGE2_SCORE] is None and "+" not in gone[t.MODEL_VERSION]
     # Stage 1 on a date without features stops, and leaves that date's scores as they were.
     DeltaTable.forPath(spark, t.table_path(warehouse, t.FEATURES)).delete(F.col(t.RUN_DATE) == F.lit(day))
     before = scores.toDF().where(F.col(t.RUN_DATE) == F.lit(day)).count()

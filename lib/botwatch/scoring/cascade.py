@@ -186,10 +186,14 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
         scores.drop(t.STAGE2_SCORE)
         .join(stage2.select(t.ACCOUNT_ID, t.STAGE2_SCORE), t.ACCOUNT_ID, "left")
         .withColumn(t.SCORE, F.coalesce(F.col(t.STAGE2_SCORE), F.col(t.STAGE1_SCORE)))
+        # Stage 1's own version (stage1_xgb:N): a rerun of stage 2 reads the "+stage2_heavy:M" it wrote.
+        .withColumn(t.MODEL_VERSION, F.split(t.MODEL_VERSION, r"\+")[0])
     )
-    reached = joined.where(F.col(STAGE2_REACHED)).withColumn(
-        # stage1_xgb:N+stage2_heavy:M; split first so reruns do not append twice.
-        t.MODEL_VERSION, F.concat(F.split(t.MODEL_VERSION, r"\+")[0], F.lit(f"+{heavy.model_version}")))
+    # A flagged account the heavy model did not score (no features row of D: that partition rebuilt
+    # without it since stage 1 ran) keeps stage 1's score, decision and model version.
+    scored = F.col(STAGE2_REACHED) & F.col(t.STAGE2_SCORE).isNotNull()
+    reached = joined.where(scored).withColumn(  # stage1_xgb:N+stage2_heavy:M
+        t.MODEL_VERSION, F.concat(F.col(t.MODEL_VERSION), F.lit(f"+{heavy.model_version}")))
     if heavy.threshold is not None:
         reached = _decide(reached, run_date, heavy.threshold, params)
     else:
@@ -199,7 +203,7 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
                       "stage 1's decisions", stacklevel=2)
         reached = _decide(reached.withColumn(t.SCORE, F.col(t.STAGE1_SCORE)), run_date, stage1_threshold,
                           params).withColumn(t.SCORE, F.coalesce(F.col(t.STAGE2_SCORE), F.col(t.STAGE1_SCORE)))
-    rest = _decide(joined.where(~F.col(STAGE2_REACHED)), run_date, stage1_threshold, params)
+    rest = _decide(joined.where(~scored), run_date, stage1_threshold, params)
     final = reached.unionByName(rest).select(*SCORE_COLUMNS).cache()
     counts = {r[t.DECISION]: r["n"] for r in final.groupBy(t.DECISION).agg(F.count("*").alias("n")).collect()}
     _write(spark, warehouse, final, run_date, "score_stage2")
