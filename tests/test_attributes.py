@@ -253,20 +253,22 @@ def test_auto_leaves_out_columns_named_like_a_label_and_a_list_takes_them():
         ("bot7d", T.DoubleType()), ("reports7d", T.LongType()),
         # joined and plural
         ("botscores", T.DoubleType()), ("spamscores", T.DoubleType()), ("fraudflags", T.LongType()),
-        ("reportcounts", T.LongType()),
+        ("reportcounts", T.LongType()), ("botness", T.DoubleType()), ("fraudrisk", T.DoubleType()),
+        ("BotLikelihood", T.DoubleType()), ("spamprobability", T.DoubleType()),
         # ... and names that only contain such letters
         ("island_count", T.LongType()), ("unlocked_achievements", T.LongType()), ("posts30d", T.LongType()),
-        ("account_status", T.LongType()),
+        ("account_status", T.LongType()), ("business_hours", T.DoubleType()), ("happiness", T.DoubleType()),
     ]]])
     sel = A.select_attributes(schema, "auto")
     leaky = ["is_bot", "isBot", "label_score", "banned", "suspension_count", "bot_probability",
              "user_reports", "appealsWon", "investigator_verdict", "is_spam", "suspensions", "BOTScore",
              "is_restricted", "was_actioned", "strikes", "enforcement_actions", "isspam", "shadowbanned",
              "unbanned", "botscore", "BOTscore", "bot7d", "reports7d", "botscores", "spamscores", "fraudflags",
-             "reportcounts"]
+             "reportcounts", "botness", "fraudrisk", "BotLikelihood", "spamprobability"]
     # "bot" only as a whole word
-    assert sorted(sel.columns) == ["about", "account_status", "botany_posts", "island_count", "posts30d",
-                                   "robot_clicks", "status_updates", "unlocked_achievements"]
+    assert sorted(sel.columns) == ["about", "account_status", "botany_posts", "business_hours", "happiness",
+                                   "island_count", "posts30d", "robot_clicks", "status_updates",
+                                   "unlocked_achievements"]
     assert sorted(sel.skipped) == sorted(leaky)
     assert all("looks like a label" in sel.skipped[n] and "features.account_attributes" in sel.skipped[n]
                for n in leaky)

@@ -115,9 +115,9 @@ LEAKY_WORDS = frozenset({
     "suspend", "restricted", "restriction", "actioned", "blocked", "deleted", "locked", "disabled",
     "terminated", "strike", "violation", "enforcement", "scam", "scammer", "unbanned", "unsuspended",
 })
-# Joined names: ``isspam``, ``shadowbanned``, ``botscore`` are a leaky word with one of these.
+# Joined names: ``isspam``, ``shadowbanned``, ``botscore``, ``botness`` are a leaky word with one of these.
 _JOINED_PREFIXES = ("is", "was", "has", "shadow")
-_JOINED_SUFFIXES = ("score", "prob", "flag", "count", "status")
+_JOINED_SUFFIXES = ("score", "prob", "probability", "likelihood", "risk", "ness", "flag", "count", "status")
 PERCENTILE_SEED = 17  # seeds the hash that samples a hub's neighbours for its percentiles
 
 # internal columns
