@@ -206,7 +206,7 @@ def review_queue(
     n_holdout = counts["holdout"] or 0
     n_explore = min(wanted[EXPLORATION], n_holdout)
     band_pool = (counts["band_only"] if n_explore else counts["band"]) or 0
-    # What exploration could not draw goes to the uncertain part; rounded shares over the budget: the later get less.
+    # What exploration could not draw goes to the uncertain part.
     n_uncertain = min(wanted[UNCERTAIN] + wanted[EXPLORATION] - n_explore, band_pool, budget - n_explore)
     in_explore = F.col("holdout") & F.lit(n_explore > 0)
     in_uncertain = F.col("_band") & ~in_explore & F.lit(n_uncertain > 0)
