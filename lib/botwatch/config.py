@@ -154,8 +154,19 @@ def _free_form(value: dict, texts: Any, where: str, dotted: str) -> dict:
                 f"{where}: '{dotted}.{key}' must be one value, got {_article(_type_name(entry))}: write each "
                 f"setting's whole dotted name as one key (e.g. 'spark.executor.instances: 20' under {dotted})")
         text = texts.get(key) if isinstance(texts, dict) else None
-        entries[key] = text if entry is not None and not isinstance(entry, str) and isinstance(text, str) else entry
+        entries[key] = None if entry is None else _setting_text(entry, text)
     return entries
+
+
+def _setting_text(value: Any, text: Any) -> str:
+    """A Spark setting's text from its YAML value: the number as written where YAML changed it (``077``,
+    octal 63; ``3.10``, 3.1), else what Spark and Hadoop read (``yes`` is ``true``, ``1_000`` is ``1000``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    written = isinstance(text, str) and "_" not in text
+    if written and (isinstance(value, float) or (isinstance(value, int) and re.fullmatch(r"[-+]?0\d+", text))):
+        return text
+    return str(value)
 
 
 def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = "", texts: Any = None) -> None:
