@@ -564,11 +564,23 @@ def test_a_mostly_bad_input_or_a_non_utc_session_writes_nothing(spark, tmp_path)
     got = ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=121)
     assert got[t.EVENTS][ROWS_QUARANTINED] == 119 and got[t.EVENTS][ROWS_LOADED] == 1
     # An export whose part files were copied three times is whole: two thirds are copies, none is missing.
-    whole = pd.DataFrame({t.ACCOUNT_ID: [1, 2] * 30, t.EVENT_TS: [datetime(2024, 6, 29, 8, m // 2) for m in range(60)],
+    # 20 of its 60 events are of an unknown account: 20 bad of 60, however often copied (3 times: 60 of 100).
+    whole = pd.DataFrame({t.ACCOUNT_ID: [1, 2, 999] * 20, t.EVENT_TS: [datetime(2024, 6, 29, 8, m // 3)
+                                                                      for m in range(60)],
                           t.EVENT_TYPE: "post", t.IP_HASH: "a", t.DEVICE_ID: "c"})
     pd.concat([whole] * 3).to_parquet(paths[t.EVENTS])
+    accounts = pd.DataFrame([_account(i) for i in range(1, 101)])
+    pd.concat([accounts] * 3).to_parquet(paths[t.ACCOUNTS])
     got = ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=60)
-    assert got[t.EVENTS][ROWS_QUARANTINED] == 120 and got[t.EVENTS][ROWS_LOADED] == 60
+    assert got[t.EVENTS][ROWS_QUARANTINED] == 140 and got[t.EVENTS][ROWS_LOADED] == 40
+    assert got[t.ACCOUNTS][ROWS_QUARANTINED] == 200 and got[t.ACCOUNTS][ROWS_LOADED] == 100
+    # Another version of an account is no copy: an accounts history (each account in three countries) is refused.
+    pd.DataFrame([_account(i, country=c) for i in range(1, 101) for c in ("DE", "FR", "US")]).to_parquet(
+        paths[t.ACCOUNTS])
+    with pytest.raises(MostlyBadInputError, match=r"accounts .* has 200 bad rows of 300 \(over 50%\): "
+                                                  r"duplicate_account 200"):
+        ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=60)
+    pd.DataFrame([_account(1), _account(2)]).to_parquet(paths[t.ACCOUNTS])
     wh2 = str(tmp_path / "wh2")
     with session_conf(spark, {TIME_ZONE_KEY: "America/New_York"}), pytest.raises(SessionTimeZoneError):
         ingest_files(spark, wh2, **paths, labels=None, run_date=RUN, echo=lambda _: None)

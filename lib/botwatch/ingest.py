@@ -84,8 +84,6 @@ SELF_FOLLOW = "self_follow"
 LABEL_NOT_BINARY = "label_not_binary"
 UNKNOWN_LABEL_SOURCE = "unknown_label_source"
 EVENT_DATE_MISMATCH = "event_date_mismatch"  # validate only: an event filed under another UTC day
-# A row's extra copies: moved like bad rows, but nothing is missing (one copy stays).
-COPY_REASONS = (DUPLICATE_EVENT, DUPLICATE_ACCOUNT)
 REASONS = (
     MALFORMED_ROW,
     NULL_KEY,
@@ -113,6 +111,7 @@ VALIDATE_STEP = "validate"
 ROWS_IN = "rows_in"
 ROWS_LOADED = "rows_loaded"
 ROWS_QUARANTINED = "rows_quarantined"
+ROWS_COPIES = "rows_copies"  # quarantined rows that are another row's copy (a replayed load)
 REASON_COUNTS = "reasons"
 
 CSV = "csv"
@@ -138,6 +137,8 @@ _JSON = f"{_P}row_json"
 # The input row as read, as JSON: kept where ingest retypes a column (CSV accounts' numeric extras), so a
 # quarantined row's JSON is still its text (00501, not 501.0).
 _ROW_TEXT = f"{_P}row_text"
+# Whether a row is another's copy (a replayed load): moved like a bad row, but it is not missing data.
+_COPY = f"{_P}copy"
 _JSON_OPTIONS = {"ignoreNullFields": "false", "timestampFormat": "yyyy-MM-dd'T'HH:mm:ss.SSSSSSXXX"}
 _REASON = f"{_P}reason"
 
@@ -310,14 +311,19 @@ def _first_reason(checks: Sequence[tuple[str, Column]]) -> Column:
     return expr if expr is not None else F.lit(None).cast(T.StringType())
 
 
-def _mark_duplicates(rows: DataFrame, keys: Sequence[Column], reason: str) -> DataFrame:
+def _mark_duplicates(rows: DataFrame, keys: Sequence[Column], reason: str, exact_copies: bool = False) -> DataFrame:
     """Among rows that passed every other check, keep one per ``keys`` (the smallest row JSON, so
-    reruns keep the same one) and give the others ``reason``."""
+    reruns keep the same one) and give the others ``reason``. Rows after the first of their ``keys``
+    (good or bad) are copies (:data:`_COPY`); with ``exact_copies``, only where their row JSON is the
+    one before's too (accounts: another version of an account is not a copy)."""
     ok = F.col(_REASON).isNull()
-    window = Window.partitionBy(ok, *keys).orderBy(F.col(_JSON))
-    return rows.withColumn(
-        _REASON, F.when(ok & (F.row_number().over(window) > 1), F.lit(reason)).otherwise(F.col(_REASON))
-    )
+    window = Window.partitionBy(*keys).orderBy(ok.desc(), F.col(_JSON))  # the good first: one of them is kept
+    later = f"{_P}later"
+    rows = rows.withColumn(later, F.row_number().over(window) > 1)
+    copy = F.col(later) & (F.lag(_JSON).over(window) == F.col(_JSON)) if exact_copies else F.col(later)
+    return rows.withColumns({
+        _COPY: copy, _REASON: F.when(ok & F.col(later), F.lit(reason)).otherwise(F.col(_REASON)),
+    }).drop(later)
 
 
 def tag_rows(
@@ -429,10 +435,13 @@ def tag_rows(
         ok = F.col(_REASON).isNull()
         hashed = F.max(F.col(t.SOURCE_EXTRAS_HASH).isNotNull()).over(
             Window.partitionBy(ok, *[F.col(f.name) for f in fields]))
-        tagged = tagged.withColumn(_REASON, F.when(ok & F.col(t.SOURCE_EXTRAS_HASH).isNull() & hashed,
-                                                   F.lit(DUPLICATE_EVENT)).otherwise(F.col(_REASON)))
+        unhashed_copy = ok & F.col(t.SOURCE_EXTRAS_HASH).isNull() & hashed
+        tagged = tagged.withColumns({
+            _REASON: F.when(unhashed_copy, F.lit(DUPLICATE_EVENT)).otherwise(F.col(_REASON)),
+            _COPY: F.col(_COPY) | unhashed_copy,
+        })
     if table == t.ACCOUNTS:
-        tagged = _mark_duplicates(tagged, [F.col(t.ACCOUNT_ID)], DUPLICATE_ACCOUNT)
+        tagged = _mark_duplicates(tagged, [F.col(t.ACCOUNT_ID)], DUPLICATE_ACCOUNT, exact_copies=True)
 
     return tagged
 
@@ -824,7 +833,10 @@ def ingest_files(
 
 def _count(table: str, raw: DataFrame, tagged: DataFrame) -> dict:
     """Rows in (counted on the input itself), loaded and quarantined per reason; they must add up."""
-    by_reason = {row[_REASON]: row["count"] for row in tagged.groupBy(_REASON).count().collect()}
+    found = tagged.groupBy(_REASON, copies(tagged)).count().collect()
+    by_reason: dict[str | None, int] = {}
+    for row in found:
+        by_reason[row[0]] = by_reason.get(row[0], 0) + row[2]
     loaded = by_reason.pop(None, 0)
     quarantined = sum(by_reason.values())
     rows_in = raw.count()
@@ -836,6 +848,7 @@ def _count(table: str, raw: DataFrame, tagged: DataFrame) -> dict:
         ROWS_IN: rows_in,
         ROWS_LOADED: loaded,
         ROWS_QUARANTINED: quarantined,
+        ROWS_COPIES: sum(row[2] for row in found if row[1]),
         REASON_COUNTS: {r: by_reason[r] for r in REASONS if r in by_reason},
     }
 
@@ -846,24 +859,21 @@ def bad_share_limits(conf) -> dict:
     return {"max_bad_share": float(section["max_bad_share"]), "bad_share_min_rows": int(section["bad_share_min_rows"])}
 
 
-def without_copies(rows: int, bad: dict[str, int]) -> tuple[int, int]:
-    """Rows and bad rows as the bad-share stop counts them: a duplicate's copies are neither. One copy of
-    each stays, so nothing is lost (a load replayed three times is still whole); counted, whether a night
-    ran hung on how often the load had been replayed."""
-    copies = sum(n for reason, n in bad.items() if reason in COPY_REASONS)
-    return rows - copies, sum(bad.values()) - copies
+def copies(tagged: DataFrame) -> Column:
+    """Whether a row of :func:`tag_rows`' output is another's copy (events, accounts); false elsewhere."""
+    return (F.col(_COPY) if _COPY in tagged.columns else F.lit(False)).alias("copy")
 
 
-def mostly_bad(rows: int, bad: dict[str, int], max_bad_share: float, min_rows: int) -> bool:
-    """Ingest's and validate's stop: at least ``min_rows`` rows, more than ``max_bad_share`` of them bad
-    (``bad``: counts by reason; duplicate copies are left out of both, :func:`without_copies`)."""
-    rows, n_bad = without_copies(rows, bad)
-    return rows >= min_rows and n_bad > max_bad_share * rows
+def mostly_bad(rows: int, bad: int, max_bad_share: float, min_rows: int) -> bool:
+    """Ingest's and validate's stop: at least ``min_rows`` rows, more than ``max_bad_share`` of them bad.
+    Callers count a row's copies (:func:`copies`, all among the bad) as neither: one of each stays, so
+    nothing is missing, and counted, whether a night ran hung on how often a load had been replayed."""
+    return rows >= min_rows and bad > max_bad_share * rows
 
 
 def _refuse_mostly_bad(table: str, path: str | None, counts: dict, max_bad_share: float, min_rows: int) -> None:
-    rows_in, bad = without_copies(counts[ROWS_IN], counts[REASON_COUNTS])
-    if mostly_bad(counts[ROWS_IN], counts[REASON_COUNTS], max_bad_share, min_rows):
+    rows_in, bad = counts[ROWS_IN] - counts[ROWS_COPIES], counts[ROWS_QUARANTINED] - counts[ROWS_COPIES]
+    if mostly_bad(rows_in, bad, max_bad_share, min_rows):
         problem = f"has {bad} bad rows of {rows_in} (over {max_bad_share:.0%})"
     elif table in (t.ACCOUNTS, t.EVENTS) and counts[ROWS_LOADED] == 0:
         # However few rows: no account or no event, nothing could be scored, and the table replaced is the history.

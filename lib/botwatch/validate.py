@@ -31,15 +31,14 @@ from botwatch import tables as t
 from botwatch.delta_io import read_table, retried_commit, table_exists, write_table
 from botwatch.ingest import (
     _REASON,
-    COPY_REASONS,
     VALIDATE_STEP,
     add_quarantine_step_column,
     contract_columns,
+    copies,
     good_rows,
     mostly_bad,
     quarantine_rows,
     tag_rows,
-    without_copies,
 )
 from botwatch.schemas import INPUT_SCHEMAS, named_col, require_columns
 from botwatch.spark import require_utc
@@ -171,9 +170,16 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         # Counts and the bad share are of D's rows; earlier rows' bad ones (late labels) are moved too.
         of_day = F.coalesce(_rows_of_day(table, run_date), F.lit(False)) if table in CHECKS_EARLIER_ROWS else (
             F.lit(True))
-        found = tagged.groupBy(_REASON, of_day.alias("of_day")).count().collect()
-        reasons = {r[0]: r[2] for r in found if r[1]}
-        late = {r[0]: r[2] for r in found if not r[1]}
+        found = tagged.groupBy(_REASON, of_day.alias("of_day"), copies(tagged)).count().collect()
+        reasons: dict[str | None, int] = {}
+        late: dict[str | None, int] = {}
+        # By reason, the rows that are no other row's copy: of D's rows, and of the others.
+        originals: dict[bool, dict[str | None, int]] = {True: {}, False: {}}
+        for reason, day, copy, n in found:
+            into = reasons if day else late
+            into[reason] = into.get(reason, 0) + n
+            if not copy:
+                originals[bool(day)][reason] = originals[bool(day)].get(reason, 0) + n
         late_bad = {k: v for k, v in late.items() if k is not None}
         counts[table] = sum(reasons.values())
         if table == t.EVENTS and counts[table] == 0:
@@ -194,10 +200,11 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         quarantined[table] = sum(bad.values()) + sum(late_bad.values())
         # The same stop for the earlier or undated rows (labels, edges): a renamed source or an accounts
         # export that lost accounts would otherwise move the label history out night after night.
-        for rows, bad_rows, which in ((counts[table], bad, f"rows of {run_date}"),
-                                      (sum(late.values()), late_bad, "undated rows" if table == t.EDGES
-                                       else f"rows dated before {run_date}")):
-            _stop_if_mostly_bad(table, which, rows, bad_rows, max_bad_share, bad_share_min_rows)
+        for rows, of_rows, which in ((counts[table], originals[True], f"rows of {run_date}"),
+                                     (sum(late.values()), originals[False], "undated rows" if table == t.EDGES
+                                      else f"rows dated before {run_date}")):
+            _stop_if_mostly_bad(table, which, of_rows, rows - sum(of_rows.values()), max_bad_share,
+                                bad_share_min_rows)
         tagged_by_table[table] = tagged
     for table, tagged in tagged_by_table.items():
         if quarantined[table]:  # rare: only then are the tagged rows worth caching for the three reads below
@@ -205,13 +212,18 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     return {"counts": counts, "quarantined": quarantined}
 
 
-def _stop_if_mostly_bad(table: str, which: str, rows: int, bad: dict[str, int], max_bad_share: float,
-                        min_rows: int) -> None:
-    if mostly_bad(rows, bad, max_bad_share, min_rows):
-        rows, n_bad = without_copies(rows, bad)
-        top = max((k for k in bad if k not in COPY_REASONS), key=lambda k: bad[k])
+def _stop_if_mostly_bad(table: str, which: str, originals: dict[str | None, int], n_copies: int,
+                        max_bad_share: float, min_rows: int) -> None:
+    """``originals``: the rows that are no other row's copy, by reason (None: good); ``n_copies``
+    others are copies (of a replayed load): neither rows nor bad rows of the share."""
+    rows = sum(originals.values())
+    bad = {k: v for k, v in originals.items() if k is not None}
+    n_bad = sum(bad.values())
+    if mostly_bad(rows, n_bad, max_bad_share, min_rows):
+        top = max(bad, key=lambda k: bad[k])
+        copied = f", not counting {n_copies} copies of other rows" if n_copies else ""
         raise TooManyBadRowsError(
-            f"{n_bad} of the {rows} {table} {which} are bad ({bad[top]} {top}), more than "
+            f"{n_bad} of the {rows} {table} {which} are bad ({bad[top]} {top}){copied}, more than "
             f"validate.max_bad_share ({max_bad_share}); nothing was moved. An upstream load is likely incomplete "
             "(unknown_account: the accounts export has not landed) or changed (unknown_label_source: a renamed "
             "source); fix it and rerun the date, or raise validate.max_bad_share if this is real"
