@@ -254,11 +254,11 @@ def test_mixed_type_knob_and_free_form_mapping(tmp_path):
     written.write_text("spark:\n  extra_conf:\n    spark.hadoop.fs.permissions.umask-mode: 077\n"
                        "    spark.executorEnv.PYVER: 3.10\n    spark.a: x\n    spark.b: true\n"
                        "    spark.c: null\n    spark.d: yes\n    spark.e: Off\n    spark.f: 10_485_760\n"
-                       "    spark.g: 20\n")
+                       "    spark.g: 20\n    spark.h: 1:30\n    spark.i: 0x1F\n")
     assert load_config(written)["spark.extra_conf"] == {
         "spark.hadoop.fs.permissions.umask-mode": "077", "spark.executorEnv.PYVER": "3.10", "spark.a": "x",
         "spark.b": "true", "spark.c": None, "spark.d": "true", "spark.e": "false", "spark.f": "10485760",
-        "spark.g": "20"}
+        "spark.g": "20", "spark.h": "1:30", "spark.i": "0x1F"}
     nested = tmp_path / "nested.yaml"
     nested.write_text("spark:\n  extra_conf:\n    spark:\n      executor:\n        instances: 20\n")
     with pytest.raises(ConfigError, match=r"'spark\.extra_conf\.spark' must be one value, got a mapping"):

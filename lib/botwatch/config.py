@@ -159,13 +159,13 @@ def _free_form(value: dict, texts: Any, where: str, dotted: str) -> dict:
 
 
 def _setting_text(value: Any, text: Any) -> str:
-    """A Spark setting's text from its YAML value: the number as written where YAML changed it (``077``,
-    octal 63; ``3.10``, 3.1), else what Spark and Hadoop read (``yes`` is ``true``, ``1_000`` is ``1000``)."""
+    """A Spark setting's text from its YAML value: a number as written (YAML reads ``077`` as octal 63,
+    ``3.10`` as 3.1, ``1:30`` as 90), less YAML's ``_`` separators (``1_000``: 1000, which Spark reads);
+    a YAML boolean (``yes``, ``on``) as ``true``/``false``."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    written = isinstance(text, str) and "_" not in text
-    if written and (isinstance(value, float) or (isinstance(value, int) and re.fullmatch(r"[-+]?0\d+", text))):
-        return text
+    if isinstance(value, (int, float)) and isinstance(text, str):
+        return text.replace("_", "")
     return str(value)
 
 
