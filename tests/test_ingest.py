@@ -581,6 +581,19 @@ def test_a_mostly_bad_input_or_a_non_utc_session_writes_nothing(spark, tmp_path)
                                                   r"duplicate_account 200"):
         ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=60)
     pd.DataFrame([_account(1), _account(2)]).to_parquet(paths[t.ACCOUNTS])
+    # Copied three times, a mostly bad export is refused, its figures without the copies.
+    pd.concat([whole.assign(**{t.ACCOUNT_ID: [1, 999, 998] * 20})] * 3).to_parquet(paths[t.EVENTS])
+    with pytest.raises(MostlyBadInputError, match=r"events .* has 40 bad rows of 60 \(over 50%, not counting 120 "
+                                                  r"copies of other rows\): unknown_account 40\."):
+        ingest_files(spark, wh, **paths, labels=None, run_date=RUN, echo=lambda _: None, bad_share_min_rows=60)
+    # Bad text read as the same null is not one row: 60 timestamps in another format are 60 bad rows, not copies.
+    events_csv = tmp_path / "events.csv"
+    events_csv.write_text("account_id,event_ts,event_type,ip_hash,device_id\n" + "".join(
+        [f"{1 + m % 2},2024-06-29 08:{m:02d}:00,post,a,c\n" for m in range(40)]
+        + [f"1,29/06/2024 08:{m:02d},post,a,c\n" for m in range(60)]))
+    with pytest.raises(MostlyBadInputError, match=r"events .* has 60 bad rows of 100 \(over 50%\): bad_type 60"):
+        ingest_files(spark, wh, **{**paths, t.EVENTS: str(events_csv)}, labels=None, run_date=RUN,
+                     echo=lambda _: None, bad_share_min_rows=60)
     wh2 = str(tmp_path / "wh2")
     with session_conf(spark, {TIME_ZONE_KEY: "America/New_York"}), pytest.raises(SessionTimeZoneError):
         ingest_files(spark, wh2, **paths, labels=None, run_date=RUN, echo=lambda _: None)

@@ -111,7 +111,7 @@ VALIDATE_STEP = "validate"
 ROWS_IN = "rows_in"
 ROWS_LOADED = "rows_loaded"
 ROWS_QUARANTINED = "rows_quarantined"
-ROWS_COPIES = "rows_copies"  # quarantined rows that are another row's copy (a replayed load)
+COPIES = "copies"  # of the quarantined rows, by reason, those that are another row's copy (a replayed load)
 REASON_COUNTS = "reasons"
 
 CSV = "csv"
@@ -313,14 +313,15 @@ def _first_reason(checks: Sequence[tuple[str, Column]]) -> Column:
 
 def _mark_duplicates(rows: DataFrame, keys: Sequence[Column], reason: str, exact_copies: bool = False) -> DataFrame:
     """Among rows that passed every other check, keep one per ``keys`` (the smallest row JSON, so
-    reruns keep the same one) and give the others ``reason``. Rows after the first of their ``keys``
-    (good or bad) are copies (:data:`_COPY`); with ``exact_copies``, only where their row JSON is the
-    one before's too (accounts: another version of an account is not a copy)."""
+    reruns keep the same one) and give the others ``reason``: they are copies (:data:`_COPY`). A bad
+    row is a copy only of the same row (its JSON): bad text read as the same null is not the same row;
+    with ``exact_copies``, a good one too (accounts: another version of an account is no copy)."""
     ok = F.col(_REASON).isNull()
     window = Window.partitionBy(*keys).orderBy(ok.desc(), F.col(_JSON))  # the good first: one of them is kept
     later = f"{_P}later"
     rows = rows.withColumn(later, F.row_number().over(window) > 1)
-    copy = F.col(later) & (F.lag(_JSON).over(window) == F.col(_JSON)) if exact_copies else F.col(later)
+    same_row = F.coalesce(F.lag(_JSON).over(window) == F.col(_JSON), F.lit(False))
+    copy = F.col(later) & (same_row if exact_copies else ok | same_row)
     return rows.withColumns({
         _COPY: copy, _REASON: F.when(ok & F.col(later), F.lit(reason)).otherwise(F.col(_REASON)),
     }).drop(later)
@@ -781,7 +782,8 @@ def ingest_files(
     pass the full export, not one day. Without ``labels`` the labels table is left untouched, or
     created empty when there is none.
 
-    Returns ``{table: {"rows_in", "rows_loaded", "rows_quarantined", "reasons": {reason: n}}}``;
+    Returns ``{table: {"rows_in", "rows_loaded", "rows_quarantined", "reasons": {reason: n}, "copies":
+    {reason: n}}}`` (``copies``: of those, the rows that are another's copy);
     rows in are counted on the input itself, and rows_in != loaded + quarantined raises
     :class:`IngestCountMismatch`. An accounts or events file without good rows, or a file of at least
     ``bad_share_min_rows`` rows of which more than ``max_bad_share`` are bad (validate's rule), raises
@@ -835,8 +837,11 @@ def _count(table: str, raw: DataFrame, tagged: DataFrame) -> dict:
     """Rows in (counted on the input itself), loaded and quarantined per reason; they must add up."""
     found = tagged.groupBy(_REASON, copies(tagged)).count().collect()
     by_reason: dict[str | None, int] = {}
-    for row in found:
-        by_reason[row[0]] = by_reason.get(row[0], 0) + row[2]
+    copied: dict[str, int] = {}
+    for reason, copy, n in found:
+        by_reason[reason] = by_reason.get(reason, 0) + n
+        if copy:
+            copied[reason] = copied.get(reason, 0) + n
     loaded = by_reason.pop(None, 0)
     quarantined = sum(by_reason.values())
     rows_in = raw.count()
@@ -848,8 +853,8 @@ def _count(table: str, raw: DataFrame, tagged: DataFrame) -> dict:
         ROWS_IN: rows_in,
         ROWS_LOADED: loaded,
         ROWS_QUARANTINED: quarantined,
-        ROWS_COPIES: sum(row[2] for row in found if row[1]),
         REASON_COUNTS: {r: by_reason[r] for r in REASONS if r in by_reason},
+        COPIES: {r: copied[r] for r in REASONS if r in copied},
     }
 
 
@@ -872,15 +877,18 @@ def mostly_bad(rows: int, bad: int, max_bad_share: float, min_rows: int) -> bool
 
 
 def _refuse_mostly_bad(table: str, path: str | None, counts: dict, max_bad_share: float, min_rows: int) -> None:
-    rows_in, bad = counts[ROWS_IN] - counts[ROWS_COPIES], counts[ROWS_QUARANTINED] - counts[ROWS_COPIES]
+    n_copies = sum(counts[COPIES].values())
+    rows_in, bad = counts[ROWS_IN] - n_copies, counts[ROWS_QUARANTINED] - n_copies
     if mostly_bad(rows_in, bad, max_bad_share, min_rows):
-        problem = f"has {bad} bad rows of {rows_in} (over {max_bad_share:.0%})"
+        copied = f", not counting {n_copies} copies of other rows" if n_copies else ""
+        problem = f"has {bad} bad rows of {rows_in} (over {max_bad_share:.0%}{copied})"
     elif table in (t.ACCOUNTS, t.EVENTS) and counts[ROWS_LOADED] == 0:
         # However few rows: no account or no event, nothing could be scored, and the table replaced is the history.
         problem = "has no good rows"
     else:
         return
-    top = sorted(counts[REASON_COUNTS].items(), key=lambda kv: -kv[1])[:3]
+    originals = {r: n - counts[COPIES].get(r, 0) for r, n in counts[REASON_COUNTS].items()}
+    top = sorted(((r, n) for r, n in originals.items() if n), key=lambda kv: -kv[1])[:3]
     reasons = ", ".join(f"{r} {n}" for r, n in top) or "no rows"
     raise MostlyBadInputError(
         f"{table} ({path}) {problem}: {reasons}. Nothing was written (ingest replaces the tables whole). "
