@@ -594,6 +594,12 @@ def test_a_mostly_bad_input_or_a_non_utc_session_writes_nothing(spark, tmp_path)
     with pytest.raises(MostlyBadInputError, match=r"events .* has 60 bad rows of 100 \(over 50%\): bad_type 60"):
         ingest_files(spark, wh, **{**paths, t.EVENTS: str(events_csv)}, labels=None, run_date=RUN,
                      echo=lambda _: None, bad_share_min_rows=60)
+    # Nor is one placeholder repeated: 60 events whose timestamp is empty are 60 broken events, not one.
+    events_csv.write_text("account_id,event_ts,event_type,ip_hash,device_id\n" + "".join(
+        [f"{1 + m % 2},2024-06-29 08:{m:02d}:00,post,a,c\n" for m in range(40)] + ["1,,post,a,c\n"] * 60))
+    with pytest.raises(MostlyBadInputError, match=r"events .* has 60 bad rows of 100 \(over 50%\): null_key 60"):
+        ingest_files(spark, wh, **{**paths, t.EVENTS: str(events_csv)}, labels=None, run_date=RUN,
+                     echo=lambda _: None, bad_share_min_rows=60)
     wh2 = str(tmp_path / "wh2")
     with session_conf(spark, {TIME_ZONE_KEY: "America/New_York"}), pytest.raises(SessionTimeZoneError):
         ingest_files(spark, wh2, **paths, labels=None, run_date=RUN, echo=lambda _: None)

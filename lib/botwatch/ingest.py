@@ -314,13 +314,15 @@ def _first_reason(checks: Sequence[tuple[str, Column]]) -> Column:
 def _mark_duplicates(rows: DataFrame, keys: Sequence[Column], reason: str, exact_copies: bool = False) -> DataFrame:
     """Among rows that passed every other check, keep one per ``keys`` (the smallest row JSON, so
     reruns keep the same one) and give the others ``reason``: they are copies (:data:`_COPY`). A bad
-    row is a copy only of the same row (its JSON): bad text read as the same null is not the same row;
-    with ``exact_copies``, a good one too (accounts: another version of an account is no copy)."""
+    row is a copy only of the same row (its JSON), and never where a value is missing or unreadable (60
+    events with an empty timestamp are 60 broken events, not one); with ``exact_copies``, a good row is a
+    copy only of the same row too (accounts: another version of an account is no copy)."""
     ok = F.col(_REASON).isNull()
     window = Window.partitionBy(*keys).orderBy(ok.desc(), F.col(_JSON))  # the good first: one of them is kept
     later = f"{_P}later"
     rows = rows.withColumn(later, F.row_number().over(window) > 1)
-    same_row = F.coalesce(F.lag(_JSON).over(window) == F.col(_JSON), F.lit(False))
+    whole = ~F.coalesce(F.col(_REASON).isin(MALFORMED_ROW, NULL_KEY, BAD_TYPE), F.lit(False))
+    same_row = F.coalesce(F.lag(_JSON).over(window) == F.col(_JSON), F.lit(False)) & whole
     copy = F.col(later) & (same_row if exact_copies else ok | same_row)
     return rows.withColumns({
         _COPY: copy, _REASON: F.when(ok & F.col(later), F.lit(reason)).otherwise(F.col(_REASON)),
