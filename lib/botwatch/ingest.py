@@ -50,7 +50,7 @@ import gzip
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from functools import reduce
@@ -873,24 +873,32 @@ def copies(tagged: DataFrame) -> Column:
 
 def mostly_bad(rows: int, bad: int, max_bad_share: float, min_rows: int) -> bool:
     """Ingest's and validate's stop: at least ``min_rows`` rows, more than ``max_bad_share`` of them bad.
-    Callers count a row's copies (:func:`copies`, all among the bad) as neither: one of each stays, so
-    nothing is missing, and counted, whether a night ran hung on how often a load had been replayed."""
+    Callers count through :func:`without_copies`: a row's copies are neither rows nor bad rows, since one
+    of each stays (nothing is missing), and counted, whether a night ran hung on how often a load was replayed."""
     return rows >= min_rows and bad > max_bad_share * rows
 
 
+def without_copies(by_reason: Mapping[str | None, int],
+                   copied: Mapping[str | None, int]) -> tuple[dict[str | None, int], str]:
+    """The bad-share stop's view of rows counted by reason (None: good): each reason's rows that are no
+    other row's copy (:func:`copies`), and the words its messages add about the copies left out."""
+    n_copies = sum(copied.values())
+    originals = {r: n - copied.get(r, 0) for r, n in by_reason.items() if n > copied.get(r, 0)}
+    return originals, f", not counting {n_copies} copies of other rows" if n_copies else ""
+
+
 def _refuse_mostly_bad(table: str, path: str | None, counts: dict, max_bad_share: float, min_rows: int) -> None:
-    n_copies = sum(counts[COPIES].values())
-    rows_in, bad = counts[ROWS_IN] - n_copies, counts[ROWS_QUARANTINED] - n_copies
-    if mostly_bad(rows_in, bad, max_bad_share, min_rows):
-        copied = f", not counting {n_copies} copies of other rows" if n_copies else ""
-        problem = f"has {bad} bad rows of {rows_in} (over {max_bad_share:.0%}{copied})"
+    originals, copied = without_copies({None: counts[ROWS_LOADED], **counts[REASON_COUNTS]}, counts[COPIES])
+    bad = {r: n for r, n in originals.items() if r is not None}
+    rows_in, n_bad = sum(originals.values()), sum(bad.values())
+    if mostly_bad(rows_in, n_bad, max_bad_share, min_rows):
+        problem = f"has {n_bad} bad rows of {rows_in} (over {max_bad_share:.0%}{copied})"
     elif table in (t.ACCOUNTS, t.EVENTS) and counts[ROWS_LOADED] == 0:
         # However few rows: no account or no event, nothing could be scored, and the table replaced is the history.
         problem = "has no good rows"
     else:
         return
-    originals = {r: n - counts[COPIES].get(r, 0) for r, n in counts[REASON_COUNTS].items()}
-    top = sorted(((r, n) for r, n in originals.items() if n), key=lambda kv: -kv[1])[:3]
+    top = sorted(bad.items(), key=lambda kv: -kv[1])[:3]
     reasons = ", ".join(f"{r} {n}" for r, n in top) or "no rows"
     raise MostlyBadInputError(
         f"{table} ({path}) {problem}: {reasons}. Nothing was written (ingest replaces the tables whole). "

@@ -39,6 +39,7 @@ from botwatch.ingest import (
     mostly_bad,
     quarantine_rows,
     tag_rows,
+    without_copies,
 )
 from botwatch.schemas import INPUT_SCHEMAS, named_col, require_columns
 from botwatch.spark import require_utc
@@ -173,13 +174,12 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         found = tagged.groupBy(_REASON, of_day.alias("of_day"), copies(tagged)).count().collect()
         reasons: dict[str | None, int] = {}
         late: dict[str | None, int] = {}
-        # By reason, the rows that are no other row's copy: of D's rows, and of the others.
-        originals: dict[bool, dict[str | None, int]] = {True: {}, False: {}}
+        copied: dict[bool, dict[str | None, int]] = {True: {}, False: {}}  # of D's rows, of the others
         for reason, day, copy, n in found:
             into = reasons if day else late
             into[reason] = into.get(reason, 0) + n
-            if not copy:
-                originals[bool(day)][reason] = originals[bool(day)].get(reason, 0) + n
+            if copy:
+                copied[bool(day)][reason] = copied[bool(day)].get(reason, 0) + n
         late_bad = {k: v for k, v in late.items() if k is not None}
         counts[table] = sum(reasons.values())
         if table == t.EVENTS and counts[table] == 0:
@@ -200,10 +200,10 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
         quarantined[table] = sum(bad.values()) + sum(late_bad.values())
         # The same stop for the earlier or undated rows (labels, edges): a renamed source or an accounts
         # export that lost accounts would otherwise move the label history out night after night.
-        for rows, of_rows, which in ((counts[table], originals[True], f"rows of {run_date}"),
-                                     (sum(late.values()), originals[False], "undated rows" if table == t.EDGES
-                                      else f"rows dated before {run_date}")):
-            _stop_if_mostly_bad(table, which, of_rows, rows - sum(of_rows.values()), max_bad_share,
+        for by_reason, of_copies, which in ((reasons, copied[True], f"rows of {run_date}"),
+                                            (late, copied[False], "undated rows" if table == t.EDGES
+                                             else f"rows dated before {run_date}")):
+            _stop_if_mostly_bad(table, which, *without_copies(by_reason, of_copies), max_bad_share,
                                 bad_share_min_rows)
         tagged_by_table[table] = tagged
     for table, tagged in tagged_by_table.items():
@@ -212,16 +212,14 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     return {"counts": counts, "quarantined": quarantined}
 
 
-def _stop_if_mostly_bad(table: str, which: str, originals: dict[str | None, int], n_copies: int,
+def _stop_if_mostly_bad(table: str, which: str, originals: dict[str | None, int], copied: str,
                         max_bad_share: float, min_rows: int) -> None:
-    """``originals``: the rows that are no other row's copy, by reason (None: good); ``n_copies``
-    others are copies (of a replayed load): neither rows nor bad rows of the share."""
+    """``originals`` and ``copied``: :func:`botwatch.ingest.without_copies` of the rows' counts by reason."""
     rows = sum(originals.values())
     bad = {k: v for k, v in originals.items() if k is not None}
     n_bad = sum(bad.values())
     if mostly_bad(rows, n_bad, max_bad_share, min_rows):
         top = max(bad, key=lambda k: bad[k])
-        copied = f", not counting {n_copies} copies of other rows" if n_copies else ""
         raise TooManyBadRowsError(
             f"{n_bad} of the {rows} {table} {which} are bad ({bad[top]} {top}){copied}, more than "
             f"validate.max_bad_share ({max_bad_share}); nothing was moved. An upstream load is likely incomplete "
