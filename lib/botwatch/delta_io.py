@@ -96,15 +96,43 @@ def table_version(spark: SparkSession, warehouse: str, table: str) -> int:
         return int(DeltaTable.forPath(spark, path).history(1).first()["version"])  # type: ignore[index]
 
 
+# Delta operations that rewrite files without changing the data: not a reason to rerun a step.
+MAINTENANCE_OPERATIONS = ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES")
+
+
+def data_commits(spark: SparkSession, warehouse: str, table: str, after: int, current: int) -> DataFrame:
+    """``table``'s history rows (``version``, ``operation``, ``userMetadata``...) of the data-changing commits
+    after version ``after``; ``current``: its latest version as read by the caller."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    # A few commits more than asked: one that lands after ``current`` was read would push the oldest
+    # wanted one out of the newest ``current - after``.
+    history = DeltaTable.forPath(spark, table_path(warehouse, table)).history(current - after + 16)
+    return history.where((F.col("version") > after) & ~F.col("operation").isin(*MAINTENANCE_OPERATIONS))
+
+
+# For each open commit_metadata block, the userMetadata its commits carry (its own, and nested blocks').
+_OPEN_BLOCKS: list[set[str]] = []
+
+
 @contextmanager
-def commit_metadata(spark: SparkSession, **fields: str):
-    """Attach ``fields`` (e.g. run_date, step) as Delta userMetadata to commits in this block."""
+def commit_metadata(spark: SparkSession, **fields: str) -> Iterator[set[str]]:
+    """Attach ``fields`` (e.g. run_date, step) as Delta userMetadata to commits in this block. Yields the
+    set of userMetadata texts this block's commits carry: its own and those of blocks inside it (the
+    features step writes its partials as ``activity_daily``), filled in as they open."""
     key = "spark.databricks.delta.commitInfo.userMetadata"
     previous = spark.conf.get(key, "")
-    spark.conf.set(key, json.dumps(fields, sort_keys=True))
+    text = json.dumps(fields, sort_keys=True)
+    for used in _OPEN_BLOCKS:
+        used.add(text)
+    mine = {text}
+    _OPEN_BLOCKS.append(mine)
+    spark.conf.set(key, text)
     try:
-        yield
+        yield mine
     finally:
+        _OPEN_BLOCKS.remove(mine)
         spark.conf.set(key, previous or "")
 
 

@@ -9,7 +9,7 @@ is compacted whole. VACUUM deletes files older than the retention, so Delta time
 only that far; it lists files with a few tasks per core (:func:`listing_parallelism`), not Spark's
 default 10,000. The tables of ``vacuum_only_tables`` (the inputs ingest and validate replace) are
 vacuumed, not compacted. Both are Delta commits that change no data: the run's skip logic ignores
-them (:data:`botwatch.nightly.MAINTENANCE_OPERATIONS`).
+them (:data:`botwatch.delta_io.MAINTENANCE_OPERATIONS`).
 """
 from __future__ import annotations
 

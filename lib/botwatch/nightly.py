@@ -50,16 +50,21 @@ from pyspark.sql import types as T
 from botwatch import files
 from botwatch import tables as t
 from botwatch.config import Config, ConfigError, warehouse_path
-from botwatch.delta_io import commit_metadata, hadoop_fs, read_table, table_exists, table_version, write_table
+from botwatch.delta_io import (
+    commit_metadata,
+    data_commits,
+    hadoop_fs,
+    read_table,
+    table_exists,
+    table_version,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
 STATUS_OK = "ok"
 STATUS_WAITING = "waiting"
 RUN_STEP = "_run"  # the log row of a whole run: ok when every step is ok or skipped, else waiting
-
-# Delta operations that rewrite files without changing the data: not a reason to rerun a step.
-MAINTENANCE_OPERATIONS = ("OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES")
 
 RUN_LOG_SCHEMA = T.StructType(
     [
@@ -197,13 +202,23 @@ def data_changed_since(spark: SparkSession, warehouse: str, table: str, version:
         return False
     if version < 0 or current < version:
         return True  # created, or recreated, since
-    from delta.tables import DeltaTable
+    return data_commits(spark, warehouse, table, version, current).limit(1).count() > 0
 
-    # A few commits more than asked: one that lands after ``current`` was read would push the oldest
-    # wanted one out of the newest ``current - version``.
-    history = DeltaTable.forPath(spark, t.table_path(warehouse, table)).history(current - version + 16)
-    changes = history.where((F.col("version") > version) & ~F.col("operation").isin(*MAINTENANCE_OPERATIONS))
-    return changes.limit(1).count() > 0
+
+def versions_after_own_commits(spark: SparkSession, warehouse: str, tables: Sequence[str], before: dict[str, int],
+                               mine: set[str]) -> dict[str, int]:
+    """The skip key of the inputs a step rewrites (validate moves bad rows out of events, edges, labels):
+    each table's version after the step's own commits (userMetadata in ``mine``, from
+    :func:`botwatch.delta_io.commit_metadata`); but where another writer changed the table while the step
+    ran (a late load), its version before the step, so that the next run redoes it: the step may not
+    have seen those rows."""
+    versions = {}
+    for table in tables:
+        after, since = table_version(spark, warehouse, table), before.get(table, -1)
+        others = data_commits(spark, warehouse, table, since, after).where(
+            F.col("userMetadata").isNull() | ~F.col("userMetadata").isin(*mine)) if after != since else None
+        versions[table] = since if others is not None and others.limit(1).count() > 0 else after
+    return versions
 
 
 def output_present(spark: SparkSession, warehouse: str, output: tuple[str, str] | None, run_date: dt.date) -> bool:
@@ -614,8 +629,9 @@ def run_steps(
             io = STEP_IO[step]
             before = step_versions(spark, warehouse, conf, step)
             started = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+            mine: set[str] = set()
             try:
-                with commit_metadata(spark, step=step, run_date=run_date.isoformat()):
+                with commit_metadata(spark, step=step, run_date=run_date.isoformat()) as mine:
                     summary = step_fns.STEPS[step](spark, conf, run_date)
                 status = STATUS_OK
             except _waiting_errors() as exc:
@@ -625,7 +641,7 @@ def run_steps(
             lock.check()  # its writes may have met another run's: never logged as done
             # A step that rewrites one of its inputs (validate moves bad rows out) is keyed on the result.
             own = [tb for tb in io.inputs if tb in io.writes]
-            versions = {**before, **_input_versions(spark, warehouse, own)}
+            versions = {**before, **versions_after_own_commits(spark, warehouse, own, before, mine)}
             kept = {**summary, RAN_BECAUSE: reason}  # what run_log and the caller get
             logged[step] = log_row(run_date, step, status, versions, kept, run_id, started)
             write_log(spark, warehouse, run_date, logged)
