@@ -53,6 +53,15 @@ class TooManyBadRowsError(RuntimeError):
     """Most of a table's rows of D are bad: an upstream load is likely broken; nothing was moved."""
 
 
+class EventsChangedError(RuntimeError):
+    """Another writer changed D's events while validate checked them (a late load): D's partition is not
+    replaced by rows that are no longer all of it. :func:`validate_inputs` checks the day again."""
+
+
+# How often validate checks D again while another writer keeps changing D's events.
+VALIDATE_ATTEMPTS = 3
+
+
 class AccountGrainError(RuntimeError):
     """``accounts`` has a null or repeated ``account_id``: every account would get one features and
     score row per copy. Nothing was moved: which copy is right is the upstream's call."""
@@ -123,12 +132,21 @@ def add_quarantine_rows(spark: SparkSession, warehouse: str, rows: DataFrame) ->
 
 
 def _remove_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, good: DataFrame,
-                     bad_contract: DataFrame) -> None:
-    """Take the bad rows of D out of the input table (one Delta commit)."""
+                     bad_contract: DataFrame, rows_checked: int) -> None:
+    """Take the bad rows of D out of the input table (one Delta commit). ``good`` and ``bad_contract``:
+    materialised, from ``rows_checked`` rows of D."""
     if table == t.EVENTS:
         # Events of D are one partition: replace it with its good rows (duplicates keep one copy).
-        # Materialised first: the new partition must not be recomputed from the table it replaces.
-        write_table(good.localCheckpoint(), warehouse, t.EVENTS, partition_by=[t.EVENT_DATE],
+        # Rows another writer added to D since they were checked would be dropped by the replacement, neither
+        # kept nor quarantined. Counted just before the write; from the write's start on, Delta refuses a
+        # concurrent append to the partition it replaces.
+        now = read_table(spark, warehouse, t.EVENTS).where(F.col(t.EVENT_DATE) == F.lit(run_date)).count()
+        if now != rows_checked:
+            raise EventsChangedError(
+                f"{t.table_path(warehouse, t.EVENTS)} has {now} events of {run_date}, not the {rows_checked} "
+                "validate checked: another writer changed the day meanwhile (a late load). Nothing of it was "
+                "rewritten; rerun the date once the load has finished")
+        write_table(good, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE],
                     replace_where=f"{t.EVENT_DATE} = '{run_date.isoformat()}'")
         return
     from delta.tables import DeltaTable
@@ -147,8 +165,23 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
     A table with at least ``bad_share_min_rows`` rows of D (or labels dated before D) of which more
     than ``max_bad_share`` are bad stops the run (:class:`TooManyBadRowsError`) before anything is
     moved: that is a broken upstream load (accounts not landed yet: every event an ``unknown_account``), and moving the
-    whole day to quarantine would score D without its activity."""
+    whole day to quarantine would score D without its activity.
+
+    Another writer's change to D's events while it runs (a late load) makes it check the day again, up to
+    :data:`VALIDATE_ATTEMPTS` times (then :class:`EventsChangedError`): D's partition is rewritten only from
+    all of its rows."""
     require_utc(spark)  # D's partition and the day cuts are UTC days
+    for attempt in range(1, VALIDATE_ATTEMPTS + 1):
+        try:
+            return _validate_once(spark, warehouse, run_date, max_bad_share, bad_share_min_rows)
+        except EventsChangedError:
+            if attempt == VALIDATE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _validate_once(spark: SparkSession, warehouse: str, run_date: dt.date, max_bad_share: float,
+                   bad_share_min_rows: int) -> dict:
     frames = check_schemas(spark, warehouse)
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
     new_accounts = F.when(_rows_of_day(t.ACCOUNTS, run_date), 1)
@@ -207,8 +240,8 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
                                 bad_share_min_rows)
         tagged_by_table[table] = tagged
     for table, tagged in tagged_by_table.items():
-        if quarantined[table]:  # rare: only then are the tagged rows worth caching for the three reads below
-            _move_bad_rows(spark, warehouse, table, run_date, tagged.cache())
+        if quarantined[table]:
+            _move_bad_rows(spark, warehouse, table, run_date, tagged)
     return {"counts": counts, "quarantined": quarantined}
 
 
@@ -256,12 +289,12 @@ def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, ext
 
 
 def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame) -> None:
-    """Quarantine, then take out of the input table, the bad rows of ``tagged`` (cached; released here)."""
-    try:
-        add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date, VALIDATE_STEP))
-        bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*contract_columns(table))
-        if table == t.EVENTS:
-            bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
-        _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract)
-    finally:
-        tagged.unpersist()
+    """Quarantine, then take out of the input table, the bad rows of ``tagged``."""
+    # Read once: the rows quarantined and the rows that replace D's are of one version of the table, and
+    # never recomputed from the table they replace.
+    tagged = tagged.localCheckpoint()
+    add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date, VALIDATE_STEP))
+    bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*contract_columns(table))
+    if table == t.EVENTS:
+        bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
+    _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract, tagged.count())
