@@ -38,7 +38,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -90,9 +90,12 @@ def binned_counts(df: DataFrame, edges: dict[str, Sequence[float]]) -> DataFrame
     names = list(edges)
     inputs = [f"_in{i}" for i in range(len(names))]
     outputs = [f"_bin{i}" for i in range(len(names))]
-    data = df.select(
-        *[F.coalesce(F.col(c).cast("double"), F.lit(math.nan)).alias(i) for c, i in zip(names, inputs, strict=True)]
-    )
+    def value(c: str) -> Column:
+        # -0.0 as 0.0: the Bucketizer's binary search orders -0.0 below an edge at 0.0 (a point mass's bin).
+        x = F.col(c).cast("double")
+        return F.coalesce(F.when(x == 0.0, F.lit(0.0)).otherwise(x), F.lit(math.nan))
+
+    data = df.select(*[value(c).alias(i) for c, i in zip(names, inputs, strict=True)])
     bucketizer = Bucketizer(
         inputCols=inputs, outputCols=outputs, splitsArray=[_splits(edges[c]) for c in names], handleInvalid="keep"
     )
@@ -127,7 +130,7 @@ def _with_point_masses(values: Sequence[float]) -> list[float]:
     """The distinct finite ``values``, plus the next double above each one that repeats: left-closed
     bins then hold a repeated value (a point mass) alone. An infinite quantile (an ingested inf) is no
     edge: +-inf fall in the outer bins, and Spark's Bucketizer refuses a split repeated at the ends."""
-    finite = [float(v) for v in values if math.isfinite(v)]
+    finite = [float(v) + 0.0 for v in values if math.isfinite(v)]  # + 0.0: -0.0 as 0.0, as binned_counts bins it
     repeated = {v for v, n in Counter(finite).items() if n > 1}
     above = {math.nextafter(v, math.inf) for v in repeated}
     return sorted(set(finite) | {v for v in above if math.isfinite(v)})
@@ -236,7 +239,9 @@ def drift_statistics(df: DataFrame, profile: dict) -> DataFrame:
     )
     ks = cdfs.groupBy(FEATURE).agg(
         F.max(F.abs(F.col("c") - F.col("r"))).alias("ks"),
-        F.max(F.greatest(F.abs(F.col("c") - F.col("r0")), F.abs(F.col("c0") - F.col("r")))).alias("ks_upper"),
+        # Where a side has no present values its CDF is null: KS undefined, and its bound too (not |0 - r|).
+        F.max(F.when(F.col("c").isNotNull() & F.col("r").isNotNull(), F.greatest(
+            F.abs(F.col("c") - F.col("r0")), F.abs(F.col("c0") - F.col("r"))))).alias("ks_upper"),
     )
     missing = joined.groupBy(FEATURE).agg(
         F.try_divide(F.sum(F.when(F.col("is_missing"), F.col("n")).otherwise(0)), F.sum("n")).alias("missing_share"),

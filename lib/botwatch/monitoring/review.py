@@ -71,10 +71,19 @@ def stratum_index(score: Column, edges: Sequence[float]) -> Column:
     return out
 
 
+def has_score(score: Column) -> Column:
+    """A score the queue and the prevalence estimate count: not null, not NaN (a NaN would fall in the top
+    stratum, as Spark orders NaN above every number, and leave that stratum's spread undefined)."""
+    return score.isNotNull() & ~F.isnan(score)
+
+
 def neyman_allocation(sizes: Sequence[int], spreads: Sequence[float], n: int, minimum: int) -> list[int]:
     """Integer sample sizes per stratum summing to ``min(n, sum(sizes))``: at least
     ``min(minimum, N_h)`` each (when the budget allows), the rest ``∝ N_h * spread_h``
     (largest remainders), never more than ``N_h``."""
+    if not all(math.isfinite(v) for v in spreads):
+        # A NaN weight made every share NaN and the loop below never end.
+        raise ValueError(f"neyman_allocation needs finite spreads, got {list(spreads)}")
     sizes = [int(s) for s in sizes]
     n = min(int(n), sum(sizes))
     alloc = [min(minimum, s) for s in sizes]
@@ -188,7 +197,7 @@ def review_queue(
     holdout = F.col("holdout") if "holdout" in scores.columns else F.lit(None)
     base = scores.select(
         t.ACCOUNT_ID, t.SCORE, t.MODEL_VERSION, F.coalesce(holdout, F.lit(False)).alias("holdout")
-    ).where(F.col(t.SCORE).isNotNull())
+    ).where(has_score(F.col(t.SCORE)))
     base = base.withColumn("_h", stratum_index(F.col(t.SCORE), edges))
     for reason in t.REVIEW_REASONS:
         base = base.withColumn(f"_u_{reason}", hash_uniform(F.col(t.ACCOUNT_ID), run_date, f"{salt}:{reason}"))

@@ -31,7 +31,7 @@ from botwatch.monitoring.drift import (
     training_reference,
 )
 from botwatch.monitoring.prevalence import stratified_estimate, stratified_ratio
-from botwatch.monitoring.review import STRATIFIED, STRATUM, STRATUM_SIZE, review_queue
+from botwatch.monitoring.review import STRATIFIED, STRATUM, STRATUM_SIZE, has_score, review_queue
 from botwatch.schemas import require_columns
 
 # The alert and its reader live with the refresh policy that acts on them.
@@ -267,7 +267,8 @@ def _prevalence_history(spark: SparkSession, warehouse: str, run_date: dt.date, 
     )
     # A stratum the allocation gave no sample (a budget below the number of strata) has no queue row:
     # its accounts would silently drop out of the estimate. Such a day is left out.
-    scored = {r[t.RUN_DATE]: r["n"] for r in scores.groupBy(t.RUN_DATE).agg(F.count(t.SCORE).alias("n")).collect()}
+    counted = F.count(F.when(has_score(F.col(t.SCORE)), 1)).alias("n")  # the accounts the queue drew from
+    scored = {r[t.RUN_DATE]: r["n"] for r in scores.groupBy(t.RUN_DATE).agg(counted).collect()}
     for day in sorted(rows[t.RUN_DATE].unique(), reverse=True) if len(rows) else []:
         g = design_strata(rows[rows[t.RUN_DATE] == day], scored.get(day, 0))
         if g is None:
