@@ -19,6 +19,7 @@ Usage (the trainer, for run date D)::
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Mapping, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
@@ -57,10 +58,10 @@ def _check_weights(source_weights: Mapping[str, float], used: Sequence[str]) -> 
     if missing:
         raise LabelConfigError(f"train.label_weights lacks a weight for {missing}; add one per source")
     bad = {s: w for s, w in source_weights.items()
-           if isinstance(w, bool) or not (isinstance(w, (int, float)) and w >= 0)}
+           if isinstance(w, bool) or not (isinstance(w, (int, float)) and 0 <= w < math.inf)}
     if bad:
         raise LabelConfigError(
-            f"train.label_weights must be numbers >= 0, got {bad}; to leave a source out set its weight to 0"
+            f"train.label_weights must be finite numbers >= 0, got {bad}; to leave a source out set its weight to 0"
         )
     return {s: float(source_weights[s]) for s in used}
 
