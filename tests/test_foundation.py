@@ -391,6 +391,21 @@ def test_shipped_conf_files_load():
         assert conf["spark.master"]
 
 
+def test_doctor_reports_the_java_spark_starts(tmp_path, monkeypatch):
+    """spark-submit runs $JAVA_HOME/bin/java where JAVA_HOME is set: doctor showed the PATH's java instead."""
+    import botwatch.doctor as doctor
+
+    java = tmp_path / "jdk" / "bin" / "java"
+    java.parent.mkdir(parents=True)
+    java.write_text('#!/bin/sh\necho \'openjdk version "99.0.1" 2030-01-01\' >&2\n')
+    java.chmod(0o755)
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path / "jdk"))
+    assert doctor.versions()["Java"] == 'openjdk version "99.0.1" 2030-01-01'
+    monkeypatch.delenv("JAVA_HOME")
+    monkeypatch.setenv("PATH", str(java.parent))
+    assert "99.0.1" in doctor.versions()["Java"]
+
+
 def test_doctor_fails_on_a_missing_package_and_checks_delta_where_the_steps_write(spark, warehouse, monkeypatch):
     import importlib.metadata as md
 

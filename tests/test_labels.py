@@ -101,8 +101,9 @@ def test_excluded_source_and_weights_checks(spark, labels):
         resolve_labels(labels, {**WEIGHTS, "botwatch": 1.0})
     with pytest.raises(LabelConfigError, match="lacks a weight"):
         resolve_labels(labels, {k: v for k, v in WEIGHTS.items() if k != "appeal"})
-    with pytest.raises(LabelConfigError, match=">= 0"):
-        resolve_labels(labels, {**WEIGHTS, "propagated": -1.0})
+    for weight in (-1.0, float("inf"), float("nan")):  # an infinite weight made every gradient NaN
+        with pytest.raises(LabelConfigError, match="finite numbers >= 0"):
+            resolve_labels(labels, {**WEIGHTS, "propagated": weight})
     # Weight 0 in conf leaves a source out, as exclude_sources does (conf cannot reach that argument).
     assert_df_equality(resolve_labels(labels, {**WEIGHTS, "propagated": 0}), without_propagated,
                        ignore_row_order=True, ignore_nullable=True)

@@ -109,6 +109,7 @@ def test_feature_gone_missing_gives_a_huge_psi(spark, drifted):
     got = drift_statistics(spark.createDataFrame(broken), profile).toPandas().set_index("feature")
     assert got.loc["x_same", "psi"] > 5.0
     assert np.isnan(got.loc["x_same", "ks"])  # no present values: KS undefined, not 0
+    assert np.isnan(got.loc["x_same", "ks_upper"])  # and its bound too, not |0 - reference CDF| = 1
     assert got.loc["x_shift", "psi"] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -355,6 +356,25 @@ def test_neyman_allocation_is_proportional_to_size_times_spread():
     # minimums that do not fit: the whole budget still goes out, as evenly as they allow
     assert neyman_allocation([100, 100, 100], [0.1, 0.5, 0.9], 10, minimum=5) == [4, 3, 3]
     assert neyman_allocation([100, 50, 2, 0], [0.5] * 4, 5, minimum=3) == [2, 2, 1, 0]
+    with pytest.raises(ValueError, match="finite spreads"):  # a NaN share looped forever
+        neyman_allocation([100, 50, 10], [0.1, 0.2, float("nan")], 40, minimum=2)
+
+
+def test_a_nan_score_is_no_score_to_the_review_queue(spark):
+    """A NaN score (a broken model's) fell in the top stratum (Spark orders NaN above every number), made
+    its spread NaN and the allocation loop forever: the monitor hung. It is left out like a null score."""
+    import datetime as dt
+
+    from botwatch.monitoring.review import review_queue
+
+    pdf = pd.DataFrame({"account_id": range(300), "score": np.linspace(0.0, 0.99, 300)})
+    pdf.loc[7, "score"] = np.nan
+    pdf = pdf.assign(model_version="stage1_xgb:1", holdout=False)
+    got = review_queue(spark.createDataFrame(pdf), dt.date(2026, 2, 1), threshold=0.8, budget=40,
+                       shares={"stratified": 1.0}, uncertain_band=0.05, strata_edges=EDGES, min_per_stratum=2,
+                       salt="t").toPandas()
+    assert len(got) == 40 and 7 not in set(got["account_id"]) and got["score"].notna().all()
+    assert got.groupby("stratum")["stratum_size"].first().sum() == 299
 
 
 # ---- prevalence ------------------------------------------------------------------------------
@@ -1079,6 +1099,22 @@ def test_reference_profile_of_an_all_missing_feature(spark):
     cur = spark.createDataFrame(pdf.assign(empty=1.0))
     got = drift_statistics(cur, profile).toPandas().set_index("feature")
     assert got.loc["empty", "psi"] > 5.0 and got.loc["x", "psi"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_negative_zero_is_binned_with_zero(spark):
+    """-0.0 equals 0.0 (numpy's round(-0.2) writes it): the same values today are no drift. Spark's Bucketizer
+    alone puts -0.0 below an edge at 0.0, out of the zeros' point-mass bin (PSI 8.5, a hard alert)."""
+    values = np.concatenate([np.zeros(50), np.arange(1, 51) / 100])
+    today = np.where(values == 0, -0.0, values)
+    assert np.signbit(today[:50]).all()
+    profile = reference_profile(spark.createDataFrame(pd.DataFrame({"x": values})), ["x"])
+    # A reference with -0.0 in it too gives the same edges.
+    assert reference_profile(spark.createDataFrame(pd.DataFrame({"x": today})), ["x"])["features"]["x"]["edges"] == (
+        profile["features"]["x"]["edges"])
+    got = drift_statistics(spark.createDataFrame(pd.DataFrame({"x": today})), profile).toPandas().iloc[0]
+    assert stats.ks_2samp(today, values).statistic == 0.0
+    assert got["psi"] == pytest.approx(0.0, abs=1e-12)
+    assert got["ks"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_psi_and_ks_see_a_drifted_point_mass(spark):

@@ -22,7 +22,14 @@ from tests.helpers import DAG_WAIT_TIMEOUT_S, JAVA_OPTIONS, canonical_rows, copy
 
 from botwatch import files, nightly, registry, steps
 from botwatch import tables as t
-from botwatch.delta_io import CommitConflictError, TableMissingError, read_table, table_exists, write_table
+from botwatch.delta_io import (
+    CommitConflictError,
+    TableMissingError,
+    commit_metadata,
+    read_table,
+    table_exists,
+    write_table,
+)
 from botwatch.ingest import write_quarantine
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, SchemaMismatchError
 from botwatch.scoring.latest import publish_latest
@@ -108,6 +115,47 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
     assert sorted(zip(after[t.STEP], after[t.REASON], strict=True)) == sorted(
         [("ingest", "null_key")] + [("validate", r) for s, r in zip(q[t.STEP], q[t.REASON], strict=True)
                                     if s == "validate"])
+
+
+def test_validate_keeps_events_another_writer_adds_to_the_day_while_it_runs(spark, warehouse, monkeypatch):
+    """D's partition is replaced by its good rows: a late event appended after they were read (here just after
+    the duplicate went to quarantine) was dropped, neither kept nor quarantined. Validate sees the day changed
+    and checks it again."""
+    import botwatch.validate as validate_module
+
+    copy = (1, ts(D, 9), "post", "ip1", "dev1", D)
+    write_inputs(spark, warehouse, events=[copy, copy])
+    late = spark.createDataFrame([(2, ts(D, 13), "like", "ip2", "dev2", D)], INPUT_SCHEMAS[t.EVENTS])
+    real, loads = validate_module.add_quarantine_rows, []
+
+    def then_a_late_load(spark_, warehouse_, rows):
+        real(spark_, warehouse_, rows)
+        if not loads:
+            loads.append(1)
+            write_table(late, warehouse, t.EVENTS, mode="append")
+
+    monkeypatch.setattr(validate_module, "add_quarantine_rows", then_a_late_load)
+    got = validate_inputs(spark, warehouse, D)
+    assert loads and got["counts"][t.EVENTS] == 3 and got["quarantined"][t.EVENTS] == 1
+    ev = read_table(spark, warehouse, t.EVENTS).select(t.ACCOUNT_ID, t.EVENT_TYPE).collect()
+    assert sorted(map(tuple, ev)) == [(1, "post"), (2, "like")]
+    q = read_table(spark, warehouse, t.QUARANTINE).select(t.REASON).collect()
+    assert [r[0] for r in q] == ["duplicate_event"]  # the first check's row not added twice
+
+    # A writer that never stops changing the day: validate gives up, rewriting nothing.
+    write_inputs(spark, warehouse, events=[copy, copy])
+    loads.clear()
+
+    def a_load_every_time(spark_, warehouse_, rows):
+        real(spark_, warehouse_, rows)
+        loads.append(1)
+        write_table(late, warehouse, t.EVENTS, mode="append")
+
+    monkeypatch.setattr(validate_module, "add_quarantine_rows", a_load_every_time)
+    with pytest.raises(validate_module.EventsChangedError, match="another writer changed the day"):
+        validate_inputs(spark, warehouse, D)
+    assert len(loads) == validate_module.VALIDATE_ATTEMPTS
+    assert read_table(spark, warehouse, t.EVENTS).count() == 2 + validate_module.VALIDATE_ATTEMPTS
 
 
 def test_validate_checks_labels_that_land_after_the_day_they_are_dated(spark, warehouse):
@@ -515,6 +563,52 @@ def test_skip_logic_reruns_exactly_what_changed(spark, fake_pipeline):
     log = read_table(spark, wh, t.RUN_LOG).toPandas()
     assert sorted(log["step"]) == ["_run", "a", "b"]
     assert nightly.date_finished(spark, wh, D)
+
+
+def test_a_step_rewriting_its_input_reruns_when_another_writer_changed_it_meanwhile(spark, fake_pipeline,
+                                                                                     monkeypatch):
+    """validate rewrites events (its own input) and is keyed on the version after its own commits, those of
+    blocks inside it too (features writes its partials as ``activity_daily``). A late load committed while
+    it ran is no commit of its own: the step may not have seen those rows, so the next run redoes it."""
+    conf, calls, _ = fake_pipeline
+    wh = conf["warehouse"]
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    late = {"load": False}
+
+    def a_rewriting_its_input(spark_, conf_, run_date):
+        calls.append("a")
+        rows = read_table(spark_, wh, IN).localCheckpoint()
+        with commit_metadata(spark_, step="inner", run_date=run_date.isoformat()):
+            write_table(rows, wh, IN)  # its own rewrite of its input
+        if late["load"]:  # another writer's commit while the step runs (not under the step's metadata)
+            mine = spark_.conf.get(key)
+            spark_.conf.set(key, '{"step": "upstream"}')
+            write_table(spark_.createDataFrame([(run_date, 9)], "run_date date, x long"), wh, IN, mode="append")
+            spark_.conf.set(key, mine)
+        write_table(spark_.createDataFrame([(run_date, rows.count())], "run_date date, x long"), wh, MID,
+                    partition_by=[t.RUN_DATE], replace_where=f"run_date = '{run_date}'")
+        return {}
+
+    monkeypatch.setitem(nightly.STEP_IO, "a", nightly.StepIO((IN,), (IN, MID), (MID, t.RUN_DATE)))
+    monkeypatch.setitem(steps.STEPS, "a", a_rewriting_its_input)
+
+    def run() -> dict:
+        results = nightly.run_steps(spark, conf, D, echo=lambda _: None)
+        return {s: r.get(nightly.RAN_BECAUSE, r["status"]) for s, r in results.items()}
+
+    assert run()["a"] == "no finished run of it for this date"
+    assert run() == {"a": "skipped", "b": "skipped"}  # its own rewrite (in a block inside its own) is no change
+    before_late = nightly.table_version(spark, wh, IN)
+    late["load"] = True
+    write_table(spark.createDataFrame([(D, 5)], "run_date date, x long"), wh, IN, mode="append")  # a reason to run
+    changed = nightly.table_version(spark, wh, IN)
+    assert run()["a"] == f"input {IN} changed since its version {before_late}"
+    late["load"] = False
+    # The late row landed while a ran: its log keeps the version before it ran, so a runs again.
+    assert nightly.log_rows(spark, wh, D)["a"]["input_versions"][IN] == changed
+    assert run()["a"] == f"input {IN} changed since its version {changed}"
+    assert run() == {"a": "skipped", "b": "skipped"}
+    assert read_table(spark, wh, IN).where(F.col("x") == 9).count() == 1
 
 
 def test_a_conf_change_reruns_the_steps_that_read_it(spark, fake_pipeline, monkeypatch):
