@@ -32,12 +32,8 @@ browser:
 	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null || { echo "install chromium (/usr/bin/chromium) for the report test" >&2; exit 1; }; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); $$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium; }
 
-# Two pytest-xdist workers, each with its own Spark session: much of a test's time is one driver
-# thread (planning, Delta's log, py4j), so two of them keep both cores busier.
-TEST_WORKERS ?= 2
-
 test: setup browser
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest
 
 demo: setup
 	$(VENV)/bin/botwatch demo

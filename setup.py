@@ -37,7 +37,6 @@ extras_require = {
     "dev": [
         "pytest>=8",
         "pytest-timeout>=2.3",
-        "pytest-xdist>=3.5",  # make test: two workers (tests/conftest.py groups them)
         "chispa==0.12.0",
         "networkx>=3.2",
         "papermill>=2.6",

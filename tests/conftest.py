@@ -1,8 +1,5 @@
 """Shared fixtures: one SparkSession for the whole test session (local[2], 4 shuffle
-partitions, UI off, warehouse in a temp folder), and a fresh warehouse folder per test.
-
-`make test` runs the suite in two pytest-xdist workers (``-n 2 --dist loadgroup``), each with its own
-session: see :func:`pytest_collection_modifyitems` for which tests share a worker."""
+partitions, UI off, warehouse in a temp folder), and a fresh warehouse folder per test."""
 from __future__ import annotations
 
 import threading
@@ -36,10 +33,7 @@ def conf(session_warehouse):
 def spark(conf, request):
     session = get_spark(conf, app_name="tests")
     yield session
-    pools = jvm_memory_pools(session)
-    request.config.stash[_JVM_MEMORY] = pools
-    if hasattr(request.config, "workeroutput"):  # an xdist worker: its controller prints it
-        request.config.workeroutput["jvm_memory"] = pools
+    request.config.stash[_JVM_MEMORY] = jvm_memory_pools(session)
     session.stop()
 
 
@@ -63,22 +57,10 @@ def jvm_memory_pools(session) -> str:
     return "\n".join(lines)
 
 
-_WORKER_JVM_MEMORY = pytest.StashKey[dict]()
-
-
-def pytest_testnodedown(node, error):
-    """An xdist worker's pools, as its ``spark`` fixture left them (see :func:`spark`)."""
-    pools = getattr(node, "workeroutput", {}).get("jvm_memory")
-    if pools:
-        node.config.stash.setdefault(_WORKER_JVM_MEMORY, {})[node.gateway.id] = pools
-
-
 def pytest_terminal_summary(terminalreporter, config):
-    found = dict(config.stash.get(_WORKER_JVM_MEMORY, {}))
-    if config.stash.get(_JVM_MEMORY, ""):
-        found["this process"] = config.stash[_JVM_MEMORY]
-    for where, pools in sorted(found.items()):
-        terminalreporter.write_line(f"JVM memory pools of the test session's Spark driver at its end ({where}):")
+    pools = config.stash.get(_JVM_MEMORY, "")
+    if pools:
+        terminalreporter.write_line("JVM memory pools of the test session's Spark driver at its end:")
         terminalreporter.write_line(pools)
 
 
@@ -176,15 +158,8 @@ def _needs_dag_run(item) -> bool:
 
 def pytest_collection_modifyitems(items):
     """Tests that need the Airflow run go last (a stable sort): it runs in the background from
-    the moment the platform exists, so the rest of the suite overlaps it.
-
-    Under pytest-xdist's ``--dist loadgroup``, every test on the simulated platform is in one group, so
-    one worker builds the platform, starts its Airflow run and trains on it once; the other tests go a
-    file at a time (a file's module fixtures are built once)."""
+    the moment the platform exists, so the rest of the suite overlaps it."""
     items.sort(key=_needs_dag_run)
-    for item in items:
-        group = "platform" if "platform" in item.fixturenames else item.path.name
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
