@@ -112,6 +112,28 @@ def data_commits(spark: SparkSession, warehouse: str, table: str, after: int, cu
     return history.where((F.col("version") > after) & ~F.col("operation").isin(*MAINTENANCE_OPERATIONS))
 
 
+# The part of a commit's log entries that says which partitions it touched.
+_LOG_ACTIONS = "add struct<partitionValues: map<string,string>>, remove struct<partitionValues: map<string,string>>"
+
+
+def partition_changed_since(spark: SparkSession, warehouse: str, table: str, version: int, column: str,
+                            value: str) -> bool:
+    """Whether a commit after ``version`` added or removed a file of the partition ``column`` = ``value``.
+    Read from those commits' own log entries: a history row does not say which partitions an append touched,
+    and another partition's commits (the next day's events landing) are no change of this one."""
+    from pyspark.sql import functions as F
+
+    current = table_version(spark, warehouse, table)
+    if current <= version:
+        return False
+    log = f"{table_path(warehouse, table)}/_delta_log"
+    actions = spark.read.schema(_LOG_ACTIONS).json([f"{log}/{v:020d}.json" for v in range(version + 1, current + 1)])
+    key = F.lit(column)
+    touched = ((F.try_element_at(F.col("add.partitionValues"), key) == value)
+               | (F.try_element_at(F.col("remove.partitionValues"), key) == value))
+    return actions.where(touched).limit(1).count() > 0
+
+
 # For each open commit_metadata block, the userMetadata its commits carry (its own, and nested blocks').
 _OPEN_BLOCKS: list[set[str]] = []
 
@@ -132,7 +154,8 @@ def commit_metadata(spark: SparkSession, **fields: str) -> Iterator[set[str]]:
     try:
         yield mine
     finally:
-        _OPEN_BLOCKS.remove(mine)
+        # By identity: an inner block with the same fields holds an equal set.
+        del _OPEN_BLOCKS[next(i for i, b in enumerate(_OPEN_BLOCKS) if b is mine)]
         spark.conf.set(key, previous or "")
 
 

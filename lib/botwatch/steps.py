@@ -160,12 +160,12 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from botwatch.schemas import SchemaMismatchError
     from botwatch.scoring.cascade import MissingFeaturesError, StaleStage1ScoresError
     from botwatch.training import NotEnoughLabelsError
-    from botwatch.validate import AccountGrainError, NoEventsError, TooManyBadRowsError
+    from botwatch.validate import AccountGrainError, EventsChangedError, NoEventsError, TooManyBadRowsError
 
     return (ConfigError, TableMissingError, NoChampionError, SchemaMismatchError, NotEnoughLabelsError, NoEventsError,
             TooManyBadRowsError, AccountGrainError, DriftHardAlert, NothingToMonitorError, WindowSpecError,
             AttributeConfigError, LabelConfigError, MissingFeaturesError, StaleStage1ScoresError, CommitConflictError,
-            ReviewConfigError, CascadeConfigError)
+            ReviewConfigError, CascadeConfigError, EventsChangedError)
 
 
 # Failures a user can act on: the CLI prints their message instead of a traceback.

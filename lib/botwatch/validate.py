@@ -22,13 +22,21 @@ Usage::
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import cast
 
 from pyspark.sql import Column, DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 
 from botwatch import tables as t
-from botwatch.delta_io import read_table, retried_commit, table_exists, write_table
+from botwatch.delta_io import (
+    partition_changed_since,
+    read_table,
+    retried_commit,
+    table_exists,
+    table_version,
+    write_table,
+)
 from botwatch.ingest import (
     _REASON,
     VALIDATE_STEP,
@@ -96,11 +104,14 @@ def _rows_to_check(table: str, run_date: dt.date) -> Column:
     return _rows_of_day(table, run_date)
 
 
-def check_schemas(spark: SparkSession, warehouse: str) -> dict[str, DataFrame]:
-    """Every input table, read and checked against the contract's columns and types."""
+def check_schemas(spark: SparkSession, warehouse: str, versions: Mapping[str, int] | None = None
+                  ) -> dict[str, DataFrame]:
+    """Every input table (as of its version in ``versions``, else the latest), read and checked against the
+    contract's columns and types."""
     frames = {}
     for table, schema in INPUT_SCHEMAS.items():
-        df = read_table(spark, warehouse, table)  # TableMissingError names the table and the fix
+        # TableMissingError names the table and the fix.
+        df = read_table(spark, warehouse, table, (versions or {}).get(table))
         required = {f.name: f.dataType for f in schema.fields if f.name != t.EVENT_DATE or table == t.EVENTS}
         # Producer-optional columns (signup ip/device) may be absent; the rest must be there and typed.
         optional = {t.SIGNUP_IP_HASH, t.SIGNUP_DEVICE_ID}
@@ -131,21 +142,25 @@ def add_quarantine_rows(spark: SparkSession, warehouse: str, rows: DataFrame) ->
     retried_commit(commit, "adding quarantined rows", t.QUARANTINE, "rerun the step")
 
 
+def _check_events_unchanged(spark: SparkSession, warehouse: str, run_date: dt.date, version: int) -> None:
+    """D's events as validate read them (``version``) are still all of D's partition: rows another writer
+    added or changed since would be dropped by the rewrite of the partition, neither kept nor quarantined."""
+    if partition_changed_since(spark, warehouse, t.EVENTS, version, t.EVENT_DATE, run_date.isoformat()):
+        raise EventsChangedError(
+            f"another writer changed the events of {run_date} in {t.table_path(warehouse, t.EVENTS)} since its "
+            f"version {version}, which validate checked (a late load). Nothing of the day was rewritten; rerun the "
+            "date once the load has finished")
+
+
 def _remove_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, good: DataFrame,
-                     bad_contract: DataFrame, rows_checked: int) -> None:
+                     bad_contract: DataFrame, events_version: int) -> None:
     """Take the bad rows of D out of the input table (one Delta commit). ``good`` and ``bad_contract``:
-    materialised, from ``rows_checked`` rows of D."""
+    materialised; events of D read as of ``events_version``."""
     if table == t.EVENTS:
         # Events of D are one partition: replace it with its good rows (duplicates keep one copy).
-        # Rows another writer added to D since they were checked would be dropped by the replacement, neither
-        # kept nor quarantined. Counted just before the write; from the write's start on, Delta refuses a
-        # concurrent append to the partition it replaces.
-        now = read_table(spark, warehouse, t.EVENTS).where(F.col(t.EVENT_DATE) == F.lit(run_date)).count()
-        if now != rows_checked:
-            raise EventsChangedError(
-                f"{t.table_path(warehouse, t.EVENTS)} has {now} events of {run_date}, not the {rows_checked} "
-                "validate checked: another writer changed the day meanwhile (a late load). Nothing of it was "
-                "rewritten; rerun the date once the load has finished")
+        # Checked just before the write; from the write's start on, Delta refuses a concurrent commit to the
+        # partition it replaces.
+        _check_events_unchanged(spark, warehouse, run_date, events_version)
         write_table(good, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE],
                     replace_where=f"{t.EVENT_DATE} = '{run_date.isoformat()}'")
         return
@@ -182,7 +197,9 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
 
 def _validate_once(spark: SparkSession, warehouse: str, run_date: dt.date, max_bad_share: float,
                    bad_share_min_rows: int) -> dict:
-    frames = check_schemas(spark, warehouse)
+    # D's events are read as of this version: a change of the day after it makes validate check it again.
+    events_version = table_version(spark, warehouse, t.EVENTS)
+    frames = check_schemas(spark, warehouse, {t.EVENTS: events_version})
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
     new_accounts = F.when(_rows_of_day(t.ACCOUNTS, run_date), 1)
     totals = cast(Row, frames[t.ACCOUNTS].agg(
@@ -241,7 +258,7 @@ def _validate_once(spark: SparkSession, warehouse: str, run_date: dt.date, max_b
         tagged_by_table[table] = tagged
     for table, tagged in tagged_by_table.items():
         if quarantined[table]:
-            _move_bad_rows(spark, warehouse, table, run_date, tagged)
+            _move_bad_rows(spark, warehouse, table, run_date, tagged, events_version)
     return {"counts": counts, "quarantined": quarantined}
 
 
@@ -288,13 +305,16 @@ def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, ext
     )
 
 
-def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame) -> None:
+def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame,
+                   events_version: int) -> None:
     """Quarantine, then take out of the input table, the bad rows of ``tagged``."""
     # Read once: the rows quarantined and the rows that replace D's are of one version of the table, and
     # never recomputed from the table they replace.
     tagged = tagged.localCheckpoint()
+    if table == t.EVENTS:  # else another writer's change would leave quarantine rows of rows never moved
+        _check_events_unchanged(spark, warehouse, run_date, events_version)
     add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date, VALIDATE_STEP))
     bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*contract_columns(table))
     if table == t.EVENTS:
         bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
-    _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract, tagged.count())
+    _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract, events_version)
