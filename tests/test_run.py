@@ -117,44 +117,57 @@ def test_validate_moves_bad_rows_of_the_day_to_quarantine_and_keeps_ingests(spar
                                     if s == "validate"])
 
 
-def test_validate_keeps_events_another_writer_adds_to_the_day_while_it_runs(spark, warehouse, monkeypatch):
+def test_validate_keeps_what_another_writer_does_to_the_day_while_it_runs(spark, warehouse, monkeypatch):
     """D's partition is replaced by its good rows: a late event appended after they were read (here just after
-    the duplicate went to quarantine) was dropped, neither kept nor quarantined. Validate sees the day changed
-    and checks it again."""
+    the duplicate went to quarantine), or a same-size correction of the day, was undone, neither kept nor
+    quarantined. Validate sees the day changed and checks it again; another day's commit is no change of D."""
     import botwatch.validate as validate_module
 
     copy = (1, ts(D, 9), "post", "ip1", "dev1", D)
-    write_inputs(spark, warehouse, events=[copy, copy])
-    late = spark.createDataFrame([(2, ts(D, 13), "like", "ip2", "dev2", D)], INPUT_SCHEMAS[t.EVENTS])
-    real, loads = validate_module.add_quarantine_rows, []
+    schema = INPUT_SCHEMAS[t.EVENTS]
+    real, calls = validate_module.add_quarantine_rows, []
 
-    def then_a_late_load(spark_, warehouse_, rows):
-        real(spark_, warehouse_, rows)
-        if not loads:
-            loads.append(1)
-            write_table(late, warehouse, t.EVENTS, mode="append")
+    def validate_with(change, events, every_time=False):
+        """validate_inputs of ``events`` with ``change`` (of the events table) made by another writer just
+        after the first quarantine insert (or after each)."""
+        write_inputs(spark, warehouse, events=events)
+        calls.clear()
 
-    monkeypatch.setattr(validate_module, "add_quarantine_rows", then_a_late_load)
-    got = validate_inputs(spark, warehouse, D)
-    assert loads and got["counts"][t.EVENTS] == 3 and got["quarantined"][t.EVENTS] == 1
-    ev = read_table(spark, warehouse, t.EVENTS).select(t.ACCOUNT_ID, t.EVENT_TYPE).collect()
-    assert sorted(map(tuple, ev)) == [(1, "post"), (2, "like")]
-    q = read_table(spark, warehouse, t.QUARANTINE).select(t.REASON).collect()
-    assert [r[0] for r in q] == ["duplicate_event"]  # the first check's row not added twice
+        def then_the_change(spark_, warehouse_, rows):
+            real(spark_, warehouse_, rows)
+            calls.append(1)
+            if len(calls) == 1 or every_time:
+                change()
+
+        monkeypatch.setattr(validate_module, "add_quarantine_rows", then_the_change)
+        return validate_inputs(spark, warehouse, D)
+
+    def rows() -> list:
+        return sorted(map(tuple, read_table(spark, warehouse, t.EVENTS).select(t.ACCOUNT_ID, t.DEVICE_ID).collect()))
+
+    late = spark.createDataFrame([(2, ts(D, 13), "like", "ip2", "dev2", D)], schema)
+    got = validate_with(lambda: write_table(late, warehouse, t.EVENTS, mode="append"), [copy, copy])
+    assert len(calls) == 2 and got["counts"][t.EVENTS] == 3 and got["quarantined"][t.EVENTS] == 1
+    assert rows() == [(1, "dev1"), (2, "dev2")]
+    assert [r[0] for r in read_table(spark, warehouse, t.QUARANTINE).select(t.REASON).collect()] == [
+        "duplicate_event"]  # the first check's row not added twice
+
+    # A correction of the day with as many rows: validate's rewrite would have put dev2 back.
+    corrected = spark.createDataFrame([copy, copy, (2, ts(D, 13), "like", "ip2", "dev9", D)], schema)
+    got = validate_with(lambda: write_table(corrected, warehouse, t.EVENTS, replace_where=f"event_date = '{D}'"),
+                        [copy, copy, (2, ts(D, 13), "like", "ip2", "dev2", D)])
+    assert len(calls) == 2 and rows() == [(1, "dev1"), (2, "dev9")]
+
+    # The next day's events landing meanwhile change nothing of D: no second check.
+    nxt = D + dt.timedelta(days=1)
+    tomorrow = spark.createDataFrame([(2, ts(nxt, 1), "like", "ip2", "dev2", nxt)], schema)
+    validate_with(lambda: write_table(tomorrow, warehouse, t.EVENTS, mode="append"), [copy, copy])
+    assert len(calls) == 1 and rows() == [(1, "dev1"), (2, "dev2")]
 
     # A writer that never stops changing the day: validate gives up, rewriting nothing.
-    write_inputs(spark, warehouse, events=[copy, copy])
-    loads.clear()
-
-    def a_load_every_time(spark_, warehouse_, rows):
-        real(spark_, warehouse_, rows)
-        loads.append(1)
-        write_table(late, warehouse, t.EVENTS, mode="append")
-
-    monkeypatch.setattr(validate_module, "add_quarantine_rows", a_load_every_time)
-    with pytest.raises(validate_module.EventsChangedError, match="another writer changed the day"):
-        validate_inputs(spark, warehouse, D)
-    assert len(loads) == validate_module.VALIDATE_ATTEMPTS
+    with pytest.raises(validate_module.EventsChangedError, match="another writer changed the events of"):
+        validate_with(lambda: write_table(late, warehouse, t.EVENTS, mode="append"), [copy, copy], every_time=True)
+    assert len(calls) == validate_module.VALIDATE_ATTEMPTS
     assert read_table(spark, warehouse, t.EVENTS).count() == 2 + validate_module.VALIDATE_ATTEMPTS
 
 
@@ -611,6 +624,32 @@ def test_a_step_rewriting_its_input_reruns_when_another_writer_changed_it_meanwh
     assert read_table(spark, wh, IN).where(F.col("x") == 9).count() == 1
 
 
+def test_commit_metadata_blocks_collect_the_metadata_of_blocks_inside_them():
+    """A step's own commits are those under its block or a block inside it; an inner block with the same
+    fields (features writes its table as ``features`` too) must not close the step's own."""
+
+    class Conf(dict):
+        def get(self, key, default=None):
+            return super().get(key, default)
+
+        def set(self, key, value):
+            self[key] = value
+
+    class Session:
+        conf = Conf()
+
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    with commit_metadata(Session, step="features", run_date="2026-01-12") as mine:
+        with commit_metadata(Session, step="features", run_date="2026-01-12") as inner:
+            assert Session.conf[key] == '{"run_date": "2026-01-12", "step": "features"}'
+        with commit_metadata(Session, step="activity_daily", run_date="2026-01-10"):
+            pass
+    assert inner == {'{"run_date": "2026-01-12", "step": "features"}'}
+    assert mine == {'{"run_date": "2026-01-12", "step": "features"}',
+                    '{"run_date": "2026-01-10", "step": "activity_daily"}'}
+    assert Session.conf[key] == ""
+
+
 def test_a_conf_change_reruns_the_steps_that_read_it(spark, fake_pipeline, monkeypatch):
     conf, calls, _ = fake_pipeline
     wh = conf["warehouse"]
@@ -809,10 +848,11 @@ def test_a_failed_backfill_says_how_to_resume(fake_pipeline, monkeypatch):
     from botwatch.delta_io import CommitConflictError
     from botwatch.monitoring.review import ReviewConfigError
     from botwatch.scoring.cascade import MissingFeaturesError, StaleStage1ScoresError
+    from botwatch.validate import EventsChangedError
 
     conf, _, _ = fake_pipeline
     for error in (ConfigError, MissingFeaturesError, StaleStage1ScoresError, CommitConflictError, ReviewConfigError,
-                  CascadeConfigError):
+                  CascadeConfigError, EventsChangedError):
 
         def broken(spark_, conf_, run_date, error=error):
             raise error(f"injected {error.__name__}: fix it")
