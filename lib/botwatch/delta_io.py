@@ -116,11 +116,11 @@ def data_commits(spark: SparkSession, warehouse: str, table: str, after: int, cu
 _LOG_ACTIONS = "add struct<partitionValues: map<string,string>>, remove struct<partitionValues: map<string,string>>"
 
 
-def partition_changed_since(spark: SparkSession, warehouse: str, table: str, version: int, column: str,
-                            value: str) -> bool:
-    """Whether a commit after ``version`` added or removed a file of the partition ``column`` = ``value``.
+def partition_changed_since(spark: SparkSession, warehouse: str, table: str, version: int, value: str) -> bool:
+    """Whether a commit after ``version`` added or removed a file of a partition whose value is ``value``.
     Read from those commits' own log entries: a history row does not say which partitions an append touched,
-    and another partition's commits (the next day's events landing) are no change of this one."""
+    and another partition's commits (the next day's events landing) are no change of this one. Any partition
+    column's value counts: under Delta column mapping the log names columns by their physical names."""
     from pyspark.sql import functions as F
 
     current = table_version(spark, warehouse, table)
@@ -128,10 +128,9 @@ def partition_changed_since(spark: SparkSession, warehouse: str, table: str, ver
         return False
     log = f"{table_path(warehouse, table)}/_delta_log"
     actions = spark.read.schema(_LOG_ACTIONS).json([f"{log}/{v:020d}.json" for v in range(version + 1, current + 1)])
-    key = F.lit(column)
-    touched = ((F.try_element_at(F.col("add.partitionValues"), key) == value)
-               | (F.try_element_at(F.col("remove.partitionValues"), key) == value))
-    return actions.where(touched).limit(1).count() > 0
+    touched = [F.exists(F.map_values(F.col(f"{a}.partitionValues")), lambda v: v == F.lit(value))
+               for a in ("add", "remove")]
+    return actions.where(touched[0] | touched[1]).limit(1).count() > 0
 
 
 # For each open commit_metadata block, the userMetadata its commits carry (its own, and nested blocks').

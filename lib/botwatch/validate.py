@@ -145,7 +145,7 @@ def add_quarantine_rows(spark: SparkSession, warehouse: str, rows: DataFrame) ->
 def _check_events_unchanged(spark: SparkSession, warehouse: str, run_date: dt.date, version: int) -> None:
     """D's events as validate read them (``version``) are still all of D's partition: rows another writer
     added or changed since would be dropped by the rewrite of the partition, neither kept nor quarantined."""
-    if partition_changed_since(spark, warehouse, t.EVENTS, version, t.EVENT_DATE, run_date.isoformat()):
+    if partition_changed_since(spark, warehouse, t.EVENTS, version, run_date.isoformat()):  # events: by event_date
         raise EventsChangedError(
             f"another writer changed the events of {run_date} in {t.table_path(warehouse, t.EVENTS)} since its "
             f"version {version}, which validate checked (a late load). Nothing of the day was rewritten; rerun the "
@@ -159,7 +159,8 @@ def _remove_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: 
     if table == t.EVENTS:
         # Events of D are one partition: replace it with its good rows (duplicates keep one copy).
         # Checked just before the write; from the write's start on, Delta refuses a concurrent commit to the
-        # partition it replaces.
+        # partition it replaces. A commit in between (seconds) is not seen: the run log then keys validate on
+        # the version before it, so the next run of D checks again, but that commit's rows of D are gone.
         _check_events_unchanged(spark, warehouse, run_date, events_version)
         write_table(good, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE],
                     replace_where=f"{t.EVENT_DATE} = '{run_date.isoformat()}'")
