@@ -365,12 +365,17 @@ def test_a_nan_score_is_no_score_to_the_review_queue(spark):
     its spread NaN and the allocation loop forever: the monitor hung. It is left out like a null score."""
     import datetime as dt
 
+    from pyspark.sql import functions as F
+
     from botwatch.monitoring.review import review_queue
 
     pdf = pd.DataFrame({"account_id": range(300), "score": np.linspace(0.0, 0.99, 300)})
-    pdf.loc[7, "score"] = np.nan
     pdf = pdf.assign(model_version="stage1_xgb:1", holdout=False)
-    got = review_queue(spark.createDataFrame(pdf), dt.date(2026, 2, 1), threshold=0.8, budget=40,
+    # Set in Spark: a pandas NaN arrives as null.
+    scores = spark.createDataFrame(pdf).withColumn(
+        "score", F.when(F.col("account_id") == 7, F.lit(float("nan"))).otherwise(F.col("score")))
+    assert scores.where(F.isnan("score")).count() == 1
+    got = review_queue(scores, dt.date(2026, 2, 1), threshold=0.8, budget=40,
                        shares={"stratified": 1.0}, uncertain_band=0.05, strata_edges=EDGES, min_per_stratum=2,
                        salt="t").toPandas()
     assert len(got) == 40 and 7 not in set(got["account_id"]) and got["score"].notna().all()

@@ -171,6 +171,28 @@ def test_validate_keeps_what_another_writer_does_to_the_day_while_it_runs(spark,
     assert read_table(spark, warehouse, t.EVENTS).count() == 2 + validate_module.VALIDATE_ATTEMPTS
 
 
+def test_a_change_of_the_days_partition_is_seen_under_delta_column_mapping_too(spark, warehouse):
+    """With column mapping (needed to rename or drop a producer's column) the log names partition columns by
+    their physical names (``col-...``): read by the logical name, validate's check never saw a change."""
+    from botwatch.delta_io import partition_changed_since
+
+    path = t.table_path(warehouse, t.EVENTS)
+    spark.sql(f"CREATE TABLE delta.`{path}` ({INPUT_SCHEMAS[t.EVENTS].toDDL()}) USING delta PARTITIONED BY "
+              "(event_date) TBLPROPERTIES ('delta.columnMapping.mode' = 'name', 'delta.minReaderVersion' = '2', "
+              "'delta.minWriterVersion' = '5')")
+
+    def append(day):
+        row = [(1, ts(day, 9), "post", "ip1", "dev1", day)]
+        write_table(spark.createDataFrame(row, INPUT_SCHEMAS[t.EVENTS]), warehouse, t.EVENTS, mode="append")
+
+    append(D)
+    read_at = nightly.table_version(spark, warehouse, t.EVENTS)
+    append(D + dt.timedelta(days=1))
+    assert not partition_changed_since(spark, warehouse, t.EVENTS, read_at, D.isoformat())
+    append(D)
+    assert partition_changed_since(spark, warehouse, t.EVENTS, read_at, D.isoformat())
+
+
 def test_validate_checks_labels_that_land_after_the_day_they_are_dated(spark, warehouse):
     """A verdict dated an earlier day often lands after that day's run: validate checks every label up to D
     (the table is small), so a late ``label=2`` never reaches training. D's counts and bad share stay D's."""
