@@ -215,9 +215,9 @@ def versions_after_own_commits(spark: SparkSession, warehouse: str, tables: Sequ
     versions = {}
     for table in tables:
         after, since = table_version(spark, warehouse, table), before.get(table, -1)
-        others = data_commits(spark, warehouse, table, since, after).where(
-            F.col("userMetadata").isNull() | ~F.col("userMetadata").isin(*mine)) if after != since else None
-        versions[table] = since if others is not None and others.limit(1).count() > 0 else after
+        changed_by_others = after != since and data_commits(spark, warehouse, table, since, after).where(
+            F.col("userMetadata").isNull() | ~F.col("userMetadata").isin(*mine)).limit(1).count() > 0
+        versions[table] = since if changed_by_others else after
     return versions
 
 

@@ -312,10 +312,10 @@ def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt
     # Read once: the rows quarantined and the rows that replace D's are of one version of the table, and
     # never recomputed from the table they replace.
     tagged = tagged.localCheckpoint()
-    if table == t.EVENTS:  # else another writer's change would leave quarantine rows of rows never moved
-        _check_events_unchanged(spark, warehouse, run_date, events_version)
-    add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date, VALIDATE_STEP))
     bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*contract_columns(table))
     if table == t.EVENTS:
+        # Checked before quarantining: else another writer's change would leave quarantine rows of rows never moved.
+        _check_events_unchanged(spark, warehouse, run_date, events_version)
         bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
+    add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date, VALIDATE_STEP))
     _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract, events_version)
