@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from helpers import copy_warehouse
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from scipy.special import expit
 from sklearn.metrics import average_precision_score, precision_score
 
@@ -329,6 +330,31 @@ def test_champion_as_of_a_date_is_the_one_promoted_by_then(spark, tmp_path):
     registry.promote(spark, wh, "m", 1, "rollback")
     got = {day: registry.champion(spark, wh, "m", as_of=d + dt.timedelta(days=day)) for day in (3, 4, 8, 13)}
     assert {day: r and r[t.VERSION] for day, r in got.items()} == {3: None, 4: 1, 8: 1, 13: 1}
+    # And keeps serving them after a later promotion: the versions it rolled back (v4, v2) never score again.
+    registry.upsert(spark, wh, registry.ModelRecord("m", 6, registry.CHALLENGER, d + dt.timedelta(days=15),
+                                                    artifact_path="-"))
+    registry.promote(spark, wh, "m", 6, "passed the gate")
+    got = {day: registry.champion(spark, wh, "m", as_of=d + dt.timedelta(days=day)) for day in (3, 4, 8, 13, 15)}
+    assert {day: r and r[t.VERSION] for day, r in got.items()} == {3: None, 4: 1, 8: 1, 13: 1, 15: 6}
+
+
+def test_a_registry_from_before_promotion_times_takes_them_and_orders_rollbacks_by_them(spark, tmp_path):
+    """A registry written before ``promoted_at`` existed gets the column at its first promotion; its
+    old versions count as promoted first, in training order."""
+    wh, d = str(tmp_path / "wh"), dt.date(2026, 1, 1)
+    old_schema = T.StructType([f for f in registry.REGISTRY_SCHEMA.fields if f.name != registry.PROMOTED_AT])
+    old_rows = [registry.ModelRecord("m", v, stage, d + dt.timedelta(days=day), artifact_path="-").row()[:-1]
+                for v, day, stage in [(1, 1, registry.RETIRED), (2, 3, registry.RETIRED), (3, 5, registry.CHAMPION)]]
+    write_table(spark.createDataFrame(old_rows, old_schema), wh, t.MODEL_REGISTRY, mode="overwrite")
+    assert registry.champion(spark, wh, "m", as_of=d + dt.timedelta(days=4))[t.VERSION] == 2
+    registry.promote(spark, wh, "m", 2, "rollback")  # v3 was bad
+    registry.upsert(spark, wh, registry.ModelRecord("m", 4, registry.CHALLENGER, d + dt.timedelta(days=8),
+                                                    artifact_path="-"))
+    registry.promote(spark, wh, "m", 4, "passed the gate")
+    got = {day: registry.champion(spark, wh, "m", as_of=d + dt.timedelta(days=day)) for day in (1, 2, 3, 5, 7, 8)}
+    assert {day: r and r[t.VERSION] for day, r in got.items()} == {1: 1, 2: 1, 3: 2, 5: 2, 7: 2, 8: 4}
+    promoted = {r[t.VERSION]: r[registry.PROMOTED_AT] for r in registry.records(spark, wh, "m")}
+    assert promoted[1] is None and promoted[3] is None and promoted[2] < promoted[4]
 
 
 def test_a_date_before_the_first_champion_trains_nothing_and_says_why_it_is_not_scored(spark, conf, tmp_path):

@@ -31,6 +31,7 @@ from botwatch.delta_io import (
 from botwatch.tables import table_path
 
 CHAMPION, CHALLENGER, RETIRED = t.MODEL_STAGES
+PROMOTED_AT = "promoted_at"
 T_ = TypeVar("T_")
 PLACEHOLDER_REASON = "registering: artifacts being written (a failed run leaves this)"
 LOST_RACE = "rerun the training to compare against it"  # ends the refusal of a gate pass another run beat
@@ -51,6 +52,8 @@ REGISTRY_SCHEMA = T.StructType(
         T.StructField("train_end", T.DateType(), True),
         T.StructField("code_version", T.StringType(), True),
         T.StructField("reason", T.StringType(), True),
+        # When the version last became champion (null: never, or promoted before this column existed).
+        T.StructField(PROMOTED_AT, T.TimestampType(), True),
     ]
 )
 
@@ -73,6 +76,7 @@ class ModelRecord:
     code_version: str = __version__
     reason: str = ""
     created_at: dt.datetime | None = None
+    promoted_at: dt.datetime | None = None
 
     def row(self) -> tuple:
         # NaN metrics are stored as null-free numbers: Delta maps keep doubles, NaN included.
@@ -82,7 +86,7 @@ class ModelRecord:
             self.created_at or dt.datetime.combine(self.run_date, dt.time(), tzinfo=dt.UTC),
             {k: float(v) for k, v in self.metrics.items()}, self.artifact_path,
             None if self.threshold is None else float(self.threshold),
-            self.train_start, self.train_end, self.code_version, self.reason,
+            self.train_start, self.train_end, self.code_version, self.reason, self.promoted_at,
         )
 
 
@@ -153,11 +157,20 @@ def _insert_new(spark: SparkSession, warehouse: str, record: ModelRecord) -> boo
     return row is not None and bool(row["num_inserted_rows"])
 
 
+def add_promoted_at_column(spark: SparkSession, warehouse: str) -> None:
+    """Give a registry written before the ``promoted_at`` column existed that column (null in its rows)."""
+    if table_exists(spark, warehouse, t.MODEL_REGISTRY) and (
+            PROMOTED_AT not in read_table(spark, warehouse, t.MODEL_REGISTRY).columns):
+        path = table_path(warehouse, t.MODEL_REGISTRY)
+        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS (`{PROMOTED_AT}` TIMESTAMP)")
+
+
 def _merge_record(spark: SparkSession, warehouse: str, record: ModelRecord, update: bool) -> DataFrame:
     """MERGE ``record`` into the registry keyed on (name, version): insert it when new, replace the
     row when ``update``. Returns Delta's metrics row."""
     from delta.tables import DeltaTable
 
+    add_promoted_at_column(spark, warehouse)
     df = spark.createDataFrame([record.row()], REGISTRY_SCHEMA)
     merge = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY)).alias("r").merge(
         df.alias("n"), f"r.{t.MODEL_NAME} = n.{t.MODEL_NAME} AND r.{t.VERSION} = n.{t.VERSION}")
@@ -168,11 +181,14 @@ def _merge_record(spark: SparkSession, warehouse: str, record: ModelRecord, upda
 
 def champion(spark: SparkSession, warehouse: str, model_name: str, as_of: dt.date | None = None) -> dict | None:
     """The champion; with ``as_of``, one trained on or before that date: the champion when it was,
-    else the latest trained by then of the versions ever promoted (the retired ones: only champions
-    are retired; a model is promoted on its training run's date). A rerun of an old date then never
-    scores with a model trained on labels observed after it, and a rollback (an older version
-    promoted by hand) still takes effect."""
+    else the one promoted last (``promoted_at``) of the versions ever promoted (the retired ones:
+    only champions are retired) that were trained by then. A rerun of an old date then never scores
+    with a model trained on labels observed after it, and a rollback (an older version promoted by
+    hand) keeps taking effect after later promotions: the version rolled back was promoted before it."""
     return champion_among(records(spark, warehouse, model_name), as_of)
+
+
+_NEVER = dt.datetime.min
 
 
 def champion_among(found: list[dict], as_of: dt.date | None = None) -> dict | None:
@@ -181,7 +197,9 @@ def champion_among(found: list[dict], as_of: dt.date | None = None) -> dict | No
     if as_of is None or (current and current[-1][t.RUN_DATE] <= as_of):
         return current[-1] if current else None
     then = [r for r in found if r[t.STAGE] == RETIRED and r[t.RUN_DATE] <= as_of]
-    return max(then, key=lambda r: (r[t.RUN_DATE], r[t.VERSION]), default=None)
+    # Versions promoted before promoted_at was recorded count as promoted first, in training order
+    # (then the latest trained was the one promoted last: the gate never promotes an older model).
+    return max(then, key=lambda r: (r.get(PROMOTED_AT) or _NEVER, r[t.RUN_DATE], r[t.VERSION]), default=None)
 
 
 def trained_on(spark: SparkSession, warehouse: str, model_name: str, run_date: dt.date) -> dict | None:
@@ -286,13 +304,16 @@ ANY_CHAMPION = object()
 def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, reason: str,
             expected_champion: int | None | object = ANY_CHAMPION, attempts: int = 5) -> bool:
     """Make ``version`` the champion and retire the previous one, in one commit: scoring never sees
-    no champion (or two), and a crash leaves the old champion in place.
+    no champion (or two), and a crash leaves the old champion in place. The champion's ``promoted_at``
+    is the commit's time (what :func:`champion` as of a date orders promotions by).
 
     With ``expected_champion`` (the version the gate compared against; None: there was none), nothing
     changes and False is returned when another run has promoted a different champion since: this
     model was never compared with it. A commit beaten by another run's is retried after reading the
     champion again, so two trainings finishing together never both promote."""
     from delta.tables import DeltaTable
+
+    add_promoted_at_column(spark, warehouse)
 
     def attempt() -> bool:
         read_at = table_version(spark, warehouse, t.MODEL_REGISTRY)
@@ -313,6 +334,7 @@ def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, 
             {
                 t.STAGE: F.when(new, F.lit(CHAMPION)).otherwise(F.lit(RETIRED)),
                 "reason": F.when(new, F.lit(reason)).otherwise(F.lit(f"replaced by version {version}")),
+                PROMOTED_AT: F.when(new, F.current_timestamp()).otherwise(F.col(PROMOTED_AT)),
             },
         )
         return True
