@@ -762,6 +762,44 @@ def test_a_csv_folder_whose_files_disagree_on_the_header_is_refused(spark, tmp_p
     assert result[t.EVENTS]["rows_loaded"] == 2
 
 
+def test_a_parquet_folder_whose_files_disagree_on_the_schema_is_refused(spark, tmp_path):
+    """Spark reads a folder of Parquet files by one file's schema: a file of microsecond timestamps beside
+    pandas' nanosecond ones was divided by 1000 again (its events quarantined as before 2000), and columns
+    that only some files hold were dropped unsaid. Refused, naming the file and the columns, before anything
+    is written; files that differ only in how pandas stores a string (category) load."""
+    accounts = pd.DataFrame([_account(1), _account(2)])
+    paths = _small_inputs(tmp_path, accounts)
+    events = pd.read_parquet(paths[t.EVENTS])
+    wh = tmp_path / "wh"
+    cases = {
+        "timestamps": (lambda f: events.iloc[:1].to_parquet(f / "part-0.parquet"),  # pandas' default: ns
+                       lambda f: events.iloc[1:].to_parquet(f / "part-1.parquet", coerce_timestamps="us"),
+                       r"part-1.parquet: its Parquet schema differs from .*part-0.parquet's \('event_ts' is "
+                       r"timestamp\[us\] here, timestamp\[ns\] there\)"),
+        "columns": (lambda f: events.iloc[:1].to_parquet(f / "part-0.parquet"),
+                    lambda f: events.iloc[1:].assign(app_version="7").to_parquet(f / "part-1.parquet"),
+                    r"part-1.parquet: its Parquet schema differs .*\(only here: \['app_version'\]\)"),
+        "all-null column": (lambda f: events.iloc[:1].assign(**{t.IP_HASH: None}).to_parquet(f / "part-0.parquet"),
+                            lambda f: events.iloc[1:].to_parquet(f / "part-1.parquet"),
+                            r"'ip_hash' is string here, null there"),
+    }
+    for name, (first, second, message) in cases.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        first(folder)
+        second(folder)
+        with pytest.raises(IngestInputError, match=message):
+            ingest_files(spark, str(wh), **{**paths, t.EVENTS: str(folder)}, labels=None, run_date=RUN)
+        assert not wh.exists(), name
+    folder = tmp_path / "category"
+    folder.mkdir()
+    events.iloc[:1].to_parquet(folder / "part-0.parquet")
+    events.iloc[1:].astype({t.EVENT_TYPE: "category"}).to_parquet(folder / "part-1.parquet")
+    result = ingest_files(spark, str(wh), **{**paths, t.EVENTS: str(folder)}, labels=None, run_date=RUN,
+                          echo=lambda _: None)
+    assert result[t.EVENTS]["rows_loaded"] == 2
+
+
 def test_events_that_differ_only_in_a_dropped_extra_column_are_two_events(spark):
     """A bot likes three posts in the same second from one device: the export's target_id tells the likes
     apart. Ingest drops the column, but judges duplicates with it (as validate does with the columns it
@@ -894,6 +932,15 @@ def test_first_reason_wins_and_bad_column_type_is_an_error(spark):
     good, bad = validate_table(floats, t.EDGES, RUN)
     assert [r[t.SRC] for r in good.collect()] == [2**53]
     assert [r[t.REASON] for r in bad.collect()] == [BAD_TYPE, BAD_TYPE]
+    # The same ids as CSV text: pandas writes such a float64 column as "1.8012345678901235e+18". Integer text
+    # is exact at any size.
+    texts = spark.createDataFrame([("9007199254740992.0", "2"), ("9007199254740994", "2"),
+                                   ("9.007199254740994e15", "2"), ("1.8012345678901235e+18", "2"),
+                                   ("-9007199254740994.0", "2")],
+                                  "src string, dst string").withColumn(t.CREATED_AT, F.lit(None).cast("string"))
+    good, bad = validate_table(texts, t.EDGES, RUN)
+    assert sorted(r[t.SRC] for r in good.collect()) == [2**53, 2**53 + 2]
+    assert [r[t.REASON] for r in bad.collect()] == [BAD_TYPE] * 3
     singles = spark.createDataFrame([(float(2**24), 2.0, None), (2.0**24 + 2, 2.0, None)],
                                     "src float, dst float, created_at timestamp")  # float32: exact to 2^24
     good, bad = validate_table(singles, t.EDGES, RUN)

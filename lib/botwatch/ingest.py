@@ -250,11 +250,15 @@ def _bad_type(raw: Column, cast: Column, source: T.DataType, target: T.DataType)
     if isinstance(target, T.IntegralType) and isinstance(source, (T.FractionalType, T.DecimalType)):
         # try_cast truncates 3.5 to 3; an id or label must be a whole number.
         lost = lost | (cast != raw)
-    if isinstance(target, T.IntegralType) and isinstance(source, (T.FloatType, T.DoubleType)):
+    if isinstance(target, T.IntegralType) and isinstance(source, (T.FloatType, T.DoubleType, T.StringType)):
         # Past 2^53 (a float: 2^24) not every whole number is representable: the id was rounded before
-        # it got here (pandas turns an int64 column with a gap into float64). Write ids as int64 or text.
+        # it got here (pandas turns an int64 column with a gap into float64, and to_csv writes that float
+        # as "1.8012345678901235e+18"). Write ids as int64 or as integer text.
         exact = 2**24 if isinstance(source, T.FloatType) else 2**53
-        lost = lost | (F.abs(raw) > F.lit(float(exact)))
+        text = isinstance(source, T.StringType)
+        value = raw.try_cast(T.DecimalType(38, 18)) if text else raw
+        written_as_float = raw.rlike("[.eE]") if text else F.lit(True)
+        lost = lost | (written_as_float & (F.abs(value) > F.lit(exact)))
     if isinstance(target, T.BooleanType) and isinstance(source, T.NumericType):
         lost = lost | ~raw.isin(0, 1)
     return raw.isNotNull() & lost
@@ -556,6 +560,7 @@ def _local_columns(path: str, fmt: str) -> list[str]:
     files = _data_files(path, CSV_SUFFIXES if fmt == CSV else None) if os.path.isdir(path) else [path]
     columns: list[str] = []
     first_header: list[str] | None = None
+    first_types: dict[str, str] | None = None
     for file in files:
         if fmt == CSV:
             gz = file.lower().endswith(".gz")
@@ -570,11 +575,42 @@ def _local_columns(path: str, fmt: str) -> list[str]:
                     f"{file}: its CSV header {names} differs from {files[0]}'s {first_header}; Spark would read its "
                     "values into the first file's columns by position. Write every file with the same header")
         else:
-            names = pq.read_schema(file).names
+            with pq.ParquetFile(file, coerce_int96_timestamp_unit="us") as footer:
+                schema = footer.schema_arrow
+            names, types = schema.names, {f.name: _parquet_type(f.type) for f in schema}
+            first_types = types if first_types is None else first_types
+            if types != first_types:
+                raise IngestInputError(_parquet_schemas_differ(file, files[0], types, first_types))
         # Hive-style folders (key=value) are columns too.
         hive = [part.split("=", 1)[0] for part in os.path.relpath(file, path).split(os.sep)[:-1] if "=" in part]
         columns += [n for n in [*names, *hive] if n not in columns]
     return columns
+
+
+def _parquet_type(arrow_type) -> str:
+    """A Parquet column's type as Spark reads it: a pandas category (dictionary) or a large string is a string."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_large_string(arrow_type):
+        return str(pa.string())
+    return str(pa.binary()) if pa.types.is_large_binary(arrow_type) else str(arrow_type)
+
+
+def _parquet_schemas_differ(file: str, first: str, types: dict[str, str], first_types: dict[str, str]) -> str:
+    """Why a folder's Parquet file cannot be read with its first file: the columns they disagree on."""
+    problems = [f"'{c}' is {types[c]} here, {first_types[c]} there" for c in types
+                if c in first_types and types[c] != first_types[c]]
+    only_here, only_there = [c for c in types if c not in first_types], [c for c in first_types if c not in types]
+    if only_here:
+        problems.append(f"only here: {only_here}")
+    if only_there:
+        problems.append(f"only there: {only_there}")
+    return (f"{file}: its Parquet schema differs from {first}'s ({'; '.join(problems)}); Spark reads a folder by "
+            "one file's schema, so the others' values would be misread, dropped or fail the read. Write every file "
+            "with the same columns and types (pandas: timestamps in microseconds with to_parquet(..., "
+            "coerce_timestamps='us'), and a type for a column that is all None in some file)")
 
 
 def _require(columns: Sequence[str], table: str, source: str) -> None:
