@@ -289,6 +289,33 @@ def test_quarantine_written_before_its_step_column_gets_it(spark, warehouse, mon
         [("bad_type", None), ("self_follow", None), ("label_not_binary", "validate")], key=str)
 
 
+def test_validate_moves_the_rows_it_counted_when_accounts_change_after_its_stop(spark, warehouse, monkeypatch):
+    """The counts and the bad-share stop judged one read of the tables, the moves another: an incomplete
+    accounts export landing after the stop passed had every event and label of its lost accounts moved as
+    unknown_account (the stop never saw them), and validate reported one of each."""
+    import botwatch.validate as validate_module
+
+    copy = (1, ts(D, 9), "post", "ip1", "dev1", D)
+    events = [copy, copy] + [(2, ts(D, 10, m), "like", "ip2", "dev2", D) for m in range(5)]
+    labels = [(2, 0, "appeal", ts(dt.date(2025, 12, 1))), (1, 1, "psychic", ts(D, 8))]
+    write_inputs(spark, warehouse, events=events, labels=labels)
+    real, landed = validate_module._move_bad_rows, []
+    only_account_3 = spark.createDataFrame([(3, ts(D, 3), "JP", True, 0.2, None, None)], INPUT_SCHEMAS[t.ACCOUNTS])
+
+    def move_after_a_late_accounts_export(*args):
+        if not landed:
+            write_table(only_account_3, warehouse, t.ACCOUNTS, mode="overwrite")
+            landed.append(True)
+        return real(*args)
+
+    monkeypatch.setattr(validate_module, "_move_bad_rows", move_after_a_late_accounts_export)
+    got = validate_inputs(spark, warehouse, D)
+    assert landed and got["quarantined"] == {t.EVENTS: 1, t.EDGES: 0, t.LABELS: 1}
+    assert read_table(spark, warehouse, t.EVENTS).count() == 6 and read_table(spark, warehouse, t.LABELS).count() == 1
+    moved = read_table(spark, warehouse, t.QUARANTINE).groupBy(t.TABLE, t.REASON).count().collect()
+    assert sorted(map(tuple, moved)) == [(t.EVENTS, "duplicate_event", 1), (t.LABELS, "unknown_label_source", 1)]
+
+
 def test_validate_stops_before_moving_a_day_that_is_mostly_bad(spark, warehouse):
     # The accounts export has not landed: most of D's events name accounts validate does not know.
     events = [(1, ts(D, 9, m), "post", "ip", "dev", D) for m in range(20)]
