@@ -201,9 +201,16 @@ def test_wrong_type_names_key(tmp_path):
     with pytest.raises(ConfigError, match=r"'spark\.shuffle_partitions' must be an integer"):
         load_config(path)
     # Null for a number or a flag fails here, not mid-run with a TypeError.
-    for setting, want in (("train.min_train_rows=null", "an integer"), ("run.lock_stale_hours=null", "a number")):
+    # So does null for a string whose null means nothing: a null golden salt made every account golden (nothing
+    # actioned, nothing trained), a null java_options started no JVM. A blank YAML value is null too.
+    for setting, want in (("train.min_train_rows=null", "an integer"), ("run.lock_stale_hours=null", "a number"),
+                          ("train.golden_salt=null", "a string"), ("spark.java_options=~", "a string")):
         with pytest.raises(ConfigError, match=rf"'{re.escape(setting.split('=')[0])}' must be {want}, got null"):
             load_config(None, [setting])
+    blank_salt = _write(tmp_path, "train:\n  golden_salt:    # rotated: the new salt goes here\n")
+    with pytest.raises(ConfigError, match=r"'train.golden_salt' must be a string, got null \(give it a value\)"):
+        load_config(blank_salt)
+    assert load_config(None, ["spark.checkpoint_dir=null"])["spark.checkpoint_dir"] is None  # null: the default
     # A section whose entries are all commented out changes nothing (it was a null section, then a KeyError).
     commented = _write(tmp_path, "train:\n  # seed: 3\nspark:\n  extra_conf:\n")
     assert load_config(commented).section("train")["seed"] == load_config(None).section("train")["seed"]

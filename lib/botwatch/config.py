@@ -34,8 +34,10 @@ REQUIRED_KEYS = ("warehouse", "spark.master")
 # Knobs whose value may take several types (null always allowed): train.prevalence is "auto" or a number.
 MIXED_KEYS: dict[str, tuple[type, ...]] = {"train.prevalence": (str, int, float),
                                            "maintenance.vacuum_listing_parallelism": (int,)}
-# Number knobs whose null means something (else null is refused for a number, a boolean or a section).
-NULLABLE_KEYS = frozenset({"simulate.drift.detection_wave_fraction"})
+# Knobs whose null means something (a default folder, no new family; the required ones get their own message).
+# Null is refused for any other: a null salt made every account golden, a null memory size started no JVM.
+NULLABLE_KEYS = frozenset({"simulate.drift.detection_wave_fraction", "spark.checkpoint_dir",
+                           "simulate.drift.new_family", *REQUIRED_KEYS})
 # YAML 1.1 (PyYAML) reads 1e-4 and 5e-05 as strings: it wants a dot and a signed exponent.
 SCIENTIFIC_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
@@ -107,8 +109,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 def _type_ok(declared: Any, value: Any, dotted: str = "") -> bool:
     if value is None:
-        # A string may be unset (warehouse, new_family); a number, flag or section would fail mid-run.
-        return declared is None or isinstance(declared, str) or dotted in MIXED_KEYS or dotted in NULLABLE_KEYS
+        return declared is None or dotted in MIXED_KEYS or dotted in NULLABLE_KEYS
     if dotted in MIXED_KEYS:
         return isinstance(value, MIXED_KEYS[dotted]) and not isinstance(value, bool)
     if declared is None:
@@ -193,8 +194,8 @@ def _merge(target: dict, base: dict, overlay: dict, where: str, prefix: str = ""
             value = float(value)
         if not _type_ok(declared, value, dotted):
             raise ConfigError(
-                f"{where}: key '{dotted}' must be {_article(_type_name(declared, dotted))}, got {_type_name(value)} "
-                f"{value!r}"
+                f"{where}: key '{dotted}' must be {_article(_type_name(declared, dotted))}, got "
+                + ("null (give it a value)" if value is None else f"{_type_name(value)} {value!r}")
             )
         target[key] = float(value) if isinstance(declared, float) and value is not None else value
 
