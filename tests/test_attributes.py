@@ -255,6 +255,10 @@ def test_auto_leaves_out_columns_named_like_a_label_and_a_list_takes_them():
         ("botscores", T.DoubleType()), ("spamscores", T.DoubleType()), ("fraudflags", T.LongType()),
         ("reportcounts", T.LongType()), ("botness", T.DoubleType()), ("fraudrisk", T.DoubleType()),
         ("BotLikelihood", T.DoubleType()), ("spamprobability", T.DoubleType()),
+        # kinds of bot: a taken-down botnet's members, joined spam and bot
+        ("is_botnet", T.BooleanType()), ("botnet_id", T.LongType()), ("isBotnet", T.BooleanType()),
+        ("is_spambot", T.BooleanType()), ("spambot_score", T.DoubleType()), ("is_sybil", T.BooleanType()),
+        ("cyborg_flag", T.BooleanType()), ("sockpuppets", T.LongType()),
         # ... and names that only contain such letters
         ("island_count", T.LongType()), ("unlocked_achievements", T.LongType()), ("posts30d", T.LongType()),
         ("account_status", T.LongType()), ("business_hours", T.DoubleType()), ("happiness", T.DoubleType()),
@@ -264,7 +268,8 @@ def test_auto_leaves_out_columns_named_like_a_label_and_a_list_takes_them():
              "user_reports", "appealsWon", "investigator_verdict", "is_spam", "suspensions", "BOTScore",
              "is_restricted", "was_actioned", "strikes", "enforcement_actions", "isspam", "shadowbanned",
              "unbanned", "botscore", "BOTscore", "bot7d", "reports7d", "botscores", "spamscores", "fraudflags",
-             "reportcounts", "botness", "fraudrisk", "BotLikelihood", "spamprobability"]
+             "reportcounts", "botness", "fraudrisk", "BotLikelihood", "spamprobability", "is_botnet", "botnet_id",
+             "isBotnet", "is_spambot", "spambot_score", "is_sybil", "cyborg_flag", "sockpuppets"]
     # "bot" only as a whole word
     assert sorted(sel.columns) == ["about", "account_status", "botany_posts", "business_hours", "happiness",
                                    "island_count", "posts30d", "robot_clicks", "status_updates",

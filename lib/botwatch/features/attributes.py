@@ -114,6 +114,8 @@ LEAKY_WORDS = frozenset({
     "spam", "spammer", "fraud", "fraudulent", "fake", "flagged", "abuse", "abusive",
     "suspend", "restricted", "restriction", "actioned", "blocked", "deleted", "locked", "disabled",
     "terminated", "strike", "violation", "enforcement", "scam", "scammer", "unbanned", "unsuspended",
+    # kinds of bot (botwatch's own families among them) and joined names not split above
+    "botnet", "cyborg", "sybil", "sockpuppet", "troll", "spambot", "followbot", "socialbot",
 })
 # Joined names: ``isspam``, ``shadowbanned``, ``botscore``, ``botness`` are a leaky word with one of these.
 _JOINED_PREFIXES = ("is", "was", "has", "shadow")
