@@ -7,6 +7,8 @@ import dataclasses
 import datetime as dt
 import json
 import math
+import shutil
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -32,6 +34,8 @@ from botwatch.scoring.decisions import with_decisions
 from botwatch.scoring.stage2 import (
     ENCODING,
     FROM_CACHE,
+    HEAVY_MODEL,
+    META_FILE,
     HeavyArtifact,
     InferenceSettings,
     artifact_inputs,
@@ -737,8 +741,39 @@ def test_no_heavy_champion_retrains_unless_the_heavy_model_of_d_was_refused(spar
     params = TrainParams.from_conf(cconf.section("train"))
     next_day = day + dt.timedelta(days=1)
     assert training_heavy.cascade_refresh_decision(spark, warehouse, next_day, params)[0] is False
-    monkeypatch.setattr(training_heavy, "_heavy_champion_record", lambda *a, **k: None)
+    monkeypatch.setattr(training_heavy, "heavy_champion_record", lambda *a, **k: None)
     assert training_heavy.cascade_refresh_decision(spark, warehouse, next_day, params) == (
         True, "no heavy champion yet: stage 2 is off until one is promoted")
     retrain, why = training_heavy.cascade_refresh_decision(spark, warehouse, day, params)
     assert retrain is False and "no heavy champion, and the heavy model of" in why
+
+
+def test_a_heavy_champion_this_code_cannot_load_is_no_champion_and_is_replaced(spark, cascade, tmp_path):
+    """A release that changes the heavy model's format or event types: the champion could not be loaded, and
+    the gate loaded it to compare, so the train step failed every night, the model that would replace it
+    included. It now counts as no champion (stage 2 off, warned; the refresh policy retrains), and the next
+    heavy model goes through the gate without a comparison with it, its reason saying so."""
+    cconf, day, *_ = cascade
+    warehouse = copy_warehouse(warehouse_path(cconf), tmp_path / "wh")
+    old = registry.champion(spark, warehouse, HEAVY_MODEL)
+    folder = Path(registry.artifact_dir(warehouse, HEAVY_MODEL, 99))
+    shutil.copytree(old["artifact_path"], folder)
+    meta = json.loads((folder / META_FILE).read_text())
+    meta["event_types"] = meta["event_types"][:-1]  # trained before a release added an event type
+    (folder / META_FILE).write_text(json.dumps(meta))
+    registry.upsert(spark, warehouse, registry.ModelRecord(HEAVY_MODEL, 99, registry.CHALLENGER, day,
+                                                           artifact_path=str(folder), threshold=old["threshold"]))
+    registry.promote(spark, warehouse, HEAVY_MODEL, 99, "promoted by the test")
+    with pytest.warns(UserWarning, match=r"heavy champion stage2_heavy:99 \(.*\) cannot be loaded by this code: "
+                                         r"trained on event types"):
+        assert heavy_champion(spark, warehouse) is None
+    params = TrainParams.from_conf(cconf.section("train"))
+    assert training_heavy.cascade_refresh_decision(spark, warehouse, day + dt.timedelta(days=1), params) == (
+        True, "no heavy champion yet: stage 2 is off until one is promoted")
+    with pytest.raises(H.HeavyArtifactError, match=r"^stage2_heavy:99 \(.*/99\): trained on event types"):
+        HeavyArtifact.from_record(registry.champion(spark, warehouse, HEAVY_MODEL)).load("cpu")
+    result = training_heavy.train_heavy_stage(spark, warehouse, day, params, cconf.section("heavy"))
+    assert ("(the champion, stage2_heavy:99, was not compared: this code cannot load it: trained on event types"
+            in result.reason)
+    assert "champion_golden_pr_auc" not in result.metrics
+    assert registry.records(spark, warehouse, HEAVY_MODEL)[-1]["reason"] == result.reason

@@ -211,7 +211,7 @@ def test_a_reused_worker_loads_the_model_again_on_its_next_tasks_gpu(artifact, m
     current = [0]
     loads: list[int] = []
 
-    def load_heavy(folder, device="cpu"):
+    def load_heavy(folder, device="cpu", name=None):
         loads.append(current[0])
         return object()
 

@@ -46,6 +46,7 @@ from botwatch.scoring.stage2 import (
     artifact_inputs,
     built_like,
     heavy_champion,
+    heavy_champion_record,
     score_heavy,
 )
 from botwatch.training import (
@@ -208,9 +209,12 @@ def train_heavy_stage(
     # The same gate as stage 1: beat the canary and do not trail the champion on the golden set.
     champion = registry.champion(spark, warehouse, HEAVY_MODEL)
     current = HeavyArtifact.from_record(champion) if champion else None
+    # A champion this code cannot load (a release changed the format) is not compared: it must not block
+    # the model that replaces it.
+    unloadable = current.problem() if current is not None else None
     champ_pr = None
     keep = unseen_by_champion(champion, ctx.golden, golden_pdf, params)
-    if current is not None and len(golden_pdf) and golden_pdf[t.LABEL][keep].nunique() == 2:
+    if current is not None and not unloadable and len(golden_pdf) and golden_pdf[t.LABEL][keep].nunique() == 2:
         old = current.load("cpu")
         unseen = golden_pdf[keep].reset_index(drop=True)
         champ_inputs = champion_golden_inputs(spark, warehouse, ctx.golden, unseen, current,
@@ -232,6 +236,9 @@ def train_heavy_stage(
         params.promotion_tolerance, challenger_threshold=threshold, champion=champion, run_date=run_date,
         challenger_vs_champion=metrics.get("golden_pr_auc_vs_champion"),
     )
+    if unloadable and current is not None:
+        decision = dataclasses.replace(decision, reason=f"{decision.reason} (the champion, {current.model_version}, "
+                                       f"was not compared: this code cannot load it: {unloadable})")
     decision = registry.register(spark, warehouse, registry.ModelRecord(
         model_name=HEAVY_MODEL, version=version, stage=registry.CHALLENGER, run_date=run_date, metrics=metrics,
         artifact_path=directory, threshold=threshold, train_end=run_date,
@@ -401,7 +408,7 @@ def flag_threshold_to_choose(spark: SparkSession, warehouse: str, run_date: dt.d
     promoted one and stopped before choosing it), or it was chosen for another ``cascade.budget`` or
     ``keep_share`` (the operator raised the budget, as the binding-budget warning says: the stored
     threshold would keep flagging at the old one until the next retrain)."""
-    heavy = _heavy_champion_record(spark, warehouse, run_date)
+    heavy = heavy_champion_record(spark, warehouse, run_date)
     stage1 = registry.champion(spark, warehouse, STAGE1_MODEL, as_of=run_date) if heavy is not None else None
     if heavy is None or stage1 is None:
         return None
@@ -432,7 +439,7 @@ def cascade_refresh_decision(
     """:func:`~botwatch.training.refresh_decision`, plus: retrain when there is no heavy champion
     (stage 2 is off until one is promoted), unless the heavy model was already trained on D."""
     retrain, why = refresh_decision(spark, warehouse, run_date, params)
-    if retrain or _heavy_champion_record(spark, warehouse, run_date) is not None:
+    if retrain or heavy_champion_record(spark, warehouse, run_date) is not None:
         return retrain, why
     # A date before the current heavy champion's (its gate would refuse D's model) or stage 1's (a
     # rerun of an earlier date: the first heavy champion must not come from older rows) trains none.
@@ -444,11 +451,6 @@ def cascade_refresh_decision(
     if done is not None:
         return False, f"{why}; no heavy champion, and the heavy model of {run_date} was refused ({done['reason']})"
     return True, "no heavy champion yet: stage 2 is off until one is promoted"
-
-
-def _heavy_champion_record(spark: SparkSession, warehouse: str, run_date: dt.date) -> dict | None:
-    # The registry row only: heavy_champion would also read the model's files.
-    return registry.champion(spark, warehouse, HEAVY_MODEL, as_of=run_date)
 
 
 def _heavy_trained_on(spark: SparkSession, warehouse: str, run_date: dt.date, params: TrainParams) -> dict | None:

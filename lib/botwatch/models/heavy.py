@@ -39,9 +39,14 @@ import torch
 from torch import nn
 
 from botwatch import tables as t
-from botwatch.scoring.worker import META_FILE, STATE_FILE  # in the torch-free module that reads artifacts
+from botwatch.scoring.worker import (  # the torch-free module that reads artifacts
+    HEAVY_FORMAT_VERSION,
+    META_FILE,
+    STATE_FILE,
+    artifact_problem,
+)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = HEAVY_FORMAT_VERSION
 # Standardised values beyond this many standard deviations are clipped (heavy-tailed counts).
 CLIP_STD = 10.0
 DEVICES = ("auto", "cpu", "cuda")
@@ -616,23 +621,17 @@ def _pair(values: Sequence[float]) -> tuple[float, float]:
     return float(values[0]), float(values[1])
 
 
-def load_heavy(path: str | Path, device: str | None = None) -> TrainedHeavy:
-    """Load a model written by :meth:`TrainedHeavy.save`; ``device`` overrides the saved ``device`` knob."""
+def load_heavy(path: str | Path, device: str | None = None, name: str | None = None) -> TrainedHeavy:
+    """Load a model written by :meth:`TrainedHeavy.save`; ``device`` overrides the saved ``device`` knob.
+    ``name``: what errors call the model (default: its folder)."""
     folder = Path(path)
     meta_path, state_path = folder / META_FILE, folder / STATE_FILE
     if not meta_path.is_file() or not state_path.is_file():
         raise HeavyArtifactError(f"{folder}: expected {META_FILE} and {STATE_FILE}; save models with TrainedHeavy.save")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format_version") != FORMAT_VERSION or meta.get("kind") != "heavy":
-        raise HeavyArtifactError(
-            f"{folder}: format {meta.get('kind')} v{meta.get('format_version')}, this code reads heavy "
-            f"v{FORMAT_VERSION}; retrain the model"
-        )
-    if meta.get("event_types") != list(t.EVENT_TYPES) or meta.get("dt_buckets") != t.DT_BUCKETS:
-        raise HeavyArtifactError(
-            f"{folder}: trained on event types {meta.get('event_types')}, this code has {list(t.EVENT_TYPES)}; "
-            "retrain the model"
-        )
+    problem = artifact_problem(meta)
+    if problem is not None:
+        raise HeavyArtifactError(f"{name or folder}: {problem}; retrain the model (`botwatch train --date D`)")
     # Models saved before heavy.ensemble existed are single models, whatever today's default.
     config = HeavyConfig(**{"ensemble": 1, **meta["config"]})
     if device is not None:

@@ -13,6 +13,7 @@ the GRU and only run the head.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ from botwatch.scoring.worker import (  # noqa: F401  (re-exported: stage 2's pub
     STATE_FILE,
     HeavyArtifact,
     InferenceSettings,
+    artifact_problem,
     encoder_key,
     resolved_device,
     score_partitions,
@@ -81,9 +83,28 @@ def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifa
 
 def heavy_champion(spark: SparkSession, warehouse: str, as_of: dt.date | None = None) -> HeavyArtifact | None:
     """The heavy champion (with ``as_of``: the one of that date), or ``None`` when there is none
-    (stage 2 is then skipped)."""
+    (stage 2 is then skipped), or when this code cannot load it (a release changed the model's format or
+    event types since: warned; the train step retrains it, :func:`heavy_champion_record`)."""
     champ = registry.champion(spark, warehouse, HEAVY_MODEL, as_of=as_of)
-    return HeavyArtifact.from_record(champ) if champ else None
+    if champ is None:
+        return None
+    artifact = HeavyArtifact.from_record(champ)
+    problem = artifact.problem()
+    if problem is None:
+        return artifact
+    warnings.warn(f"heavy champion {artifact.model_version} ({artifact.path}) cannot be loaded by this code: "
+                  f"{problem}. Stage 2 is off until a heavy model trained by this code is promoted (the train "
+                  "step retrains it)", stacklevel=2)
+    return None
+
+
+def heavy_champion_record(spark: SparkSession, warehouse: str, as_of: dt.date | None = None) -> dict | None:
+    """The registry row of :func:`heavy_champion` (None where that is None), reading only the model's
+    ``heavy.json``, not its weights."""
+    champ = registry.champion(spark, warehouse, HEAVY_MODEL, as_of=as_of)
+    if champ is None or artifact_problem(registry.read_artifact(champ["artifact_path"], META_FILE)) is not None:
+        return None
+    return champ
 
 
 def score_heavy(

@@ -8,6 +8,7 @@ the same code (``bench/gpu_inference.py``).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import warnings
@@ -27,6 +28,18 @@ FROM_CACHE = "from_cache"
 ENCODER = "encoder"  # model version and precision an encoding came from (the embedding cache's column too)
 # A heavy-model artifact: torch state dict and metadata (botwatch.models.heavy writes them).
 STATE_FILE, META_FILE = "model.pt", "heavy.json"
+HEAVY_FORMAT_VERSION = 1  # of the artifacts this code writes and reads
+
+
+def artifact_problem(meta: dict) -> str | None:
+    """Why this code cannot load the heavy model whose ``heavy.json`` is ``meta`` (another format, or
+    another event vocabulary: a release since changed them), else None."""
+    if meta.get("format_version") != HEAVY_FORMAT_VERSION or meta.get("kind") != "heavy":
+        return f"format {meta.get('kind')} v{meta.get('format_version')}, this code reads heavy v{HEAVY_FORMAT_VERSION}"
+    if meta.get("event_types") != list(t.EVENT_TYPES) or meta.get("dt_buckets") != t.DT_BUCKETS:
+        return f"trained on event types {meta.get('event_types')}, this code has {list(t.EVENT_TYPES)}"
+    return None
+
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +94,10 @@ class HeavyArtifact:
         return cls(version=version, path=str(folder), meta_json=(folder / META_FILE).read_text(),
                    state=(folder / STATE_FILE).read_bytes(), threshold=threshold)
 
+    def problem(self) -> str | None:
+        """Why this code cannot load this model (:func:`artifact_problem`), else None."""
+        return artifact_problem(json.loads(self.meta_json))
+
     def load(self, device: str = "cpu", quantize: bool = False):
         """The model in this process (cached per process by path, device and precision). ``cuda`` is
         the current CUDA device (the task's GPU, :func:`task_gpu`); a reused worker's next task may
@@ -100,7 +117,7 @@ class HeavyArtifact:
                 folder = Path(tmp)
                 (folder / META_FILE).write_text(self.meta_json)
                 (folder / STATE_FILE).write_bytes(self.state)
-                model = load_heavy(folder, device=device)
+                model = load_heavy(folder, device=device, name=f"{self.model_version} ({self.path})")
             _MODELS[key] = model.quantize_dynamic() if quantize else model
         return _MODELS[key]
 
