@@ -354,7 +354,19 @@ def test_a_registry_from_before_promotion_times_takes_them_and_orders_rollbacks_
     got = {day: registry.champion(spark, wh, "m", as_of=d + dt.timedelta(days=day)) for day in (1, 2, 3, 5, 7, 8)}
     assert {day: r and r[t.VERSION] for day, r in got.items()} == {1: 1, 2: 1, 3: 2, 5: 2, 7: 2, 8: 4}
     promoted = {r[t.VERSION]: r[registry.PROMOTED_AT] for r in registry.records(spark, wh, "m")}
-    assert promoted[1] is None and promoted[3] is None and promoted[2] < promoted[4]
+    # v3, champion when the column came, got a time just before v2's at the rollback that retired it.
+    assert promoted[1] is None and promoted[3] < promoted[2] < promoted[4]
+    # A rollback made before the column existed (v3 rolled back to v1) holds after the next promotion too:
+    # the champion it retires was promoted after every other version.
+    rolled_back = str(tmp_path / "rolled_back")
+    old_rows = [registry.ModelRecord("m", v, stage, d + dt.timedelta(days=day), artifact_path="-").row()[:-1]
+                for v, day, stage in [(1, 1, registry.CHAMPION), (2, 3, registry.RETIRED), (3, 5, registry.RETIRED)]]
+    write_table(spark.createDataFrame(old_rows, old_schema), rolled_back, t.MODEL_REGISTRY, mode="overwrite")
+    registry.upsert(spark, rolled_back, registry.ModelRecord("m", 4, registry.CHALLENGER, d + dt.timedelta(days=8),
+                                                             artifact_path="-"))
+    registry.promote(spark, rolled_back, "m", 4, "passed the gate")
+    got = {day: registry.champion(spark, rolled_back, "m", as_of=d + dt.timedelta(days=day)) for day in (2, 4, 6, 8)}
+    assert {day: r and r[t.VERSION] for day, r in got.items()} == {2: 1, 4: 1, 6: 1, 8: 4}
 
 
 def test_a_date_before_the_first_champion_trains_nothing_and_says_why_it_is_not_scored(spark, conf, tmp_path):

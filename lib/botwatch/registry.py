@@ -159,10 +159,17 @@ def _insert_new(spark: SparkSession, warehouse: str, record: ModelRecord) -> boo
 
 def add_promoted_at_column(spark: SparkSession, warehouse: str) -> None:
     """Give a registry written before the ``promoted_at`` column existed that column (null in its rows)."""
-    if table_exists(spark, warehouse, t.MODEL_REGISTRY) and (
-            PROMOTED_AT not in read_table(spark, warehouse, t.MODEL_REGISTRY).columns):
-        path = table_path(warehouse, t.MODEL_REGISTRY)
-        spark.sql(f"ALTER TABLE delta.`{path}` ADD COLUMNS (`{PROMOTED_AT}` TIMESTAMP)")
+    def lacks_it() -> bool:
+        return table_exists(spark, warehouse, t.MODEL_REGISTRY) and (
+            PROMOTED_AT not in read_table(spark, warehouse, t.MODEL_REGISTRY).columns)
+
+    if lacks_it():
+        try:
+            spark.sql(f"ALTER TABLE delta.`{table_path(warehouse, t.MODEL_REGISTRY)}` ADD COLUMNS "
+                      f"(`{PROMOTED_AT}` TIMESTAMP)")
+        except Exception:  # another run's ALTER first: "already exists", or Delta's concurrent-change error
+            if lacks_it():
+                raise
 
 
 def _merge_record(spark: SparkSession, warehouse: str, record: ModelRecord, update: bool) -> DataFrame:
@@ -334,7 +341,10 @@ def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, 
             {
                 t.STAGE: F.when(new, F.lit(CHAMPION)).otherwise(F.lit(RETIRED)),
                 "reason": F.when(new, F.lit(reason)).otherwise(F.lit(f"replaced by version {version}")),
-                PROMOTED_AT: F.when(new, F.current_timestamp()).otherwise(F.col(PROMOTED_AT)),
+                # The champion retired was promoted after every other version: one promoted before
+                # promoted_at existed (a rollback, say) gets a time just before its successor's.
+                PROMOTED_AT: F.when(new, F.current_timestamp()).otherwise(
+                    F.coalesce(F.col(PROMOTED_AT), F.current_timestamp() - F.expr("INTERVAL 1 MICROSECOND"))),
             },
         )
         return True
