@@ -791,13 +791,30 @@ def test_a_parquet_folder_whose_files_disagree_on_the_schema_is_refused(spark, t
         with pytest.raises(IngestInputError, match=message):
             ingest_files(spark, str(wh), **{**paths, t.EVENTS: str(folder)}, labels=None, run_date=RUN)
         assert not wh.exists(), name
-    folder = tmp_path / "category"
-    folder.mkdir()
-    events.iloc[:1].to_parquet(folder / "part-0.parquet")
-    events.iloc[1:].astype({t.EVENT_TYPE: "category"}).to_parquet(folder / "part-1.parquet")
-    result = ingest_files(spark, str(wh), **{**paths, t.EVENTS: str(folder)}, labels=None, run_date=RUN,
-                          echo=lambda _: None)
-    assert result[t.EVENTS]["rows_loaded"] == 2
+    # What Spark reads alike loads: a category beside a string, pandas' index in one file only (dropped anyway),
+    # Hive's INT96 timestamps beside UTC microseconds, an empty file after the first.
+    utc = events.assign(**{t.EVENT_TS: events[t.EVENT_TS].dt.tz_localize("UTC")})
+    alike = {
+        "category": (lambda f: events.iloc[:1].to_parquet(f / "part-0.parquet"),
+                     lambda f: events.iloc[1:].astype({t.EVENT_TYPE: "category"}).to_parquet(f / "part-1.parquet")),
+        "index": (lambda f: events.iloc[:1].to_parquet(f / "part-0.parquet"),
+                  lambda f: events.iloc[1:].to_parquet(f / "part-1.parquet", index=True)),
+        "int96": (lambda f: events.iloc[:1].to_parquet(f / "part-0.parquet", use_deprecated_int96_timestamps=True),
+                  lambda f: utc.iloc[1:].to_parquet(f / "part-1.parquet", coerce_timestamps="us")),
+        "empty": (lambda f: events.to_parquet(f / "part-0.parquet"),
+                  lambda f: pd.DataFrame({c: [] for c in events.columns}).to_parquet(f / "part-1.parquet")),
+    }
+    for name, (first, second) in alike.items():
+        folder = tmp_path / f"alike_{name}"
+        folder.mkdir()
+        first(folder)
+        second(folder)
+        loaded = tmp_path / f"wh_{name}"
+        result = ingest_files(spark, str(loaded), **{**paths, t.EVENTS: str(folder)}, labels=None, run_date=RUN,
+                              echo=lambda _: None)
+        assert result[t.EVENTS]["rows_loaded"] == 2, name
+        times = read_table(spark, str(loaded), t.EVENTS).select(t.EVENT_TS).collect()
+        assert [r[0] for r in times] == [datetime(2024, 6, 29, 8)] * 2, name
 
 
 def test_events_that_differ_only_in_a_dropped_extra_column_are_two_events(spark):

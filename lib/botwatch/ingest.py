@@ -576,10 +576,15 @@ def _local_columns(path: str, fmt: str) -> list[str]:
                     "values into the first file's columns by position. Write every file with the same header")
         else:
             with pq.ParquetFile(file, coerce_int96_timestamp_unit="us") as footer:
-                schema = footer.schema_arrow
-            names, types = schema.names, {f.name: _parquet_type(f.type) for f in schema}
+                schema, rows = footer.schema_arrow, footer.metadata.num_rows
+                int96 = {footer.schema.column(i).path for i in range(len(footer.schema))
+                         if footer.schema.column(i).physical_type == "INT96"}
+            names = schema.names
+            # pandas' index is dropped anyway; an empty file after the first has no values to misread.
+            types = {f.name: _parquet_type(f.type, f.name in int96) for f in schema
+                     if not _PANDAS_INDEX.fullmatch(f.name)}
             first_types = types if first_types is None else first_types
-            if types != first_types:
+            if types != first_types and rows:
                 raise IngestInputError(_parquet_schemas_differ(file, files[0], types, first_types))
         # Hive-style folders (key=value) are columns too.
         hive = [part.split("=", 1)[0] for part in os.path.relpath(file, path).split(os.sep)[:-1] if "=" in part]
@@ -587,10 +592,13 @@ def _local_columns(path: str, fmt: str) -> list[str]:
     return columns
 
 
-def _parquet_type(arrow_type) -> str:
-    """A Parquet column's type as Spark reads it: a pandas category (dictionary) or a large string is a string."""
+def _parquet_type(arrow_type, int96: bool = False) -> str:
+    """A Parquet column's type as Spark reads it: a pandas category (dictionary) or a large string is a string,
+    and Hive's INT96 timestamps are UTC instants like pyarrow's UTC-adjusted microseconds."""
     import pyarrow as pa
 
+    if int96:
+        return str(pa.timestamp("us", tz="UTC"))
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
     if pa.types.is_large_string(arrow_type):
