@@ -200,7 +200,12 @@ def _validate_once(spark: SparkSession, warehouse: str, run_date: dt.date, max_b
                    bad_share_min_rows: int) -> dict:
     # D's events are read as of this version: a change of the day after it makes validate check it again.
     events_version = table_version(spark, warehouse, t.EVENTS)
-    frames = check_schemas(spark, warehouse, {t.EVENTS: events_version})
+    # The other inputs too: the counts, the bad-share stop and the moves (which compute the tagged rows
+    # again) judge one read of them. Read live, an accounts export landing after the stop moved rows the
+    # stop and the counts never saw.
+    versions = {table: table_version(spark, warehouse, table) for table in INPUT_SCHEMAS
+                if table != t.EVENTS and table_exists(spark, warehouse, table)}
+    frames = check_schemas(spark, warehouse, {**versions, t.EVENTS: events_version})
     known = frames[t.ACCOUNTS].select(t.ACCOUNT_ID)
     new_accounts = F.when(_rows_of_day(t.ACCOUNTS, run_date), 1)
     totals = cast(Row, frames[t.ACCOUNTS].agg(
@@ -216,11 +221,9 @@ def _validate_once(spark: SparkSession, warehouse: str, run_date: dt.date, max_b
         # A producer's own extra columns ride along: rewriting D's events from contract columns
         # alone nulled them in every good row, and the quarantined rows' JSON left them out.
         extras = [c for c in checked.columns if c not in INPUT_SCHEMAS[table].fieldNames()]
-        # Tagged once: the counts, the bad-share stop, the rows quarantined and those that replace D's are of
-        # one read of the tables. Recomputed, a move judged against an accounts export landed after the stop.
         tagged = tag_rows(checked.select(*contract_columns(table), *map(named_col, extras)), table, run_date,
                           known_accounts=known, event_date=run_date if table == t.EVENTS else None,
-                          keep_extras=extras).localCheckpoint()
+                          keep_extras=extras)
         # Counts and the bad share are of D's rows; earlier rows' bad ones (late labels) are moved too.
         of_day = F.coalesce(_rows_of_day(table, run_date), F.lit(False)) if table in CHECKS_EARLIER_ROWS else (
             F.lit(True))
@@ -310,8 +313,10 @@ def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, ext
 
 def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame,
                    events_version: int) -> None:
-    """Quarantine, then take out of the input table, the bad rows of ``tagged`` (checkpointed: never
-    recomputed from the table they replace)."""
+    """Quarantine, then take out of the input table, the bad rows of ``tagged``."""
+    # Read once: the rows quarantined and the rows that replace D's are of one version of the table, and
+    # never recomputed from the table they replace.
+    tagged = tagged.localCheckpoint()
     bad_contract = tagged.where(F.col(_REASON).isNotNull()).select(*contract_columns(table))
     if table == t.EVENTS:
         # Checked before quarantining: else another writer's change would leave quarantine rows of rows never moved.
