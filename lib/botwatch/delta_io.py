@@ -66,6 +66,21 @@ def table_exists(spark: SparkSession, warehouse: str, table: str) -> bool:
     return DeltaTable.isDeltaTable(spark, table_path(warehouse, table))
 
 
+def add_missing_column(spark: SparkSession, warehouse: str, table: str, column: str, sql_type: str) -> None:
+    """Give a table written before ``column`` existed that column (null in its rows); nothing when the table
+    is missing or has it. Another run adding it first ("already exists", or Delta's concurrent-change
+    error) is no error."""
+    def lacks_it() -> bool:
+        return table_exists(spark, warehouse, table) and column not in read_table(spark, warehouse, table).columns
+
+    if lacks_it():
+        try:
+            spark.sql(f"ALTER TABLE delta.`{table_path(warehouse, table)}` ADD COLUMNS (`{column}` {sql_type})")
+        except Exception:
+            if lacks_it():
+                raise
+
+
 def read_table(spark: SparkSession, warehouse: str, table: str, version: int | None = None) -> DataFrame:
     path = table_path(warehouse, table)
     if not table_exists(spark, warehouse, table):

@@ -63,7 +63,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
-from botwatch.delta_io import commit_metadata, delete_path, read_table, table_exists, write_table
+from botwatch.delta_io import add_missing_column, commit_metadata, delete_path, table_exists, write_table
 from botwatch.files import local_path
 from botwatch.schemas import INPUT_SCHEMAS, QUARANTINE_SCHEMA, REQUIRED_COLUMNS, named_col
 from botwatch.spark import require_utc, session_conf
@@ -788,10 +788,7 @@ def open_inputs(
 
 def add_quarantine_step_column(spark: SparkSession, warehouse: str) -> None:
     """Give a ``quarantine`` table written before the ``step`` column existed that column (null in its rows)."""
-    if not table_exists(spark, warehouse, t.QUARANTINE):
-        return
-    if t.STEP not in read_table(spark, warehouse, t.QUARANTINE).columns:
-        spark.sql(f"ALTER TABLE delta.`{t.table_path(warehouse, t.QUARANTINE)}` ADD COLUMNS (`{t.STEP}` STRING)")
+    add_missing_column(spark, warehouse, t.QUARANTINE, t.STEP, "STRING")
 
 
 def write_quarantine(quarantine: DataFrame, warehouse: str, run_date: date, tables: Sequence[str]) -> None:

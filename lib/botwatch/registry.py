@@ -22,6 +22,7 @@ from botwatch import __version__, files
 from botwatch import tables as t
 from botwatch.delta_io import (
     CommitConflictError,
+    add_missing_column,
     read_table,
     retried_commit,
     table_exists,
@@ -157,27 +158,12 @@ def _insert_new(spark: SparkSession, warehouse: str, record: ModelRecord) -> boo
     return row is not None and bool(row["num_inserted_rows"])
 
 
-def add_promoted_at_column(spark: SparkSession, warehouse: str) -> None:
-    """Give a registry written before the ``promoted_at`` column existed that column (null in its rows)."""
-    def lacks_it() -> bool:
-        return table_exists(spark, warehouse, t.MODEL_REGISTRY) and (
-            PROMOTED_AT not in read_table(spark, warehouse, t.MODEL_REGISTRY).columns)
-
-    if lacks_it():
-        try:
-            spark.sql(f"ALTER TABLE delta.`{table_path(warehouse, t.MODEL_REGISTRY)}` ADD COLUMNS "
-                      f"(`{PROMOTED_AT}` TIMESTAMP)")
-        except Exception:  # another run's ALTER first: "already exists", or Delta's concurrent-change error
-            if lacks_it():
-                raise
-
-
 def _merge_record(spark: SparkSession, warehouse: str, record: ModelRecord, update: bool) -> DataFrame:
     """MERGE ``record`` into the registry keyed on (name, version): insert it when new, replace the
     row when ``update``. Returns Delta's metrics row."""
     from delta.tables import DeltaTable
 
-    add_promoted_at_column(spark, warehouse)
+    add_missing_column(spark, warehouse, t.MODEL_REGISTRY, PROMOTED_AT, "TIMESTAMP")  # a registry from before it
     df = spark.createDataFrame([record.row()], REGISTRY_SCHEMA)
     merge = DeltaTable.forPath(spark, table_path(warehouse, t.MODEL_REGISTRY)).alias("r").merge(
         df.alias("n"), f"r.{t.MODEL_NAME} = n.{t.MODEL_NAME} AND r.{t.VERSION} = n.{t.VERSION}")
@@ -320,7 +306,7 @@ def promote(spark: SparkSession, warehouse: str, model_name: str, version: int, 
     champion again, so two trainings finishing together never both promote."""
     from delta.tables import DeltaTable
 
-    add_promoted_at_column(spark, warehouse)
+    add_missing_column(spark, warehouse, t.MODEL_REGISTRY, PROMOTED_AT, "TIMESTAMP")
 
     def attempt() -> bool:
         read_at = table_version(spark, warehouse, t.MODEL_REGISTRY)

@@ -46,7 +46,6 @@ from botwatch.scoring.worker import (  # the torch-free module that reads artifa
     artifact_problem,
 )
 
-FORMAT_VERSION = HEAVY_FORMAT_VERSION
 # Standardised values beyond this many standard deviations are clipped (heavy-tailed counts).
 CLIP_STD = 10.0
 DEVICES = ("auto", "cpu", "cuda")
@@ -591,7 +590,7 @@ class TrainedHeavy:
 
     def metadata(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": HEAVY_FORMAT_VERSION,
             "kind": "heavy",
             "config": dataclasses.asdict(self.config),
             "tabular_cols": self.tabular_cols,
