@@ -943,25 +943,30 @@ def test_first_reason_wins_and_bad_column_type_is_an_error(spark):
 
     with pytest.raises(IngestInputError, match=r"table 'events': missing required column\(s\) \['device_id'\]"):
         validate_table(events.drop(t.DEVICE_ID), t.EVENTS, RUN)
-    # A float id beyond 2^53 was already rounded (pandas' float64 for an int64 column with gaps): bad_type.
-    floats = spark.createDataFrame([(float(2**53), 2.0, None), (2.0**53 + 2, 2.0, None), (-(2.0**60), 2.0, None)],
+    # A float id from 2^53 on may have been rounded (pandas' float64 for an int64 column with gaps; 2^53 + 1
+    # rounds to 2^53 itself): bad_type.
+    assert float(2**53 + 1) == float(2**53) and float(2**53 - 1) != float(2**53 - 2)
+    floats = spark.createDataFrame([(float(2**53 - 1), 2.0, None), (float(2**53), 2.0, None),
+                                    (2.0**53 + 2, 2.0, None), (-(2.0**60), 2.0, None)],
                                    "src double, dst double, created_at timestamp")
     good, bad = validate_table(floats, t.EDGES, RUN)
-    assert [r[t.SRC] for r in good.collect()] == [2**53]
-    assert [r[t.REASON] for r in bad.collect()] == [BAD_TYPE, BAD_TYPE]
+    assert [r[t.SRC] for r in good.collect()] == [2**53 - 1]
+    assert [r[t.REASON] for r in bad.collect()] == [BAD_TYPE] * 3
     # The same ids as CSV text: pandas writes such a float64 column as "1.8012345678901235e+18". Integer text
     # is exact at any size.
-    texts = spark.createDataFrame([("9007199254740992.0", "2"), ("9007199254740994", "2"),
+    texts = spark.createDataFrame([("9007199254740991.0", "2"), ("9007199254740992.0", "2"),
+                                   ("9007199254740992", "2"), ("9007199254740994", "2"),
                                    ("9.007199254740994e15", "2"), ("1.8012345678901235e+18", "2"),
                                    ("-9007199254740994.0", "2")],
                                   "src string, dst string").withColumn(t.CREATED_AT, F.lit(None).cast("string"))
     good, bad = validate_table(texts, t.EDGES, RUN)
-    assert sorted(r[t.SRC] for r in good.collect()) == [2**53, 2**53 + 2]
-    assert [r[t.REASON] for r in bad.collect()] == [BAD_TYPE] * 3
-    singles = spark.createDataFrame([(float(2**24), 2.0, None), (2.0**24 + 2, 2.0, None)],
-                                    "src float, dst float, created_at timestamp")  # float32: exact to 2^24
+    assert sorted(r[t.SRC] for r in good.collect()) == [2**53 - 1, 2**53, 2**53 + 2]
+    assert [r[t.REASON] for r in bad.collect()] == [BAD_TYPE] * 4
+    singles = spark.createDataFrame([(float(2**24 - 1), 2.0, None), (float(2**24), 2.0, None),
+                                     (2.0**24 + 2, 2.0, None)],
+                                    "src float, dst float, created_at timestamp")  # float32: exact below 2^24
     good, bad = validate_table(singles, t.EDGES, RUN)
-    assert [r[t.SRC] for r in good.collect()] == [2**24] and [r[t.REASON] for r in bad.collect()] == [BAD_TYPE]
+    assert [r[t.SRC] for r in good.collect()] == [2**24 - 1] and [r[t.REASON] for r in bad.collect()] == [BAD_TYPE] * 2
     weird = spark.createDataFrame([([1], datetime(2024, 1, 1))], "src array<int>, created_at timestamp")
     with pytest.raises(IngestInputError, match=r"column 'src' is array<int>"):
         validate_table(weird.withColumn(t.DST, F.lit(1)), t.EDGES, RUN)

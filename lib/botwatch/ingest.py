@@ -251,14 +251,14 @@ def _bad_type(raw: Column, cast: Column, source: T.DataType, target: T.DataType)
         # try_cast truncates 3.5 to 3; an id or label must be a whole number.
         lost = lost | (cast != raw)
     if isinstance(target, T.IntegralType) and isinstance(source, (T.FloatType, T.DoubleType, T.StringType)):
-        # Past 2^53 (a float: 2^24) not every whole number is representable: the id was rounded before
-        # it got here (pandas turns an int64 column with a gap into float64, and to_csv writes that float
+        # From 2^53 on (a float: 2^24) the id may have been rounded before it got here (2^53 + 1 rounds to
+        # 2^53 itself; pandas turns an int64 column with a gap into float64, and to_csv writes that float
         # as "1.8012345678901235e+18"). Write ids as int64 or as integer text.
         exact = 2**24 if isinstance(source, T.FloatType) else 2**53
         text = isinstance(source, T.StringType)
         value = raw.try_cast(T.DecimalType(38, 18)) if text else raw
         written_as_float = raw.rlike("[.eE]") if text else F.lit(True)
-        lost = lost | (written_as_float & (F.abs(value) > F.lit(exact)))
+        lost = lost | (written_as_float & (F.abs(value) >= F.lit(exact)))
     if isinstance(target, T.BooleanType) and isinstance(source, T.NumericType):
         lost = lost | ~raw.isin(0, 1)
     return raw.isNotNull() & lost
