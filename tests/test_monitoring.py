@@ -380,6 +380,14 @@ def test_a_nan_score_is_no_score_to_the_review_queue(spark):
                        salt="t").toPandas()
     assert len(got) == 40 and 7 not in set(got["account_id"]) and got["score"].notna().all()
     assert got.groupby("stratum")["stratum_size"].first().sum() == 299
+    # Nor is it counted in the report's score histogram (it fell in bin 0), against numpy's.
+    from botwatch.monitoring.run import _score_histograms
+
+    hist = _score_histograms(scores.withColumn("run_date", F.lit(dt.date(2026, 2, 1))), dt.date(2026, 2, 1), 7)
+    kept = pdf["score"].drop(7).to_numpy()
+    counts = np.bincount(np.minimum(np.floor(kept * 50), 49).astype(int), minlength=50)
+    got_counts = hist.set_index("bin")["count"].reindex(range(50), fill_value=0).to_numpy()
+    assert hist["current"].all() and got_counts.tolist() == counts.tolist()
 
 
 # ---- prevalence ------------------------------------------------------------------------------

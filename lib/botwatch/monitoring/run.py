@@ -321,7 +321,7 @@ def _days_by_model(spark: SparkSession, warehouse: str, scores: DataFrame, versi
 def _score_histograms(scores: DataFrame, run_date: dt.date, days: int, bins: int = 50) -> pd.DataFrame:
     """Share of accounts per score bin on D and over the ``days`` before it (Spark, binned)."""
     start = run_date - dt.timedelta(days=days)
-    window = scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date)) & F.col(t.SCORE).isNotNull())
+    window = scores.where(F.col(t.RUN_DATE).between(F.lit(start), F.lit(run_date)) & has_score(F.col(t.SCORE)))
     b = F.least(F.floor(F.col(t.SCORE) * bins), F.lit(bins - 1)).cast("int")
     return _pandas(
         window.select((F.col(t.RUN_DATE) == F.lit(run_date)).alias("current"), b.alias("bin"))
