@@ -741,14 +741,15 @@ def test_no_heavy_champion_retrains_unless_the_heavy_model_of_d_was_refused(spar
     params = TrainParams.from_conf(cconf.section("train"))
     next_day = day + dt.timedelta(days=1)
     assert training_heavy.cascade_refresh_decision(spark, warehouse, next_day, params)[0] is False
-    monkeypatch.setattr(training_heavy, "heavy_champion_record", lambda *a, **k: None)
+    monkeypatch.setattr(training_heavy, "heavy_champion_status", lambda *a, **k: (None, None))
     assert training_heavy.cascade_refresh_decision(spark, warehouse, next_day, params) == (
         True, "no heavy champion yet: stage 2 is off until one is promoted")
     retrain, why = training_heavy.cascade_refresh_decision(spark, warehouse, day, params)
     assert retrain is False and "no heavy champion, and the heavy model of" in why
 
 
-def test_a_heavy_champion_this_code_cannot_load_is_no_champion_and_is_replaced(spark, cascade, tmp_path):
+def test_a_heavy_champion_this_code_cannot_load_is_no_champion_and_is_replaced(spark, cascade, tmp_path,
+                                                                               monkeypatch):
     """A release that changes the heavy model's format or event types: the champion could not be loaded, and
     the gate loaded it to compare, so the train step failed every night, the model that would replace it
     included. It now counts as no champion (stage 2 off, warned; the refresh policy retrains), and the next
@@ -768,8 +769,11 @@ def test_a_heavy_champion_this_code_cannot_load_is_no_champion_and_is_replaced(s
                                          r"trained on event types"):
         assert heavy_champion(spark, warehouse) is None
     params = TrainParams.from_conf(cconf.section("train"))
+    # The reason names the champion the registry shows, not "no heavy champion yet".
     assert training_heavy.cascade_refresh_decision(spark, warehouse, day + dt.timedelta(days=1), params) == (
-        True, "no heavy champion yet: stage 2 is off until one is promoted")
+        True, "the heavy champion (stage2_heavy:99) cannot be loaded by this code (trained on event types "
+        f"{meta['event_types']}, this code has {list(t.EVENT_TYPES)}): stage 2 is off until one trained by this "
+        "code is promoted")
     with pytest.raises(H.HeavyArtifactError, match=r"^stage2_heavy:99 \(.*/99\): trained on event types"):
         HeavyArtifact.from_record(registry.champion(spark, warehouse, HEAVY_MODEL)).load("cpu")
     result = training_heavy.train_heavy_stage(spark, warehouse, day, params, cconf.section("heavy"))
@@ -777,3 +781,11 @@ def test_a_heavy_champion_this_code_cannot_load_is_no_champion_and_is_replaced(s
             in result.reason)
     assert "champion_golden_pr_auc" not in result.metrics
     assert registry.records(spark, warehouse, HEAVY_MODEL)[-1]["reason"] == result.reason
+    # A model that reached no threshold is not refused for the unloadable champion's threshold either: it
+    # meets the rest of the gate (here the canary, which the model above did not beat either).
+    assert not result.promoted and registry.champion(spark, warehouse, HEAVY_MODEL)[t.VERSION] == 99
+    evaluate = training_heavy.operating_point
+    monkeypatch.setattr(training_heavy, "operating_point", lambda *a, **k: (None, evaluate(*a, **k)[1]))
+    again = training_heavy.train_heavy_stage(spark, warehouse, day, params, cconf.section("heavy"))
+    assert again.threshold is None and again.reason.startswith("golden PR-AUC") and "does not beat the canary" in \
+        again.reason and "was not compared: this code cannot load it" in again.reason, again.reason

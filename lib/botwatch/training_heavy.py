@@ -47,6 +47,7 @@ from botwatch.scoring.stage2 import (
     built_like,
     heavy_champion,
     heavy_champion_record,
+    heavy_champion_status,
     score_heavy,
 )
 from botwatch.training import (
@@ -233,7 +234,9 @@ def train_heavy_stage(
     })
     decision = registry.promotion_decision(
         metrics.get("golden_pr_auc", math.nan), metrics.get("canary_golden_pr_auc", math.nan), champ_pr,
-        params.promotion_tolerance, challenger_threshold=threshold, champion=champion, run_date=run_date,
+        params.promotion_tolerance, challenger_threshold=threshold, run_date=run_date,
+        # An unloadable champion actions nobody: its threshold must not keep out a model without one.
+        champion={**champion, "threshold": None} if unloadable and champion else champion,
         challenger_vs_champion=metrics.get("golden_pr_auc_vs_champion"),
     )
     if unloadable and current is not None:
@@ -439,7 +442,10 @@ def cascade_refresh_decision(
     """:func:`~botwatch.training.refresh_decision`, plus: retrain when there is no heavy champion
     (stage 2 is off until one is promoted), unless the heavy model was already trained on D."""
     retrain, why = refresh_decision(spark, warehouse, run_date, params)
-    if retrain or heavy_champion_record(spark, warehouse, run_date) is not None:
+    if retrain:
+        return retrain, why
+    champion, unloadable = heavy_champion_status(spark, warehouse, run_date)
+    if champion is not None and unloadable is None:
         return retrain, why
     # A date before the current heavy champion's (its gate would refuse D's model) or stage 1's (a
     # rerun of an earlier date: the first heavy champion must not come from older rows) trains none.
@@ -450,6 +456,9 @@ def cascade_refresh_decision(
     done = _heavy_trained_on(spark, warehouse, run_date, params)
     if done is not None:
         return False, f"{why}; no heavy champion, and the heavy model of {run_date} was refused ({done['reason']})"
+    if champion is not None:
+        return True, (f"the heavy champion ({HEAVY_MODEL}:{champion[t.VERSION]}) cannot be loaded by this code "
+                      f"({unloadable}): stage 2 is off until one trained by this code is promoted")
     return True, "no heavy champion yet: stage 2 is off until one is promoted"
 
 

@@ -85,26 +85,31 @@ def heavy_champion(spark: SparkSession, warehouse: str, as_of: dt.date | None = 
     """The heavy champion (with ``as_of``: the one of that date), or ``None`` when there is none
     (stage 2 is then skipped), or when this code cannot load it (a release changed the model's format or
     event types since: warned; the train step retrains it, :func:`heavy_champion_record`)."""
-    champ = registry.champion(spark, warehouse, HEAVY_MODEL, as_of=as_of)
+    champ, problem = heavy_champion_status(spark, warehouse, as_of)
     if champ is None:
         return None
-    artifact = HeavyArtifact.from_record(champ)
-    problem = artifact.problem()
     if problem is None:
-        return artifact
-    warnings.warn(f"heavy champion {artifact.model_version} ({artifact.path}) cannot be loaded by this code: "
-                  f"{problem}. Stage 2 is off until a heavy model trained by this code is promoted (the train "
-                  "step retrains it)", stacklevel=2)
+        return HeavyArtifact.from_record(champ)
+    warnings.warn(f"heavy champion {HEAVY_MODEL}:{champ[t.VERSION]} ({champ['artifact_path']}) cannot be loaded "
+                  f"by this code: {problem}. Stage 2 is off until a heavy model trained by this code is promoted "
+                  "(the train step retrains it)", stacklevel=2)
     return None
 
 
-def heavy_champion_record(spark: SparkSession, warehouse: str, as_of: dt.date | None = None) -> dict | None:
-    """The registry row of :func:`heavy_champion` (None where that is None), reading only the model's
-    ``heavy.json``, not its weights."""
+def heavy_champion_status(spark: SparkSession, warehouse: str,
+                          as_of: dt.date | None = None) -> tuple[dict | None, str | None]:
+    """The heavy champion's registry row (None: there is none) and why this code cannot load it (None: it
+    can), reading only the model's ``heavy.json``, not its weights."""
     champ = registry.champion(spark, warehouse, HEAVY_MODEL, as_of=as_of)
-    if champ is None or artifact_problem(registry.read_artifact(champ["artifact_path"], META_FILE)) is not None:
-        return None
-    return champ
+    if champ is None:
+        return None, None
+    return champ, artifact_problem(registry.read_artifact(champ["artifact_path"], META_FILE))
+
+
+def heavy_champion_record(spark: SparkSession, warehouse: str, as_of: dt.date | None = None) -> dict | None:
+    """The registry row of :func:`heavy_champion` (None where that is None), without reading its weights."""
+    champ, problem = heavy_champion_status(spark, warehouse, as_of)
+    return None if problem is not None else champ
 
 
 def score_heavy(
