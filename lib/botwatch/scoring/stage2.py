@@ -85,14 +85,17 @@ def heavy_champion(spark: SparkSession, warehouse: str, as_of: dt.date | None = 
     """The heavy champion (with ``as_of``: the one of that date), or ``None`` when there is none
     (stage 2 is then skipped), or when this code cannot load it (a release changed the model's format or
     event types since: warned; the train step retrains it, :func:`heavy_champion_record`)."""
-    champ, problem = heavy_champion_status(spark, warehouse, as_of)
+    # Not heavy_champion_status: the weights are read here anyway, heavy.json with them, once.
+    champ = registry.champion(spark, warehouse, HEAVY_MODEL, as_of=as_of)
     if champ is None:
         return None
+    artifact = HeavyArtifact.from_record(champ)
+    problem = artifact.problem()
     if problem is None:
-        return HeavyArtifact.from_record(champ)
-    warnings.warn(f"heavy champion {HEAVY_MODEL}:{champ[t.VERSION]} ({champ['artifact_path']}) cannot be loaded "
-                  f"by this code: {problem}. Stage 2 is off until a heavy model trained by this code is promoted "
-                  "(the train step retrains it)", stacklevel=2)
+        return artifact
+    warnings.warn(f"heavy champion {artifact.model_version} ({artifact.path}) cannot be loaded by this code: "
+                  f"{problem}. Stage 2 is off until a heavy model trained by this code is promoted (the train "
+                  "step retrains it)", stacklevel=2)
     return None
 
 
