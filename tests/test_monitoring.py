@@ -274,6 +274,32 @@ def test_review_queue_without_holdout_on_another_date_and_with_bad_edges(spark, 
             review_queue(scores, dt.date(2026, 2, 2), **{**kwargs, "strata_edges": edges})
 
 
+def test_strata_a_general_format_would_print_alike_keep_their_own_names(spark):
+    import datetime as dt
+
+    from botwatch.monitoring.prevalence import stratified_prevalence
+    from botwatch.monitoring.review import review_queue, stratum_labels
+
+    # Usual edges keep their short names, as dashboards show them.
+    assert stratum_labels([0.0, 0.5]) == ["score[0,0.5)", "score[0.5,inf)"]
+    # Edges 1e-7 apart print alike to six digits: [0.3,0.3) twice, and the estimate merged two strata.
+    edges = [0.0, 0.3000001, 0.3000002, 0.3000003]
+    assert len(set(stratum_labels(edges))) == len(edges)
+    score = np.repeat([0.1, 0.30000015, 0.30000025, 0.9], [30, 10, 5, 20])
+    bot = (np.arange(score.size) % 3 == 0).astype(int)
+    scores = spark.createDataFrame(pd.DataFrame({"account_id": np.arange(score.size, dtype="int64"),
+                                                 "score": score, "model_version": "stage1_xgb:1"}))
+    got = review_queue(scores, dt.date(2026, 2, 1), threshold=None, budget=score.size,
+                       shares={"stratified": 1.0}, uncertain_band=0.0, strata_edges=edges, min_per_stratum=1,
+                       salt="t").toPandas()
+    assert sorted(got.groupby("stratum")["stratum_size"].max()) == [5, 10, 20, 30]
+    # Every account drawn and labelled: the estimate is the population's share of bots, with no error.
+    got["label"] = bot[got["account_id"].to_numpy()]
+    labelled = spark.createDataFrame(got[["account_id", "stratum", "stratum_size", "label"]],
+                                     "account_id long, stratum string, stratum_size long, label int")
+    assert stratified_prevalence(labelled)["estimate"] == pytest.approx(bot.mean())
+
+
 def test_review_queue_strata_and_probabilities(queue):
     pdf, got, _, _ = queue
     strat = got[got.reason == "stratified"]

@@ -59,8 +59,11 @@ def hash_uniform(account_id: Column, run_date: dt.date, salt: str) -> Column:
 
 
 def stratum_labels(edges: Sequence[float]) -> list[str]:
+    """``score[low,high)`` per stratum, in the general format (``score[0,0.5)``), with more digits where
+    six would print two edges alike: the estimate groups the queue by this name."""
     bounds = [*edges, math.inf]
-    return [f"score[{bounds[i]:g},{bounds[i + 1]:g})" for i in range(len(edges))]
+    digits = next(p for p in range(6, 18) if len({f"{b:.{p}g}" for b in bounds}) == len(set(bounds)))
+    return [f"score[{bounds[i]:.{digits}g},{bounds[i + 1]:.{digits}g})" for i in range(len(edges))]
 
 
 def stratum_index(score: Column, edges: Sequence[float]) -> Column:
@@ -187,7 +190,7 @@ def review_queue(
             f"monitoring.review_shares must map {list(t.REVIEW_REASONS)} to shares >= 0 and "
             f"monitoring.review_budget must be >= 0; got {dict(shares)} and {budget}"
         )
-    edges = sorted(float(e) for e in strata_edges)
+    edges = sorted({float(e) for e in strata_edges})  # a repeated edge bounds an empty stratum
     if not edges or edges[0] > 0:
         raise ReviewConfigError(
             f"monitoring.strata_edges must list the strata's lower edges starting at 0 (scores below the first "
