@@ -916,8 +916,9 @@ def test_a_failed_backfill_says_how_to_resume(fake_pipeline, monkeypatch):
 
 
 def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsys):
-    """A time zone in spark.extra_conf (else found only building the session) and a heartbeat against the
-    lock's expiry (else found by the runner, after the demo simulated its platform): exit 2 and the message,
+    """A time zone in spark.extra_conf (else found only building the session), a heartbeat against the
+    lock's expiry (else found by the runner, after the demo simulated its platform), and a train or monitoring
+    knob its step refuses (else found after a night's ingest, features and scores): exit 2 and the message,
     as for any conf problem, from every command and job, before anything is written."""
     import importlib.util
 
@@ -931,7 +932,9 @@ def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsy
     spec.loader.exec_module(job)
     wh, day = str(tmp_path / "wh"), D.isoformat()
     for extra, says in (("spark.extra_conf.spark.sql.session.timeZone=Asia/Kolkata", "spark.sql.session.timeZone"),
-                        ("run.lock_heartbeat_seconds=0", "run.lock_heartbeat_seconds")):
+                        ("run.lock_heartbeat_seconds=0", "run.lock_heartbeat_seconds"),
+                        ("train.prevalence=autp", "train.prevalence must be 'auto'"),
+                        ("monitoring.psi_soft=3", "monitoring.psi_soft (3.0) must be above 0 and at most")):
         for command in (["run", "--date", day], ["backfill", "--start", day, "--end", day], ["demo"],
                         ["simulate", "--accounts", "20", "--days", "1", "--seed", "1"]):
             out = CliRunner().invoke(app, [*command, "--warehouse", wh, "--set", extra])
