@@ -269,8 +269,9 @@ def test_review_queue_without_holdout_on_another_date_and_with_bad_edges(spark, 
     first = set(got.loc[(got.reason == "stratified") & (got.score < low), "account_id"])
     second = set(other_day.loc[(other_day.reason == "stratified") & (other_day.score < low), "account_id"])
     assert first and second and not first & second
-    for edges in ([], [0.1, 0.5]):
-        with pytest.raises(ReviewConfigError, match="strata_edges"):
+    # Two NaN edges made names no precision could tell apart (StopIteration); an infinite one an empty stratum.
+    for edges in ([], [0.1, 0.5], [0.0, float("nan"), float("nan")], [float("nan")], [0.0, 0.5, float("inf")]):
+        with pytest.raises(ReviewConfigError, match="strata_edges must list the strata's lower edges, finite"):
             review_queue(scores, dt.date(2026, 2, 2), **{**kwargs, "strata_edges": edges})
 
 

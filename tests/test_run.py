@@ -917,8 +917,8 @@ def test_a_failed_backfill_says_how_to_resume(fake_pipeline, monkeypatch):
 
 def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsys):
     """A time zone in spark.extra_conf (else found only building the session), a heartbeat against the
-    lock's expiry (else found by the runner, after the demo simulated its platform), and a train or monitoring
-    knob its step refuses (else found after a night's ingest, features and scores): exit 2 and the message,
+    lock's expiry (else found by the runner, after the demo simulated its platform), and a train, heavy, cascade or
+    monitoring knob its step refuses (else found after a night's ingest, features and scores): exit 2 and the message,
     as for any conf problem, from every command and job, before anything is written."""
     import importlib.util
 
@@ -934,7 +934,10 @@ def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsy
     for extra, says in (("spark.extra_conf.spark.sql.session.timeZone=Asia/Kolkata", "spark.sql.session.timeZone"),
                         ("run.lock_heartbeat_seconds=0", "run.lock_heartbeat_seconds"),
                         ("train.prevalence=autp", "train.prevalence must be 'auto'"),
-                        ("monitoring.psi_soft=3", "monitoring.psi_soft (3.0) must be above 0 and at most")):
+                        ("monitoring.psi_soft=3", "monitoring.psi_soft (3.0) must be above 0 and at most"),
+                        ("monitoring.strata_edges=[0,.nan,.nan]", "monitoring.strata_edges must list"),
+                        ("heavy.dropout=1.5", "heavy.dropout must be in [0, 1), got 1.5"),
+                        ("cascade.budget=1.5", "cascade.budget must be in [0, 1], got 1.5")):
         for command in (["run", "--date", day], ["backfill", "--start", day, "--end", day], ["demo"],
                         ["simulate", "--accounts", "20", "--days", "1", "--seed", "1"]):
             out = CliRunner().invoke(app, [*command, "--warehouse", wh, "--set", extra])
@@ -943,6 +946,23 @@ def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsy
             job.main(["--accounts", "20", "--days", "1", "--seed", "1", "--warehouse", wh, "--set", extra])
         assert exited.value.code == 2 and says in capsys.readouterr().err
     assert not os.path.exists(wh)
+
+
+def test_start_up_checks_import_no_model_libraries():
+    """Every command and job checks the train, heavy, cascade and monitoring knobs at start-up: that must not
+    import pandas, numpy, torch, pyspark.ml or xgboost (about a second at each of a night's task starts), only
+    what reading the conf and the run lock's settings need."""
+    import subprocess
+    import sys
+
+    from botwatch.config import PROJECT_ROOT
+
+    code = ("import sys; from botwatch.entry import load_checked_config; "
+            "load_checked_config(sys.argv[1], ['monitoring.psi_soft=0.5']); "
+            "print(sorted(m for m in ('pandas', 'numpy', 'pyspark.ml', 'xgboost', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(PROJECT_ROOT / "conf" / "base.yaml")],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_concurrent_lock_attempts_exactly_one_wins(spark, warehouse):

@@ -23,17 +23,18 @@ def job_parser(description: str, with_date: bool = True) -> argparse.ArgumentPar
 def load_checked_config(conf: str, overrides: list[str]) -> Config:
     """:func:`~botwatch.config.load_config`, plus the checks of knobs against each other that would
     otherwise fail only later, after a session started or a platform was written (ConfigError)."""
-    from botwatch.monitoring.run import MonitorParams
     from botwatch.nightly import lock_settings
+    from botwatch.params import CascadeParams, HeavyConfig, MonitorParams, TrainParams
     from botwatch.spark import check_time_zone
-    from botwatch.training import TrainParams
 
     cfg = load_config(conf, overrides)
     lock_settings(cfg)
     check_time_zone(cfg)
-    # Their own checks (train.prevalence "autp", psi_soft above psi_hard), else met by the train and monitor
-    # steps only, after a night's ingest, features and scores.
+    # Their own checks (train.prevalence "autp", psi_soft above psi_hard, heavy.dropout 1.5), else met by the
+    # train, heavy and monitor steps only, after a night's ingest, features and scores.
     TrainParams.from_conf(cfg.section("train"))
+    HeavyConfig.from_mapping(cfg.section("heavy"))
+    CascadeParams.from_conf(cfg.section("cascade"))
     MonitorParams.from_conf(cfg.section("monitoring"))
     return cfg
 

@@ -19,7 +19,7 @@ import datetime as dt
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,6 @@ from botwatch.labels import golden_mask, point_in_time_join, resolve_labels, spl
 from botwatch.models.canary import canary_scores, fit_canary
 from botwatch.models.stage1 import (
     PlattCalibration,
-    XGBParams,
     as_model_input,
     booster_bytes,
     feature_columns,
@@ -51,6 +50,7 @@ from botwatch.models.stage1 import (
     predict_margin,
 )
 from botwatch.monitoring.drift import REFERENCE_ARTIFACT, training_reference
+from botwatch.params import PREVALENCE_AUTO, TrainParams
 from botwatch.spark import require_utc
 
 STAGE1_MODEL = "stage1_xgb"
@@ -58,62 +58,11 @@ STAGE1_MODEL = "stage1_xgb"
 DRIFT_ALERT = "drift_alert"
 # The ``metrics`` row of the monitor's stratified estimate of the population's bot share.
 PREVALENCE_METRIC = "prevalence"
-PREVALENCE_AUTO = "auto"
 
 
 class NotEnoughLabelsError(RuntimeError):
     """Too few labelled rows (or only one class) to train; wait for more labels or lower
     ``train.min_train_rows`` / ``train.min_positives``."""
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-@dataclass
-class TrainParams:
-    label_weights: dict[str, float]
-    golden_share: float = 0.2
-    golden_salt: str = "golden-v1"
-    valid_days: int = 7
-    target_precision: float = 0.95
-    min_train_rows: int = 50
-    min_positives: int = 5
-    promotion_tolerance: float = 0.01
-    max_champion_age_days: int = 7
-    canary_features: list[str] = field(default_factory=list)
-    canary_reg_param: float = 0.01
-    n_bootstrap: int = 200
-    seed: int = 0
-    prevalence: float | str | None = PREVALENCE_AUTO
-    prevalence_fallback: float = 0.03
-    prevalence_max_rse: float = 0.3
-    xgb: XGBParams = field(default_factory=XGBParams)
-
-    def __post_init__(self) -> None:
-        p = self.prevalence
-        if isinstance(p, str) and p != PREVALENCE_AUTO:
-            try:
-                p = self.prevalence = float(p)  # a quoted number ("0.05"), as files held it before
-            except ValueError:
-                pass
-        if not (p is None or p == PREVALENCE_AUTO or (_is_number(p) and 0.0 < float(p) < 1.0)):
-            raise ConfigError(
-                f"train.prevalence must be '{PREVALENCE_AUTO}', a bot share between 0 and 1, or null, got {p!r}"
-            )
-        # Checked here, not when auto first falls back to it after a model has trained.
-        if not _is_number(self.prevalence_fallback) or not 0.0 < float(self.prevalence_fallback) < 1.0:
-            raise ConfigError(f"train.prevalence_fallback must be a bot share between 0 and 1 (exclusive), "
-                              f"got {self.prevalence_fallback!r}")
-        if not _is_number(self.prevalence_max_rse) or float(self.prevalence_max_rse) <= 0.0:
-            raise ConfigError(f"train.prevalence_max_rse must be a number > 0, got {self.prevalence_max_rse!r}")
-
-    @classmethod
-    def from_conf(cls, section: dict) -> TrainParams:
-        section = dict(section)
-        xgb = XGBParams.from_conf(section.pop("xgb", {}) or {})
-        known = {k: v for k, v in section.items() if k in cls.__dataclass_fields__}
-        return cls(xgb=xgb, **known)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import pr_auc, recall_at_precision
 from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
 from botwatch.models.stage1 import PlattCalibration, feature_columns
+from botwatch.params import CascadeParams
 from botwatch.scoring.stage2 import (
     HEAVY_MODEL,
     META_FILE,
@@ -74,23 +75,8 @@ HUMAN = t.FAMILIES[0]
 LOGIT_CLIP = 40.0  # |logit| the calibration is fitted on: a probability of exactly 0 or 1 is +-inf
 
 
-@dataclass(frozen=True)
-class CascadeParams:
-    """Conf section ``cascade`` (training side)."""
-
-    distill_label_weight: float = 0.5
-    distill_teacher_weight: float = 0.5
-    keep_share: float = 0.99
-    budget: float = 0.10
-    calibration_accounts: int = 20000
-
-    @classmethod
-    def from_conf(cls, section: dict) -> CascadeParams:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
-
-
 def _heavy_config(section: dict):
-    from botwatch.models.heavy import HeavyConfig
+    from botwatch.params import HeavyConfig
 
     return HeavyConfig.from_mapping(section)
 

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from botwatch import tables as t
+from botwatch.params import DEVICES, HeavyConfig
 from botwatch.scoring.worker import (  # the torch-free module that reads artifacts
     HEAVY_FORMAT_VERSION,
     META_FILE,
@@ -48,7 +49,6 @@ from botwatch.scoring.worker import (  # the torch-free module that reads artifa
 
 # Standardised values beyond this many standard deviations are clipped (heavy-tailed counts).
 CLIP_STD = 10.0
-DEVICES = ("auto", "cpu", "cuda")
 
 # Keys of the tensor dict built by to_tensors and read by HeavyModel.
 EVENT_TYPE = "event_type"
@@ -66,75 +66,6 @@ class HeavyInputError(ValueError):
 
 class HeavyArtifactError(ValueError):
     """A saved heavy model cannot be loaded (missing files, other format or vocabulary)."""
-
-
-@dataclass(frozen=True)
-class HeavyConfig:
-    """Knobs of the heavy model (conf section ``heavy``); saved with every trained model."""
-
-    max_len: int = 128  # events per sequence (the last L)
-    lookback_days: int = 28  # days of events the sequence may come from
-    neighbor_k: int = 16  # neighbours sampled for the GraphSAGE mean
-    neighbor_seed: int = 7  # seed of the neighbour sample
-    event_embed_dim: int = 16
-    dt_embed_dim: int = 8
-    seq_hidden: int = 64  # GRU hidden size = size of the sequence encoding
-    tab_hidden: int = 64
-    nbr_hidden: int = 32
-    head_hidden: int = 64
-    dropout: float = 0.1
-    # Per training row, the tabular and neighbour branches are dropped together with this probability
-    # (their encodings zeroed, the kept ones not rescaled; see forward): the head must also score from the
-    # sequence alone, so the slower-learning GRU is not starved by the dense features' quick fit.
-    dense_dropout: float = 0.5
-    lr: float = 5e-3
-    weight_decay: float = 1e-4
-    epochs: int = 40
-    patience: int = 10  # epochs without a better validation loss before stopping
-    batch_size: int = 128
-    max_grad_norm: float = 1.0
-    # Members trained independently (seeds seed, seed+1, ...) whose probabilities are averaged. One
-    # model's held-out mimic PR-AUC swung from 0.54 to 0.84 with the seed alone; four averaged: 0.71-0.83
-    # over three sets of seeds (BENCHMARKS.md).
-    ensemble: int = 4
-    seed: int = 7
-    device: str = "auto"  # auto | cpu | cuda
-    num_threads: int = 0  # torch CPU threads while training; 0 keeps torch's default
-
-    def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ValueError(f"heavy.device must be one of {DEVICES}, got {self.device!r}")
-        for name in ("max_len", "lookback_days", "neighbor_k", "event_embed_dim", "dt_embed_dim", "seq_hidden",
-                     "tab_hidden", "nbr_hidden", "head_hidden", "epochs", "patience", "batch_size", "ensemble"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"heavy.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_threads < 0:
-            raise ValueError(f"heavy.num_threads must be >= 0 (0: torch's default), got {self.num_threads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"heavy.dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.dense_dropout < 1.0:
-            raise ValueError(f"heavy.dense_dropout must be in [0, 1), got {self.dense_dropout}")
-        if not self.max_grad_norm > 0:
-            # torch clips to 0 (no learning at all) or flips the gradients below it
-            raise ValueError(f"heavy.max_grad_norm must be > 0, got {self.max_grad_norm}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"heavy.lr must be > 0 and heavy.weight_decay >= 0, got {self.lr}, {self.weight_decay}")
-
-    @property
-    def encoding_size(self) -> int:
-        """Size of a cached sequence encoding: every member's, side by side."""
-        return self.seq_hidden * self.ensemble
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> HeavyConfig:
-        """Build from a conf section (``conf.section("heavy")``); keys that are not knobs here are ignored."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in values.items():
-            if key in known and value is not None:
-                default = known[key].default
-                kwargs[key] = type(default)(value) if isinstance(default, (int, float)) else value
-        return cls(**kwargs)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from botwatch import tables as t
+from botwatch.params import XGBParams
 from botwatch.schemas import quoted
 from botwatch.spark import session_conf
 
@@ -55,24 +56,6 @@ def as_model_input(cols: Sequence[str]) -> list[Column]:
     about eight, and a run builds this for a few hundred features several times (BENCHMARKS.md)."""
     return [F.expr(f"CASE WHEN abs(cast({q} as double)) <= {FLOAT32_MAX!r} THEN cast({q} as double) "
                    f"ELSE cast('NaN' as double) END as {q}") for q in map(quoted, cols)]
-
-
-@dataclass
-class XGBParams:
-    n_estimators: int = 300
-    max_depth: int = 6
-    learning_rate: float = 0.1
-    subsample: float = 0.9
-    colsample_bytree: float = 0.9
-    min_child_weight: float = 1.0
-    reg_lambda: float = 1.0
-    early_stopping_rounds: int = 20
-    num_workers: int = 2
-    seed: int = 0
-
-    @classmethod
-    def from_conf(cls, section: dict) -> XGBParams:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
 
 
 def fit_booster(

@@ -34,6 +34,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from botwatch import tables as t
+from botwatch.params import strata_edges_problem
 
 SAMPLING_PROBABILITY = "sampling_probability"
 STRATUM = "stratum"
@@ -190,11 +191,9 @@ def review_queue(
             f"monitoring.review_shares must map {list(t.REVIEW_REASONS)} to shares >= 0 and "
             f"monitoring.review_budget must be >= 0; got {dict(shares)} and {budget}"
         )
+    if (edges_problem := strata_edges_problem(strata_edges)) is not None:
+        raise ReviewConfigError(edges_problem)
     edges = sorted({float(e) for e in strata_edges})  # a repeated edge bounds an empty stratum
-    if not edges or edges[0] > 0:
-        raise ReviewConfigError(
-            f"monitoring.strata_edges must list the strata's lower edges starting at 0 (scores below the first "
-            f"edge would be drawn under its label); got {list(strata_edges)}")
     labels = stratum_labels(edges)
     # Scores written without the exploration holdout (an older run, a hand-built table): nothing to explore.
     holdout = F.col("holdout") if "holdout" in scores.columns else F.lit(None)

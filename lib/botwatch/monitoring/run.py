@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass, field
 from typing import cast
 
 import pandas as pd
@@ -32,6 +31,7 @@ from botwatch.monitoring.drift import (
 )
 from botwatch.monitoring.prevalence import stratified_estimate, stratified_ratio
 from botwatch.monitoring.review import STRATIFIED, STRATUM, STRATUM_SIZE, has_score, review_queue
+from botwatch.params import MonitorParams
 from botwatch.schemas import require_columns
 
 # The alert and its reader live with the refresh policy that acts on them.
@@ -59,51 +59,6 @@ class DriftHardAlert(RuntimeError):
 
 class NothingToMonitorError(LookupError):
     """No scores for the run date: run the score step for that date first."""
-
-
-@dataclass
-class MonitorParams:
-    psi_soft: float = 0.25
-    psi_hard: float = 2.0
-    flagged_ratio_soft: float = 2.0
-    flagged_ratio_hard: float = 10.0
-    trailing_days: int = 14
-    score_reference_days: int = 7
-    label_lookback_days: int = 28
-    label_sources: list[str] = field(default_factory=lambda: ["investigator", "appeal"])
-    review_label_sources: list[str] = field(default_factory=lambda: ["investigator"])
-    review_budget: int = 200
-    review_shares: dict[str, float] = field(
-        default_factory=lambda: {"uncertain": 0.3, "stratified": 0.5, "exploration": 0.2}
-    )
-    uncertain_band: float = 0.05
-    strata_edges: list[float] = field(default_factory=lambda: [0.0, 0.01, 0.05, 0.2, 0.5, 0.8])
-    min_per_stratum: int = 2
-    sampling_salt: str = "review-v1"
-    heatmap_days: int = 14
-    heatmap_features: int = 30
-
-    def __post_init__(self) -> None:
-        # Checked before the step writes anything: a ratio limit of 1 or less alerts (and retrains) every night.
-        problems = []
-        if not 0 < self.psi_soft <= self.psi_hard:
-            problems.append(f"monitoring.psi_soft ({self.psi_soft}) must be above 0 and at most monitoring.psi_hard "
-                            f"({self.psi_hard})")
-        if not 1 < self.flagged_ratio_soft <= self.flagged_ratio_hard:
-            problems.append(f"monitoring.flagged_ratio_soft ({self.flagged_ratio_soft}) must be above 1 and at most "
-                            f"monitoring.flagged_ratio_hard ({self.flagged_ratio_hard}): a rate this many times the "
-                            "usual, or at most its inverse, alerts")
-        for name in ("trailing_days", "score_reference_days", "label_lookback_days"):
-            if getattr(self, name) < 1:
-                problems.append(f"monitoring.{name} must be at least 1, got {getattr(self, name)}")
-        if problems:
-            from botwatch.config import ConfigError
-
-            raise ConfigError("; ".join(problems))
-
-    @classmethod
-    def from_conf(cls, section: dict) -> MonitorParams:
-        return cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
 
 
 def flagged(df: DataFrame) -> F.Column:

@@ -66,7 +66,7 @@ def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifa
     was trained: its tabular columns, neighbour features, sequence length and neighbour sample."""
     import json
 
-    from botwatch.models.heavy import HeavyConfig
+    from botwatch.params import HeavyConfig
 
     meta = json.loads(artifact.meta_json)
     cfg = HeavyConfig(**meta["config"])
