@@ -937,7 +937,8 @@ def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsy
                         ("monitoring.psi_soft=3", "monitoring.psi_soft (3.0) must be above 0 and at most"),
                         ("monitoring.strata_edges=[0,.nan,.nan]", "monitoring.strata_edges must list"),
                         ("heavy.dropout=1.5", "heavy.dropout must be in [0, 1), got 1.5"),
-                        ("cascade.budget=1.5", "cascade.budget must be in [0, 1], got 1.5")):
+                        ("cascade.budget=1.5", "cascade.budget must be in [0, 1], got 1.5"),
+                        ("train.xgb.subsample=1.5", "train.xgb.subsample must be in (0, 1], got 1.5")):
         for command in (["run", "--date", day], ["backfill", "--start", day, "--end", day], ["demo"],
                         ["simulate", "--accounts", "20", "--days", "1", "--seed", "1"]):
             out = CliRunner().invoke(app, [*command, "--warehouse", wh, "--set", extra])

@@ -94,6 +94,35 @@ def test_a_misnamed_canary_feature_stops_training_instead_of_weakening_the_gate(
         TrainParams(label_weights={}, prevalence_max_rse=0)
 
 
+@pytest.mark.parametrize(("knob", "bad", "rule", "xgboost_refuses"), [
+    ("subsample", 1.5, "in (0, 1]", True), ("colsample_bytree", 1.5, "in (0, 1]", True),
+    ("max_depth", -1, ">= 0", True), ("min_child_weight", -1.0, ">= 0", True), ("reg_lambda", -0.5, ">= 0", True),
+    ("learning_rate", -0.1, "> 0", True),
+    # Accepted by XGBoost, but no rows sampled, no learning, no rounds or no worker trains nothing.
+    ("subsample", 0.0, "in (0, 1]", False), ("learning_rate", 0.0, "> 0", False),
+    ("n_estimators", 0, "at least 1", False), ("early_stopping_rounds", 0, "at least 1", False),
+    ("num_workers", 0, "at least 1", False),
+])
+def test_xgboost_knobs_that_cannot_train_are_conf_errors(knob, bad, rule, xgboost_refuses):
+    """Refused where the conf is read (at every command's start), not by XGBoost after a night's features."""
+    import re
+
+    import xgboost as xgb
+
+    from botwatch.models.stage1 import XGBParams
+
+    says = re.escape(f"train.xgb.{knob} must be {rule}, got {bad}")
+    with pytest.raises(ConfigError, match=says):
+        XGBParams(**{knob: bad})
+    with pytest.raises(ConfigError, match=says):
+        TrainParams.from_conf({"label_weights": {}, "xgb": {knob: bad}})
+    rows = xgb.DMatrix(np.array([[0.0], [1.0], [2.0], [3.0]]), label=[0, 1, 0, 1])
+    if xgboost_refuses:  # the reference: XGBoost's own bounds
+        with pytest.raises(xgb.core.XGBoostError, match=f"Parameter {knob}"):
+            xgb.train({knob: bad}, rows, 2)
+    XGBParams(**{knob: 1})  # the bounds' own side
+
+
 @pytest.mark.parametrize("n", [2, 3, 5])
 def test_partition_keys_put_rows_on_the_chosen_partition(spark, n):
     from botwatch.models.stage1 import partition_keys

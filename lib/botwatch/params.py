@@ -46,6 +46,19 @@ class XGBParams:
     num_workers: int = 2
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # XGBoost refuses these (or, at a learning rate of 0, learns nothing) only once training starts.
+        problems = [f"train.xgb.{name} must be at least 1, got {getattr(self, name)}"
+                    for name in ("n_estimators", "early_stopping_rounds", "num_workers") if getattr(self, name) < 1]
+        problems += [f"train.xgb.{name} must be in (0, 1], got {getattr(self, name)}"
+                     for name in ("subsample", "colsample_bytree") if not 0 < getattr(self, name) <= 1]
+        problems += [f"train.xgb.{name} must be >= 0, got {getattr(self, name)}"
+                     for name in ("max_depth", "min_child_weight", "reg_lambda") if getattr(self, name) < 0]
+        if not self.learning_rate > 0:
+            problems.append(f"train.xgb.learning_rate must be > 0, got {self.learning_rate}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
     @classmethod
     def from_conf(cls, section: dict) -> XGBParams:
         return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
