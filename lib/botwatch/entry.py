@@ -31,7 +31,7 @@ def load_checked_config(conf: str, overrides: list[str]) -> Config:
     lock_settings(cfg)
     check_time_zone(cfg)
     # Their own checks (train.prevalence "autp", psi_soft above psi_hard, heavy.dropout 1.5), else met by the
-    # train, heavy and monitor steps only, after a night's ingest, features and scores.
+    # train, heavy, cascade and monitor steps only, after a night's ingest, features and scores.
     TrainParams.from_conf(cfg.section("train"))
     HeavyConfig.from_mapping(cfg.section("heavy"))
     CascadeParams.from_conf(cfg.section("cascade"))
