@@ -19,6 +19,12 @@ PREVALENCE_AUTO = "auto"
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def knobs_of(params: Any, section: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of a conf section that are fields of the dataclass ``params`` (a section also holds knobs
+    other code reads, such as ``cascade.device``)."""
+    return {k: v for k, v in section.items() if k in params.__dataclass_fields__}
+
+
 def strata_edges_problem(edges: Sequence[Any]) -> str | None:
     """What is wrong with ``monitoring.strata_edges`` (the review strata's lower edges), else None: they must be
     finite numbers, the lowest at most 0 (scores below the first edge would be drawn under its label; a NaN
@@ -61,7 +67,7 @@ class XGBParams:
 
     @classmethod
     def from_conf(cls, section: dict) -> XGBParams:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+        return cls(**knobs_of(cls, section))
 
 
 def _is_number(v: Any) -> bool:
@@ -108,10 +114,7 @@ class TrainParams:
 
     @classmethod
     def from_conf(cls, section: dict) -> TrainParams:
-        section = dict(section)
-        xgb = XGBParams.from_conf(section.pop("xgb", {}) or {})
-        known = {k: v for k, v in section.items() if k in cls.__dataclass_fields__}
-        return cls(xgb=xgb, **known)
+        return cls(**{**knobs_of(cls, section), "xgb": XGBParams.from_conf(section.get("xgb") or {})})
 
 
 @dataclass
@@ -156,7 +159,7 @@ class MonitorParams:
 
     @classmethod
     def from_conf(cls, section: dict) -> MonitorParams:
-        return cls(**{k: v for k, v in section.items() if k in cls.__dataclass_fields__})
+        return cls(**knobs_of(cls, section))
 
 
 @dataclass(frozen=True)
@@ -247,4 +250,4 @@ class CascadeParams:
 
     @classmethod
     def from_conf(cls, section: dict) -> CascadeParams:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+        return cls(**knobs_of(cls, section))

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from botwatch import tables as t
+from botwatch.params import knobs_of
 
 HEAVY_MODEL = "stage2_heavy"
 ENCODING = "encoding"
@@ -57,7 +58,7 @@ class InferenceSettings:
 
     @classmethod
     def from_conf(cls, section: dict) -> InferenceSettings:
-        return cls(**{k: section[k] for k in cls.__dataclass_fields__ if k in section})
+        return cls(**knobs_of(cls, section))
 
 
 @dataclass(frozen=True)
