@@ -37,7 +37,7 @@ from botwatch.delta_io import read_table, table_exists
 from botwatch.evaluation.metrics import pr_auc, recall_at_precision
 from botwatch.models.heavy_inputs import heavy_inputs, neighbor_columns
 from botwatch.models.stage1 import PlattCalibration, feature_columns
-from botwatch.params import CascadeParams
+from botwatch.params import CascadeParams, HeavyConfig
 from botwatch.scoring.stage2 import (
     HEAVY_MODEL,
     META_FILE,
@@ -75,16 +75,10 @@ HUMAN = t.FAMILIES[0]
 LOGIT_CLIP = 40.0  # |logit| the calibration is fitted on: a probability of exactly 0 or 1 is +-inf
 
 
-def _heavy_config(section: dict):
-    from botwatch.params import HeavyConfig
-
-    return HeavyConfig.from_mapping(section)
-
-
 def inputs_for(spark: SparkSession, warehouse: str, rows: DataFrame, tabular_cols: Sequence[str],
                heavy_section: dict) -> DataFrame:
     """Heavy inputs (tabular, sequence, neighbour means) for ``rows`` at their own feature dates."""
-    cfg = _heavy_config(heavy_section)
+    cfg = HeavyConfig.from_mapping(heavy_section)
     return heavy_inputs(
         read_table(spark, warehouse, t.EVENTS), read_table(spark, warehouse, t.EDGES),
         read_table(spark, warehouse, t.FEATURES), rows, tabular_cols, heavy_section["neighbor_features"],
@@ -166,7 +160,7 @@ def train_heavy_stage(
     ``context``: D's shared rows and canary (built here when not given, and released after)."""
     from botwatch.models.heavy import train_heavy
 
-    cfg = _heavy_config(heavy_section)
+    cfg = HeavyConfig.from_mapping(heavy_section)
     ctx = context or prepare_training(spark, warehouse, run_date, params)
     cols = feature_columns(ctx.train)
     nbr_cols = neighbor_columns(heavy_section["neighbor_features"])

@@ -13,6 +13,7 @@ the GRU and only run the head.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ from botwatch import registry
 from botwatch import tables as t
 from botwatch.delta_io import read_table, retried_commit, table_exists, write_table
 from botwatch.models.heavy_inputs import FINGERPRINT, heavy_inputs
+from botwatch.params import HeavyConfig
 from botwatch.scoring.worker import (  # noqa: F401  (re-exported: stage 2's public names)
     CACHED_ENCODING,
     ENCODER,
@@ -54,8 +56,6 @@ INPUT_KNOBS = ("max_len", "lookback_days", "neighbor_k", "neighbor_seed")
 def built_like(artifact: HeavyArtifact, config: Mapping[str, Any], neighbor_cols: Sequence[str]) -> bool:
     """Whether inputs built with ``config`` (heavy knobs) and ``neighbor_cols`` are the ones
     ``artifact`` was trained on (its tabular columns are filled by name either way)."""
-    import json
-
     meta = json.loads(artifact.meta_json)
     return list(meta["neighbor_cols"]) == list(neighbor_cols) and all(
         meta["config"].get(k) == config.get(k) for k in INPUT_KNOBS)
@@ -64,10 +64,6 @@ def built_like(artifact: HeavyArtifact, config: Mapping[str, Any], neighbor_cols
 def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifact: HeavyArtifact) -> DataFrame:
     """Heavy inputs of ``rows`` (``account_id``, ``run_date``, features) built the way ``artifact``
     was trained: its tabular columns, neighbour features, sequence length and neighbour sample."""
-    import json
-
-    from botwatch.params import HeavyConfig
-
     meta = json.loads(artifact.meta_json)
     cfg = HeavyConfig(**meta["config"])
     nbr_features = [c[len(t.NBR_PREFIX):] for c in meta["neighbor_cols"] if c != t.NBR_COUNT]
