@@ -917,9 +917,9 @@ def test_a_failed_backfill_says_how_to_resume(fake_pipeline, monkeypatch):
 
 def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsys):
     """A time zone in spark.extra_conf (else found only building the session), a heartbeat against the
-    lock's expiry (else found by the runner, after the demo simulated its platform), and a train, heavy, cascade or
-    monitoring knob its step refuses (else found after a night's ingest, features and scores): exit 2 and the message,
-    as for any conf problem, from every command and job, before anything is written."""
+    lock's expiry (else found by the runner, after the demo simulated its platform), and a train, heavy, cascade
+    (stage-2 inference too) or monitoring knob its step refuses (else found after a night's ingest, features and
+    scores): exit 2 and the message, as for any conf problem, from every command and job, before anything is written."""
     import importlib.util
 
     from typer.testing import CliRunner
@@ -938,6 +938,7 @@ def test_conf_problems_between_knobs_exit_2_before_anything_runs(tmp_path, capsy
                         ("monitoring.strata_edges=[0,.nan,.nan]", "monitoring.strata_edges must list"),
                         ("heavy.dropout=1.5", "heavy.dropout must be in [0, 1), got 1.5"),
                         ("cascade.budget=1.5", "cascade.budget must be in [0, 1], got 1.5"),
+                        ("cascade.device=gpu", "cascade.device must be one of ('auto', 'cpu', 'cuda'), got 'gpu'"),
                         ("train.xgb.subsample=1.5", "train.xgb.subsample must be in (0, 1], got 1.5")):
         for command in (["run", "--date", day], ["backfill", "--start", day, "--end", day], ["demo"],
                         ["simulate", "--accounts", "20", "--days", "1", "--seed", "1"]):

@@ -224,3 +224,34 @@ def test_a_reused_worker_loads_the_model_again_on_its_next_tasks_gpu(artifact, m
     assert on_gpu1 is not on_gpu0 and loads == [0, 1]
     current[0] = 0
     assert artifact.load("cuda") is on_gpu0
+
+
+@pytest.mark.parametrize(("knob", "value", "says"), [
+    ("batch_size", -1, "cascade.batch_size must be at least 0, got -1"),
+    ("device", "gpu", "cascade.device must be one of ('auto', 'cpu', 'cuda'), got 'gpu'"),
+    ("torch_threads", -1, "cascade.torch_threads must be at least 0, got -1"),
+    ("partitions", -2, "cascade.partitions must be at least 0, got -2"),
+])
+def test_inference_knobs_that_cannot_score_are_conf_errors(artifact, knob, value, says):
+    """Refused when the settings are built (at start-up, from the conf), not by the Python workers after a night's
+    stage-1 scores; the two the worker would fail on are shown failing there."""
+    from botwatch.config import ConfigError
+
+    for build in (lambda: W.InferenceSettings(**{knob: value}), lambda: W.InferenceSettings.from_conf({knob: value})):
+        with pytest.raises(ConfigError) as refused:
+            build()
+        assert says in str(refused.value)
+    if knob in ("batch_size", "device"):
+        unchecked = dataclasses.replace(CPU_FP32)
+        object.__setattr__(unchecked, knob, value)  # past the check, as the worker would have got it
+        with pytest.raises(ValueError):
+            _score([_rows(4, 7)], artifact, unchecked)
+
+
+def test_every_refused_heavy_knob_is_named_at_once():
+    from botwatch.config import ConfigError
+
+    with pytest.raises(ConfigError) as refused:
+        H.HeavyConfig(epochs=0, batch_size=0, num_threads=-1)
+    assert str(refused.value) == ("heavy.epochs must be at least 1, got 0; heavy.batch_size must be at least 1, got 0; "
+                                  "heavy.num_threads must be at least 0, got -1")

@@ -24,17 +24,18 @@ def load_checked_config(conf: str, overrides: list[str]) -> Config:
     """:func:`~botwatch.config.load_config`, plus the checks of knobs against each other that would
     otherwise fail only later, after a session started or a platform was written (ConfigError)."""
     from botwatch.nightly import lock_settings
-    from botwatch.params import CascadeParams, HeavyConfig, MonitorParams, TrainParams
+    from botwatch.params import CascadeParams, HeavyConfig, InferenceSettings, MonitorParams, TrainParams
     from botwatch.spark import check_time_zone
 
     cfg = load_config(conf, overrides)
     lock_settings(cfg)
     check_time_zone(cfg)
     # Their own checks (train.prevalence "autp", psi_soft above psi_hard, heavy.dropout 1.5), else met by the
-    # train, heavy, cascade and monitor steps only, after a night's ingest, features and scores.
+    # train, heavy, cascade (stage-2 workers) and monitor steps only, after a night's ingest, features and scores.
     TrainParams.from_conf(cfg.section("train"))
     HeavyConfig.from_mapping(cfg.section("heavy"))
     CascadeParams.from_conf(cfg.section("cascade"))
+    InferenceSettings.from_conf(cfg.section("cascade"))
     MonitorParams.from_conf(cfg.section("monitoring"))
     return cfg
 

@@ -1,4 +1,4 @@
-"""The knobs the train, heavy, cascade and monitor steps check (conf sections ``train``, ``heavy``, ``cascade``
+"""The knobs the train, heavy, cascade, stage-2 and monitor steps check (conf sections ``train``, ``heavy``, ``cascade``
 and ``monitoring``), as dataclasses that check themselves when built.
 
 Kept apart from the steps, and light (no pandas, numpy, torch, pyspark.ml or xgboost), so that every command
@@ -23,6 +23,12 @@ def knobs_of(params: Any, section: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of a conf section that are fields of the dataclass ``params`` (a section also holds knobs
     other code reads, such as ``cascade.device``)."""
     return {k: v for k, v in section.items() if k in params.__dataclass_fields__}
+
+
+def below_floor(params: Any, section: str, names: Sequence[str], floor: int = 1) -> list[str]:
+    """One message per knob of ``names`` on ``params`` below ``floor``, each naming the knob as ``section.name``."""
+    return [f"{section}.{name} must be at least {floor}, got {getattr(params, name)}"
+            for name in names if getattr(params, name) < floor]
 
 
 def strata_edges_problem(edges: Sequence[Any]) -> str | None:
@@ -54,8 +60,7 @@ class XGBParams:
 
     def __post_init__(self) -> None:
         # XGBoost refuses these (or, at a learning rate of 0, learns nothing) only once training starts.
-        problems = [f"train.xgb.{name} must be at least 1, got {getattr(self, name)}"
-                    for name in ("n_estimators", "early_stopping_rounds", "num_workers") if getattr(self, name) < 1]
+        problems = below_floor(self, "train.xgb", ("n_estimators", "early_stopping_rounds", "num_workers"))
         problems += [f"train.xgb.{name} must be in (0, 1], got {getattr(self, name)}"
                      for name in ("subsample", "colsample_bytree") if not 0 < getattr(self, name) <= 1]
         problems += [f"train.xgb.{name} must be >= 0, got {getattr(self, name)}"
@@ -149,9 +154,7 @@ class MonitorParams:
             problems.append(f"monitoring.flagged_ratio_soft ({self.flagged_ratio_soft}) must be above 1 and at most "
                             f"monitoring.flagged_ratio_hard ({self.flagged_ratio_hard}): a rate this many times the "
                             "usual, or at most its inverse, alerts")
-        for name in ("trailing_days", "score_reference_days", "label_lookback_days"):
-            if getattr(self, name) < 1:
-                problems.append(f"monitoring.{name} must be at least 1, got {getattr(self, name)}")
+        problems += below_floor(self, "monitoring", ("trailing_days", "score_reference_days", "label_lookback_days"))
         if (edges_problem := strata_edges_problem(self.strata_edges)) is not None:
             problems.append(edges_problem)
         if problems:
@@ -198,12 +201,12 @@ class HeavyConfig:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"heavy.device must be one of {DEVICES}, got {self.device!r}")
-        for name in ("max_len", "lookback_days", "neighbor_k", "event_embed_dim", "dt_embed_dim", "seq_hidden",
-                     "tab_hidden", "nbr_hidden", "head_hidden", "epochs", "patience", "batch_size", "ensemble"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"heavy.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_threads < 0:
-            raise ConfigError(f"heavy.num_threads must be >= 0 (0: torch's default), got {self.num_threads}")
+        problems = below_floor(self, "heavy", ("max_len", "lookback_days", "neighbor_k", "event_embed_dim",
+                                               "dt_embed_dim", "seq_hidden", "tab_hidden", "nbr_hidden", "head_hidden",
+                                               "epochs", "patience", "batch_size", "ensemble"))
+        problems += below_floor(self, "heavy", ("num_threads",), floor=0)  # 0: torch's default
+        if problems:
+            raise ConfigError("; ".join(problems))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"heavy.dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.dense_dropout < 1.0:
@@ -250,4 +253,29 @@ class CascadeParams:
 
     @classmethod
     def from_conf(cls, section: dict) -> CascadeParams:
+        return cls(**knobs_of(cls, section))
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """Knobs of stage-2 inference (conf section ``cascade``, scoring side)."""
+
+    batch_size: int = 1024
+    device: str = "auto"
+    quantize_cpu: bool = True
+    torch_threads: int = 1
+    partitions: int = 0
+    embedding_cache: bool = True
+
+    def __post_init__(self) -> None:
+        # Else found inside the Python workers, after a night's stage-1 scores.
+        # 0: the default (the model's training batch size; torch's threads; Spark's default parallelism)
+        problems = below_floor(self, "cascade", ("batch_size", "torch_threads", "partitions"), floor=0)
+        if self.device not in DEVICES:
+            problems.append(f"cascade.device must be one of {DEVICES}, got {self.device!r}")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @classmethod
+    def from_conf(cls, section: dict) -> InferenceSettings:
         return cls(**knobs_of(cls, section))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from botwatch import tables as t
-from botwatch.params import knobs_of
+from botwatch.params import InferenceSettings
 
 HEAVY_MODEL = "stage2_heavy"
 ENCODING = "encoding"
@@ -43,22 +43,6 @@ def artifact_problem(meta: dict) -> str | None:
 
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InferenceSettings:
-    """Knobs of stage-2 inference (conf section ``cascade``)."""
-
-    batch_size: int = 1024
-    device: str = "auto"
-    quantize_cpu: bool = True
-    torch_threads: int = 1
-    partitions: int = 0
-    embedding_cache: bool = True
-
-    @classmethod
-    def from_conf(cls, section: dict) -> InferenceSettings:
-        return cls(**knobs_of(cls, section))
 
 
 @dataclass(frozen=True)
