@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from botwatch.config import ConfigError
 
@@ -23,6 +23,14 @@ def knobs_of(params: Any, section: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of a conf section that are fields of the dataclass ``params`` (a section also holds knobs
     other code reads, such as ``cascade.device``)."""
     return {k: v for k, v in section.items() if k in params.__dataclass_fields__}
+
+
+class FromConf:
+    """``from_conf(section)``: the dataclass built from a conf section's entries that are its fields."""
+
+    @classmethod
+    def from_conf(cls, section: Mapping[str, Any]) -> Self:
+        return cls(**knobs_of(cls, section))
 
 
 def below_floor(params: Any, section: str, names: Sequence[str], floor: int = 1) -> list[str]:
@@ -46,7 +54,7 @@ def strata_edges_problem(edges: Sequence[Any]) -> str | None:
 
 
 @dataclass
-class XGBParams:
+class XGBParams(FromConf):
     n_estimators: int = 300
     max_depth: int = 6
     learning_rate: float = 0.1
@@ -69,10 +77,6 @@ class XGBParams:
             problems.append(f"train.xgb.learning_rate must be > 0, got {self.learning_rate}")
         if problems:
             raise ConfigError("; ".join(problems))
-
-    @classmethod
-    def from_conf(cls, section: dict) -> XGBParams:
-        return cls(**knobs_of(cls, section))
 
 
 def _is_number(v: Any) -> bool:
@@ -123,7 +127,7 @@ class TrainParams:
 
 
 @dataclass
-class MonitorParams:
+class MonitorParams(FromConf):
     psi_soft: float = 0.25
     psi_hard: float = 2.0
     flagged_ratio_soft: float = 2.0
@@ -159,10 +163,6 @@ class MonitorParams:
             problems.append(edges_problem)
         if problems:
             raise ConfigError("; ".join(problems))
-
-    @classmethod
-    def from_conf(cls, section: dict) -> MonitorParams:
-        return cls(**knobs_of(cls, section))
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,7 @@ class HeavyConfig:
 
 
 @dataclass(frozen=True)
-class CascadeParams:
+class CascadeParams(FromConf):
     """Conf section ``cascade`` (training side)."""
 
     distill_label_weight: float = 0.5
@@ -251,13 +251,9 @@ class CascadeParams:
         if not 0.0 <= self.budget <= 1.0:
             raise ConfigError(f"cascade.budget must be in [0, 1], got {self.budget}")
 
-    @classmethod
-    def from_conf(cls, section: dict) -> CascadeParams:
-        return cls(**knobs_of(cls, section))
-
 
 @dataclass(frozen=True)
-class InferenceSettings:
+class InferenceSettings(FromConf):
     """Knobs of stage-2 inference (conf section ``cascade``, scoring side)."""
 
     batch_size: int = 1024
@@ -276,6 +272,3 @@ class InferenceSettings:
         if problems:
             raise ConfigError("; ".join(problems))
 
-    @classmethod
-    def from_conf(cls, section: dict) -> InferenceSettings:
-        return cls(**knobs_of(cls, section))
