@@ -21,7 +21,7 @@ DEVICES = ("auto", "cpu", "cuda")
 
 def knobs_of(params: Any, section: Mapping[str, Any]) -> dict[str, Any]:
     """The entries of a conf section that are fields of the dataclass ``params`` (a section also holds knobs
-    other code reads, such as ``cascade.device``)."""
+    other code reads: ``cascade`` holds the training side's, the scoring side's and ``enabled``)."""
     return {k: v for k, v in section.items() if k in params.__dataclass_fields__}
 
 
@@ -37,6 +37,11 @@ def below_floor(params: Any, section: str, names: Sequence[str], floor: int = 1)
     """One message per knob of ``names`` on ``params`` below ``floor``, each naming the knob as ``section.name``."""
     return [f"{section}.{name} must be at least {floor}, got {getattr(params, name)}"
             for name in names if getattr(params, name) < floor]
+
+
+def device_problems(section: str, device: str) -> list[str]:
+    """The message for a ``device`` knob that is not one of :data:`DEVICES`, else none."""
+    return [] if device in DEVICES else [f"{section}.device must be one of {DEVICES}, got {device!r}"]
 
 
 def strata_edges_problem(edges: Sequence[Any]) -> str | None:
@@ -199,9 +204,8 @@ class HeavyConfig:
     num_threads: int = 0  # torch CPU threads while training; 0 keeps torch's default
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise ConfigError(f"heavy.device must be one of {DEVICES}, got {self.device!r}")
-        problems = below_floor(self, "heavy", ("max_len", "lookback_days", "neighbor_k", "event_embed_dim",
+        problems = device_problems("heavy", self.device)
+        problems += below_floor(self, "heavy", ("max_len", "lookback_days", "neighbor_k", "event_embed_dim",
                                                "dt_embed_dim", "seq_hidden", "tab_hidden", "nbr_hidden", "head_hidden",
                                                "epochs", "patience", "batch_size", "ensemble"))
         problems += below_floor(self, "heavy", ("num_threads",), floor=0)  # 0: torch's default
@@ -267,8 +271,7 @@ class InferenceSettings(FromConf):
         # Else found inside the Python workers, after a night's stage-1 scores.
         # 0: the default (the model's training batch size; torch's threads; Spark's default parallelism)
         problems = below_floor(self, "cascade", ("batch_size", "torch_threads", "partitions"), floor=0)
-        if self.device not in DEVICES:
-            problems.append(f"cascade.device must be one of {DEVICES}, got {self.device!r}")
+        problems += device_problems("cascade", self.device)
         if problems:
             raise ConfigError("; ".join(problems))
 
