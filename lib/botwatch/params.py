@@ -274,4 +274,3 @@ class InferenceSettings(FromConf):
         problems += device_problems("cascade", self.device)
         if problems:
             raise ConfigError("; ".join(problems))
-
