@@ -645,6 +645,46 @@ def test_scoring_refuses_missing_features_and_stale_or_missing_stage_1_scores(sp
     assert before > 0 and scores.toDF().where(F.col(t.RUN_DATE) == F.lit(day)).count() == before
 
 
+def test_stage_2_reads_the_events_of_the_day_validate_checked(spark, cascade, tmp_path):
+    """Events of D landing after validate (a late load) reached stage 2's event sequences unchecked. It reads D's
+    events as validate left them (as the activity and features steps do) and keys its run-log row on that
+    version: the same inputs, so the same scores and every encoding from the cache."""
+    from botwatch import nightly
+
+    cconf, day, _, _, _, _ = cascade
+    warehouse = copy_warehouse(warehouse_path(cconf), tmp_path / "wh")
+    conf = cconf.with_overrides([f"warehouse={warehouse}"])
+    checked = nightly.table_version(spark, warehouse, t.EVENTS)
+    validated = nightly.log_row(day, "validate", nightly.STATUS_OK, {}, {"events_version": checked}, "test",
+                                dt.datetime.now(dt.UTC))
+    nightly.write_log(spark, warehouse, day, {"validate": validated})
+    steps.score_stage1_step(spark, conf, day)
+    first = steps.score_stage2_step(spark, conf, day)
+    assert first["n_stage2"] > 0 and nightly.READ_VERSIONS not in first
+
+    def stage2_scores() -> dict:
+        of_day = (F.col(t.RUN_DATE) == F.lit(day)) & F.col("stage2_reached")
+        return {r[0]: r[1] for r in read_table(spark, warehouse, t.SCORES).where(of_day).select(
+            t.ACCOUNT_ID, t.STAGE2_SCORE).collect()}
+
+    before = stage2_scores()
+    # The late load: each flagged account's events of D once more, as logins.
+    events = read_table(spark, warehouse, t.EVENTS)
+    late = events.where((F.col(t.EVENT_DATE) == F.lit(day)) & F.col(t.ACCOUNT_ID).isin(*before)).withColumn(
+        t.EVENT_TYPE, F.lit("login"))
+    assert late.count() > 0
+    write_table(late, warehouse, t.EVENTS, mode="append")
+
+    again = steps.score_stage2_step(spark, conf, day)
+    assert again[nightly.READ_VERSIONS] == {t.EVENTS: checked}
+    assert again["n_embedding_cache_hits"] == again["n_stage2"] == first["n_stage2"]
+    assert stage2_scores() == before
+    # Read as they are now, the late events change the sequences: the check above could fail.
+    nightly.write_log(spark, warehouse, day, {})
+    latest = steps.score_stage2_step(spark, conf, day)
+    assert nightly.READ_VERSIONS not in latest and latest["n_embedding_cache_hits"] < latest["n_stage2"]
+
+
 def test_a_rerun_of_an_earlier_date_never_learns_from_a_later_heavy_champion(spark, cascade, monkeypatch):
     """Retraining a date before the heavy champion's: stage 1 is distilled from the heavy champion of that
     date (none here), never from one whose training rows hold labels observed after it; and no flag

@@ -247,6 +247,53 @@ def test_validate_keeps_a_producers_extra_columns_when_it_rewrites_the_days_even
     assert moved["user_agent"] == "ua-a" and moved["client.build"] == 7
 
 
+def test_the_days_features_read_the_events_validate_checked(spark, test_conf, monkeypatch):
+    """Events of D that land after validate (a late load: an unknown account's, and a good one) reached D's
+    activity partial and features unchecked. The activity and features steps read D's events as validate left
+    them and key their run-log rows on that version; the next run validates the late rows, then uses the
+    good one. An OPTIMIZE of D is no change; a validate older than the Delta log keeps reads the latest."""
+    from botwatch import files as files_module
+    from botwatch.delta_io import partition_changed_since
+    from botwatch.features.activity import N_EVENTS
+
+    wh = test_conf["warehouse"]
+    copy = (1, ts(D, 9), "post", "ip1", "dev1", D)
+    write_inputs(spark, wh, events=[copy, copy, (2, ts(D, 10), "like", "ip2", "dev2", D)])
+    quiet = {"echo": lambda _: None}
+    nightly.run_steps(spark, test_conf, D, ["validate"], **quiet)
+    checked = json.loads(nightly.log_rows(spark, wh, D)["validate"]["summary"])["events_version"]
+    late = [(99, ts(D, 11), "like", "ip9", "dev9", D), (2, ts(D, 12), "like", "ip2", "dev2", D)]
+    write_table(spark.createDataFrame(late, INPUT_SCHEMAS[t.EVENTS]), wh, t.EVENTS, mode="append")
+
+    def events_of_d(table: str, column: str, day_column: str) -> dict:
+        rows = read_table(spark, wh, table).where(F.col(day_column) == F.lit(D)).select(t.ACCOUNT_ID, column)
+        return {r[0]: r[1] for r in rows.collect()}
+
+    with monkeypatch.context() as m:  # as if the log had dropped the commits since validate
+        m.setattr(files_module, "exists", lambda path, spark_=None: "_delta_log" not in path)
+        assert nightly.validated_events(spark, wh, D) is None
+    got = nightly.run_steps(spark, test_conf, D, ["activity", "features"], **quiet)
+    assert events_of_d(t.ACTIVITY_DAILY, N_EVENTS, t.DAY) == {1: 1, 2: 1}
+    assert {k: v for k, v in events_of_d(t.FEATURES, f"{N_EVENTS}_1d", t.RUN_DATE).items() if v} == {1: 1, 2: 1}
+    logged = nightly.log_rows(spark, wh, D)
+    for step in ("activity", "features"):
+        assert got[step][nightly.READ_VERSIONS] == {t.EVENTS: checked}
+        assert logged[step]["input_versions"][t.EVENTS] == checked < nightly.table_version(spark, wh, t.EVENTS)
+
+    again = nightly.run_steps(spark, test_conf, D, ["validate", "activity", "features"], **quiet)
+    assert statuses(again) == {"validate": "ok", "activity": "ok", "features": "ok"}
+    assert again["validate"]["quarantined"][t.EVENTS] == 1
+    assert nightly.READ_VERSIONS not in again["activity"]
+    assert events_of_d(t.ACTIVITY_DAILY, N_EVENTS, t.DAY) == {1: 1, 2: 2}
+    # Nothing moved this time: validate's version is the one it read, and no step reads an older one.
+    nightly.run_steps(spark, test_conf, D, ["validate"], force=True, **quiet)
+    assert nightly.validated_events(spark, wh, D) is None
+    checked = nightly.table_version(spark, wh, t.EVENTS)
+    spark.sql(f"OPTIMIZE delta.`{t.table_path(wh, t.EVENTS)}` ZORDER BY ({t.ACCOUNT_ID})")
+    assert partition_changed_since(spark, wh, t.EVENTS, checked, D.isoformat())  # it rewrote D's files
+    assert nightly.validated_events(spark, wh, D) is None
+
+
 def test_validate_refuses_a_session_outside_utc(spark, warehouse):
     """Partition D and the day cuts are UTC days: in another zone, D's early-hour events would read as
     ``event_date_mismatch`` and move out of ``events``."""

@@ -127,24 +127,37 @@ def data_commits(spark: SparkSession, warehouse: str, table: str, after: int, cu
     return history.where((F.col("version") > after) & ~F.col("operation").isin(*MAINTENANCE_OPERATIONS))
 
 
-# The part of a commit's log entries that says which partitions it touched.
-_LOG_ACTIONS = "add struct<partitionValues: map<string,string>>, remove struct<partitionValues: map<string,string>>"
+# The part of a commit's log entries that says which partitions it touched, and whether it changed data.
+_LOG_ACTIONS = ("add struct<partitionValues: map<string,string>, dataChange: boolean>, "
+                "remove struct<partitionValues: map<string,string>, dataChange: boolean>")
 
 
-def partition_changed_since(spark: SparkSession, warehouse: str, table: str, version: int, value: str) -> bool:
-    """Whether a commit after ``version`` added or removed a file of a partition whose value is ``value``.
+class LogCleanedError(RuntimeError):
+    """A commit asked about is older than the Delta log keeps (``delta.logRetentionDuration``, 30 days)."""
+
+
+def partition_changed_since(spark: SparkSession, warehouse: str, table: str, version: int, value: str,
+                            data_only: bool = False) -> bool:
+    """Whether a commit after ``version`` added or removed a file of a partition whose value is ``value``
+    (``data_only``: a file of changed data, not OPTIMIZE's rewrite of the same rows).
     Read from those commits' own log entries: a history row does not say which partitions an append touched,
     and another partition's commits (the next day's events landing) are no change of this one. Any partition
-    column's value counts: under Delta column mapping the log names columns by their physical names."""
+    column's value counts: under Delta column mapping the log names columns by their physical names.
+    :class:`LogCleanedError` when the log no longer holds those commits."""
     from pyspark.sql import functions as F
+
+    from botwatch import files
 
     current = table_version(spark, warehouse, table)
     if current <= version:
         return False
     log = f"{table_path(warehouse, table)}/_delta_log"
-    actions = spark.read.schema(_LOG_ACTIONS).json([f"{log}/{v:020d}.json" for v in range(version + 1, current + 1)])
+    commits = [f"{log}/{v:020d}.json" for v in range(version + 1, current + 1)]
+    if not files.exists(commits[0], spark):  # the log drops its oldest commits first
+        raise LogCleanedError(f"the Delta log of {table_path(warehouse, table)} no longer holds version {version + 1}")
+    actions = spark.read.schema(_LOG_ACTIONS).json(commits)
     touched = [F.exists(F.map_values(F.col(f"{a}.partitionValues")), lambda v: v == F.lit(value))
-               for a in ("add", "remove")]
+               & (F.col(f"{a}.dataChange") if data_only else F.lit(True)) for a in ("add", "remove")]
     return actions.where(touched[0] | touched[1]).limit(1).count() > 0
 
 

@@ -24,6 +24,9 @@
   setting an old one's is not: Hadoop's default ``setTimes`` does nothing); a lock whose files were
   not written for ``run.lock_stale_hours`` belongs to a run that died (killed, lost its worker) and
   is taken over, so Airflow's retry of a killed task runs instead of failing on it.
+* **D's events as validate left them.** The activity, features and score_stage2 steps read D's events as
+  of the version validate checked (:func:`validated_events`) and key their log rows on it: events of D that
+  land after validate (a late load) wait for the next run, whose validate checks them first.
 * **Waiting, not failing.** A young platform has too few labels to train (``train`` waits) and no
   champion to score with (the scoring steps and those after them wait). Waiting steps are logged
   with the reason and rerun next time; they do not fail the run.
@@ -51,9 +54,11 @@ from botwatch import files
 from botwatch import tables as t
 from botwatch.config import Config, ConfigError, warehouse_path
 from botwatch.delta_io import (
+    LogCleanedError,
     commit_metadata,
     data_commits,
     hadoop_fs,
+    partition_changed_since,
     read_table,
     table_exists,
     table_version,
@@ -84,6 +89,9 @@ RUN_LOG_SCHEMA = T.StructType(
 CONF_KEY = "_conf"
 # The key, in a step's run-log summary, of why the step ran (see rerun_reason).
 RAN_BECAUSE = "ran_because"
+# The key, in a step's summary, of the inputs it read at an older version than the latest ({table: version}):
+# its skip key keeps those, so a change it did not read reruns it.
+READ_VERSIONS = "read_versions"
 # Knobs that change how fast a step runs, not what it writes: a change to them reruns nothing.
 SPEED_ONLY_KEYS = frozenset({
     "features.graph.salt_buckets", "heavy.device", "heavy.num_threads", "cascade.batch_size", "cascade.device",
@@ -219,6 +227,28 @@ def versions_after_own_commits(spark: SparkSession, warehouse: str, tables: Sequ
             F.col("userMetadata").isNull() | ~F.col("userMetadata").isin(*mine)).limit(1).count() > 0
         versions[table] = since if changed_by_others else after
     return versions
+
+
+def validated_events(spark: SparkSession, warehouse: str, run_date: dt.date) -> int | None:
+    """The events table's version whose rows of D validate checked (its run-log summary's ``events_version``),
+    when D's events changed since (a late load after validate): the activity, features and score_stage2 steps
+    read D's events as of it. None (read the latest) when they did not change (OPTIMIZE's rewrite is no change), or
+    validate has not run ok for D, or its version is older than the Delta log keeps (warned: a whole run
+    of the date validates again)."""
+    row = log_rows(spark, warehouse, run_date).get("validate")
+    version = json.loads(row["summary"] or "{}").get("events_version") if row and row["status"] == STATUS_OK else None
+    if version is None:
+        return None
+    try:
+        if not partition_changed_since(spark, warehouse, t.EVENTS, version, run_date.isoformat(), data_only=True):
+            return None
+    except LogCleanedError as exc:
+        log.warning("events of %s: %s, so whether they changed after validate checked them is unknown: the latest "
+                    "are read (`botwatch run --date %s` validates them again)", run_date, exc, run_date)
+        return None
+    log.warning("events of %s changed after validate checked them (version %s): read as of that version until the "
+                "next run of the date validates the new rows", run_date, version)
+    return int(version)
 
 
 def output_present(spark: SparkSession, warehouse: str, output: tuple[str, str] | None, run_date: dt.date) -> bool:
@@ -641,7 +671,8 @@ def run_steps(
             lock.check()  # its writes may have met another run's: never logged as done
             # A step that rewrites one of its inputs (validate moves bad rows out) is keyed on the result.
             own = [tb for tb in io.inputs if tb in io.writes]
-            versions = {**before, **versions_after_own_commits(spark, warehouse, own, before, mine)}
+            versions = {**before, **versions_after_own_commits(spark, warehouse, own, before, mine),
+                        **summary.get(READ_VERSIONS, {})}
             kept = {**summary, RAN_BECAUSE: reason}  # what run_log and the caller get
             logged[step] = log_row(run_date, step, status, versions, kept, run_id, started)
             write_log(spark, warehouse, run_date, logged)

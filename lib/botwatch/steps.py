@@ -16,21 +16,35 @@ from botwatch.config import Config, warehouse_path
 StepFn = Callable[[SparkSession, Config, dt.date], dict]
 
 
+def _validated_events(spark: SparkSession, warehouse: str, run_date: dt.date) -> tuple[int | None, dict]:
+    """The events version whose rows of D validate checked, when D's events changed since
+    (:func:`botwatch.nightly.validated_events`), and the summary entry that keys the step's run-log row on it."""
+    from botwatch import nightly
+    from botwatch import tables as t
+
+    version = nightly.validated_events(spark, warehouse, run_date)
+    return version, {} if version is None else {nightly.READ_VERSIONS: {t.EVENTS: version}}
+
+
 def activity_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     from botwatch.features.activity import build_activity_daily
 
-    build_activity_daily(spark, warehouse_path(conf), run_date)
-    return {"activity_daily_day": run_date.isoformat()}
+    warehouse = warehouse_path(conf)
+    version, read = _validated_events(spark, warehouse, run_date)
+    build_activity_daily(spark, warehouse, run_date, validated=None if version is None else (run_date, version))
+    return {"activity_daily_day": run_date.isoformat(), **read}
 
 
 def features_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     from botwatch.features.build import build_features
     from botwatch.labels import dropped_sources
 
+    warehouse = warehouse_path(conf)
+    version, read = _validated_events(spark, warehouse, run_date)
     report: dict = {}
-    n = build_features(spark, warehouse_path(conf), run_date, conf.section("features"), report=report,
-                       dropped_label_sources=dropped_sources(conf["train.label_weights"]))
-    return {"accounts": n, **report}
+    n = build_features(spark, warehouse, run_date, conf.section("features"), report=report,
+                       dropped_label_sources=dropped_sources(conf["train.label_weights"]), validated_version=version)
+    return {"accounts": n, **report, **read}
 
 
 def train_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
@@ -100,7 +114,9 @@ def score_stage2_step(spark: SparkSession, conf: Config, run_date: dt.date) -> d
         return {"stage2": "skipped: cascade.enabled is false", "n_stage2": 0}
     from botwatch.scoring.cascade import score_stage2
 
-    return score_stage2(spark, warehouse_path(conf), run_date, _scoring_params(conf), conf.section("cascade"))
+    warehouse = warehouse_path(conf)
+    version, read = _validated_events(spark, warehouse, run_date)
+    return {**score_stage2(spark, warehouse, run_date, _scoring_params(conf), conf.section("cascade"), version), **read}
 
 
 def publish_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:

@@ -18,10 +18,16 @@ Usage::
 
     summary = validate_inputs(spark, warehouse, date(2026, 1, 12))
     summary["counts"]["events"]     # events on D
+    summary["events_version"]       # the events table's version whose rows of D validate checked
+
+The activity, features and score_stage2 steps read D's events as of ``events_version`` (see
+:func:`botwatch.nightly.validated_events`): a late load of D after validate waits for the next run's
+validate instead of reaching D's features and event sequences unchecked.
 """
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Mapping
 from typing import cast
 
@@ -30,6 +36,8 @@ from pyspark.sql import functions as F
 
 from botwatch import tables as t
 from botwatch.delta_io import (
+    commit_metadata,
+    data_commits,
     partition_changed_since,
     read_table,
     retried_commit,
@@ -153,24 +161,31 @@ def _check_events_unchanged(spark: SparkSession, warehouse: str, run_date: dt.da
 
 
 def _remove_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, good: DataFrame,
-                     bad_contract: DataFrame, events_version: int) -> None:
+                     bad_contract: DataFrame, events_version: int) -> int | None:
     """Take the bad rows of D out of the input table (one Delta commit). ``good`` and ``bad_contract``:
-    materialised; events of D read as of ``events_version``."""
+    materialised; events of D read as of ``events_version``. For events, returns the rewrite's version."""
     if table == t.EVENTS:
         # Events of D are one partition: replace it with its good rows (duplicates keep one copy).
         # Checked just before the write; from the write's start on, Delta refuses a concurrent commit to the
         # partition it replaces. A commit in between (seconds) is not seen: the run log then keys validate on
         # the version before it, so the next run of D checks again, but that commit's rows of D are gone.
         _check_events_unchanged(spark, warehouse, run_date, events_version)
-        write_table(good, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE],
-                    replace_where=f"{t.EVENT_DATE} = '{run_date.isoformat()}'")
-        return
+        # Marked, to find its version: the table's latest may already be another writer's next commit.
+        with commit_metadata(spark, step=VALIDATE_STEP, run_date=run_date.isoformat(),
+                             rewrite=uuid.uuid4().hex) as marks:
+            write_table(good, warehouse, t.EVENTS, partition_by=[t.EVENT_DATE],
+                        replace_where=f"{t.EVENT_DATE} = '{run_date.isoformat()}'")
+        current = table_version(spark, warehouse, t.EVENTS)
+        mine = data_commits(spark, warehouse, t.EVENTS, events_version, current).where(
+            F.col("userMetadata").isin(*marks))
+        return int(cast(Row, mine.agg(F.max("version")).first())[0])
     from delta.tables import DeltaTable
 
     cols = [f.name for f in INPUT_SCHEMAS[table].fields]
     target = DeltaTable.forPath(spark, t.table_path(warehouse, table))
     key = " AND ".join(f"x.`{c}` <=> b.`{c}`" for c in cols)
     target.alias("x").merge(bad_contract.dropDuplicates().alias("b"), key).whenMatchedDelete().execute()
+    return None
 
 
 def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_bad_share: float = 0.5,
@@ -185,7 +200,8 @@ def validate_inputs(spark: SparkSession, warehouse: str, run_date: dt.date, max_
 
     Another writer's change to D's events while it runs (a late load) makes it check the day again, up to
     :data:`VALIDATE_ATTEMPTS` times (then :class:`EventsChangedError`): D's partition is rewritten only from
-    all of its rows."""
+    all of its rows. ``events_version`` in the result: the events table's version whose rows of D are the
+    ones it checked (its own rewrite of D, or the version it read when it moved none of D's events)."""
     require_utc(spark)  # D's partition and the day cuts are UTC days
     for attempt in range(1, VALIDATE_ATTEMPTS + 1):
         try:
@@ -262,10 +278,12 @@ def _validate_once(spark: SparkSession, warehouse: str, run_date: dt.date, max_b
             _stop_if_mostly_bad(table, which, *without_copies(by_reason, of_copies), max_bad_share,
                                 bad_share_min_rows)
         tagged_by_table[table] = tagged
+    checked_version = events_version
     for table, tagged in tagged_by_table.items():
         if quarantined[table]:
-            _move_bad_rows(spark, warehouse, table, run_date, tagged, events_version)
-    return {"counts": counts, "quarantined": quarantined}
+            rewrote = _move_bad_rows(spark, warehouse, table, run_date, tagged, events_version)
+            checked_version = rewrote if rewrote is not None else checked_version
+    return {"counts": counts, "quarantined": quarantined, "events_version": checked_version}
 
 
 def _stop_if_mostly_bad(table: str, which: str, originals: dict[str | None, int], copied: str,
@@ -312,8 +330,9 @@ def _raise_account_grain(accounts: DataFrame, warehouse: str, null_ids: int, ext
 
 
 def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt.date, tagged: DataFrame,
-                   events_version: int) -> None:
-    """Quarantine, then take out of the input table, the bad rows of ``tagged``."""
+                   events_version: int) -> int | None:
+    """Quarantine, then take out of the input table, the bad rows of ``tagged``; for events, returns the
+    version of the rewrite of D."""
     # Read once: the rows quarantined and the rows that replace D's are of one version of the table, and
     # never recomputed from the table they replace.
     tagged = tagged.localCheckpoint()
@@ -323,4 +342,4 @@ def _move_bad_rows(spark: SparkSession, warehouse: str, table: str, run_date: dt
         _check_events_unchanged(spark, warehouse, run_date, events_version)
         bad_contract = bad_contract.withColumn(t.EVENT_DATE, F.lit(run_date))
     add_quarantine_rows(spark, warehouse, quarantine_rows(tagged, table, run_date, VALIDATE_STEP))
-    _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract, events_version)
+    return _remove_bad_rows(spark, warehouse, table, run_date, good_rows(tagged, table), bad_contract, events_version)

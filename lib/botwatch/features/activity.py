@@ -485,16 +485,17 @@ def build_activity_daily(
     first_day: dt.date,
     last_day: dt.date | None = None,
     session_gap_seconds: int = SESSION_GAP_SECONDS,
+    validated: tuple[dt.date, int] | None = None,
 ) -> None:
     """Write the ``activity_daily`` partitions ``first_day .. last_day`` (default: just
-    ``first_day``) from the warehouse's ``events`` and ``accounts``.
+    ``first_day``) from the warehouse's ``events`` and ``accounts``; ``validated``: see :func:`events_table`.
 
     Replaces exactly those partitions (``replaceWhere``): rerunning a day never duplicates rows.
     The ``activity_window`` states of ``first_day`` and later are deleted first (see
     :func:`drop_window_states_from`).
     """
     last_day = last_day or first_day
-    events = delta_io.read_table(spark, warehouse, t.EVENTS)
+    events = events_table(spark, warehouse, validated)
     accounts = delta_io.read_table(spark, warehouse, t.ACCOUNTS)
     partials = daily_partials_range(events, accounts, first_day, last_day, session_gap_seconds)
     # What each day was built from: a later change to its number of events (late ones, a corrected
@@ -513,6 +514,18 @@ def build_activity_daily(
             replace_where=f"{t.DAY} >= '{first_day.isoformat()}' AND {t.DAY} <= '{last_day.isoformat()}'",
             merge_schema=True,  # tables built before source_events was kept gain it
         )
+
+
+def events_table(spark: SparkSession, warehouse: str, validated: tuple[dt.date, int] | None = None) -> DataFrame:
+    """The ``events`` table; with ``validated`` (day, version), that day's rows as of that version: the ones
+    validate checked (:func:`botwatch.nightly.validated_events`), not a late load's that landed since."""
+    events = delta_io.read_table(spark, warehouse, t.EVENTS)
+    if validated is None:
+        return events
+    day, version = validated
+    of_day = F.col(t.EVENT_DATE).eqNullSafe(F.lit(day))
+    checked = delta_io.read_table(spark, warehouse, t.EVENTS, version).where(of_day)
+    return events.where(~of_day).unionByName(checked, allowMissingColumns=True)
 
 
 def events_per_day(events: DataFrame, first_day: dt.date, last_day: dt.date) -> dict[dt.date, int]:

@@ -64,7 +64,8 @@ def window_days(run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
 
 
 def partial_days_to_build(
-    spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]
+    spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int],
+    validated: tuple[dt.date, int] | None = None,
 ) -> list[dt.date]:
     """The window's days whose ``activity_daily`` partial is missing or stale: D unless the activity
     step already built it (the nightly run does, and reruns it when D's events change), any earlier
@@ -74,7 +75,8 @@ def partial_days_to_build(
     is trusted; a correction that keeps a day's row count is not seen (rerun that date).
 
     Two small Spark jobs: the partials' (day, source_events) pairs, and a count of the window's
-    events per day (:func:`activity.events_per_day`: Parquet footers, not rows)."""
+    events per day (:func:`activity.events_per_day`: Parquet footers, not rows). ``validated``: see
+    :func:`activity.events_table`."""
     days = window_days(run_date, windows)
     first, last = min(days), max(days)
     built: dict[dt.date, int | None] = {}
@@ -87,20 +89,21 @@ def partial_days_to_build(
         return sorted(missing)  # nothing recorded to compare with, and nothing else to find
     if not table_exists(spark, warehouse, t.EVENTS):
         return sorted(d for d in missing if d == run_date)
-    now = activity.events_per_day(read_table(spark, warehouse, t.EVENTS), first, last)
+    now = activity.events_per_day(activity.events_table(spark, warehouse, validated), first, last)
     stale = [d for d, n in built.items() if n is not None and now.get(d, 0) != n]
     return sorted({d for d in missing if d == run_date or now.get(d, 0) > 0} | set(stale))
 
 
-def build_partials(spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int]) -> list[dt.date]:
+def build_partials(spark: SparkSession, warehouse: str, run_date: dt.date, windows: Sequence[int],
+                   validated: tuple[dt.date, int] | None = None) -> list[dt.date]:
     """Build the window's missing or stale ``activity_daily`` partials (:func:`partial_days_to_build`),
     each run of consecutive days in one job (a first run builds the whole window at once); returns the days."""
-    days = partial_days_to_build(spark, warehouse, run_date, windows)
+    days = partial_days_to_build(spark, warehouse, run_date, windows, validated)
     if days:
         start = prev = days[0]
         for day in [*days[1:], None]:
             if day is None or (day - prev).days > 1:
-                activity.build_activity_daily(spark, warehouse, start, prev)
+                activity.build_activity_daily(spark, warehouse, start, prev, validated=validated)
                 start = day or start
             prev = day or prev
     return days
@@ -143,7 +146,7 @@ def labels_kept(labels: DataFrame, dropped_sources: Sequence[str]) -> DataFrame:
 
 def build_features(
     spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, report: dict | None = None,
-    dropped_label_sources: Sequence[str] = (),
+    dropped_label_sources: Sequence[str] = (), validated_version: int | None = None,
 ) -> int:
     """The features step for ``run_date``: ``activity_daily`` partitions as needed, then the
     ``features`` partition ``run_date`` (replaced whole: rerunning D never duplicates).
@@ -151,13 +154,15 @@ def build_features(
     ``params`` is conf's ``features`` section. Returns the number of accounts written; ``report``
     (when given) receives the account attributes carried and skipped (for the step summary).
     ``dropped_label_sources``: label sources training leaves out (weight 0), left out of
-    ``bot_neighbor_share`` too.
+    ``bot_neighbor_share`` too. ``validated_version``: read D's events as of this version of ``events``
+    (the one validate checked, :func:`botwatch.nightly.validated_events`); None: the latest.
     """
     require_utc(spark)
     wanted = params.get("windows", activity.DEFAULT_WINDOWS)
     activity.check_windows(wanted)  # before anything is written
     windows = tuple(wanted)
-    built = build_partials(spark, warehouse, run_date, windows)
+    validated = None if validated_version is None else (run_date, validated_version)
+    built = build_partials(spark, warehouse, run_date, windows, validated)
     if report is not None and built and built != [run_date]:
         report["activity_partials_built"] = [d.isoformat() for d in built]
 

@@ -26,6 +26,7 @@ from pyspark.sql import types as T
 from botwatch import registry
 from botwatch import tables as t
 from botwatch.delta_io import read_table, retried_commit, table_exists, write_table
+from botwatch.features.activity import events_table
 from botwatch.models.heavy_inputs import FINGERPRINT, heavy_inputs
 from botwatch.params import HeavyConfig
 from botwatch.scoring.worker import (  # noqa: F401  (re-exported: stage 2's public names)
@@ -61,16 +62,18 @@ def built_like(artifact: HeavyArtifact, config: Mapping[str, Any], neighbor_cols
         meta["config"].get(k) == config.get(k) for k in INPUT_KNOBS)
 
 
-def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifact: HeavyArtifact) -> DataFrame:
+def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifact: HeavyArtifact,
+                    validated: tuple[dt.date, int] | None = None) -> DataFrame:
     """Heavy inputs of ``rows`` (``account_id``, ``run_date``, features) built the way ``artifact``
-    was trained: its tabular columns, neighbour features, sequence length and neighbour sample."""
+    was trained: its tabular columns, neighbour features, sequence length and neighbour sample.
+    ``validated``: see :func:`botwatch.features.activity.events_table`."""
     meta = json.loads(artifact.meta_json)
     cfg = HeavyConfig(**meta["config"])
     nbr_features = [c[len(t.NBR_PREFIX):] for c in meta["neighbor_cols"] if c != t.NBR_COUNT]
     tab = list(meta["tabular_cols"])
     keep = [c for c in rows.columns if c in (t.ACCOUNT_ID, t.RUN_DATE) or c in tab]
     return heavy_inputs(
-        read_table(spark, warehouse, t.EVENTS), read_table(spark, warehouse, t.EDGES),
+        events_table(spark, warehouse, validated), read_table(spark, warehouse, t.EDGES),
         read_table(spark, warehouse, t.FEATURES), rows.select(*keep), tab, nbr_features,
         max_len=cfg.max_len, lookback_days=cfg.lookback_days, neighbor_k=cfg.neighbor_k,
         neighbor_seed=cfg.neighbor_seed,
