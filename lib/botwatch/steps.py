@@ -16,22 +16,27 @@ from botwatch.config import Config, warehouse_path
 StepFn = Callable[[SparkSession, Config, dt.date], dict]
 
 
-def _validated_events(spark: SparkSession, warehouse: str, run_date: dt.date) -> tuple[int | None, dict]:
-    """The events version whose rows of D validate checked, when D's events changed since
-    (:func:`botwatch.nightly.validated_events`), and the summary entry that keys the step's run-log row on it."""
+def _validated_events(
+    spark: SparkSession, warehouse: str, run_date: dt.date
+) -> tuple[tuple[dt.date, int] | None, dict]:
+    """(D, the events version whose rows of D validate checked) when D's events changed since
+    (:func:`botwatch.nightly.validated_events`), else None; and the summary entry that keys the step's run-log
+    row on that version."""
     from botwatch import nightly
     from botwatch import tables as t
 
     version = nightly.validated_events(spark, warehouse, run_date)
-    return version, {} if version is None else {nightly.READ_VERSIONS: {t.EVENTS: version}}
+    if version is None:
+        return None, {}
+    return (run_date, version), {nightly.READ_VERSIONS: {t.EVENTS: version}}
 
 
 def activity_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     from botwatch.features.activity import build_activity_daily
 
     warehouse = warehouse_path(conf)
-    version, read = _validated_events(spark, warehouse, run_date)
-    build_activity_daily(spark, warehouse, run_date, validated=None if version is None else (run_date, version))
+    validated, read = _validated_events(spark, warehouse, run_date)
+    build_activity_daily(spark, warehouse, run_date, validated=validated)
     return {"activity_daily_day": run_date.isoformat(), **read}
 
 
@@ -40,10 +45,10 @@ def features_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:
     from botwatch.labels import dropped_sources
 
     warehouse = warehouse_path(conf)
-    version, read = _validated_events(spark, warehouse, run_date)
+    validated, read = _validated_events(spark, warehouse, run_date)
     report: dict = {}
     n = build_features(spark, warehouse, run_date, conf.section("features"), report=report,
-                       dropped_label_sources=dropped_sources(conf["train.label_weights"]), validated_version=version)
+                       dropped_label_sources=dropped_sources(conf["train.label_weights"]), validated=validated)
     return {"accounts": n, **report, **read}
 
 
@@ -115,8 +120,9 @@ def score_stage2_step(spark: SparkSession, conf: Config, run_date: dt.date) -> d
     from botwatch.scoring.cascade import score_stage2
 
     warehouse = warehouse_path(conf)
-    version, read = _validated_events(spark, warehouse, run_date)
-    return {**score_stage2(spark, warehouse, run_date, _scoring_params(conf), conf.section("cascade"), version), **read}
+    validated, read = _validated_events(spark, warehouse, run_date)
+    return {**score_stage2(spark, warehouse, run_date, _scoring_params(conf), conf.section("cascade"), validated),
+            **read}
 
 
 def publish_step(spark: SparkSession, conf: Config, run_date: dt.date) -> dict:

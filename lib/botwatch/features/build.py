@@ -146,7 +146,7 @@ def labels_kept(labels: DataFrame, dropped_sources: Sequence[str]) -> DataFrame:
 
 def build_features(
     spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, report: dict | None = None,
-    dropped_label_sources: Sequence[str] = (), validated_version: int | None = None,
+    dropped_label_sources: Sequence[str] = (), validated: tuple[dt.date, int] | None = None,
 ) -> int:
     """The features step for ``run_date``: ``activity_daily`` partitions as needed, then the
     ``features`` partition ``run_date`` (replaced whole: rerunning D never duplicates).
@@ -154,14 +154,13 @@ def build_features(
     ``params`` is conf's ``features`` section. Returns the number of accounts written; ``report``
     (when given) receives the account attributes carried and skipped (for the step summary).
     ``dropped_label_sources``: label sources training leaves out (weight 0), left out of
-    ``bot_neighbor_share`` too. ``validated_version``: read D's events as of this version of ``events``
-    (the one validate checked, :func:`botwatch.nightly.validated_events`); None: the latest.
+    ``bot_neighbor_share`` too. ``validated``: (D, the version of ``events`` whose rows of D validate checked)
+    to read D's events as of it (:func:`activity.events_table`); None: the latest.
     """
     require_utc(spark)
     wanted = params.get("windows", activity.DEFAULT_WINDOWS)
     activity.check_windows(wanted)  # before anything is written
     windows = tuple(wanted)
-    validated = None if validated_version is None else (run_date, validated_version)
     built = build_partials(spark, warehouse, run_date, windows, validated)
     if report is not None and built and built != [run_date]:
         report["activity_partials_built"] = [d.isoformat() for d in built]

@@ -155,10 +155,10 @@ def _check_stage1_scores(scores: DataFrame, run_date: dt.date, want: str) -> Non
 
 
 def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params: dict, cascade_section: dict,
-                 validated_version: int | None = None) -> dict:
+                 validated: tuple[dt.date, int] | None = None) -> dict:
     """Stage 2 on D's flagged accounts, then final scores and decisions for the whole partition.
-    ``validated_version``: read D's events (the sequences) as of this version of ``events``
-    (:func:`botwatch.nightly.validated_events`); None: the latest."""
+    ``validated``: (D, the version of ``events`` whose rows of D validate checked) to read D's events (the
+    sequences) as of it (:func:`botwatch.features.activity.events_table`); None: the latest."""
     heavy = heavy_champion(spark, warehouse, as_of=run_date)
     if heavy is None:
         return {"stage2": "skipped: no heavy champion (train one with `botwatch train`)", "n_stage2": 0}
@@ -174,8 +174,7 @@ def score_stage2(spark: SparkSession, warehouse: str, run_date: dt.date, params:
         return {"stage2": "no account flagged by stage 1", "n_stage2": 0}
     encoder = encoder_key(heavy, settings)
     rows = features_for(spark, warehouse, run_date).join(flagged.select(t.ACCOUNT_ID), t.ACCOUNT_ID, "left_semi")
-    inputs = artifact_inputs(spark, warehouse, rows, heavy,
-                             None if validated_version is None else (run_date, validated_version))
+    inputs = artifact_inputs(spark, warehouse, rows, heavy, validated)
     inputs = inputs.withColumn(FINGERPRINT, fingerprint(encoder))
     if settings.embedding_cache:
         inputs = with_cached_encodings(spark, warehouse, inputs, encoder)
