@@ -206,8 +206,8 @@ class HeavyConfig:
     def __post_init__(self) -> None:
         problems = device_problems("heavy", self.device)
         problems += below_floor(self, "heavy", ("max_len", "lookback_days", "neighbor_k", "event_embed_dim",
-                                               "dt_embed_dim", "seq_hidden", "tab_hidden", "nbr_hidden", "head_hidden",
-                                               "epochs", "patience", "batch_size", "ensemble"))
+                                                "dt_embed_dim", "seq_hidden", "tab_hidden", "nbr_hidden", "head_hidden",
+                                                "epochs", "patience", "batch_size", "ensemble"))
         problems += below_floor(self, "heavy", ("num_threads",), floor=0)  # 0: torch's default
         if problems:
             raise ConfigError("; ".join(problems))
