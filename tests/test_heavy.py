@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import math
 import os
+import re
 
 import networkx as nx
 import numpy as np
@@ -21,6 +22,7 @@ from botwatch import tables as t
 from botwatch.models import heavy as H
 from botwatch.models.sequences import dt_bucket, gather_sequences, neighbor_mean, neighbor_mean_at
 from botwatch.schemas import EDGES_SCHEMA, EVENTS_SCHEMA
+from botwatch.scoring.worker import artifact_problem
 
 UTC = dt.UTC
 RUN_DATE = dt.date(2024, 3, 10)
@@ -292,6 +294,21 @@ def test_a_model_saved_before_ensembles_existed_loads_as_one_model(trained, data
     loaded = H.load_heavy(folder, device="cpu")
     assert loaded.config.ensemble == 1 and isinstance(loaded.model, H.HeavyModel)
     assert np.array_equal(loaded.predict(valid), trained.predict(valid))
+
+
+def test_a_model_saved_with_knobs_this_code_does_not_take_is_unloadable_not_a_type_error(trained, tmp_path):
+    """A champion saved by a release with a knob this one lacks (or a value this one refuses) failed in
+    ``HeavyConfig(**config)`` with a bare TypeError wherever it was loaded, stage 2's input build included,
+    instead of counting as a model this code cannot load (stage 2 off, warned; the train step retrains it)."""
+    for change, says in ((lambda c: c.update(attention_heads=4), r"knobs \['attention_heads'\]"),
+                         (lambda c: c.update(max_len=0), r"heavy\.max_len")):
+        folder = trained.save(tmp_path / "new")
+        meta = json.loads((folder / H.META_FILE).read_text())
+        change(meta["config"])
+        (folder / H.META_FILE).write_text(json.dumps(meta))
+        assert re.search(says, artifact_problem(meta))
+        with pytest.raises(H.HeavyArtifactError, match=says + r".*retrain the model"):
+            H.load_heavy(folder, device="cpu")
 
 
 def test_load_rejects_foreign_artifact(tmp_path):

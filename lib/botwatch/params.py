@@ -227,6 +227,16 @@ class HeavyConfig:
         return self.seq_hidden * self.ensemble
 
     @classmethod
+    def saved(cls, config: Mapping[str, Any]) -> HeavyConfig:
+        """The knobs saved with a trained model (its ``heavy.json``). A model saved before ``ensemble`` existed
+        is one model, whatever today's default. Raises ConfigError for a knob this code lacks or a value it refuses
+        (saved by another release)."""
+        unknown = sorted(set(config) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ConfigError(f"heavy knobs {unknown} are not knobs of this code")
+        return cls(**{"ensemble": 1, **config})
+
+    @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> HeavyConfig:
         """Build from a conf section (``conf.section("heavy")``); keys that are not knobs here are ignored."""
         known = {f.name: f for f in dataclasses.fields(cls)}

@@ -562,8 +562,7 @@ def load_heavy(path: str | Path, device: str | None = None, name: str | None = N
     problem = artifact_problem(meta)
     if problem is not None:
         raise HeavyArtifactError(f"{name or folder}: {problem}; retrain the model (`botwatch train --date D`)")
-    # Models saved before heavy.ensemble existed are single models, whatever today's default.
-    config = HeavyConfig(**{"ensemble": 1, **meta["config"]})
+    config = HeavyConfig.saved(meta["config"])
     if device is not None:
         config = dataclasses.replace(config, device=device)
     model = build_model(len(meta["tabular_cols"]), len(meta["neighbor_cols"]), config)

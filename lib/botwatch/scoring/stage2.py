@@ -68,7 +68,7 @@ def artifact_inputs(spark: SparkSession, warehouse: str, rows: DataFrame, artifa
     was trained: its tabular columns, neighbour features, sequence length and neighbour sample.
     ``validated``: see :func:`botwatch.features.activity.events_table`."""
     meta = json.loads(artifact.meta_json)
-    cfg = HeavyConfig(**meta["config"])
+    cfg = HeavyConfig.saved(meta["config"])
     nbr_features = [c[len(t.NBR_PREFIX):] for c in meta["neighbor_cols"] if c != t.NBR_COUNT]
     tab = list(meta["tabular_cols"])
     keep = [c for c in rows.columns if c in (t.ACCOUNT_ID, t.RUN_DATE) or c in tab]

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from botwatch import tables as t
-from botwatch.params import InferenceSettings
+from botwatch.config import ConfigError
+from botwatch.params import HeavyConfig, InferenceSettings
 
 HEAVY_MODEL = "stage2_heavy"
 ENCODING = "encoding"
@@ -33,12 +34,16 @@ HEAVY_FORMAT_VERSION = 1  # of the artifacts this code writes and reads
 
 
 def artifact_problem(meta: dict) -> str | None:
-    """Why this code cannot load the heavy model whose ``heavy.json`` is ``meta`` (another format, or
-    another event vocabulary: a release since changed them), else None."""
+    """Why this code cannot load the heavy model whose ``heavy.json`` is ``meta`` (another format, another
+    event vocabulary, or knobs this code does not take: a release since changed them), else None."""
     if meta.get("format_version") != HEAVY_FORMAT_VERSION or meta.get("kind") != "heavy":
         return f"format {meta.get('kind')} v{meta.get('format_version')}, this code reads heavy v{HEAVY_FORMAT_VERSION}"
     if meta.get("event_types") != list(t.EVENT_TYPES) or meta.get("dt_buckets") != t.DT_BUCKETS:
         return f"trained on event types {meta.get('event_types')}, this code has {list(t.EVENT_TYPES)}"
+    try:
+        HeavyConfig.saved(meta.get("config", {}))
+    except ConfigError as e:
+        return f"saved with knobs this code does not take: {e}"
     return None
 
 
