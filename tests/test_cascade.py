@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import math
 import shutil
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 from unittest import mock
 
@@ -22,7 +23,15 @@ from pyspark.sql import types as T
 
 from botwatch import registry, steps, training, training_heavy
 from botwatch import tables as t
-from botwatch.cascade import CASCADE_FILE, CascadeConfigError, choose_flag_threshold, threshold_from_json, with_choice
+from botwatch.cascade import (
+    CASCADE_FILE,
+    CascadeConfigError,
+    budget_count,
+    choose_flag_threshold,
+    share_of,
+    threshold_from_json,
+    with_choice,
+)
 from botwatch.config import warehouse_path
 from botwatch.delta_io import read_table, write_table
 from botwatch.models import heavy as H
@@ -182,6 +191,17 @@ def test_a_later_choice_never_changes_what_an_earlier_date_flags(spark, warehous
     # A file from before choices were kept holds one choice.
     registry.write_artifact(art, CASCADE_FILE, {"heavy_version": 2, "chosen_on": "2026-01-05", "threshold": "inf"})
     assert flag_threshold(spark, warehouse, SimpleNamespace(version=2), as_of=dt.date(2026, 1, 6))[0] == math.inf
+
+
+def test_budget_and_keep_counts_take_the_share_as_written():
+    """``floor(budget * n + 1e-9)`` in doubles let one account fewer through than the budget allows once n
+    passed ~10^7 (stage 1's cap and the calibrated flag threshold both counted so)."""
+    assert math.floor(0.57 * 38_130_100 + 1e-9) == 21_734_156  # of 21,734,157 allowed
+    for share in (0.57, 0.1, 0.07, 0.29, 0.99, 1.0, 0.0):
+        for n in (0, 1, 203, 38_130_100, 10**9 + 7):
+            exact = Decimal(str(share)) * n
+            assert budget_count(share, n) == int(exact.to_integral_value(ROUND_FLOOR))
+            assert math.ceil(share_of(np.float64(share), n)) == int(exact.to_integral_value(ROUND_CEILING))
 
 
 def test_flag_threshold_rejects_bad_knobs():

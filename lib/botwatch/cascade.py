@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -97,11 +98,23 @@ def record_choice(artifact_path: str, choice: dict) -> None:
     registry.write_artifact(artifact_path, CASCADE_FILE, with_choice(stored_choices(artifact_path), choice))
 
 
+def share_of(share: float, n: int) -> Fraction:
+    """``share * n`` exactly, the share taken as written (``0.57``: 57/100). A double product falls an ulp
+    below a whole number past ~10^7 accounts, more than any epsilon that is safe for small ``n`` (0.57 of
+    38,130,100 is 21,734,157; in doubles 21,734,156.999999996)."""
+    return Fraction(str(float(share))) * n
+
+
+def budget_count(budget: float, n: int) -> int:
+    """The most of ``n`` accounts that a ``budget`` share lets through: ``floor(budget * n)``."""
+    return math.floor(share_of(budget, n))
+
+
 def budget_threshold(scores: np.ndarray, budget: float) -> float:
     """The lowest threshold among the scores that flags at most ``floor(budget * n)`` accounts
     (``score >= threshold``); ``inf`` when even the top score's ties exceed it."""
     s = np.sort(np.asarray(scores, dtype=np.float64))
-    allowed = math.floor(budget * len(s) + 1e-9)
+    allowed = budget_count(budget, len(s))
     if len(s) == 0 or allowed >= len(s):
         return -math.inf
     # Candidates are the distinct scores; count(score >= c) = n - searchsorted(s, c, "left").
@@ -117,7 +130,7 @@ def keep_threshold(action_scores: np.ndarray, keep_share: float) -> float:
     a = np.sort(np.asarray(action_scores, dtype=np.float64))[::-1]
     if len(a) == 0:
         return math.inf
-    need = max(1, math.ceil(keep_share * len(a) - 1e-9))
+    need = max(1, math.ceil(share_of(keep_share, len(a))))
     return float(a[need - 1])
 
 

@@ -12,7 +12,6 @@ Both replace the whole partition (``replaceWhere``), so reruns give the same tab
 from __future__ import annotations
 
 import datetime as dt
-import math
 import warnings
 from typing import cast
 
@@ -21,7 +20,7 @@ from pyspark.sql import functions as F
 
 from botwatch import registry
 from botwatch import tables as t
-from botwatch.cascade import choice_for, stored_choices, threshold_from_json
+from botwatch.cascade import budget_count, choice_for, stored_choices, threshold_from_json
 from botwatch.delta_io import commit_metadata, read_table, write_table
 from botwatch.models.heavy_inputs import FINGERPRINT, fingerprint
 from botwatch.scoring.decisions import with_decisions
@@ -81,7 +80,7 @@ def cap_to_budget(scored: DataFrame, threshold: float | None, budget: float) -> 
     """The flag column: ``stage1_score >= threshold``, but never more than ``floor(budget * n)``
     accounts — when more pass, the top ones by (score, account_id) are kept."""
     n = scored.count()
-    allowed = math.floor(budget * n + 1e-9)
+    allowed = budget_count(budget, n)
     passing = scored.where(F.col(t.STAGE1_SCORE) >= F.lit(threshold)).count() if threshold is not None else None
     if passing is not None and passing <= allowed:
         return F.col(t.STAGE1_SCORE) >= F.lit(threshold), {"n_flagged": passing, "budget_capped": False}
