@@ -230,6 +230,28 @@ def test_cap_to_budget_never_exceeds_budget(spark):
             assert got == set(order[:allowed])
 
 
+def test_the_budget_cut_is_the_kth_row_whatever_the_sketch_brackets(spark, monkeypatch):
+    """The cut sorted every scored row on one task (orderBy + limit); a quantile sketch now brackets it and only
+    the rows between its bounds are sorted. The same row either way: ties at every cut, null scores, and bounds
+    a wrong sketch puts on the wrong side of the cut."""
+    from botwatch.scoring.cascade import top_cut
+
+    rng = np.random.default_rng(11)
+    n = 3000
+    ids, scores = rng.permutation(n), np.round(rng.random(n), 2)  # 101 distinct scores
+    rows = list(zip(ids.tolist(), scores.tolist(), strict=True))
+    df = spark.createDataFrame(rows + [(n, None), (n + 1, None)], f"{t.ACCOUNT_ID} long, {t.STAGE1_SCORE} double")
+    order = sorted(rows, key=lambda r: (-r[1], r[0]))
+    frame = type(df)  # Spark 4's classic DataFrame overrides pyspark.sql.DataFrame's methods
+    sketches = {"Spark's": frame.approxQuantile,
+                "below every cut": lambda self, col, probabilities, error: [0.0, 0.0],
+                "above every cut": lambda self, col, probabilities, error: [1.0, 1.0]}
+    for sketch in sketches.values():
+        monkeypatch.setattr(frame, "approxQuantile", sketch)
+        got = [top_cut(df, k, n) for k in (1, 700, 2999, n)]
+        assert [(a, s) for s, a in got] == [order[k - 1] for k in (1, 700, 2999, n)]
+
+
 # ---------------------------------------------------------------- decisions
 
 

@@ -76,26 +76,49 @@ def flag_threshold(
     return threshold_from_json(info.get("threshold")), f"cascade.json (chosen on {info.get('chosen_on')})"
 
 
+# Rank error (share of the scored rows) of the quantile sketch that brackets the budget's cut: only the
+# rows between its bounds (about 4x this share, plus ties at the bounds) are sorted.
+CUT_SKETCH_ERROR = 1e-3
+
+
 def cap_to_budget(scored: DataFrame, threshold: float | None, budget: float) -> tuple[Column, dict]:
     """The flag column: ``stage1_score >= threshold``, but never more than ``floor(budget * n)``
     accounts — when more pass, the top ones by (score, account_id) are kept."""
-    n = scored.count()
+    score = F.col(t.STAGE1_SCORE)
+    counts = scored.agg(F.count(F.lit(1)).alias("n"), F.count(score).alias("scored"),
+                        F.count(F.when(score >= F.lit(threshold), True)).alias("passing")).first()
+    n, n_scored = cast(Row, counts)["n"], cast(Row, counts)["scored"]
     allowed = budget_count(budget, n)
-    passing = scored.where(F.col(t.STAGE1_SCORE) >= F.lit(threshold)).count() if threshold is not None else None
+    passing = cast(Row, counts)["passing"] if threshold is not None else None
     if passing is not None and passing <= allowed:
-        return F.col(t.STAGE1_SCORE) >= F.lit(threshold), {"n_flagged": passing, "budget_capped": False}
-    if allowed == 0:
+        return score >= F.lit(threshold), {"n_flagged": passing, "budget_capped": False}
+    keep = min(allowed, n_scored)  # a null score is never flagged
+    if keep == 0:
         return F.lit(False), {"n_flagged": 0, "budget_capped": passing is not None and passing > 0}
-    last = (
-        scored.orderBy(F.col(t.STAGE1_SCORE).desc(), F.col(t.ACCOUNT_ID).asc())
-        .limit(allowed)
-        .orderBy(F.col(t.STAGE1_SCORE).asc(), F.col(t.ACCOUNT_ID).desc())
-        .first()
-    )
-    s, a = cast(Row, last)[t.STAGE1_SCORE], cast(Row, last)[t.ACCOUNT_ID]  # allowed >= 1 rows
+    s, a = top_cut(scored, keep, n_scored)
+    flag = (score > F.lit(s)) | ((score == F.lit(s)) & (F.col(t.ACCOUNT_ID) <= F.lit(a)))
+    return flag, {"n_flagged": keep, "budget_capped": passing is not None}
+
+
+def top_cut(scored: DataFrame, k: int, n_scored: int) -> tuple[float, int]:
+    """``(stage1_score, account_id)`` of the ``k``-th row by score descending, then account_id ascending
+    (1 <= k <= ``n_scored``, the rows with a score). ``orderBy(...).limit(k)`` sent every row to one task; a
+    quantile sketch brackets the k-th score instead, and only the rows between its bounds are sorted. Exact
+    either way: when a count shows a bound on the wrong side, that bound is dropped."""
     score, acc = F.col(t.STAGE1_SCORE), F.col(t.ACCOUNT_ID)
-    flag = (score > F.lit(s)) | ((score == F.lit(s)) & (acc <= F.lit(a)))
-    return flag, {"n_flagged": allowed, "budget_capped": passing is not None}
+    p, e = 1.0 - k / n_scored, CUT_SKETCH_ERROR
+    lo, hi = scored.approxQuantile(t.STAGE1_SCORE, [max(0.0, p - 2 * e), min(1.0, p + 2 * e)], e)
+    bounds = cast(Row, scored.agg(F.count(F.when(score > F.lit(hi), True)).alias("above"),
+                                  F.count(F.when(score >= F.lit(lo), True)).alias("from_lo")).first())
+    above = bounds["above"] if bounds["above"] < k else 0  # else the cut lies above hi: no upper bound
+    band = score.isNotNull()
+    if bounds["above"] < k:
+        band &= score <= F.lit(hi)
+    if bounds["from_lo"] >= k:
+        band &= score >= F.lit(lo)
+    last = (scored.where(band).select(score, acc).orderBy(score.desc(), acc.asc()).limit(k - above)
+            .orderBy(score.asc(), acc.desc()).first())
+    return cast(Row, last)[t.STAGE1_SCORE], cast(Row, last)[t.ACCOUNT_ID]
 
 
 class MissingFeaturesError(LookupError):
