@@ -294,6 +294,43 @@ def test_the_days_features_read_the_events_validate_checked(spark, test_conf, mo
     assert nightly.validated_events(spark, wh, D) is None
 
 
+def test_a_step_rerun_whose_validated_events_were_vacuumed_says_to_validate_again(spark, test_conf):
+    """A late load, then a corrected export that replaced D's events after validate ran, then a VACUUM past the
+    retention: a step-only rerun read D as validate checked it and failed deep in the step with a bare
+    FileNotFoundException. It now says which files are gone and to validate D again, which works."""
+    from botwatch.delta_io import files_removed_since
+    from botwatch.features.activity import N_EVENTS
+    from botwatch.maintenance import vacuum
+
+    wh = test_conf["warehouse"]
+    write_inputs(spark, wh, events=[(1, ts(D, 9), "post", "ip1", "dev1", D), (2, ts(D, 10), "like", "ip2", "dev2", D)])
+    quiet = {"echo": lambda _: None}
+    nightly.run_steps(spark, test_conf, D, ["validate"], **quiet)
+    version = json.loads(nightly.log_rows(spark, wh, D)["validate"]["summary"])["events_version"]
+    checked = {r[0] for r in read_table(spark, wh, t.EVENTS, version).where(F.col(t.EVENT_DATE) == F.lit(D))
+               .select(F.input_file_name()).distinct().collect()}
+    rows = [(2, ts(D, 12), "like", "ip2", "dev2", D)]
+    write_table(spark.createDataFrame(rows, INPUT_SCHEMAS[t.EVENTS]), wh, t.EVENTS, mode="append")
+    rows += [(1, ts(D, 9), "post", "ip1", "dev1", D), (1, ts(D, 11), "post", "ip1", "dev1", D)]
+    write_table(spark.createDataFrame(rows, INPUT_SCHEMAS[t.EVENTS]), wh, t.EVENTS,
+                replace_where=f"{t.EVENT_DATE} = '{D}'")
+    # The late load's file came and went after the version: it is not one of the version's files.
+    assert {f"file:{p}" for p in files_removed_since(spark, wh, t.EVENTS, version, D.isoformat())} == checked
+    assert nightly.validated_events(spark, wh, D) == version  # the files are still there
+    vacuum(spark, wh, t.EVENTS, 0)
+    with pytest.raises(nightly.ValidatedEventsGoneError,
+                       match=rf"VACUUM has deleted {len(checked)} of the files that version read .*"
+                             rf"validate the date again first \(`botwatch run --date {D} --step validate`"):
+        nightly.validated_events(spark, wh, D)
+    with pytest.raises(nightly.StepFailedError) as failed:
+        nightly.run_steps(spark, test_conf, D, ["activity"], **quiet)
+    assert isinstance(failed.value.__cause__, nightly.ValidatedEventsGoneError)
+    again = nightly.run_steps(spark, test_conf, D, ["validate", "activity"], **quiet)
+    assert statuses(again) == {"validate": "ok", "activity": "ok"}
+    got = read_table(spark, wh, t.ACTIVITY_DAILY).where(F.col(t.DAY) == F.lit(D)).select(t.ACCOUNT_ID, N_EVENTS)
+    assert dict(map(tuple, got.collect())) == {1: 2, 2: 1}
+
+
 def test_validate_refuses_a_session_outside_utc(spark, warehouse):
     """Partition D and the day cuts are UTC days: in another zone, D's early-hour events would read as
     ``event_date_mismatch`` and move out of ``events``."""

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 
@@ -128,12 +129,34 @@ def data_commits(spark: SparkSession, warehouse: str, table: str, after: int, cu
 
 
 # The part of a commit's log entries that says which partitions it touched, and whether it changed data.
-_LOG_ACTIONS = ("add struct<partitionValues: map<string,string>, dataChange: boolean>, "
-                "remove struct<partitionValues: map<string,string>, dataChange: boolean>")
+_LOG_ACTIONS = ("add struct<path: string, partitionValues: map<string,string>, dataChange: boolean>, "
+                "remove struct<path: string, partitionValues: map<string,string>, dataChange: boolean>")
 
 
 class LogCleanedError(RuntimeError):
     """A commit asked about is older than the Delta log keeps (``delta.logRetentionDuration``, 30 days)."""
+
+
+def _partition_actions(spark: SparkSession, warehouse: str, table: str, version: int, value: str,
+                       data_only: bool) -> DataFrame | None:
+    """The add and remove actions of the commits after ``version`` that touch a partition whose value is
+    ``value`` (``data_only``: of changed data), read from those commits' own log entries; None when there are
+    no such commits. :class:`LogCleanedError` when the log no longer holds them."""
+    from pyspark.sql import functions as F
+
+    from botwatch import files
+
+    current = table_version(spark, warehouse, table)
+    if current <= version:
+        return None
+    log = f"{table_path(warehouse, table)}/_delta_log"
+    commits = [f"{log}/{v:020d}.json" for v in range(version + 1, current + 1)]
+    if not files.exists(commits[0], spark):  # the log drops its oldest commits first
+        raise LogCleanedError(f"the Delta log of {table_path(warehouse, table)} no longer holds version {version + 1}")
+    actions = spark.read.schema(_LOG_ACTIONS).json(commits)
+    touched = [F.exists(F.map_values(F.col(f"{a}.partitionValues")), lambda v: v == F.lit(value))
+               & (F.col(f"{a}.dataChange") if data_only else F.lit(True)) for a in ("add", "remove")]
+    return actions.where(touched[0] | touched[1])
 
 
 def partition_changed_since(spark: SparkSession, warehouse: str, table: str, version: int, value: str,
@@ -144,21 +167,26 @@ def partition_changed_since(spark: SparkSession, warehouse: str, table: str, ver
     and another partition's commits (the next day's events landing) are no change of this one. Any partition
     column's value counts: under Delta column mapping the log names columns by their physical names.
     :class:`LogCleanedError` when the log no longer holds those commits."""
+    actions = _partition_actions(spark, warehouse, table, version, value, data_only)
+    return actions is not None and actions.limit(1).count() > 0
+
+
+def files_removed_since(spark: SparkSession, warehouse: str, table: str, version: int, value: str) -> list[str]:
+    """The files of ``version`` in a partition whose value is ``value`` that later commits removed with their
+    rows (a replace of the partition; not OPTIMIZE's rewrite), as full paths: reading that version needs them,
+    and VACUUM deletes them once older than its retention."""
     from pyspark.sql import functions as F
 
-    from botwatch import files
-
-    current = table_version(spark, warehouse, table)
-    if current <= version:
-        return False
-    log = f"{table_path(warehouse, table)}/_delta_log"
-    commits = [f"{log}/{v:020d}.json" for v in range(version + 1, current + 1)]
-    if not files.exists(commits[0], spark):  # the log drops its oldest commits first
-        raise LogCleanedError(f"the Delta log of {table_path(warehouse, table)} no longer holds version {version + 1}")
-    actions = spark.read.schema(_LOG_ACTIONS).json(commits)
-    touched = [F.exists(F.map_values(F.col(f"{a}.partitionValues")), lambda v: v == F.lit(value))
-               & (F.col(f"{a}.dataChange") if data_only else F.lit(True)) for a in ("add", "remove")]
-    return actions.where(touched[0] | touched[1]).limit(1).count() > 0
+    actions = _partition_actions(spark, warehouse, table, version, value, data_only=True)
+    if actions is None:
+        return []
+    rows = actions.select(F.col("add.path").alias("added"), F.col("remove.path").alias("removed")).collect()
+    added = {r["added"] for r in rows if r["added"] is not None}
+    # A file added after the version (a late load) and removed again was never one of its files.
+    paths = sorted({r["removed"] for r in rows if r["removed"] is not None} - added)
+    root = table_path(warehouse, table)
+    # The log keeps paths relative to the table (URL-encoded) unless a file lies outside it.
+    return [p if re.match(r"^[a-zA-Z][\w+.-]*:", p) or p.startswith("/") else f"{root}/{unquote(p)}" for p in paths]
 
 
 # For each open commit_metadata block, the userMetadata its commits carry (its own, and nested blocks').

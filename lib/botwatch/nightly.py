@@ -57,6 +57,7 @@ from botwatch.delta_io import (
     LogCleanedError,
     commit_metadata,
     data_commits,
+    files_removed_since,
     hadoop_fs,
     partition_changed_since,
     read_table,
@@ -156,6 +157,11 @@ class RunLockLostError(RunLockedError):
     the run stops before its next write, so two runs never write one date at once."""
 
 
+class ValidatedEventsGoneError(RuntimeError):
+    """D's events as validate checked them can no longer be read: a later load replaced them and VACUUM has
+    since deleted their files. Validate D again, then rerun the step."""
+
+
 class StepFailedError(RuntimeError):
     """A step of the run raised; the message names the step and the date, the cause is chained."""
 
@@ -234,7 +240,7 @@ def validated_events(spark: SparkSession, warehouse: str, run_date: dt.date) -> 
     when D's events changed since (a late load after validate): the activity, features and score_stage2 steps
     read D's events as of it. None (read the latest) when they did not change (OPTIMIZE's rewrite is no change), or
     validate has not run ok for D, or its version is older than the Delta log keeps (warned: a whole run
-    of the date validates again)."""
+    of the date validates again). :class:`ValidatedEventsGoneError` when VACUUM has deleted files of that version."""
     row = log_rows(spark, warehouse, run_date).get("validate")
     version = json.loads(row["summary"] or "{}").get("events_version") if row and row["status"] == STATUS_OK else None
     if version is None:
@@ -246,6 +252,13 @@ def validated_events(spark: SparkSession, warehouse: str, run_date: dt.date) -> 
         log.warning("events of %s: %s, so whether they changed after validate checked them is unknown: the latest "
                     "are read (`botwatch run --date %s` validates them again)", run_date, exc, run_date)
         return None
+    gone = [p for p in files_removed_since(spark, warehouse, t.EVENTS, version, run_date.isoformat())
+            if not files.exists(p, spark)]
+    if gone:  # else the read as of that version fails deep in the step with a bare FileNotFoundException
+        raise ValidatedEventsGoneError(
+            f"events of {run_date} changed after validate checked them (version {version}), and VACUUM has deleted "
+            f"{len(gone)} of the files that version read (e.g. {gone[0]}): validate the date again first "
+            f"(`botwatch run --date {run_date} --step validate`, or the whole run `botwatch run --date {run_date}`)")
     log.warning("events of %s changed after validate checked them (version %s): read as of that version until the "
                 "next run of the date validates the new rows", run_date, version)
     return int(version)
