@@ -295,8 +295,8 @@ def test_the_days_features_read_the_events_validate_checked(spark, test_conf, mo
 
 
 def test_a_step_rerun_whose_validated_events_were_vacuumed_says_to_validate_again(spark, test_conf):
-    """A late load, then a corrected export that replaced D's events after validate ran, then a VACUUM past the
-    retention: a step-only rerun read D as validate checked it and failed deep in the step with a bare
+    """A late load, an OPTIMIZE, then a corrected export that replaced D's events after validate ran, then a VACUUM
+    past the retention: a step-only rerun read D as validate checked it and failed deep in the step with a bare
     FileNotFoundException. It now says which files are gone and to validate D again, which works."""
     from botwatch.delta_io import files_removed_since
     from botwatch.features.activity import N_EVENTS
@@ -311,10 +311,12 @@ def test_a_step_rerun_whose_validated_events_were_vacuumed_says_to_validate_agai
                .select(F.input_file_name()).distinct().collect()}
     rows = [(2, ts(D, 12), "like", "ip2", "dev2", D)]
     write_table(spark.createDataFrame(rows, INPUT_SCHEMAS[t.EVENTS]), wh, t.EVENTS, mode="append")
+    # An OPTIMIZE (no data change) is what removed the version's files here; the replace removes its output.
+    spark.sql(f"OPTIMIZE delta.`{t.table_path(wh, t.EVENTS)}` ZORDER BY ({t.ACCOUNT_ID})")
     rows += [(1, ts(D, 9), "post", "ip1", "dev1", D), (1, ts(D, 11), "post", "ip1", "dev1", D)]
     write_table(spark.createDataFrame(rows, INPUT_SCHEMAS[t.EVENTS]), wh, t.EVENTS,
                 replace_where=f"{t.EVENT_DATE} = '{D}'")
-    # The late load's file came and went after the version: it is not one of the version's files.
+    # The late load's and OPTIMIZE's files came and went after the version: they are not the version's files.
     assert {f"file:{p}" for p in files_removed_since(spark, wh, t.EVENTS, version, D.isoformat())} == checked
     assert nightly.validated_events(spark, wh, D) == version  # the files are still there
     vacuum(spark, wh, t.EVENTS, 0)

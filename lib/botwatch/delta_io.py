@@ -172,12 +172,12 @@ def partition_changed_since(spark: SparkSession, warehouse: str, table: str, ver
 
 
 def files_removed_since(spark: SparkSession, warehouse: str, table: str, version: int, value: str) -> list[str]:
-    """The files of ``version`` in a partition whose value is ``value`` that later commits removed with their
-    rows (a replace of the partition; not OPTIMIZE's rewrite), as full paths: reading that version needs them,
-    and VACUUM deletes them once older than its retention."""
+    """The files of ``version`` in a partition whose value is ``value`` that later commits removed (a replace of
+    the partition, OPTIMIZE's rewrite), as full paths: reading that version needs them, and VACUUM deletes them
+    once older than its retention."""
     from pyspark.sql import functions as F
 
-    actions = _partition_actions(spark, warehouse, table, version, value, data_only=True)
+    actions = _partition_actions(spark, warehouse, table, version, value, data_only=False)
     if actions is None:
         return []
     rows = actions.select(F.col("add.path").alias("added"), F.col("remove.path").alias("removed")).collect()
