@@ -16,6 +16,7 @@ from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 
+from botwatch.config import is_uri
 from botwatch.tables import table_path
 
 T_ = TypeVar("T_")
@@ -186,7 +187,7 @@ def files_removed_since(spark: SparkSession, warehouse: str, table: str, version
     paths = sorted({r["removed"] for r in rows if r["removed"] is not None} - added)
     root = table_path(warehouse, table)
     # The log keeps paths relative to the table (URL-encoded) unless a file lies outside it.
-    return [p if re.match(r"^[a-zA-Z][\w+.-]*:", p) or p.startswith("/") else f"{root}/{unquote(p)}" for p in paths]
+    return [p if is_uri(p) or p.startswith("/") else f"{root}/{unquote(p)}" for p in paths]
 
 
 # For each open commit_metadata block, the userMetadata its commits carry (its own, and nested blocks').
