@@ -110,10 +110,9 @@ def top_cut(scored: DataFrame, k: int, n_scored: int) -> tuple[float, int]:
     lo, hi = scored.approxQuantile(t.STAGE1_SCORE, [max(0.0, p - 2 * e), min(1.0, p + 2 * e)], e)
     bounds = cast(Row, scored.agg(F.count(F.when(score > F.lit(hi), True)).alias("above"),
                                   F.count(F.when(score >= F.lit(lo), True)).alias("from_lo")).first())
-    above = bounds["above"] if bounds["above"] < k else 0  # else the cut lies above hi: no upper bound
-    band = score.isNotNull()
-    if bounds["above"] < k:
-        band &= score <= F.lit(hi)
+    above, band = 0, score.isNotNull()
+    if bounds["above"] < k:  # else the cut lies above hi: no upper bound
+        above, band = bounds["above"], band & (score <= F.lit(hi))
     if bounds["from_lo"] >= k:
         band &= score >= F.lit(lo)
     last = (scored.where(band).select(score, acc).orderBy(score.desc(), acc.asc()).limit(k - above)
